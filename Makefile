@@ -1,0 +1,42 @@
+# Berth: the two commands a user needs are `make run` and `make test`.
+# Every target installs what it needs first (scripts/install-deps.sh is idempotent).
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps build image run test bench clean fmt lint
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+# Static release binaries of the workspace into out/bin.
+build: deps
+	./scripts/build.sh
+
+# The bootable disk image and its conversions into out/.
+image: build
+	./scripts/build-image.sh
+
+# Build what is missing and boot Berth with the demo container.
+run: deps
+	./scripts/run.sh
+
+# Formatting, lints, unit, host integration and QEMU tests.
+test: deps
+	./scripts/test.sh
+
+bench: build
+	./bench/run.sh
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf out

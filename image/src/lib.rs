@@ -1,0 +1,1 @@
+//! berth-image: disk image and update bundle formats.

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("berth-image: not built yet");
+    std::process::exit(1);
+}

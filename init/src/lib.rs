@@ -1,0 +1,1 @@
+//! berth-init: Berth's PID 1 and container supervisor.

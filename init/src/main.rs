@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("berth-init: not built yet");
+    std::process::exit(1);
+}

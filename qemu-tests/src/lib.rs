@@ -1,0 +1,1 @@
+//! Harness for booting Berth images under QEMU.

@@ -1,0 +1,1 @@
+//! berth-runtime: OCI container runtime library.

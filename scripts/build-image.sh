@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+die "make image: not implemented yet"

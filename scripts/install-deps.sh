@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs everything Berth needs to build, run and test on a fresh Debian 12 machine.
+# Idempotent: when every package is already present it does nothing but check.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: must run as root (apt-get, loop devices, namespaces)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# Build: kernel (from linux-source), busybox (from its source package), Rust crates with C parts.
+BUILD_PKGS="build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-utils lz4 zstd
+    linux-source-6.12 dpkg-dev fakeroot pkg-config git"
+# Image assembly: filesystems, verity, GRUB for BIOS and EFI, conversions.
+IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
+    grub-pc-bin grub-efi-amd64-bin grub-common qemu-utils busybox-static ca-certificates gdisk"
+# Run and test: QEMU with SeaBIOS and OVMF, OCI peers, a registry, network tools.
+TEST_PKGS="qemu-system-x86 ovmf runc crun skopeo umoci docker-registry hyperfine
+    curl jq iproute2 nftables socat python3 util-linux procps openssl"
+
+PKGS="$BUILD_PKGS $IMAGE_PKGS $TEST_PKGS"
+
+# deb-src entries so `apt-get source busybox` works.
+SRC_LIST=/etc/apt/sources.list.d/berth-deb-src.sources
+if [ ! -f "$SRC_LIST" ]; then
+    cat > "$SRC_LIST" <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    rm -f /var/lib/berth-deps.stamp
+fi
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+# Serialise concurrent runs (parallel builds share one dpkg database).
+exec 9>/var/lock/berth-install-deps.lock
+flock 9
+
+# The deb-src lists are needed even when every binary package is present.
+if [ -n "$missing" ] || [ ! -f /var/lib/berth-deps.stamp ]; then
+    echo "install-deps: apt-get update"
+    apt-get update -q
+fi
+if [ -n "$missing" ]; then
+    echo "install-deps: installing$missing"
+    apt-get install -y -q --no-install-recommends $missing
+fi
+touch /var/lib/berth-deps.stamp
+
+# Rust: the toolchain comes with the machine (rustup); make sure the components we use are there.
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "install-deps: no Rust toolchain found (cargo); install rustup's stable toolchain" >&2
+        exit 1
+    fi
+fi
+for c in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+        rustup component add "$c" || { echo "install-deps: cannot add rustup component $c" >&2; exit 1; }
+    fi
+done
+echo "install-deps: all dependencies present"
