@@ -1,1 +1,7 @@
 //! berth-init: Berth's PID 1 and container supervisor.
+//!
+//! The binary (`main.rs`) builds the boot sequence from named phases; everything it runs lives
+//! in this library so it can be tested without being PID 1.
+
+pub mod tomlfile;
+pub mod unit;
