@@ -5,3 +5,7 @@
 
 pub mod tomlfile;
 pub mod unit;
+pub mod graph;
+pub mod event;
+pub mod reaper;
+pub mod signals;
