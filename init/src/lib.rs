@@ -9,3 +9,5 @@ pub mod graph;
 pub mod event;
 pub mod reaper;
 pub mod signals;
+pub mod launch;
+pub mod logs;
