@@ -11,3 +11,4 @@ pub mod reaper;
 pub mod signals;
 pub mod launch;
 pub mod logs;
+pub mod supervisor;
