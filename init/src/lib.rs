@@ -12,3 +12,6 @@ pub mod signals;
 pub mod launch;
 pub mod logs;
 pub mod supervisor;
+pub mod api;
+pub mod log;
+pub mod machine;
