@@ -15,3 +15,6 @@ pub mod supervisor;
 pub mod api;
 pub mod log;
 pub mod machine;
+pub mod boot;
+pub mod run;
+pub mod shutdown;

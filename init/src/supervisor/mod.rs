@@ -242,6 +242,24 @@ impl Supervisor {
         }
     }
 
+    /// The longest `stop_timeout` of any unit (bounds the whole shutdown).
+    pub fn longest_stop_timeout(&self) -> Duration {
+        let timeouts = self.slots.iter().filter_map(|s| s.unit.as_ref()).map(|u| u.service.stop_timeout);
+        timeouts.max().unwrap_or_default()
+    }
+
+    /// Gives up on processes that survived SIGKILL (stuck in the kernel) so shutdown ends.
+    pub fn forget_processes(&mut self) {
+        for slot in &mut self.slots {
+            if slot.pid.take().is_some() {
+                slot.state = State::Failed;
+                slot.error = Some("did not exit after SIGKILL".into());
+            }
+            slot.health_pid = None;
+        }
+        self.pids.clear();
+    }
+
     /// Stops one unit by request (it stays stopped until started again).
     pub fn stop_unit(&mut self, name: &str, now: Instant, r: &mut dyn Reactor) -> bool {
         let Some(&i) = self.by_name.get(name) else { return false };
@@ -546,7 +564,12 @@ impl Supervisor {
                     .as_ref()
                     .map(|u| (u.service.stop_signal, u.service.stop_timeout))
                     .unwrap_or((libc::SIGTERM, Duration::from_secs(10)));
-                info!("unit {}: stopping ({reason:?})", slot.name);
+                let why = match &reason {
+                    StopReason::Requested => "requested".to_string(),
+                    StopReason::Unhealthy => "unhealthy".to_string(),
+                    StopReason::DependencyFailed(why) => format!("required dependency: {why}"),
+                };
+                info!("unit {}: stopping ({why})", slot.name);
                 slot.state = State::Stopping;
                 slot.detail.clear();
                 slot.stop_reason = Some(reason);
