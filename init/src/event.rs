@@ -128,7 +128,9 @@ impl EventLoop {
             Err(e) => return Err(e.into()),
         };
         for ev in &self.buffer[..n] {
-            let Some(key) = Key::decode(ev.data()) else { continue };
+            let Some(key) = Key::decode(ev.data()) else {
+                continue;
+            };
             let flags = ev.events();
             out.push(Event::Ready(
                 key,
@@ -180,7 +182,8 @@ impl Reactor for EventLoop {
 
 /// `now + d`, saturating far in the future instead of overflowing.
 pub fn after(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d).unwrap_or(now + Duration::from_secs(86_400 * 365))
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(86_400 * 365))
 }
 
 #[cfg(test)]
@@ -191,7 +194,12 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        for k in [Key::Signals, Key::ApiListener, Key::ApiConn(7), Key::UnitOutput(ID_MASK)] {
+        for k in [
+            Key::Signals,
+            Key::ApiListener,
+            Key::ApiConn(7),
+            Key::UnitOutput(ID_MASK),
+        ] {
             assert_eq!(Key::decode(k.encode()), Some(k));
         }
     }
@@ -215,7 +223,13 @@ mod tests {
         (&writer).write_all(b"x").unwrap();
         out.clear();
         ev.wait(&mut out).unwrap();
-        assert!(matches!(out[..], [Event::Ready(Key::UnitOutput(3), Readiness { readable: true, .. })]));
+        assert!(matches!(
+            out[..],
+            [Event::Ready(
+                Key::UnitOutput(3),
+                Readiness { readable: true, .. }
+            )]
+        ));
         ev.unwatch(reader.as_fd());
         drop(writer);
         ev.schedule(Instant::now(), Timer::Shutdown);

@@ -19,9 +19,15 @@ impl Graph {
         I: IntoIterator<Item = (&'a str, D)>,
         D: IntoIterator<Item = &'a str>,
     {
-        let nodes: Vec<(&str, Vec<&str>)> =
-            nodes.into_iter().map(|(n, d)| (n, d.into_iter().collect())).collect();
-        let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect();
+        let nodes: Vec<(&str, Vec<&str>)> = nodes
+            .into_iter()
+            .map(|(n, d)| (n, d.into_iter().collect()))
+            .collect();
+        let index: HashMap<&str, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (*n, i))
+            .collect();
         let deps = nodes
             .iter()
             .map(|(_, d)| {
@@ -31,7 +37,10 @@ impl Graph {
                 v
             })
             .collect();
-        Graph { names: nodes.iter().map(|(n, _)| n.to_string()).collect(), deps }
+        Graph {
+            names: nodes.iter().map(|(n, _)| n.to_string()).collect(),
+            deps,
+        }
     }
 
     /// Every cycle (strongly connected component with more than one node, or a self-loop),
@@ -60,7 +69,8 @@ impl Graph {
                 dependents[j].push(i);
             }
         }
-        let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..n).filter(|&i| pending[i] == 0).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(i) = ready.pop_first() {
             order.push(i);
@@ -131,7 +141,9 @@ impl Graph {
 
     /// A closed walk through a strongly connected component, starting at its smallest name.
     fn cycle_path(&self, component: &[usize]) -> Vec<String> {
-        let Some(&start) = component.iter().min_by(|a, b| self.names[**a].cmp(&self.names[**b]))
+        let Some(&start) = component
+            .iter()
+            .min_by(|a, b| self.names[**a].cmp(&self.names[**b]))
         else {
             return Vec::new();
         };
@@ -180,8 +192,17 @@ mod tests {
 
     #[test]
     fn start_order_respects_dependencies() {
-        let g = graph(&[("web", &["db", "net"]), ("db", &["net"]), ("net", &[]), ("log", &["missing"])]);
-        let names: Vec<&str> = g.start_order().iter().map(|&i| g.names[i].as_str()).collect();
+        let g = graph(&[
+            ("web", &["db", "net"]),
+            ("db", &["net"]),
+            ("net", &[]),
+            ("log", &["missing"]),
+        ]);
+        let names: Vec<&str> = g
+            .start_order()
+            .iter()
+            .map(|&i| g.names[i].as_str())
+            .collect();
         let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
         assert!(pos("net") < pos("db") && pos("db") < pos("web"));
         assert_eq!(names.len(), 4);
@@ -190,10 +211,19 @@ mod tests {
 
     #[test]
     fn cycles_are_named_in_dependency_order() {
-        let g = graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &["a"]), ("e", &["e"])]);
+        let g = graph(&[
+            ("a", &["b"]),
+            ("b", &["c"]),
+            ("c", &["a"]),
+            ("d", &["a"]),
+            ("e", &["e"]),
+        ]);
         assert_eq!(
             g.cycles(),
-            vec![vec!["a".to_string(), "b".into(), "c".into(), "a".into()], vec!["e".into(), "e".into()]]
+            vec![
+                vec!["a".to_string(), "b".into(), "c".into(), "a".into()],
+                vec!["e".into(), "e".into()]
+            ]
         );
         assert_eq!(describe_cycle(&g.cycles()[0]), "a -> b -> c -> a");
         // Nodes in or behind a cycle still appear in the order, last.
@@ -204,7 +234,11 @@ mod tests {
     fn long_chains_do_not_recurse() {
         let names: Vec<String> = (0..5000).map(|i| format!("u{i}")).collect();
         let g = Graph::new((0..5000).map(|i| {
-            let dep: Vec<&str> = if i > 0 { vec![names[i - 1].as_str()] } else { vec![] };
+            let dep: Vec<&str> = if i > 0 {
+                vec![names[i - 1].as_str()]
+            } else {
+                vec![]
+            };
             (names[i].as_str(), dep)
         }));
         assert!(g.cycles().is_empty());

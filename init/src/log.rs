@@ -40,12 +40,23 @@ impl Logger {
             Ok(f) => Sink::Kmsg(f),
             Err(_) => Sink::Stderr,
         };
-        let syslog = Some(Mutex::new(Syslog { socket: None, last_try: None }));
-        Logger { sink, syslog, level: LevelFilter::Info }
+        let syslog = Some(Mutex::new(Syslog {
+            socket: None,
+            last_try: None,
+        }));
+        Logger {
+            sink,
+            syslog,
+            level: LevelFilter::Info,
+        }
     }
 
     pub fn for_host() -> Logger {
-        Logger { sink: Sink::Stderr, syslog: None, level: LevelFilter::Info }
+        Logger {
+            sink: Sink::Stderr,
+            syslog: None,
+            level: LevelFilter::Info,
+        }
     }
 
     pub fn with_level(mut self, level: LevelFilter) -> Logger {
@@ -117,12 +128,14 @@ impl Log for Logger {
 impl Syslog {
     fn send(&mut self, priority: u8, message: &str) {
         if self.socket.is_none() {
-            let due = self.last_try.is_none_or(|t| t.elapsed() >= SYSLOG_RETRY);
+            let due = self.last_try.map_or(true, |t| t.elapsed() >= SYSLOG_RETRY);
             if !due {
                 return;
             }
             self.last_try = Some(Instant::now());
-            let Ok(sock) = UnixDatagram::unbound() else { return };
+            let Ok(sock) = UnixDatagram::unbound() else {
+                return;
+            };
             if sock.set_nonblocking(true).is_err() || sock.connect("/dev/log").is_err() {
                 return;
             }
@@ -160,7 +173,10 @@ mod tests {
         let server = UnixDatagram::bind(&path).unwrap();
         let sock = UnixDatagram::unbound().unwrap();
         sock.connect(&path).unwrap();
-        let mut s = Syslog { socket: Some(sock), last_try: None };
+        let mut s = Syslog {
+            socket: Some(sock),
+            last_try: None,
+        };
         s.send(4, "hello");
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();

@@ -19,7 +19,11 @@ pub struct LogPolicy {
 
 impl LogPolicy {
     pub fn new(dir: PathBuf) -> LogPolicy {
-        LogPolicy { dir, max_bytes: 1 << 20, keep: 3 }
+        LogPolicy {
+            dir,
+            max_bytes: 1 << 20,
+            keep: 3,
+        }
     }
 }
 
@@ -32,7 +36,11 @@ pub struct UnitLog {
 
 impl UnitLog {
     pub fn new(policy: &LogPolicy, unit: &str) -> UnitLog {
-        UnitLog { path: policy.dir.join(format!("{unit}.log")), file: None, size: 0 }
+        UnitLog {
+            path: policy.dir.join(format!("{unit}.log")),
+            file: None,
+            size: 0,
+        }
     }
 
     pub fn write(&mut self, policy: &LogPolicy, data: &[u8]) -> io::Result<()> {
@@ -42,7 +50,10 @@ impl UnitLog {
         let file = match &mut self.file {
             Some(f) => f,
             None => {
-                let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
                 self.size = f.metadata()?.len();
                 self.file.insert(f)
             }
@@ -82,7 +93,10 @@ const READ_BUDGET: usize = 256 * 1024;
 
 impl Default for Pipes {
     fn default() -> Self {
-        Pipes { next: 1, open: HashMap::new() }
+        Pipes {
+            next: 1,
+            open: HashMap::new(),
+        }
     }
 }
 
@@ -146,7 +160,11 @@ mod tests {
     fn rotates_by_size_and_keeps_n_files() {
         let dir = std::env::temp_dir().join(format!("berth-logs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let policy = LogPolicy { dir: dir.clone(), max_bytes: 10, keep: 2 };
+        let policy = LogPolicy {
+            dir: dir.clone(),
+            max_bytes: 10,
+            keep: 2,
+        };
         let mut log = UnitLog::new(&policy, "u");
         for chunk in ["aaaaaa", "bbbbbb", "cccccc", "dddddd"] {
             log.write(&policy, chunk.as_bytes()).unwrap();

@@ -25,14 +25,17 @@ pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
     let mut errors = Vec::new();
     if let Some(h) = &raw.hostname {
         if !valid_hostname(h.get_ref()) {
-            let msg = "must be 1-64 letters, digits, `-` and `.`, not starting or ending with `-` or `.`";
+            let msg =
+                "must be 1-64 letters, digits, `-` and `.`, not starting or ending with `-` or `.`";
             errors.push(src.diagnostic(Some(h.span()), "hostname", msg.to_string()));
         }
     }
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
-    Ok(MachineConfig { hostname: raw.hostname.map(Spanned::into_inner) })
+    Ok(MachineConfig {
+        hostname: raw.hostname.map(Spanned::into_inner),
+    })
 }
 
 /// Reads `path`; a missing file is the default configuration.
@@ -53,7 +56,8 @@ pub fn load(path: &Path) -> Result<MachineConfig, Diagnostics> {
 fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 64
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !h.starts_with(['-', '.'])
         && !h.ends_with(['-', '.'])
 }
@@ -64,10 +68,21 @@ mod tests {
 
     #[test]
     fn hostname_and_unknown_keys() {
-        assert_eq!(parse("m", "hostname = \"berth-1\"\n").unwrap().hostname.as_deref(), Some("berth-1"));
+        assert_eq!(
+            parse("m", "hostname = \"berth-1\"\n")
+                .unwrap()
+                .hostname
+                .as_deref(),
+            Some("berth-1")
+        );
         assert_eq!(parse("m", "").unwrap(), MachineConfig::default());
-        let err = parse("m.toml", "hostname = \"a\"\nflavour = 1\n").unwrap_err().to_string();
-        assert_eq!(err, "m.toml:2:1: key `flavour`: unknown field `flavour`, expected `hostname`");
+        let err = parse("m.toml", "hostname = \"a\"\nflavour = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "m.toml:2:1: key `flavour`: unknown field `flavour`, expected `hostname`"
+        );
         let err = parse("m.toml", "hostname = \"-bad\"\n").unwrap_err().0;
         assert_eq!((err[0].line, err[0].key.as_str()), (1, "hostname"));
     }

@@ -40,7 +40,9 @@ fn parse_args() -> Result<Mode, String> {
             let dir = std::path::absolute(&dir).unwrap_or(dir);
             Ok(Mode::Host { root: dir })
         }
-        (false, None) => Err(format!("not running as PID 1: use --root-dir DIR for host mode\n{USAGE}")),
+        (false, None) => Err(format!(
+            "not running as PID 1: use --root-dir DIR for host mode\n{USAGE}"
+        )),
     }
 }
 
@@ -53,13 +55,30 @@ fn main() {
         }
     };
     let pid1 = mode == Mode::Pid1;
-    if pid1 { Logger::for_pid1() } else { Logger::for_host() }.install();
+    let logger = if pid1 {
+        Logger::for_pid1()
+    } else {
+        Logger::for_host()
+    };
+    // BERTH_LOG=debug shows per-process detail (e.g. every reaped orphan).
+    let level = std::env::var("BERTH_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    logger.with_level(level).install();
     // Panics are logged through the facade (kmsg/syslog), then caught by the loop.
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
 
-    log::info!("berth-init {VERSION} starting ({})", if pid1 { "PID 1" } else { "host mode" });
+    log::info!(
+        "berth-init {VERSION} starting ({})",
+        if pid1 { "PID 1" } else { "host mode" }
+    );
     let mut boot = Boot::new(mode);
-    let phases = if pid1 { boot::pid1_phases() } else { boot::host_phases() };
+    let phases = if pid1 {
+        boot::pid1_phases()
+    } else {
+        boot::host_phases()
+    };
     if let Err((phase, e)) = boot::run_phases(&phases, &mut boot) {
         fail(pid1, &format!("{phase}: {e}"));
     }

@@ -32,7 +32,9 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Exited(c) => write!(f, "exited with status {c}"),
             ExitStatus::Signaled(s) => {
-                let name = nix::sys::signal::Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("?");
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("?");
                 write!(f, "killed by signal {s} ({name})")
             }
         }
@@ -67,6 +69,9 @@ mod tests {
         assert_eq!(ExitStatus::Exited(3).code(), 3);
         assert_eq!(ExitStatus::Signaled(9).code(), 137);
         assert!(ExitStatus::Exited(0).success() && !ExitStatus::Signaled(15).success());
-        assert_eq!(ExitStatus::Signaled(9).to_string(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(
+            ExitStatus::Signaled(9).to_string(),
+            "killed by signal 9 (SIGKILL)"
+        );
     }
 }

@@ -50,7 +50,9 @@ impl Init {
     pub fn start(boot: Boot, mut launchers: Vec<Box<dyn Launcher>>) -> Result<Init, RunError> {
         let mut events = EventLoop::new().map_err(RunError::EventLoop)?;
         let signals = Signals::new().map_err(RunError::Signals)?;
-        events.watch(std::os::fd::AsFd::as_fd(&signals), Key::Signals, false).map_err(RunError::Signals)?;
+        events
+            .watch(std::os::fd::AsFd::as_fd(&signals), Key::Signals, false)
+            .map_err(RunError::Signals)?;
 
         let cgroups: Box<dyn Cgroups> = match boot.cgroups {
             Some(cg) => Box::new(cg),
@@ -59,13 +61,21 @@ impl Init {
         launchers.push(Box::new(ProcessLauncher::new(cgroups)));
 
         let loaded = unit::load_dirs(&boot.paths.unit_dirs);
-        info!("loaded {} units from {}", loaded.len(), display_dirs(&boot.paths.unit_dirs));
-        let mut supervisor = Supervisor::new(loaded, launchers, LogPolicy::new(boot.paths.logs.clone()));
+        info!(
+            "loaded {} units from {}",
+            loaded.len(),
+            display_dirs(&boot.paths.unit_dirs)
+        );
+        let mut supervisor =
+            Supervisor::new(loaded, launchers, LogPolicy::new(boot.paths.logs.clone()));
 
         let api = match ApiServer::bind(&boot.paths.api_socket, &mut events) {
             Ok(api) => Some(api),
             Err(e) => {
-                error!("control API unavailable: {}: {e}", boot.paths.api_socket.display());
+                error!(
+                    "control API unavailable: {}: {e}",
+                    boot.paths.api_socket.display()
+                );
                 None
             }
         };
@@ -79,7 +89,16 @@ impl Init {
             hostname: boot.hostname.clone(),
         };
         supervisor.start_all(Instant::now(), &mut events);
-        Ok(Init { events, signals, supervisor, api, system, mode: boot.mode, shutdown: None, buffer: Vec::new() })
+        Ok(Init {
+            events,
+            signals,
+            supervisor,
+            api,
+            system,
+            mode: boot.mode,
+            shutdown: None,
+            buffer: Vec::new(),
+        })
     }
 
     /// Runs until every unit is stopped after a shutdown request; returns what to do next.
@@ -112,13 +131,18 @@ impl Init {
         for event in events.drain(..) {
             match event {
                 Event::Ready(Key::Signals, _) => self.on_signals(now),
-                Event::Ready(Key::UnitOutput(id), _) => self.supervisor.on_output(id, &mut self.events),
-                Event::Ready(Key::ApiListener, _) => self.with_api(now, |api, ctx| api.on_accept(ctx)),
+                Event::Ready(Key::UnitOutput(id), _) => {
+                    self.supervisor.on_output(id, &mut self.events)
+                }
+                Event::Ready(Key::ApiListener, _) => {
+                    self.with_api(now, |api, ctx| api.on_accept(ctx))
+                }
                 Event::Ready(Key::ApiConn(id), ready) => {
                     self.with_api(now, |api, ctx| api.on_ready(id, ready, ctx))
                 }
                 Event::Timer(Timer::Unit { unit, generation }) => {
-                    self.supervisor.on_timer(unit, generation, now, &mut self.events)
+                    self.supervisor
+                        .on_timer(unit, generation, now, &mut self.events)
                 }
                 Event::Timer(Timer::ApiConn(id)) => {
                     if let Some(api) = &mut self.api {
@@ -177,12 +201,15 @@ impl Init {
         info!("{signal}: shutting down ({what})");
         self.shutdown = Some((action, 0));
         let longest = self.supervisor.longest_stop_timeout();
-        self.events.schedule(after(now, longest + SHUTDOWN_GRACE), Timer::Shutdown);
+        self.events
+            .schedule(after(now, longest + SHUTDOWN_GRACE), Timer::Shutdown);
         self.supervisor.begin_shutdown(now, &mut self.events);
     }
 
     fn on_shutdown_deadline(&mut self, now: Instant) {
-        let Some((action, fired)) = self.shutdown else { return };
+        let Some((action, fired)) = self.shutdown else {
+            return;
+        };
         if self.supervisor.all_stopped() {
             return;
         }
@@ -190,7 +217,8 @@ impl Init {
             warn!("shutdown deadline passed: killing every remaining unit");
             self.supervisor.kill_all();
             self.shutdown = Some((action, 1));
-            self.events.schedule(after(now, SHUTDOWN_GRACE), Timer::Shutdown);
+            self.events
+                .schedule(after(now, SHUTDOWN_GRACE), Timer::Shutdown);
         } else {
             error!("units did not exit after SIGKILL; continuing the shutdown without them");
             self.supervisor.forget_processes();
@@ -199,5 +227,8 @@ impl Init {
 }
 
 fn display_dirs(dirs: &[std::path::PathBuf]) -> String {
-    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -33,7 +33,11 @@ pub fn unmount_order(proc_mounts: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().nth(1))
         .map(|t| t.replace("\\040", " "))
         .filter(|t| !KEEP.contains(&t.as_str()))
-        .filter(|t| !["/proc/", "/sys/", "/dev/"].iter().any(|p| t.starts_with(p)))
+        .filter(|t| {
+            !["/proc/", "/sys/", "/dev/"]
+                .iter()
+                .any(|p| t.starts_with(p))
+        })
         .collect();
     targets.reverse();
     targets.dedup();
@@ -46,14 +50,20 @@ fn reap_until(deadline: Instant) {
     chld.add(Signal::SIGCHLD);
     loop {
         crate::reaper::reap();
-        if matches!(nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)), Err(nix::errno::Errno::ECHILD)) {
+        if matches!(
+            nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Err(nix::errno::Errno::ECHILD)
+        ) {
             return;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
         }
-        let ts = libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long };
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
         // SAFETY: sigtimedwait with a valid set and timespec; SIGCHLD is blocked.
         unsafe { libc::sigtimedwait(chld.as_ref(), std::ptr::null_mut(), &ts) };
     }
@@ -71,16 +81,31 @@ pub fn finish_pid1(action: PowerAction) -> ! {
         if let Err(e) = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::empty()) {
             warn!("cannot unmount {target}: {e}; remounting read-only");
             let flags = nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY;
-            let _ = nix::mount::mount(None::<&str>, target.as_str(), None::<&str>, flags, None::<&str>);
+            let _ = nix::mount::mount(
+                None::<&str>,
+                target.as_str(),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            );
         }
     }
     let ro = nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY;
     let _ = nix::mount::mount(None::<&str>, "/", None::<&str>, ro, None::<&str>);
     nix::unistd::sync();
-    info!("{}", if action == PowerAction::Reboot { "rebooting" } else { "powering off" });
+    info!(
+        "{}",
+        if action == PowerAction::Reboot {
+            "rebooting"
+        } else {
+            "powering off"
+        }
+    );
     let result = match action {
         PowerAction::Reboot => nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT),
-        PowerAction::Poweroff => nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF),
+        PowerAction::Poweroff => {
+            nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF)
+        }
     };
     warn!("reboot(2) failed: {result:?}");
     // PID 1 must not exit.
@@ -106,6 +131,9 @@ mod tests {
         let mounts = "/dev/root / erofs ro 0 0\nproc /proc proc rw 0 0\nsysfs /sys sysfs rw 0 0\n\
                       cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n/dev/vda4 /var/lib/berth ext4 rw 0 0\n\
                       overlay /var/lib/berth/containers/x/rootfs overlay rw 0 0\ntmpfs /run tmpfs rw 0 0\n";
-        assert_eq!(unmount_order(mounts), ["/var/lib/berth/containers/x/rootfs", "/var/lib/berth"]);
+        assert_eq!(
+            unmount_order(mounts),
+            ["/var/lib/berth/containers/x/rootfs", "/var/lib/berth"]
+        );
     }
 }

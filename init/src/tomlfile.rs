@@ -70,7 +70,13 @@ impl Source<'_> {
 
     pub fn diagnostic(&self, span: Option<Range<usize>>, key: &str, message: String) -> Diagnostic {
         let (line, column) = span.map_or((1, 1), |s| self.position(s.start));
-        Diagnostic { file: self.file.to_string(), line, column, key: key.to_string(), message }
+        Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        }
     }
 }
 
@@ -80,6 +86,15 @@ const MAX_ERRORS: usize = 64;
 /// Deserializes `T` from `src`. On failure returns every syntax error, or every unknown key and
 /// wrongly typed value, each with its position.
 pub fn parse<T: DeserializeOwned>(src: &Source<'_>) -> Result<T, Diagnostics> {
+    match parse_partial(src) {
+        (Some(value), errors) if errors.is_empty() => Ok(value),
+        (_, errors) => Err(Diagnostics(errors)),
+    }
+}
+
+/// Like [`parse`], but also returns what deserialized once the erroneous entries were taken
+/// out, so semantic validation can report its errors together with the structural ones.
+pub fn parse_partial<T: DeserializeOwned>(src: &Source<'_>) -> (Option<T>, Vec<Diagnostic>) {
     let (mut tree, syntax) = DeTable::parse_recoverable(src.text);
     if !syntax.is_empty() {
         let mut out: Vec<Diagnostic> = syntax
@@ -88,14 +103,16 @@ pub fn parse<T: DeserializeOwned>(src: &Source<'_>) -> Result<T, Diagnostics> {
             .map(|e| src.diagnostic(e.span(), "", first_line(e.message())))
             .collect();
         out.sort_by_key(|d| (d.line, d.column));
-        return Err(Diagnostics(out));
+        return (None, out);
     }
     let mut errors = Vec::new();
+    let mut value = None;
     loop {
-        let attempt = T::deserialize(toml::de::Deserializer::from(tree.clone()));
-        let err = match attempt {
-            Ok(value) if errors.is_empty() => return Ok(value),
-            Ok(_) => break,
+        let err = match T::deserialize(toml::de::Deserializer::from(tree.clone())) {
+            Ok(v) => {
+                value = Some(v);
+                break;
+            }
             Err(err) => err,
         };
         let span = err.span();
@@ -108,7 +125,7 @@ pub fn parse<T: DeserializeOwned>(src: &Source<'_>) -> Result<T, Diagnostics> {
         }
     }
     errors.sort_by_key(|d| (d.line, d.column));
-    Err(Diagnostics(errors))
+    (value, errors)
 }
 
 fn first_line(message: &str) -> String {
@@ -203,20 +220,37 @@ mod tests {
     }
 
     fn errors(text: &str) -> Vec<Diagnostic> {
-        parse::<Doc>(&Source { file: "t.toml", text }).unwrap_err().0
+        parse::<Doc>(&Source {
+            file: "t.toml",
+            text,
+        })
+        .unwrap_err()
+        .0
     }
 
     #[test]
     fn reports_every_structural_error_with_position_and_key() {
         let text = "top = 1\n[a]\nx = \"no\"\ny = 2\nlist = [\"ok\", 3]\n[b]\nz = 1\n";
         let errs = errors(text);
-        let got: Vec<(usize, usize, &str)> =
-            errs.iter().map(|d| (d.line, d.column, d.key.as_str())).collect();
+        let got: Vec<(usize, usize, &str)> = errs
+            .iter()
+            .map(|d| (d.line, d.column, d.key.as_str()))
+            .collect();
         assert_eq!(
             got,
-            vec![(1, 7, "top"), (3, 5, "a.x"), (4, 1, "a.y"), (5, 15, "a.list[1]"), (6, 2, "b")]
+            vec![
+                (1, 7, "top"),
+                (3, 5, "a.x"),
+                (4, 1, "a.y"),
+                (5, 15, "a.list[1]"),
+                (6, 2, "b")
+            ]
         );
-        assert!(errs[2].message.contains("unknown field"), "{}", errs[2].message);
+        assert!(
+            errs[2].message.contains("unknown field"),
+            "{}",
+            errs[2].message
+        );
         assert_eq!(errs[2].to_string().split(": ").next(), Some("t.toml:4:1"));
     }
 
@@ -228,7 +262,11 @@ mod tests {
 
     #[test]
     fn valid_document_parses() {
-        let doc: Doc = parse(&Source { file: "t", text: "top = \"v\"\n[a]\nx = 3\n" }).unwrap();
+        let doc: Doc = parse(&Source {
+            file: "t",
+            text: "top = \"v\"\n[a]\nx = 3\n",
+        })
+        .unwrap();
         assert_eq!(doc.a.unwrap().x, Some(3));
     }
 }

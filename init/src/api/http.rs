@@ -21,7 +21,10 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value of `key` in the query string (no percent-decoding: values are names and
@@ -55,7 +58,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
         Err(httparse::Error::TooManyHeaders) => {
             return Parsed::Invalid(Response::error(431, "too many headers", ""));
         }
-        Err(e) => return Parsed::Invalid(Response::error(400, "malformed request", &e.to_string())),
+        Err(e) => {
+            return Parsed::Invalid(Response::error(400, "malformed request", &e.to_string()))
+        }
     };
     if head_len > MAX_HEAD {
         return Parsed::Invalid(Response::error(431, "request head too large", ""));
@@ -63,11 +68,25 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
         .collect();
-    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
     if find("transfer-encoding").is_some() {
-        return Parsed::Invalid(Response::error(411, "chunked bodies are not supported", "send Content-Length"));
+        return Parsed::Invalid(Response::error(
+            411,
+            "chunked bodies are not supported",
+            "send Content-Length",
+        ));
     }
     let body_len = match find("content-length").map(|v| v.parse::<usize>()) {
         None => 0,
@@ -75,7 +94,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
         Some(Ok(_)) => return Parsed::Invalid(Response::error(413, "request body too large", "")),
         Some(Err(_)) => return Parsed::Invalid(Response::error(400, "bad Content-Length", "")),
     };
-    let Some(body) = buf.get(head_len..head_len + body_len) else { return Parsed::Incomplete };
+    let Some(body) = buf.get(head_len..head_len + body_len) else {
+        return Parsed::Incomplete;
+    };
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Parsed::Complete(Request {
@@ -105,7 +126,11 @@ impl Response {
         match serde_json::to_vec_pretty(value) {
             Ok(mut body) => {
                 body.push(b'\n');
-                Response { status, content_type: "application/json", body }
+                Response {
+                    status,
+                    content_type: "application/json",
+                    body,
+                }
             }
             Err(e) => Response::error(500, "cannot encode response", &e.to_string()),
         }
@@ -115,7 +140,11 @@ impl Response {
     pub fn error(status: u16, error: &str, detail: &str) -> Response {
         let mut body = serde_json::to_vec(&ErrorBody { error, detail }).unwrap_or_default();
         body.push(b'\n');
-        Response { status, content_type: "application/json", body }
+        Response {
+            status,
+            content_type: "application/json",
+            body,
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -159,14 +188,24 @@ mod tests {
 
     #[test]
     fn parses_complete_requests_only() {
-        assert!(matches!(parse(b"GET /v1/units HTTP/1.1\r\nHost: x\r\n"), Parsed::Incomplete));
-        let Parsed::Complete(r) = parse(b"GET /v1/units/web?tail=5 HTTP/1.1\r\nHost: x\r\n\r\n") else {
+        assert!(matches!(
+            parse(b"GET /v1/units HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Incomplete
+        ));
+        let Parsed::Complete(r) = parse(b"GET /v1/units/web?tail=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        else {
             panic!()
         };
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.query_param("tail")), ("GET", "/v1/units/web", Some("5")));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.query_param("tail")),
+            ("GET", "/v1/units/web", Some("5"))
+        );
         let body = b"POST /v1/x HTTP/1.1\r\nContent-Length: 4\r\n\r\nab";
         assert!(matches!(parse(body), Parsed::Incomplete));
-        let Parsed::Complete(r) = parse(b"POST /v1/x HTTP/1.1\r\ncontent-length: 4\r\n\r\nabcd") else { panic!() };
+        let Parsed::Complete(r) = parse(b"POST /v1/x HTTP/1.1\r\ncontent-length: 4\r\n\r\nabcd")
+        else {
+            panic!()
+        };
         assert_eq!(r.body, b"abcd");
     }
 
@@ -177,19 +216,30 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(status(b"\x00\x01 garbage\r\n\r\n"), 400);
-        let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
         assert_eq!(status(big.as_bytes()), 413);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD + 1));
         assert_eq!(status(long.as_bytes()), 431);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            411
+        );
     }
 
     #[test]
     fn errors_are_json_with_error_and_detail() {
         let r = Response::error(404, "unknown unit", "web");
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!((v["error"].as_str(), v["detail"].as_str()), (Some("unknown unit"), Some("web")));
-        assert!(String::from_utf8(r.to_bytes()).unwrap().starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert_eq!(
+            (v["error"].as_str(), v["detail"].as_str()),
+            (Some("unknown unit"), Some("web"))
+        );
+        assert!(String::from_utf8(r.to_bytes())
+            .unwrap()
+            .starts_with("HTTP/1.1 404 Not Found\r\n"));
     }
 
     proptest! {

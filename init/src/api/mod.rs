@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use log::{debug, warn};
 
-use crate::event::{after, Key, Readiness, Reactor, Timer};
+use crate::event::{after, Key, Reactor, Readiness, Timer};
 use http::{Parsed, Response};
 pub use routes::{ApiContext, SystemInfo};
 
@@ -56,7 +56,12 @@ impl ApiServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         r.watch(listener.as_fd(), Key::ApiListener, false)?;
-        Ok(ApiServer { listener, path: path.to_path_buf(), conns: HashMap::new(), next_id: 1 })
+        Ok(ApiServer {
+            listener,
+            path: path.to_path_buf(),
+            conns: HashMap::new(),
+            next_id: 1,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -77,8 +82,17 @@ impl ApiServer {
                         warn!("api: cannot watch connection: {e}");
                         continue;
                     }
-                    ctx.reactor.schedule(after(ctx.now, READ_TIMEOUT), Timer::ApiConn(id));
-                    self.conns.insert(id, Conn { stream, input: Vec::new(), output: Vec::new(), written: 0 });
+                    ctx.reactor
+                        .schedule(after(ctx.now, READ_TIMEOUT), Timer::ApiConn(id));
+                    self.conns.insert(
+                        id,
+                        Conn {
+                            stream,
+                            input: Vec::new(),
+                            output: Vec::new(),
+                            written: 0,
+                        },
+                    );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -92,7 +106,9 @@ impl ApiServer {
 
     /// A connection is readable or writable.
     pub fn on_ready(&mut self, id: u64, ready: Readiness, ctx: &mut ApiContext<'_>) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         if conn.output.is_empty() {
             let mut buf = [0u8; 8192];
             let mut closed = false;
@@ -140,7 +156,11 @@ impl ApiServer {
     pub fn on_timeout(&mut self, id: u64, r: &mut dyn Reactor) {
         if let Some(conn) = self.conns.get(&id) {
             if conn.output.is_empty() {
-                self.respond(id, Response::error(408, "request timeout", "send the whole request within 5s"), r);
+                self.respond(
+                    id,
+                    Response::error(408, "request timeout", "send the whole request within 5s"),
+                    r,
+                );
             } else {
                 // Still not able to take our answer: give up on it.
                 self.close(id, r);
@@ -149,7 +169,9 @@ impl ApiServer {
     }
 
     fn respond(&mut self, id: u64, resp: Response, r: &mut dyn Reactor) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         conn.input = Vec::new();
         conn.output = resp.to_bytes();
         conn.written = 0;
@@ -157,7 +179,9 @@ impl ApiServer {
     }
 
     fn flush(&mut self, id: u64, r: &mut dyn Reactor) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         loop {
             match conn.stream.write(&conn.output[conn.written..]) {
                 Ok(0) => break,
@@ -169,7 +193,9 @@ impl ApiServer {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if r.watch(conn.stream.as_fd(), Key::ApiConn(id), true).is_err() {
+                    if r.watch(conn.stream.as_fd(), Key::ApiConn(id), true)
+                        .is_err()
+                    {
                         return self.close(id, r);
                     }
                     return;

@@ -38,9 +38,21 @@ pub struct Route {
 
 /// Every endpoint of the API.
 pub const ROUTES: &[Route] = &[
-    Route { method: "GET", pattern: "/v1/system", handler: system },
-    Route { method: "GET", pattern: "/v1/units", handler: units },
-    Route { method: "GET", pattern: "/v1/units/{name}", handler: unit },
+    Route {
+        method: "GET",
+        pattern: "/v1/system",
+        handler: system,
+    },
+    Route {
+        method: "GET",
+        pattern: "/v1/units",
+        handler: units,
+    },
+    Route {
+        method: "GET",
+        pattern: "/v1/units/{name}",
+        handler: unit,
+    },
 ];
 
 /// Matches `path` against `pattern`, returning the `{param}` values.
@@ -61,7 +73,11 @@ fn matches<'p>(pattern: &'static str, path: &'p str) -> Option<Params<'p>> {
 }
 
 pub fn dispatch(req: &Request, ctx: &mut ApiContext<'_>) -> Response {
-    let path = if req.path.len() > 1 { req.path.trim_end_matches('/') } else { &req.path };
+    let path = if req.path.len() > 1 {
+        req.path.trim_end_matches('/')
+    } else {
+        &req.path
+    };
     let mut path_known = false;
     for route in ROUTES {
         if let Some(params) = matches(route.pattern, path) {
@@ -72,14 +88,21 @@ pub fn dispatch(req: &Request, ctx: &mut ApiContext<'_>) -> Response {
         }
     }
     if path_known {
-        Response::error(405, "method not allowed", &format!("{} {}", req.method, req.path))
+        Response::error(
+            405,
+            "method not allowed",
+            &format!("{} {}", req.method, req.path),
+        )
     } else {
         Response::error(404, "no such endpoint", &req.path)
     }
 }
 
 fn param<'p>(params: &Params<'p>, name: &str) -> &'p str {
-    params.iter().find(|(k, _)| *k == name).map_or("", |(_, v)| *v)
+    params
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map_or("", |(_, v)| *v)
 }
 
 #[derive(Serialize)]
@@ -114,7 +137,10 @@ fn system(_: &Request, _: &Params<'_>, ctx: &mut ApiContext<'_>) -> Response {
             version: ctx.system.version,
             mode: ctx.system.mode,
             hostname: &ctx.system.hostname,
-            uptime_seconds: ctx.now.saturating_duration_since(ctx.system.started).as_secs_f64(),
+            uptime_seconds: ctx
+                .now
+                .saturating_duration_since(ctx.system.started)
+                .as_secs_f64(),
             units: counts,
         },
     )
@@ -138,7 +164,10 @@ mod tests {
 
     #[test]
     fn patterns_bind_parameters() {
-        assert_eq!(matches("/v1/units/{name}", "/v1/units/web"), Some(vec![("name", "web")]));
+        assert_eq!(
+            matches("/v1/units/{name}", "/v1/units/web"),
+            Some(vec![("name", "web")])
+        );
         assert_eq!(matches("/v1/units/{name}", "/v1/units/"), None);
         assert_eq!(matches("/v1/units", "/v1/units/web"), None);
         assert_eq!(matches("/v1/system", "/v1/system"), Some(vec![]));

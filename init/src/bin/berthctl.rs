@@ -11,7 +11,8 @@ use berth_init::unit;
 
 const DEFAULT_SOCKET: &str = "/run/berth/api.sock";
 
-const USAGE: &str = "usage: berthctl check FILE...           validate unit files (exit 1 on any error)
+const USAGE: &str =
+    "usage: berthctl check FILE...           validate unit files (exit 1 on any error)
        berthctl [--socket PATH] units     list units
        berthctl [--socket PATH] show UNIT show one unit
        berthctl [--socket PATH] status    system information";
@@ -44,7 +45,11 @@ fn check(files: &[String]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match unit::load_file(Path::new(file)) {
-            Ok(u) => println!("{file}: ok ({} unit `{}`)", if u.is_system() { "system" } else { "container" }, u.name),
+            Ok(u) => println!(
+                "{file}: ok ({} unit `{}`)",
+                if u.is_system() { "system" } else { "container" },
+                u.name
+            ),
             Err(errors) => {
                 ok = false;
                 eprintln!("{errors}");
@@ -79,10 +84,17 @@ fn get(socket: &str, path: &str) -> ExitCode {
 fn request(socket: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     Ok((status, body.to_string()))
 }

@@ -13,10 +13,16 @@ pub fn run_forever(reason: &str) -> ! {
     error!("boot failed: {reason}; starting an emergency shell on the console");
     loop {
         let console = |write: bool| {
-            std::fs::OpenOptions::new().read(!write).write(write).open("/dev/console").map(Stdio::from)
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open("/dev/console")
+                .map(Stdio::from)
         };
         let mut cmd = Command::new(SHELL);
-        cmd.env_clear().env("PATH", crate::launch::process::DEFAULT_PATH).env("PS1", "berth-emergency# ");
+        cmd.env_clear()
+            .env("PATH", crate::launch::process::DEFAULT_PATH)
+            .env("PS1", "berth-emergency# ");
         if let (Ok(i), Ok(o), Ok(e)) = (console(false), console(true), console(true)) {
             cmd.stdin(i).stdout(o).stderr(e);
         }

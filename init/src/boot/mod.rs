@@ -24,7 +24,11 @@ pub enum BootError {
     #[error("cannot mount {target}: {source}")]
     Mount { target: String, source: Errno },
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("machine config: {0}")]
     Config(Diagnostics),
     #[error("{what}: {source}")]
@@ -91,7 +95,13 @@ pub struct Boot {
 impl Boot {
     pub fn new(mode: Mode) -> Boot {
         let paths = Paths::for_mode(&mode);
-        Boot { mode, paths, machine: MachineConfig::default(), cgroups: None, hostname: String::new() }
+        Boot {
+            mode,
+            paths,
+            machine: MachineConfig::default(),
+            cgroups: None,
+            hostname: String::new(),
+        }
     }
 }
 
@@ -102,7 +112,11 @@ pub struct Phase {
     pub run: fn(&mut Boot) -> Result<(), BootError>,
 }
 
-const fn phase(name: &'static str, fatal: bool, run: fn(&mut Boot) -> Result<(), BootError>) -> Phase {
+const fn phase(
+    name: &'static str,
+    fatal: bool,
+    run: fn(&mut Boot) -> Result<(), BootError>,
+) -> Phase {
     Phase { name, fatal, run }
 }
 
@@ -157,17 +171,29 @@ fn enable_cgroups(boot: &mut Boot) -> Result<(), BootError> {
 
 fn disable_ctrl_alt_del(_: &mut Boot) -> Result<(), BootError> {
     // With CAD off the kernel sends SIGINT to PID 1 instead of rebooting at once.
-    nix::sys::reboot::set_cad_enabled(false).map_err(|source| BootError::Sys { what: "ctrl-alt-del", source })
+    nix::sys::reboot::set_cad_enabled(false).map_err(|source| BootError::Sys {
+        what: "ctrl-alt-del",
+        source,
+    })
 }
 
 fn raise_fd_limit(_: &mut Boot) -> Result<(), BootError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|source| BootError::Sys { what: "getrlimit", source })?;
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|source| BootError::Sys { what: "setrlimit", source })
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|source| BootError::Sys {
+        what: "getrlimit",
+        source,
+    })?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|source| BootError::Sys {
+        what: "setrlimit",
+        source,
+    })
 }
 
 fn become_subreaper(_: &mut Boot) -> Result<(), BootError> {
-    nix::sys::prctl::set_child_subreaper(true).map_err(|source| BootError::Sys { what: "PR_SET_CHILD_SUBREAPER", source })
+    nix::sys::prctl::set_child_subreaper(true).map_err(|source| BootError::Sys {
+        what: "PR_SET_CHILD_SUBREAPER",
+        source,
+    })
 }
 
 fn prepare_state(boot: &mut Boot) -> Result<(), BootError> {
@@ -179,7 +205,11 @@ fn prepare_state(boot: &mut Boot) -> Result<(), BootError> {
         dirs.push(parent.to_path_buf());
     }
     for dir in dirs {
-        std::fs::create_dir_all(&dir).map_err(|source| BootError::Io { what: "cannot create", path: dir, source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| BootError::Io {
+            what: "cannot create",
+            path: dir,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -190,8 +220,15 @@ fn read_machine_config(boot: &mut Boot) -> Result<(), BootError> {
 }
 
 fn set_hostname(boot: &mut Boot) -> Result<(), BootError> {
-    let name = boot.machine.hostname.clone().unwrap_or_else(|| "berth".to_string());
-    nix::unistd::sethostname(&name).map_err(|source| BootError::Sys { what: "sethostname", source })?;
+    let name = boot
+        .machine
+        .hostname
+        .clone()
+        .unwrap_or_else(|| "berth".to_string());
+    nix::unistd::sethostname(&name).map_err(|source| BootError::Sys {
+        what: "sethostname",
+        source,
+    })?;
     boot.hostname = name;
     Ok(())
 }
@@ -201,7 +238,10 @@ fn read_hostname(boot: &mut Boot) -> Result<(), BootError> {
     boot.hostname = match &boot.machine.hostname {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()
-            .map_err(|source| BootError::Sys { what: "gethostname", source })?
+            .map_err(|source| BootError::Sys {
+                what: "gethostname",
+                source,
+            })?
             .to_string_lossy()
             .into_owned(),
     };

@@ -20,15 +20,51 @@ pub struct MountSpec {
 /// DESIGN duty 1, in order: parents before children.
 pub fn early_mounts() -> Vec<MountSpec> {
     let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let m = |source, target, fstype, flags, data| MountSpec { source, target, fstype, flags, data };
+    let m = |source, target, fstype, flags, data| MountSpec {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    };
     vec![
         m("proc", "/proc", "proc", secure, None),
         m("sysfs", "/sys", "sysfs", secure, None),
-        m("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        m("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=0620,ptmxmode=0666")),
-        m("shm", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
-        m("run", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
-        m("cgroup2", "/sys/fs/cgroup", "cgroup2", secure, Some("nsdelegate")),
+        m(
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        m(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+        ),
+        m(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        m(
+            "run",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        m(
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            secure,
+            Some("nsdelegate"),
+        ),
     ]
 }
 
@@ -58,7 +94,12 @@ pub fn mount_all(m: &mut dyn Mounter, specs: &[MountSpec]) -> Result<(), BootErr
         let _ = m.mkdir(spec.target);
         match m.mount(spec) {
             Ok(()) | Err(Errno::EBUSY) => {}
-            Err(source) => return Err(BootError::Mount { target: spec.target.to_string(), source }),
+            Err(source) => {
+                return Err(BootError::Mount {
+                    target: spec.target.to_string(),
+                    source,
+                })
+            }
         }
     }
     Ok(())
@@ -90,9 +131,17 @@ mod tests {
 
     #[test]
     fn mounts_in_order_and_tolerates_already_mounted() {
-        let mut r = Recorder { fail: Some(("/dev", Errno::EBUSY)), ..Default::default() };
+        let mut r = Recorder {
+            fail: Some(("/dev", Errno::EBUSY)),
+            ..Default::default()
+        };
         mount_all(&mut r, &early_mounts()).unwrap();
-        let mounts: Vec<&str> = r.calls.iter().filter(|c| c.starts_with("mount")).map(String::as_str).collect();
+        let mounts: Vec<&str> = r
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("mount"))
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             mounts,
             [
@@ -109,7 +158,10 @@ mod tests {
 
     #[test]
     fn a_failed_mount_names_its_target() {
-        let mut r = Recorder { fail: Some(("/sys", Errno::ENODEV)), ..Default::default() };
+        let mut r = Recorder {
+            fail: Some(("/sys", Errno::ENODEV)),
+            ..Default::default()
+        };
         let err = mount_all(&mut r, &early_mounts()).unwrap_err();
         assert_eq!(err.to_string(), "cannot mount /sys: ENODEV: No such device");
     }

@@ -16,13 +16,20 @@ pub struct CgroupError {
 }
 
 fn err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError { path: path.to_path_buf(), source }
+    move |source| CgroupError {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub trait Cgroups {
     /// Creates (or reuses) the unit's cgroup with its limits and returns the path of its
     /// `cgroup.procs`, or `None` when units run without cgroups.
-    fn prepare(&mut self, unit: &str, resources: &Resources) -> Result<Option<PathBuf>, CgroupError>;
+    fn prepare(
+        &mut self,
+        unit: &str,
+        resources: &Resources,
+    ) -> Result<Option<PathBuf>, CgroupError>;
     /// Kills every process in the unit's cgroup (cgroup.kill).
     fn kill_all(&mut self, unit: &str);
     /// Removes the unit's (empty) cgroup.
@@ -64,7 +71,11 @@ impl FsCgroups {
         if wanted.is_empty() {
             return None;
         }
-        let enable = wanted.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
+        let enable = wanted
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let root = mount.join("units");
         fs::create_dir_all(&root).ok()?;
         fs::write(mount.join("cgroup.subtree_control"), &enable).ok()?;
@@ -80,18 +91,31 @@ impl FsCgroups {
 /// The cgroupfs file contents for `resources`: (file name, value).
 pub fn limit_files(resources: &Resources) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    out.push(("memory.max", resources.memory_max.map_or("max".into(), |b| b.to_string())));
+    out.push((
+        "memory.max",
+        resources.memory_max.map_or("max".into(), |b| b.to_string()),
+    ));
     let cpu = match resources.cpu_max {
-        Some(cpus) => format!("{} {CPU_PERIOD_US}", ((cpus * CPU_PERIOD_US as f64) as u64).max(1000)),
+        Some(cpus) => format!(
+            "{} {CPU_PERIOD_US}",
+            ((cpus * CPU_PERIOD_US as f64) as u64).max(1000)
+        ),
         None => format!("max {CPU_PERIOD_US}"),
     };
     out.push(("cpu.max", cpu));
-    out.push(("pids.max", resources.pids_max.map_or("max".into(), |p| p.to_string())));
+    out.push((
+        "pids.max",
+        resources.pids_max.map_or("max".into(), |p| p.to_string()),
+    ));
     out
 }
 
 impl Cgroups for FsCgroups {
-    fn prepare(&mut self, unit: &str, resources: &Resources) -> Result<Option<PathBuf>, CgroupError> {
+    fn prepare(
+        &mut self,
+        unit: &str,
+        resources: &Resources,
+    ) -> Result<Option<PathBuf>, CgroupError> {
         let dir = self.dir(unit);
         fs::create_dir_all(&dir).map_err(err(&dir))?;
         for (file, value) in limit_files(resources) {
@@ -126,7 +150,11 @@ mod tests {
     fn writes_limits_into_the_unit_cgroup() {
         let root = std::env::temp_dir().join(format!("berth-cg-{}", std::process::id()));
         let mut cg = FsCgroups::new(root.clone());
-        let res = Resources { memory_max: Some(64 << 20), cpu_max: Some(0.5), pids_max: Some(128) };
+        let res = Resources {
+            memory_max: Some(64 << 20),
+            cpu_max: Some(0.5),
+            pids_max: Some(128),
+        };
         let procs = cg.prepare("web", &res).unwrap().unwrap();
         assert_eq!(procs, root.join("web/cgroup.procs"));
         let read = |f: &str| fs::read_to_string(root.join("web").join(f)).unwrap();
@@ -147,7 +175,10 @@ mod tests {
         assert!(FsCgroups::detect(&root).is_none());
         fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         assert!(FsCgroups::detect(&root).is_some());
-        assert_eq!(fs::read_to_string(root.join("units/cgroup.subtree_control")).unwrap(), "+cpu +memory +pids");
+        assert_eq!(
+            fs::read_to_string(root.join("units/cgroup.subtree_control")).unwrap(),
+            "+cpu +memory +pids"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -37,9 +37,15 @@ pub enum LaunchError {
     #[error("command `{command}` not found")]
     NotFound { command: String },
     #[error("command `{command}` is not executable: {source}")]
-    NotExecutable { command: String, source: std::io::Error },
+    NotExecutable {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("cannot start `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("unknown user or group `{0}`")]
     UnknownUser(String),
     #[error("cgroup: {0}")]
@@ -77,7 +83,7 @@ pub trait Launcher {
     /// Starts one run of the unit's health check (for containers, inside the container).
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError>;
 
-    /// The main process has exited: remove what is left of the unit (processes, cgroup,
-    /// container). Must not block.
-    fn cleanup(&mut self, unit: &Unit);
+    /// The main process `pid` has exited (or, with `None`, the start failed): remove what is
+    /// left of the unit (processes, cgroup, container). Must not block.
+    fn cleanup(&mut self, unit: &Unit, pid: Option<i32>);
 }

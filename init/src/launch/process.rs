@@ -28,10 +28,18 @@ pub struct ProcessLauncher {
 
 impl ProcessLauncher {
     pub fn new(cgroups: Box<dyn Cgroups>) -> ProcessLauncher {
-        ProcessLauncher { cgroups, etc: PathBuf::from("/etc") }
+        ProcessLauncher {
+            cgroups,
+            etc: PathBuf::from("/etc"),
+        }
     }
 
-    fn spawn(&mut self, unit: &Unit, argv: &[String], capture: bool) -> Result<Spawned, LaunchError> {
+    fn spawn(
+        &mut self,
+        unit: &Unit,
+        argv: &[String],
+        capture: bool,
+    ) -> Result<Spawned, LaunchError> {
         let program = argv.first().map(String::as_str).unwrap_or_default();
         let mut cmd = Command::new(program);
         cmd.args(argv.iter().skip(1))
@@ -47,7 +55,8 @@ impl ProcessLauncher {
         }
         let mut reader = None;
         if capture {
-            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))?;
+            let (r, w) =
+                nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))?;
             set_nonblocking(&r).map_err(LaunchError::Pipe)?;
             let w2 = w.try_clone().map_err(LaunchError::Pipe)?;
             cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
@@ -84,7 +93,10 @@ impl ProcessLauncher {
         // The child is reaped by the supervisor's reaper, never through `Child::wait`.
         let pid = child.id() as i32;
         drop(child);
-        Ok(Spawned { pid, output: reader })
+        Ok(Spawned {
+            pid,
+            output: reader,
+        })
     }
 }
 
@@ -100,12 +112,17 @@ fn spawn_error(program: &str, e: io::Error) -> LaunchError {
 pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg};
     let flags = fcntl(fd, FcntlArg::F_GETFL)?;
-    fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )?;
     Ok(())
 }
 
 fn signal_pid(pid: i32, signal: i32) -> Result<(), LaunchError> {
-    let Ok(sig) = Signal::try_from(signal) else { return Ok(()) };
+    let Ok(sig) = Signal::try_from(signal) else {
+        return Ok(());
+    };
     match kill(Pid::from_raw(pid), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(source) => Err(LaunchError::Signal { pid, source }),
@@ -118,7 +135,8 @@ impl Launcher for ProcessLauncher {
     }
 
     fn start(&mut self, unit: &Unit, _prepared: u32) -> Result<Step, LaunchError> {
-        self.spawn(unit, &unit.container.command, true).map(Step::Main)
+        self.spawn(unit, &unit.container.command, true)
+            .map(Step::Main)
     }
 
     fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError> {
@@ -132,13 +150,20 @@ impl Launcher for ProcessLauncher {
     }
 
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
-        let exec = unit.health.as_ref().map(|h| h.exec.clone()).unwrap_or_default();
+        let exec = unit
+            .health
+            .as_ref()
+            .map(|h| h.exec.clone())
+            .unwrap_or_default();
         self.spawn(unit, &exec, false)
     }
 
-    fn cleanup(&mut self, unit: &Unit) {
+    fn cleanup(&mut self, unit: &Unit, pid: Option<i32>) {
         // Called right after the main process was reaped, so its pid (the group id) cannot
         // have been reused by a new group yet.
+        if let Some(pid) = pid {
+            kill_group(pid);
+        }
         self.cgroups.kill_all(&unit.name);
         self.cgroups.remove(&unit.name);
     }
@@ -189,14 +214,27 @@ mod tests {
     fn resolves_users_from_passwd_and_group() {
         let dir = std::env::temp_dir().join(format!("berth-etc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:101:102::/:/bin/false\n").unwrap();
+        std::fs::write(
+            dir.join("passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:101:102::/:/bin/false\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("group"), "root:x:0:\nwww:x:33:\n").unwrap();
-        let name = |u: &str, g: Option<&str>| UserSpec::Name { user: u.into(), group: g.map(Into::into) };
+        let name = |u: &str, g: Option<&str>| UserSpec::Name {
+            user: u.into(),
+            group: g.map(Into::into),
+        };
         assert_eq!(resolve_user(&dir, &name("web", None)).unwrap(), (101, 102));
-        assert_eq!(resolve_user(&dir, &name("web", Some("www"))).unwrap(), (101, 33));
+        assert_eq!(
+            resolve_user(&dir, &name("web", Some("www"))).unwrap(),
+            (101, 33)
+        );
         assert!(resolve_user(&dir, &name("nobody", None)).is_err());
         assert!(resolve_user(&dir, &name("web", Some("nogroup"))).is_err());
-        assert_eq!(resolve_user(&dir, &UserSpec::Id { uid: 5, gid: None }).unwrap(), (5, 5));
+        assert_eq!(
+            resolve_user(&dir, &UserSpec::Id { uid: 5, gid: None }).unwrap(),
+            (5, 5)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

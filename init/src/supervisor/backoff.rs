@@ -13,7 +13,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff { base, max, consecutive: 0 }
+        Backoff {
+            base,
+            max,
+            consecutive: 0,
+        }
     }
 
     /// The delay for the next restart; each call doubles the following one.
@@ -39,7 +43,11 @@ pub struct StartLimit {
 
 impl StartLimit {
     pub fn new(burst: u32, interval: Duration) -> StartLimit {
-        StartLimit { burst, interval, starts: VecDeque::new() }
+        StartLimit {
+            burst,
+            interval,
+            starts: VecDeque::new(),
+        }
     }
 
     pub fn record(&mut self, now: Instant) {

@@ -105,7 +105,11 @@ pub struct Supervisor {
 impl Supervisor {
     /// Takes every unit found on disk (valid or not). Invalid units, units in dependency
     /// cycles and units no launcher can run are kept as `failed` with their error.
-    pub fn new(loaded: Vec<Loaded>, launchers: Vec<Box<dyn Launcher>>, log_policy: LogPolicy) -> Supervisor {
+    pub fn new(
+        loaded: Vec<Loaded>,
+        launchers: Vec<Box<dyn Launcher>>,
+        log_policy: LogPolicy,
+    ) -> Supervisor {
         let mut slots: Vec<Slot> = loaded
             .into_iter()
             .map(|l| {
@@ -114,15 +118,25 @@ impl Supervisor {
                     Err(d) => (None, Some(d.to_string())),
                 };
                 let service = unit.as_ref().map(|u| u.service.clone()).unwrap_or_default();
-                let launcher = unit.as_ref().and_then(|u| launchers.iter().position(|x| x.handles(u)));
+                let launcher = unit
+                    .as_ref()
+                    .and_then(|u| launchers.iter().position(|x| x.handles(u)));
                 Slot {
                     log: UnitLog::new(&log_policy, &l.name),
                     name: l.name,
                     path: l.path.display().to_string(),
                     unit,
                     launcher,
-                    state: if error.is_some() { State::Failed } else { State::Inactive },
-                    detail: if error.is_some() { "invalid".into() } else { String::new() },
+                    state: if error.is_some() {
+                        State::Failed
+                    } else {
+                        State::Inactive
+                    },
+                    detail: if error.is_some() {
+                        "invalid".into()
+                    } else {
+                        String::new()
+                    },
                     error,
                     pid: None,
                     preparing: false,
@@ -143,14 +157,21 @@ impl Supervisor {
                 }
             })
             .collect();
-        let by_name: HashMap<String, usize> =
-            slots.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        let by_name: HashMap<String, usize> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
 
         for i in 0..slots.len() {
             let deps: Vec<usize> = slots[i]
                 .unit
                 .as_ref()
-                .map(|u| u.ordered_after().filter_map(|d| by_name.get(d).copied()).collect())
+                .map(|u| {
+                    u.ordered_after()
+                        .filter_map(|d| by_name.get(d).copied())
+                        .collect()
+                })
                 .unwrap_or_default();
             for d in deps {
                 slots[d].dependents.push(i);
@@ -158,7 +179,11 @@ impl Supervisor {
         }
 
         let graph = Graph::new(slots.iter().map(|s| {
-            let deps: Vec<&str> = s.unit.as_ref().map(|u| u.ordered_after().collect()).unwrap_or_default();
+            let deps: Vec<&str> = s
+                .unit
+                .as_ref()
+                .map(|u| u.ordered_after().collect())
+                .unwrap_or_default();
             (s.name.as_str(), deps)
         }));
         for cycle in graph.cycles() {
@@ -230,7 +255,9 @@ impl Supervisor {
 
     /// True once no unit has a process left (shutdown can proceed).
     pub fn all_stopped(&self) -> bool {
-        self.slots.iter().all(|s| s.pid.is_none() && s.health_pid.is_none())
+        self.slots
+            .iter()
+            .all(|s| s.pid.is_none() && s.health_pid.is_none())
     }
 
     /// Kills whatever is left of every unit (end of the shutdown deadline).
@@ -244,7 +271,11 @@ impl Supervisor {
 
     /// The longest `stop_timeout` of any unit (bounds the whole shutdown).
     pub fn longest_stop_timeout(&self) -> Duration {
-        let timeouts = self.slots.iter().filter_map(|s| s.unit.as_ref()).map(|u| u.service.stop_timeout);
+        let timeouts = self
+            .slots
+            .iter()
+            .filter_map(|s| s.unit.as_ref())
+            .map(|u| u.service.stop_timeout);
         timeouts.max().unwrap_or_default()
     }
 
@@ -262,7 +293,9 @@ impl Supervisor {
 
     /// Stops one unit by request (it stays stopped until started again).
     pub fn stop_unit(&mut self, name: &str, now: Instant, r: &mut dyn Reactor) -> bool {
-        let Some(&i) = self.by_name.get(name) else { return false };
+        let Some(&i) = self.by_name.get(name) else {
+            return false;
+        };
         self.stop(i, StopReason::Requested, now, r);
         self.advance(now, r);
         true
@@ -270,7 +303,9 @@ impl Supervisor {
 
     /// Starts one stopped, exited or failed unit by request (start limit counts anew).
     pub fn start_unit(&mut self, name: &str, now: Instant, r: &mut dyn Reactor) -> bool {
-        let Some(&i) = self.by_name.get(name) else { return false };
+        let Some(&i) = self.by_name.get(name) else {
+            return false;
+        };
         let slot = &mut self.slots[i];
         if slot.unit.is_none() || slot.launcher.is_none() || self.shutting_down {
             return false;
@@ -292,7 +327,9 @@ impl Supervisor {
     }
 
     pub fn status(&self, name: &str) -> Option<UnitStatus> {
-        self.by_name.get(name).map(|&i| self.status_of(&self.slots[i]))
+        self.by_name
+            .get(name)
+            .map(|&i| self.status_of(&self.slots[i]))
     }
 
     fn status_of(&self, s: &Slot) -> UnitStatus {
@@ -317,8 +354,16 @@ impl Supervisor {
     }
 
     /// A reaped process. Returns false when it belongs to no unit (a re-parented orphan).
-    pub fn on_exit(&mut self, pid: i32, status: ExitStatus, now: Instant, r: &mut dyn Reactor) -> bool {
-        let Some((i, is_health)) = self.pids.remove(&pid) else { return false };
+    pub fn on_exit(
+        &mut self,
+        pid: i32,
+        status: ExitStatus,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) -> bool {
+        let Some((i, is_health)) = self.pids.remove(&pid) else {
+            return false;
+        };
         if is_health {
             self.on_health_exit(i, status, now, r);
         } else if self.slots[i].preparing {
@@ -332,7 +377,9 @@ impl Supervisor {
 
     /// A unit timer fired.
     pub fn on_timer(&mut self, unit: usize, generation: u64, now: Instant, r: &mut dyn Reactor) {
-        let Some(slot) = self.slots.get_mut(unit) else { return };
+        let Some(slot) = self.slots.get_mut(unit) else {
+            return;
+        };
         if slot.generation != generation {
             return; // superseded
         }
@@ -345,8 +392,16 @@ impl Supervisor {
             }
             Action::Escalate => {
                 if let Some(pid) = slot.pid {
-                    let timeout = slot.unit.as_ref().map(|u| u.service.stop_timeout).unwrap_or_default();
-                    warn!("unit {}: still running {} after stop signal, sending SIGKILL", slot.name, format_duration(timeout));
+                    let timeout = slot
+                        .unit
+                        .as_ref()
+                        .map(|u| u.service.stop_timeout)
+                        .unwrap_or_default();
+                    warn!(
+                        "unit {}: still running {} after stop signal, sending SIGKILL",
+                        slot.name,
+                        format_duration(timeout)
+                    );
                     self.signal(unit, pid, libc::SIGKILL, true);
                 }
             }
@@ -386,7 +441,9 @@ impl Supervisor {
             State::Failed => DepState::Down(format!("unit {name} failed")),
             State::Healthy => DepState::Up,
             State::Running if !has_health => DepState::Up,
-            State::Exited if s.action != Action::Restart && s.last_exit.is_some_and(ExitStatus::success) => {
+            State::Exited
+                if s.action != Action::Restart && s.last_exit.is_some_and(ExitStatus::success) =>
+            {
                 DepState::Up
             }
             State::Exited | State::Inactive if !s.wanted && s.action != Action::Restart => {
@@ -449,7 +506,10 @@ impl Supervisor {
             if s.state != State::Inactive {
                 continue;
             }
-            let waiting: Vec<&str> = unit.ordered_after().filter(|d| self.dep_state(d) == DepState::Pending).collect();
+            let waiting: Vec<&str> = unit
+                .ordered_after()
+                .filter(|d| self.dep_state(d) == DepState::Pending)
+                .collect();
             if waiting.is_empty() {
                 self.launch(i, now, r);
                 started = true;
@@ -465,7 +525,13 @@ impl Supervisor {
         let slot = &mut self.slots[i];
         slot.generation += 1;
         slot.action = action;
-        r.schedule(at, Timer::Unit { unit: i, generation: slot.generation });
+        r.schedule(
+            at,
+            Timer::Unit {
+                unit: i,
+                generation: slot.generation,
+            },
+        );
     }
 
     fn disarm(&mut self, i: usize) {
@@ -484,7 +550,9 @@ impl Supervisor {
 
     fn continue_start(&mut self, i: usize, now: Instant, r: &mut dyn Reactor) {
         let slot = &mut self.slots[i];
-        let (Some(unit), Some(l)) = (&slot.unit, slot.launcher) else { return };
+        let (Some(unit), Some(l)) = (&slot.unit, slot.launcher) else {
+            return;
+        };
         slot.state = State::Starting;
         slot.health = Health::Unknown;
         slot.health_failures = 0;
@@ -500,7 +568,10 @@ impl Supervisor {
                 slot.state = State::Running;
                 slot.started_at = Some(now);
                 info!("unit {}: started, pid {}", slot.name, sp.pid);
-                let first_check = unit.health.as_ref().map(|h| h.interval.min(Duration::from_millis(100)));
+                let first_check = unit
+                    .health
+                    .as_ref()
+                    .map(|h| h.interval.min(Duration::from_millis(100)));
                 self.adopt(i, sp, false, r);
                 match first_check {
                     Some(d) => self.arm(i, Action::HealthCheck, after(now, d), r),
@@ -512,7 +583,7 @@ impl Supervisor {
                 let code = e.exit_code();
                 slot.error = Some(e.to_string());
                 slot.preparing = false;
-                self.launchers[l].cleanup(unit);
+                self.launchers[l].cleanup(unit, None);
                 self.after_exit(i, ExitStatus::Exited(code), now, r);
             }
         }
@@ -528,7 +599,10 @@ impl Supervisor {
         if let Some(fd) = sp.output {
             use std::os::fd::AsFd;
             let id = self.pipes.add(i, fd);
-            let watched = self.pipes.fd(id).map(|fd| r.watch(fd, Key::UnitOutput(id), false));
+            let watched = self
+                .pipes
+                .fd(id)
+                .map(|fd| r.watch(fd, Key::UnitOutput(id), false));
             if let Some(Err(e)) = watched {
                 warn!("unit {}: cannot watch output: {e}", self.slots[i].name);
                 if let Some(fd) = self.pipes.drain(id, |_, _| {}) {
@@ -540,7 +614,9 @@ impl Supervisor {
 
     fn signal(&mut self, i: usize, pid: i32, signal: i32, all: bool) {
         let slot = &self.slots[i];
-        let (Some(unit), Some(l)) = (&slot.unit, slot.launcher) else { return };
+        let (Some(unit), Some(l)) = (&slot.unit, slot.launcher) else {
+            return;
+        };
         if let Err(e) = self.launchers[l].signal(unit, pid, signal, all) {
             warn!("unit {}: {e}", slot.name);
         }
@@ -614,9 +690,9 @@ impl Supervisor {
 
     fn on_main_exit(&mut self, i: usize, status: ExitStatus, now: Instant, r: &mut dyn Reactor) {
         let slot = &mut self.slots[i];
-        slot.pid = None;
+        let pid = slot.pid.take();
         if let (Some(unit), Some(l)) = (&slot.unit, slot.launcher) {
-            self.launchers[l].cleanup(unit);
+            self.launchers[l].cleanup(unit, pid);
         }
         self.kill_health_check(i);
         info!("unit {}: {status}", self.slots[i].name);
@@ -673,12 +749,19 @@ impl Supervisor {
             slot.error = Some(why);
             return;
         }
-        let ran = slot.started_at.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+        let ran = slot
+            .started_at
+            .map(|t| now.saturating_duration_since(t))
+            .unwrap_or_default();
         if ran >= unit.service.restart_delay_max {
             slot.backoff.reset();
         }
         let delay = slot.backoff.next_delay();
-        info!("unit {}: restarting in {}", slot.name, format_duration(delay));
+        info!(
+            "unit {}: restarting in {}",
+            slot.name,
+            format_duration(delay)
+        );
         slot.state = State::Exited;
         slot.detail = format!("restarting in {}", format_duration(delay));
         self.arm(i, Action::Restart, after(now, delay), r);
@@ -686,7 +769,9 @@ impl Supervisor {
 
     fn health_check(&mut self, i: usize, now: Instant, r: &mut dyn Reactor) {
         let slot = &self.slots[i];
-        let Some(h) = slot.unit.as_ref().and_then(|u| u.health.as_ref()) else { return };
+        let Some(h) = slot.unit.as_ref().and_then(|u| u.health.as_ref()) else {
+            return;
+        };
         let interval = h.interval;
         if !matches!(slot.state, State::Running | State::Healthy) {
             return;
@@ -735,7 +820,10 @@ impl Supervisor {
         slot.health = Health::Unhealthy;
         slot.state = State::Running;
         slot.detail = "unhealthy".into();
-        warn!("unit {}: unhealthy after {} failed checks", slot.name, slot.health_failures);
+        warn!(
+            "unit {}: unhealthy after {} failed checks",
+            slot.name, slot.health_failures
+        );
         if unit.service.restart != Restart::Never {
             self.stop(i, StopReason::Unhealthy, now, r);
         }

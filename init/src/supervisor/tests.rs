@@ -29,7 +29,9 @@ impl Launcher for FakeLauncher {
     }
     fn start(&mut self, unit: &Unit, prepared: u32) -> Result<Step, LaunchError> {
         if unit.container.command[0] == "missing" {
-            return Err(LaunchError::NotFound { command: "missing".into() });
+            return Err(LaunchError::NotFound {
+                command: "missing".into(),
+            });
         }
         let mut r = self.0.borrow_mut();
         r.next_pid += 1;
@@ -41,7 +43,10 @@ impl Launcher for FakeLauncher {
         Ok(Step::Main(Spawned { pid, output: None }))
     }
     fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError> {
-        self.0.borrow_mut().signals.push((unit.name.clone(), pid, signal, all));
+        self.0
+            .borrow_mut()
+            .signals
+            .push((unit.name.clone(), pid, signal, all));
         Ok(())
     }
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
@@ -51,7 +56,7 @@ impl Launcher for FakeLauncher {
         r.health.push((unit.name.clone(), pid));
         Ok(Spawned { pid, output: None })
     }
-    fn cleanup(&mut self, unit: &Unit) {
+    fn cleanup(&mut self, unit: &Unit, _: Option<i32>) {
         self.0.borrow_mut().cleaned.push(unit.name.clone());
     }
 }
@@ -89,7 +94,12 @@ impl Harness {
         let rec = Rc::new(RefCell::new(Record::default()));
         let policy = LogPolicy::new(std::env::temp_dir());
         let sup = Supervisor::new(loaded, vec![Box::new(FakeLauncher(rec.clone()))], policy);
-        Harness { sup, rec, timers: Timers::default(), now: Instant::now() }
+        Harness {
+            sup,
+            rec,
+            timers: Timers::default(),
+            now: Instant::now(),
+        }
     }
 
     fn start(&mut self) {
@@ -105,7 +115,12 @@ impl Harness {
     }
 
     fn started(&self) -> Vec<String> {
-        self.rec.borrow().started.iter().map(|(n, _)| n.clone()).collect()
+        self.rec
+            .borrow()
+            .started
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn exit(&mut self, pid: i32, status: ExitStatus) {
@@ -118,7 +133,8 @@ impl Harness {
         let delay = at - self.now;
         self.now = at;
         if let Timer::Unit { unit, generation } = timer {
-            self.sup.on_timer(unit, generation, self.now, &mut self.timers);
+            self.sup
+                .on_timer(unit, generation, self.now, &mut self.timers);
         }
         delay
     }
@@ -129,9 +145,18 @@ const SLEEP: &str = "[container]\ncommand = [\"sleep\", \"100\"]\n";
 #[test]
 fn after_waits_for_running_or_healthy() {
     let mut h = Harness::new(&[
-        ("a", "[unit]\nafter = [\"b\"]\n[container]\ncommand = [\"x\"]\n"),
-        ("b", "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"check\"]\ninterval = \"1s\"\n"),
-        ("c", "[unit]\nafter = [\"a\"]\n[container]\ncommand = [\"x\"]\n"),
+        (
+            "a",
+            "[unit]\nafter = [\"b\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "b",
+            "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"check\"]\ninterval = \"1s\"\n",
+        ),
+        (
+            "c",
+            "[unit]\nafter = [\"a\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
     ]);
     h.start();
     assert_eq!(h.started(), ["b"]);
@@ -164,13 +189,23 @@ fn crash_loop_backs_off_then_hits_the_start_limit() {
     h.exit(pid, ExitStatus::Exited(1));
     let s = h.sup.status("crash").unwrap();
     assert_eq!((s.state, s.restarts), (State::Failed, 3));
-    assert!(s.error.unwrap().contains("start limit reached: 4 starts within 60s"));
+    assert!(s
+        .error
+        .unwrap()
+        .contains("start limit reached: 4 starts within 60s"));
     assert_eq!(h.state("good"), State::Running);
 }
 
 #[test]
 fn on_failure_does_not_restart_a_clean_exit() {
-    let mut h = Harness::new(&[("once", SLEEP), ("bad", SLEEP), ("never", "[container]\ncommand=[\"x\"]\n[service]\nrestart=\"never\"\n")]);
+    let mut h = Harness::new(&[
+        ("once", SLEEP),
+        ("bad", SLEEP),
+        (
+            "never",
+            "[container]\ncommand=[\"x\"]\n[service]\nrestart=\"never\"\n",
+        ),
+    ]);
     h.start();
     let (once, bad, never) = (h.pid("once"), h.pid("bad"), h.pid("never"));
     h.exit(once, ExitStatus::Exited(0));
@@ -187,18 +222,42 @@ fn on_failure_does_not_restart_a_clean_exit() {
 #[test]
 fn requires_fails_dependents_of_failed_or_missing_units() {
     let mut h = Harness::new(&[
-        ("db", "[container]\ncommand = [\"missing\"]\n[service]\nrestart = \"never\"\n"),
-        ("web", "[unit]\nrequires = [\"db\"]\n[container]\ncommand = [\"x\"]\n"),
-        ("orphan", "[unit]\nrequires = [\"nothere\"]\n[container]\ncommand = [\"x\"]\n"),
-        ("loose", "[unit]\nafter = [\"db\", \"nothere\"]\n[container]\ncommand = [\"x\"]\n"),
+        (
+            "db",
+            "[container]\ncommand = [\"missing\"]\n[service]\nrestart = \"never\"\n",
+        ),
+        (
+            "web",
+            "[unit]\nrequires = [\"db\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "orphan",
+            "[unit]\nrequires = [\"nothere\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "loose",
+            "[unit]\nafter = [\"db\", \"nothere\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
     ]);
     h.start();
     let db = h.sup.status("db").unwrap();
     assert_eq!((db.state, db.last_exit_code), (State::Failed, Some(127)));
     assert!(db.error.unwrap().contains("not found"));
     assert_eq!(h.state("web"), State::Failed);
-    assert!(h.sup.status("web").unwrap().error.unwrap().contains("unit db failed"));
-    assert!(h.sup.status("orphan").unwrap().error.unwrap().contains("nothere does not exist"));
+    assert!(h
+        .sup
+        .status("web")
+        .unwrap()
+        .error
+        .unwrap()
+        .contains("unit db failed"));
+    assert!(h
+        .sup
+        .status("orphan")
+        .unwrap()
+        .error
+        .unwrap()
+        .contains("nothere does not exist"));
     // `after` alone is ordering only.
     assert_eq!(h.state("loose"), State::Running);
 }
@@ -206,14 +265,23 @@ fn requires_fails_dependents_of_failed_or_missing_units() {
 #[test]
 fn running_dependents_stop_when_a_required_unit_gives_up() {
     let mut h = Harness::new(&[
-        ("db", "[container]\ncommand = [\"x\"]\n[service]\nrestart = \"never\"\n"),
-        ("web", "[unit]\nrequires = [\"db\"]\n[container]\ncommand = [\"x\"]\n"),
+        (
+            "db",
+            "[container]\ncommand = [\"x\"]\n[service]\nrestart = \"never\"\n",
+        ),
+        (
+            "web",
+            "[unit]\nrequires = [\"db\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
     ]);
     h.start();
     let (db, web) = (h.pid("db"), h.pid("web"));
     h.exit(db, ExitStatus::Exited(1));
     assert_eq!(h.state("web"), State::Stopping);
-    assert_eq!(h.rec.borrow().signals.last().unwrap(), &("web".to_string(), web, libc::SIGTERM, false));
+    assert_eq!(
+        h.rec.borrow().signals.last().unwrap(),
+        &("web".to_string(), web, libc::SIGTERM, false)
+    );
     h.exit(web, ExitStatus::Signaled(15));
     assert_eq!(h.state("web"), State::Failed);
 }
@@ -228,13 +296,23 @@ fn shutdown_stops_in_reverse_order_and_escalates() {
     h.start();
     let (a, b, c) = (h.pid("a"), h.pid("b"), h.pid("c"));
     h.sup.begin_shutdown(h.now, &mut h.timers);
-    let signalled = |h: &Harness| h.rec.borrow().signals.iter().map(|s| (s.0.clone(), s.2)).collect::<Vec<_>>();
+    let signalled = |h: &Harness| {
+        h.rec
+            .borrow()
+            .signals
+            .iter()
+            .map(|s| (s.0.clone(), s.2))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(signalled(&h), [("c".to_string(), libc::SIGINT)]);
     h.exit(c, ExitStatus::Exited(0));
     assert_eq!(signalled(&h)[1], ("b".to_string(), libc::SIGTERM));
     // b ignores SIGTERM: after stop_timeout it gets SIGKILL for all its processes.
     assert_eq!(h.fire_last(), Duration::from_secs(2));
-    assert_eq!(h.rec.borrow().signals[2], ("b".to_string(), b, libc::SIGKILL, true));
+    assert_eq!(
+        h.rec.borrow().signals[2],
+        ("b".to_string(), b, libc::SIGKILL, true)
+    );
     h.exit(b, ExitStatus::Signaled(9));
     assert_eq!(signalled(&h)[3], ("a".to_string(), libc::SIGTERM));
     h.exit(a, ExitStatus::Signaled(15));
@@ -263,21 +341,38 @@ fn unhealthy_units_are_restarted_and_preparation_runs_first() {
     }
     assert_eq!(h.state("web"), State::Stopping);
     h.exit(pid, ExitStatus::Signaled(15));
-    assert!(h.sup.status("web").unwrap().detail.starts_with("restarting in"));
+    assert!(h
+        .sup
+        .status("web")
+        .unwrap()
+        .detail
+        .starts_with("restarting in"));
 }
 
 #[test]
 fn invalid_units_and_cycles_are_failed_with_their_reason() {
     let mut h = Harness::new(&[
         ("bad", "[container]\ncommand = [\"x\"]\nbogus = 1\n"),
-        ("x", "[unit]\nafter = [\"y\"]\n[container]\ncommand = [\"x\"]\n"),
-        ("y", "[unit]\nrequires = [\"x\"]\n[container]\ncommand = [\"x\"]\n"),
+        (
+            "x",
+            "[unit]\nafter = [\"y\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "y",
+            "[unit]\nrequires = [\"x\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
         ("ok", SLEEP),
     ]);
     h.start();
     let bad = h.sup.status("bad").unwrap();
     assert_eq!(bad.state, State::Failed);
-    assert!(bad.error.unwrap().starts_with("bad.toml:3:1: key `container.bogus`"));
-    assert_eq!(h.sup.status("x").unwrap().error.unwrap(), "dependency cycle: x -> y -> x");
+    assert!(bad
+        .error
+        .unwrap()
+        .starts_with("bad.toml:3:1: key `container.bogus`"));
+    assert_eq!(
+        h.sup.status("x").unwrap().error.unwrap(),
+        "dependency cycle: x -> y -> x"
+    );
     assert_eq!(h.state("ok"), State::Running);
 }

@@ -46,7 +46,10 @@ fn design_example_parses_fully() {
     let u = parse("web", "web.toml", FULL).unwrap();
     assert_eq!(u.name, "web");
     assert!(u.critical && !u.is_system());
-    assert_eq!(u.container.image.as_ref().unwrap().to_string(), "docker.io/library/nginx:alpine");
+    assert_eq!(
+        u.container.image.as_ref().unwrap().to_string(),
+        "docker.io/library/nginx:alpine"
+    );
     assert_eq!(u.container.command, ["nginx", "-g", "daemon off;"]);
     assert_eq!(u.container.env.get("TZ").map(String::as_str), Some("UTC"));
     assert_eq!(u.resources.memory_max, Some(64 << 20));
@@ -63,7 +66,12 @@ fn design_example_parses_fully() {
 
 #[test]
 fn system_unit_defaults() {
-    let u = parse("sleeper", "s.toml", "[container]\ncommand = [\"sleep\", \"1\"]\n").unwrap();
+    let u = parse(
+        "sleeper",
+        "s.toml",
+        "[container]\ncommand = [\"sleep\", \"1\"]\n",
+    )
+    .unwrap();
     assert!(u.is_system());
     assert_eq!(u.container.network, Network::Host);
     assert_eq!(u.service, Service::default());
@@ -102,7 +110,11 @@ fn unknown_keys_and_types_are_reported_with_lines() {
     let got = errors("[unit]\nbogus = 1\n[container]\ncommand = \"sleep\"\n[extra]\n");
     assert_eq!(
         got,
-        vec![(2, "unit.bogus".into()), (4, "container.command".into()), (5, "extra".into())]
+        vec![
+            (2, "unit.bogus".into()),
+            (4, "container.command".into()),
+            (5, "extra".into())
+        ]
     );
 }
 
@@ -110,7 +122,10 @@ fn unknown_keys_and_types_are_reported_with_lines() {
 fn missing_container_and_bad_names() {
     assert!(errors("").iter().any(|(_, k)| k == "container"));
     let got = errors("[unit]\nafter = [\"u\", \"../x\"]\n[container]\ncommand = [\"x\"]\n");
-    assert_eq!(got, vec![(2, "unit.after[0]".into()), (2, "unit.after[1]".into())]);
+    assert_eq!(
+        got,
+        vec![(2, "unit.after[0]".into()), (2, "unit.after[1]".into())]
+    );
     assert!(parse("bad name", "f", "[container]\ncommand=[\"x\"]").is_err());
 }
 
@@ -136,7 +151,11 @@ fn load_dirs_keeps_bad_units_beside_good_ones_and_later_dirs_override() {
     std::fs::create_dir_all(&b).unwrap();
     std::fs::write(a.join("one.toml"), "[container]\ncommand = [\"a\"]\n").unwrap();
     std::fs::write(b.join("one.toml"), "[container]\ncommand = [\"b\"]\n").unwrap();
-    std::fs::write(b.join("two.toml"), "[container]\ncommand = [\"x\"]\nnope = 1\n").unwrap();
+    std::fs::write(
+        b.join("two.toml"),
+        "[container]\ncommand = [\"x\"]\nnope = 1\n",
+    )
+    .unwrap();
     std::fs::write(b.join("ignored.txt"), "x").unwrap();
     let loaded = load_dirs(&[a, b, base.join("missing")]);
     std::fs::remove_dir_all(&base).unwrap();
@@ -173,19 +192,46 @@ proptest! {
 /// with values of every TOML type, so the validator sees well-formed but wrong input.
 fn toml_doc() -> impl Strategy<Value = String> {
     let sections = prop_oneof![
-        Just("unit"), Just("container"), Just("resources"), Just("service"), Just("health"), Just("x")
+        Just("unit"),
+        Just("container"),
+        Just("resources"),
+        Just("service"),
+        Just("health"),
+        Just("x")
     ];
     let keys = prop_oneof![
-        Just("description"), Just("after"), Just("requires"), Just("critical"), Just("image"),
-        Just("command"), Just("env"), Just("user"), Just("network"), Just("ports"),
-        Just("volumes"), Just("read_only"), Just("memory_max"), Just("cpu_max"), Just("pids_max"),
-        Just("restart"), Just("restart_delay"), Just("restart_delay_max"),
-        Just("start_limit_burst"), Just("start_limit_interval"), Just("stop_signal"),
-        Just("stop_timeout"), Just("exec"), Just("interval"), Just("retries"), Just("zz")
+        Just("description"),
+        Just("after"),
+        Just("requires"),
+        Just("critical"),
+        Just("image"),
+        Just("command"),
+        Just("env"),
+        Just("user"),
+        Just("network"),
+        Just("ports"),
+        Just("volumes"),
+        Just("read_only"),
+        Just("memory_max"),
+        Just("cpu_max"),
+        Just("pids_max"),
+        Just("restart"),
+        Just("restart_delay"),
+        Just("restart_delay_max"),
+        Just("start_limit_burst"),
+        Just("start_limit_interval"),
+        Just("stop_signal"),
+        Just("stop_timeout"),
+        Just("exec"),
+        Just("interval"),
+        Just("retries"),
+        Just("zz")
     ];
     let scalar = prop_oneof![
         any::<i64>().prop_map(|i| i.to_string()),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:?}")),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:?}")),
         any::<bool>().prop_map(|b| b.to_string()),
         "[ -~]{0,16}".prop_map(|s| format!("{:?}", s)),
         Just("\"64M\"".to_string()),
@@ -195,7 +241,8 @@ fn toml_doc() -> impl Strategy<Value = String> {
     ];
     let value = scalar.prop_recursive(2, 8, 4, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(", "))),
             proptest::collection::vec(("[a-zA-Z_][a-zA-Z0-9_]{0,5}", inner), 0..3).prop_map(|kv| {
                 let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
                 format!("{{ {} }}", body.join(", "))

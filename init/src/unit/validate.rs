@@ -18,7 +18,8 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn error(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
-        self.errors.push(self.src.diagnostic(span, key, message.into()));
+        self.errors
+            .push(self.src.diagnostic(span, key, message.into()));
     }
 
     /// Applies `parse` to an optional text value; errors are recorded, `None` returned.
@@ -69,7 +70,11 @@ impl Checker<'_> {
             Some(n) if range.contains(n.get_ref()) => *n.get_ref(),
             Some(n) => {
                 let (lo, hi) = (range.start, range.end - 1);
-                self.error(Some(n.span()), key, format!("must be between {lo} and {hi}"));
+                self.error(
+                    Some(n.span()),
+                    key,
+                    format!("must be between {lo} and {hi}"),
+                );
                 default
             }
             None => default,
@@ -102,9 +107,16 @@ fn span_of<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
 
 /// Validates a parsed file for the unit called `name`.
 pub fn validate(name: &str, file: UnitFile, src: &Source<'_>) -> Result<Unit, Diagnostics> {
-    let mut c = Checker { src, errors: Vec::new() };
+    let mut c = Checker {
+        src,
+        errors: Vec::new(),
+    };
     if !value::is_name(name) {
-        c.error(None, "", format!("unit name `{name}` may hold only letters, digits, `-`, `_`, `.`"));
+        c.error(
+            None,
+            "",
+            format!("unit name `{name}` may hold only letters, digits, `-`, `_`, `.`"),
+        );
     }
 
     let u = file.unit.unwrap_or_default();
@@ -116,7 +128,11 @@ pub fn validate(name: &str, file: UnitFile, src: &Source<'_>) -> Result<Unit, Di
     let container = match &file.container {
         Some(section) => container(&mut c, section),
         None => {
-            c.error(None, "container", "missing [container] section (a command or an image)");
+            c.error(
+                None,
+                "container",
+                "missing [container] section (a command or an image)",
+            );
             None
         }
     };
@@ -166,7 +182,11 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
     let is_system = s.image.is_none();
     let command = command(c, &s.command, "container.command");
     if is_system && s.command.is_none() {
-        c.error(None, "container.command", "a unit without `image` (a system unit) needs `command`");
+        c.error(
+            None,
+            "container.command",
+            "a unit without `image` (a system unit) needs `command`",
+        );
     }
 
     let mut env = BTreeMap::new();
@@ -176,9 +196,17 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
                 b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit())
             }) && !k.is_empty();
             if !valid_key {
-                c.error(Some(v.span()), &format!("container.env.{k}"), "not a valid variable name");
+                c.error(
+                    Some(v.span()),
+                    &format!("container.env.{k}"),
+                    "not a valid variable name",
+                );
             } else if v.get_ref().contains('\0') {
-                c.error(Some(v.span()), &format!("container.env.{k}"), "contains a NUL byte");
+                c.error(
+                    Some(v.span()),
+                    &format!("container.env.{k}"),
+                    "contains a NUL byte",
+                );
             } else {
                 env.insert(k.clone(), v.get_ref().clone());
             }
@@ -186,7 +214,11 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
     }
 
     let user = c.text(&s.user, "container.user", value::parse_user);
-    let default_network = if is_system { Network::Host } else { Network::Bridge };
+    let default_network = if is_system {
+        Network::Host
+    } else {
+        Network::Bridge
+    };
     let network = c
         .text(&s.network, "container.network", |n| match n {
             "bridge" => Ok(Network::Bridge),
@@ -197,9 +229,20 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
         .unwrap_or(default_network);
     let ports = c.list(&s.ports, "container.ports", value::parse_port);
     for (i, p) in ports.iter().enumerate() {
-        if ports[..i].iter().any(|q| (q.host_port, q.protocol) == (p.host_port, p.protocol)) {
-            let span = s.ports.as_ref().and_then(|l| l.get_ref().get(i)).map(Spanned::span);
-            c.error(span, &format!("container.ports[{i}]"), "host port published twice");
+        if ports[..i]
+            .iter()
+            .any(|q| (q.host_port, q.protocol) == (p.host_port, p.protocol))
+        {
+            let span = s
+                .ports
+                .as_ref()
+                .and_then(|l| l.get_ref().get(i))
+                .map(Spanned::span);
+            c.error(
+                span,
+                &format!("container.ports[{i}]"),
+                "host port published twice",
+            );
         }
     }
     let volumes = c.list(&s.volumes, "container.volumes", value::parse_volume);
@@ -214,29 +257,56 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
         ];
         for (key, span) in only_containers {
             if span.is_some() {
-                c.error(span, key, "only container units (with `image`) can use this key");
+                c.error(
+                    span,
+                    key,
+                    "only container units (with `image`) can use this key",
+                );
             }
         }
         if network != Network::Host {
-            c.error(span_of(&s.network), "container.network", "a system unit always uses the host network");
+            c.error(
+                span_of(&s.network),
+                "container.network",
+                "a system unit always uses the host network",
+            );
         }
     } else if network != Network::Bridge && !ports.is_empty() {
-        c.error(span_of(&s.ports), "container.ports", "publishing ports needs network = \"bridge\"");
+        c.error(
+            span_of(&s.ports),
+            "container.ports",
+            "publishing ports needs network = \"bridge\"",
+        );
     }
 
-    Some(Container { image, command, env, user, network, ports, volumes, read_only })
+    Some(Container {
+        image,
+        command,
+        env,
+        user,
+        network,
+        ports,
+        volumes,
+        read_only,
+    })
 }
 
 fn resources(c: &mut Checker<'_>, s: &file::ResourcesSection) -> Resources {
     let memory_max = s.memory_max.as_ref().and_then(|m| {
         let parsed = match m.get_ref() {
-            SizeValue::Bytes(b) => u64::try_from(*b).map_err(|_| "must not be negative".to_string()),
+            SizeValue::Bytes(b) => {
+                u64::try_from(*b).map_err(|_| "must not be negative".to_string())
+            }
             SizeValue::Text(t) => value::parse_size(t),
         };
         match parsed {
             Ok(b) if b >= 1 << 20 => Some(b),
             Ok(_) => {
-                c.error(Some(m.span()), "resources.memory_max", "must be at least 1M");
+                c.error(
+                    Some(m.span()),
+                    "resources.memory_max",
+                    "must be at least 1M",
+                );
                 None
             }
             Err(e) => {
@@ -247,17 +317,26 @@ fn resources(c: &mut Checker<'_>, s: &file::ResourcesSection) -> Resources {
     });
     let cpu_max = s.cpu_max.as_ref().and_then(|n| {
         let cpus = Number::as_f64(*n.get_ref());
-        if cpus.is_finite() && cpus >= 0.01 && cpus <= 4096.0 {
+        if (0.01..=4096.0).contains(&cpus) {
             Some(cpus)
         } else {
-            c.error(Some(n.span()), "resources.cpu_max", "must be between 0.01 and 4096 CPUs");
+            c.error(
+                Some(n.span()),
+                "resources.cpu_max",
+                "must be between 0.01 and 4096 CPUs",
+            );
             None
         }
     });
-    let pids_max = s.pids_max.as_ref().map(|_| {
-        c.int_in(&s.pids_max, "resources.pids_max", 1..(1 << 22), 1) as u64
-    });
-    Resources { memory_max, cpu_max, pids_max }
+    let pids_max = s
+        .pids_max
+        .as_ref()
+        .map(|_| c.int_in(&s.pids_max, "resources.pids_max", 1..(1 << 22), 1) as u64);
+    Resources {
+        memory_max,
+        cpu_max,
+        pids_max,
+    }
 }
 
 fn service(c: &mut Checker<'_>, s: &file::ServiceSection) -> Service {
@@ -267,13 +346,18 @@ fn service(c: &mut Checker<'_>, s: &file::ServiceSection) -> Service {
             "always" => Ok(Restart::Always),
             "on-failure" => Ok(Restart::OnFailure),
             "never" => Ok(Restart::Never),
-            _ => Err(format!("unknown restart policy `{r}` (always, on-failure or never)")),
+            _ => Err(format!(
+                "unknown restart policy `{r}` (always, on-failure or never)"
+            )),
         })
         .unwrap_or(d.restart);
     let restart_delay = c.duration(&s.restart_delay, "service.restart_delay", d.restart_delay);
     let max_default = d.restart_delay_max.max(restart_delay);
-    let restart_delay_max =
-        c.duration(&s.restart_delay_max, "service.restart_delay_max", max_default);
+    let restart_delay_max = c.duration(
+        &s.restart_delay_max,
+        "service.restart_delay_max",
+        max_default,
+    );
     if restart_delay_max < restart_delay {
         c.error(
             span_of(&s.restart_delay_max),
@@ -281,9 +365,17 @@ fn service(c: &mut Checker<'_>, s: &file::ServiceSection) -> Service {
             "must not be shorter than restart_delay",
         );
     }
-    let burst = c.int_in(&s.start_limit_burst, "service.start_limit_burst", 1..10_001, 5) as u32;
-    let interval =
-        c.duration(&s.start_limit_interval, "service.start_limit_interval", d.start_limit_interval);
+    let burst = c.int_in(
+        &s.start_limit_burst,
+        "service.start_limit_burst",
+        1..10_001,
+        5,
+    ) as u32;
+    let interval = c.duration(
+        &s.start_limit_interval,
+        "service.start_limit_interval",
+        d.start_limit_interval,
+    );
     let stop_signal = c.text(&s.stop_signal, "service.stop_signal", value::parse_signal);
     let stop_timeout = c.duration(&s.stop_timeout, "service.stop_timeout", d.stop_timeout);
     Service {
@@ -304,8 +396,16 @@ fn health(c: &mut Checker<'_>, s: &file::HealthSection) -> Option<Health> {
     let exec = command(c, &s.exec, "health.exec");
     let interval = c.duration(&s.interval, "health.interval", DEFAULT_HEALTH_INTERVAL);
     if interval < Duration::from_millis(10) {
-        c.error(span_of(&s.interval), "health.interval", "must be at least 10ms");
+        c.error(
+            span_of(&s.interval),
+            "health.interval",
+            "must be at least 10ms",
+        );
     }
     let retries = c.int_in(&s.retries, "health.retries", 1..1001, 3) as u32;
-    Some(Health { exec, interval, retries })
+    Some(Health {
+        exec,
+        interval,
+        retries,
+    })
 }

@@ -19,7 +19,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000.0,
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
-        _ => return Err(format!("duration `{text}`: unknown unit `{unit}` (use ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "duration `{text}`: unknown unit `{unit}` (use ms, s, m, h)"
+            ))
+        }
     };
     let value = parse_number(number).ok_or_else(|| format!("duration `{text}`: bad number"))?;
     let millis = value * millis_per_unit;
@@ -44,20 +48,32 @@ pub fn format_duration(d: Duration) -> String {
 /// (`64M`, `1G`, `512K`, `4096`). `Ki`/`KiB`/`KB` style suffixes mean the same powers of 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     if number.is_empty() {
         return Err(format!("size `{text}` must start with a number"));
     }
-    let shift = match suffix.trim_end_matches("iB").trim_end_matches('i').trim_end_matches('B') {
+    let shift = match suffix
+        .trim_end_matches("iB")
+        .trim_end_matches('i')
+        .trim_end_matches('B')
+    {
         "" => 0,
         "K" | "k" => 10,
         "M" | "m" => 20,
         "G" | "g" => 30,
         "T" | "t" => 40,
-        _ => return Err(format!("size `{text}`: unknown suffix `{suffix}` (use K, M, G, T)")),
+        _ => {
+            return Err(format!(
+                "size `{text}`: unknown suffix `{suffix}` (use K, M, G, T)"
+            ))
+        }
     };
-    let value: u64 = number.parse().map_err(|_| format!("size `{text}`: number too large"))?;
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("size `{text}`: number too large"))?;
     value
         .checked_mul(1u64 << shift)
         .ok_or_else(|| format!("size `{text}` is too large"))
@@ -117,7 +133,11 @@ pub fn parse_port(text: &str) -> Result<PortMapping, String> {
     let (addr, protocol) = match text.rsplit_once('/') {
         Some((a, "tcp")) => (a, Protocol::Tcp),
         Some((a, "udp")) => (a, Protocol::Udp),
-        Some((_, p)) => return Err(format!("port `{text}`: unknown protocol `{p}` (tcp or udp)")),
+        Some((_, p)) => {
+            return Err(format!(
+                "port `{text}`: unknown protocol `{p}` (tcp or udp)"
+            ))
+        }
         None => (text, Protocol::Tcp),
     };
     let (rest, container) = addr
@@ -172,14 +192,22 @@ pub fn parse_volume(text: &str) -> Result<Volume, String> {
         [s, t, "ro"] => (*s, *t, true),
         [s, t, "rw"] => (*s, *t, false),
         [_, _, m] => return Err(format!("volume `{text}`: unknown mode `{m}` (ro or rw)")),
-        _ => return Err(format!("volume `{text}` must be `name-or-/abs:/path[:ro|rw]`")),
+        _ => {
+            return Err(format!(
+                "volume `{text}` must be `name-or-/abs:/path[:ro|rw]`"
+            ))
+        }
     };
     if !is_clean_absolute(target) {
-        return Err(format!("volume `{text}`: target `{target}` must be an absolute path"));
+        return Err(format!(
+            "volume `{text}`: target `{target}` must be an absolute path"
+        ));
     }
     let source = if source.starts_with('/') {
         if !is_clean_absolute(source) {
-            return Err(format!("volume `{text}`: source `{source}` must be a clean path"));
+            return Err(format!(
+                "volume `{text}`: source `{source}` must be a clean path"
+            ));
         }
         VolumeSource::Host(source.to_string())
     } else {
@@ -190,7 +218,11 @@ pub fn parse_volume(text: &str) -> Result<Volume, String> {
         }
         VolumeSource::Named(source.to_string())
     };
-    Ok(Volume { source, target: target.to_string(), read_only })
+    Ok(Volume {
+        source,
+        target: target.to_string(),
+        read_only,
+    })
 }
 
 fn is_clean_absolute(path: &str) -> bool {
@@ -202,7 +234,9 @@ pub fn is_name(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 128
         && !text.starts_with('.')
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// The identity a unit's process runs as.
@@ -231,9 +265,14 @@ pub fn parse_user(text: &str) -> Result<UserSpec, String> {
         return Ok(UserSpec::Id { uid, gid });
     }
     if !valid(user) || group.is_some_and(|g| !valid(g)) {
-        return Err(format!("user `{text}` must be `uid[:gid]` or `name[:group]`"));
+        return Err(format!(
+            "user `{text}` must be `uid[:gid]` or `name[:group]`"
+        ));
     }
-    Ok(UserSpec::Name { user: user.to_string(), group: group.map(str::to_string) })
+    Ok(UserSpec::Name {
+        user: user.to_string(),
+        group: group.map(str::to_string),
+    })
 }
 
 /// A parsed image reference: `[registry/]repository[:tag][@digest]`.
@@ -268,9 +307,13 @@ pub fn parse_image(text: &str) -> Result<ImageRef, String> {
     }
     let (name_tag, digest) = match text.split_once('@') {
         Some((n, d)) => {
-            let (algo, hex) = d.split_once(':').ok_or_else(|| bad("digest must be algo:hex"))?;
+            let (algo, hex) = d
+                .split_once(':')
+                .ok_or_else(|| bad("digest must be algo:hex"))?;
             let algo_ok = !algo.is_empty()
-                && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
+                && algo
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
             let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
             if !algo_ok || !hex_ok {
                 return Err(bad("malformed digest"));
@@ -282,13 +325,17 @@ pub fn parse_image(text: &str) -> Result<ImageRef, String> {
     // A tag is after the last ':' that follows the last '/' (a ':' before it is a registry port).
     let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
         None => (name_tag, None),
     };
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
             && !t.starts_with(['.', '-']);
         if !ok {
             return Err(bad("malformed tag"));
@@ -299,7 +346,10 @@ pub fn parse_image(text: &str) -> Result<ImageRef, String> {
         && (components[0].contains(['.', ':']) || components[0] == "localhost");
     let registry = if first_is_registry {
         let r = components.remove(0);
-        if !r.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
+        if !r
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        {
             return Err(bad("malformed registry host"));
         }
         r.to_string()
@@ -308,7 +358,9 @@ pub fn parse_image(text: &str) -> Result<ImageRef, String> {
     };
     for c in &components {
         if !is_path_component(c) {
-            return Err(bad("repository path components are lowercase letters, digits and separators"));
+            return Err(bad(
+                "repository path components are lowercase letters, digits and separators",
+            ));
         }
     }
     if registry == "docker.io" && components.len() == 1 {
@@ -319,7 +371,12 @@ pub fn parse_image(text: &str) -> Result<ImageRef, String> {
         (None, Some(_)) => None,
         (None, None) => Some("latest".to_string()),
     };
-    Ok(ImageRef { registry, repository: components.join("/"), tag, digest })
+    Ok(ImageRef {
+        registry,
+        repository: components.join("/"),
+        tag,
+        digest,
+    })
 }
 
 /// `[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*`
@@ -375,7 +432,14 @@ mod tests {
         assert_eq!(parse_size("512K"), Ok(512 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        for bad in ["", "M", "64X", "1.5G", "99999999999999999999", "99999999999T"] {
+        for bad in [
+            "",
+            "M",
+            "64X",
+            "1.5G",
+            "99999999999999999999",
+            "99999999999T",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
@@ -392,13 +456,23 @@ mod tests {
     #[test]
     fn ports() {
         let p = parse_port("8080:80/tcp").unwrap();
-        assert_eq!((p.host_ip, p.host_port, p.container_port, p.protocol), (None, 8080, 80, Protocol::Tcp));
+        assert_eq!(
+            (p.host_ip, p.host_port, p.container_port, p.protocol),
+            (None, 8080, 80, Protocol::Tcp)
+        );
         let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
         assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(p.protocol, Protocol::Udp);
         let p = parse_port("[::1]:8443:443").unwrap();
         assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
-        for bad in ["80", "0:80", "8080:70000", "a:80", "8080:80/sctp", "1.2.3:80:80"] {
+        for bad in [
+            "80",
+            "0:80",
+            "8080:70000",
+            "a:80",
+            "8080:80/sctp",
+            "1.2.3:80:80",
+        ] {
             assert!(parse_port(bad).is_err(), "{bad}");
         }
     }
@@ -411,18 +485,34 @@ mod tests {
         let v = parse_volume("/srv/x:/data").unwrap();
         assert_eq!(v.source, VolumeSource::Host("/srv/x".into()));
         assert!(!v.read_only);
-        for bad in ["data", "data:rel", "data:/x:rx", "../x:/x", "/a/../b:/x", "a:/x:ro:rw"] {
+        for bad in [
+            "data",
+            "data:rel",
+            "data:/x:rx",
+            "../x:/x",
+            "/a/../b:/x",
+            "a:/x:ro:rw",
+        ] {
             assert!(parse_volume(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn users() {
-        assert_eq!(parse_user("101:102"), Ok(UserSpec::Id { uid: 101, gid: Some(102) }));
+        assert_eq!(
+            parse_user("101:102"),
+            Ok(UserSpec::Id {
+                uid: 101,
+                gid: Some(102)
+            })
+        );
         assert_eq!(parse_user("0"), Ok(UserSpec::Id { uid: 0, gid: None }));
         assert_eq!(
             parse_user("nobody:nogroup"),
-            Ok(UserSpec::Name { user: "nobody".into(), group: Some("nogroup".into()) })
+            Ok(UserSpec::Name {
+                user: "nobody".into(),
+                group: Some("nogroup".into())
+            })
         );
         for bad in ["", "1:x", "a b", "a:", ":1"] {
             assert!(parse_user(bad).is_err(), "{bad}");
@@ -433,13 +523,28 @@ mod tests {
     fn images() {
         let i = parse_image("docker.io/library/nginx:alpine").unwrap();
         assert_eq!(i.to_string(), "docker.io/library/nginx:alpine");
-        assert_eq!(parse_image("nginx").unwrap().to_string(), "docker.io/library/nginx:latest");
+        assert_eq!(
+            parse_image("nginx").unwrap().to_string(),
+            "docker.io/library/nginx:latest"
+        );
         let i = parse_image("localhost:5000/berth/demo:1.0").unwrap();
-        assert_eq!((i.registry.as_str(), i.repository.as_str()), ("localhost:5000", "berth/demo"));
+        assert_eq!(
+            (i.registry.as_str(), i.repository.as_str()),
+            ("localhost:5000", "berth/demo")
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let i = parse_image(&format!("quay.io/x/y@{d}")).unwrap();
         assert_eq!((i.tag, i.digest), (None, Some(d)));
-        for bad in ["", "Nginx", "nginx:", "nginx:-x", "a//b", "x@sha256:zz", "-a/b", "a__-b"] {
+        for bad in [
+            "",
+            "Nginx",
+            "nginx:",
+            "nginx:-x",
+            "a//b",
+            "x@sha256:zz",
+            "-a/b",
+            "a__-b",
+        ] {
             assert!(parse_image(bad).is_err(), "{bad}");
         }
     }
