@@ -103,3 +103,12 @@ fn api_answers_json_and_json_errors() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"state\": \"running\""));
 }
+
+#[test]
+fn example_units_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/examples");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl")).arg("check").args(&files).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
