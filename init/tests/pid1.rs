@@ -10,17 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{children_of, temp_dir, DEADLINE};
-
-fn get(socket: &str, path: &str) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    serde_json::from_str(out.split_once("\r\n\r\n")?.1).ok()
-}
+use common::{children_of, get_at, temp_dir, DEADLINE};
 
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -77,12 +67,12 @@ fn pid1_boots_supervises_and_powers_off_in_namespaces() {
             .find(|(_, _, comm)| comm == "berth-init")
             .map(|(p, _, _)| p)
     });
-    let socket = format!("/proc/{init}/root/run/berth/api.sock");
-    let system = wait_for("the API", || get(&socket, "/v1/system"));
+    let socket = std::path::PathBuf::from(format!("/proc/{init}/root/run/berth/api.sock"));
+    let system = wait_for("the API", || get_at(&socket, "/v1/system"));
     assert_eq!(system["mode"], "pid1");
     assert_eq!(system["hostname"], "berth-pid1-test");
     let unit = wait_for("sleeper running", || {
-        get(&socket, "/v1/units/sleeper").filter(|u| u["state"] == "running")
+        get_at(&socket, "/v1/units/sleeper").filter(|u| u["state"] == "running")
     });
     assert!(unit["pid"].as_i64().unwrap() > 1);
 

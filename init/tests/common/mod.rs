@@ -67,21 +67,11 @@ impl Host {
 
     /// (status, body) of a raw request, or None when the socket does not answer.
     pub fn request(&self, raw: &str) -> Option<(u16, Value)> {
-        let mut s = UnixStream::connect(self.socket()).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        s.write_all(raw.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, serde_json::from_str(body).ok()?))
+        request_at(&self.socket(), raw)
     }
 
     pub fn try_get(&self, path: &str) -> Option<Value> {
-        match self.request(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))? {
-            (200, v) => Some(v),
-            _ => None,
-        }
+        get_at(&self.socket(), path)
     }
 
     pub fn unit(&self, name: &str) -> Value {
@@ -145,6 +135,26 @@ impl Host {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// (status, JSON body) of one raw request to the API socket at `socket`.
+pub fn request_at(socket: &Path, raw: &str) -> Option<(u16, Value)> {
+    let mut s = UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(raw.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+/// The JSON body of `GET path` when it answers 200.
+pub fn get_at(socket: &Path, path: &str) -> Option<Value> {
+    match request_at(socket, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"))? {
+        (200, v) => Some(v),
+        _ => None,
     }
 }
 
