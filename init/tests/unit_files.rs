@@ -123,3 +123,21 @@ fn example_units_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_slow_client_does_not_stall_the_api_and_times_out() {
+    use std::io::{Read, Write};
+    let host = Host::start("slow", &[("good", GOOD)]);
+    let mut slow = std::os::unix::net::UnixStream::connect(host.socket()).unwrap();
+    slow.write_all(b"GET /v1/sys").unwrap();
+    // Another request is answered while the slow one is pending.
+    assert_eq!(host.try_get("/v1/units/good").unwrap()["name"], "good");
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{answer}"
+    );
+}
