@@ -1,1 +1,3 @@
-//! berth-runtime: OCI container runtime library.
+//! berth-runtime: Berth's OCI container runtime library.
+
+pub mod cgroups;

@@ -49,7 +49,7 @@ pub enum LaunchError {
     #[error("unknown user or group `{0}`")]
     UnknownUser(String),
     #[error("cgroup: {0}")]
-    Cgroup(#[from] cgroup::CgroupError),
+    Cgroup(#[from] berth_runtime::cgroups::CgroupError),
     #[error("cannot create output pipe: {0}")]
     Pipe(std::io::Error),
     #[error("cannot signal process {pid}: {source}")]

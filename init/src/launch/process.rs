@@ -70,7 +70,10 @@ impl ProcessLauncher {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
-                    .map_err(|source| super::cgroup::CgroupError { path, source })?,
+                    .map_err(|source| LaunchError::Spawn {
+                        command: format!("(joining cgroup {})", path.display()),
+                        source,
+                    })?,
             ),
             None => None,
         };
