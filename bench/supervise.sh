@@ -91,8 +91,8 @@ B0=$(now_ms)
 pids=()
 for _ in $(seq "$N"); do sleep 3600 & pids+=($!); done
 B1=$(now_ms)
-kill "${pids[@]}" 2>/dev/null || true
-wait 2>/dev/null || true
+kill -KILL "${pids[@]}" 2>/dev/null || true
+wait "${pids[@]}" 2>/dev/null || true
 
 START_MS=$((T1 - T0))
 STOP_MS=$((T3 - T2))
