@@ -1,1 +1,4 @@
 //! berth-runtime: OCI container runtime library.
+
+pub mod image;
+pub mod registry;
