@@ -66,7 +66,10 @@ pub fn import(store: &Store, input: impl Read, tag: Option<&Reference>) -> Resul
     if tag.is_some() && found.len() != 1 {
         return Err(Error::invalid(
             "archive",
-            format!("--tag needs exactly one image, the archive has {}", found.len()),
+            format!(
+                "--tag needs exactly one image, the archive has {}",
+                found.len()
+            ),
         ));
     }
     let mut named = Vec::new();
@@ -80,7 +83,10 @@ pub fn import(store: &Store, input: impl Read, tag: Option<&Reference>) -> Resul
         }
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
             if !store.has_blob(&layer.digest) {
-                return Err(Error::invalid("archive", format!("layer blob {} is missing", layer.digest)));
+                return Err(Error::invalid(
+                    "archive",
+                    format!("layer blob {} is missing", layer.digest),
+                ));
             }
             store.unpack_layer(layer, diff_id)?;
         }
@@ -113,7 +119,10 @@ fn stage_files(store: &Store, input: impl Read) -> Result<HashMap<String, Digest
     let read_err = |e: io::Error| Error::invalid("archive", format!("reading tar: {e}"));
     for entry in archive.entries().map_err(read_err)? {
         let entry = entry.map_err(read_err)?;
-        if !matches!(entry.header().entry_type(), tar::EntryType::Regular | tar::EntryType::Continuous) {
+        if !matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
             continue;
         }
         let raw = entry.path_bytes().into_owned();
@@ -128,7 +137,12 @@ fn stage_files(store: &Store, input: impl Read) -> Result<HashMap<String, Digest
             })
             .transpose()?;
         let size = entry.size();
-        let (digest, _) = store.put_blob_reader(entry, expected.as_ref(), Some(size), &format!("archive file {path}"))?;
+        let (digest, _) = store.put_blob_reader(
+            entry,
+            expected.as_ref(),
+            Some(size),
+            &format!("archive file {path}"),
+        )?;
         files.insert(path, digest);
     }
     Ok(files)
@@ -136,13 +150,22 @@ fn stage_files(store: &Store, input: impl Read) -> Result<HashMap<String, Digest
 
 type Found = Vec<(Vec<String>, Descriptor, Manifest)>;
 
-fn docker_images(store: &Store, files: &HashMap<String, Digest>, manifest_json: &Digest) -> Result<Found> {
+fn docker_images(
+    store: &Store,
+    files: &HashMap<String, Digest>,
+    manifest_json: &Digest,
+) -> Result<Found> {
     let entries: Vec<DockerSaveEntry> = store.read_json(manifest_json, "archive manifest.json")?;
     let lookup = |path: &str| {
         files
             .get(path.trim_start_matches("./"))
             .cloned()
-            .ok_or_else(|| Error::invalid("archive", format!("manifest.json names missing file {path}")))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "archive",
+                    format!("manifest.json names missing file {path}"),
+                )
+            })
     };
     let mut found = Vec::new();
     for entry in entries {
@@ -152,7 +175,11 @@ fn docker_images(store: &Store, files: &HashMap<String, Digest>, manifest_json: 
         for path in &entry.layers {
             let digest = lookup(path)?;
             let media_type = layer_media_type(store, &digest)?;
-            layers.push(Descriptor::new(media_type, digest.clone(), blob_size(store, &digest)?));
+            layers.push(Descriptor::new(
+                media_type,
+                digest.clone(),
+                blob_size(store, &digest)?,
+            ));
         }
         let manifest = Manifest {
             schema_version: 2,
@@ -262,16 +289,19 @@ pub fn export(store: &Store, image: &Image, format: ArchiveFormat, out: impl Wri
             let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
             add("oci-layout", layout.len() as u64, &mut &layout[..])?;
             let size = blob_size(store, &image.manifest_digest)?;
-            let mut desc = Descriptor::new(media::OCI_MANIFEST, image.manifest_digest.clone(), size);
+            let mut desc =
+                Descriptor::new(media::OCI_MANIFEST, image.manifest_digest.clone(), size);
             if let Some(m) = &image.manifest.media_type {
                 desc.media_type = m.clone();
             }
             if let Ok(r) = Reference::parse(&image.reference) {
                 if let Some(tag) = &r.tag {
-                    desc.annotations.insert(ANNOTATION_REF_NAME.into(), tag.clone());
+                    desc.annotations
+                        .insert(ANNOTATION_REF_NAME.into(), tag.clone());
                 }
             }
-            desc.annotations.insert(ANNOTATION_IMAGE_NAME.into(), image.reference.clone());
+            desc.annotations
+                .insert(ANNOTATION_IMAGE_NAME.into(), image.reference.clone());
             let index = Index {
                 manifests: vec![desc],
                 ..Index::empty()
@@ -287,7 +317,12 @@ pub fn export(store: &Store, image: &Image, format: ArchiveFormat, out: impl Wri
         ArchiveFormat::Docker => {
             add_blob(&mut add, &image.config_digest)?;
             let mut layer_paths = Vec::new();
-            for (layer, diff_id) in image.manifest.layers.iter().zip(&image.config.rootfs.diff_ids) {
+            for (layer, diff_id) in image
+                .manifest
+                .layers
+                .iter()
+                .zip(&image.config.rootfs.diff_ids)
+            {
                 // docker load wants each layer as a plain tar whose digest is its diff id.
                 let plain = decompressed_layer(store, &layer.digest, diff_id)?;
                 let result = (|| {
@@ -321,7 +356,11 @@ pub fn export(store: &Store, image: &Image, format: ArchiveFormat, out: impl Wri
 
 /// The layer as a plain tar file: the blob itself when uncompressed, else a verified
 /// decompressed copy in `tmp/` (the caller removes it).
-fn decompressed_layer(store: &Store, blob: &Digest, diff_id: &Digest) -> Result<std::path::PathBuf> {
+fn decompressed_layer(
+    store: &Store,
+    blob: &Digest,
+    diff_id: &Digest,
+) -> Result<std::path::PathBuf> {
     if blob == diff_id {
         return Ok(store.blob_path(blob));
     }

@@ -29,7 +29,9 @@ impl Digest {
             input: input.to_string(),
             reason,
         };
-        let (algorithm, hex) = input.split_once(':').ok_or_else(|| err("missing algorithm"))?;
+        let (algorithm, hex) = input
+            .split_once(':')
+            .ok_or_else(|| err("missing algorithm"))?;
         if algorithm != "sha256" {
             return Err(err("only sha256 is supported"));
         }

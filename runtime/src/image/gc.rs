@@ -26,7 +26,12 @@ pub fn prune(store: &Store) -> Result<PruneReport> {
     let _lock = store.gc_lock()?;
     let mut keep_blobs = HashSet::new();
     let mut keep_layers = HashSet::new();
-    let mut roots: Vec<Digest> = store.index()?.manifests.into_iter().map(|d| d.digest).collect();
+    let mut roots: Vec<Digest> = store
+        .index()?
+        .manifests
+        .into_iter()
+        .map(|d| d.digest)
+        .collect();
     roots.extend(store.leases()?.into_iter().map(|(_, d)| d));
     for root in roots {
         mark(store, &root, &mut keep_blobs, &mut keep_layers, 0)?;

@@ -70,16 +70,21 @@ pub fn pull(
         ManifestKind::Index => {
             let index: Index = parse_json(&fetched.body, &format!("{name}: index"))?;
             store.put_blob(&fetched.body, Some(&digest))?;
-            let chosen = index.select(&options.platform).ok_or_else(|| Error::NoPlatform {
-                reference: name.clone(),
-                wanted: options.platform.to_string(),
-                available: index.platforms().join(", "),
-            })?;
+            let chosen = index
+                .select(&options.platform)
+                .ok_or_else(|| Error::NoPlatform {
+                    reference: name.clone(),
+                    wanted: options.platform.to_string(),
+                    available: index.platforms().join(", "),
+                })?;
             say(format!("{} manifest {}", options.platform, chosen.digest));
             let inner = client.manifest(reference, &chosen.digest.to_string())?;
             let (_, inner_kind, _) = verify_manifest(&inner, Some(&chosen.digest), &name)?;
             if inner_kind != ManifestKind::Image {
-                return Err(Error::invalid(&name, "an index entry points at another index"));
+                return Err(Error::invalid(
+                    &name,
+                    "an index entry points at another index",
+                ));
             }
             let mut desc = chosen.clone();
             desc.annotations.clear();
@@ -112,7 +117,15 @@ pub fn pull(
         human_size(total)
     ));
 
-    download_layers(store, client, reference, &manifest, &config, options.jobs, &say)?;
+    download_layers(
+        store,
+        client,
+        reference,
+        &manifest,
+        &config,
+        options.jobs,
+        &say,
+    )?;
 
     store.put_blob(&config_json, Some(&config_desc.digest))?;
     store.put_blob(&manifest_json, Some(&manifest_desc.digest))?;
@@ -180,7 +193,10 @@ fn verify_manifest(
         .or_else(|| fetched.media_type.clone())
         .unwrap_or_default();
     if probe.schema_version == Some(1)
-        || matches!(media_type.as_str(), media::DOCKER_SCHEMA1 | media::DOCKER_SCHEMA1_SIGNED)
+        || matches!(
+            media_type.as_str(),
+            media::DOCKER_SCHEMA1 | media::DOCKER_SCHEMA1_SIGNED
+        )
     {
         return Err(Error::UnknownMediaType {
             what: format!("{name}: manifest (Docker schema 1 is not supported)"),
@@ -217,7 +233,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result
 fn fetch_small_blob(client: &Client, reference: &Reference, desc: &Descriptor) -> Result<Vec<u8>> {
     const MAX: u64 = 16 << 20;
     if desc.size > MAX {
-        return Err(Error::invalid(format!("config {}", desc.digest), "larger than 16 MiB"));
+        return Err(Error::invalid(
+            format!("config {}", desc.digest),
+            "larger than 16 MiB",
+        ));
     }
     let response = client.blob(reference, &desc.digest, 0)?;
     let mut data = Vec::new();
@@ -308,7 +327,9 @@ pub(crate) fn fetch_blob(
         say(format!("layer {short} already present"));
         return Ok(());
     }
-    let partial = store.tmp_dir().join(format!("{}.partial", desc.digest.hex()));
+    let partial = store
+        .tmp_dir()
+        .join(format!("{}.partial", desc.digest.hex()));
     let lock_path = store.tmp_dir().join(format!("{}.lock", desc.digest.hex()));
     // Two pulls of images sharing a layer: the second waits here, then finds the blob.
     let _lock = FileLock::exclusive(&lock_path).map_err(Error::io(&lock_path, "lock"))?;
@@ -342,16 +363,23 @@ pub(crate) fn fetch_blob(
     }
     let response = client.blob(reference, &desc.digest, have)?;
     if response.offset == 0 && have > 0 {
-        say(format!("layer {short}: registry ignored the range, restarting"));
+        say(format!(
+            "layer {short}: registry ignored the range, restarting"
+        ));
         hasher = Hasher::new();
         have = 0;
     } else if have > 0 {
         say(format!("layer {short}: resuming at {}", human_size(have)));
     } else {
-        say(format!("layer {short}: downloading {}", human_size(desc.size)));
+        say(format!(
+            "layer {short}: downloading {}",
+            human_size(desc.size)
+        ));
     }
-    file.set_len(have).map_err(Error::io(&partial, "truncate"))?;
-    file.seek(SeekFrom::Start(have)).map_err(Error::io(&partial, "seek"))?;
+    file.set_len(have)
+        .map_err(Error::io(&partial, "truncate"))?;
+    file.seek(SeekFrom::Start(have))
+        .map_err(Error::io(&partial, "seek"))?;
 
     // Never read more than the descriptor promises (plus one byte to notice a longer blob).
     let mut body = response.body.take(desc.size - have + 1);
@@ -370,7 +398,8 @@ pub(crate) fn fetch_blob(
         if n == 0 {
             break;
         }
-        file.write_all(&buf[..n]).map_err(Error::io(&partial, "write"))?;
+        file.write_all(&buf[..n])
+            .map_err(Error::io(&partial, "write"))?;
         hasher.update(&buf[..n]);
         done += n as u64;
         if done >= next_report && done < desc.size {
@@ -435,10 +464,15 @@ mod tests {
     #[test]
     fn classifies_manifests() {
         let oci = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert_eq!(verify_manifest(&response(oci, None), None, "x").unwrap().1, ManifestKind::Index);
+        assert_eq!(
+            verify_manifest(&response(oci, None), None, "x").unwrap().1,
+            ManifestKind::Index
+        );
         let bare = r#"{"schemaVersion":2,"config":{},"layers":[]}"#;
         assert_eq!(
-            verify_manifest(&response(bare, Some("application/json")), None, "x").unwrap().1,
+            verify_manifest(&response(bare, Some("application/json")), None, "x")
+                .unwrap()
+                .1,
             ManifestKind::Image
         );
         let docker = r#"{"schemaVersion":2}"#;

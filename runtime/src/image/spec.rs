@@ -176,7 +176,11 @@ impl Index {
             })
         };
         candidates()
-            .find(|d| d.platform.as_ref().is_some_and(|p| p.variant == platform.variant))
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.variant == platform.variant)
+            })
             .or_else(|| candidates().next())
     }
 
@@ -223,7 +227,11 @@ pub struct ImageConfig {
 pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_default"
+    )]
     pub exposed_ports: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
@@ -233,9 +241,17 @@ pub struct ContainerConfig {
     pub cmd: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub working_dir: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_default"
+    )]
     pub volumes: BTreeMap<String, serde_json::Value>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_default"
+    )]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stop_signal: String,
@@ -269,7 +285,10 @@ mod tests {
             "rootfs":{"type":"layers","diff_ids":[]}}"#;
         let c: ImageConfig = serde_json::from_str(json).unwrap();
         assert_eq!(c.config.cmd, None);
-        assert_eq!(c.config.entrypoint.as_deref(), Some(&["/bin/sh".to_string()][..]));
+        assert_eq!(
+            c.config.entrypoint.as_deref(),
+            Some(&["/bin/sh".to_string()][..])
+        );
         assert!(c.config.exposed_ports.contains_key("80/tcp"));
         assert_eq!(c.config.working_dir, "/srv");
     }
@@ -285,10 +304,17 @@ mod tests {
             ..Descriptor::new(media::OCI_MANIFEST, Digest::of_bytes(&[n]), 1)
         };
         let index = Index {
-            manifests: vec![d("arm64", Some("v8"), 1), d("amd64", Some("v3"), 2), d("amd64", None, 3)],
+            manifests: vec![
+                d("arm64", Some("v8"), 1),
+                d("amd64", Some("v3"), 2),
+                d("amd64", None, 3),
+            ],
             ..Index::empty()
         };
-        assert_eq!(index.select(&Platform::host()).unwrap().digest, Digest::of_bytes(&[3]));
+        assert_eq!(
+            index.select(&Platform::host()).unwrap().digest,
+            Digest::of_bytes(&[3])
+        );
         let only_arm = Index {
             manifests: vec![d("arm64", None, 1)],
             ..Index::empty()
@@ -299,9 +325,18 @@ mod tests {
 
     #[test]
     fn knows_layer_compressions() {
-        assert_eq!(Compression::of_layer(media::DOCKER_LAYER_GZIP), Some(Compression::Gzip));
-        assert_eq!(Compression::of_layer(media::OCI_LAYER_ZSTD), Some(Compression::Zstd));
-        assert_eq!(Compression::of_layer(media::OCI_LAYER), Some(Compression::None));
+        assert_eq!(
+            Compression::of_layer(media::DOCKER_LAYER_GZIP),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(
+            Compression::of_layer(media::OCI_LAYER_ZSTD),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(
+            Compression::of_layer(media::OCI_LAYER),
+            Some(Compression::None)
+        );
         assert_eq!(Compression::of_layer("application/x-unknown"), None);
     }
 }

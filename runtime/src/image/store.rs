@@ -223,7 +223,10 @@ impl Store {
             .read_to_end(&mut data)
             .map_err(Error::io(&path, "read"))?;
         if data.len() as u64 > MAX_JSON_BLOB {
-            return Err(Error::invalid(digest, "blob too large to be a manifest or config"));
+            return Err(Error::invalid(
+                digest,
+                "blob too large to be a manifest or config",
+            ));
         }
         let actual = Digest::of_bytes(&data);
         if &actual != digest {
@@ -237,7 +240,11 @@ impl Store {
     }
 
     /// Reads and parses a JSON blob, verifying its digest.
-    pub fn read_json<T: serde::de::DeserializeOwned>(&self, digest: &Digest, what: &str) -> Result<T> {
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        digest: &Digest,
+        what: &str,
+    ) -> Result<T> {
         let data = self.read_blob(digest)?;
         serde_json::from_slice(&data).map_err(|source| Error::Json {
             what: format!("{what} {digest}"),
@@ -258,7 +265,9 @@ impl Store {
                 media_type: blob.media_type.clone(),
             });
         }
-        let tmp = self.tmp_dir().join(fsutil::unique_name(&format!("layer-{}", diff_id.short())));
+        let tmp = self
+            .tmp_dir()
+            .join(fsutil::unique_name(&format!("layer-{}", diff_id.short())));
         fs::create_dir(&tmp).map_err(Error::io(&tmp, "create"))?;
         let result = self.unpack_into(blob, diff_id, &tmp);
         let result = result.and_then(|stats| {
@@ -304,7 +313,13 @@ impl Store {
             .into_inner()
             .finish()
             .map_err(Error::io(&path, "read layer"))?;
-        check_blob(&format!("layer {}", blob.digest), Some(&blob.digest), Some(blob.size), &actual, size)?;
+        check_blob(
+            &format!("layer {}", blob.digest),
+            Some(&blob.digest),
+            Some(blob.size),
+            &actual,
+            size,
+        )?;
         syncfs(dest)?;
         Ok(stats)
     }
@@ -386,9 +401,12 @@ impl Store {
             if let Some(digest) = &reference.digest {
                 if let Some(d) = index.manifests.iter().find(|d| {
                     &d.digest == digest
-                        && ref_name(d).and_then(|r| Reference::parse(r).ok()).is_some_and(|r| {
-                            r.registry == reference.registry && r.repository == reference.repository
-                        })
+                        && ref_name(d)
+                            .and_then(|r| Reference::parse(r).ok())
+                            .is_some_and(|r| {
+                                r.registry == reference.registry
+                                    && r.repository == reference.repository
+                            })
                 }) {
                     return self.load(&key, d);
                 }
@@ -503,7 +521,10 @@ impl Store {
 
     /// Checks that a manifest's config and layers have media types Berth handles.
     pub(crate) fn check_media_types(manifest: &Manifest, what: &str) -> Result<()> {
-        if !matches!(manifest.config.media_type.as_str(), media::OCI_CONFIG | media::DOCKER_CONFIG) {
+        if !matches!(
+            manifest.config.media_type.as_str(),
+            media::OCI_CONFIG | media::DOCKER_CONFIG
+        ) {
             return Err(Error::UnknownMediaType {
                 what: format!("{what}: config"),
                 media_type: manifest.config.media_type.clone(),

@@ -49,7 +49,9 @@ pub struct UnpackStats {
 /// Wraps `input` in the decompressor its first bytes call for: gzip, zstd, or none (plain tar).
 /// Detection by magic number, as Docker does, so a mislabelled layer still unpacks; the
 /// digests checked around it keep that safe.
-pub fn decompress<'a, R: BufRead + Send + 'a>(mut input: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+pub fn decompress<'a, R: BufRead + Send + 'a>(
+    mut input: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     let head = input.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(input)))
@@ -294,7 +296,12 @@ impl Unpacker {
 
     /// Opens the directory `components` below the root, creating missing ones when `create`.
     /// Fails on anything that is not a real directory (a symlink included).
-    fn dir(&self, components: &[&OsStr], create: bool, shown: &str) -> Result<OwnedFd, UnpackError> {
+    fn dir(
+        &self,
+        components: &[&OsStr],
+        create: bool,
+        shown: &str,
+    ) -> Result<OwnedFd, UnpackError> {
         let mut current = reopen_path(&self.root).map_err(|source| UnpackError::Io {
             path: shown.to_string(),
             op: "open layer root",
@@ -303,15 +310,13 @@ impl Unpacker {
         for c in components {
             let next = match open_path_dir(&current, c) {
                 Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                    mkdir(&current, c)
-                        .and_then(|()| open_path_dir(&current, c))
-                        .map_err(|source| UnpackError::Io {
-                            path: shown.to_string(),
-                            op: "create parent directory",
-                            source,
-                        })?
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => mkdir(&current, c)
+                    .and_then(|()| open_path_dir(&current, c))
+                    .map_err(|source| UnpackError::Io {
+                        path: shown.to_string(),
+                        op: "create parent directory",
+                        source,
+                    })?,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
                     return Err(UnpackError::Rejected {
                         path: shown.to_string(),
@@ -525,7 +530,15 @@ fn link(from_dir: &OwnedFd, from: &OsStr, to_dir: &OwnedFd, to: &OsStr) -> io::R
     let f = cstr(from)?;
     let t = cstr(to)?;
     // SAFETY: valid C strings and descriptors; flags 0 never follows a symlink target.
-    check(unsafe { libc::linkat(from_dir.as_raw_fd(), f.as_ptr(), to_dir.as_raw_fd(), t.as_ptr(), 0) })
+    check(unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            f.as_ptr(),
+            to_dir.as_raw_fd(),
+            t.as_ptr(),
+            0,
+        )
+    })
 }
 
 fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<libc::stat>> {
@@ -534,7 +547,12 @@ fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<libc::stat>> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let rc = unsafe {
-        libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     };
     if rc == 0 {
         return Ok(Some(st));
@@ -610,7 +628,12 @@ fn set_times_at(dir: &OwnedFd, name: &OsStr, mtime: i64) -> io::Result<()> {
     let ts = timespecs(mtime);
     // SAFETY: valid C string, descriptor and timespec array.
     check(unsafe {
-        libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
 }
 
@@ -618,7 +641,13 @@ fn set_xattr_fd(fd: &OwnedFd, key: &str, value: &[u8]) -> io::Result<()> {
     let k = cstr(OsStr::new(key))?;
     // SAFETY: valid C string; value pointer and length describe a live slice.
     check(unsafe {
-        libc::fsetxattr(fd.as_raw_fd(), k.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     })
 }
 
@@ -628,7 +657,13 @@ fn set_xattr_link(dir: &OwnedFd, name: &OsStr, key: &str, value: &[u8]) -> io::R
     let k = cstr(OsStr::new(key))?;
     // SAFETY: valid C strings; value pointer and length describe a live slice.
     check(unsafe {
-        libc::lsetxattr(path.as_ptr(), k.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::lsetxattr(
+            path.as_ptr(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     })
 }
 
@@ -639,7 +674,10 @@ mod tests {
     #[test]
     fn clean_path_accepts_relative_and_dot_prefixed() {
         let c = clean_path(b"./usr//bin/./sh").unwrap();
-        assert_eq!(c, vec![OsStr::new("usr"), OsStr::new("bin"), OsStr::new("sh")]);
+        assert_eq!(
+            c,
+            vec![OsStr::new("usr"), OsStr::new("bin"), OsStr::new("sh")]
+        );
         assert!(clean_path(b"./").unwrap().is_empty());
         assert!(clean_path(b"").unwrap().is_empty());
     }
@@ -661,7 +699,10 @@ mod tests {
         let gz = gz.finish().unwrap();
         for input in [plain.clone(), gz] {
             let mut out = Vec::new();
-            decompress(&input[..]).unwrap().read_to_end(&mut out).unwrap();
+            decompress(&input[..])
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
             assert_eq!(out, plain);
         }
     }

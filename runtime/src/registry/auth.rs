@@ -23,7 +23,11 @@ impl Challenge {
     pub fn parse(header: &str) -> Option<Challenge> {
         let header = header.trim();
         let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return None;
         }
         let mut params = BTreeMap::new();
@@ -125,7 +129,11 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -160,8 +168,9 @@ mod tests {
 
     #[test]
     fn parses_quoted_commas_escapes_and_basic() {
-        let c = Challenge::parse(r#"Bearer realm="http://h/t?a=1",scope="a,b", x=plain , y="q\"q""#)
-            .unwrap();
+        let c =
+            Challenge::parse(r#"Bearer realm="http://h/t?a=1",scope="a,b", x=plain , y="q\"q""#)
+                .unwrap();
         assert_eq!(c.params["scope"], "a,b");
         assert_eq!(c.params["x"], "plain");
         assert_eq!(c.params["y"], "q\"q");
@@ -195,7 +204,10 @@ mod tests {
     #[test]
     fn reads_token_answers() {
         assert_eq!(token_from_json(br#"{"token":"t1"}"#).as_deref(), Some("t1"));
-        assert_eq!(token_from_json(br#"{"access_token":"t2"}"#).as_deref(), Some("t2"));
+        assert_eq!(
+            token_from_json(br#"{"access_token":"t2"}"#).as_deref(),
+            Some("t2")
+        );
         assert_eq!(token_from_json(br#"{"token":""}"#), None);
         assert_eq!(token_from_json(b"<html>"), None);
     }

@@ -155,7 +155,12 @@ impl Client {
     }
 
     /// Starts downloading blob `digest`, from byte `offset` if the server supports ranges.
-    pub fn blob(&self, reference: &Reference, digest: &Digest, offset: u64) -> Result<BlobResponse> {
+    pub fn blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobResponse> {
         let headers: Vec<(&str, String)> = if offset > 0 {
             vec![("Range", format!("bytes={offset}-"))]
         } else {
@@ -283,7 +288,13 @@ impl Client {
     }
 
     /// Answers a `401` challenge: the `Authorization` value to retry with.
-    fn authorize(&self, endpoint: &Endpoint, url: &str, header: &str, scope: &str) -> Result<String> {
+    fn authorize(
+        &self,
+        endpoint: &Endpoint,
+        url: &str,
+        header: &str,
+        scope: &str,
+    ) -> Result<String> {
         let bad = || Error::BadChallenge {
             url: url.to_string(),
             header: header.to_string(),
@@ -291,13 +302,15 @@ impl Client {
         let challenge = Challenge::parse(header).ok_or_else(bad)?;
         let credentials = self.config.auth.get(&endpoint.host);
         match challenge.scheme.as_str() {
-            "basic" => credentials.map(auth::basic_header).ok_or_else(|| Error::Unauthorized {
-                url: url.to_string(),
-                reason: format!(
-                    "registry asks for basic auth; no credentials for {} in [registries.auth]",
-                    endpoint.host
-                ),
-            }),
+            "basic" => credentials
+                .map(auth::basic_header)
+                .ok_or_else(|| Error::Unauthorized {
+                    url: url.to_string(),
+                    reason: format!(
+                        "registry asks for basic auth; no credentials for {} in [registries.auth]",
+                        endpoint.host
+                    ),
+                }),
             "bearer" => {
                 let token_url = auth::token_url(&challenge, scope).ok_or_else(bad)?;
                 let basic = credentials.map(auth::basic_header);
@@ -338,7 +351,12 @@ fn read_document(response: Response<Body>, url: &str) -> Result<Vec<u8>> {
 
 /// The registry's error text (OCI error JSON or the first bytes of the body).
 fn error_message(response: Response<Body>) -> String {
-    let Ok(body) = response.into_body().with_config().limit(64 << 10).read_to_vec() else {
+    let Ok(body) = response
+        .into_body()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_vec()
+    else {
         return String::new();
     };
     #[derive(serde::Deserialize)]
@@ -417,9 +435,16 @@ mod tests {
         let bases: Vec<&str> = eps.iter().map(|e| e.base.as_str()).collect();
         assert_eq!(
             bases,
-            vec!["https://m.example", "http://10.1.1.1:5000", "https://registry-1.docker.io"]
+            vec![
+                "https://m.example",
+                "http://10.1.1.1:5000",
+                "https://registry-1.docker.io"
+            ]
         );
-        assert_eq!(c.endpoints("127.0.0.1:5000")[0].base, "http://127.0.0.1:5000");
+        assert_eq!(
+            c.endpoints("127.0.0.1:5000")[0].base,
+            "http://127.0.0.1:5000"
+        );
         assert_eq!(c.endpoints("ghcr.io")[0].base, "https://ghcr.io");
     }
 

@@ -58,7 +58,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <hidden> }}",
+            self.username
+        )
     }
 }
 
@@ -99,7 +103,9 @@ impl RegistriesConfig {
     }
 
     pub fn ca_bundle(&self) -> &Path {
-        self.ca_bundle.as_deref().unwrap_or(Path::new(DEFAULT_CA_BUNDLE))
+        self.ca_bundle
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_CA_BUNDLE))
     }
 }
 
@@ -126,7 +132,10 @@ mod tests {
         .unwrap();
         assert!(c.is_insecure("127.0.0.1:5000"));
         assert!(!c.is_insecure("docker.io"));
-        assert_eq!(c.mirrors["docker.io"], vec!["https://m.example".to_string()]);
+        assert_eq!(
+            c.mirrors["docker.io"],
+            vec!["https://m.example".to_string()]
+        );
         assert_eq!(c.auth["ghcr.io"].username, "u");
         assert!(!format!("{:?}", c.auth["ghcr.io"]).contains("s3cret"));
         assert_eq!(c.ca_bundle(), Path::new(DEFAULT_CA_BUNDLE));
@@ -140,6 +149,9 @@ mod tests {
 
     #[test]
     fn empty_file_is_default() {
-        assert_eq!(RegistriesConfig::parse("").unwrap(), RegistriesConfig::default());
+        assert_eq!(
+            RegistriesConfig::parse("").unwrap(),
+            RegistriesConfig::default()
+        );
     }
 }

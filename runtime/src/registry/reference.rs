@@ -56,7 +56,9 @@ impl Reference {
         };
         if let Some(tag) = tag {
             if !valid_tag(tag) {
-                return Err(err("tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -"));
+                return Err(err(
+                    "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+                ));
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -154,11 +156,11 @@ fn valid_host(s: &str) -> bool {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
         _ => (s, None),
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok());
+    let port_ok = port.map_or(true, |p| !p.is_empty() && p.parse::<u16>().is_ok());
     let host_ok = !host.is_empty()
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':')
-        });
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
     port_ok && host_ok
 }
 
@@ -166,7 +168,8 @@ fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && !t.starts_with(['.', '-'])
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn valid_repository(r: &str) -> bool {
@@ -215,12 +218,18 @@ mod tests {
         assert_eq!(norm("nginx:1.25"), "docker.io/library/nginx:1.25");
         assert_eq!(norm("bitnami/nginx"), "docker.io/bitnami/nginx:latest");
         assert_eq!(norm("docker.io/nginx"), "docker.io/library/nginx:latest");
-        assert_eq!(norm("index.docker.io/library/nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(
+            norm("index.docker.io/library/nginx"),
+            "docker.io/library/nginx:latest"
+        );
         assert_eq!(norm("ghcr.io/owner/app:v1"), "ghcr.io/owner/app:v1");
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("localhost:5000/app"), "localhost:5000/app:latest");
         assert_eq!(norm("127.0.0.1:5000/a/b/c:t"), "127.0.0.1:5000/a/b/c:t");
-        assert_eq!(norm(&format!("nginx@{D}")), format!("docker.io/library/nginx@{D}"));
+        assert_eq!(
+            norm(&format!("nginx@{D}")),
+            format!("docker.io/library/nginx@{D}")
+        );
         assert_eq!(
             norm(&format!("nginx:1@{D}")),
             format!("docker.io/library/nginx:1@{D}")
