@@ -107,7 +107,7 @@ impl Registry {
                     let rest = &line[i + "listening on ".len()..];
                     let addr: String = rest
                         .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .take_while(|c| !c.is_whitespace() && *c != '"' && *c != ',')
                         .collect();
                     let _ = tx.send(addr);
                 }
