@@ -429,6 +429,8 @@ pub(crate) fn fetch_blob(
     file.sync_all().map_err(Error::io(&partial, "fsync"))?;
     drop(file);
     store.commit_blob_file(&partial, &desc.digest)?;
+    // Still holding the lock: a pull waiting on it will find the blob and stop there.
+    let _ = fs::remove_file(&lock_path);
     say(format!("layer {short}: downloaded"));
     Ok(())
 }

@@ -425,7 +425,8 @@ impl Store {
                 }
             }
         }
-        Err(Error::NotFound(name.to_string()))
+        let shown = Reference::parse(name).map_or(name.to_string(), |r| r.to_string());
+        Err(Error::NotFound(shown))
     }
 
     /// Loads the image `manifest` points at; every layer must be unpacked.

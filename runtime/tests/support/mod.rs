@@ -403,3 +403,15 @@ pub fn write_file(dir: &TempDir, name: &str, text: &str) -> PathBuf {
     f.write_all(text.as_bytes()).unwrap();
     p
 }
+
+/// A two-layer image: busybox, then `files` (path, content).
+pub fn busybox_image(layout: &Path, tag: &str, files: &[(&str, &str)]) -> ImageBuilder {
+    let b = ImageBuilder::new(layout, tag);
+    b.add_busybox();
+    b.repack();
+    for (path, content) in files {
+        b.write(path, content);
+    }
+    b.repack();
+    b
+}
