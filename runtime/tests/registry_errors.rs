@@ -263,7 +263,7 @@ fn truncated_blob_fails_then_resumes_with_a_range_request() {
     let err = try_pull(&store, &server.host()).0.unwrap_err();
     assert!(
         err.to_string()
-            .contains(&format!("{}", digest(&fake.layer))),
+            .contains(&digest(&fake.layer)),
         "{err}"
     );
     assert_no_image(&store);
