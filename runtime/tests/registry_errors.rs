@@ -261,11 +261,7 @@ fn truncated_blob_fails_then_resumes_with_a_range_request() {
     fake.cut_layer_after = Some(half);
     let server = fake.clone().start();
     let err = try_pull(&store, &server.host()).0.unwrap_err();
-    assert!(
-        err.to_string()
-            .contains(&digest(&fake.layer)),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&digest(&fake.layer)), "{err}");
     assert_no_image(&store);
     drop(server);
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::path::Path;
 
 use super::digest::Digest;
 use super::error::{Error, Result};
@@ -38,46 +39,40 @@ pub fn prune(store: &Store) -> Result<PruneReport> {
     }
 
     let mut report = PruneReport::default();
-    let blobs = store.blobs_dir();
-    for entry in fs::read_dir(&blobs).map_err(Error::io(&blobs, "read"))? {
-        let entry = entry.map_err(Error::io(&blobs, "read"))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if Digest::from_hex(&name).is_some_and(|d| keep_blobs.contains(&d)) {
-            continue;
-        }
-        let path = entry.path();
-        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        fs::remove_file(&path).map_err(Error::io(&path, "remove blob"))?;
-        report.blobs_removed += 1;
-        report.bytes_freed += size;
-    }
-    let layers = store.layers_dir();
-    for entry in fs::read_dir(&layers).map_err(Error::io(&layers, "read"))? {
-        let entry = entry.map_err(Error::io(&layers, "read"))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if Digest::from_hex(&name).is_some_and(|d| keep_layers.contains(&d)) {
-            continue;
-        }
-        let path = entry.path();
-        fs::remove_dir_all(&path).map_err(Error::io(&path, "remove layer"))?;
-        report.layers_removed += 1;
-    }
+    let kept = |set: &HashSet<Digest>, name: &str| {
+        Digest::from_hex(name).is_some_and(|d| set.contains(&d))
+    };
+    let (n, bytes) = sweep(&store.blobs_dir(), |name| kept(&keep_blobs, name))?;
+    report.blobs_removed = n;
+    report.bytes_freed += bytes;
+    report.layers_removed = sweep(&store.layers_dir(), |name| kept(&keep_layers, name))?.0;
     // Nothing writes while the lock is held exclusive: everything in tmp/ is a leftover.
-    let tmp = store.tmp_dir();
-    for entry in fs::read_dir(&tmp).map_err(Error::io(&tmp, "read"))? {
-        let entry = entry.map_err(Error::io(&tmp, "read"))?;
-        let path = entry.path();
-        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        removed.map_err(Error::io(&path, "remove leftover"))?;
-        report.temp_removed += 1;
-        report.bytes_freed += size;
-    }
+    let (n, bytes) = sweep(&store.tmp_dir(), |_| false)?;
+    report.temp_removed = n;
+    report.bytes_freed += bytes;
     Ok(report)
+}
+
+/// Removes every entry of `dir` whose name `keep` rejects; returns how many and the bytes of
+/// the plain files among them.
+fn sweep(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(usize, u64)> {
+    let (mut removed, mut bytes) = (0, 0);
+    for entry in fs::read_dir(dir).map_err(Error::io(dir, "read"))? {
+        let entry = entry.map_err(Error::io(dir, "read"))?;
+        if keep(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).map_err(Error::io(&path, "stat"))?;
+        if meta.is_dir() {
+            fs::remove_dir_all(&path).map_err(Error::io(&path, "remove"))?;
+        } else {
+            fs::remove_file(&path).map_err(Error::io(&path, "remove"))?;
+            bytes += meta.len();
+        }
+        removed += 1;
+    }
+    Ok((removed, bytes))
 }
 
 /// Marks a manifest (or index) and everything it references.
