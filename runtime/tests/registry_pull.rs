@@ -416,3 +416,44 @@ fn interrupted_download_resumes_and_a_corrupt_partial_restarts_cleanly() {
     pull_lines(&store, &client, &name).0.unwrap();
     assert!(store.has_blob(&layer.digest));
 }
+
+#[test]
+fn mirrors_are_tried_first_and_the_registry_after_them() {
+    let reg = Registry::start();
+    let work = TempDir::new("pull-mirror");
+    let layout = work.join("layout");
+    support::busybox_image(&layout, "m", &[("mirrored", "yes\n")]);
+    push(&layout, "m", &reg.addr, "team/app:1", &[]);
+    let dead = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    // The image's own registry is down (a closed loopback port, so nothing ever leaves the
+    // machine); its first mirror is down too; the second mirror serves it.
+    let (origin, dead_mirror) = (dead(), dead());
+    let mut config = RegistriesConfig {
+        insecure: vec![reg.addr.clone(), dead_mirror.clone(), origin.clone()],
+        ..Default::default()
+    };
+    config
+        .mirrors
+        .insert(origin.clone(), vec![dead_mirror, reg.addr.clone()]);
+    let store = Store::open(work.join("images")).unwrap();
+    let name = format!("{origin}/team/app:1");
+    let (image, _) = pull_lines(&store, &Client::new(config.clone()), &name);
+    let image = image.unwrap();
+    assert_eq!(image.reference, name);
+    assert_eq!(
+        fs::read_to_string(image.layers[1].join("mirrored")).unwrap(),
+        "yes\n"
+    );
+
+    // No working mirror: the error is the registry's own.
+    config.mirrors.clear();
+    let (err, _) = pull_lines(
+        &Store::open(work.join("other")).unwrap(),
+        &Client::new(config),
+        &name,
+    );
+    assert!(err.unwrap_err().to_string().contains(&origin));
+}
