@@ -145,3 +145,26 @@ fn rejects_archives_with_lying_blob_names_or_missing_parts() {
         .next()
         .is_none());
 }
+
+#[test]
+fn export_of_a_damaged_blob_fails() {
+    let work = TempDir::new("archive-damaged");
+    let layout = work.join("layout");
+    busybox_image(&layout, "t", &[("f", "f\n")]);
+    let src = work.join("src.tar");
+    skopeo_copy(
+        &format!("oci:{}:t", layout.display()),
+        &format!("docker-archive:{}:berth/damaged:1", src.display()),
+    );
+    let store = Store::open(work.join("images")).unwrap();
+    let image = import(&store, File::open(&src).unwrap(), None)
+        .unwrap()
+        .remove(0);
+    let blob = store.blob_path(&image.manifest.layers[1].digest);
+    let mut data = std::fs::read(&blob).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0x55;
+    std::fs::write(&blob, data).unwrap();
+    let err = export(&store, &image, ArchiveFormat::Oci, std::io::sink()).unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+}

@@ -328,3 +328,21 @@ fn manifest_not_matching_its_digest_header_is_rejected() {
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
     assert_no_image(&store);
 }
+
+#[test]
+fn complete_partial_download_is_committed_without_a_request() {
+    let t = TempDir::new("err-complete-partial");
+    let store = Store::open(t.join("images")).unwrap();
+    let fake = Fake::new("application/vnd.oci.image.layer.v1.tar+gzip");
+    let hex = digest(&fake.layer)[7..].to_string();
+    std::fs::write(store.root().join(format!("tmp/{hex}.partial")), &fake.layer).unwrap();
+    let server = fake.start();
+    let (image, lines) = try_pull(&store, &server.host());
+    image.unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("completed from an earlier download")),
+        "{lines:?}"
+    );
+}

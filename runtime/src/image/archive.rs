@@ -18,7 +18,7 @@ use super::fsutil;
 use super::spec::{
     media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform, ANNOTATION_REF_NAME,
 };
-use super::store::{Image, Store};
+use super::store::{check_blob, Image, Store};
 use super::unpack;
 use crate::registry::Reference;
 
@@ -278,11 +278,21 @@ pub fn export(store: &Store, image: &Image, format: ArchiveFormat, out: impl Wri
         tar.append_data(&mut header, path, data)
             .map_err(|e| Error::invalid("export", format!("writing {path}: {e}")))
     };
+    // Blobs are verified as they stream out: a blob damaged on disk fails the export.
     let add_blob = |add: &mut dyn FnMut(&str, u64, &mut dyn Read) -> Result<()>, d: &Digest| {
         let p = store.blob_path(d);
-        let mut f = File::open(&p).map_err(Error::io(&p, "open"))?;
+        let f = File::open(&p).map_err(Error::io(&p, "open"))?;
         let size = f.metadata().map_err(Error::io(&p, "stat"))?.len();
-        add(&format!("blobs/sha256/{}", d.hex()), size, &mut f)
+        let mut hashing = HashingReader::new(f);
+        add(&format!("blobs/sha256/{}", d.hex()), size, &mut hashing)?;
+        let (actual, _) = hashing.finish().map_err(Error::io(&p, "read"))?;
+        check_blob(
+            &format!("stored blob {}", p.display()),
+            Some(d),
+            None,
+            &actual,
+            size,
+        )
     };
     match format {
         ArchiveFormat::Oci => {

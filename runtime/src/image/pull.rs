@@ -361,6 +361,19 @@ pub(crate) fn fetch_blob(
             hasher.update(&buf[..n]);
         }
     }
+    if have == desc.size {
+        // Complete but never committed (interrupted right before the rename).
+        if hasher.clone().finish() == desc.digest {
+            file.sync_all().map_err(Error::io(&partial, "fsync"))?;
+            drop(file);
+            store.commit_blob_file(&partial, &desc.digest)?;
+            let _ = fs::remove_file(&lock_path);
+            say(format!("layer {short}: completed from an earlier download"));
+            return Ok(());
+        }
+        hasher = Hasher::new();
+        have = 0;
+    }
     let response = client.blob(reference, &desc.digest, have)?;
     if response.offset == 0 && have > 0 {
         say(format!(
