@@ -336,7 +336,15 @@ fn complete_partial_download_is_committed_without_a_request() {
     let fake = Fake::new("application/vnd.oci.image.layer.v1.tar+gzip");
     let hex = digest(&fake.layer)[7..].to_string();
     std::fs::write(store.root().join(format!("tmp/{hex}.partial")), &fake.layer).unwrap();
-    let server = fake.start();
+    let layer_requests = Arc::new(Mutex::new(0));
+    let counter = layer_requests.clone();
+    let layer_path = format!("/blobs/sha256:{hex}");
+    let server = Server::start(move |r| {
+        if r.path.ends_with(&layer_path) {
+            *counter.lock().unwrap() += 1;
+        }
+        fake.serve(r)
+    });
     let (image, lines) = try_pull(&store, &server.host());
     image.unwrap();
     assert!(
@@ -344,5 +352,10 @@ fn complete_partial_download_is_committed_without_a_request() {
             .iter()
             .any(|l| l.contains("completed from an earlier download")),
         "{lines:?}"
+    );
+    assert_eq!(
+        *layer_requests.lock().unwrap(),
+        0,
+        "the layer was fetched again"
     );
 }
