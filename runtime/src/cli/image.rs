@@ -38,7 +38,11 @@ pub fn main(args: &[OsString]) -> i32 {
             let mut text = e.to_string();
             let mut source = e.source();
             while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
+                // Some errors already print their cause; don't say it twice.
+                let cause = s.to_string();
+                if !text.contains(&cause) {
+                    text.push_str(&format!(": {cause}"));
+                }
                 source = s.source();
             }
             eprintln!("berth-runtime image: {text}");
