@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 
 use berth_runtime::image::{gc, Store};
-use support::{berth_runtime, busybox_image, push, write_file, Registry, TempDir};
+use support::{berth_runtime, busybox_image, push, write_file, ImageBuilder, Registry, TempDir};
 
 fn image_cmd(store: &Path, config: &Path, args: &[&str]) -> std::process::Output {
     berth_runtime()
@@ -128,8 +128,14 @@ fn gc_keeps_shared_and_leased_layers() {
     let work = TempDir::new("gc");
     let layout = work.join("layout");
     // Two images on the same busybox base layer.
-    busybox_image(&layout, "a", &[("a", "a")]);
-    busybox_image(&layout, "b", &[("b", "b")]);
+    let base = ImageBuilder::new(&layout, "base");
+    base.add_busybox();
+    base.repack();
+    for name in ["a", "b"] {
+        let img = ImageBuilder::derive(&layout, "base", name);
+        img.write(name, name);
+        img.repack();
+    }
     push(&layout, "a", &reg.addr, "gc/a:1", &[]);
     push(&layout, "b", &reg.addr, "gc/b:1", &[]);
     let config = write_file(

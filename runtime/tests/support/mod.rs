@@ -155,6 +155,18 @@ impl ImageBuilder {
         }
         let image = format!("{}:{tag}", layout.display());
         run(Command::new("umoci").args(["new", "--image", &image]));
+        Self::unpacked(layout, tag)
+    }
+
+    /// A new tag `tag` starting from the layers of `base` (so they are shared byte for byte).
+    pub fn derive(layout: &Path, base: &str, tag: &str) -> ImageBuilder {
+        let from = format!("{}:{base}", layout.display());
+        run(Command::new("umoci").args(["tag", "--image", &from, tag]));
+        Self::unpacked(layout, tag)
+    }
+
+    fn unpacked(layout: &Path, tag: &str) -> ImageBuilder {
+        let image = format!("{}:{tag}", layout.display());
         let bundle = TempDir::new("bundle");
         std::fs::remove_dir(bundle.path()).unwrap();
         run(Command::new("umoci")
