@@ -457,3 +457,46 @@ fn mirrors_are_tried_first_and_the_registry_after_them() {
     );
     assert!(err.unwrap_err().to_string().contains(&origin));
 }
+
+#[test]
+fn concurrent_pulls_of_images_sharing_a_layer() {
+    let reg = Registry::start();
+    let work = TempDir::new("pull-concurrent");
+    let layout = work.join("layout");
+    let base = ImageBuilder::new(&layout, "base");
+    base.add_busybox();
+    base.repack();
+    let names: Vec<String> = (0..4)
+        .map(|i| {
+            let tag = format!("t{i}");
+            let img = ImageBuilder::derive(&layout, "base", &tag);
+            img.write("which", &format!("{i}\n"));
+            img.repack();
+            push(&layout, &tag, &reg.addr, &format!("conc/app:{i}"), &[]);
+            format!("{}/conc/app:{i}", reg.addr)
+        })
+        .collect();
+    let store = Store::open(work.join("images")).unwrap();
+    let client = client_for(&reg.addr);
+    let images: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| s.spawn(|| pull_lines(&store, &client, n).0.unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(image.layers[0], images[0].layers[0]);
+        assert_eq!(
+            fs::read_to_string(image.layers[1].join("which")).unwrap(),
+            format!("{i}\n")
+        );
+    }
+    // One shared base plus one layer per image; no leftovers.
+    assert_eq!(
+        fs::read_dir(store.root().join("layers")).unwrap().count(),
+        5
+    );
+    assert_eq!(store.list().unwrap().len(), 4);
+    assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+}

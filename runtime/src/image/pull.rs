@@ -334,6 +334,7 @@ pub(crate) fn fetch_blob(
     // Two pulls of images sharing a layer: the second waits here, then finds the blob.
     let _lock = FileLock::exclusive(&lock_path).map_err(Error::io(&lock_path, "lock"))?;
     if store.has_blob(&desc.digest) {
+        let _ = fs::remove_file(&lock_path);
         say(format!("layer {short} already present"));
         return Ok(());
     }
