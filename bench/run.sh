@@ -2,4 +2,8 @@
 # Runs every benchmark in bench/, one after another.
 set -euo pipefail
 cd "$(dirname "$0")"
-./supervise.sh
+for bench in ./*.sh; do
+    [ "$bench" = ./run.sh ] && continue
+    echo "==> $bench"
+    "$bench"
+done

@@ -1,3 +1,5 @@
 //! berth-runtime: Berth's OCI container runtime library.
 
 pub mod cgroups;
+pub mod image;
+pub mod registry;
