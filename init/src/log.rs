@@ -128,7 +128,7 @@ impl Log for Logger {
 impl Syslog {
     fn send(&mut self, priority: u8, message: &str) {
         if self.socket.is_none() {
-            let due = self.last_try.map_or(true, |t| t.elapsed() >= SYSLOG_RETRY);
+            let due = self.last_try.is_none_or(|t| t.elapsed() >= SYSLOG_RETRY);
             if !due {
                 return;
             }
