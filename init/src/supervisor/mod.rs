@@ -13,6 +13,7 @@
 //!   after it is still running.
 
 pub mod backoff;
+mod manage;
 pub mod state;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+pub use manage::{ActionError, InstallError, Installed, Removed};
 pub use state::{Health, State, UnitStatus};
 
 use crate::event::{after, Key, Reactor, Timer};
@@ -46,6 +48,10 @@ enum StopReason {
     Requested,
     Unhealthy,
     DependencyFailed(String),
+    /// Stopped to start again at once (restart request, or a replaced unit file).
+    Restart,
+    /// Stopped to be removed.
+    Remove,
 }
 
 /// How a dependency looks to a unit that waits for it.
@@ -83,6 +89,10 @@ struct Slot {
     stop_reason: Option<StopReason>,
     dependents: Vec<usize>,
     log: UnitLog,
+    /// A new definition waiting for the running instance to stop (see `manage`).
+    replacement: Option<Loaded>,
+    /// Removed from the supervisor: a free slot (indices stay stable for timers).
+    removed: bool,
 }
 
 impl Slot {
@@ -100,6 +110,8 @@ pub struct Supervisor {
     pipes: Pipes,
     log_policy: LogPolicy,
     shutting_down: bool,
+    /// Units whose removal completed, for [`Supervisor::take_removed`].
+    removed_units: Vec<Removed>,
 }
 
 impl Supervisor {
@@ -112,50 +124,7 @@ impl Supervisor {
     ) -> Supervisor {
         let mut slots: Vec<Slot> = loaded
             .into_iter()
-            .map(|l| {
-                let (unit, error) = match l.unit {
-                    Ok(u) => (Some(u), None),
-                    Err(d) => (None, Some(d.to_string())),
-                };
-                let service = unit.as_ref().map(|u| u.service.clone()).unwrap_or_default();
-                let launcher = unit
-                    .as_ref()
-                    .and_then(|u| launchers.iter().position(|x| x.handles(u)));
-                Slot {
-                    log: UnitLog::new(&log_policy, &l.name),
-                    name: l.name,
-                    path: l.path.display().to_string(),
-                    unit,
-                    launcher,
-                    state: if error.is_some() {
-                        State::Failed
-                    } else {
-                        State::Inactive
-                    },
-                    detail: if error.is_some() {
-                        "invalid".into()
-                    } else {
-                        String::new()
-                    },
-                    error,
-                    pid: None,
-                    preparing: false,
-                    prepared: 0,
-                    health_pid: None,
-                    health: Health::Unknown,
-                    health_failures: 0,
-                    restarts: 0,
-                    last_exit: None,
-                    started_at: None,
-                    backoff: Backoff::new(service.restart_delay, service.restart_delay_max),
-                    limit: StartLimit::new(service.start_limit_burst, service.start_limit_interval),
-                    generation: 0,
-                    action: Action::None,
-                    wanted: false,
-                    stop_reason: None,
-                    dependents: Vec::new(),
-                }
-            })
+            .map(|l| new_slot(l, &launchers, &log_policy))
             .collect();
         let by_name: HashMap<String, usize> = slots
             .iter()
@@ -163,20 +132,7 @@ impl Supervisor {
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
 
-        for i in 0..slots.len() {
-            let deps: Vec<usize> = slots[i]
-                .unit
-                .as_ref()
-                .map(|u| {
-                    u.ordered_after()
-                        .filter_map(|d| by_name.get(d).copied())
-                        .collect()
-                })
-                .unwrap_or_default();
-            for d in deps {
-                slots[d].dependents.push(i);
-            }
-        }
+        link_dependents(&mut slots, &by_name);
 
         let graph = Graph::new(slots.iter().map(|s| {
             let deps: Vec<&str> = s
@@ -194,12 +150,6 @@ impl Supervisor {
                 }
             }
         }
-        for slot in &mut slots {
-            if slot.unit.is_some() && slot.launcher.is_none() && slot.error.is_none() {
-                let why = "no launcher can run this unit (container support is not available)";
-                fail_invalid(slot, why.to_string());
-            }
-        }
         for slot in &slots {
             if let Some(e) = &slot.error {
                 warn!("unit {}: {}", slot.name, e.replace('\n', "; "));
@@ -213,6 +163,7 @@ impl Supervisor {
             pipes: Pipes::default(),
             log_policy,
             shutting_down: false,
+            removed_units: Vec::new(),
         }
     }
 
@@ -323,7 +274,11 @@ impl Supervisor {
     }
 
     pub fn statuses(&self) -> Vec<UnitStatus> {
-        self.slots.iter().map(|s| self.status_of(s)).collect()
+        self.slots
+            .iter()
+            .filter(|s| !s.removed)
+            .map(|s| self.status_of(s))
+            .collect()
     }
 
     pub fn status(&self, name: &str) -> Option<UnitStatus> {
@@ -630,7 +585,7 @@ impl Supervisor {
 
     fn stop(&mut self, i: usize, reason: StopReason, now: Instant, r: &mut dyn Reactor) {
         let slot = &mut self.slots[i];
-        if reason != StopReason::Unhealthy {
+        if !matches!(reason, StopReason::Unhealthy | StopReason::Restart) {
             slot.wanted = false;
         }
         match slot.pid {
@@ -644,6 +599,8 @@ impl Supervisor {
                     StopReason::Requested => "requested".to_string(),
                     StopReason::Unhealthy => "unhealthy".to_string(),
                     StopReason::DependencyFailed(why) => format!("required dependency: {why}"),
+                    StopReason::Restart => "restart".to_string(),
+                    StopReason::Remove => "removal".to_string(),
                 };
                 info!("unit {}: stopping ({why})", slot.name);
                 slot.state = State::Stopping;
@@ -721,6 +678,14 @@ impl Supervisor {
                 return;
             }
             Some(StopReason::Unhealthy) => failed = true,
+            Some(StopReason::Restart) => {
+                self.restarted(i);
+                return;
+            }
+            Some(StopReason::Remove) => {
+                self.finish_removal(i);
+                return;
+            }
             None => {}
         }
         let restart = slot.wanted
@@ -826,6 +791,81 @@ impl Supervisor {
         );
         if unit.service.restart != Restart::Never {
             self.stop(i, StopReason::Unhealthy, now, r);
+        }
+    }
+}
+
+/// A fresh slot for a unit found on disk (or uploaded): inactive, or failed when invalid or
+/// when no launcher can run it.
+fn new_slot(l: Loaded, launchers: &[Box<dyn Launcher>], log_policy: &LogPolicy) -> Slot {
+    let (unit, error) = match l.unit {
+        Ok(u) => (Some(u), None),
+        Err(d) => (None, Some(d.to_string())),
+    };
+    let service = unit.as_ref().map(|u| u.service.clone()).unwrap_or_default();
+    let launcher = unit
+        .as_ref()
+        .and_then(|u| launchers.iter().position(|x| x.handles(u)));
+    let mut slot = Slot {
+        log: UnitLog::new(log_policy, &l.name),
+        name: l.name,
+        path: l.path.display().to_string(),
+        unit,
+        launcher,
+        state: if error.is_some() {
+            State::Failed
+        } else {
+            State::Inactive
+        },
+        detail: if error.is_some() {
+            "invalid".into()
+        } else {
+            String::new()
+        },
+        error,
+        pid: None,
+        preparing: false,
+        prepared: 0,
+        health_pid: None,
+        health: Health::Unknown,
+        health_failures: 0,
+        restarts: 0,
+        last_exit: None,
+        started_at: None,
+        backoff: Backoff::new(service.restart_delay, service.restart_delay_max),
+        limit: StartLimit::new(service.start_limit_burst, service.start_limit_interval),
+        generation: 0,
+        action: Action::None,
+        wanted: false,
+        stop_reason: None,
+        dependents: Vec::new(),
+        replacement: None,
+        removed: false,
+    };
+    if slot.unit.is_some() && slot.launcher.is_none() {
+        let why = "no launcher can run this unit (container support is not available)";
+        fail_invalid(&mut slot, why.to_string());
+    }
+    slot
+}
+
+/// Recomputes every slot's `dependents` (units ordered after it) from the unit definitions.
+fn link_dependents(slots: &mut [Slot], by_name: &HashMap<String, usize>) {
+    for slot in slots.iter_mut() {
+        slot.dependents.clear();
+    }
+    for i in 0..slots.len() {
+        let deps: Vec<usize> = slots[i]
+            .unit
+            .as_ref()
+            .map(|u| {
+                u.ordered_after()
+                    .filter_map(|d| by_name.get(d).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for d in deps {
+            slots[d].dependents.push(i);
         }
     }
 }

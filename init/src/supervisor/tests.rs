@@ -376,3 +376,153 @@ fn invalid_units_and_cycles_are_failed_with_their_reason() {
     );
     assert_eq!(h.state("ok"), State::Running);
 }
+
+fn loaded(name: &str, text: &str) -> Loaded {
+    Loaded {
+        name: name.to_string(),
+        path: format!("{name}.toml").into(),
+        unit: unit::parse(name, &format!("{name}.toml"), text),
+    }
+}
+
+#[test]
+fn installing_adds_a_unit_and_starts_it_on_request() {
+    let mut h = Harness::new(&[("a", SLEEP)]);
+    h.start();
+    let installed = h
+        .sup
+        .install(loaded("b", SLEEP), false, h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(installed, Installed::Added);
+    assert_eq!(h.state("b"), State::Inactive);
+    h.sup
+        .install(loaded("c", SLEEP), true, h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(h.started(), ["a", "c"]);
+    h.sup.request_start("b", h.now, &mut h.timers).unwrap();
+    assert_eq!(h.started(), ["a", "c", "b"]);
+}
+
+#[test]
+fn installing_refuses_cycles_and_invalid_units_and_changes_nothing() {
+    let mut h = Harness::new(&[(
+        "a",
+        "[unit]\nafter = [\"b\"]\n[container]\ncommand = [\"x\"]\n",
+    )]);
+    h.start();
+    let cyclic = loaded(
+        "b",
+        "[unit]\nrequires = [\"a\"]\n[container]\ncommand = [\"x\"]\n",
+    );
+    assert_eq!(
+        h.sup.install(cyclic, true, h.now, &mut h.timers),
+        Err(InstallError::Cycle("a -> b -> a".into()))
+    );
+    let bad = loaded("c", "[container]\nbogus = 1\n");
+    assert!(matches!(
+        h.sup.install(bad, true, h.now, &mut h.timers),
+        Err(InstallError::Invalid(_))
+    ));
+    assert_eq!(h.sup.statuses().len(), 1);
+    h.sup.begin_shutdown(h.now, &mut h.timers);
+    assert_eq!(
+        h.sup.install(loaded("d", SLEEP), true, h.now, &mut h.timers),
+        Err(InstallError::ShuttingDown)
+    );
+}
+
+#[test]
+fn replacing_a_running_unit_stops_the_old_and_starts_the_new() {
+    let mut h = Harness::new(&[("web", SLEEP)]);
+    h.start();
+    let old = h.pid("web");
+    let new = "[unit]\ndescription = \"v2\"\n[container]\ncommand = [\"x\"]\n";
+    let installed = h
+        .sup
+        .install(loaded("web", new), false, h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(installed, Installed::Replaced);
+    assert_eq!(h.state("web"), State::Stopping);
+    assert_eq!(h.sup.status("web").unwrap().description, "");
+    h.exit(old, ExitStatus::Signaled(15));
+    let s = h.sup.status("web").unwrap();
+    assert_eq!((s.state, s.description.as_str()), (State::Running, "v2"));
+    assert_ne!(s.pid, Some(old));
+    // The stale escalation timer of the old instance does nothing.
+    h.fire_last();
+    assert_eq!(h.state("web"), State::Running);
+}
+
+#[test]
+fn replacing_a_stopped_unit_keeps_it_stopped_unless_asked() {
+    let mut h = Harness::new(&[("web", SLEEP)]);
+    h.start();
+    let pid = h.pid("web");
+    h.sup.request_stop("web", h.now, &mut h.timers).unwrap();
+    h.exit(pid, ExitStatus::Signaled(15));
+    h.sup
+        .install(loaded("web", SLEEP), false, h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(h.state("web"), State::Inactive);
+    h.sup
+        .install(loaded("web", SLEEP), true, h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(h.state("web"), State::Running);
+}
+
+#[test]
+fn restart_stops_then_starts_with_a_fresh_start_limit() {
+    let mut h = Harness::new(&[("web", SLEEP)]);
+    h.start();
+    let old = h.pid("web");
+    h.sup.request_restart("web", h.now, &mut h.timers).unwrap();
+    assert_eq!(h.state("web"), State::Stopping);
+    h.exit(old, ExitStatus::Signaled(15));
+    assert_eq!(h.state("web"), State::Running);
+    assert_eq!(h.sup.status("web").unwrap().restarts, 0);
+    assert_eq!(h.started(), ["web", "web"]);
+    assert_eq!(
+        h.sup.request_restart("nope", h.now, &mut h.timers),
+        Err(ActionError::Unknown("nope".into()))
+    );
+}
+
+#[test]
+fn removal_stops_first_and_frees_the_slot_for_the_next_unit() {
+    let mut h = Harness::new(&[
+        ("db", SLEEP),
+        (
+            "web",
+            "[unit]\nrequires = [\"db\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+    ]);
+    h.start();
+    let (db, web) = (h.pid("db"), h.pid("web"));
+    h.sup.remove_unit("db", h.now, &mut h.timers).unwrap();
+    assert_eq!(h.state("db"), State::Stopping);
+    assert!(h.sup.take_removed().is_empty());
+    h.exit(db, ExitStatus::Signaled(15));
+    assert_eq!(
+        h.sup.take_removed(),
+        [Removed {
+            name: "db".into(),
+            path: "db.toml".into()
+        }]
+    );
+    assert!(h.sup.status("db").is_none());
+    assert_eq!(h.sup.statuses().len(), 1);
+    // A unit that requires it loses its dependency.
+    assert_eq!(h.state("web"), State::Stopping);
+    h.exit(web, ExitStatus::Signaled(15));
+    assert_eq!(h.state("web"), State::Failed);
+    // The freed slot is reused; the old slot's timers are stale.
+    h.sup
+        .install(loaded("cache", SLEEP), true, h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(h.sup.index_of("cache"), Some(0));
+    assert_eq!(h.state("cache"), State::Running);
+    while !h.timers.0.is_empty() {
+        h.fire_last();
+    }
+    assert_eq!(h.state("cache"), State::Running);
+}

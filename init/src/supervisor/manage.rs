@@ -1,0 +1,324 @@
+//! Changing units while supervising (the control API's unit operations): install a new unit
+//! or replace one, start, stop, restart, remove.
+//!
+//! Slots never move (timers, pipes and pids carry slot indices): a removed unit leaves a free
+//! slot behind, reused by the next new unit with a fresh generation so stale timers stay
+//! ignored. A replaced or removed unit whose process runs is stopped first; the change takes
+//! effect when that process has been reaped.
+
+use std::time::Instant;
+
+use super::{link_dependents, new_slot, Action, StopReason, Supervisor};
+use crate::event::Reactor;
+use crate::graph::{describe_cycle, Graph};
+use crate::logs::UnitLog;
+use crate::supervisor::State;
+use crate::unit::Loaded;
+
+/// What installing a unit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    Added,
+    Replaced,
+}
+
+/// Why a unit cannot be installed. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstallError {
+    #[error("the system is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no launcher can run this unit (container support is not available)")]
+    Unsupported,
+    #[error("dependency cycle: {0}")]
+    Cycle(String),
+}
+
+/// Why a unit operation was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("unknown unit `{0}`")]
+    Unknown(String),
+    #[error("unit `{name}` cannot run: {why}")]
+    Unrunnable { name: String, why: String },
+    #[error("the system is shutting down")]
+    ShuttingDown,
+}
+
+/// A unit whose removal completed (its process, if any, has exited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub name: String,
+    /// The unit file it was loaded from.
+    pub path: String,
+}
+
+impl Supervisor {
+    /// Adds `loaded` as a new unit, or replaces the unit of the same name. A running instance
+    /// of a replaced unit is stopped (stop signal, timeout) and the new definition runs once it
+    /// has exited. The unit runs afterwards if `start` is set or the old one was running.
+    pub fn install(
+        &mut self,
+        loaded: Loaded,
+        start: bool,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) -> Result<Installed, InstallError> {
+        if self.shutting_down {
+            return Err(InstallError::ShuttingDown);
+        }
+        let unit = loaded
+            .unit
+            .as_ref()
+            .map_err(|d| InstallError::Invalid(d.to_string()))?;
+        if !self.launchers.iter().any(|l| l.handles(unit)) {
+            return Err(InstallError::Unsupported);
+        }
+        self.check_cycles(&loaded)?;
+        let installed = match self.by_name.get(&loaded.name).copied() {
+            Some(i) => {
+                self.replace(i, loaded, start, now, r);
+                Installed::Replaced
+            }
+            None => {
+                self.add(loaded, start);
+                Installed::Added
+            }
+        };
+        self.advance(now, r);
+        Ok(installed)
+    }
+
+    /// Refuses a unit that would close a dependency cycle with the units in place.
+    fn check_cycles(&self, loaded: &Loaded) -> Result<(), InstallError> {
+        let Ok(new) = &loaded.unit else {
+            return Ok(());
+        };
+        let nodes = self
+            .slots
+            .iter()
+            .filter(|s| !s.removed && s.name != loaded.name)
+            .map(|s| {
+                let deps: Vec<&str> = s
+                    .unit
+                    .as_ref()
+                    .map(|u| u.ordered_after().collect())
+                    .unwrap_or_default();
+                (s.name.as_str(), deps)
+            })
+            .chain(std::iter::once((
+                loaded.name.as_str(),
+                new.ordered_after().collect(),
+            )));
+        let graph = Graph::new(nodes);
+        match graph
+            .cycles()
+            .into_iter()
+            .find(|c| c.contains(&loaded.name))
+        {
+            Some(cycle) => Err(InstallError::Cycle(describe_cycle(&cycle))),
+            None => Ok(()),
+        }
+    }
+
+    fn add(&mut self, loaded: Loaded, start: bool) {
+        let name = loaded.name.clone();
+        let mut slot = new_slot(loaded, &self.launchers, &self.log_policy);
+        slot.wanted = start && slot.error.is_none();
+        let i = match self.slots.iter().position(|s| s.removed) {
+            Some(free) => {
+                slot.generation = self.slots[free].generation + 1;
+                self.slots[free] = slot;
+                free
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        log::info!("unit {name}: installed");
+        self.by_name.insert(name, i);
+        link_dependents(&mut self.slots, &self.by_name);
+    }
+
+    fn replace(&mut self, i: usize, loaded: Loaded, start: bool, now: Instant, r: &mut dyn Reactor) {
+        let slot = &mut self.slots[i];
+        log::info!("unit {}: replaced", slot.name);
+        let wanted = start || slot.wanted;
+        if slot.pid.is_some() {
+            slot.replacement = Some(loaded);
+            slot.wanted = wanted;
+            if slot.state == State::Stopping {
+                slot.stop_reason = Some(StopReason::Restart);
+            } else {
+                self.stop(i, StopReason::Restart, now, r);
+            }
+        } else {
+            self.disarm(i);
+            self.swap_definition(i, loaded);
+            let slot = &mut self.slots[i];
+            slot.wanted = wanted && slot.error.is_none();
+        }
+    }
+
+    /// Puts a new definition into slot `i`, whose process has exited.
+    fn swap_definition(&mut self, i: usize, loaded: Loaded) {
+        let old = &self.slots[i];
+        let (generation, wanted, last_exit) = (old.generation + 1, old.wanted, old.last_exit);
+        let mut slot = new_slot(loaded, &self.launchers, &self.log_policy);
+        slot.generation = generation;
+        slot.wanted = wanted && slot.error.is_none();
+        slot.last_exit = last_exit;
+        self.slots[i] = slot;
+        link_dependents(&mut self.slots, &self.by_name);
+    }
+
+    /// The process stopped for a restart or replacement has exited: take the new definition,
+    /// if any, and let `advance` start the unit again (fresh backoff and start limit).
+    pub(super) fn restarted(&mut self, i: usize) {
+        if let Some(loaded) = self.slots[i].replacement.take() {
+            self.swap_definition(i, loaded);
+        }
+        let shutting_down = self.shutting_down;
+        let slot = &mut self.slots[i];
+        if slot.wanted && !shutting_down && slot.unit.is_some() {
+            slot.state = State::Inactive;
+            slot.detail.clear();
+            slot.error = None;
+            slot.limit.clear();
+            slot.backoff.reset();
+        } else if slot.unit.is_some() {
+            slot.state = State::Exited;
+            slot.detail = "stopped".into();
+        }
+    }
+
+    /// Starts a stopped, exited or failed unit.
+    pub fn request_start(
+        &mut self,
+        name: &str,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) -> Result<(), ActionError> {
+        let i = self.runnable(name)?;
+        self.slots[i].replacement = None;
+        self.start_unit(name, now, r);
+        Ok(())
+    }
+
+    /// Stops a unit; it stays stopped until started again.
+    pub fn request_stop(
+        &mut self,
+        name: &str,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) -> Result<(), ActionError> {
+        if !self.by_name.contains_key(name) {
+            return Err(ActionError::Unknown(name.to_string()));
+        }
+        self.stop_unit(name, now, r);
+        Ok(())
+    }
+
+    /// Stops the unit's process (if running) and starts it again.
+    pub fn request_restart(
+        &mut self,
+        name: &str,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) -> Result<(), ActionError> {
+        let i = self.runnable(name)?;
+        let slot = &mut self.slots[i];
+        if slot.pid.is_none() {
+            self.start_unit(name, now, r);
+            return Ok(());
+        }
+        slot.wanted = true;
+        if slot.state == State::Stopping {
+            slot.stop_reason = Some(StopReason::Restart);
+        } else {
+            self.stop(i, StopReason::Restart, now, r);
+        }
+        self.advance(now, r);
+        Ok(())
+    }
+
+    /// Removes a unit: stops it, and once its process has exited forgets it (see
+    /// [`Supervisor::take_removed`]).
+    pub fn remove_unit(
+        &mut self,
+        name: &str,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) -> Result<(), ActionError> {
+        let Some(&i) = self.by_name.get(name) else {
+            return Err(ActionError::Unknown(name.to_string()));
+        };
+        let slot = &mut self.slots[i];
+        slot.replacement = None;
+        if slot.pid.is_none() {
+            self.disarm(i);
+            self.finish_removal(i);
+        } else if slot.state == State::Stopping {
+            slot.wanted = false;
+            slot.stop_reason = Some(StopReason::Remove);
+        } else {
+            self.stop(i, StopReason::Remove, now, r);
+        }
+        self.advance(now, r);
+        Ok(())
+    }
+
+    pub(super) fn finish_removal(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        log::info!("unit {}: removed", slot.name);
+        self.removed_units.push(Removed {
+            name: slot.name.clone(),
+            path: slot.path.clone(),
+        });
+        self.by_name.remove(&slot.name);
+        slot.removed = true;
+        slot.unit = None;
+        slot.launcher = None;
+        slot.error = None;
+        slot.state = State::Inactive;
+        slot.wanted = false;
+        slot.action = Action::None;
+        slot.replacement = None;
+        slot.log = UnitLog::new(&self.log_policy, &slot.name);
+        link_dependents(&mut self.slots, &self.by_name);
+    }
+
+    /// Units removed since the last call (their files can go now).
+    pub fn take_removed(&mut self) -> Vec<Removed> {
+        std::mem::take(&mut self.removed_units)
+    }
+
+    /// True while `name` exists or its removal is still under way.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The unit file `name` was loaded from.
+    pub fn unit_path(&self, name: &str) -> Option<&str> {
+        self.by_name.get(name).map(|&i| self.slots[i].path.as_str())
+    }
+
+    fn runnable(&self, name: &str) -> Result<usize, ActionError> {
+        let Some(&i) = self.by_name.get(name) else {
+            return Err(ActionError::Unknown(name.to_string()));
+        };
+        if self.shutting_down {
+            return Err(ActionError::ShuttingDown);
+        }
+        let slot = &self.slots[i];
+        if slot.unit.is_none() || slot.launcher.is_none() {
+            return Err(ActionError::Unrunnable {
+                name: name.to_string(),
+                why: slot.error.clone().unwrap_or_else(|| "invalid".into()),
+            });
+        }
+        Ok(i)
+    }
+}
