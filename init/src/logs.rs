@@ -25,6 +25,16 @@ impl LogPolicy {
             keep: 3,
         }
     }
+
+    /// The current log file of `unit`.
+    pub fn path_of(&self, unit: &str) -> PathBuf {
+        self.dir.join(format!("{unit}.log"))
+    }
+
+    /// The `n`th rotated file of `unit` (1 is the newest).
+    pub fn rotated(&self, unit: &str, n: u32) -> PathBuf {
+        self.dir.join(format!("{unit}.log.{n}"))
+    }
 }
 
 /// One unit's log file, opened on first write (silent units cost no descriptor).
@@ -37,7 +47,7 @@ pub struct UnitLog {
 impl UnitLog {
     pub fn new(policy: &LogPolicy, unit: &str) -> UnitLog {
         UnitLog {
-            path: policy.dir.join(format!("{unit}.log")),
+            path: policy.path_of(unit),
             file: None,
             size: 0,
         }

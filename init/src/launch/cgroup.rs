@@ -8,6 +8,7 @@ use berth_runtime::cgroups::{
     self as cg, CgroupError, CgroupFs, CgroupRoot, Controller, CpuMax, HostFs, Limit,
 };
 
+use crate::launch::Usage;
 use crate::unit::Resources;
 
 pub trait Cgroups {
@@ -22,6 +23,10 @@ pub trait Cgroups {
     fn kill_all(&mut self, unit: &str);
     /// Removes the unit's cgroup once it is empty (a populated one is reused by the next start).
     fn remove(&mut self, unit: &str);
+    /// The unit cgroup's counters and memory limit; `None` without a cgroup.
+    fn usage(&self, _unit: &str) -> Option<Usage> {
+        None
+    }
 }
 
 /// No cgroups (host mode, or a kernel without cgroup v2 controllers).
@@ -119,6 +124,19 @@ impl<F: CgroupFs + Clone> Cgroups for FsCgroups<F> {
         }
     }
 
+    fn usage(&self, unit: &str) -> Option<Usage> {
+        let group = self.root.open(&Self::rel(unit)).ok()?;
+        let stats = group.stats().ok()?;
+        // `memory.max` is absent without the memory controller.
+        let memory_max = std::fs::read_to_string(group.path().join("memory.max"))
+            .ok()
+            .and_then(|text| match text.trim() {
+                "max" => Some(Limit::Max),
+                n => n.parse().ok().map(Limit::Value),
+            });
+        Some(Usage { stats, memory_max })
+    }
+
     fn remove(&mut self, unit: &str) {
         if let Ok(group) = self.root.open(&Self::rel(unit)) {
             // Never wait for a cgroup to drain inside the event loop.
@@ -173,6 +191,33 @@ mod tests {
         cgs.prepare("web", &Resources::default()).unwrap();
         assert_eq!(read("memory.max"), "max");
         assert_eq!(read("cpu.max"), "max 100000");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn usage_reads_counters_and_the_memory_limit() {
+        let root = fake_hierarchy("usage", "cpu memory pids io\n");
+        let web = root.join("units/web");
+        fs::write(web.join("cpu.stat"), "usage_usec 2500000\nuser_usec 2000000\n").unwrap();
+        fs::write(web.join("memory.current"), "4096\n").unwrap();
+        fs::write(web.join("memory.peak"), "8192\n").unwrap();
+        fs::write(web.join("memory.max"), "max\n").unwrap();
+        fs::write(web.join("io.stat"), "8:0 rbytes=10 wbytes=20\n8:16 rbytes=1 wbytes=2\n").unwrap();
+        fs::write(web.join("pids.current"), "3\n").unwrap();
+        let cgs = FsCgroups::with_root(CgroupRoot::with_fs(HostFs, &root)).unwrap();
+        let usage = cgs.usage("web").unwrap();
+        assert_eq!(usage.stats.cpu_usage_usec, Some(2_500_000));
+        assert_eq!(usage.stats.memory_peak, Some(8192));
+        assert_eq!(
+            (usage.stats.io_read_bytes, usage.stats.io_write_bytes),
+            (Some(11), Some(22))
+        );
+        assert_eq!(usage.stats.pids_current, Some(3));
+        assert_eq!(usage.memory_max, Some(Limit::Max));
+        fs::write(web.join("memory.max"), "67108864\n").unwrap();
+        assert_eq!(cgs.usage("web").unwrap().memory_max, Some(Limit::Value(64 << 20)));
+        assert!(cgs.usage("absent").is_none());
+        assert!(NoCgroups.usage("web").is_none());
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -32,6 +32,14 @@ pub enum Step {
     Main(Spawned),
 }
 
+/// What a unit's cgroup reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub stats: berth_runtime::cgroups::Stats,
+    /// `memory.max`: a byte limit, `Max` for none, `None` without the memory controller.
+    pub memory_max: Option<berth_runtime::cgroups::Limit>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("command `{command}` not found")]
@@ -82,6 +90,12 @@ pub trait Launcher {
 
     /// Starts one run of the unit's health check (for containers, inside the container).
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError>;
+
+    /// Resource usage of the unit's cgroup; `None` when the unit runs without one (no fake
+    /// zeros: metrics leave such units out).
+    fn usage(&self, _unit: &Unit) -> Option<Usage> {
+        None
+    }
 
     /// The main process `pid` has exited (or, with `None`, the start failed): remove what is
     /// left of the unit (processes, cgroup, container). Must not block.

@@ -161,6 +161,10 @@ impl Launcher for ProcessLauncher {
         self.spawn(unit, &exec, false)
     }
 
+    fn usage(&self, unit: &Unit) -> Option<super::Usage> {
+        self.cgroups.usage(&unit.name)
+    }
+
     fn cleanup(&mut self, unit: &Unit, pid: Option<i32>) {
         // Called right after the main process was reaped, so its pid (the group id) cannot
         // have been reused by a new group yet.

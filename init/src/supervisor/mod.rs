@@ -367,18 +367,37 @@ impl Supervisor {
 
     /// A unit's output pipe is readable (or closed).
     pub fn on_output(&mut self, id: u64, r: &mut dyn Reactor) {
+        self.on_output_to(id, r, &mut |_, _| {});
+    }
+
+    /// Like [`Supervisor::on_output`], also handing every chunk written to a unit's log to
+    /// `tap(unit, bytes)` (log followers, remote syslog).
+    pub fn on_output_to(&mut self, id: u64, r: &mut dyn Reactor, tap: &mut dyn FnMut(&str, &[u8])) {
         let (slots, policy) = (&mut self.slots, &self.log_policy);
         let done = self.pipes.drain(id, |unit, bytes| {
             if let Some(slot) = slots.get_mut(unit) {
                 if let Err(e) = slot.log.write(policy, bytes) {
                     warn!("unit {}: cannot write log: {e}", slot.name);
                 }
+                tap(&slot.name, bytes);
             }
         });
         if let Some(fd) = done {
             use std::os::fd::AsFd;
             r.unwatch(fd.as_fd());
         }
+    }
+
+    /// Where unit logs are written.
+    pub fn log_policy(&self) -> &LogPolicy {
+        &self.log_policy
+    }
+
+    /// Resource usage of a unit's cgroup, when its launcher has one for it.
+    pub fn usage(&self, name: &str) -> Option<crate::launch::Usage> {
+        let slot = &self.slots[*self.by_name.get(name)?];
+        let (unit, l) = (slot.unit.as_ref()?, slot.launcher?);
+        self.launchers[l].usage(unit)
     }
 
     /// The unit index of `name` (timers carry indices).
