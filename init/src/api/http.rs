@@ -35,7 +35,68 @@ impl Request {
             (k == key).then_some(v)
         })
     }
+
+    /// A boolean query flag: present as `1`, `true`, `yes` or bare (`?follow`).
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.query_param(key), Some("" | "1" | "true" | "yes"))
+    }
 }
+
+/// Decodes `%XX` escapes (path segments such as image references); `None` when an escape is
+/// malformed or the result is not UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// True when `buf` holds a complete head asking for `100 Continue` before the body.
+pub fn expects_continue(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(buf), Ok(httparse::Status::Complete(_)))
+        && req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("expect")
+                && String::from_utf8_lossy(h.value)
+                    .trim()
+                    .eq_ignore_ascii_case("100-continue")
+        })
+}
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The head of a chunked (streaming) response.
+pub fn stream_head(status: u16, content_type: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        reason(status)
+    )
+    .into_bytes()
+}
+
+/// One chunk of a chunked body (empty data makes no chunk: that would end the body).
+pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 #[derive(Debug)]
 pub enum Parsed {
@@ -136,6 +197,14 @@ impl Response {
         }
     }
 
+    pub fn text(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            content_type,
+            body,
+        }
+    }
+
     /// `{"error": ..., "detail": ...}`
     pub fn error(status: u16, error: &str, detail: &str) -> Response {
         let mut body = serde_json::to_vec(&ErrorBody { error, detail }).unwrap_or_default();
@@ -170,12 +239,14 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
@@ -240,6 +311,40 @@ mod tests {
         assert!(String::from_utf8(r.to_bytes())
             .unwrap()
             .starts_with("HTTP/1.1 404 Not Found\r\n"));
+    }
+
+    #[test]
+    fn decodes_percent_escapes_and_flags() {
+        assert_eq!(
+            percent_decode("docker.io%2Flibrary%2Fnginx:1").as_deref(),
+            Some("docker.io/library/nginx:1")
+        );
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        let Parsed::Complete(r) = parse(b"GET /x?follow&tail=3&start=0 HTTP/1.1\r\n\r\n") else {
+            panic!()
+        };
+        assert!(r.flag("follow"));
+        assert!(!r.flag("start"));
+        assert!(!r.flag("missing"));
+    }
+
+    #[test]
+    fn knows_when_a_client_waits_for_100_continue() {
+        let head = b"PUT /v1/units/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        assert!(expects_continue(head));
+        assert!(!expects_continue(b"PUT /v1/units/a HTTP/1.1\r\nExpect: 100-continue\r\n"));
+        assert!(!expects_continue(b"PUT /v1/units/a HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+    }
+
+    #[test]
+    fn chunks_frame_data() {
+        let mut out = Vec::new();
+        chunk(b"hello world\n", &mut out);
+        chunk(b"", &mut out);
+        out.extend_from_slice(LAST_CHUNK);
+        assert_eq!(out, b"c\r\nhello world\n\r\n0\r\n\r\n");
     }
 
     proptest! {
