@@ -25,6 +25,10 @@ pub enum Key {
     ApiConn(u64),
     /// The read end of a unit's stdout/stderr pipe.
     UnitOutput(u64),
+    /// The control API's mutual-TLS TCP listener.
+    ApiRemoteListener,
+    /// The output pipe of a job the API started (an image pull).
+    JobOutput(u64),
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -37,6 +41,8 @@ impl Key {
             Key::ApiListener => 1 << KIND_SHIFT,
             Key::ApiConn(id) => (2 << KIND_SHIFT) | (id & ID_MASK),
             Key::UnitOutput(id) => (3 << KIND_SHIFT) | (id & ID_MASK),
+            Key::ApiRemoteListener => 4 << KIND_SHIFT,
+            Key::JobOutput(id) => (5 << KIND_SHIFT) | (id & ID_MASK),
         }
     }
 
@@ -47,6 +53,8 @@ impl Key {
             1 => Some(Key::ApiListener),
             2 => Some(Key::ApiConn(id)),
             3 => Some(Key::UnitOutput(id)),
+            4 => Some(Key::ApiRemoteListener),
+            5 => Some(Key::JobOutput(id)),
             _ => None,
         }
     }
@@ -82,6 +90,10 @@ pub enum Event {
 pub trait Reactor {
     /// Watches `fd` for reading (and writing when `writable`); re-watching changes interest.
     fn watch(&mut self, fd: BorrowedFd<'_>, key: Key, writable: bool) -> io::Result<()>;
+    /// Watches `fd` for writing only (its reading side is done, e.g. the peer half-closed).
+    fn watch_write_only(&mut self, fd: BorrowedFd<'_>, key: Key) -> io::Result<()> {
+        self.watch(fd, key, true)
+    }
     /// Stops watching `fd` (call before closing it).
     fn unwatch(&mut self, fd: BorrowedFd<'_>);
     /// Delivers `timer` at or after `at`.
@@ -159,15 +171,11 @@ impl Reactor for EventLoop {
         if writable {
             flags |= EpollFlags::EPOLLOUT;
         }
-        let event = EpollEvent::new(flags, key.encode());
-        match self.epoll.add(fd, event) {
-            Err(nix::errno::Errno::EEXIST) => {
-                let mut event = event;
-                self.epoll.modify(fd, &mut event)?;
-                Ok(())
-            }
-            other => Ok(other?),
-        }
+        self.interest(fd, key, flags)
+    }
+
+    fn watch_write_only(&mut self, fd: BorrowedFd<'_>, key: Key) -> io::Result<()> {
+        self.interest(fd, key, EpollFlags::EPOLLOUT)
     }
 
     fn unwatch(&mut self, fd: BorrowedFd<'_>) {
@@ -177,6 +185,21 @@ impl Reactor for EventLoop {
     fn schedule(&mut self, at: Instant, timer: Timer) {
         self.sequence += 1;
         self.timers.push(Reverse((at, self.sequence, timer)));
+    }
+}
+
+impl EventLoop {
+    /// Adds `fd` with `flags`, or changes the flags of an fd already watched.
+    fn interest(&mut self, fd: BorrowedFd<'_>, key: Key, flags: EpollFlags) -> io::Result<()> {
+        let event = EpollEvent::new(flags, key.encode());
+        match self.epoll.add(fd, event) {
+            Err(nix::errno::Errno::EEXIST) => {
+                let mut event = event;
+                self.epoll.modify(fd, &mut event)?;
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 }
 
@@ -199,6 +222,8 @@ mod tests {
             Key::ApiListener,
             Key::ApiConn(7),
             Key::UnitOutput(ID_MASK),
+            Key::ApiRemoteListener,
+            Key::JobOutput(9),
         ] {
             assert_eq!(Key::decode(k.encode()), Some(k));
         }

@@ -2,7 +2,10 @@
 //! messages land in the kernel log and on the console), to stderr in host mode, and also to
 //! syslog when PID 1 and a /dev/log socket exists (a syslog daemon may come up as a unit).
 //! Nothing here blocks: the syslog socket is non-blocking and messages it cannot take are
-//! dropped.
+//! dropped. With `[syslog]` in the machine config, messages (and unit output) also go to a
+//! remote syslog server (see [`remote`]).
+
+pub mod remote;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -12,9 +15,54 @@ use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+pub use remote::ForwardStats;
+use remote::Forwarder;
+
+/// The remote syslog forwarder, once the machine config named one. PID 1 is single-threaded;
+/// the lock only satisfies `static`.
+static REMOTE: Mutex<Option<Forwarder>> = Mutex::new(None);
+
+/// Starts forwarding berth-init's messages (and unit output, if the target says so).
+pub fn forward_to(target: &crate::machine::SyslogTarget, hostname: &str) {
+    if let Ok(mut remote) = REMOTE.lock() {
+        *remote = Some(Forwarder::new(target, hostname));
+    }
+}
+
+/// Hands a unit's output to the remote forwarder, if any.
+pub fn forward_unit_output(unit: &str, bytes: &[u8]) {
+    if let Ok(mut remote) = REMOTE.lock() {
+        if let Some(f) = remote.as_mut() {
+            f.unit_output(unit, bytes);
+        }
+    }
+}
+
+/// Sends what a TCP syslog server could not take yet (the main loop calls this each round).
+pub fn flush_forwarding() {
+    if let Ok(mut remote) = REMOTE.lock() {
+        if let Some(f) = remote.as_mut() {
+            f.flush();
+        }
+    }
+}
+
+pub fn forward_stats() -> ForwardStats {
+    REMOTE
+        .lock()
+        .ok()
+        .and_then(|r| r.as_ref().map(Forwarder::stats))
+        .unwrap_or_default()
+}
+
 enum Sink {
-    Kmsg(std::fs::File),
+    /// /dev/kmsg; until it can be opened (before /dev is mounted) the console on stderr.
+    Kmsg(Mutex<Option<std::fs::File>>),
     Stderr,
+}
+
+fn open_kmsg() -> Option<std::fs::File> {
+    OpenOptions::new().write(true).open("/dev/kmsg").ok()
 }
 
 struct Syslog {
@@ -36,10 +84,7 @@ const MAX_LINE: usize = 900;
 impl Logger {
     /// PID 1: kmsg (falling back to stderr, i.e. the console) plus syslog.
     pub fn for_pid1() -> Logger {
-        let sink = match OpenOptions::new().write(true).open("/dev/kmsg") {
-            Ok(f) => Sink::Kmsg(f),
-            Err(_) => Sink::Stderr,
-        };
+        let sink = Sink::Kmsg(Mutex::new(open_kmsg()));
         let syslog = Some(Mutex::new(Syslog {
             socket: None,
             last_try: None,
@@ -107,9 +152,24 @@ impl Log for Logger {
         let message = clip(message.trim_end());
         let priority = kmsg_priority(record.level());
         match &self.sink {
-            Sink::Kmsg(f) => {
-                let mut f = f;
-                let _ = f.write_all(format!("<{priority}>berth-init: {message}\n").as_bytes());
+            Sink::Kmsg(kmsg) => {
+                let mut kmsg = kmsg.lock().ok();
+                let file = kmsg.as_mut().and_then(|k| {
+                    if k.is_none() {
+                        **k = open_kmsg();
+                    }
+                    k.as_mut()
+                });
+                match file {
+                    Some(f) => {
+                        let _ =
+                            f.write_all(format!("<{priority}>berth-init: {message}\n").as_bytes());
+                    }
+                    None => {
+                        let _ = std::io::stderr()
+                            .write_all(format!("berth-init: {message}\n").as_bytes());
+                    }
+                }
             }
             Sink::Stderr => {
                 let _ = std::io::stderr().write_all(format!("berth-init: {message}\n").as_bytes());
@@ -118,6 +178,13 @@ impl Log for Logger {
         if let Some(syslog) = &self.syslog {
             if let Ok(mut s) = syslog.lock() {
                 s.send(priority, message);
+            }
+        }
+        // try_lock: a message logged while the forwarder itself is busy is not forwarded
+        // (never a deadlock).
+        if let Ok(mut remote) = REMOTE.try_lock() {
+            if let Some(f) = remote.as_mut() {
+                f.send(priority, "berth-init", Some(std::process::id()), message);
             }
         }
     }

@@ -151,8 +151,9 @@ pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
             errors.push(src.diagnostic(Some(h.span()), "hostname", msg.to_string()));
         }
     }
-    let remote_api = raw.api.and_then(|api| {
-        match api.listen.get_ref().parse::<SocketAddr>() {
+    let remote_api = raw
+        .api
+        .and_then(|api| match api.listen.get_ref().parse::<SocketAddr>() {
             Ok(listen) => Some(RemoteApi {
                 listen,
                 cert: Pem::parse(api.cert.get_ref()),
@@ -164,19 +165,20 @@ pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
                 errors.push(src.diagnostic(Some(api.listen.span()), "api.listen", msg));
                 None
             }
-        }
-    });
-    let syslog = raw.syslog.and_then(|s| match parse_syslog_server(s.server.get_ref()) {
-        Ok((transport, addr)) => Some(SyslogTarget {
-            transport,
-            addr,
-            units: s.units.unwrap_or(true),
-        }),
-        Err(msg) => {
-            errors.push(src.diagnostic(Some(s.server.span()), "syslog.server", msg));
-            None
-        }
-    });
+        });
+    let syslog = raw
+        .syslog
+        .and_then(|s| match parse_syslog_server(s.server.get_ref()) {
+            Ok((transport, addr)) => Some(SyslogTarget {
+                transport,
+                addr,
+                units: s.units.unwrap_or(true),
+            }),
+            Err(msg) => {
+                errors.push(src.diagnostic(Some(s.server.span()), "syslog.server", msg));
+                None
+            }
+        });
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
 
+use crate::api::jobs::{runtime_binary, Jobs};
 use crate::api::{ApiContext, ApiServer, SystemInfo};
-use crate::boot::{Boot, Mode};
+use crate::boot::{Boot, Mode, Paths};
 use crate::event::{after, Event, EventLoop, Key, Reactor, Timer};
 use crate::launch::cgroup::{Cgroups, NoCgroups};
 use crate::launch::process::ProcessLauncher;
@@ -38,6 +39,11 @@ pub struct Init {
     supervisor: Supervisor,
     api: Option<ApiServer>,
     system: SystemInfo,
+    paths: Paths,
+    /// Image pulls and prunes started through the API.
+    jobs: Jobs,
+    /// A reboot or power-off asked for through the API.
+    power: Option<PowerAction>,
     mode: Mode,
     /// Set once a shutdown began: what it ends in, and how often its deadline passed.
     shutdown: Option<(PowerAction, u32)>,
@@ -69,7 +75,12 @@ impl Init {
         let mut supervisor =
             Supervisor::new(loaded, launchers, LogPolicy::new(boot.paths.logs.clone()));
 
-        let api = match ApiServer::bind(&boot.paths.api_socket, &mut events) {
+        let mode = match boot.mode {
+            Mode::Pid1 => "pid1",
+            Mode::Host { .. } => "host",
+        };
+        let mut system = SystemInfo::new(VERSION, mode, boot.hostname.clone());
+        let mut api = match ApiServer::bind(&boot.paths.api_socket, &mut events) {
             Ok(api) => Some(api),
             Err(e) => {
                 error!(
@@ -79,22 +90,28 @@ impl Init {
                 None
             }
         };
-        let system = SystemInfo {
-            version: VERSION,
-            mode: match boot.mode {
-                Mode::Pid1 => "pid1",
-                Mode::Host { .. } => "host",
-            },
-            started: Instant::now(),
-            hostname: boot.hostname.clone(),
-        };
+        if let (Some(api), Some(remote)) = (&mut api, &boot.machine.remote_api) {
+            match api.listen_remote(remote, &mut events) {
+                Ok(addr) => system.remote_api = Some(addr),
+                Err(e) => error!("remote API unavailable: {e}"),
+            }
+        }
+        let jobs = Jobs::new(
+            runtime_binary(),
+            &boot.paths.state.join("images"),
+            &boot.paths.machine_config,
+        );
         supervisor.start_all(Instant::now(), &mut events);
+        system.boot_duration = boot_duration(&boot.mode);
         Ok(Init {
             events,
             signals,
             supervisor,
             api,
             system,
+            paths: boot.paths,
+            jobs,
+            power: None,
             mode: boot.mode,
             shutdown: None,
             buffer: Vec::new(),
@@ -131,12 +148,14 @@ impl Init {
         for event in events.drain(..) {
             match event {
                 Event::Ready(Key::Signals, _) => self.on_signals(now),
-                Event::Ready(Key::UnitOutput(id), _) => {
-                    self.supervisor.on_output(id, &mut self.events)
-                }
+                Event::Ready(Key::UnitOutput(id), _) => self.on_unit_output(id),
                 Event::Ready(Key::ApiListener, _) => {
                     self.with_api(now, |api, ctx| api.on_accept(ctx))
                 }
+                Event::Ready(Key::ApiRemoteListener, _) => {
+                    self.with_api(now, |api, ctx| api.on_accept_remote(ctx))
+                }
+                Event::Ready(Key::JobOutput(id), _) => self.jobs.on_output(id, &mut self.events),
                 Event::Ready(Key::ApiConn(id), ready) => {
                     self.with_api(now, |api, ctx| api.on_ready(id, ready, ctx))
                 }
@@ -146,13 +165,18 @@ impl Init {
                 }
                 Event::Timer(Timer::ApiConn(id)) => {
                     if let Some(api) = &mut self.api {
-                        api.on_timeout(id, &mut self.events);
+                        api.on_timeout(id, now, &mut self.events);
                     }
                 }
                 Event::Timer(Timer::Shutdown) => self.on_shutdown_deadline(now),
             }
         }
         self.buffer = events;
+        self.with_api(now, |api, ctx| api.after_events(ctx));
+        if let Some(action) = self.power.take() {
+            self.begin_shutdown(action, "API request", now);
+        }
+        crate::log::flush_forwarding();
         match self.shutdown {
             Some((action, _)) if self.supervisor.all_stopped() => Some(action),
             _ => None,
@@ -165,9 +189,28 @@ impl Init {
             supervisor: &mut self.supervisor,
             reactor: &mut self.events,
             system: &self.system,
+            paths: &self.paths,
+            jobs: &mut self.jobs,
+            power: &mut self.power,
             now,
         };
         f(api, &mut ctx);
+    }
+
+    /// A unit wrote output: into its log (the supervisor), to log followers and to the remote
+    /// syslog server.
+    fn on_unit_output(&mut self, id: u64) {
+        let mut tapped: Vec<(String, Vec<u8>)> = Vec::new();
+        self.supervisor
+            .on_output_to(id, &mut self.events, &mut |unit, bytes| {
+                tapped.push((unit.to_string(), bytes.to_vec()))
+            });
+        for (unit, bytes) in tapped {
+            crate::log::forward_unit_output(&unit, &bytes);
+            if let Some(api) = &mut self.api {
+                api.on_unit_output(&unit, &bytes, &mut self.events);
+            }
+        }
     }
 
     fn on_signals(&mut self, now: Instant) {
@@ -175,21 +218,23 @@ impl Init {
             match sig {
                 Signal::SIGCHLD => {
                     for (pid, status) in crate::reaper::reap() {
-                        if !self.supervisor.on_exit(pid, status, now, &mut self.events) {
+                        if !self.supervisor.on_exit(pid, status, now, &mut self.events)
+                            && !self.jobs.on_exit(pid, status)
+                        {
                             debug!("reaped orphan {pid}: {status}");
                         }
                     }
                 }
                 Signal::SIGHUP => info!("SIGHUP: reloading units is not supported yet"),
                 other => match action_for(other) {
-                    Some(action) => self.begin_shutdown(action, other, now),
+                    Some(action) => self.begin_shutdown(action, other.as_str(), now),
                     None => debug!("ignoring {other}"),
                 },
             }
         }
     }
 
-    fn begin_shutdown(&mut self, action: PowerAction, signal: Signal, now: Instant) {
+    fn begin_shutdown(&mut self, action: PowerAction, cause: &str, now: Instant) {
         if self.shutdown.is_some() {
             return;
         }
@@ -198,7 +243,7 @@ impl Init {
             (Mode::Pid1, PowerAction::Reboot) => "reboot",
             (Mode::Pid1, PowerAction::Poweroff) => "power off",
         };
-        info!("{signal}: shutting down ({what})");
+        info!("{cause}: shutting down ({what})");
         self.shutdown = Some((action, 0));
         let longest = self.supervisor.longest_stop_timeout();
         self.events
@@ -222,6 +267,26 @@ impl Init {
         } else {
             error!("units did not exit after SIGKILL; continuing the shutdown without them");
             self.supervisor.forget_processes();
+        }
+    }
+}
+
+/// Time from kernel start (PID 1) or from this process's start (host mode) until now.
+fn boot_duration(mode: &Mode) -> Option<Duration> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    let now = Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32);
+    match mode {
+        Mode::Pid1 => Some(now),
+        Mode::Host { .. } => {
+            // Field 22 of /proc/self/stat: start time in clock ticks after boot.
+            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+            let after_comm = &stat[stat.rfind(')')? + 1..];
+            let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .filter(|&hz| hz > 0)? as u64;
+            Some(now.saturating_sub(Duration::from_millis(ticks * 1000 / hz)))
         }
     }
 }

@@ -334,8 +334,12 @@ mod tests {
     fn knows_when_a_client_waits_for_100_continue() {
         let head = b"PUT /v1/units/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
         assert!(expects_continue(head));
-        assert!(!expects_continue(b"PUT /v1/units/a HTTP/1.1\r\nExpect: 100-continue\r\n"));
-        assert!(!expects_continue(b"PUT /v1/units/a HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+        assert!(!expects_continue(
+            b"PUT /v1/units/a HTTP/1.1\r\nExpect: 100-continue\r\n"
+        ));
+        assert!(!expects_continue(
+            b"PUT /v1/units/a HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -130,6 +130,7 @@ pub fn pid1_phases() -> Vec<Phase> {
         phase("prepare-state", true, prepare_state),
         phase("read-machine-config", false, read_machine_config),
         phase("set-hostname", false, set_hostname),
+        phase("forward-logs", false, forward_logs),
         phase("loopback-up", false, loopback_up),
     ]
 }
@@ -142,6 +143,7 @@ pub fn host_phases() -> Vec<Phase> {
         phase("prepare-state", true, prepare_state),
         phase("read-machine-config", false, read_machine_config),
         phase("read-hostname", false, read_hostname),
+        phase("forward-logs", false, forward_logs),
     ]
 }
 
@@ -245,6 +247,16 @@ fn read_hostname(boot: &mut Boot) -> Result<(), BootError> {
             .to_string_lossy()
             .into_owned(),
     };
+    Ok(())
+}
+
+/// Remote syslog forwarding from `[syslog]` of the machine config, as early as the config is
+/// known (boot messages before it stay in the kernel log).
+fn forward_logs(boot: &mut Boot) -> Result<(), BootError> {
+    if let Some(target) = &boot.machine.syslog {
+        crate::log::forward_to(target, &boot.hostname);
+        info!("forwarding logs to syslog at {}", target.addr);
+    }
     Ok(())
 }
 

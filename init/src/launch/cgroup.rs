@@ -198,11 +198,19 @@ mod tests {
     fn usage_reads_counters_and_the_memory_limit() {
         let root = fake_hierarchy("usage", "cpu memory pids io\n");
         let web = root.join("units/web");
-        fs::write(web.join("cpu.stat"), "usage_usec 2500000\nuser_usec 2000000\n").unwrap();
+        fs::write(
+            web.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\n",
+        )
+        .unwrap();
         fs::write(web.join("memory.current"), "4096\n").unwrap();
         fs::write(web.join("memory.peak"), "8192\n").unwrap();
         fs::write(web.join("memory.max"), "max\n").unwrap();
-        fs::write(web.join("io.stat"), "8:0 rbytes=10 wbytes=20\n8:16 rbytes=1 wbytes=2\n").unwrap();
+        fs::write(
+            web.join("io.stat"),
+            "8:0 rbytes=10 wbytes=20\n8:16 rbytes=1 wbytes=2\n",
+        )
+        .unwrap();
         fs::write(web.join("pids.current"), "3\n").unwrap();
         let cgs = FsCgroups::with_root(CgroupRoot::with_fs(HostFs, &root)).unwrap();
         let usage = cgs.usage("web").unwrap();
@@ -215,7 +223,10 @@ mod tests {
         assert_eq!(usage.stats.pids_current, Some(3));
         assert_eq!(usage.memory_max, Some(Limit::Max));
         fs::write(web.join("memory.max"), "67108864\n").unwrap();
-        assert_eq!(cgs.usage("web").unwrap().memory_max, Some(Limit::Value(64 << 20)));
+        assert_eq!(
+            cgs.usage("web").unwrap().memory_max,
+            Some(Limit::Value(64 << 20))
+        );
         assert!(cgs.usage("absent").is_none());
         assert!(NoCgroups.usage("web").is_none());
         fs::remove_dir_all(&root).unwrap();

@@ -65,17 +65,7 @@ impl Supervisor {
         now: Instant,
         r: &mut dyn Reactor,
     ) -> Result<Installed, InstallError> {
-        if self.shutting_down {
-            return Err(InstallError::ShuttingDown);
-        }
-        let unit = loaded
-            .unit
-            .as_ref()
-            .map_err(|d| InstallError::Invalid(d.to_string()))?;
-        if !self.launchers.iter().any(|l| l.handles(unit)) {
-            return Err(InstallError::Unsupported);
-        }
-        self.check_cycles(&loaded)?;
+        self.check_install(&loaded)?;
         let installed = match self.by_name.get(&loaded.name).copied() {
             Some(i) => {
                 self.replace(i, loaded, start, now, r);
@@ -88,6 +78,21 @@ impl Supervisor {
         };
         self.advance(now, r);
         Ok(installed)
+    }
+
+    /// What [`Supervisor::install`] would refuse, without changing anything.
+    pub fn check_install(&self, loaded: &Loaded) -> Result<(), InstallError> {
+        if self.shutting_down {
+            return Err(InstallError::ShuttingDown);
+        }
+        let unit = loaded
+            .unit
+            .as_ref()
+            .map_err(|d| InstallError::Invalid(d.to_string()))?;
+        if !self.launchers.iter().any(|l| l.handles(unit)) {
+            return Err(InstallError::Unsupported);
+        }
+        self.check_cycles(loaded)
     }
 
     /// Refuses a unit that would close a dependency cycle with the units in place.
@@ -142,7 +147,14 @@ impl Supervisor {
         link_dependents(&mut self.slots, &self.by_name);
     }
 
-    fn replace(&mut self, i: usize, loaded: Loaded, start: bool, now: Instant, r: &mut dyn Reactor) {
+    fn replace(
+        &mut self,
+        i: usize,
+        loaded: Loaded,
+        start: bool,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) {
         let slot = &mut self.slots[i];
         log::info!("unit {}: replaced", slot.name);
         let wanted = start || slot.wanted;

@@ -426,7 +426,8 @@ fn installing_refuses_cycles_and_invalid_units_and_changes_nothing() {
     assert_eq!(h.sup.statuses().len(), 1);
     h.sup.begin_shutdown(h.now, &mut h.timers);
     assert_eq!(
-        h.sup.install(loaded("d", SLEEP), true, h.now, &mut h.timers),
+        h.sup
+            .install(loaded("d", SLEEP), true, h.now, &mut h.timers),
         Err(InstallError::ShuttingDown)
     );
 }

@@ -1,0 +1,166 @@
+//! `/v1/images`: the image store. Listing, showing and untagging go through the
+//! `berth_runtime::image` library (small reads and one index update); pulls and the space
+//! reclaiming after a removal run as `berth-runtime image` child processes ([`super::jobs`]),
+//! so PID 1 never waits on a registry or a big directory tree.
+
+use serde::{Deserialize, Serialize};
+
+use berth_runtime::image::{Error as ImageError, Store};
+use berth_runtime::registry::Reference;
+
+use super::http::{Request, Response};
+use super::jobs::{JobError, JobKind};
+use super::routes::{param, ApiContext, Params, Reply};
+
+fn open(ctx: &ApiContext<'_>) -> Result<Store, Reply> {
+    Store::open(ctx.jobs.store()).map_err(|e| image_error(&e))
+}
+
+fn image_error(e: &ImageError) -> Reply {
+    let (code, error) = match e {
+        ImageError::NotFound(_) => (404, "unknown image"),
+        ImageError::Reference(_) => (400, "bad image reference"),
+        ImageError::InUse { .. } => (409, "image in use"),
+        _ => (500, "image store"),
+    };
+    Response::error(code, error, &e.to_string()).into()
+}
+
+pub fn list(_: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let store = match open(ctx) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match store.list() {
+        Ok(images) => Response::json(200, &images).into(),
+        Err(e) => image_error(&e),
+    }
+}
+
+#[derive(Serialize)]
+struct ImageBody<'a> {
+    reference: &'a str,
+    id: String,
+    digest: String,
+    size: u64,
+    layers: usize,
+    entrypoint: &'a Option<Vec<String>>,
+    cmd: &'a Option<Vec<String>>,
+    env: &'a Option<Vec<String>>,
+    user: &'a str,
+    created: &'a Option<String>,
+}
+
+pub fn show(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let store = match open(ctx) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let image = match store.resolve(param(params, "reference")) {
+        Ok(i) => i,
+        Err(e) => return image_error(&e),
+    };
+    let c = &image.config.config;
+    Response::json(
+        200,
+        &ImageBody {
+            reference: &image.reference,
+            id: image.id().to_string(),
+            digest: image.manifest_digest.to_string(),
+            size: image.size(),
+            layers: image.layers.len(),
+            entrypoint: &c.entrypoint,
+            cmd: &c.cmd,
+            env: &c.env,
+            user: &c.user,
+            created: &image.config.created,
+        },
+    )
+    .into()
+}
+
+/// `DELETE /v1/images/{reference}`: refused while a container holds the image; otherwise the
+/// reference goes at once and a prune job frees what nothing uses any more.
+pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let store = match open(ctx) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let image = match store.resolve(param(params, "reference")) {
+        Ok(i) => i,
+        Err(e) => return image_error(&e),
+    };
+    let users: Vec<String> = match store.leases() {
+        Ok(leases) => leases
+            .into_iter()
+            .filter(|(_, d)| *d == image.manifest_digest)
+            .map(|(c, _)| c)
+            .collect(),
+        Err(e) => return image_error(&e),
+    };
+    if !users.is_empty() {
+        return image_error(&ImageError::InUse {
+            reference: image.reference,
+            containers: users.join(", "),
+        });
+    }
+    if let Err(e) = store.untag(&image.reference) {
+        return image_error(&e);
+    }
+    let prune = match ctx.jobs.start(JobKind::Prune, "", ctx.reactor) {
+        Ok(job) => Some(job.id),
+        Err(e) => {
+            log::warn!(
+                "image {}: removed; space not reclaimed yet: {e}",
+                image.reference
+            );
+            None
+        }
+    };
+    Response::json(
+        200,
+        &serde_json::json!({ "removed": image.reference, "prune_job": prune }),
+    )
+    .into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullBody {
+    reference: String,
+}
+
+/// `POST /v1/images/pull` with `{"reference": "..."}`: starts a pull job (`202`).
+pub fn pull(req: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let body: PullBody = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return bad_json(&e),
+    };
+    let reference = match Reference::parse(&body.reference) {
+        Ok(r) => r.to_string(),
+        Err(e) => return Response::error(400, "bad image reference", &e.to_string()).into(),
+    };
+    match ctx.jobs.start(JobKind::Pull, &reference, ctx.reactor) {
+        Ok(job) => Response::json(202, job).into(),
+        Err(e @ JobError::Busy) => Response::error(503, "busy", &e.to_string()).into(),
+        Err(e) => Response::error(500, "cannot start the pull", &e.to_string()).into(),
+    }
+}
+
+/// `400` for a JSON body that does not parse, naming line and column.
+pub fn bad_json(e: &serde_json::Error) -> Reply {
+    // serde_json's message names line and column.
+    Response::error(400, "bad JSON", &e.to_string()).into()
+}
+
+pub fn jobs(_: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    Response::json(200, &ctx.jobs.list()).into()
+}
+
+pub fn job(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let id = param(params, "id");
+    match id.parse().ok().and_then(|id| ctx.jobs.get(id)) {
+        Some(job) => Response::json(200, job).into(),
+        None => Response::error(404, "unknown job", id).into(),
+    }
+}

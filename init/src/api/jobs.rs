@@ -1,0 +1,368 @@
+//! Long image operations run as child processes (`berth-runtime image pull …`, `… prune`),
+//! never inside PID 1: the event loop reads their output pipe and the reaper reports their
+//! exit. A bounded number run at once and a bounded history is kept, each with the last lines
+//! of its output.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use log::{info, warn};
+use nix::fcntl::OFlag;
+use serde::Serialize;
+
+use crate::event::{Key, Reactor};
+use crate::launch::process::{set_nonblocking, DEFAULT_PATH};
+use crate::reaper::ExitStatus;
+
+/// Jobs running at once.
+pub const MAX_RUNNING: usize = 4;
+/// Jobs remembered (finished ones are forgotten oldest first).
+const MAX_KEPT: usize = 32;
+/// Output lines kept per job, and the longest line kept.
+const KEEP_LINES: usize = 40;
+const MAX_LINE: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Pull,
+    Prune,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct Job {
+    pub id: u64,
+    pub kind: JobKind,
+    /// The image reference (pulls).
+    pub target: String,
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    /// The last line of output of a failed job.
+    pub error: Option<String>,
+    /// The last lines of output (progress, then the result or error).
+    pub output: VecDeque<String>,
+    #[serde(skip)]
+    pid: Option<i32>,
+    #[serde(skip)]
+    pipe: Option<OwnedFd>,
+    #[serde(skip)]
+    partial: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{MAX_RUNNING} image jobs are running already; try again when one has finished")]
+    Busy,
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+}
+
+pub struct Jobs {
+    runtime: PathBuf,
+    store: PathBuf,
+    config: PathBuf,
+    jobs: BTreeMap<u64, Job>,
+    next: u64,
+}
+
+/// The `berth-runtime` binary: `$BERTH_RUNTIME`, else beside this executable, else
+/// `/usr/bin/berth-runtime`.
+pub fn runtime_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_RUNTIME") {
+        return p.into();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let beside = exe.with_file_name("berth-runtime");
+        if beside.is_file() {
+            return beside;
+        }
+    }
+    PathBuf::from("/usr/bin/berth-runtime")
+}
+
+impl Jobs {
+    /// Jobs on the image store `store`, with registry settings from `config`.
+    pub fn new(runtime: PathBuf, store: &Path, config: &Path) -> Jobs {
+        Jobs {
+            runtime,
+            store: store.to_path_buf(),
+            config: config.to_path_buf(),
+            jobs: BTreeMap::new(),
+            next: 1,
+        }
+    }
+
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    pub fn list(&self) -> Vec<&Job> {
+        self.jobs.values().collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Starts `berth-runtime image <kind> [target]` on the store.
+    pub fn start(
+        &mut self,
+        kind: JobKind,
+        target: &str,
+        r: &mut dyn Reactor,
+    ) -> Result<&Job, JobError> {
+        let running = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Running)
+            .count();
+        if running >= MAX_RUNNING {
+            return Err(JobError::Busy);
+        }
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "image".as_ref(),
+            "--store".as_ref(),
+            self.store.as_os_str(),
+            "--config".as_ref(),
+            self.config.as_os_str(),
+        ];
+        match kind {
+            JobKind::Pull => args.extend(["pull", target].map(std::ffi::OsStr::new)),
+            JobKind::Prune => args.push(std::ffi::OsStr::new("prune")),
+        }
+        let (pid, pipe) = spawn(&self.runtime, &args).map_err(|source| JobError::Spawn {
+            program: self.runtime.display().to_string(),
+            source,
+        })?;
+        let id = self.next;
+        self.next += 1;
+        if let Err(e) = r.watch(pipe.as_fd(), Key::JobOutput(id), false) {
+            warn!("job {id}: cannot watch its output: {e}");
+        }
+        info!("job {id}: image {kind:?} {target} started, pid {pid}");
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                kind,
+                target: target.to_string(),
+                state: JobState::Running,
+                exit_code: None,
+                error: None,
+                output: VecDeque::new(),
+                pid: Some(pid),
+                pipe: Some(pipe),
+                partial: Vec::new(),
+            },
+        );
+        self.forget_old();
+        self.jobs.get(&id).ok_or(JobError::Busy)
+    }
+
+    fn forget_old(&mut self) {
+        while self.jobs.len() > MAX_KEPT {
+            let oldest = self
+                .jobs
+                .values()
+                .find(|j| j.state != JobState::Running && j.pipe.is_none())
+                .map(|j| j.id);
+            match oldest {
+                Some(id) => {
+                    self.jobs.remove(&id);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// A job's output pipe is readable (or closed).
+    pub fn on_output(&mut self, id: u64, r: &mut dyn Reactor) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(fd) = job.pipe.as_ref().and_then(|p| p.try_clone().ok()) else {
+            return;
+        };
+        let mut file = File::from(fd);
+        let mut buf = [0u8; 8192];
+        // Bounded per wake-up so a chatty job cannot starve the loop.
+        let mut eof = false;
+        for _ in 0..32 {
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => job.take_output(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            if let Some(pipe) = job.pipe.take() {
+                r.unwatch(pipe.as_fd());
+            }
+            if !job.partial.is_empty() {
+                let rest = std::mem::take(&mut job.partial);
+                job.push_line(&rest);
+            }
+            job.settle_error();
+        }
+    }
+
+    /// A reaped child; false when it is not a job.
+    pub fn on_exit(&mut self, pid: i32, status: ExitStatus) -> bool {
+        let Some(job) = self.jobs.values_mut().find(|j| j.pid == Some(pid)) else {
+            return false;
+        };
+        job.pid = None;
+        job.exit_code = Some(status.code());
+        job.state = if status.success() {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        job.settle_error();
+        info!(
+            "job {}: image {:?} {}: {status}",
+            job.id, job.kind, job.target
+        );
+        true
+    }
+}
+
+impl Job {
+    fn take_output(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.push_line(&line);
+        }
+        // A line without end is cut rather than grown without bound.
+        if self.partial.len() > MAX_LINE {
+            let line = std::mem::take(&mut self.partial);
+            self.push_line(&line);
+        }
+    }
+
+    fn push_line(&mut self, line: &[u8]) {
+        let mut text = String::from_utf8_lossy(line).trim_end().to_string();
+        if text.is_empty() {
+            return;
+        }
+        if text.len() > MAX_LINE {
+            let mut end = MAX_LINE;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        if self.output.len() == KEEP_LINES {
+            self.output.pop_front();
+        }
+        self.output.push_back(text);
+    }
+
+    /// A failed job's error is its last line of output.
+    fn settle_error(&mut self) {
+        if self.state == JobState::Failed {
+            self.error = self.output.back().cloned().or_else(|| {
+                self.exit_code
+                    .map(|c| format!("berth-runtime exited with status {c}"))
+            });
+        }
+    }
+}
+
+/// Starts `program args` in its own process group with stdout and stderr on a non-blocking
+/// pipe; the reaper collects it.
+fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> io::Result<(i32, OwnedFd)> {
+    let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    set_nonblocking(&reader)?;
+    let err = writer.try_clone()?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(err))
+        .process_group(0);
+    // SAFETY: runs in the forked child before exec; only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(crate::signals::reset_in_child);
+    }
+    let child = cmd.spawn()?;
+    // Reaped by the supervisor's reaper, never through `Child::wait`.
+    let pid = child.id() as i32;
+    drop(child);
+    Ok((pid, reader))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            id: 1,
+            kind: JobKind::Pull,
+            target: "x".into(),
+            state: JobState::Running,
+            exit_code: None,
+            error: None,
+            output: VecDeque::new(),
+            pid: Some(5),
+            pipe: None,
+            partial: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_lines_and_cuts_endless_ones() {
+        let mut j = job();
+        for i in 0..50 {
+            j.take_output(format!("line {i}\n").as_bytes());
+        }
+        assert_eq!(j.output.len(), KEEP_LINES);
+        assert_eq!(j.output.back().map(String::as_str), Some("line 49"));
+        j.take_output(&[b'x'; 2000]);
+        assert!(j.partial.is_empty());
+        assert_eq!(j.output.back().map(String::len), Some(MAX_LINE));
+    }
+
+    #[test]
+    fn a_failed_job_reports_its_last_line() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let mut j = job();
+        j.take_output(b"pulling\nberth-runtime image: registry said no\n");
+        jobs.jobs.insert(1, j);
+        assert!(!jobs.on_exit(99, ExitStatus::Exited(1)));
+        assert!(jobs.on_exit(5, ExitStatus::Exited(1)));
+        let j = jobs.get(1).unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(
+            j.error.as_deref(),
+            Some("berth-runtime image: registry said no")
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! `/v1/units`: list and show units, install or replace one from TOML, remove one, and
+//! start, stop or restart it.
+//!
+//! An uploaded unit is validated before anything changes; errors name line, column and key.
+//! A valid one is written atomically into the user units directory and handed to the
+//! supervisor. Actions answer `202 Accepted` with the unit's state at once: stopping and
+//! starting go on in the event loop (clients poll `GET /v1/units/{name}`).
+
+use std::path::Path;
+
+use log::warn;
+
+use super::http::{Request, Response};
+use super::routes::{param, ApiContext, Params, Reply};
+use crate::supervisor::{ActionError, InstallError, Installed, Removed};
+use crate::tomlfile::Diagnostics;
+use crate::unit::{self, value, Loaded};
+
+pub fn list(_: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    Response::json(200, &ctx.supervisor.statuses()).into()
+}
+
+pub fn show(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let name = param(params, "name");
+    status(200, name, ctx)
+}
+
+fn status(code: u16, name: &str, ctx: &ApiContext<'_>) -> Reply {
+    match ctx.supervisor.status(name) {
+        Some(s) => Response::json(code, &s).into(),
+        None => unknown(name),
+    }
+}
+
+fn unknown(name: &str) -> Reply {
+    Response::error(404, "unknown unit", name).into()
+}
+
+/// `400` with every validation error, also as a list of `{file, line, column, key, message}`.
+pub fn invalid_unit(d: &Diagnostics) -> Response {
+    Response::json(
+        400,
+        &serde_json::json!({
+            "error": "invalid unit",
+            "detail": d.to_string(),
+            "diagnostics": d.0,
+        }),
+    )
+}
+
+/// `PUT /v1/units/{name}[?start=1]` with the unit file as body.
+pub fn install(req: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let name = param(params, "name");
+    if !value::is_name(name) {
+        let detail = format!("`{name}`: letters, digits, `-`, `_` and `.` only");
+        return Response::error(400, "invalid unit name", &detail).into();
+    }
+    if req.body.len() as u64 > unit::MAX_UNIT_FILE {
+        let detail = format!("a unit file has at most {} bytes", unit::MAX_UNIT_FILE);
+        return Response::error(413, "unit file too large", &detail).into();
+    }
+    let Ok(text) = std::str::from_utf8(&req.body) else {
+        return Response::error(400, "invalid unit", "the unit file is not UTF-8").into();
+    };
+    let Some(dir) = ctx.paths.unit_dirs.last() else {
+        return Response::error(500, "no unit directory", "").into();
+    };
+    let path = dir.join(format!("{name}.toml"));
+    let unit = match unit::parse(name, &path.display().to_string(), text) {
+        Ok(u) => u,
+        Err(d) => return invalid_unit(&d).into(),
+    };
+    let loaded = Loaded {
+        name: name.to_string(),
+        path: path.clone(),
+        unit: Ok(unit),
+    };
+    if let Err(e) = ctx.supervisor.check_install(&loaded) {
+        return install_error(&e).into();
+    }
+    if let Err(e) = berth_runtime::image::fsutil::write_atomic(&path, text.as_bytes()) {
+        let detail = format!("{}: {e}", path.display());
+        return Response::error(500, "cannot write the unit file", &detail).into();
+    }
+    let start = req.flag("start");
+    match ctx.supervisor.install(loaded, start, ctx.now, ctx.reactor) {
+        Ok(Installed::Added) => status(201, name, ctx),
+        Ok(Installed::Replaced) => status(200, name, ctx),
+        Err(e) => install_error(&e).into(),
+    }
+}
+
+fn install_error(e: &InstallError) -> Response {
+    let (code, error) = match e {
+        InstallError::ShuttingDown => (409, "shutting down"),
+        InstallError::Invalid(_) => (400, "invalid unit"),
+        InstallError::Unsupported => (422, "unsupported unit"),
+        InstallError::Cycle(_) => (409, "dependency cycle"),
+    };
+    Response::error(code, error, &e.to_string())
+}
+
+fn action_error(e: &ActionError) -> Reply {
+    match e {
+        ActionError::Unknown(name) => unknown(name),
+        ActionError::Unrunnable { .. } => {
+            Response::error(409, "unit cannot run", &e.to_string()).into()
+        }
+        ActionError::ShuttingDown => Response::error(409, "shutting down", "").into(),
+    }
+}
+
+type Action = fn(
+    &mut crate::supervisor::Supervisor,
+    &str,
+    std::time::Instant,
+    &mut dyn crate::event::Reactor,
+) -> Result<(), ActionError>;
+
+fn act(params: &Params, ctx: &mut ApiContext<'_>, action: Action) -> Reply {
+    let name = param(params, "name");
+    match action(ctx.supervisor, name, ctx.now, ctx.reactor) {
+        Ok(()) => status(202, name, ctx),
+        Err(e) => action_error(&e),
+    }
+}
+
+pub fn start(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    act(params, ctx, crate::supervisor::Supervisor::request_start)
+}
+
+pub fn stop(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    act(params, ctx, crate::supervisor::Supervisor::request_stop)
+}
+
+pub fn restart(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    act(params, ctx, crate::supervisor::Supervisor::request_restart)
+}
+
+/// True when `path` is in the user units directory (the last one), not built into the image.
+fn is_user_unit(path: &Path, ctx: &ApiContext<'_>) -> bool {
+    ctx.paths
+        .unit_dirs
+        .last()
+        .is_some_and(|dir| path.parent() == Some(dir.as_path()))
+}
+
+/// `DELETE /v1/units/{name}`: stop, then remove (the file goes once the process is gone).
+pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let name = param(params, "name");
+    let Some(path) = ctx.supervisor.unit_path(name) else {
+        return unknown(name);
+    };
+    if !is_user_unit(Path::new(path), ctx) {
+        let detail = format!("{path} is part of the system image; stop it instead");
+        return Response::error(409, "built-in unit", &detail).into();
+    }
+    match ctx.supervisor.remove_unit(name, ctx.now, ctx.reactor) {
+        Ok(()) => {
+            Response::json(202, &serde_json::json!({ "name": name, "removing": true })).into()
+        }
+        Err(e) => action_error(&e),
+    }
+}
+
+/// A removal completed: delete the unit file; a built-in unit of that name, overridden until
+/// now, takes its place.
+pub fn finish_removal(removed: &Removed, ctx: &mut ApiContext<'_>) {
+    let path = Path::new(&removed.path);
+    if is_user_unit(path, ctx) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    let _ = berth_runtime::image::fsutil::fsync_dir(dir);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                "unit {}: cannot delete {}: {e}",
+                removed.name,
+                path.display()
+            ),
+        }
+    }
+    let dirs = &ctx.paths.unit_dirs;
+    let builtin = dirs[..dirs.len().saturating_sub(1)]
+        .iter()
+        .rev()
+        .map(|d| d.join(format!("{}.toml", removed.name)))
+        .find(|p| p.is_file());
+    if let Some(file) = builtin {
+        let loaded = Loaded {
+            name: removed.name.clone(),
+            unit: unit::load_file(&file),
+            path: file,
+        };
+        if let Err(e) = ctx.supervisor.install(loaded, true, ctx.now, ctx.reactor) {
+            warn!("unit {}: built-in unit not restored: {e}", removed.name);
+        }
+    }
+}
