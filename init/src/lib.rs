@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod ctl;
 pub mod event;
 pub mod graph;
 pub mod launch;

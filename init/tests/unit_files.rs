@@ -96,6 +96,7 @@ fn api_answers_json_and_json_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
         .arg("--socket")
         .arg(host.socket())
+        .arg("--json")
         .arg("show")
         .arg("good")
         .output()

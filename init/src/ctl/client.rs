@@ -1,0 +1,380 @@
+//! berthctl's HTTP/1.1 client for the control API: over the unix socket, or over TCP with
+//! mutual TLS (`--host`). One request per connection, like the server.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+/// Time to connect, and to wait for a response (log streams wait forever).
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response head read.
+const MAX_HEAD: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{target}: {source}")]
+    Connect { target: String, source: io::Error },
+    #[error("{target}: {source}")]
+    Io { target: String, source: io::Error },
+    #[error("{target}: malformed response: {why}")]
+    Malformed { target: String, why: String },
+    #[error("{0}")]
+    Tls(#[from] crate::api::tls::TlsError),
+    #[error("bad TLS server name `{0}`")]
+    ServerName(String),
+}
+
+/// Where the API is.
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tls {
+        /// `HOST:PORT`
+        addr: String,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    },
+}
+
+impl Endpoint {
+    /// TLS endpoint `addr` (`HOST:PORT`); the server certificate must name `name` (default:
+    /// the host part of `addr`).
+    pub fn tls(
+        addr: &str,
+        config: Arc<ClientConfig>,
+        name: Option<&str>,
+    ) -> Result<Endpoint, ClientError> {
+        let host = name.map(str::to_string).unwrap_or_else(|| {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+        let name = ServerName::try_from(host.clone()).map_err(|_| ClientError::ServerName(host))?;
+        Ok(Endpoint::Tls {
+            addr: addr.to_string(),
+            config,
+            name,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Endpoint::Unix(p) => p.display().to_string(),
+            Endpoint::Tls { addr, .. } => addr.clone(),
+        }
+    }
+}
+
+trait Transport: Read + Write {}
+impl<T: Read + Write> Transport for T {}
+
+/// A response with its whole body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+pub struct Client {
+    endpoint: Endpoint,
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint) -> Client {
+        Client { endpoint }
+    }
+
+    fn io_err(&self) -> impl FnOnce(io::Error) -> ClientError + '_ {
+        move |source| ClientError::Io {
+            target: self.endpoint.describe(),
+            source,
+        }
+    }
+
+    fn malformed(&self, why: &str) -> ClientError {
+        ClientError::Malformed {
+            target: self.endpoint.describe(),
+            why: why.to_string(),
+        }
+    }
+
+    fn connect(&self, timeout: Option<Duration>) -> Result<Box<dyn Transport>, ClientError> {
+        let target = self.endpoint.describe();
+        let connect_err = |source| ClientError::Connect {
+            target: target.clone(),
+            source,
+        };
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let s = UnixStream::connect(path).map_err(connect_err)?;
+                s.set_read_timeout(timeout).map_err(connect_err)?;
+                s.set_write_timeout(Some(TIMEOUT)).map_err(connect_err)?;
+                Ok(Box::new(s))
+            }
+            Endpoint::Tls { addr, config, name } => {
+                let sockaddr = addr
+                    .to_socket_addrs()
+                    .map_err(connect_err)?
+                    .next()
+                    .ok_or_else(|| connect_err(io::ErrorKind::NotFound.into()))?;
+                let tcp = TcpStream::connect_timeout(&sockaddr, TIMEOUT).map_err(connect_err)?;
+                tcp.set_read_timeout(timeout).map_err(connect_err)?;
+                tcp.set_write_timeout(Some(TIMEOUT)).map_err(connect_err)?;
+                let conn = ClientConnection::new(config.clone(), name.clone())
+                    .map_err(|e| connect_err(io::Error::other(e)))?;
+                Ok(Box::new(StreamOwned::new(conn, tcp)))
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        timeout: Option<Duration>,
+    ) -> Result<(Box<dyn Transport>, Head), ClientError> {
+        let mut s = self.connect(timeout)?;
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n");
+        if let Some((content_type, data)) = body {
+            request.push_str(&format!(
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+                data.len()
+            ));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        if let Some((_, data)) = body {
+            bytes.extend_from_slice(data);
+        }
+        s.write_all(&bytes).map_err(self.io_err())?;
+        s.flush().map_err(self.io_err())?;
+        let head = self.read_head(&mut s)?;
+        Ok((s, head))
+    }
+
+    /// `method path` with an optional body; the whole response.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Result<Reply, ClientError> {
+        let (mut s, head) = self.send(method, path, body, Some(TIMEOUT))?;
+        let mut body = head.rest.clone();
+        if head.chunked {
+            let mut out = Vec::new();
+            let mut decoder = Chunked::default();
+            decoder.feed(&body, &mut out);
+            let mut buf = [0u8; 16 * 1024];
+            while !decoder.done {
+                let n = read_some(&mut s, &mut buf).map_err(self.io_err())?;
+                if n == 0 {
+                    break;
+                }
+                decoder.feed(&buf[..n], &mut out);
+            }
+            body = out;
+        } else if let Some(len) = head.length {
+            while body.len() < len {
+                let mut buf = vec![0u8; (len - body.len()).min(64 * 1024)];
+                let n = read_some(&mut s, &mut buf).map_err(self.io_err())?;
+                if n == 0 {
+                    return Err(self.malformed("body shorter than Content-Length"));
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+            body.truncate(len);
+        } else {
+            read_to_end(&mut s, &mut body).map_err(self.io_err())?;
+        }
+        Ok(Reply {
+            status: head.status,
+            body,
+        })
+    }
+
+    /// GET a streaming (chunked) response, handing each piece of its body to `sink` until
+    /// the server ends it. A non-2xx answer is returned whole instead.
+    pub fn stream(
+        &self,
+        path: &str,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<Option<Reply>, ClientError> {
+        let (mut s, head) = self.send("GET", path, None, None)?;
+        if !(200..300).contains(&head.status) || !head.chunked {
+            let mut body = head.rest;
+            read_to_end(&mut s, &mut body).map_err(self.io_err())?;
+            return Ok(Some(Reply {
+                status: head.status,
+                body,
+            }));
+        }
+        let mut decoder = Chunked::default();
+        let mut out = Vec::new();
+        decoder.feed(&head.rest, &mut out);
+        sink(&out);
+        let mut buf = [0u8; 16 * 1024];
+        while !decoder.done {
+            let n = read_some(&mut s, &mut buf).map_err(self.io_err())?;
+            if n == 0 {
+                break;
+            }
+            out.clear();
+            decoder.feed(&buf[..n], &mut out);
+            sink(&out);
+        }
+        Ok(None)
+    }
+
+    fn read_head(&self, s: &mut Box<dyn Transport>) -> Result<Head, ClientError> {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = read_some(s, &mut buf).map_err(self.io_err())?;
+            if n == 0 {
+                return Err(self.malformed("connection closed before a response"));
+            }
+            data.extend_from_slice(&buf[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&data) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    if status == 100 {
+                        // `100 Continue` precedes the real response.
+                        data.drain(..len);
+                        continue;
+                    }
+                    let header = |name: &str| {
+                        resp.headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+                    };
+                    let chunked = header("transfer-encoding")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                    let length = header("content-length").and_then(|v| v.parse().ok());
+                    return Ok(Head {
+                        status,
+                        chunked,
+                        length,
+                        rest: data[len..].to_vec(),
+                    });
+                }
+                Ok(httparse::Status::Partial) if data.len() < MAX_HEAD => {}
+                Ok(httparse::Status::Partial) => return Err(self.malformed("head too large")),
+                Err(e) => return Err(self.malformed(&e.to_string())),
+            }
+        }
+    }
+}
+
+struct Head {
+    status: u16,
+    chunked: bool,
+    length: Option<usize>,
+    /// Body bytes read with the head.
+    rest: Vec<u8>,
+}
+
+/// A read that treats a TLS peer closing without close_notify as the end of the stream
+/// (the server closes after `Connection: close`).
+fn read_some(s: &mut Box<dyn Transport>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            other => return other,
+        }
+    }
+}
+
+fn read_to_end(s: &mut Box<dyn Transport>, out: &mut Vec<u8>) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = read_some(s, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Incremental decoder of a chunked body.
+#[derive(Default)]
+struct Chunked {
+    pending: Vec<u8>,
+    /// Bytes left of the current chunk's data.
+    left: usize,
+    done: bool,
+}
+
+impl Chunked {
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(data);
+        let mut pos = 0;
+        while !self.done {
+            if self.left > 0 {
+                let take = self.left.min(self.pending.len() - pos);
+                out.extend_from_slice(&self.pending[pos..pos + take]);
+                pos += take;
+                self.left -= take;
+                if self.left > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(end) = self.pending[pos..].windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let line = String::from_utf8_lossy(&self.pending[pos..pos + end]).into_owned();
+            pos += end + 2;
+            // The CRLF that ends a chunk's data reads as an empty line.
+            let size = line.split(';').next().unwrap_or("").trim();
+            if size.is_empty() {
+                continue;
+            }
+            match usize::from_str_radix(size, 16) {
+                Ok(n) if n > 0 => self.left = n,
+                _ => self.done = true,
+            }
+        }
+        self.pending.drain(..pos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_chunks_split_anywhere() {
+        let body = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+        for split in 0..body.len() {
+            let mut d = Chunked::default();
+            let mut out = Vec::new();
+            d.feed(&body[..split], &mut out);
+            d.feed(&body[split..], &mut out);
+            assert_eq!(out, b"hello, world", "split at {split}");
+            assert!(d.done);
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! Each berthctl command as API calls. Actions wait (bounded by `--timeout`) until the unit
+//! or job has settled, so scripts can rely on the exit code.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::client::{Client, Reply};
+use super::table::{cell, duration, pairs, size, table};
+use super::Options;
+use crate::unit;
+
+pub enum Failure {
+    /// Wrong command line: usage is printed, exit code 2.
+    Usage(String),
+    /// The operation failed: the message is printed, exit code 1.
+    Failed(String),
+}
+
+type Result<T = ()> = std::result::Result<T, Failure>;
+
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(e.to_string())
+}
+
+/// How often a waiting command looks again.
+const POLL: Duration = Duration::from_millis(100);
+
+pub fn run(client: &Client, o: &Options) -> Result {
+    let w: Vec<&str> = o.words.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["status"] => status(client, o),
+        ["units" | "ps"] => units(client, o),
+        ["show", name] => show(client, o, name),
+        [action @ ("start" | "stop" | "restart"), name] => act(client, o, action, name),
+        ["apply", file] => apply(client, o, Path::new(file)),
+        ["rm", name] => remove(client, o, name),
+        ["logs", name] => logs(client, o, name),
+        ["image", "pull", reference] => image_pull(client, o, reference),
+        ["image", "ls" | "list"] => image_list(client, o),
+        ["image", "rm", reference] => image_remove(client, o, reference),
+        [power @ ("reboot" | "poweroff")] => {
+            let v = call(client, "POST", &format!("/v1/system/{power}"), None)?;
+            print_or(o, &v, || format!("{power}: {}\n", cell(&v["detail"])));
+            Ok(())
+        }
+        _ => Err(Failure::Usage(format!(
+            "unknown command or wrong arguments: {}",
+            o.words.join(" ")
+        ))),
+    }
+}
+
+/// A request whose answer must be 2xx; its JSON body.
+fn call(client: &Client, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Value> {
+    let reply = client.request(method, path, body).map_err(failed)?;
+    if reply.ok() {
+        Ok(reply.json())
+    } else {
+        Err(api_error(&reply))
+    }
+}
+
+fn api_error(reply: &Reply) -> Failure {
+    let v = reply.json();
+    match (v["error"].as_str(), v["detail"].as_str()) {
+        (Some(e), Some(d)) if !d.is_empty() => failed(format!("{e}: {d}")),
+        (Some(e), _) => failed(e),
+        _ => failed(format!(
+            "HTTP {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim()
+        )),
+    }
+}
+
+fn print_or(o: &Options, v: &Value, human: impl FnOnce() -> String) {
+    let text = if o.json {
+        serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+    } else {
+        human()
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// A path segment with `/`, `%`, `?`, `#` and spaces escaped.
+pub fn encode_segment(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        match b {
+            b'/' | b'%' | b'?' | b'#' | b' ' | b'&' | b'+' => out.push_str(&format!("%{b:02X}")),
+            _ if b.is_ascii_graphic() => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn unit_path(name: &str) -> String {
+    format!("/v1/units/{}", encode_segment(name))
+}
+
+fn timeout(o: &Options) -> Duration {
+    Duration::from_secs(o.timeout.unwrap_or(60))
+}
+
+fn status(client: &Client, o: &Options) -> Result {
+    let v = call(client, "GET", "/v1/system", None)?;
+    print_or(o, &v, || {
+        let u = &v["units"];
+        pairs(&[
+            ("version", cell(&v["version"])),
+            ("mode", cell(&v["mode"])),
+            ("hostname", cell(&v["hostname"])),
+            ("slot", cell(&v["slot"])),
+            ("boot id", cell(&v["boot_id"])),
+            (
+                "uptime",
+                duration(v["uptime_seconds"].as_f64().unwrap_or(0.0)),
+            ),
+            (
+                "boot time",
+                v["boot_duration_seconds"]
+                    .as_f64()
+                    .map_or("-".into(), duration),
+            ),
+            (
+                "units",
+                format!(
+                    "{} ({} running, {} failed)",
+                    u["total"], u["running"], u["failed"]
+                ),
+            ),
+            ("remote API", cell(&v["remote_api"])),
+        ])
+    });
+    Ok(())
+}
+
+fn units(client: &Client, o: &Options) -> Result {
+    let v = call(client, "GET", "/v1/units", None)?;
+    print_or(o, &v, || {
+        let rows: Vec<Vec<String>> = v
+            .as_array()
+            .map(|units| {
+                units
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            cell(&u["name"]),
+                            cell(&u["kind"]),
+                            cell(&u["state"]),
+                            cell(&u["health"]),
+                            cell(&u["pid"]),
+                            cell(&u["restarts"]),
+                            cell(&u["detail"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &[
+                "NAME", "KIND", "STATE", "HEALTH", "PID", "RESTARTS", "DETAIL",
+            ],
+            &rows,
+        )
+    });
+    Ok(())
+}
+
+fn describe_unit(u: &Value) -> String {
+    let mut items = Vec::new();
+    for key in [
+        "name",
+        "description",
+        "kind",
+        "state",
+        "detail",
+        "health",
+        "pid",
+        "restarts",
+        "last_exit",
+        "error",
+        "critical",
+        "after",
+        "requires",
+        "path",
+    ] {
+        items.push((key, cell(&u[key])));
+    }
+    pairs(&items)
+}
+
+fn show(client: &Client, o: &Options, name: &str) -> Result {
+    let v = call(client, "GET", &unit_path(name), None)?;
+    print_or(o, &v, || describe_unit(&v));
+    Ok(())
+}
+
+/// Polls the unit until `settled` holds; fails after the timeout.
+fn wait_unit(
+    client: &Client,
+    o: &Options,
+    name: &str,
+    what: &str,
+    settled: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let start = Instant::now();
+    loop {
+        let v = call(client, "GET", &unit_path(name), None)?;
+        if settled(&v) {
+            return Ok(v);
+        }
+        if start.elapsed() >= timeout(o) {
+            return Err(failed(format!(
+                "unit {name}: still {} after {}s waiting for it to {what}",
+                cell(&v["state"]),
+                timeout(o).as_secs()
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn state_in(v: &Value, states: &[&str]) -> bool {
+    v["state"].as_str().is_some_and(|s| states.contains(&s))
+}
+
+/// The unit as the outcome of an action: a failed unit fails the command.
+fn report_unit(o: &Options, v: &Value) -> Result {
+    print_or(o, v, || {
+        let pid = v["pid"]
+            .as_i64()
+            .map_or(String::new(), |p| format!(" (pid {p})"));
+        let detail = v["detail"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map_or(String::new(), |d| format!(": {d}"));
+        format!("{}: {}{pid}{detail}\n", cell(&v["name"]), cell(&v["state"]))
+    });
+    if state_in(v, &["failed"]) {
+        return Err(failed(format!(
+            "unit {} failed: {}",
+            cell(&v["name"]),
+            cell(&v["error"])
+        )));
+    }
+    Ok(())
+}
+
+const UP: [&str; 4] = ["running", "healthy", "exited", "failed"];
+
+fn act(client: &Client, o: &Options, action: &str, name: &str) -> Result {
+    let before = call(
+        client,
+        "POST",
+        &format!("{}/{action}", unit_path(name)),
+        None,
+    )?;
+    if o.no_wait {
+        return report_unit(o, &before);
+    }
+    let old_pid = before["pid"].as_i64();
+    let v = match action {
+        "stop" => wait_unit(client, o, name, "stop", |v| {
+            v["pid"].is_null() && !state_in(v, &["stopping"])
+        })?,
+        "restart" => wait_unit(client, o, name, "restart", |v| {
+            (state_in(v, &["running", "healthy"]) && v["pid"].as_i64() != old_pid)
+                || state_in(v, &["exited", "failed"])
+        })?,
+        _ => wait_unit(client, o, name, "start", |v| state_in(v, &UP))?,
+    };
+    report_unit(o, &v)
+}
+
+fn apply(client: &Client, o: &Options, file: &Path) -> Result {
+    let name = unit::name_of(file);
+    let text = std::fs::read(file).map_err(|e| failed(format!("{}: {e}", file.display())))?;
+    let query = if o.no_start { "" } else { "?start=1" };
+    let reply = client
+        .request(
+            "PUT",
+            &format!("{}{query}", unit_path(&name)),
+            Some(("application/toml", &text)),
+        )
+        .map_err(failed)?;
+    if !reply.ok() {
+        let v = reply.json();
+        if let Some(list) = v["diagnostics"].as_array() {
+            // The server names its own copy; point at the file given instead.
+            for d in list {
+                let key = d["key"]
+                    .as_str()
+                    .filter(|k| !k.is_empty())
+                    .map_or(String::new(), |k| format!("key `{k}`: "));
+                eprintln!(
+                    "{}:{}:{}: {key}{}",
+                    file.display(),
+                    d["line"],
+                    d["column"],
+                    cell(&d["message"])
+                );
+            }
+            return Err(failed(""));
+        }
+        return Err(api_error(&reply));
+    }
+    let created = reply.status == 201;
+    if !o.json {
+        println!(
+            "unit {name}: {}",
+            if created { "created" } else { "replaced" }
+        );
+    }
+    if o.no_start || o.no_wait {
+        return report_unit(o, &reply.json());
+    }
+    let v = wait_unit(client, o, &name, "start", |v| state_in(v, &UP))?;
+    report_unit(o, &v)
+}
+
+fn remove(client: &Client, o: &Options, name: &str) -> Result {
+    let v = call(client, "DELETE", &unit_path(name), None)?;
+    if !o.no_wait {
+        let start = Instant::now();
+        loop {
+            let reply = client
+                .request("GET", &unit_path(name), None)
+                .map_err(failed)?;
+            if reply.status == 404 {
+                break;
+            }
+            if start.elapsed() >= timeout(o) {
+                return Err(failed(format!(
+                    "unit {name}: not gone after {}s (state {})",
+                    timeout(o).as_secs(),
+                    cell(&reply.json()["state"])
+                )));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    print_or(o, &v, || format!("unit {name}: removed\n"));
+    Ok(())
+}
+
+fn logs(client: &Client, o: &Options, name: &str) -> Result {
+    let mut query = Vec::new();
+    if let Some(n) = &o.tail {
+        query.push(format!("tail={}", encode_segment(n)));
+    }
+    if o.follow {
+        query.push("follow=1".to_string());
+    }
+    let path = format!("{}/logs?{}", unit_path(name), query.join("&"));
+    let mut out = std::io::stdout().lock();
+    if !o.follow {
+        let reply = client.request("GET", &path, None).map_err(failed)?;
+        if !reply.ok() {
+            return Err(api_error(&reply));
+        }
+        let _ = out.write_all(&reply.body);
+        return Ok(());
+    }
+    let mut sink = |data: &[u8]| {
+        let _ = out.write_all(data);
+        let _ = out.flush();
+    };
+    match client.stream(&path, &mut sink).map_err(failed)? {
+        Some(reply) if !reply.ok() => Err(api_error(&reply)),
+        _ => Ok(()),
+    }
+}
+
+/// Index in `now` of the first line not already in `seen` (the job keeps a window of lines).
+fn first_new(seen: &[String], now: &[String]) -> usize {
+    (0..=seen.len().min(now.len()))
+        .rev()
+        .find(|&k| seen[seen.len() - k..] == now[..k])
+        .unwrap_or(0)
+}
+
+fn image_pull(client: &Client, o: &Options, reference: &str) -> Result {
+    let body = json!({ "reference": reference }).to_string();
+    let job = call(
+        client,
+        "POST",
+        "/v1/images/pull",
+        Some(("application/json", body.as_bytes())),
+    )?;
+    let id = job["id"].as_u64().unwrap_or(0);
+    if o.no_wait {
+        print_or(o, &job, || format!("pull job {id} started\n"));
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let job = call(client, "GET", &format!("/v1/images/jobs/{id}"), None)?;
+        let lines: Vec<String> = job["output"]
+            .as_array()
+            .map(|l| l.iter().map(cell).collect())
+            .unwrap_or_default();
+        if !o.json {
+            for line in &lines[first_new(&seen, &lines)..] {
+                println!("{line}");
+            }
+        }
+        seen = lines;
+        match job["state"].as_str() {
+            Some("running") if start.elapsed() < timeout(o) => std::thread::sleep(POLL * 2),
+            Some("running") => {
+                return Err(failed(format!(
+                    "pull of {reference} still running after {}s (job {id})",
+                    timeout(o).as_secs()
+                )))
+            }
+            Some("succeeded") => {
+                print_or(o, &job, String::new);
+                return Ok(());
+            }
+            _ => {
+                if o.json {
+                    print_or(o, &job, String::new);
+                }
+                return Err(failed(format!(
+                    "pull of {reference} failed: {}",
+                    cell(&job["error"])
+                )));
+            }
+        }
+    }
+}
+
+fn image_list(client: &Client, o: &Options) -> Result {
+    let v = call(client, "GET", "/v1/images", None)?;
+    print_or(o, &v, || {
+        let rows: Vec<Vec<String>> = v
+            .as_array()
+            .map(|images| {
+                images
+                    .iter()
+                    .map(|i| {
+                        let id = cell(&i["id"]);
+                        let short = id.trim_start_matches("sha256:").chars().take(12).collect();
+                        vec![
+                            cell(&i["reference"]),
+                            short,
+                            size(i["size"].as_u64().unwrap_or(0)),
+                            cell(&i["created"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(&["REFERENCE", "IMAGE ID", "SIZE", "CREATED"], &rows)
+    });
+    Ok(())
+}
+
+fn image_remove(client: &Client, o: &Options, reference: &str) -> Result {
+    let path = format!("/v1/images/{}", encode_segment(reference));
+    let v = call(client, "DELETE", &path, None)?;
+    print_or(o, &v, || format!("removed {}\n", cell(&v["removed"])));
+    Ok(())
+}
+
+/// Validates every file; prints each error as `file:line:column: key `k`: message`.
+pub fn check(files: &[String]) -> ExitCode {
+    if files.is_empty() {
+        eprintln!(
+            "berthctl: check needs at least one unit file\n{}",
+            super::USAGE
+        );
+        return ExitCode::from(2);
+    }
+    let mut ok = true;
+    for file in files {
+        match unit::load_file(Path::new(file)) {
+            Ok(u) => println!(
+                "{file}: ok ({} unit `{}`)",
+                if u.is_system() { "system" } else { "container" },
+                u.name
+            ),
+            Err(errors) => {
+                ok = false;
+                eprintln!("{errors}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(
+            encode_segment("127.0.0.1:5000/app:1"),
+            "127.0.0.1:5000%2Fapp:1"
+        );
+        assert_eq!(
+            crate::api::http::percent_decode(&encode_segment("a b%/?#&+é")).as_deref(),
+            Some("a b%/?#&+é")
+        );
+    }
+
+    #[test]
+    fn finds_where_new_job_lines_start() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(first_new(&s(&[]), &s(&["a"])), 0);
+        assert_eq!(first_new(&s(&["a", "b"]), &s(&["a", "b", "c"])), 2);
+        assert_eq!(first_new(&s(&["a", "b", "c"]), &s(&["b", "c", "d"])), 2);
+        assert_eq!(first_new(&s(&["x"]), &s(&["y"])), 0);
+    }
+}
