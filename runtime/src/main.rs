@@ -1,4 +1,8 @@
+//! berth-runtime: the runc-compatible OCI runtime CLI (thin layer over the library).
+
+mod cli;
+
 fn main() {
-    eprintln!("berth-runtime: not built yet");
-    std::process::exit(1);
+    let args: Vec<String> = std::env::args().collect();
+    std::process::exit(cli::main(args));
 }

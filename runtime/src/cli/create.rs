@@ -1,0 +1,30 @@
+//! `create [-b DIR] [--console-socket PATH] [--pid-file PATH] [--no-pivot] ID`
+
+use super::{flag, opt, parse, CliResult, Flag, Global};
+use berth_runtime::{Bundle, CreateOptions, StartMode};
+use std::path::Path;
+
+pub const FLAGS: &[Flag] = &[
+    opt(&["bundle", "b"]),
+    opt(&["console-socket"]),
+    opt(&["pid-file"]),
+    flag(&["no-pivot"]),
+    flag(&["no-new-keyring"]),
+    opt(&["preserve-fds"]),
+];
+
+pub fn run(g: &Global, args: &[String]) -> CliResult {
+    let p = parse(args, FLAGS, false)?;
+    let id = p.id()?;
+    let bundle = Bundle::load(Path::new(p.get("bundle").unwrap_or(".")))?;
+    let opts = CreateOptions {
+        id,
+        console_socket: p.get("console-socket").map(Path::new),
+        pid_file: p.get("pid-file").map(Path::new),
+        no_pivot: p.is_set("no-pivot"),
+        stdio: None,
+        start: StartMode::Fifo,
+    };
+    g.runtime().create(&bundle, &opts)?;
+    Ok(0)
+}
