@@ -24,13 +24,18 @@ fn create_start_kill_delete_walks_the_states() {
     ok(&f.cli(&["start", &id]));
     assert_eq!(wait_file(&out.join("mark")), "started\n");
     assert_eq!(f.status(&id), "running");
-    let pids: Vec<i64> = serde_json::from_str(&ok(&f.cli(&["ps", "--format", "json", &id]))).unwrap();
+    let pids: Vec<i64> =
+        serde_json::from_str(&ok(&f.cli(&["ps", "--format", "json", &id]))).unwrap();
     assert!(pids.contains(&pid), "{pids:?}");
     ok(&f.cli(&["kill", &id, "KILL"]));
     f.wait_status(&id, "stopped");
     ok(&f.cli(&["delete", &id]));
     let gone = f.cli(&["state", &id]);
-    assert!(!gone.status.success() && stderr(&gone).contains("does not exist"), "{}", stderr(&gone));
+    assert!(
+        !gone.status.success() && stderr(&gone).contains("does not exist"),
+        "{}",
+        stderr(&gone)
+    );
     assert!(!f.root.join(&id).exists());
 }
 
@@ -57,10 +62,24 @@ fn exec_runs_inside_the_running_container() {
     let o = f.cli(&["exec", &id, "sh", "-c", "hostname; echo $FOO; exit 5"]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert_eq!(stdout(&o), "exec-host\n\n");
-    let o = f.cli(&["exec", "--env", "FOO=bar", "--user", "1000:1000", &id, "sh", "-c", "echo $FOO; id -u"]);
+    let o = f.cli(&[
+        "exec",
+        "--env",
+        "FOO=bar",
+        "--user",
+        "1000:1000",
+        &id,
+        "sh",
+        "-c",
+        "echo $FOO; id -u",
+    ]);
     assert_eq!(ok(&o), "bar\n1000\n");
     let o = f.cli(&["exec", &id, "no-such-program"]);
-    assert!(!o.status.success() && stderr(&o).contains("no-such-program"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("no-such-program"),
+        "{}",
+        stderr(&o)
+    );
     ok(&f.cli(&["delete", "--force", &id]));
 }
 
@@ -74,23 +93,46 @@ fn misuse_errors_are_clear_and_change_nothing() {
 
     // Duplicate id.
     let o = f.cli(&["create", "--bundle", f.bundle.to_str().unwrap(), &id]);
-    assert!(!o.status.success() && stderr(&o).contains(&format!("container `{id}` already exists")), "{}", stderr(&o));
-    assert_eq!(std::fs::read(f.root.join(&id).join("state.json")).unwrap(), before);
+    assert!(
+        !o.status.success() && stderr(&o).contains(&format!("container `{id}` already exists")),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(f.root.join(&id).join("state.json")).unwrap(),
+        before
+    );
     assert_eq!(f.status(&id), "created");
 
     ok(&f.cli(&["start", &id]));
     // Start of a container that is not created.
     let o = f.cli(&["start", &id]);
-    assert!(!o.status.success() && stderr(&o).contains("cannot start container") && stderr(&o).contains("running"), "{}", stderr(&o));
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("cannot start container")
+            && stderr(&o).contains("running"),
+        "{}",
+        stderr(&o)
+    );
     // Delete of a running container without --force.
     let o = f.cli(&["delete", &id]);
-    assert!(!o.status.success() && stderr(&o).contains("is running") && stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("is running") && stderr(&o).contains("--force"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(f.status(&id), "running");
     ok(&f.cli(&["kill", &id, "SIGKILL"]));
     f.wait_status(&id, "stopped");
     // Kill of a stopped container.
     let o = f.cli(&["kill", &id, "TERM"]);
-    assert!(!o.status.success() && stderr(&o).contains("cannot kill container") && stderr(&o).contains("stopped"), "{}", stderr(&o));
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("cannot kill container")
+            && stderr(&o).contains("stopped"),
+        "{}",
+        stderr(&o)
+    );
     ok(&f.cli(&["delete", &id]));
 
     // Unknown container, bad signal.
@@ -107,23 +149,46 @@ fn bad_bundles_are_named_and_leave_nothing() {
     // Missing bundle.
     let missing = f.dir.join("no-such-bundle");
     let o = f.cli(&["create", "--bundle", missing.to_str().unwrap(), &id]);
-    assert!(!o.status.success() && stderr(&o).contains(missing.to_str().unwrap()), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains(missing.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
     // Malformed JSON and a field of the wrong type: the path and the field are named.
-    std::fs::write(f.bundle.join("config.json"), "{\"ociVersion\": \"1.0.2\", \"process\": {\"args\": 5}}").unwrap();
+    std::fs::write(
+        f.bundle.join("config.json"),
+        "{\"ociVersion\": \"1.0.2\", \"process\": {\"args\": 5}}",
+    )
+    .unwrap();
     let o = f.cli(&["create", "--bundle", f.bundle.to_str().unwrap(), &id]);
     let e = stderr(&o);
-    assert!(!o.status.success() && e.contains("config.json") && e.contains("process.args"), "{e}");
+    assert!(
+        !o.status.success() && e.contains("config.json") && e.contains("process.args"),
+        "{e}"
+    );
     std::fs::write(f.bundle.join("config.json"), "{not json").unwrap();
     let o = f.cli(&["create", "--bundle", f.bundle.to_str().unwrap(), &id]);
-    assert!(!o.status.success() && stderr(&o).contains("config.json") && stderr(&o).contains("line 1"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("config.json") && stderr(&o).contains("line 1"),
+        "{}",
+        stderr(&o)
+    );
     // Valid JSON that cannot run.
     f.config["process"]["args"] = json!([]);
     f.write_config();
     let o = f.cli(&["create", "--bundle", f.bundle.to_str().unwrap(), &id]);
-    assert!(!o.status.success() && stderr(&o).contains("`process.args`"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("`process.args`"),
+        "{}",
+        stderr(&o)
+    );
     f.config["process"]["args"] = json!(["no-such-program"]);
     let o = f.run(&id);
-    assert!(!o.status.success() && stderr(&o).contains("no-such-program"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("no-such-program"),
+        "{}",
+        stderr(&o)
+    );
     // Nothing was left behind.
     assert!(!f.root.join(&id).exists());
     assert!(ok(&f.cli(&["list", "-q"])).trim().is_empty());

@@ -151,8 +151,15 @@ impl Runtime {
         cleanup.cgroup = cgroup.as_ref().map(|(_, cg)| cg.clone());
         // The FIFO also marks the container as `created` to other processes until start
         // removes it, in both start modes.
-        nix::unistd::mkfifo(&dir.join(EXEC_FIFO), Mode::from_bits_truncate(0o622))
+        let fifo = dir.join(EXEC_FIFO);
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
             .map_err(sys("mkfifo exec.fifo"))?;
+        // Past the umask: the init may be an unprivileged uid (user namespace) and must open it.
+        std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .map_err(|source| ContainerError::Io {
+                path: fifo.clone(),
+                source,
+            })?;
         let wait = match opts.start {
             StartMode::Fifo => Wait::Fifo(
                 open(

@@ -9,14 +9,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
 const APPLETS: &[&str] = &[
-    "sh", "true", "false", "echo", "cat", "id", "hostname", "ls", "mkdir", "touch", "sleep", "grep", "readlink", "wc", "test", "env", "pwd",
+    "sh", "true", "false", "echo", "cat", "id", "hostname", "ls", "mkdir", "touch", "sleep",
+    "grep", "readlink", "wc", "test", "env", "pwd",
 ];
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique name for this test process and call.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// A bundle in a fresh temp dir with its own runtime root; removed (containers force-deleted)
@@ -41,13 +46,30 @@ impl Fixture {
         for a in APPLETS {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
         }
-        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n").unwrap();
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+        )
+        .unwrap();
         let root = dir.join("state");
-        let mut f = Fixture { dir, root, bundle, config: Value::Null, ids: Default::default() };
+        let mut f = Fixture {
+            dir,
+            root,
+            bundle,
+            config: Value::Null,
+            ids: Default::default(),
+        };
         let out = f.cli(&["spec", "--bundle", f.bundle.to_str().unwrap()]);
-        assert!(out.status.success(), "spec: {}", String::from_utf8_lossy(&out.stderr));
-        f.config = serde_json::from_slice(&std::fs::read(f.bundle.join("config.json")).unwrap()).unwrap();
+        assert!(
+            out.status.success(),
+            "spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        f.config =
+            serde_json::from_slice(&std::fs::read(f.bundle.join("config.json")).unwrap()).unwrap();
         f.config["process"]["terminal"] = json!(false);
+        // `spec` makes the root read-only, as runc's does; tests that want that say so.
+        f.config["root"]["readonly"] = json!(false);
         f
     }
 
@@ -74,7 +96,11 @@ impl Fixture {
     }
 
     pub fn write_config(&self) {
-        std::fs::write(self.bundle.join("config.json"), serde_json::to_vec_pretty(&self.config).unwrap()).unwrap();
+        std::fs::write(
+            self.bundle.join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Runs the CLI with this fixture's `--root`.
@@ -101,15 +127,29 @@ impl Fixture {
     pub fn create(&self, id: &str) {
         self.write_config();
         self.track(id);
-        let (out, err) = (self.dir.join(format!("{id}.out")), self.dir.join(format!("{id}.err")));
+        let (out, err) = (
+            self.dir.join(format!("{id}.out")),
+            self.dir.join(format!("{id}.err")),
+        );
         let status = Command::new(BIN)
-            .args(["--root", self.root.to_str().unwrap(), "create", "--bundle", self.bundle.to_str().unwrap(), id])
+            .args([
+                "--root",
+                self.root.to_str().unwrap(),
+                "create",
+                "--bundle",
+                self.bundle.to_str().unwrap(),
+                id,
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
             .status()
             .unwrap();
-        assert!(status.success(), "create {id}: {}", std::fs::read_to_string(&err).unwrap_or_default());
+        assert!(
+            status.success(),
+            "create {id}: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
     }
 
     /// What a created container wrote to its stdout so far.
@@ -119,7 +159,11 @@ impl Fixture {
 
     pub fn state(&self, id: &str) -> Value {
         let out = self.cli(&["state", id]);
-        assert!(out.status.success(), "state {id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "state {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -158,7 +202,13 @@ pub fn stderr(o: &Output) -> String {
 
 /// Asserts success and returns stdout.
 pub fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed ({:?}): {}{}", o.status.code(), stdout(o), stderr(o));
+    assert!(
+        o.status.success(),
+        "failed ({:?}): {}{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
     stdout(o)
 }
 
