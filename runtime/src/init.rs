@@ -176,10 +176,14 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
 
     cfg.channel.send(&Message::Ready)?;
     *ready = true;
-    match &cfg.wait {
-        Wait::Channel => cfg.channel.wait_for_start()?,
-        Wait::Fifo(dir) => wait_on_fifo(dir)?,
-    }
+    // Held open (close-on-exec) until exec: `start` reads EOF exactly when the program runs.
+    let _fifo = match &cfg.wait {
+        Wait::Channel => {
+            cfg.channel.wait_for_start()?;
+            None
+        }
+        Wait::Fifo(dir) => Some(wait_on_fifo(dir)?),
+    };
     hooks::run(hooks, HookKind::StartContainer, &state)?;
     process::set_rlimits(proc_)?;
     process::apply_identity(proc_, cfg.filters, true)?;
@@ -191,7 +195,7 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
 }
 
 /// Blocks until `start` opens the FIFO for reading, then tells it the init is alive.
-fn wait_on_fifo(dir: &OwnedFd) -> Result<(), InitError> {
+fn wait_on_fifo(dir: &OwnedFd) -> Result<OwnedFd, InitError> {
     use nix::fcntl::{openat, OFlag};
     let fd = openat(
         dir,
@@ -201,5 +205,5 @@ fn wait_on_fifo(dir: &OwnedFd) -> Result<(), InitError> {
     )
     .map_err(sys("open exec fifo"))?;
     nix::unistd::write(&fd, b"0").map_err(sys("write exec fifo"))?;
-    Ok(())
+    Ok(fd)
 }

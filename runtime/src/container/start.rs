@@ -45,6 +45,13 @@ impl Container {
                         nix::errno::Errno::ESRCH,
                     ));
                 }
+                // The init holds its end open until exec: EOF means the program runs (or the
+                // init failed, which it reports on the container's stderr).
+                let io = |source| ContainerError::Io {
+                    path: fifo.clone(),
+                    source,
+                };
+                while f.read(&mut byte).map_err(io)? > 0 {}
             }
         }
         // The exec FIFO is gone: the live status is now `running`.
