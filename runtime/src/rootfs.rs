@@ -530,4 +530,4 @@ fn ignore_missing(r: SysResult<()>) -> SysResult<()> {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;

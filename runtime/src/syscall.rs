@@ -128,6 +128,12 @@ impl Syscall for LinuxSyscall {
     }
 }
 
+/// dup2(2) on raw descriptors (stdio wiring in a freshly cloned child).
+pub fn dup2(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> SysResult<()> {
+    // SAFETY: dup2 only manipulates the descriptor table.
+    Errno::result(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
 #[cfg(test)]
 pub mod test {
     //! A recorder that performs nothing and remembers every call.
@@ -262,10 +268,4 @@ pub mod test {
             Ok(MsFlags::MS_NOSUID)
         }
     }
-}
-
-/// dup2(2) on raw descriptors (stdio wiring in a freshly cloned child).
-pub fn dup2(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> SysResult<()> {
-    // SAFETY: dup2 only manipulates the descriptor table.
-    Errno::result(unsafe { libc::dup2(from, to) }).map(drop)
 }

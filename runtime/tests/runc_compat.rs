@@ -5,8 +5,16 @@ use std::process::Command;
 
 fn run_script(runtime: &str) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/runc-compat.sh");
-    let out = Command::new("sh").arg(script).env("RUNTIME", runtime).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg(script)
+        .env("RUNTIME", runtime)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{runtime}: {text}");
     text
 }
