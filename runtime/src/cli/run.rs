@@ -36,7 +36,7 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     }
     let code = wait_forwarding_signals(container.pid())?;
     if !p.is_set("keep") {
-        runtime.load(id)?.delete(true)?;
+        container.delete(true)?;
     }
     Ok(code)
 }
