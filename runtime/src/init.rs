@@ -93,6 +93,7 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     let spec = &cfg.bundle.spec;
     let empty = Process::default();
     let proc_ = spec.process().as_ref().unwrap_or(&empty);
+    process::reset_signals();
     if let Some([i, o, e]) = cfg.stdio {
         for (from, to) in [(i, 0), (o, 1), (e, 2)] {
             if from != to {

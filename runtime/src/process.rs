@@ -202,6 +202,24 @@ pub fn apply_identity(
     Ok(())
 }
 
+/// Gives a freshly cloned child default signal handling: the parent may block signals (a
+/// supervisor reading them from a signalfd) or ignore SIGPIPE (Rust's runtime does), and both
+/// would survive exec into the container.
+pub fn reset_signals() {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL has no preconditions.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
 /// The environment with PATH and HOME filled in when the spec leaves them out.
 pub fn environment(p: &Process, root: &Path) -> Vec<String> {
     let mut env: Vec<String> = p.env().clone().unwrap_or_default();

@@ -86,6 +86,36 @@ impl Bundle {
     }
 }
 
+impl Bundle {
+    /// A bundle from a spec built in memory (the supervisor's case): `dir` is the container's
+    /// directory, against which a relative `root.path` resolves. Checked like a loaded one.
+    pub fn from_spec(dir: &Path, spec: Spec) -> Result<Bundle, SpecError> {
+        let path = dir.join("config.json");
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| invalid(&path, "root", "missing"))?;
+        let rootfs = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            dir.join(root.path())
+        };
+        if !rootfs.is_dir() {
+            return Err(invalid(
+                &path,
+                "root.path",
+                &format!("{} is not a directory", rootfs.display()),
+            ));
+        }
+        validate(&path, &spec)?;
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            spec,
+            rootfs,
+        })
+    }
+}
+
 /// Parses config.json text, naming the JSON path of the first bad field.
 pub fn parse(path: &Path, text: &[u8]) -> Result<Spec, SpecError> {
     let de = &mut serde_json::Deserializer::from_slice(text);

@@ -150,6 +150,7 @@ fn exec_child(
         let what = what.to_string();
         move |errno| InitError::Sys { what, errno }
     };
+    process::reset_signals();
     if let Some([i, o, e]) = stdio {
         for (from, to) in [(i, 0), (o, 1), (e, 2)] {
             if from != to {

@@ -6,6 +6,7 @@ mod create;
 mod delete;
 mod exec;
 mod kill;
+mod launch;
 mod start;
 mod wait;
 
