@@ -5,6 +5,7 @@
 mod create;
 mod delete;
 mod exec;
+pub mod image;
 mod kill;
 mod list;
 mod ps;
@@ -80,7 +81,18 @@ const VERBS: &[Verb] = &[
         about: "list the processes of a container",
         run: ps::run,
     },
+    Verb {
+        name: "image",
+        about: "manage images: pull, ls, inspect, rm, import, export, prune",
+        run: image_verb,
+    },
 ];
+
+/// `image ...` has its own argument handling (runtime/src/cli/image.rs).
+fn image_verb(_g: &Global, args: &[String]) -> CliResult {
+    let args: Vec<std::ffi::OsString> = args.iter().map(std::ffi::OsString::from).collect();
+    Ok(image::main(&args))
+}
 
 /// Global flags.
 pub struct Global {
