@@ -26,7 +26,7 @@ const FORWARDED: [Signal; 10] = [
 /// True once the process `pid` (started at `start_time`) has exited, waiting at most `timeout`.
 /// A zombie counts as exited.
 pub fn wait_for_exit_of(pid: i32, start_time: u64, timeout: Duration) -> bool {
-    let gone = || process_start_time(pid).map_or(true, |(t, zombie)| zombie || t != start_time);
+    let gone = || process_start_time(pid).is_none_or(|(t, zombie)| zombie || t != start_time);
     if gone() {
         return true;
     }
