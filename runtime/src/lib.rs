@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod image;
 pub mod init;
 pub mod namespaces;
+pub mod net;
 pub mod process;
 pub mod registry;
 pub mod rootfs;
