@@ -164,7 +164,7 @@ mod tests {
             Err(NetError::PortTaken { port: 8080, .. })
         ));
         assert!(
-            b.load().unwrap().get("db").is_none(),
+            !b.load().unwrap().contains_key("db"),
             "a refused allocation changes nothing"
         );
         // /30: only .2 is a usable container address.
