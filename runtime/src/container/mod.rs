@@ -72,6 +72,8 @@ pub enum ContainerError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Init(#[from] InitError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 pub type Result<T> = std::result::Result<T, ContainerError>;
