@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use berth_runtime::image::{archive, Store};
 use berth_runtime::registry::Reference;
@@ -77,32 +77,6 @@ fn import_busybox_image(dir: &Path) {
     archive::import(&store, std::fs::File::open(&tar).unwrap(), Some(&tag)).unwrap();
 }
 
-fn start(dir: std::path::PathBuf, units: &[(&str, &str)]) -> Host {
-    for (name, text) in units {
-        std::fs::write(dir.join("units").join(format!("{name}.toml")), text).unwrap();
-    }
-    let stderr = std::fs::File::create(dir.join("berth-init.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_berth-init"))
-        .arg("--root-dir")
-        .arg(&dir)
-        .env("BERTH_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let host = Host {
-        dir,
-        child: Some(child),
-        pid,
-    };
-    host.wait_for("the control socket", || {
-        host.try_get("/v1/system").is_some()
-    });
-    host
-}
-
 const WEB: &str = r#"
 [unit]
 description = "busybox web server in a container"
@@ -124,7 +98,7 @@ interval = "1s"
 fn a_unit_with_an_image_runs_as_a_container() {
     let dir = temp_dir("containers");
     import_busybox_image(&dir);
-    let mut host = start(dir.clone(), &[("web", WEB)]);
+    let mut host = Host::start_in(dir.clone(), &[("web", WEB)]);
     host.wait_state("web", &["healthy"]);
     host.wait_for("the container's output in the unit log", || {
         host.read("state/logs/web.log")
@@ -178,7 +152,7 @@ fn a_missing_image_is_pulled_first_and_a_failed_pull_fails_the_start() {
     let dir = temp_dir("pull");
     // A registry address on loopback where nothing listens: the pull fails at once.
     let unit = "[container]\nimage = \"127.0.0.1:9/berth/none:1\"\ncommand = [\"true\"]\nnetwork = \"none\"\n\n[service]\nrestart = \"never\"\n";
-    let host = start(dir, &[("ghost", unit)]);
+    let host = Host::start_in(dir, &[("ghost", unit)]);
     host.wait_state("ghost", &["failed"]);
     host.wait_for("the pull's output in the unit log", || {
         host.read("state/logs/ghost.log").contains("127.0.0.1:9")

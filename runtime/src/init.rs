@@ -94,13 +94,7 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     let empty = Process::default();
     let proc_ = spec.process().as_ref().unwrap_or(&empty);
     process::reset_signals();
-    if let Some([i, o, e]) = cfg.stdio {
-        for (from, to) in [(i, 0), (o, 1), (e, 2)] {
-            if from != to {
-                crate::syscall::dup2(from, to).map_err(sys("dup2 stdio"))?;
-            }
-        }
-    }
+    process::wire_stdio(cfg.stdio)?;
     // Device nodes and directories get exactly the modes the spec asks for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let mut state = cfg.channel.wait_for_continue()?;
@@ -165,15 +159,7 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     } else {
         cfg.bundle.rootfs.as_path()
     };
-    let env = process::environment(proc_, root);
-    let args = proc_.args().clone().unwrap_or_default();
-    let program = process::find_executable(
-        root,
-        args.first().map(String::as_str).unwrap_or_default(),
-        &env,
-    )?;
-    let c_args = process::cstrings(&args, "process.args")?;
-    let c_env = process::cstrings(&env, "process.env")?;
+    let program = process::Program::resolve(proc_, root)?;
 
     cfg.channel.send(&Message::Ready)?;
     *ready = true;
@@ -186,13 +172,7 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
         Wait::Fifo(dir) => Some(wait_on_fifo(dir)?),
     };
     hooks::run(hooks, HookKind::StartContainer, &state)?;
-    process::set_rlimits(proc_)?;
-    process::apply_identity(proc_, cfg.filters, true)?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
-        proc_.user().umask().unwrap_or(0o022) as _,
-    ));
-    nix::unistd::chdir(proc_.cwd()).map_err(sys(format!("chdir {}", proc_.cwd().display())))?;
-    Err(process::exec(&program, &c_args, &c_env).into())
+    Err(program.exec(proc_, cfg.filters).into())
 }
 
 /// Blocks until `start` opens the FIFO for reading, then tells it the init is alive.

@@ -202,6 +202,61 @@ pub fn apply_identity(
     Ok(())
 }
 
+/// Puts the caller's descriptors on 0, 1, 2 (a freshly cloned child).
+pub fn wire_stdio(stdio: Option<[std::os::fd::RawFd; 3]>) -> Result<(), ProcessError> {
+    if let Some([i, o, e]) = stdio {
+        for (from, to) in [(i, 0), (o, 1), (e, 2)] {
+            if from != to {
+                crate::syscall::dup2(from, to).map_err(sys("dup2 stdio"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The program a container process runs, resolved inside the container before it may start
+/// (so a missing program is reported while the caller still listens).
+pub struct Program {
+    path: PathBuf,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Program {
+    /// `root` is the container root as this process sees it ("/" after pivot_root).
+    pub fn resolve(p: &Process, root: &Path) -> Result<Program, ProcessError> {
+        let env = environment(p, root);
+        let args = p.args().clone().unwrap_or_default();
+        let path = find_executable(
+            root,
+            args.first().map(String::as_str).unwrap_or_default(),
+            &env,
+        )?;
+        Ok(Program {
+            path,
+            args: cstrings(&args, "process.args")?,
+            env: cstrings(&env, "process.env")?,
+        })
+    }
+
+    /// Sets rlimits, identity, capabilities, seccomp, umask and working directory, then
+    /// execs. Returns only on failure.
+    pub fn exec(self, p: &Process, filters: &[BpfProgram]) -> ProcessError {
+        let setup = || -> Result<(), ProcessError> {
+            set_rlimits(p)?;
+            apply_identity(p, filters, true)?;
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+                p.user().umask().unwrap_or(0o022) as _,
+            ));
+            nix::unistd::chdir(p.cwd()).map_err(sys(format!("chdir {}", p.cwd().display())))
+        };
+        match setup() {
+            Ok(()) => exec(&self.path, &self.args, &self.env),
+            Err(e) => e,
+        }
+    }
+}
+
 /// Gives a freshly cloned child default signal handling: the parent may block signals (a
 /// supervisor reading them from a signalfd) or ignore SIGPIPE (Rust's runtime does), and both
 /// would survive exec into the container.

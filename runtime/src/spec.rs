@@ -65,24 +65,7 @@ impl Bundle {
             source,
         })?;
         let spec = parse(&path, &text)?;
-        let root = spec
-            .root()
-            .as_ref()
-            .ok_or_else(|| invalid(&path, "root", "missing"))?;
-        let rootfs = if root.path().is_absolute() {
-            root.path().clone()
-        } else {
-            dir.join(root.path())
-        };
-        if !rootfs.is_dir() {
-            return Err(invalid(
-                &path,
-                "root.path",
-                &format!("{} is not a directory", rootfs.display()),
-            ));
-        }
-        validate(&path, &spec)?;
-        Ok(Bundle { dir, spec, rootfs })
+        Bundle::from_spec(&dir, spec)
     }
 }
 

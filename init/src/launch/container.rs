@@ -17,7 +17,7 @@ use berth_runtime::{Bundle, ContainerError, ExecOptions, Runtime};
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 
-use super::process::set_nonblocking;
+use super::process::{set_nonblocking, signal_pid};
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::Network;
 use crate::unit::value::{UserSpec, VolumeSource};
@@ -285,9 +285,9 @@ impl Launcher for ContainerLauncher {
     }
 
     fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError> {
-        let sig = nix::sys::signal::Signal::try_from(signal)
-            .map_err(|source| LaunchError::Signal { pid, source })?;
         if all {
+            let sig = nix::sys::signal::Signal::try_from(signal)
+                .map_err(|source| LaunchError::Signal { pid, source })?;
             if let Ok(mut c) = self.runtime.load(&unit.name) {
                 return c.kill(sig, true).or_else(|e| match e {
                     // Already stopped: nothing left to signal.
@@ -296,10 +296,7 @@ impl Launcher for ContainerLauncher {
                 });
             }
         }
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(source) => Err(LaunchError::Signal { pid, source }),
-        }
+        signal_pid(pid, signal)
     }
 
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {

@@ -3,8 +3,7 @@
 
 use super::{create, flag, parse, CliResult, Flag, Global};
 use berth_runtime::container::wait_forwarding_signals;
-use berth_runtime::{Bundle, CreateOptions, StartMode};
-use std::path::Path;
+use berth_runtime::StartMode;
 
 pub fn run(g: &Global, args: &[String]) -> CliResult {
     let mut flags: Vec<Flag> = Vec::new();
@@ -15,16 +14,7 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     flags.push(flag(&["detach", "d"]));
     flags.push(flag(&["keep"]));
     let p = parse(args, &flags, false)?;
-    let id = p.id()?;
-    let bundle = Bundle::load(Path::new(p.get("bundle").unwrap_or(".")))?;
-    let opts = CreateOptions {
-        id,
-        console_socket: p.get("console-socket").map(Path::new),
-        pid_file: p.get("pid-file").map(Path::new),
-        no_pivot: p.is_set("no-pivot"),
-        stdio: None,
-        start: StartMode::Channel,
-    };
+    let (bundle, opts) = create::load(&p, StartMode::Channel)?;
     let runtime = g.runtime();
     let mut container = runtime.create(&bundle, &opts)?;
     if let Err(e) = container.start() {

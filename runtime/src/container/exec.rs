@@ -151,13 +151,7 @@ fn exec_child(
         move |errno| InitError::Sys { what, errno }
     };
     process::reset_signals();
-    if let Some([i, o, e]) = stdio {
-        for (from, to) in [(i, 0), (o, 1), (e, 2)] {
-            if from != to {
-                crate::syscall::dup2(from, to).map_err(sys("dup2 stdio"))?;
-            }
-        }
-    }
+    process::wire_stdio(stdio)?;
     channel.wait_for_continue()?;
     for (file, flag) in joins {
         nix::sched::setns(file.as_fd(), *flag).map_err(sys("setns"))?;
@@ -165,18 +159,6 @@ fn exec_child(
     if let Some(sock) = console {
         crate::console::attach(sock.as_fd(), p)?;
     }
-    let root = Path::new("/");
-    let env = process::environment(p, root);
-    let args = p.args().clone().unwrap_or_default();
-    let program = process::find_executable(
-        root,
-        args.first().map(String::as_str).unwrap_or_default(),
-        &env,
-    )?;
-    let c_args = process::cstrings(&args, "process.args")?;
-    let c_env = process::cstrings(&env, "process.env")?;
-    process::set_rlimits(p)?;
-    process::apply_identity(p, filters, true)?;
-    nix::unistd::chdir(p.cwd()).map_err(sys(&format!("chdir {}", p.cwd().display())))?;
-    Err(process::exec(&program, &c_args, &c_env).into())
+    let program = process::Program::resolve(p, Path::new("/"))?;
+    Err(program.exec(p, filters).into())
 }

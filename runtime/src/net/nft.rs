@@ -224,65 +224,47 @@ fn dnat_rule(p: &PortMapping, to: Ipv4Addr) -> Vec<Expr> {
     ]
 }
 
+const CMP_EQ: u32 = 0;
+const CMP_NEQ: u32 = 1;
+
+/// `ip saddr NET/PREFIX oifname [!=|==] BRIDGE masquerade`.
+fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str, oif_op: u32) -> Vec<Expr> {
+    vec![
+        Expr::Payload {
+            base: 1,
+            offset: 12,
+            len: 4,
+            dreg: REG1,
+        },
+        Expr::Mask {
+            reg: REG1,
+            mask: netmask(prefix).to_vec(),
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_EQ,
+            data: net.octets().to_vec(),
+        },
+        Expr::Meta {
+            key: META_OIFNAME,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: oif_op,
+            data: ifname(bridge),
+        },
+        Expr::Masquerade,
+    ]
+}
+
 /// The chains and rules: (chain, hook, priority, rules).
 pub fn chains(c: &NatConfig) -> Vec<(&'static str, u32, i32, Vec<Vec<Expr>>)> {
     let dnat: Vec<Vec<Expr>> = c.ports.iter().map(|(p, ip)| dnat_rule(p, *ip)).collect();
-    let outbound = vec![
-        Expr::Payload {
-            base: 1,
-            offset: 12,
-            len: 4,
-            dreg: REG1,
-        },
-        Expr::Mask {
-            reg: REG1,
-            mask: netmask(c.prefix).to_vec(),
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: 0,
-            data: c.subnet.octets().to_vec(),
-        },
-        Expr::Meta {
-            key: META_OIFNAME,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: 1,
-            data: ifname(&c.bridge),
-        },
-        Expr::Masquerade,
-    ];
+    let outbound = masquerade(c.subnet, c.prefix, &c.bridge, CMP_NEQ);
     // Connections from the host's loopback address to a mapped port: the container must
     // answer an address it can route back to.
-    let from_loopback = vec![
-        Expr::Payload {
-            base: 1,
-            offset: 12,
-            len: 4,
-            dreg: REG1,
-        },
-        Expr::Mask {
-            reg: REG1,
-            mask: netmask(8).to_vec(),
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: 0,
-            data: vec![127, 0, 0, 0],
-        },
-        Expr::Meta {
-            key: META_OIFNAME,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: 0,
-            data: ifname(&c.bridge),
-        },
-        Expr::Masquerade,
-    ];
+    let from_loopback = masquerade(Ipv4Addr::new(127, 0, 0, 0), 8, &c.bridge, CMP_EQ);
     vec![
         ("prerouting", NF_INET_PRE_ROUTING, -100, dnat.clone()),
         ("output", NF_INET_LOCAL_OUT, -100, dnat),
