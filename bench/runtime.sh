@@ -73,7 +73,8 @@ uts, mount, cgroup namespaces; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sy
 | crun $(crun --version | head -1 | awk '{print $3}') | $(fmt "$c") | $(mean crun) | ${rss[1]} |
 | runc $(runc --version | head -1 | awk '{print $3}') | $(fmt "$r") | $(mean runc) | ${rss[2]} |
 
-berth-runtime / crun median: **$ratio** (target ≤ 0.8).
+berth-runtime / crun median: **$ratio** (target ≤ 0.8). The machine is shared with other
+builds: absolute times move with its load from run to run; the ratio within one run is the measure.
 
 cgroup work: all three run in a private mount namespace with the cgroup v2 mount removed.
 berth-runtime finds no v2 hierarchy and creates no cgroup (none is needed: no limits are
