@@ -11,7 +11,9 @@ set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 cd "$BERTH_ROOT"
 
-RUNS="${RUNS:-200}"
+RUNS="${RUNS:-100}"
+# Rounds of the side-by-side comparison: the machine is shared, one round can be unlucky.
+ROUNDS="${ROUNDS:-3}"
 BIN="$BERTH_OUT/bin/berth-runtime"
 if [ ! -x "$BIN" ]; then
     log "building a static berth-runtime"
@@ -38,8 +40,10 @@ cd "$WORK/bundle"
 berth="$BIN --root $WORK/s-berth run b"
 crun="crun --root $WORK/s-crun --cgroup-manager=disabled run c"
 runc="runc --root $WORK/s-runc run r"
-hyperfine -N --warmup 20 --runs $RUNS --export-json "$WORK/hyperfine.json" \
-    -n berth-runtime "\$berth" -n crun "\$crun" -n runc "\$runc" >&2
+for round in \$(seq $ROUNDS); do
+    hyperfine -N --warmup 20 --runs $RUNS --export-json "$WORK/hyperfine-\$round.json" \
+        -n berth-runtime "\$berth" -n crun "\$crun" -n runc "\$runc" >&2
+done
 # Peak RSS (GNU time's %M): the largest resident set of a runtime's processes, over 20 runs.
 for cmd in "\$berth" "\$crun" "\$runc"; do
     peak=0
@@ -52,9 +56,18 @@ done > "$WORK/rss.txt"
 INNER
 unshare -m bash "$WORK/inner.sh"
 
-median() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$WORK/hyperfine.json"; }
-mean() { jq -r --arg n "$1" '.results[] | select(.command == $n) | "\(.mean * 1000 | . * 100 | round / 100) ± \(.stddev * 1000 | . * 100 | round / 100)"' "$WORK/hyperfine.json"; }
-b=$(median berth-runtime); c=$(median crun); r=$(median runc)
+# Per round: each runtime's median; overall: the median of the rounds' medians.
+read -r b c r ratios < <(python3 - "$WORK" "$ROUNDS" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+med = {"berth-runtime": [], "crun": [], "runc": []}
+for i in range(1, rounds + 1):
+    for res in json.load(open(f"{work}/hyperfine-{i}.json"))["results"]:
+        med[res["command"]].append(res["median"] * 1000)
+ratios = [b / c for b, c in zip(med["berth-runtime"], med["crun"])]
+print(*(statistics.median(med[k]) for k in ("berth-runtime", "crun", "runc")), "/".join(f"{x:.2f}" for x in ratios))
+PY
+)
 mapfile -t rss < "$WORK/rss.txt"
 ratio=$(python3 -c "print(f'{$b / $c:.2f}')")
 fmt() { python3 -c "print(f'{$1:.2f}')"; }
@@ -62,19 +75,20 @@ fmt() { python3 -c "print(f'{$1:.2f}')"; }
 section=$(cat <<MD
 ## runtime: \`run\` of /bin/true with delete (bench/runtime.sh)
 
-$(date -u +%Y-%m-%d), Debian 12 host, 2 cores, kernel $(uname -r); hyperfine $RUNS runs after 20
-warm-ups, one run side by side; busybox-static bundle, default \`spec\` config (pid, net, ipc,
-uts, mount, cgroup namespaces; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys,
+$(date -u +%Y-%m-%d), Debian 12 host, 2 cores, kernel $(uname -r); $ROUNDS rounds of hyperfine (each: $RUNS runs
+after 20 warm-ups, the three runtimes side by side); busybox-static bundle, default \`spec\`
+config (pid, net, ipc, uts, mount, cgroup namespaces; /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys,
 /sys/fs/cgroup mounts; masked and read-only paths; read-only root).
 
-| runtime | median ms | mean ± σ ms | peak RSS KiB |
-|---|---|---|---|
-| berth-runtime $("$BIN" --version | head -1 | awk '{print $3}') | $(fmt "$b") | $(mean berth-runtime) | ${rss[0]} |
-| crun $(crun --version | head -1 | awk '{print $3}') | $(fmt "$c") | $(mean crun) | ${rss[1]} |
-| runc $(runc --version | head -1 | awk '{print $3}') | $(fmt "$r") | $(mean runc) | ${rss[2]} |
+| runtime | median ms (median of the rounds) | peak RSS KiB |
+|---|---|---|
+| berth-runtime $("$BIN" --version | head -1 | awk '{print $3}') | $(fmt "$b") | ${rss[0]} |
+| crun $(crun --version | head -1 | awk '{print $3}') | $(fmt "$c") | ${rss[1]} |
+| runc $(runc --version | head -1 | awk '{print $3}') | $(fmt "$r") | ${rss[2]} |
 
-berth-runtime / crun median: **$ratio** (target ≤ 0.8). The machine is shared with other
-builds: absolute times move with its load from run to run; the ratio within one run is the measure.
+berth-runtime / crun median: **$ratio** (target ≤ 0.8); per round: $ratios.
+The machine is shared with other builds: absolute times move with its load, the ratio within a
+round is the measure.
 
 cgroup work: all three run in a private mount namespace with the cgroup v2 mount removed.
 berth-runtime finds no v2 hierarchy and creates no cgroup (none is needed: no limits are
