@@ -88,7 +88,7 @@ pub struct Resources {
 
 /// One interface file write and the controller it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Write {
+pub struct Write {
     pub controller: Option<Controller>,
     pub file: String,
     pub value: String,
@@ -119,7 +119,7 @@ impl Resources {
     }
 
     /// The writes that apply these limits, validated.
-    pub(crate) fn writes(&self) -> Result<Vec<Write>> {
+    pub fn writes(&self) -> Result<Vec<Write>> {
         let mut out = Vec::new();
         let mut push = |controller, file: &str, value: String| {
             out.push(Write {
