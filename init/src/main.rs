@@ -108,26 +108,14 @@ fn fail(pid1: bool, reason: &str) -> ! {
 /// /run/berth/runtime (host mode: DIR/state/run/runtime); images are pulled by the
 /// berth-runtime binary (host mode: the one beside berth-init, or $BERTH_RUNTIME).
 fn container_launcher(boot: &Boot) -> berth_init::launch::container::ContainerLauncher {
-    let (root, bin) = match &boot.mode {
-        Mode::Pid1 => (
-            PathBuf::from("/run/berth/runtime"),
-            PathBuf::from("/usr/bin/berth-runtime"),
-        ),
-        Mode::Host { .. } => {
-            let beside = std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("berth-runtime")))
-                .unwrap_or_else(|| PathBuf::from("berth-runtime"));
-            let bin = std::env::var_os("BERTH_RUNTIME")
-                .map(PathBuf::from)
-                .unwrap_or(beside);
-            (boot.paths.state.join("run/runtime"), bin)
-        }
+    let root = match &boot.mode {
+        Mode::Pid1 => PathBuf::from("/run/berth/runtime"),
+        Mode::Host { .. } => boot.paths.state.join("run/runtime"),
     };
     berth_init::launch::container::ContainerLauncher::new(
         &boot.paths.state,
         &boot.paths.machine_config,
         root,
-        bin,
+        boot.paths.runtime_bin.clone(),
     )
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
 
-use crate::api::jobs::{runtime_binary, Jobs};
+use crate::api::jobs::Jobs;
 use crate::api::{ApiContext, ApiServer, SystemInfo};
 use crate::boot::{Boot, Mode, Paths};
 use crate::event::{after, Event, EventLoop, Key, Reactor, Timer};
@@ -97,7 +97,7 @@ impl Init {
             }
         }
         let jobs = Jobs::new(
-            runtime_binary(),
+            boot.paths.runtime_bin.clone(),
             &boot.paths.state.join("images"),
             &boot.paths.machine_config,
         );

@@ -79,21 +79,6 @@ pub struct Jobs {
     next: u64,
 }
 
-/// The `berth-runtime` binary: `$BERTH_RUNTIME`, else beside this executable, else
-/// `/usr/bin/berth-runtime`.
-pub fn runtime_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("BERTH_RUNTIME") {
-        return p.into();
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let beside = exe.with_file_name("berth-runtime");
-        if beside.is_file() {
-            return beside;
-        }
-    }
-    PathBuf::from("/usr/bin/berth-runtime")
-}
-
 impl Jobs {
     /// Jobs on the image store `store`, with registry settings from `config`.
     pub fn new(runtime: PathBuf, store: &Path, config: &Path) -> Jobs {

@@ -54,6 +54,8 @@ pub struct Paths {
     pub logs: PathBuf,
     pub api_socket: PathBuf,
     pub machine_config: PathBuf,
+    /// The berth-runtime binary (image pulls, prunes).
+    pub runtime_bin: PathBuf,
 }
 
 impl Paths {
@@ -66,6 +68,7 @@ impl Paths {
                     logs: state.join("logs"),
                     machine_config: state.join("machine.toml"),
                     api_socket: "/run/berth/api.sock".into(),
+                    runtime_bin: "/usr/bin/berth-runtime".into(),
                     state,
                 }
             }
@@ -76,11 +79,23 @@ impl Paths {
                     logs: state.join("logs"),
                     machine_config: state.join("machine.toml"),
                     api_socket: root.join("api.sock"),
+                    runtime_bin: host_runtime_bin(),
                     state,
                 }
             }
         }
     }
+}
+
+/// Host mode's berth-runtime: `$BERTH_RUNTIME`, else the one beside this executable.
+fn host_runtime_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BERTH_RUNTIME") {
+        return bin.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("berth-runtime")))
+        .unwrap_or_else(|| PathBuf::from("berth-runtime"))
 }
 
 /// What the boot phases find out and set up for supervision.

@@ -125,16 +125,7 @@ impl<F: CgroupFs + Clone> Cgroups for FsCgroups<F> {
     }
 
     fn usage(&self, unit: &str) -> Option<Usage> {
-        let group = self.root.open(&Self::rel(unit)).ok()?;
-        let stats = group.stats().ok()?;
-        // `memory.max` is absent without the memory controller.
-        let memory_max = std::fs::read_to_string(group.path().join("memory.max"))
-            .ok()
-            .and_then(|text| match text.trim() {
-                "max" => Some(Limit::Max),
-                n => n.parse().ok().map(Limit::Value),
-            });
-        Some(Usage { stats, memory_max })
+        usage_of(&self.root.open(&Self::rel(unit)).ok()?)
     }
 
     fn remove(&mut self, unit: &str) {
@@ -145,6 +136,19 @@ impl<F: CgroupFs + Clone> Cgroups for FsCgroups<F> {
             }
         }
     }
+}
+
+/// What a cgroup reports: its counters and `memory.max`.
+pub fn usage_of<F: CgroupFs + Clone>(group: &cg::Cgroup<F>) -> Option<Usage> {
+    let stats = group.stats().ok()?;
+    // `memory.max` is absent without the memory controller.
+    let memory_max = std::fs::read_to_string(group.path().join("memory.max"))
+        .ok()
+        .and_then(|text| match text.trim() {
+            "max" => Some(Limit::Max),
+            n => n.parse().ok().map(Limit::Value),
+        });
+    Some(Usage { stats, memory_max })
 }
 
 #[cfg(test)]

@@ -320,6 +320,11 @@ impl Launcher for ContainerLauncher {
         Ok(Spawned { pid, output: None })
     }
 
+    fn usage(&self, unit: &Unit) -> Option<super::Usage> {
+        let root = berth_runtime::cgroups::CgroupRoot::host().ok()?;
+        super::cgroup::usage_of(&root.open(&format!("containers/{}", unit.name)).ok()?)
+    }
+
     fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) {
         if let Ok(c) = self.runtime.load(&unit.name) {
             if let Err(e) = c.delete(true) {
