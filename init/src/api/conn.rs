@@ -85,6 +85,14 @@ pub struct Conn {
     pub deadline: Option<Instant>,
 }
 
+fn gap_note(dropped: &mut u64, out: &mut Vec<u8>) {
+    if *dropped > 0 {
+        let note = format!("[berth: {dropped} bytes of output dropped: slow reader]\n");
+        http::chunk(note.as_bytes(), out);
+        *dropped = 0;
+    }
+}
+
 /// What a flush left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
@@ -167,13 +175,27 @@ impl Conn {
             return;
         }
         let mut out = Vec::with_capacity(data.len() + 80);
-        if *dropped > 0 {
-            let note = format!("[berth: {dropped} bytes of output dropped: slow reader]\n");
-            http::chunk(note.as_bytes(), &mut out);
-            *dropped = 0;
-        }
+        gap_note(dropped, &mut out);
         http::chunk(data, &mut out);
         self.push(&out);
+    }
+
+    /// Once a stream's backlog is out, tells the reader about output dropped meanwhile.
+    /// Returns true when it queued the note.
+    pub fn note_gap(&mut self) -> bool {
+        if self.pending() > 0 {
+            return false;
+        }
+        let Phase::Following { dropped, .. } = &mut self.phase else {
+            return false;
+        };
+        let mut out = Vec::new();
+        gap_note(dropped, &mut out);
+        if out.is_empty() {
+            return false;
+        }
+        self.push(&out);
+        true
     }
 
     /// Writes as much queued output as the socket takes.

@@ -349,7 +349,10 @@ impl ApiServer {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let flushed = conn.flush();
+        let mut flushed = conn.flush();
+        if flushed == Flushed::Done && conn.note_gap() {
+            flushed = conn.flush();
+        }
         let wants_writable = match flushed {
             Flushed::Failed => return self.close(id, r),
             Flushed::Done if conn.phase == Phase::Responding => return self.close(id, r),
