@@ -374,10 +374,13 @@ fn a_follower_that_does_not_read_gets_a_gap_not_unbounded_buffering() {
     assert!(got.len() < 12 << 20, "received {} bytes", got.len());
 }
 
+/// A metric sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// A strict reader of the Prometheus text format: every sample belongs to a family declared
 /// by HELP and TYPE before it, families are contiguous, names and labels are well formed,
 /// values are numbers, series are unique. Returns (name, labels, value) samples.
-fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+fn parse_prometheus(text: &str) -> Vec<Sample> {
     let name_ok = |n: &str| {
         !n.is_empty()
             && n.chars().enumerate().all(|(i, c)| {
