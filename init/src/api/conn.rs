@@ -128,7 +128,13 @@ impl Conn {
                 Ok(n) => self.input.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::PermissionDenied {
+                        // Debug only: a hostile peer must not be able to flood the log.
+                        log::debug!("api: TLS handshake refused: {e}");
+                    }
+                    return true;
+                }
             }
         }
         false

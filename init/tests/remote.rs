@@ -1,0 +1,293 @@
+//! Remote administration over mutual TLS: the API's TCP listener serves berthctl with a
+//! client certificate from the configured CA, and refuses a client without a certificate,
+//! one with a certificate from another CA, and plain HTTP. Certificates are made with
+//! `openssl` for each run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{temp_dir, Host};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (scripts/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+/// A self-signed CA `name.crt`/`name.key` in `dir`.
+fn ca(dir: &Path, name: &str) {
+    let (crt, key, subj) = (
+        format!("{name}.crt"),
+        format!("{name}.key"),
+        format!("/CN={name}"),
+    );
+    let mut args = vec!["req", "-x509", "-nodes", "-days", "3650", "-subj", &subj];
+    args.extend(KEY);
+    args.extend(["-keyout", &key, "-out", &crt]);
+    args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+    args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    openssl(dir, &args);
+}
+
+/// A leaf `name.crt`/`name.key` issued by CA `issuer`, for 127.0.0.1 and localhost.
+fn leaf(dir: &Path, issuer: &str, name: &str) {
+    let (crt, key, csr, subj) = (
+        format!("{name}.crt"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("/CN={name}"),
+    );
+    let mut args = vec!["req", "-new", "-nodes", "-subj", &subj];
+    args.extend(KEY);
+    args.extend(["-keyout", &key, "-out", &csr]);
+    openssl(dir, &args);
+    let ext = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    let (ca_crt, ca_key) = (format!("{issuer}.crt"), format!("{issuer}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-out",
+            &crt,
+            "-extfile",
+            &ext,
+        ],
+    );
+}
+
+/// berth-init with `[api]` on 127.0.0.1 (port chosen by the kernel), and the PKI:
+/// `ca`/`server`/`client` plus an unrelated `other-ca`/`intruder`.
+fn start_remote(tag: &str) -> (Host, PathBuf, String) {
+    let dir = temp_dir(tag);
+    let tls = dir.join("state/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    ca(&tls, "ca");
+    leaf(&tls, "ca", "server");
+    leaf(&tls, "ca", "client");
+    ca(&tls, "other-ca");
+    leaf(&tls, "other-ca", "intruder");
+    std::fs::write(
+        dir.join("state/machine.toml"),
+        "[api]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.crt\"\nkey = \"tls/server.key\"\nclient_ca = \"tls/ca.crt\"\n",
+    )
+    .unwrap();
+    let host = Host::start_in(
+        dir,
+        &[(
+            "echo",
+            "[container]\ncommand = [\"sh\", \"-c\", \"echo remote hello; exec sleep 300\"]\n",
+        )],
+    );
+    let addr = host.try_get("/v1/system").unwrap()["remote_api"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no remote API:\n{}", host.log()))
+        .to_string();
+    (host, tls, addr)
+}
+
+fn ctl(addr: &str, tls: &Path, who: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .args(["--host", addr])
+        .arg("--ca")
+        .arg(tls.join("ca.crt"))
+        .arg("--cert")
+        .arg(tls.join(format!("{who}.crt")))
+        .arg("--key")
+        .arg(tls.join(format!("{who}.key")))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// One request over TLS with the given client config; the response text, or the error.
+fn tls_request(addr: &str, config: rustls::ClientConfig) -> Result<String, std::io::Error> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(b"GET /v1/system HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn client_config(tls: &Path, cert: Option<&str>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(tls.join("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match cert {
+        None => builder.with_no_client_auth(),
+        Some(who) => {
+            let certs = CertificateDer::pem_file_iter(tls.join(format!("{who}.crt")))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key =
+                rustls::pki_types::PrivateKeyDer::from_pem_file(tls.join(format!("{who}.key")))
+                    .unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+    }
+}
+
+#[test]
+fn berthctl_administers_over_mutual_tls() {
+    let (host, tls, addr) = start_remote("remote-ok");
+    let status = stdout(&ctl(&addr, &tls, "client", &["status"]));
+    assert!(status.contains(&format!("remote API  {addr}")), "{status}");
+    host.wait_state("echo", &["running"]);
+    let units = stdout(&ctl(&addr, &tls, "client", &["--json", "units"]));
+    let units: serde_json::Value = serde_json::from_str(&units).unwrap();
+    assert_eq!(units[0]["name"], "echo");
+    let unit = host.dir.join("remote.toml");
+    std::fs::write(&unit, "[container]\ncommand = [\"sleep\", \"300\"]\n").unwrap();
+    let applied = stdout(&ctl(
+        &addr,
+        &tls,
+        "client",
+        &["apply", unit.to_str().unwrap()],
+    ));
+    assert!(applied.contains("unit remote: created"), "{applied}");
+    assert!(applied.contains("remote: running"), "{applied}");
+    let logs = stdout(&ctl(
+        &addr,
+        &tls,
+        "client",
+        &["logs", "--tail", "1", "echo"],
+    ));
+    assert_eq!(logs, "remote hello\n");
+    let metrics = stdout(&ctl(&addr, &tls, "client", &["restart", "remote"]));
+    assert!(metrics.contains("remote: running (pid"), "{metrics}");
+    // The same through the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .env("BERTH_HOST", &addr)
+        .env("BERTH_CA", tls.join("ca.crt"))
+        .env("BERTH_CERT", tls.join("client.crt"))
+        .env("BERTH_KEY", tls.join("client.key"))
+        .args(["show", "remote"])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("state        running"));
+}
+
+#[test]
+fn clients_without_a_certificate_from_the_ca_are_refused() {
+    let (host, tls, addr) = start_remote("remote-refuse");
+    // The good client, directly with rustls, for comparison.
+    let ok = tls_request(&addr, client_config(&tls, Some("client"))).unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    // No certificate at all.
+    match tls_request(&addr, client_config(&tls, None)) {
+        Ok(text) => assert!(
+            !text.contains("HTTP/1.1"),
+            "served without a certificate: {text}"
+        ),
+        Err(e) => assert!(e.to_string().contains("CertificateRequired"), "{e}"),
+    }
+    // A certificate from another CA.
+    match tls_request(&addr, client_config(&tls, Some("intruder"))) {
+        Ok(text) => assert!(!text.contains("HTTP/1.1"), "served an intruder: {text}"),
+        Err(e) => assert!(e.to_string().contains("UnknownCA"), "{e}"),
+    }
+    let intruder = ctl(&addr, &tls, "intruder", &["status"]);
+    assert_eq!(intruder.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&intruder.stderr);
+    assert!(
+        why.contains("UnknownCA") || why.contains("unknown"),
+        "{why}"
+    );
+    assert!(String::from_utf8_lossy(&intruder.stdout).is_empty());
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    plain
+        .write_all(b"GET /v1/system HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"));
+    // A client that connects and never speaks does not hold anyone up.
+    let _silent = TcpStream::connect(&addr).unwrap();
+    let ok = tls_request(&addr, client_config(&tls, Some("client"))).unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    assert!(host.try_get("/v1/system").is_some());
+    // The refusals are the server's doing: it says why.
+    let log = host.log();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+    assert!(
+        log.contains("UnknownCA") || log.contains("UnknownIssuer"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_broken_tls_configuration_leaves_the_local_api_up() {
+    let dir = temp_dir("remote-broken");
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(
+        dir.join("state/machine.toml"),
+        "[api]\nlisten = \"127.0.0.1:0\"\ncert = \"missing.crt\"\nkey = \"missing.key\"\nclient_ca = \"missing-ca.crt\"\n",
+    )
+    .unwrap();
+    let host = Host::start_in(dir, &[]);
+    let sys = host.try_get("/v1/system").unwrap();
+    assert!(sys["remote_api"].is_null());
+    let log = host.log();
+    assert!(
+        log.contains("remote API unavailable: client CA") && log.contains("missing-ca.crt"),
+        "{log}"
+    );
+}
