@@ -351,7 +351,47 @@ mod tests {
         assert_eq!(out, b"c\r\nhello world\n\r\n0\r\n\r\n");
     }
 
+    /// Requests that look almost right: real methods and headers, odd paths, lengths and
+    /// bodies, cut anywhere.
+    fn near_request() -> impl Strategy<Value = Vec<u8>> {
+        let method = prop::sample::select(vec!["GET", "PUT", "POST", "DELETE", "get", "BREW"]);
+        let path = "(/[a-z0-9%{}?&=._-]{0,12}){0,5}";
+        let header = prop_oneof![
+            "[0-9]{0,25}".prop_map(|n| format!("Content-Length: {n}")),
+            Just("Content-Length: -1".to_string()),
+            Just("Content-Length: 3, 4".to_string()),
+            Just("Transfer-Encoding: chunked".to_string()),
+            Just("Expect: 100-continue".to_string()),
+            "[A-Za-z-]{1,10}: [ -~]{0,20}",
+        ];
+        (
+            method,
+            path,
+            prop::collection::vec(header, 0..6),
+            prop::collection::vec(any::<u8>(), 0..64),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(m, p, hs, body, cut)| {
+                let mut req =
+                    format!("{m} {p} HTTP/1.1\r\n{}\r\n\r\n", hs.join("\r\n")).into_bytes();
+                req.extend_from_slice(&body);
+                let keep = cut.index(req.len() + 1);
+                req.truncate(keep);
+                req
+            })
+    }
+
     proptest! {
+        #[test]
+        fn near_requests_never_panic_and_bodies_match_their_length(req in near_request()) {
+            let _ = expects_continue(&req);
+            if let Parsed::Complete(r) = parse(&req) {
+                let declared = r.header("content-length").and_then(|v| v.parse::<usize>().ok());
+                prop_assert_eq!(r.body.len(), declared.unwrap_or(0));
+                prop_assert!(!r.path.contains('?'));
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = parse(&bytes);

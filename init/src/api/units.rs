@@ -199,3 +199,160 @@ pub fn finish_removal(removed: &Removed, ctx: &mut ApiContext<'_>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::http::Request;
+    use crate::api::jobs::Jobs;
+    use crate::api::routes::{dispatch, SystemInfo};
+    use crate::boot::{Mode, Paths};
+    use crate::event::{Key, Timer};
+    use crate::launch::cgroup::NoCgroups;
+    use crate::launch::process::ProcessLauncher;
+    use crate::logs::LogPolicy;
+    use crate::supervisor::Supervisor;
+    use proptest::prelude::*;
+    use std::os::fd::BorrowedFd;
+
+    struct NoLoop;
+    impl crate::event::Reactor for NoLoop {
+        fn watch(&mut self, _: BorrowedFd<'_>, _: Key, _: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn unwatch(&mut self, _: BorrowedFd<'_>) {}
+        fn schedule(&mut self, _: std::time::Instant, _: Timer) {}
+    }
+
+    /// Uploads `body` as unit `name` (never started) and returns the status.
+    fn upload(dir: &std::path::Path, name: &str, body: &[u8]) -> u16 {
+        let paths = Paths::for_mode(&Mode::Host {
+            root: dir.to_path_buf(),
+        });
+        std::fs::create_dir_all(&paths.unit_dirs[0]).unwrap();
+        let launchers: Vec<Box<dyn crate::launch::Launcher>> =
+            vec![Box::new(ProcessLauncher::new(Box::new(NoCgroups)))];
+        let mut sup = Supervisor::new(vec![], launchers, LogPolicy::new(paths.logs.clone()));
+        let mut jobs = Jobs::new("/nonexistent".into(), dir, dir);
+        let system = SystemInfo::new("test", "host", "h".into());
+        let mut power = None;
+        let mut ctx = ApiContext {
+            supervisor: &mut sup,
+            reactor: &mut NoLoop,
+            system: &system,
+            paths: &paths,
+            jobs: &mut jobs,
+            power: &mut power,
+            now: std::time::Instant::now(),
+        };
+        let req = Request {
+            method: "PUT".into(),
+            path: format!("/v1/units/{name}"),
+            query: String::new(),
+            headers: vec![],
+            body: body.to_vec(),
+        };
+        match dispatch(&req, &mut ctx) {
+            Reply::Full(r) => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                if r.status >= 400 {
+                    assert!(v["error"].is_string() && v["detail"].is_string(), "{v}");
+                }
+                r.status
+            }
+            Reply::Follow { .. } => panic!("an upload does not stream"),
+        }
+    }
+
+    /// TOML-ish unit text: real sections and keys with values of any type.
+    fn unit_text() -> impl Strategy<Value = String> {
+        let section = prop::sample::select(vec![
+            "[unit]",
+            "[container]",
+            "[resources]",
+            "[service]",
+            "[health]",
+            "[bogus]",
+            "[[unit]]",
+        ]);
+        let key = prop::sample::select(vec![
+            "description",
+            "after",
+            "requires",
+            "critical",
+            "image",
+            "command",
+            "env",
+            "user",
+            "network",
+            "ports",
+            "volumes",
+            "read_only",
+            "memory_max",
+            "cpu_max",
+            "pids_max",
+            "restart",
+            "restart_delay",
+            "stop_signal",
+            "stop_timeout",
+            "exec",
+            "interval",
+            "retries",
+            "nope",
+        ]);
+        let value = prop_oneof![
+            Just("\"x\"".to_string()),
+            Just("[\"sleep\", \"1\"]".to_string()),
+            Just("[]".to_string()),
+            Just("{ A = \"b\" }".to_string()),
+            Just("-1".to_string()),
+            Just("1e999".to_string()),
+            Just("\"64Q\"".to_string()),
+            Just("\"8080:80/tcp\"".to_string()),
+            Just("true".to_string()),
+            "[ -~]{0,12}".prop_map(|s| format!("\"{}\"", s.replace(['"', '\\'], ""))),
+            "[ -~]{0,8}",
+        ];
+        prop::collection::vec((section, prop::collection::vec((key, value), 0..4)), 0..5).prop_map(
+            |sections| {
+                sections
+                    .into_iter()
+                    .map(|(s, kvs)| {
+                        let body: Vec<String> =
+                            kvs.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                        format!("{s}\n{}\n", body.join("\n"))
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn unit_uploads_never_panic(text in unit_text(), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let dir = std::env::temp_dir().join(format!("berth-upload-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let status = upload(&dir, "u", text.as_bytes());
+            prop_assert!([201, 400].contains(&status), "{status} for {text:?}");
+            let status = upload(&dir, "u", &bytes);
+            prop_assert!([201, 400].contains(&status), "{status}");
+            let status = upload(&dir, "a%2Fb", text.as_bytes());
+            prop_assert_eq!(status, 400);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn a_valid_upload_is_written_and_an_invalid_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("berth-upload-ok-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let good = b"[container]\ncommand = [\"sleep\", \"1\"]\n";
+        assert_eq!(upload(&dir, "good", good), 201);
+        assert_eq!(std::fs::read(dir.join("units/good.toml")).unwrap(), good);
+        assert_eq!(upload(&dir, "bad", b"[container]\ncommand = 1\n"), 400);
+        assert!(!dir.join("units/bad.toml").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
