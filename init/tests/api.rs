@@ -686,12 +686,7 @@ fn push_small_image(dir: &Path, registry: &str) {
 
 #[test]
 fn images_are_pulled_by_a_child_listed_and_removed() {
-    let runtime = Path::new(env!("CARGO_BIN_EXE_berth-init")).with_file_name("berth-runtime");
-    assert!(
-        runtime.exists(),
-        "{} is built by `cargo test --workspace`",
-        runtime.display()
-    );
+    common::runtime_bin();
     let dir = temp_dir("api-images");
     let registry = Registry::start(&dir);
     push_small_image(&dir, &registry.addr);

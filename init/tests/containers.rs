@@ -143,12 +143,7 @@ fn a_unit_with_an_image_runs_as_a_container() {
 
 #[test]
 fn a_missing_image_is_pulled_first_and_a_failed_pull_fails_the_start() {
-    let runtime_bin = Path::new(env!("CARGO_BIN_EXE_berth-init")).with_file_name("berth-runtime");
-    assert!(
-        runtime_bin.exists(),
-        "{} is built by `cargo test --workspace`",
-        runtime_bin.display()
-    );
+    common::runtime_bin();
     let dir = temp_dir("pull");
     // A registry address on loopback where nothing listens: the pull fails at once.
     let unit = "[container]\nimage = \"127.0.0.1:9/berth/none:1\"\ncommand = [\"true\"]\nnetwork = \"none\"\n\n[service]\nrestart = \"never\"\n";

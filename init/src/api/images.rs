@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use berth_runtime::image::{Error as ImageError, Store};
+use berth_runtime::image::{Error as ImageError, Image, Store};
 use berth_runtime::registry::Reference;
 
 use super::http::{Request, Response};
@@ -51,14 +51,19 @@ struct ImageBody<'a> {
     created: &'a Option<String>,
 }
 
+/// The store and the image `{reference}` names.
+fn resolve(params: &Params, ctx: &ApiContext<'_>) -> Result<(Store, Image), Reply> {
+    let store = open(ctx)?;
+    let image = store
+        .resolve(param(params, "reference"))
+        .map_err(|e| image_error(&e))?;
+    Ok((store, image))
+}
+
 pub fn show(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
-    let store = match open(ctx) {
-        Ok(s) => s,
+    let image = match resolve(params, ctx) {
+        Ok((_, image)) => image,
         Err(r) => return r,
-    };
-    let image = match store.resolve(param(params, "reference")) {
-        Ok(i) => i,
-        Err(e) => return image_error(&e),
     };
     let c = &image.config.config;
     Response::json(
@@ -82,13 +87,9 @@ pub fn show(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
 /// `DELETE /v1/images/{reference}`: refused while a container holds the image; otherwise the
 /// reference goes at once and a prune job frees what nothing uses any more.
 pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
-    let store = match open(ctx) {
-        Ok(s) => s,
+    let (store, image) = match resolve(params, ctx) {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    let image = match store.resolve(param(params, "reference")) {
-        Ok(i) => i,
-        Err(e) => return image_error(&e),
     };
     let users: Vec<String> = match store.leases() {
         Ok(leases) => leases

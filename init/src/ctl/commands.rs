@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::client::{Client, Reply};
-use super::table::{cell, duration, pairs, size, table};
+use super::table::{cell, duration, pairs, table};
 use super::Options;
 use crate::unit;
+use berth_runtime::image::pull::human_size;
 
 pub enum Failure {
     /// Wrong command line: usage is printed, exit code 2.
@@ -453,7 +454,7 @@ fn image_list(client: &Client, o: &Options) -> Result {
                         vec![
                             cell(&i["reference"]),
                             short,
-                            size(i["size"].as_u64().unwrap_or(0)),
+                            human_size(i["size"].as_u64().unwrap_or(0)),
                             cell(&i["created"]),
                         ]
                     })

@@ -66,22 +66,6 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
-/// Bytes as `12.3 MiB`.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,7 +85,6 @@ mod tests {
         );
         assert_eq!(duration(3725.0), "1h 2m 5s");
         assert_eq!(duration(1.5), "1.50s");
-        assert_eq!(size(3 << 20), "3.0 MiB");
         assert_eq!(cell(&serde_json::json!(["a", "b"])), "a, b");
     }
 }

@@ -104,14 +104,7 @@ impl Supervisor {
             .slots
             .iter()
             .filter(|s| !s.removed && s.name != loaded.name)
-            .map(|s| {
-                let deps: Vec<&str> = s
-                    .unit
-                    .as_ref()
-                    .map(|u| u.ordered_after().collect())
-                    .unwrap_or_default();
-                (s.name.as_str(), deps)
-            })
+            .map(|s| s.graph_node())
             .chain(std::iter::once((
                 loaded.name.as_str(),
                 new.ordered_after().collect(),

@@ -96,6 +96,16 @@ struct Slot {
 }
 
 impl Slot {
+    /// The unit's name and what it is ordered after, for [`Graph`].
+    fn graph_node(&self) -> (&str, Vec<&str>) {
+        let deps = self
+            .unit
+            .as_ref()
+            .map(|u| u.ordered_after().collect())
+            .unwrap_or_default();
+        (self.name.as_str(), deps)
+    }
+
     fn is_active(&self) -> bool {
         self.pid.is_some() || self.action == Action::Restart
     }
@@ -134,14 +144,7 @@ impl Supervisor {
 
         link_dependents(&mut slots, &by_name);
 
-        let graph = Graph::new(slots.iter().map(|s| {
-            let deps: Vec<&str> = s
-                .unit
-                .as_ref()
-                .map(|u| u.ordered_after().collect())
-                .unwrap_or_default();
-            (s.name.as_str(), deps)
-        }));
+        let graph = Graph::new(slots.iter().map(Slot::graph_node));
         for cycle in graph.cycles() {
             let text = describe_cycle(&cycle);
             for name in &cycle {

@@ -212,3 +212,14 @@ impl Drop for Host {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The berth-runtime binary beside berth-init (built by `cargo test --workspace`).
+pub fn runtime_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_berth-init")).with_file_name("berth-runtime");
+    assert!(
+        bin.exists(),
+        "{} is built by `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
