@@ -38,6 +38,14 @@ pub fn forward_unit_output(unit: &str, bytes: &[u8]) {
     }
 }
 
+/// True when unit output goes to a remote syslog server.
+pub fn forwards_unit_output() -> bool {
+    REMOTE
+        .lock()
+        .ok()
+        .is_some_and(|r| r.as_ref().is_some_and(Forwarder::forwards_units))
+}
+
 /// Sends what a TCP syslog server could not take yet (the main loop calls this each round).
 pub fn flush_forwarding() {
     if let Ok(mut remote) = REMOTE.lock() {
@@ -56,13 +64,17 @@ pub fn forward_stats() -> ForwardStats {
 }
 
 enum Sink {
-    /// /dev/kmsg; until it can be opened (before /dev is mounted) the console on stderr.
-    Kmsg(Mutex<Option<std::fs::File>>),
+    /// The kernel log device (/dev/kmsg); until it can be opened (before /dev is mounted)
+    /// the console on stderr.
+    Kmsg {
+        path: &'static str,
+        file: Mutex<Option<std::fs::File>>,
+    },
     Stderr,
 }
 
-fn open_kmsg() -> Option<std::fs::File> {
-    OpenOptions::new().write(true).open("/dev/kmsg").ok()
+fn open_kmsg(path: &str) -> Option<std::fs::File> {
+    OpenOptions::new().write(true).open(path).ok()
 }
 
 struct Syslog {
@@ -84,7 +96,11 @@ const MAX_LINE: usize = 900;
 impl Logger {
     /// PID 1: kmsg (falling back to stderr, i.e. the console) plus syslog.
     pub fn for_pid1() -> Logger {
-        let sink = Sink::Kmsg(Mutex::new(open_kmsg()));
+        let path = "/dev/kmsg";
+        let sink = Sink::Kmsg {
+            path,
+            file: Mutex::new(open_kmsg(path)),
+        };
         let syslog = Some(Mutex::new(Syslog {
             socket: None,
             last_try: None,
@@ -152,11 +168,11 @@ impl Log for Logger {
         let message = clip(message.trim_end());
         let priority = kmsg_priority(record.level());
         match &self.sink {
-            Sink::Kmsg(kmsg) => {
-                let mut kmsg = kmsg.lock().ok();
+            Sink::Kmsg { path, file } => {
+                let mut kmsg = file.lock().ok();
                 let file = kmsg.as_mut().and_then(|k| {
                     if k.is_none() {
-                        **k = open_kmsg();
+                        **k = open_kmsg(path);
                     }
                     k.as_mut()
                 });
@@ -230,6 +246,38 @@ mod tests {
         assert_eq!(kmsg_priority(Level::Info), 6);
         let long = "é".repeat(1000);
         assert!(clip(&long).len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn the_kernel_log_is_used_as_soon_as_it_exists() {
+        let dir = std::env::temp_dir().join(format!("berth-kmsg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path: &'static str = Box::leak(dir.join("kmsg").display().to_string().into_boxed_str());
+        let logger = Logger {
+            sink: Sink::Kmsg {
+                path,
+                file: Mutex::new(open_kmsg(path)),
+            },
+            syslog: None,
+            level: LevelFilter::Info,
+        };
+        let record = |msg| {
+            logger.log(
+                &Record::builder()
+                    .args(format_args!("{}", msg))
+                    .level(Level::Warn)
+                    .build(),
+            )
+        };
+        // Before /dev is mounted: the console (stderr) only.
+        record("too early");
+        std::fs::write(path, "").unwrap();
+        record("mounted");
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "<4>berth-init: mounted\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -200,6 +200,11 @@ impl Init {
     /// A unit wrote output: into its log (the supervisor), to log followers and to the remote
     /// syslog server.
     fn on_unit_output(&mut self, id: u64) {
+        let tap = crate::log::forwards_unit_output()
+            || self.api.as_ref().is_some_and(ApiServer::has_followers);
+        if !tap {
+            return self.supervisor.on_output(id, &mut self.events);
+        }
         let mut tapped: Vec<(String, Vec<u8>)> = Vec::new();
         self.supervisor
             .on_output_to(id, &mut self.events, &mut |unit, bytes| {

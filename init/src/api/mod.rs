@@ -378,6 +378,13 @@ impl ApiServer {
         }
     }
 
+    /// Some connection follows a unit's log.
+    pub fn has_followers(&self) -> bool {
+        self.conns
+            .values()
+            .any(|c| matches!(c.phase, Phase::Following { .. }))
+    }
+
     /// Connections open now (for tests and metrics).
     pub fn connections(&self) -> usize {
         self.conns.len()

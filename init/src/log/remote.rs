@@ -73,6 +73,10 @@ impl Forwarder {
         }
     }
 
+    pub fn forwards_units(&self) -> bool {
+        self.units
+    }
+
     pub fn stats(&self) -> ForwardStats {
         ForwardStats {
             configured: true,
