@@ -113,6 +113,15 @@ fn every_command_with_tables_json_and_exit_codes() {
     );
     assert_eq!(ok(ctl(&host, &["logs", "hello"])), "hello one\nhello two\n");
 
+    let metrics = ok(ctl(&host, &["metrics"]));
+    assert!(
+        metrics.contains("# TYPE berth_unit_state gauge"),
+        "{metrics}"
+    );
+    let mine = ok(ctl(&host, &["metrics", "extra"]));
+    assert!(mine.lines().count() >= 8, "{mine}");
+    assert!(mine.lines().all(|l| l.contains("unit=\"extra\"")), "{mine}");
+
     assert_eq!(ok(ctl(&host, &["rm", "extra"])), "unit extra: removed\n");
     assert!(!host.dir.join("units/extra.toml").exists());
     assert!(fails(ctl(&host, &["show", "extra"]), 1).contains("unknown unit: extra"));

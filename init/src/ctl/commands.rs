@@ -40,6 +40,8 @@ pub fn run(client: &Client, o: &Options) -> Result {
         ["apply", file] => apply(client, o, Path::new(file)),
         ["rm", name] => remove(client, o, name),
         ["logs", name] => logs(client, o, name),
+        ["metrics"] => metrics(client, None),
+        ["metrics", name] => metrics(client, Some(name)),
         ["image", "pull", reference] => image_pull(client, o, reference),
         ["image", "ls" | "list"] => image_list(client, o),
         ["image", "rm", reference] => image_remove(client, o, reference),
@@ -378,6 +380,26 @@ fn logs(client: &Client, o: &Options, name: &str) -> Result {
         Some(reply) if !reply.ok() => Err(api_error(&reply)),
         _ => Ok(()),
     }
+}
+
+/// The Prometheus text of `/v1/metrics`; with a unit, only that unit's samples.
+fn metrics(client: &Client, unit: Option<&str>) -> Result {
+    let reply = client.request("GET", "/v1/metrics", None).map_err(failed)?;
+    if !reply.ok() {
+        return Err(api_error(&reply));
+    }
+    let text = String::from_utf8_lossy(&reply.body);
+    let label = unit.map(|u| format!("unit=\"{}\"", u.replace('\\', "\\\\").replace('"', "\\\"")));
+    let mut out = std::io::stdout().lock();
+    for line in text.lines() {
+        if label
+            .as_ref()
+            .is_none_or(|l| !line.starts_with('#') && line.contains(l.as_str()))
+        {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    Ok(())
 }
 
 /// Index in `now` of the first line not already in `seen` (the job keeps a window of lines).

@@ -25,6 +25,7 @@ commands:
   apply FILE [--no-start]     install or replace the unit FILE (named by its file stem)
   rm UNIT                     stop and remove a unit
   logs [-f] [--tail N] UNIT   a unit's output (-f: keep following)
+  metrics [UNIT]              Prometheus metrics (of one unit)
   image pull REF | image ls | image rm REF
   reboot | poweroff           ordered shutdown
   check FILE...               validate unit files (offline)
