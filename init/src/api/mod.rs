@@ -281,7 +281,10 @@ impl ApiServer {
             if let Some(conn) = self.conns.get_mut(&id) {
                 conn.push_chunk(bytes);
             }
-            self.after_io(id, r);
+            // A follower already waiting for its socket is flushed when it becomes writable.
+            if !self.writing.get(&id).copied().unwrap_or(false) {
+                self.after_io(id, r);
+            }
         }
     }
 
