@@ -69,6 +69,9 @@ impl Status {
     pub fn can_exec(self) -> bool {
         matches!(self, Status::Created | Status::Running)
     }
+    pub fn can_update(self) -> bool {
+        matches!(self, Status::Created | Status::Running)
+    }
 }
 
 impl std::fmt::Display for Status {

@@ -13,6 +13,7 @@ mod run;
 mod spec;
 mod start;
 mod state;
+mod update;
 
 use berth_runtime::container::DEFAULT_ROOT;
 use berth_runtime::Runtime;
@@ -60,6 +61,11 @@ const VERBS: &[Verb] = &[
         name: "run",
         about: "create and start a container",
         run: run::run,
+    },
+    Verb {
+        name: "update",
+        about: "change the resource limits and device rules of a container",
+        run: update::run,
     },
     Verb {
         name: "exec",

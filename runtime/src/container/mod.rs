@@ -8,6 +8,7 @@ mod exec;
 mod kill;
 mod launch;
 mod start;
+mod update;
 mod wait;
 
 pub use create::{CreateOptions, StartMode};
