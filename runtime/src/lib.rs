@@ -16,6 +16,7 @@ pub mod init;
 pub mod namespaces;
 pub mod net;
 pub mod process;
+pub mod procfs;
 pub mod registry;
 pub mod rootfs;
 pub mod seccomp;
