@@ -114,11 +114,10 @@ impl PsRow {
         let cpu_ticks = stat.utime + stat.stime;
         let started = clock.boot_time + i64::try_from(stat.start_time / tick).unwrap_or(0);
         let elapsed = u64::try_from(clock.now - started).unwrap_or(0);
-        let cpu = if elapsed == 0 {
-            0
-        } else {
-            (cpu_ticks * 100 / tick / elapsed).min(99)
-        };
+        let cpu = (cpu_ticks * 100 / tick)
+            .checked_div(elapsed)
+            .unwrap_or(0)
+            .min(99);
         let args: Vec<String> = cmdline
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
