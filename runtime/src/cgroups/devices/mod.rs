@@ -142,8 +142,9 @@ impl fmt::Display for DeviceRule {
     }
 }
 
-/// What every container may use, after the spec's own rules: runc's and crun's list.
-pub const DEFAULT_ALLOWED: [DeviceRule; 10] = [
+/// What every container may use, after the spec's own rules: runc's list (crun's without its
+/// `/dev/console` entry; a container's console is a pty of its own).
+pub const DEFAULT_ALLOWED: [DeviceRule; 11] = [
     // mknod of any device node (using it is another matter).
     DeviceRule {
         allow: true,
@@ -174,6 +175,8 @@ pub const DEFAULT_ALLOWED: [DeviceRule; 10] = [
         access: Access::ALL,
     },
     DeviceRule::char_device(5, 2),
+    // /dev/net/tun: attaching to a tun/tap device; creating one still needs CAP_NET_ADMIN.
+    DeviceRule::char_device(10, 200),
 ];
 
 /// Device rules in spec order.

@@ -298,3 +298,11 @@ fn oci_rules_are_checked_and_round_trip() {
         "allow c 10:200 rw"
     );
 }
+
+#[test]
+fn default_program_size() {
+    let n = DeviceRules::container_default().program().unwrap().len();
+    // bench/devices.sh reads this line.
+    println!("default device program: {n} instructions");
+    assert!(n < 256, "{n} instructions for eleven rules");
+}
