@@ -10,13 +10,9 @@ cd "$BERTH_ROOT"
 
 RUNS="${RUNS:-200}"
 ROUNDS="${ROUNDS:-3}"
+# Always rebuilt (incremental): a stale binary would measure other code.
+./scripts/build.sh
 BIN="$BERTH_OUT/bin/berth-runtime"
-if [ ! -x "$BIN" ]; then
-    log "building a static berth-runtime"
-    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --release --locked --target "$BERTH_TARGET" -p berth-runtime --bin berth-runtime
-    BIN="$BERTH_ROOT/target/$BERTH_TARGET/release/berth-runtime"
-fi
 for t in hyperfine jq python3 busybox; do command -v "$t" > /dev/null || die "$t missing (make deps)"; done
 grep -q hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2> /dev/null \
     || grep -q hugetlb /sys/fs/cgroup/cgroup.controllers || die "no hugetlb controller on cgroup v2"
@@ -79,13 +75,4 @@ kill, remove) is the difference between the first two rows. The machine is share
 builds: these differences move by a few tenths of a millisecond from one run to the next.
 MD
 )
-RESULTS="$BERTH_ROOT/bench/RESULTS.md"
-python3 - "$RESULTS" "$section" <<'PY'
-import re, sys, pathlib
-path, section = pathlib.Path(sys.argv[1]), sys.argv[2].strip() + "\n"
-text = path.read_text() if path.exists() else "# Benchmark results\n"
-pattern = re.compile(r"^## devices:.*?(?=^## |\Z)", re.S | re.M)
-text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-path.write_text(text)
-PY
-echo "$section"
+write_results_section devices "$section"

@@ -101,13 +101,4 @@ resident set among a runtime's processes (GNU time's %M over 20 runs; /bin/true 
 measures about 1 MiB this way).
 MD
 )
-RESULTS="$BERTH_ROOT/bench/RESULTS.md"
-python3 - "$RESULTS" "$section" <<'PY'
-import re, sys, pathlib
-path, section = pathlib.Path(sys.argv[1]), sys.argv[2].strip() + "\n"
-text = path.read_text() if path.exists() else "# Benchmark results\n"
-pattern = re.compile(r"^## runtime:.*?(?=^## |\Z)", re.S | re.M)
-text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-path.write_text(text)
-PY
-echo "$section"
+write_results_section runtime "$section"

@@ -147,6 +147,18 @@ fn update_replaces_the_device_program() {
     assert!(!cgroup_of(&id).exists());
 }
 
+/// `run`s the fixture's bundle as `id` with bpf(2) failing with `errno`.
+fn run_without_bpf(f: &Fixture, id: &str, errno: i32) -> std::process::Output {
+    f.write_config();
+    f.track(id);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--root", f.root.to_str().unwrap(), "run", "--bundle"])
+        .arg(&f.bundle)
+        .arg(id);
+    without_bpf(&mut cmd, errno);
+    cmd.output().unwrap()
+}
+
 /// A seccomp filter making bpf(2) fail with `errno`, installed in the child before exec:
 /// the runtime then runs as on a kernel without cgroup eBPF.
 fn without_bpf(cmd: &mut Command, errno: i32) {
@@ -202,15 +214,8 @@ fn without_bpf(cmd: &mut Command, errno: i32) {
 fn without_cgroup_ebpf_device_rules_are_refused_not_ignored() {
     for (errno, reason) in [(libc::ENOSYS, "no bpf(2)"), (libc::EPERM, "not permitted")] {
         let f = fixture();
-        f.write_config();
         let id = unique("nobpf");
-        f.track(&id);
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--root", f.root.to_str().unwrap(), "run", "--bundle"])
-            .arg(&f.bundle)
-            .arg(&id);
-        without_bpf(&mut cmd, errno);
-        let o = cmd.output().unwrap();
+        let o = run_without_bpf(&f, &id, errno);
         let err = stderr(&o);
         assert!(!o.status.success(), "ran without its device filter");
         assert!(
@@ -226,15 +231,7 @@ fn without_cgroup_ebpf_device_rules_are_refused_not_ignored() {
     // Without device rules the same runtime runs the container: the rules were the reason.
     let mut f = fixture();
     f.config["linux"]["resources"]["devices"] = json!([]);
-    f.write_config();
-    let id = unique("nobpf-norules");
-    f.track(&id);
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--root", f.root.to_str().unwrap(), "run", "--bundle"])
-        .arg(&f.bundle)
-        .arg(&id);
-    without_bpf(&mut cmd, libc::ENOSYS);
-    ok(&cmd.output().unwrap());
+    ok(&run_without_bpf(&f, &unique("nobpf-norules"), libc::ENOSYS));
 }
 
 fn wait_file_exists(path: &std::path::Path) {

@@ -7,38 +7,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode};
 use berth_runtime::image::Store;
 use support::{berth_runtime, multilayer_image, push, run, write_file, Registry, TempDir};
 
-/// An overlay mounted on the host, unmounted when dropped.
-struct Overlay(PathBuf);
+/// Unmounts the container's root when dropped.
+struct Mounted(PathBuf);
 
-impl Overlay {
-    fn mount(lowerdir: &str, upper: &Path, work: &Path, target: &Path) -> Overlay {
-        for d in [upper, work, target] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let data = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .unwrap();
-        Overlay(target.to_path_buf())
-    }
-}
-
-impl Drop for Overlay {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -85,7 +63,11 @@ fn a_pulled_image_runs_with_its_layers_merged() {
     let bundle = work.join("bundle");
     let upper = work.join("upper");
     let rootfs = bundle.join("rootfs");
-    let _root = Overlay::mount(&image.lowerdir(), &upper, &work.join("work"), &rootfs);
+    // The root as the supervisor mounts it: the layers under the container's upper directory.
+    image
+        .mount_root(&upper, &work.join("work"), &rootfs)
+        .unwrap();
+    let _root = Mounted(rootfs.clone());
     let cfg = &image.config.config;
     let settings = ContainerSettings {
         hostname: "pulled".into(),

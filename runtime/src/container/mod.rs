@@ -160,6 +160,20 @@ impl Container {
         self.state.refresh(&self.dir);
     }
 
+    /// Re-reads the live status and checks that it allows `op`.
+    pub(crate) fn ready_to(&mut self, op: &'static str, allowed: fn(Status) -> bool) -> Result<()> {
+        self.refresh();
+        if allowed(self.state.status) {
+            Ok(())
+        } else {
+            Err(ContainerError::WrongState {
+                id: self.state.id.clone(),
+                op,
+                status: self.state.status,
+            })
+        }
+    }
+
     pub(crate) fn cgroup(&self) -> Option<Cgroup> {
         let rel = self.state.cgroup.as_deref()?;
         CgroupRoot::host().ok()?.open(rel).ok()

@@ -2,6 +2,7 @@
 
 use super::{Container, ContainerError, Result};
 use crate::cgroups::Resources;
+use crate::state::Status;
 use oci_spec::runtime::LinuxResources;
 
 impl Container {
@@ -9,14 +10,7 @@ impl Container {
     /// attached before) and records them in its state. Sections absent from `resources` keep
     /// their values. A bad value is reported before anything changes.
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
-        self.refresh();
-        if !self.state.status.can_update() {
-            return Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                op: "update",
-                status: self.state.status,
-            });
-        }
+        self.ready_to("update", Status::can_update)?;
         let limits = Resources::from_oci(resources)?;
         let cgroup = self
             .cgroup()
