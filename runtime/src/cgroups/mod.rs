@@ -31,7 +31,11 @@ const REMOVE_ATTEMPTS: usize = 100;
 /// Errors of the cgroups module.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup v2 hierarchy is mounted (looked at {})", HOST_MOUNTS.join(", "))]
+    #[error(
+        "no cgroup v2 hierarchy is mounted (looked at {}): resource limits and device rules \
+         cannot be applied",
+        HOST_MOUNTS.join(", ")
+    )]
     NotMounted,
     #[error(
         "cgroup v2 controller `{controller}` is unavailable in {path} (available: {available}); \
