@@ -28,9 +28,10 @@ impl Container {
     }
 }
 
-/// `old` with every section `new` sets replaced.
+/// `old` with every section `new` sets replaced (an empty device list, which changes no
+/// program, replaces nothing either).
 fn merge(mut old: LinuxResources, new: &LinuxResources) -> LinuxResources {
-    if new.devices().is_some() {
+    if new.devices().as_ref().is_some_and(|d| !d.is_empty()) {
         old.set_devices(new.devices().clone());
     }
     if new.memory().is_some() {
@@ -70,5 +71,10 @@ mod tests {
         assert_eq!(m.pids().as_ref().unwrap().limit(), 10);
         assert_eq!(m.memory().as_ref().unwrap().limit(), Some(4096));
         assert!(m.unified().as_ref().unwrap().contains_key("a.b"));
+        let kept = merge(
+            m.clone(),
+            &serde_json::from_str(r#"{"devices":[]}"#).unwrap(),
+        );
+        assert_eq!(kept.devices(), m.devices());
     }
 }
