@@ -7,6 +7,8 @@
 # (/sys/fs/cgroup/unified on this hybrid host) is unmounted, so berth-runtime finds no v2
 # hierarchy and creates no cgroup; crun runs with --cgroup-manager=disabled (it refuses the
 # hybrid layout anyway); runc cannot skip cgroups and creates its v1 cgroups (cgroupfs).
+# The bundle has no device rules: they need a cgroup v2 for their eBPF program, and crun
+# without a cgroup manager enforces none either (bench/devices.sh measures what they cost).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 cd "$BERTH_ROOT"
@@ -30,7 +32,8 @@ cp /bin/busybox "$WORK/bundle/rootfs/bin/"
 ln -s busybox "$WORK/bundle/rootfs/bin/true"
 ln -s busybox "$WORK/bundle/rootfs/bin/sh"
 (cd "$WORK/bundle" && "$BIN" spec)
-jq '.process.terminal = false | .process.args = ["/bin/true"]' "$WORK/bundle/config.json" > "$WORK/c.json"
+jq '.process.terminal = false | .process.args = ["/bin/true"] | .linux.resources.devices = []' \
+    "$WORK/bundle/config.json" > "$WORK/c.json"
 mv "$WORK/c.json" "$WORK/bundle/config.json"
 
 cat > "$WORK/inner.sh" <<INNER
@@ -91,20 +94,11 @@ The machine is shared with other builds: absolute times move with its load, the 
 round is the measure.
 
 cgroup work: all three run in a private mount namespace with the cgroup v2 mount removed.
-berth-runtime finds no v2 hierarchy and creates no cgroup (none is needed: no limits are
-requested); crun runs with \`--cgroup-manager=disabled\`; runc cannot turn cgroups off and
+berth-runtime finds no v2 hierarchy and creates no cgroup (none is needed: no limits and no
+device rules are requested); crun runs with \`--cgroup-manager=disabled\`; runc cannot turn cgroups off and
 creates and removes its v1 cgroups (cgroupfs driver) on every run. Peak RSS is the largest
 resident set among a runtime's processes (GNU time's %M over 20 runs; /bin/true alone
 measures about 1 MiB this way).
 MD
 )
-RESULTS="$BERTH_ROOT/bench/RESULTS.md"
-python3 - "$RESULTS" "$section" <<'PY'
-import re, sys, pathlib
-path, section = pathlib.Path(sys.argv[1]), sys.argv[2].strip() + "\n"
-text = path.read_text() if path.exists() else "# Benchmark results\n"
-pattern = re.compile(r"^## runtime:.*?(?=^## |\Z)", re.S | re.M)
-text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-path.write_text(text)
-PY
-echo "$section"
+write_results_section runtime "$section"

@@ -2,10 +2,14 @@
 //! root from the image store, unit settings merged with the image config, named volume,
 //! read-only root, exec health check), its output lands in the unit log, and stopping
 //! berth-init deletes the container and unmounts its root. A missing image is pulled by a
-//! child process before start; a pull that fails fails the start with the reason in the log.
+//! child process before start, from a real registry on loopback; a pull that fails fails
+//! the start with the reason in the log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+// The runtime's registry fixtures (docker-registry on loopback, umoci images, skopeo push).
+#[path = "../../runtime/tests/support/registry.rs"]
+mod registry;
 
 use std::path::Path;
 use std::process::Command;
@@ -139,6 +143,58 @@ fn a_unit_with_an_image_runs_as_a_container() {
         dir.join("state/containers/web/upper").exists(),
         "the upper directory is kept"
     );
+}
+
+#[test]
+fn a_missing_image_is_pulled_from_the_registry_then_runs() {
+    let reg = registry::Registry::start();
+    let dir = temp_dir("registry");
+    let layout = dir.join("layout");
+    let image = registry::ImageBuilder::new(&layout, "web");
+    image.add_busybox();
+    std::os::unix::fs::symlink("busybox", image.rootfs().join("bin/sleep")).unwrap();
+    image.repack();
+    image.write("www/index.html", "served from the registry\n");
+    image.repack();
+    image.config(&["--config.env", "FROM_REGISTRY=yes", "--config.cmd", "sh"]);
+    registry::push(&layout, "web", &reg.addr, "berth/web:1", &[]);
+    // The registry speaks plain HTTP: machine config marks it insecure.
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(
+        dir.join("state/machine.toml"),
+        format!("[registries]\ninsecure = [\"{}\"]\n", reg.addr),
+    )
+    .unwrap();
+    let reference = format!("{}/berth/web:1", reg.addr);
+    let unit = format!(
+        "[container]\nimage = \"{reference}\"\n\
+         command = [\"sh\", \"-c\", \"echo registry=$FROM_REGISTRY; cat /www/index.html; exec sleep 60\"]\n\
+         network = \"none\"\n"
+    );
+    let mut host = Host::start_in(dir.clone(), &[("pulled", &unit)]);
+    host.wait_state("pulled", &["running"]);
+    host.wait_for("the container's output in the unit log", || {
+        host.read("state/logs/pulled.log")
+            .contains("served from the registry")
+    });
+    let log = host.read("state/logs/pulled.log");
+    assert!(log.contains("registry=yes"), "{log}");
+    assert!(
+        log.contains(&format!("pull {reference}:")) && log.contains("downloaded"),
+        "pull progress in the unit log: {log}"
+    );
+    let store = Store::open(dir.join("state/images")).unwrap();
+    let pulled = store.resolve(&reference).unwrap();
+    assert!(pulled.layers.len() >= 2);
+    assert!(dir
+        .join("state/containers/pulled/rootfs/www/index.html")
+        .exists());
+
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait_exit(), Some(0));
+    assert!(!dir
+        .join("state/containers/pulled/rootfs/www/index.html")
+        .exists());
 }
 
 #[test]

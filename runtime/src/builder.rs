@@ -1,8 +1,8 @@
 //! Turns a unit's container settings, merged with its image's configuration, into an OCI
-//! spec with Berth's defaults: Docker's default capabilities and seccomp profile, the usual
-//! mounts, masked and read-only kernel paths, namespaces by network mode.
+//! spec with Berth's defaults: Docker's default capabilities, seccomp profile and device
+//! rules, the usual mounts, masked and read-only kernel paths, namespaces by network mode.
 
-use crate::cgroups::Resources;
+use crate::cgroups::{DeviceRules, Resources};
 use crate::seccomp::default_profile;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
@@ -351,6 +351,11 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
     for w in s.resources.writes().map_err(spec_err)? {
         unified.insert(w.file, w.value);
     }
+    let devices = s
+        .resources
+        .devices
+        .clone()
+        .unwrap_or_else(DeviceRules::container_default);
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .masked_paths(
@@ -366,14 +371,11 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
                 .collect::<Vec<_>>(),
         )
         .seccomp(default_profile(&cap_names));
+    let mut resources = LinuxResourcesBuilder::default().devices(devices.to_oci());
     if !unified.is_empty() {
-        linux = linux.resources(
-            LinuxResourcesBuilder::default()
-                .unified(unified)
-                .build()
-                .map_err(spec_err)?,
-        );
+        resources = resources.unified(unified);
     }
+    linux = linux.resources(resources.build().map_err(spec_err)?);
     if let Some(cg) = &s.cgroup {
         linux = linux.cgroups_path(PathBuf::from(cg));
     }
@@ -519,8 +521,21 @@ mod tests {
             .find(|m| m.destination() == Path::new("/data"))
             .unwrap();
         assert!(data.options().as_ref().unwrap().contains(&"ro".to_string()));
-        // The spec round-trips through the runtime's own conversion.
-        Resources::from_oci(linux.resources().as_ref().unwrap()).unwrap();
+        // The spec round-trips through the runtime's own conversion, device rules included:
+        // every device denied, then the usual ones allowed.
+        let back = Resources::from_oci(linux.resources().as_ref().unwrap()).unwrap();
+        assert_eq!(back.devices, Some(DeviceRules::container_default()));
+        let devices = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
+        assert!(!devices[0].allow() && devices[0].access().as_deref() == Some("rwm"));
+        assert!(devices
+            .iter()
+            .any(|d| d.allow() && d.major() == Some(1) && d.minor() == Some(3)));
 
         s.network = NetworkMode::Host;
         s.command.clear();

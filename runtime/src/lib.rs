@@ -4,6 +4,7 @@
 //! CLI only parses arguments. Kernel calls that set up mounts go through [`syscall::Syscall`]
 //! so that the logic is unit-tested without root.
 
+pub mod bpf;
 pub mod builder;
 pub mod cgroups;
 pub mod channel;
@@ -15,6 +16,7 @@ pub mod init;
 pub mod namespaces;
 pub mod net;
 pub mod process;
+pub mod procfs;
 pub mod registry;
 pub mod rootfs;
 pub mod seccomp;

@@ -213,13 +213,24 @@ pub fn validate(path: &Path, spec: &Spec) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// The default configuration `spec` writes: runc's, with Berth's hostname.
+/// The default configuration `spec` writes: runc's, with Berth's hostname. Like runc's, it
+/// denies every device; the runtime adds the defaults every container needs after it.
 pub fn default_spec() -> Spec {
     let mut spec = Spec::default();
     spec.set_version("1.0.2".to_string());
     spec.set_hostname(Some("berth".to_string()));
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(true));
+    }
+    if let Some(r) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.resources_mut().as_mut())
+    {
+        let mut deny_all = oci_spec::runtime::LinuxDeviceCgroup::default();
+        deny_all.set_allow(false);
+        deny_all.set_access(Some("rwm".to_string()));
+        r.set_devices(Some(vec![deny_all]));
     }
     spec
 }

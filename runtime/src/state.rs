@@ -69,6 +69,9 @@ impl Status {
     pub fn can_exec(self) -> bool {
         matches!(self, Status::Created | Status::Running)
     }
+    pub fn can_update(self) -> bool {
+        matches!(self, Status::Created | Status::Running)
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -157,14 +160,7 @@ impl State {
 
 /// `(start time, is zombie)` of a process from /proc/PID/stat.
 pub fn process_start_time(pid: i32) -> Option<(u64, bool)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    // Field 3 is state; start time is field 22, i.e. 19 further on.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((start, state == "Z" || state == "X"))
+    crate::procfs::ProcStat::read(pid).map(|s| (s.start_time, s.is_zombie()))
 }
 
 /// The directory of all containers' state.

@@ -6,6 +6,7 @@ mod common;
 use berth_runtime::cgroups::{CgroupRoot, Controller};
 use common::*;
 use serde_json::json;
+use std::process::Command;
 
 #[test]
 fn container_gets_a_cgroup_that_delete_removes() {
@@ -29,6 +30,27 @@ fn container_gets_a_cgroup_that_delete_removes() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert_eq!(pids.len(), 2, "{pids:?}");
+    // The table is read from /proc in runc's columns: it says what the host's `ps -ef` says
+    // about the same processes.
+    let table = ok(&f.cli(&["ps", &id]));
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    );
+    let host = String::from_utf8(Command::new("ps").arg("-ef").output().unwrap().stdout).unwrap();
+    let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let ours: Vec<Vec<String>> = lines.map(words).collect();
+    assert_eq!(ours.len(), 2, "{table}");
+    for row in &ours {
+        assert_eq!(row[7..], ["sleep", "60"], "{table}");
+        let theirs = host
+            .lines()
+            .map(words)
+            .find(|w| w.get(1) == Some(&row[1]))
+            .unwrap_or_else(|| panic!("pid {} not in ps -ef:\n{host}", row[1]));
+        assert_eq!(row, &theirs, "ours:\n{table}\nps -ef:\n{host}");
+    }
     ok(&f.cli(&["kill", "--all", &id, "KILL"]));
     f.wait_status(&id, "stopped");
     ok(&f.cli(&["delete", &id]));

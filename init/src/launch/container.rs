@@ -15,7 +15,7 @@ use berth_runtime::image::Store;
 use berth_runtime::net::{self, Network as Bridge};
 use berth_runtime::{Bundle, ContainerError, ExecOptions, Runtime};
 use nix::fcntl::OFlag;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 
 use super::process::{set_nonblocking, signal_pid};
 use super::{LaunchError, Launcher, Spawned, Step};
@@ -102,27 +102,18 @@ impl ContainerLauncher {
     }
 
     /// Mounts the overlay root: the image's layers under the container's upper directory.
-    fn mount_root(&self, unit: &Unit, lowerdir: &str) -> Result<PathBuf, LaunchError> {
+    fn mount_root(
+        &self,
+        unit: &Unit,
+        image: &berth_runtime::image::Image,
+    ) -> Result<PathBuf, LaunchError> {
         let dir = self.dir(unit);
-        let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
-        for d in [&rootfs, &upper, &work] {
-            std::fs::create_dir_all(d).map_err(|e| err(format!("{}: {e}", d.display())))?;
-        }
+        let rootfs = dir.join("rootfs");
         // A mount left by a crash is replaced.
         let _ = nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH);
-        let data = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| err(format!("mount overlay on {}: {e}", rootfs.display())))?;
+        image
+            .mount_root(&dir.join("upper"), &dir.join("work"), &rootfs)
+            .map_err(err)?;
         Ok(rootfs)
     }
 
@@ -223,7 +214,7 @@ impl ContainerLauncher {
         if let Ok(old) = self.runtime.load(&unit.name) {
             let _ = old.delete(true);
         }
-        let rootfs = self.mount_root(unit, &image.lowerdir())?;
+        let rootfs = self.mount_root(unit, image)?;
         store
             .lease(&unit.name, image)
             .map_err(|e| err(format!("lease image: {e}")))?;

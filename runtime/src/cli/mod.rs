@@ -13,6 +13,7 @@ mod run;
 mod spec;
 mod start;
 mod state;
+mod update;
 
 use berth_runtime::container::DEFAULT_ROOT;
 use berth_runtime::Runtime;
@@ -62,6 +63,11 @@ const VERBS: &[Verb] = &[
         run: run::run,
     },
     Verb {
+        name: "update",
+        about: "change the resource limits and device rules of a container",
+        run: update::run,
+    },
+    Verb {
         name: "exec",
         about: "run a process in a running container",
         run: exec::run,
@@ -88,15 +94,27 @@ const VERBS: &[Verb] = &[
     },
 ];
 
-/// `image ...` has its own argument handling (runtime/src/cli/image.rs).
-fn image_verb(_g: &Global, args: &[String]) -> CliResult {
-    let args: Vec<std::ffi::OsString> = args.iter().map(std::ffi::OsString::from).collect();
-    Ok(image::main(&args))
+/// `image ...` has its own argument handling (runtime/src/cli/image.rs). Of the global flags,
+/// `--log` and `--log-format` apply to it (errors are logged); `--root`, the runtime's state
+/// directory, would silently mean nothing and is refused.
+fn image_verb(g: &Global, args: &[String]) -> CliResult {
+    if g.root_given {
+        return Err(Usage(
+            "`--root` is the runtime state directory and does not apply to `image`; \
+             the image store is chosen with `image --store DIR`"
+                .into(),
+        )
+        .into());
+    }
+    image::main(args)?;
+    Ok(0)
 }
 
 /// Global flags.
 pub struct Global {
     pub root: PathBuf,
+    /// `--root` was given (not the default).
+    pub root_given: bool,
     pub log: Option<PathBuf>,
     pub log_json: bool,
 }
@@ -244,6 +262,7 @@ pub fn main(argv: Vec<String>) -> i32 {
             .get("root")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+        root_given: global.get("root").is_some(),
         log: global.get("log").map(PathBuf::from),
         log_json: global.get("log-format") == Some("json"),
     };

@@ -4,6 +4,7 @@ use super::{clone_process, sys, write_pid_file, Container, ContainerError, Resul
 use crate::channel::{self, Channel, Message};
 use crate::init::InitError;
 use crate::process;
+use crate::state::Status;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::Process;
 use std::convert::Infallible;
@@ -45,14 +46,7 @@ impl Container {
     /// Starts `process` inside the container and returns its host pid (a child of the
     /// caller) once it has exec'd.
     pub fn exec(&mut self, opts: &ExecOptions<'_>) -> Result<i32> {
-        self.refresh();
-        if !self.state.status.can_exec() {
-            return Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                op: "exec in",
-                status: self.state.status,
-            });
-        }
+        self.ready_to("exec in", Status::can_exec)?;
         let pid = self.state.pid;
         let mut joins: Vec<(File, CloneFlags)> = Vec::new();
         for (name, flag) in NAMESPACES {

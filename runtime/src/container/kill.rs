@@ -1,19 +1,13 @@
 //! `kill`: send a signal to the container's init, or to every process in it.
 
-use super::{sys, Container, ContainerError, Result};
+use super::{sys, Container, Result};
+use crate::state::Status;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 impl Container {
     pub fn kill(&mut self, signal: Signal, all: bool) -> Result<()> {
-        self.refresh();
-        if !self.state.status.can_kill() {
-            return Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                op: "kill",
-                status: self.state.status,
-            });
-        }
+        self.ready_to("kill", Status::can_kill)?;
         let pids = if all {
             self.pids()?
         } else {

@@ -8,6 +8,7 @@ mod exec;
 mod kill;
 mod launch;
 mod start;
+mod update;
 mod wait;
 
 pub use create::{CreateOptions, StartMode};
@@ -157,6 +158,20 @@ impl Container {
     /// Re-reads the live status.
     pub fn refresh(&mut self) {
         self.state.refresh(&self.dir);
+    }
+
+    /// Re-reads the live status and checks that it allows `op`.
+    pub(crate) fn ready_to(&mut self, op: &'static str, allowed: fn(Status) -> bool) -> Result<()> {
+        self.refresh();
+        if allowed(self.state.status) {
+            Ok(())
+        } else {
+            Err(ContainerError::WrongState {
+                id: self.state.id.clone(),
+                op,
+                status: self.state.status,
+            })
+        }
     }
 
     pub(crate) fn cgroup(&self) -> Option<Cgroup> {

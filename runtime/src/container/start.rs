@@ -8,14 +8,7 @@ use std::io::Read;
 
 impl Container {
     pub fn start(&mut self) -> Result<()> {
-        self.refresh();
-        if !self.state.status.can_start() {
-            return Err(ContainerError::WrongState {
-                id: self.state.id.clone(),
-                op: "start",
-                status: self.state.status,
-            });
-        }
+        self.ready_to("start", Status::can_start)?;
         match self.channel.take() {
             Some(channel) => {
                 let fifo = self.dir().join(EXEC_FIFO);
