@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{temp_dir, Host, DEADLINE};
+use common::{new_umoci_image, run, temp_dir, Host, DEADLINE};
 use serde_json::Value;
 
 const SLEEP: &str = "[container]\ncommand = [\"sleep\", \"300\"]\n";
@@ -652,28 +652,10 @@ impl Drop for Registry {
     }
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A one-file image pushed to `registry` as `berth/api:1`.
 fn push_small_image(dir: &Path, registry: &str) {
-    let layout = dir.join("layout");
-    let image = format!("{}:1", layout.display());
-    run(Command::new("umoci")
-        .arg("init")
-        .arg("--layout")
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    let bundle = dir.join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
+    let (layout, bundle) = (dir.join("layout"), dir.join("bundle"));
+    let image = new_umoci_image(&layout, &bundle);
     std::fs::write(bundle.join("rootfs/hello"), "hello from the api test\n").unwrap();
     run(Command::new("umoci")
         .args(["repack", "--image", &image])

@@ -16,30 +16,13 @@ use std::process::Command;
 
 use berth_runtime::image::{archive, Store};
 use berth_runtime::registry::Reference;
-use common::{temp_dir, Host};
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{new_umoci_image, run, temp_dir, Host};
 
 /// A busybox image tagged `berth.test/web:1`, imported into `DIR/state/images`.
 fn import_busybox_image(dir: &Path) {
     let layout = dir.join("layout");
     let bundle = dir.join("image-bundle");
-    let image = format!("{}:1", layout.display());
-    run(Command::new("umoci")
-        .arg("init")
-        .arg("--layout")
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
+    let image = new_umoci_image(&layout, &bundle);
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::create_dir_all(rootfs.join("www")).unwrap();

@@ -223,3 +223,28 @@ pub fn runtime_bin() -> PathBuf {
     );
     bin
 }
+
+/// Runs `cmd`, failing the test with its stderr when it does not succeed.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new OCI layout at `layout` holding an empty image tagged `1` (made with umoci), unpacked
+/// into `bundle` for editing; returns the image name for umoci (`LAYOUT:1`).
+pub fn new_umoci_image(layout: &Path, bundle: &Path) -> String {
+    let image = format!("{}:1", layout.display());
+    run(Command::new("umoci")
+        .arg("init")
+        .arg("--layout")
+        .arg(layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(bundle));
+    image
+}
