@@ -80,7 +80,8 @@ pub fn mkimage_bios(embed_cfg: &Path, out: &Path) -> Result<(), GrubError> {
 
 /// Builds GRUB's EFI application (x86_64-efi) into `out`.
 pub fn mkimage_efi(embed_cfg: &Path, out: &Path) -> Result<(), GrubError> {
-    mkimage("x86_64-efi", &[], embed_cfg, out)
+    // efi_gop gives the kernel a video mode (without it GRUB reports "no suitable video mode").
+    mkimage("x86_64-efi", &["efi_gop"], embed_cfg, out)
 }
 
 fn mkimage(format: &str, extra: &[&str], embed_cfg: &Path, out: &Path) -> Result<(), GrubError> {
