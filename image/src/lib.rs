@@ -6,6 +6,7 @@
 //! [`convert`], [`manifest`], [`assemble`] (which calls the distribution's mkfs tools).
 
 pub mod assemble;
+pub mod cidata;
 pub mod convert;
 pub mod esp;
 pub mod ext4;

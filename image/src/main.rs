@@ -8,9 +8,11 @@ use berth_image::assemble::{self, DiskInputs};
 use berth_image::convert::Format;
 use berth_image::layout::Layout;
 
-const USAGE: &str = "usage: berth-image disk --layout FILE --grub-cfg FILE --cmdline FILE \
---kernel BZIMAGE --kernel-release REL --rootfs DIR --state DIR --version V --out DIR \
-[--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk]";
+const USAGE: &str = "usage:
+  berth-image disk --layout FILE --grub-cfg FILE --cmdline FILE --kernel BZIMAGE \
+      --kernel-release REL --rootfs DIR --state DIR --version V --out DIR \
+      [--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk]
+  berth-image cidata --user-data FILE --out FILE";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +28,15 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("disk") => disk(&args[1..]),
+        Some("cidata") => {
+            let opts = options(&args[1..], &["user-data", "out"])?;
+            let get = |k: &str| {
+                opts.get(k)
+                    .ok_or_else(|| format!("--{k} is required\n{USAGE}"))
+            };
+            berth_image::cidata::build(Path::new(get("user-data")?), Path::new(get("out")?))
+                .map_err(|e| e.to_string())
+        }
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
