@@ -47,6 +47,27 @@ BUILD_ID=$BUILD_ID
 PRETTY_NAME="Berth $VERSION"
 OS
 
+# --- Demo container image (OCI layout, built locally with umoci) -----------------------
+DEMO_OCI="$BERTH_OUT/demo-oci"
+DEMO_TAG=latest
+log "image: demo OCI image in $DEMO_OCI"
+rm -rf "$DEMO_OCI" "$BERTH_OUT/demo-bundle"
+umoci init --layout "$DEMO_OCI"
+umoci new --image "$DEMO_OCI:$DEMO_TAG"
+umoci unpack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle" >/dev/null
+DEMO_ROOT="$BERTH_OUT/demo-bundle/rootfs"
+mkdir -p "$DEMO_ROOT/bin" "$DEMO_ROOT/www"
+install -m 0755 /bin/busybox "$DEMO_ROOT/bin/busybox"
+for applet in sh httpd wget cat ls sleep; do ln -s busybox "$DEMO_ROOT/bin/$applet"; done
+cp configs/demo/www/* "$DEMO_ROOT/www/"
+umoci repack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle"
+umoci config --image "$DEMO_OCI:$DEMO_TAG" \
+    --config.entrypoint /bin/httpd --config.cmd -f --config.cmd -p --config.cmd 80 \
+    --config.cmd -h --config.cmd /www --config.exposedports 80/tcp \
+    --config.workingdir /www
+umoci gc --layout "$DEMO_OCI"
+rm -rf "$BERTH_OUT/demo-bundle"
+
 # --- State partition tree ------------------------------------------------------------
 STATE="$BERTH_OUT/state"
 rm -rf "$STATE"

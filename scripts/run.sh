@@ -1,4 +1,40 @@
 #!/usr/bin/env bash
+# `make run`: builds what is missing, then boots a copy of out/berth.qcow2 under QEMU (TCG)
+# with the serial console on this terminal, forwarding 127.0.0.1:$BERTH_HTTP_PORT (default
+# 8080) to the demo web container. The copy is thrown away when QEMU exits.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-die "make run: not implemented yet"
+cd "$BERTH_ROOT"
+
+PORT="${BERTH_HTTP_PORT:-8080}"
+DISK_SIZE="${BERTH_DISK_SIZE:-4G}"
+
+./scripts/build-image.sh
+
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/berth-run.XXXXXX")"
+trap 'rm -rf "$RUN_DIR"' EXIT
+cp "$BERTH_OUT/berth.qcow2" "$RUN_DIR/disk.qcow2"
+# A disk larger than the image: the state partition grows into it on first boot.
+qemu-img resize -q "$RUN_DIR/disk.qcow2" "$DISK_SIZE"
+cat > "$RUN_DIR/user-data" <<'USERDATA'
+hostname = "berth-demo"
+USERDATA
+"$BERTH_OUT/bin/berth-image" cidata --user-data "$RUN_DIR/user-data" --out "$RUN_DIR/cidata.img"
+
+cat >&2 <<BANNER
+
+  Berth is booting under QEMU (TCG: no KVM here, so give it a few seconds).
+  The demo web container will answer at:  http://127.0.0.1:$PORT/
+  This terminal is the serial console; the admin shell appears on it after boot.
+  Quit: 'berthctl poweroff' in the admin shell, or Ctrl-A C then 'system_powerdown' (the
+  ACPI power button: ordered shutdown), or Ctrl-A X (pulls the plug).
+
+BANNER
+
+qemu-system-x86_64 -accel tcg -machine q35 -m 1024 -smp 2 \
+    -nographic -serial mon:stdio \
+    -drive "file=$RUN_DIR/disk.qcow2,format=qcow2,if=virtio" \
+    -drive "file=$RUN_DIR/cidata.img,format=raw,if=virtio,readonly=on" \
+    -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$PORT-:80" \
+    -device virtio-net-pci,netdev=net0 \
+    -device i6300esb
