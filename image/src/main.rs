@@ -12,7 +12,9 @@ const USAGE: &str = "usage:
   berth-image disk --layout FILE --grub-cfg FILE --cmdline FILE --kernel BZIMAGE \
       --kernel-release REL --rootfs DIR --state DIR --version V --out DIR \
       [--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk]
-  berth-image cidata --user-data FILE --out FILE";
+  berth-image cidata --user-data FILE --out FILE
+  berth-image bios-install --disk FILE [--core core.img] [--boot boot.img]
+      (points the MBR at GRUB's core image in the bios-boot partition of a finished disk)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +39,7 @@ fn run(args: &[String]) -> Result<(), String> {
             berth_image::cidata::build(Path::new(get("user-data")?), Path::new(get("out")?))
                 .map_err(|e| e.to_string())
         }
+        Some("bios-install") => bios_install(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -143,4 +146,35 @@ fn disk(args: &[String]) -> Result<(), String> {
     }
     println!("root hash    {}", manifest.root.root_hash);
     Ok(())
+}
+
+fn bios_install(args: &[String]) -> Result<(), String> {
+    use berth_image::{gpt::Gpt, grub};
+    let opts = options(args, &["disk", "core", "boot"])?;
+    let disk_path = opts
+        .get("disk")
+        .ok_or_else(|| format!("--disk is required\n{USAGE}"))?;
+    let core = opts.get("core").map(String::as_str).unwrap_or("core.img");
+    let boot = opts
+        .get("boot")
+        .map(String::as_str)
+        .unwrap_or(grub::BOOT_IMG);
+    let mut disk = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(disk_path)
+        .map_err(|e| format!("{disk_path}: {e}"))?;
+    let gpt = Gpt::read(&mut disk).map_err(|e| format!("{disk_path}: {e}"))?;
+    let bios_type = berth_image::guid::Guid::parse(berth_image::gpt::types::BIOS_BOOT)
+        .map_err(|e| e.to_string())?;
+    let part = gpt
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == bios_type)
+        .ok_or_else(|| format!("{disk_path}: no BIOS boot partition"))?;
+    let core_img = grub::read(Path::new(core)).map_err(|e| e.to_string())?;
+    let boot_img = grub::read(Path::new(boot)).map_err(|e| e.to_string())?;
+    grub::install_bios(&disk, &boot_img, &core_img, part.first_lba, part.size())
+        .map_err(|e| e.to_string())?;
+    disk.sync_all().map_err(|e| format!("{disk_path}: {e}"))
 }
