@@ -1,1 +1,5 @@
-//! berth-runtime: OCI container runtime library.
+//! berth-runtime: Berth's OCI container runtime library.
+
+pub mod cgroups;
+pub mod image;
+pub mod registry;

@@ -1,0 +1,355 @@
+//! Resource limits and how they map onto cgroup v2 interface files.
+
+use super::{CgroupError, Controller, Result};
+use oci_spec::runtime::LinuxResources;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A byte or count limit: a number or `max` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Max,
+    Value(u64),
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Max => f.write_str("max"),
+            Limit::Value(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl Limit {
+    /// OCI's convention: a negative number means unlimited.
+    fn from_oci(v: i64) -> Limit {
+        u64::try_from(v).map(Limit::Value).unwrap_or(Limit::Max)
+    }
+}
+
+/// `cpu.max`: `quota` microseconds of CPU time per `period` (`None` quota = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuMax {
+    pub quota: Option<u64>,
+    pub period: u64,
+}
+
+impl CpuMax {
+    pub const DEFAULT_PERIOD: u64 = 100_000;
+
+    /// A limit of `cpus` CPUs (0.5 = half a CPU) over the default period.
+    pub fn from_cpus(cpus: f64) -> Result<CpuMax> {
+        if !(cpus.is_finite() && cpus > 0.0) {
+            return Err(invalid(
+                "cpu_max",
+                format!("{cpus} is not a positive number of CPUs"),
+            ));
+        }
+        // Truncation is fine: the kernel's own granularity is one microsecond.
+        let quota = (cpus * Self::DEFAULT_PERIOD as f64) as u64;
+        Ok(CpuMax {
+            quota: Some(quota.max(1000)),
+            period: Self::DEFAULT_PERIOD,
+        })
+    }
+}
+
+/// One `io.max` line for a block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IoMax {
+    pub major: u64,
+    pub minor: u64,
+    pub rbps: Option<u64>,
+    pub wbps: Option<u64>,
+    pub riops: Option<u64>,
+    pub wiops: Option<u64>,
+}
+
+/// Limits of one cgroup. `None` leaves the kernel's current value alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub memory_max: Option<Limit>,
+    pub memory_high: Option<Limit>,
+    pub memory_low: Option<Limit>,
+    pub memory_swap_max: Option<Limit>,
+    pub cpu_max: Option<CpuMax>,
+    /// 1..=10000 (default 100).
+    pub cpu_weight: Option<u64>,
+    pub pids_max: Option<Limit>,
+    /// 1..=10000 (default 100).
+    pub io_weight: Option<u64>,
+    pub io_max: Vec<IoMax>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// Raw interface files (`linux.resources.unified`), written last.
+    pub unified: BTreeMap<String, String>,
+}
+
+/// One interface file write and the controller it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Write {
+    pub controller: Option<Controller>,
+    pub file: String,
+    pub value: String,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> CgroupError {
+    CgroupError::InvalidValue {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn cpuset_list(field: &str, v: &str) -> Result<String> {
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
+    {
+        return Err(invalid(field, format!("`{v}` is not a list like `0-2,4`")));
+    }
+    Ok(v.to_string())
+}
+
+impl Resources {
+    /// True when no limit is set at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Resources::default()
+    }
+
+    /// The writes that apply these limits, validated.
+    pub(crate) fn writes(&self) -> Result<Vec<Write>> {
+        let mut out = Vec::new();
+        let mut push = |controller, file: &str, value: String| {
+            out.push(Write {
+                controller: Some(controller),
+                file: file.to_string(),
+                value,
+            })
+        };
+        use Controller::*;
+        if let Some(v) = self.memory_low {
+            push(Memory, "memory.low", v.to_string());
+        }
+        if let Some(v) = self.memory_high {
+            push(Memory, "memory.high", v.to_string());
+        }
+        if let Some(v) = self.memory_max {
+            push(Memory, "memory.max", v.to_string());
+        }
+        if let Some(v) = self.memory_swap_max {
+            push(Memory, "memory.swap.max", v.to_string());
+        }
+        if let Some(CpuMax { quota, period }) = self.cpu_max {
+            if !(1000..=1_000_000).contains(&period) {
+                return Err(invalid(
+                    "cpu.max period",
+                    format!("{period} is outside 1000..=1000000 µs"),
+                ));
+            }
+            let quota = quota.map_or("max".to_string(), |q| q.to_string());
+            push(Cpu, "cpu.max", format!("{quota} {period}"));
+        }
+        if let Some(w) = self.cpu_weight {
+            if !(1..=10_000).contains(&w) {
+                return Err(invalid("cpu.weight", format!("{w} is outside 1..=10000")));
+            }
+            push(Cpu, "cpu.weight", w.to_string());
+        }
+        if let Some(v) = self.pids_max {
+            push(Pids, "pids.max", v.to_string());
+        }
+        if let Some(w) = self.io_weight {
+            if !(1..=10_000).contains(&w) {
+                return Err(invalid("io.weight", format!("{w} is outside 1..=10000")));
+            }
+            push(Io, "io.weight", format!("default {w}"));
+        }
+        for m in &self.io_max {
+            let mut line = format!("{}:{}", m.major, m.minor);
+            for (key, v) in [
+                ("rbps", m.rbps),
+                ("wbps", m.wbps),
+                ("riops", m.riops),
+                ("wiops", m.wiops),
+            ] {
+                if let Some(v) = v {
+                    line.push_str(&format!(" {key}={v}"));
+                }
+            }
+            push(Io, "io.max", line);
+        }
+        if let Some(v) = &self.cpuset_cpus {
+            push(Cpuset, "cpuset.cpus", cpuset_list("cpuset.cpus", v)?);
+        }
+        if let Some(v) = &self.cpuset_mems {
+            push(Cpuset, "cpuset.mems", cpuset_list("cpuset.mems", v)?);
+        }
+        for (file, value) in &self.unified {
+            let prefix = file.split('.').next().unwrap_or_default();
+            if file.contains('/')
+                || !file.contains('.')
+                || file.starts_with("cgroup.") && file != "cgroup.freeze"
+            {
+                return Err(invalid(
+                    &format!("unified key `{file}`"),
+                    "not a writable cgroup interface file",
+                ));
+            }
+            let controller = match prefix.parse() {
+                Ok(c) => c,
+                Err(()) => {
+                    return Err(invalid(
+                        &format!("unified key `{file}`"),
+                        format!("unknown controller `{prefix}`"),
+                    ))
+                }
+            };
+            out.push(Write {
+                controller: Some(controller),
+                file: file.clone(),
+                value: value.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Converts OCI `linux.resources` into v2 limits, as runc and crun do (shares and blkio
+    /// weight rescaled to the v2 ranges, swap as total minus memory). Devices are not handled
+    /// here. Settings that have no v2 meaning are errors naming the field.
+    pub fn from_oci(r: &LinuxResources) -> Result<Resources> {
+        let mut out = Resources::default();
+        if let Some(m) = r.memory() {
+            out.memory_max = m.limit().map(Limit::from_oci);
+            out.memory_low = m.reservation().map(Limit::from_oci);
+            match (m.swap(), m.limit()) {
+                (None, _) => {}
+                (Some(s), _) if s < 0 => out.memory_swap_max = Some(Limit::Max),
+                (Some(s), Some(l)) if l >= 0 => {
+                    let swap = s.checked_sub(l).filter(|v| *v >= 0).ok_or_else(|| {
+                        invalid(
+                            "linux.resources.memory.swap",
+                            format!("{s} is less than memory.limit {l}"),
+                        )
+                    })?;
+                    out.memory_swap_max = Some(Limit::Value(swap as u64));
+                }
+                (Some(_), _) => {
+                    return Err(invalid(
+                        "linux.resources.memory.swap",
+                        "a swap limit needs a finite memory.limit (swap counts memory plus swap)",
+                    ))
+                }
+            }
+            if m.kernel_tcp().is_some() {
+                return Err(invalid(
+                    "linux.resources.memory.kernelTCP",
+                    "not available on cgroup v2",
+                ));
+            }
+            if m.swappiness().is_some() {
+                return Err(invalid(
+                    "linux.resources.memory.swappiness",
+                    "not available on cgroup v2",
+                ));
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if c.quota().is_some() || c.period().is_some() {
+                let quota = c
+                    .quota()
+                    .and_then(|q| u64::try_from(q).ok())
+                    .filter(|q| *q > 0);
+                out.cpu_max = Some(CpuMax {
+                    quota,
+                    period: c.period().unwrap_or(CpuMax::DEFAULT_PERIOD),
+                });
+            }
+            if let Some(shares) = c.shares() {
+                if shares != 0 {
+                    // runc's mapping of v1 shares [2, 262144] onto v2 weight [1, 10000].
+                    let s = shares.clamp(2, 262_144);
+                    out.cpu_weight = Some(1 + ((s - 2) * 9999) / 262_142);
+                }
+            }
+            out.cpuset_cpus = c.cpus().clone().filter(|s| !s.is_empty());
+            out.cpuset_mems = c.mems().clone().filter(|s| !s.is_empty());
+            if c.realtime_runtime().is_some() || c.realtime_period().is_some() {
+                return Err(invalid(
+                    "linux.resources.cpu.realtimeRuntime",
+                    "not available on cgroup v2",
+                ));
+            }
+        }
+        if let Some(p) = r.pids() {
+            out.pids_max = Some(if p.limit() > 0 {
+                Limit::Value(p.limit() as u64)
+            } else {
+                Limit::Max
+            });
+        }
+        if let Some(b) = r.block_io() {
+            if let Some(w) = b.weight() {
+                if w != 0 {
+                    // v1 blkio weight [10, 1000] onto v2 io.weight [1, 10000].
+                    let w = u64::from(w.clamp(10, 1000));
+                    out.io_weight = Some(1 + (w - 10) * 9999 / 990);
+                }
+            }
+            let mut devices: BTreeMap<(u64, u64), IoMax> = BTreeMap::new();
+            let lists = [
+                (b.throttle_read_bps_device(), 0),
+                (b.throttle_write_bps_device(), 1),
+                (b.throttle_read_iops_device(), 2),
+                (b.throttle_write_iops_device(), 3),
+            ];
+            for (list, kind) in lists {
+                for d in list.iter().flatten() {
+                    let (Ok(major), Ok(minor)) =
+                        (u64::try_from(d.major()), u64::try_from(d.minor()))
+                    else {
+                        return Err(invalid("linux.resources.blockIO", "negative device number"));
+                    };
+                    let e = devices.entry((major, minor)).or_insert(IoMax {
+                        major,
+                        minor,
+                        ..IoMax::default()
+                    });
+                    let slot = match kind {
+                        0 => &mut e.rbps,
+                        1 => &mut e.wbps,
+                        2 => &mut e.riops,
+                        _ => &mut e.wiops,
+                    };
+                    *slot = Some(d.rate());
+                }
+            }
+            out.io_max = devices.into_values().collect();
+        }
+        if r.hugepage_limits().as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(invalid(
+                "linux.resources.hugepageLimits",
+                "not supported by berth-runtime",
+            ));
+        }
+        if r.network().is_some() {
+            return Err(invalid(
+                "linux.resources.network",
+                "not available on cgroup v2",
+            ));
+        }
+        if r.rdma().as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(invalid(
+                "linux.resources.rdma",
+                "not supported by berth-runtime",
+            ));
+        }
+        if let Some(u) = r.unified() {
+            out.unified = u.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        // Validate now so the caller learns of a bad value before anything is created.
+        out.writes()?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,455 @@
+//! Unit tests on a temp dir that behaves like cgroupfs where it matters: new cgroups get the
+//! interface files of the controllers their parent enables, `cgroup.subtree_control` takes
+//! `+name`, `cgroup.procs` appends.
+
+use super::*;
+use oci_spec::runtime::LinuxResources;
+use std::cell::RefCell;
+use std::fs;
+use std::rc::Rc;
+
+fn controller_files(c: &str) -> &'static [&'static str] {
+    match c {
+        "memory" => &[
+            "memory.max",
+            "memory.high",
+            "memory.low",
+            "memory.swap.max",
+            "memory.current",
+            "memory.peak",
+            "memory.events",
+        ],
+        "cpu" => &["cpu.max", "cpu.weight"],
+        "pids" => &["pids.max", "pids.current"],
+        "io" => &["io.weight", "io.max", "io.stat"],
+        "cpuset" => &["cpuset.cpus", "cpuset.mems"],
+        _ => &[],
+    }
+}
+
+#[derive(Clone, Default)]
+struct TestFs {
+    signals: Rc<RefCell<Vec<i32>>>,
+    /// When set, a signalled pid disappears from every cgroup.procs under this root.
+    kill_removes_under: Option<PathBuf>,
+    no_cgroup_kill: bool,
+}
+
+fn remove_pid(dir: &Path, pid: i32) {
+    let procs = dir.join("cgroup.procs");
+    if let Ok(text) = fs::read_to_string(&procs) {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim() != pid.to_string())
+            .collect();
+        fs::write(&procs, kept.join("\n")).unwrap();
+    }
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            remove_pid(&e.path(), pid);
+        }
+    }
+}
+
+impl CgroupFs for TestFs {
+    fn read(&self, path: &Path) -> io::Result<String> {
+        HostFs.read(path)
+    }
+    fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name == "cgroup.kill" && self.no_cgroup_kill {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let old = HostFs.read(path)?;
+        let new = match name {
+            "cgroup.subtree_control" => {
+                let mut set: BTreeSet<String> = old.split_whitespace().map(String::from).collect();
+                for tok in value.split_whitespace() {
+                    if let Some(n) = tok.strip_prefix('+') {
+                        set.insert(n.to_string());
+                    } else if let Some(n) = tok.strip_prefix('-') {
+                        set.remove(n);
+                    }
+                }
+                set.into_iter().collect::<Vec<_>>().join(" ")
+            }
+            "cgroup.procs" => format!("{old}{value}\n"),
+            _ => value.to_string(),
+        };
+        fs::write(path, new)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)?;
+        let offered = fs::read_to_string(path.parent().unwrap().join("cgroup.subtree_control"))?;
+        populate(path, &offered);
+        Ok(())
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        if !HostFs.read(&path.join("cgroup.procs"))?.trim().is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        fs::remove_dir_all(path)
+    }
+    fn child_dirs(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        HostFs.child_dirs(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn signal(&self, pid: i32, _signal: i32) -> io::Result<()> {
+        self.signals.borrow_mut().push(pid);
+        if let Some(root) = &self.kill_removes_under {
+            remove_pid(root, pid);
+        }
+        Ok(())
+    }
+}
+
+fn populate(dir: &Path, controllers: &str) {
+    for (f, v) in [
+        ("cgroup.controllers", controllers),
+        ("cgroup.subtree_control", ""),
+        ("cgroup.procs", ""),
+        ("cgroup.events", "populated 0\nfrozen 0\n"),
+        ("cgroup.freeze", "0"),
+        ("cgroup.kill", ""),
+        ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
+    ] {
+        fs::write(dir.join(f), v).unwrap();
+    }
+    for c in controllers.split_whitespace() {
+        for f in controller_files(c) {
+            fs::write(dir.join(f), "").unwrap();
+        }
+    }
+}
+
+struct Fixture {
+    _dir: TempDir,
+    root: CgroupRoot<TestFs>,
+}
+
+/// A minimal temp dir that removes itself.
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fixture(root_controllers: &str, fs_: TestFs) -> Fixture {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("berth-cgroup-test-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    populate(&dir, root_controllers);
+    let root = CgroupRoot::with_fs(fs_, &dir);
+    Fixture {
+        _dir: TempDir(dir),
+        root,
+    }
+}
+
+const ALL: &str = "cpuset cpu io memory pids";
+
+#[test]
+fn create_enables_controllers_along_the_path() {
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("/berth/web").unwrap();
+    assert_eq!(cg.path(), f.root.path().join("berth/web"));
+    assert_eq!(
+        fs::read_to_string(f.root.path().join("cgroup.subtree_control")).unwrap(),
+        "cpu cpuset io memory pids"
+    );
+    assert!(cg.controllers().unwrap().contains(Controller::Memory));
+    // Creating again is fine and opening finds it.
+    f.root.create("berth/web").unwrap();
+    assert_eq!(f.root.open("berth/web").unwrap().path(), cg.path());
+}
+
+#[test]
+fn bad_paths_are_rejected() {
+    let f = fixture(ALL, TestFs::default());
+    for p in ["../x", "a/../../b", "/", "", "system.slice:berth:web"] {
+        assert!(
+            matches!(f.root.create(p), Err(CgroupError::InvalidPath(_))),
+            "{p}"
+        );
+    }
+    assert!(matches!(
+        f.root.open("nope"),
+        Err(CgroupError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn apply_writes_every_limit() {
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    let r = Resources {
+        memory_max: Some(Limit::Value(64 << 20)),
+        memory_high: Some(Limit::Value(48 << 20)),
+        memory_swap_max: Some(Limit::Max),
+        cpu_max: Some(CpuMax::from_cpus(0.5).unwrap()),
+        cpu_weight: Some(200),
+        pids_max: Some(Limit::Value(128)),
+        io_weight: Some(50),
+        io_max: vec![IoMax {
+            major: 8,
+            minor: 0,
+            rbps: Some(1000),
+            wiops: Some(10),
+            ..IoMax::default()
+        }],
+        cpuset_cpus: Some("0-1".into()),
+        cpuset_mems: Some("0".into()),
+        ..Resources::default()
+    };
+    cg.apply(&r).unwrap();
+    let read = |n: &str| fs::read_to_string(cg.path().join(n)).unwrap();
+    assert_eq!(read("memory.max"), "67108864");
+    assert_eq!(read("memory.high"), "50331648");
+    assert_eq!(read("memory.swap.max"), "max");
+    assert_eq!(read("cpu.max"), "50000 100000");
+    assert_eq!(read("cpu.weight"), "200");
+    assert_eq!(read("pids.max"), "128");
+    assert_eq!(read("io.weight"), "default 50");
+    assert_eq!(read("io.max"), "8:0 rbps=1000 wiops=10");
+    assert_eq!(read("cpuset.cpus"), "0-1");
+}
+
+#[test]
+fn unavailable_controller_is_an_error_and_changes_nothing() {
+    // The hybrid host: only hugetlb on v2.
+    let f = fixture("hugetlb", TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    let r = Resources {
+        pids_max: Some(Limit::Value(10)),
+        memory_max: Some(Limit::Value(1 << 20)),
+        ..Resources::default()
+    };
+    let err = cg.apply(&r).unwrap_err();
+    match &err {
+        CgroupError::Unavailable {
+            controller,
+            path,
+            available,
+        } => {
+            assert_eq!(*controller, Controller::Memory);
+            assert_eq!(path, cg.path());
+            assert_eq!(available, "hugetlb");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("memory"), "{err}");
+    assert!(!cg.path().join("pids.max").exists() && !cg.path().join("memory.max").exists());
+    // No limits at all is fine anywhere.
+    cg.apply(&Resources::default()).unwrap();
+    assert!(matches!(
+        cg.enable_controllers(&[Controller::Cpu]),
+        Err(CgroupError::Unavailable { .. })
+    ));
+}
+
+#[test]
+fn invalid_values_are_rejected_before_writing() {
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    let bad = [
+        Resources {
+            cpu_weight: Some(0),
+            pids_max: Some(Limit::Value(3)),
+            ..Resources::default()
+        },
+        Resources {
+            cpuset_cpus: Some("0;rm".into()),
+            pids_max: Some(Limit::Value(3)),
+            ..Resources::default()
+        },
+        Resources {
+            cpu_max: Some(CpuMax {
+                quota: Some(1),
+                period: 5,
+            }),
+            pids_max: Some(Limit::Value(3)),
+            ..Resources::default()
+        },
+    ];
+    for r in bad {
+        assert!(
+            matches!(cg.apply(&r), Err(CgroupError::InvalidValue { .. })),
+            "{r:?}"
+        );
+    }
+    assert_eq!(fs::read_to_string(cg.path().join("pids.max")).unwrap(), "");
+    assert!(CpuMax::from_cpus(0.0).is_err() && CpuMax::from_cpus(f64::NAN).is_err());
+}
+
+#[test]
+fn oci_resources_convert_like_runc() {
+    let json = r#"{
+        "memory": {"limit": 104857600, "reservation": 52428800, "swap": 209715200},
+        "cpu": {"shares": 1024, "quota": 50000, "period": 100000, "cpus": "0"},
+        "pids": {"limit": 64},
+        "blockIO": {"weight": 500, "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]},
+        "unified": {"memory.high": "90000000"}
+    }"#;
+    let r: LinuxResources = serde_json::from_str(json).unwrap();
+    let r = Resources::from_oci(&r).unwrap();
+    assert_eq!(r.memory_max, Some(Limit::Value(104_857_600)));
+    assert_eq!(r.memory_low, Some(Limit::Value(52_428_800)));
+    assert_eq!(r.memory_swap_max, Some(Limit::Value(104_857_600)));
+    assert_eq!(
+        r.cpu_max,
+        Some(CpuMax {
+            quota: Some(50_000),
+            period: 100_000
+        })
+    );
+    assert_eq!(r.cpu_weight, Some(39));
+    assert_eq!(r.pids_max, Some(Limit::Value(64)));
+    assert_eq!(r.io_weight, Some(1 + 490 * 9999 / 990));
+    assert_eq!(
+        r.io_max,
+        vec![IoMax {
+            major: 8,
+            minor: 0,
+            rbps: Some(1_048_576),
+            ..IoMax::default()
+        }]
+    );
+    assert_eq!(
+        r.unified.get("memory.high").map(String::as_str),
+        Some("90000000")
+    );
+
+    for (json, field) in [
+        (r#"{"memory": {"limit": 100, "swap": 50}}"#, "memory.swap"),
+        (r#"{"memory": {"swap": 50}}"#, "memory.swap"),
+        (r#"{"unified": {"../etc": "1"}}"#, "unified"),
+        (r#"{"unified": {"bogus.max": "1"}}"#, "bogus"),
+        (r#"{"network": {"classID": 1}}"#, "network"),
+    ] {
+        let r: LinuxResources = serde_json::from_str(json).unwrap();
+        let err = Resources::from_oci(&r).unwrap_err().to_string();
+        assert!(err.contains(field), "{json}: {err}");
+    }
+}
+
+#[test]
+fn pids_and_stats() {
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    cg.add_pid(41).unwrap();
+    cg.add_pid(42).unwrap();
+    assert_eq!(cg.pids().unwrap(), vec![41, 42]);
+    let w = |n: &str, v: &str| fs::write(cg.path().join(n), v).unwrap();
+    w(
+        "cpu.stat",
+        "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\n",
+    );
+    w("memory.current", "4096\n");
+    w("memory.peak", "8192\n");
+    w("memory.events", "low 0\nhigh 2\nmax 3\noom 1\noom_kill 1\n");
+    w(
+        "io.stat",
+        "8:0 rbytes=100 wbytes=200 rios=1 wios=2\n8:16 rbytes=1 wbytes=2 rios=1 wios=1\n",
+    );
+    w("pids.current", "2\n");
+    let s = cg.stats().unwrap();
+    assert_eq!(
+        s,
+        Stats {
+            cpu_usage_usec: Some(1500),
+            cpu_user_usec: Some(1000),
+            cpu_system_usec: Some(500),
+            memory_current: Some(4096),
+            memory_peak: Some(8192),
+            io_read_bytes: Some(101),
+            io_write_bytes: Some(202),
+            pids_current: Some(2),
+            oom_events: Some(1),
+            oom_kills: Some(1),
+        }
+    );
+    // Without controllers only cpu.stat is there.
+    let f = fixture("", TestFs::default());
+    let s = f.root.create("c").unwrap().stats().unwrap();
+    assert_eq!(s.memory_current, None);
+    assert_eq!(s.cpu_usage_usec, Some(0));
+}
+
+#[test]
+fn kill_uses_cgroup_kill() {
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    cg.add_pid(7).unwrap();
+    cg.kill().unwrap();
+    assert_eq!(
+        fs::read_to_string(cg.path().join("cgroup.kill")).unwrap(),
+        "1"
+    );
+    assert!(f.root.fs.signals.borrow().is_empty());
+}
+
+#[test]
+fn kill_falls_back_to_signalling_every_process() {
+    let mut fs_ = TestFs {
+        no_cgroup_kill: true,
+        ..TestFs::default()
+    };
+    let f = fixture(ALL, fs_.clone());
+    fs_.kill_removes_under = Some(f.root.path().to_path_buf());
+    let root = CgroupRoot::with_fs(fs_.clone(), f.root.path());
+    let cg = root.create("c").unwrap();
+    let child = root.create("c/sub").unwrap();
+    cg.add_pid(7).unwrap();
+    child.add_pid(8).unwrap();
+    cg.kill().unwrap();
+    assert_eq!(*fs_.signals.borrow(), vec![7, 8]);
+    assert_eq!(
+        fs::read_to_string(cg.path().join("cgroup.freeze")).unwrap(),
+        "0",
+        "thawed again"
+    );
+    cg.remove().unwrap();
+    assert!(!cg.path().exists());
+}
+
+#[test]
+fn kill_reports_survivors() {
+    let fs_ = TestFs {
+        no_cgroup_kill: true,
+        ..TestFs::default()
+    };
+    let f = fixture(ALL, fs_.clone());
+    let cg = f.root.create("c").unwrap();
+    cg.add_pid(9).unwrap();
+    assert!(matches!(cg.kill(), Err(CgroupError::Survivors { pids, .. }) if pids == vec![9]));
+    assert_eq!(fs_.signals.borrow().len(), KILL_ROUNDS);
+}
+
+#[test]
+fn remove_is_deepest_first_and_idempotent() {
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("a").unwrap();
+    f.root.create("a/b/c").unwrap();
+    cg.remove().unwrap();
+    assert!(!cg.path().exists());
+    cg.remove().unwrap();
+    assert!(f.root.path().exists());
+}
+
+#[test]
+fn populated_reads_cgroup_events() {
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    assert!(!cg.is_populated().unwrap());
+    fs::write(cg.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+    assert!(cg.is_populated().unwrap());
+}

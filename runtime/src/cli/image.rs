@@ -1,0 +1,304 @@
+//! `berth-runtime image …`: the image store from the command line (and for the supervisor,
+//! which runs pulls as a child process and logs their progress lines).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use berth_runtime::image::archive::{self, ArchiveFormat};
+use berth_runtime::image::{gc, pull, Image, Store};
+use berth_runtime::registry::{Client, Reference, RegistriesConfig};
+
+const USAGE: &str = "usage: berth-runtime image [--store DIR] [--config FILE] COMMAND
+commands:
+  pull REF [--jobs N] [--json]        pull from a registry (progress on stdout, or stderr with --json)
+  ls [--json] [-q]                    list images
+  inspect REF                         print an image's manifest, config and layers as JSON
+  rm REF... [--force] [--json]        remove references, then unreferenced data
+  import FILE|- [--tag REF] [--json]  import a docker-save or OCI archive
+  export REF FILE|- [--format oci|docker]
+  prune [--json]                      remove unreferenced blobs, layers and leftovers
+defaults: --store /var/lib/berth/images, --config /var/lib/berth/machine.toml";
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Runs the `image` subcommand with the arguments after `image`; returns the exit code.
+pub fn main(args: &[OsString]) -> i32 {
+    let args: Vec<String> = match args.iter().map(|a| a.clone().into_string()).collect() {
+        Ok(a) => a,
+        Err(bad) => {
+            eprintln!("berth-runtime image: argument {bad:?} is not UTF-8");
+            return 2;
+        }
+    };
+    match run(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                // Some errors already print their cause; don't say it twice.
+                let cause = s.to_string();
+                if !text.contains(&cause) {
+                    text.push_str(&format!(": {cause}"));
+                }
+                source = s.source();
+            }
+            eprintln!("berth-runtime image: {text}");
+            1
+        }
+    }
+}
+
+/// Parsed flags and positional arguments of one command.
+#[derive(Default)]
+struct Args {
+    positional: Vec<String>,
+    json: bool,
+    quiet: bool,
+    force: bool,
+    jobs: Option<usize>,
+    tag: Option<String>,
+    format: Option<String>,
+    store: Option<PathBuf>,
+    config: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut out = Args::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--json" => out.json = true,
+            "-q" | "--quiet" => out.quiet = true,
+            "-f" | "--force" => out.force = true,
+            "--jobs" | "-j" => {
+                let v = value(arg)?;
+                out.jobs = Some(v.parse().map_err(|_| format!("--jobs: bad number {v:?}"))?);
+            }
+            "--tag" | "-t" => out.tag = Some(value(arg)?),
+            "--format" => out.format = Some(value(arg)?),
+            "--store" => out.store = Some(value(arg)?.into()),
+            "--config" => out.config = Some(value(arg)?.into()),
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            "-" => out.positional.push(arg.clone()),
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}\n{USAGE}")),
+            _ => out.positional.push(arg.clone()),
+        }
+    }
+    Ok(out)
+}
+
+fn run(args: &[String]) -> CliResult {
+    // Global options may come before the command; find the command past their values.
+    let mut i = 0;
+    while i < args.len() && matches!(args[i].as_str(), "--store" | "--config") {
+        i += 2;
+    }
+    let Some(command) = args.get(i) else {
+        return Err(USAGE.into());
+    };
+    let mut rest: Vec<String> = args[..i].to_vec();
+    rest.extend_from_slice(&args[i + 1..]);
+    let a = parse(&rest)?;
+    let store_dir = a
+        .store
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/images"));
+    let config_path = a
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/machine.toml"));
+    let store = Store::open(store_dir)?;
+    match command.as_str() {
+        "pull" => {
+            let [name] = a.positional.as_slice() else {
+                return Err("pull takes one image reference".into());
+            };
+            let reference = Reference::parse(name)?;
+            let client = Client::new(RegistriesConfig::load(&config_path)?);
+            let options = pull::PullOptions {
+                jobs: a.jobs.unwrap_or(3),
+                ..Default::default()
+            };
+            let json = a.json;
+            let progress = move |line: &str| {
+                // Whole lines, flushed at once: the supervisor copies them into the unit log.
+                if json {
+                    let _ = writeln!(io::stderr().lock(), "{line}");
+                } else {
+                    let mut out = io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            };
+            let image = pull::pull(&store, &client, &reference, &options, &progress)?;
+            if a.json {
+                print_json(&image_json(&image))?;
+            }
+        }
+        "ls" | "list" => {
+            let images = store.list()?;
+            if a.json {
+                print_json(&images)?;
+            } else if a.quiet {
+                for i in images {
+                    println!("{}", i.reference);
+                }
+            } else {
+                println!("{:<60} {:<14} {:>10}", "REFERENCE", "IMAGE ID", "SIZE");
+                for i in images {
+                    println!(
+                        "{:<60} {:<14} {:>10}",
+                        i.reference,
+                        i.id.short(),
+                        pull::human_size(i.size)
+                    );
+                }
+            }
+        }
+        "inspect" => {
+            let [name] = a.positional.as_slice() else {
+                return Err("inspect takes one image".into());
+            };
+            let image = store.resolve(name)?;
+            let config: serde_json::Value = serde_json::from_slice(&store.read_blob(image.id())?)?;
+            let mut value = image_json(&image);
+            value["manifest"] = serde_json::to_value(&image.manifest)?;
+            value["config"] = config;
+            print_json(&value)?;
+        }
+        "rm" | "remove" => {
+            if a.positional.is_empty() {
+                return Err("rm takes one or more images".into());
+            }
+            let leases = store.leases()?;
+            let mut removed = Vec::new();
+            for name in &a.positional {
+                let image = store.resolve(name)?;
+                let users: Vec<&str> = leases
+                    .iter()
+                    .filter(|(_, d)| d == &image.manifest_digest)
+                    .map(|(c, _)| c.as_str())
+                    .collect();
+                if !users.is_empty() && !a.force {
+                    return Err(berth_runtime::image::Error::InUse {
+                        reference: image.reference.clone(),
+                        containers: users.join(", "),
+                    }
+                    .into());
+                }
+                store.untag(&image.reference)?;
+                removed.push(image.reference);
+            }
+            let report = gc::prune(&store)?;
+            if a.json {
+                print_json(&serde_json::json!({ "removed": removed, "prune": report }))?;
+            } else {
+                for r in removed {
+                    println!("removed {r}");
+                }
+            }
+        }
+        "import" => {
+            let [file] = a.positional.as_slice() else {
+                return Err("import takes one archive file (or - for stdin)".into());
+            };
+            let tag = a.tag.as_deref().map(Reference::parse).transpose()?;
+            let images = if file == "-" {
+                archive::import(&store, io::stdin().lock(), tag.as_ref())?
+            } else {
+                let f = File::open(file).map_err(|e| format!("{file}: {e}"))?;
+                archive::import(&store, io::BufReader::new(f), tag.as_ref())?
+            };
+            if a.json {
+                print_json(&images.iter().map(image_json).collect::<Vec<_>>())?;
+            } else {
+                for i in images {
+                    println!("imported {} ({})", i.reference, i.id());
+                }
+            }
+        }
+        "export" => {
+            let [name, file] = a.positional.as_slice() else {
+                return Err("export takes an image and an output file (or -)".into());
+            };
+            let format = match a.format.as_deref().unwrap_or("oci") {
+                "oci" => ArchiveFormat::Oci,
+                "docker" => ArchiveFormat::Docker,
+                other => return Err(format!("--format: {other:?} is not oci or docker").into()),
+            };
+            let image = store.resolve(name)?;
+            if file == "-" {
+                archive::export(&store, &image, format, BufWriter::new(io::stdout().lock()))?;
+            } else {
+                write_file_atomically(file, |w| archive::export(&store, &image, format, w))?;
+            }
+        }
+        "prune" => {
+            let report = gc::prune(&store)?;
+            if a.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "removed {} blob(s), {} layer(s), {} leftover(s); freed {}",
+                    report.blobs_removed,
+                    report.layers_removed,
+                    report.temp_removed,
+                    pull::human_size(report.bytes_freed)
+                );
+            }
+        }
+        other => return Err(format!("unknown command {other:?}\n{USAGE}").into()),
+    }
+    Ok(())
+}
+
+/// Writes an export to `path` via a temp file, so a failed export leaves no half archive.
+fn write_file_atomically(
+    path: &str,
+    write: impl FnOnce(&mut BufWriter<File>) -> berth_runtime::image::Result<()>,
+) -> CliResult {
+    let tmp = format!("{path}.partial");
+    let result = (|| -> CliResult {
+        let mut w = BufWriter::new(File::create(&tmp).map_err(|e| format!("{tmp}: {e}"))?);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(|e| format!("{tmp}: {e}"))?;
+        f.sync_all().map_err(|e| format!("{tmp}: {e}"))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{path}: {e}"))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn image_json(image: &Image) -> serde_json::Value {
+    serde_json::json!({
+        "reference": image.reference,
+        "id": image.id().to_string(),
+        "digest": image.manifest_digest.to_string(),
+        "size": image.size(),
+        "layers": image.layers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "entrypoint": image.config.config.entrypoint,
+        "cmd": image.config.config.cmd,
+        "env": image.config.config.env,
+        "user": image.config.config.user,
+        "workdir": image.config.config.working_dir,
+        "exposed_ports": image.config.config.exposed_ports.keys().collect::<Vec<_>>(),
+    })
+}
+
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> CliResult {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

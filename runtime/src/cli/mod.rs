@@ -1,0 +1,3 @@
+//! Subcommands of the berth-runtime binary.
+
+pub mod image;

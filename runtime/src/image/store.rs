@@ -1,0 +1,595 @@
+//! The image store: an OCI image layout plus unpacked layers, on the state partition.
+//!
+//! ```text
+//! images/
+//!   oci-layout              {"imageLayoutVersion":"1.0.0"}
+//!   index.json              one manifest descriptor per reference, named by the
+//!                           org.opencontainers.image.ref.name annotation (full reference)
+//!   blobs/sha256/<hex>      manifests, configs, layer tarballs (content-addressed)
+//!   layers/<diff-id hex>/   each layer unpacked once, shared by every image and container
+//!   leases/<container-id>   manifest digest of an image a container uses (kept by GC)
+//!   tmp/                    partial downloads and unpacks in progress (same filesystem,
+//!                           so finished work is renamed into place atomically)
+//!   gc.lock, index.lock     advisory locks
+//! ```
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::digest::{Digest, HashingReader};
+use super::error::{Error, Result};
+use super::fsutil::{self, FileLock};
+use super::spec::{
+    media, Compression, Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME,
+};
+use super::unpack::{self, UnpackStats};
+use crate::registry::reference::Reference;
+
+/// Manifests and configs are small; refuse to load anything bigger as JSON.
+const MAX_JSON_BLOB: u64 = 16 << 20;
+
+/// An image store rooted at a directory (on Berth: `/var/lib/berth/images`).
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// An image in the store, resolved down to what a container needs.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The reference it was found under (normalised), e.g. `docker.io/library/nginx:latest`.
+    pub reference: String,
+    pub manifest_digest: Digest,
+    pub manifest: Manifest,
+    /// The config blob digest: the image ID.
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+    /// Unpacked layer directories, bottom layer first.
+    pub layers: Vec<PathBuf>,
+}
+
+impl Image {
+    /// The image ID (digest of its config), as `docker images` shows it.
+    pub fn id(&self) -> &Digest {
+        &self.config_digest
+    }
+
+    /// The overlayfs `lowerdir=` value: layer directories top first, joined by `:`.
+    pub fn lowerdir(&self) -> String {
+        self.layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// Compressed size of the image's blobs (what a pull transfers).
+    pub fn size(&self) -> u64 {
+        self.manifest.config.size + self.manifest.layers.iter().map(|l| l.size).sum::<u64>()
+    }
+}
+
+/// One line of `image ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSummary {
+    pub reference: String,
+    pub id: Digest,
+    pub manifest: Digest,
+    pub size: u64,
+    pub created: Option<String>,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating its layout if needed.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store { root: root.into() };
+        for dir in [
+            store.root.clone(),
+            store.blobs_dir(),
+            store.layers_dir(),
+            store.leases_dir(),
+            store.tmp_dir(),
+        ] {
+            fs::create_dir_all(&dir).map_err(Error::io(&dir, "create store directory"))?;
+        }
+        let layout = store.root.join("oci-layout");
+        if !layout.exists() {
+            fsutil::write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(Error::io(&layout, "write"))?;
+        }
+        let index = store.index_path();
+        if !index.exists() {
+            store.write_index(&Index::empty())?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
+    pub(crate) fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    pub(crate) fn leases_dir(&self) -> PathBuf {
+        self.root.join("leases")
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.layers_dir().join(diff_id.hex())
+    }
+
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_dir(diff_id).is_dir()
+    }
+
+    /// Held (shared) by every operation that adds content; GC takes it exclusive.
+    pub fn write_lock(&self) -> Result<FileLock> {
+        let p = self.root.join("gc.lock");
+        FileLock::shared(&p).map_err(Error::io(&p, "lock"))
+    }
+
+    pub(crate) fn gc_lock(&self) -> Result<FileLock> {
+        let p = self.root.join("gc.lock");
+        FileLock::exclusive(&p).map_err(Error::io(&p, "lock"))
+    }
+
+    fn index_lock(&self) -> Result<FileLock> {
+        let p = self.root.join("index.lock");
+        FileLock::exclusive(&p).map_err(Error::io(&p, "lock"))
+    }
+
+    /// Stores `data` as a blob, checking it against `expected` when given.
+    pub fn put_blob(&self, data: &[u8], expected: Option<&Digest>) -> Result<Digest> {
+        let (digest, _) = self.put_blob_reader(data, expected, None, "blob")?;
+        Ok(digest)
+    }
+
+    /// Streams a blob into the store. Verified against `expected` (digest and size) before it
+    /// becomes visible; on any error nothing is left behind.
+    pub fn put_blob_reader(
+        &self,
+        reader: impl Read,
+        expected: Option<&Digest>,
+        expected_size: Option<u64>,
+        what: &str,
+    ) -> Result<(Digest, u64)> {
+        if let Some(d) = expected {
+            if self.has_blob(d) {
+                return Ok((d.clone(), blob_len(&self.blob_path(d))?));
+            }
+        }
+        let tmp = self.tmp_dir().join(fsutil::unique_name("blob"));
+        let result = (|| {
+            let mut file = File::create(&tmp).map_err(Error::io(&tmp, "create"))?;
+            let mut hashing = HashingReader::new(reader);
+            io::copy(&mut hashing, &mut file).map_err(Error::io(&tmp, "write"))?;
+            let (digest, size) = hashing.finish().map_err(Error::io(&tmp, "write"))?;
+            check_blob(what, expected, expected_size, &digest, size)?;
+            file.sync_all().map_err(Error::io(&tmp, "fsync"))?;
+            self.commit_blob_file(&tmp, &digest)?;
+            Ok((digest, size))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Moves an already verified and synced file into the blob directory.
+    pub(crate) fn commit_blob_file(&self, verified: &Path, digest: &Digest) -> Result<()> {
+        let dest = self.blob_path(digest);
+        fs::rename(verified, &dest).map_err(Error::io(&dest, "rename blob into place"))?;
+        fsutil::fsync_dir(&self.blobs_dir()).map_err(Error::io(self.blobs_dir(), "fsync"))
+    }
+
+    /// Reads a small blob, verifying its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(digest.to_string()),
+            _ => Error::Io {
+                path: path.clone(),
+                op: "open",
+                source: e,
+            },
+        })?;
+        let mut data = Vec::new();
+        file.take(MAX_JSON_BLOB + 1)
+            .read_to_end(&mut data)
+            .map_err(Error::io(&path, "read"))?;
+        if data.len() as u64 > MAX_JSON_BLOB {
+            return Err(Error::invalid(
+                digest,
+                "blob too large to be a manifest or config",
+            ));
+        }
+        let actual = Digest::of_bytes(&data);
+        if &actual != digest {
+            return Err(Error::DigestMismatch {
+                what: format!("stored blob {}", path.display()),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Reads and parses a JSON blob, verifying its digest.
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        digest: &Digest,
+        what: &str,
+    ) -> Result<T> {
+        let data = self.read_blob(digest)?;
+        serde_json::from_slice(&data).map_err(|source| Error::Json {
+            what: format!("{what} {digest}"),
+            source,
+        })
+    }
+
+    /// Unpacks the layer blob `blob` (already in the store) as `layers/<diff_id>/`, unless that
+    /// layer is already there. The compressed digest and the diff id are both checked while
+    /// the tarball streams; the layer directory appears (by rename) only once both match.
+    pub fn unpack_layer(&self, blob: &Descriptor, diff_id: &Digest) -> Result<Option<UnpackStats>> {
+        if self.has_layer(diff_id) {
+            return Ok(None);
+        }
+        if Compression::of_layer(&blob.media_type).is_none() {
+            return Err(Error::UnknownMediaType {
+                what: format!("layer {}", blob.digest),
+                media_type: blob.media_type.clone(),
+            });
+        }
+        let tmp = self
+            .tmp_dir()
+            .join(fsutil::unique_name(&format!("layer-{}", diff_id.short())));
+        fs::create_dir(&tmp).map_err(Error::io(&tmp, "create"))?;
+        let result = self.unpack_into(blob, diff_id, &tmp);
+        let result = result.and_then(|stats| {
+            let dest = self.layer_dir(diff_id);
+            match fs::rename(&tmp, &dest) {
+                Ok(()) => {}
+                // Another pull unpacked the same layer meanwhile: keep theirs.
+                Err(e) if dest.is_dir() && is_exists(&e) => {
+                    let _ = fs::remove_dir_all(&tmp);
+                }
+                Err(e) => return Err(Error::io(&dest, "rename layer into place")(e)),
+            }
+            fsutil::fsync_dir(&self.layers_dir()).map_err(Error::io(self.layers_dir(), "fsync"))?;
+            Ok(Some(stats))
+        });
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn unpack_into(&self, blob: &Descriptor, diff_id: &Digest, dest: &Path) -> Result<UnpackStats> {
+        let path = self.blob_path(&blob.digest);
+        let file = File::open(&path).map_err(Error::io(&path, "open layer blob"))?;
+        let mut compressed = BufReader::with_capacity(256 << 10, HashingReader::new(file));
+        let stats = {
+            let decompressed =
+                unpack::decompress(&mut compressed).map_err(Error::io(&path, "read layer"))?;
+            let mut tar = HashingReader::new(decompressed);
+            let stats = unpack::unpack(&mut tar, dest)?;
+            let (actual, _) = tar.finish().map_err(Error::io(&path, "decompress layer"))?;
+            if &actual != diff_id {
+                return Err(Error::DigestMismatch {
+                    what: format!("layer {} uncompressed (diff id)", blob.digest),
+                    expected: diff_id.clone(),
+                    actual,
+                });
+            }
+            stats
+        };
+        io::copy(&mut compressed, &mut io::sink()).map_err(Error::io(&path, "read layer"))?;
+        let (actual, size) = compressed
+            .into_inner()
+            .finish()
+            .map_err(Error::io(&path, "read layer"))?;
+        check_blob(
+            &format!("layer {}", blob.digest),
+            Some(&blob.digest),
+            Some(blob.size),
+            &actual,
+            size,
+        )?;
+        syncfs(dest)?;
+        Ok(stats)
+    }
+
+    /// The store's `index.json`.
+    pub fn index(&self) -> Result<Index> {
+        let path = self.index_path();
+        let data = fs::read(&path).map_err(Error::io(&path, "read"))?;
+        serde_json::from_slice(&data).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let path = self.index_path();
+        let data = serde_json::to_vec_pretty(index).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?;
+        fsutil::write_atomic(&path, &data).map_err(Error::io(&path, "write"))
+    }
+
+    /// Points `reference` at `manifest` (replacing what it pointed at before).
+    pub fn tag(&self, reference: &str, manifest: &Descriptor) -> Result<()> {
+        let _lock = self.index_lock()?;
+        let mut index = self.index()?;
+        index.manifests.retain(|d| ref_name(d) != Some(reference));
+        let mut entry = manifest.clone();
+        entry
+            .annotations
+            .insert(ANNOTATION_REF_NAME.to_string(), reference.to_string());
+        index.manifests.push(entry);
+        self.write_index(&index)
+    }
+
+    /// Removes `reference`; false when it was not there.
+    pub fn untag(&self, reference: &str) -> Result<bool> {
+        let _lock = self.index_lock()?;
+        let mut index = self.index()?;
+        let before = index.manifests.len();
+        index.manifests.retain(|d| ref_name(d) != Some(reference));
+        if index.manifests.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
+    /// Every tagged image.
+    pub fn list(&self) -> Result<Vec<ImageSummary>> {
+        let mut out = Vec::new();
+        for d in self.index()?.manifests {
+            let Some(name) = ref_name(&d) else { continue };
+            let image = self.load(name, &d)?;
+            out.push(ImageSummary {
+                reference: name.to_string(),
+                id: image.config_digest.clone(),
+                manifest: d.digest.clone(),
+                size: image.size(),
+                created: image.config.created.clone(),
+            });
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    /// Finds an image by reference (normalised: `busybox` finds
+    /// `docker.io/library/busybox:latest`), by `name@digest`, by manifest digest, or by an
+    /// image ID (config digest) or a prefix of at least 6 hex digits of it.
+    pub fn resolve(&self, name: &str) -> Result<Image> {
+        let index = self.index()?;
+        let named = |r: &str| index.manifests.iter().find(|d| ref_name(d) == Some(r));
+        if let Ok(reference) = Reference::parse(name) {
+            let key = reference.to_string();
+            if let Some(d) = named(&key) {
+                return self.load(&key, d);
+            }
+            if let Some(digest) = &reference.digest {
+                if let Some(d) = index.manifests.iter().find(|d| {
+                    &d.digest == digest
+                        && ref_name(d)
+                            .and_then(|r| Reference::parse(r).ok())
+                            .is_some_and(|r| {
+                                r.registry == reference.registry
+                                    && r.repository == reference.repository
+                            })
+                }) {
+                    return self.load(&key, d);
+                }
+            }
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() >= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            for d in &index.manifests {
+                let Some(r) = ref_name(d) else { continue };
+                if d.digest.hex().starts_with(hex) {
+                    return self.load(r, d);
+                }
+                let manifest: Manifest = self.read_json(&d.digest, "manifest")?;
+                if manifest.config.digest.hex().starts_with(hex) {
+                    return self.load(r, d);
+                }
+            }
+        }
+        let shown = Reference::parse(name).map_or(name.to_string(), |r| r.to_string());
+        Err(Error::NotFound(shown))
+    }
+
+    /// Loads the image `manifest` points at; every layer must be unpacked.
+    pub fn load(&self, reference: &str, manifest: &Descriptor) -> Result<Image> {
+        let m: Manifest = self.read_json(&manifest.digest, "manifest")?;
+        let config: ImageConfig = self.read_json(&m.config.digest, "image config")?;
+        if config.rootfs.diff_ids.len() != m.layers.len() {
+            return Err(Error::invalid(
+                format!("image {reference}"),
+                format!(
+                    "config lists {} diff ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    m.layers.len()
+                ),
+            ));
+        }
+        let mut layers = Vec::with_capacity(m.layers.len());
+        for diff_id in &config.rootfs.diff_ids {
+            let dir = self.layer_dir(diff_id);
+            if !dir.is_dir() {
+                return Err(Error::invalid(
+                    format!("image {reference}"),
+                    format!("layer {diff_id} is not unpacked"),
+                ));
+            }
+            layers.push(dir);
+        }
+        Ok(Image {
+            reference: reference.to_string(),
+            manifest_digest: manifest.digest.clone(),
+            config_digest: m.config.digest.clone(),
+            manifest: m,
+            config,
+            layers,
+        })
+    }
+
+    /// Records that container `container_id` uses `image`: GC keeps its blobs and layers until
+    /// [`Store::release`]. Survives reboots (a file under `leases/`).
+    pub fn lease(&self, container_id: &str, image: &Image) -> Result<()> {
+        let path = self.lease_path(container_id)?;
+        fsutil::write_atomic(&path, image.manifest_digest.to_string().as_bytes())
+            .map_err(Error::io(&path, "write lease"))
+    }
+
+    /// Drops the lease of `container_id` (no error if it had none).
+    pub fn release(&self, container_id: &str) -> Result<()> {
+        let path = self.lease_path(container_id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, "remove lease")(e)),
+        }
+    }
+
+    /// `(container id, manifest digest)` of every lease.
+    pub fn leases(&self) -> Result<Vec<(String, Digest)>> {
+        let dir = self.leases_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(Error::io(&dir, "read"))? {
+            let entry = entry.map_err(Error::io(&dir, "read"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let text = fs::read_to_string(entry.path()).map_err(Error::io(entry.path(), "read"))?;
+            out.push((name, Digest::parse(text.trim())?));
+        }
+        Ok(out)
+    }
+
+    fn lease_path(&self, container_id: &str) -> Result<PathBuf> {
+        let ok = !container_id.is_empty()
+            && container_id.len() <= 128
+            && !container_id.starts_with('.')
+            && container_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !ok {
+            return Err(Error::invalid(
+                format!("container id {container_id:?}"),
+                "must be 1-128 of [A-Za-z0-9_.-], not starting with '.'",
+            ));
+        }
+        Ok(self.leases_dir().join(container_id))
+    }
+
+    /// Writes `data` as a JSON blob of `media_type` and returns its descriptor.
+    pub(crate) fn put_json_blob(&self, media_type: &str, data: &[u8]) -> Result<Descriptor> {
+        let digest = self.put_blob(data, None)?;
+        Ok(Descriptor::new(media_type, digest, data.len() as u64))
+    }
+
+    /// Checks that a manifest's config and layers have media types Berth handles.
+    pub(crate) fn check_media_types(manifest: &Manifest, what: &str) -> Result<()> {
+        if !matches!(
+            manifest.config.media_type.as_str(),
+            media::OCI_CONFIG | media::DOCKER_CONFIG
+        ) {
+            return Err(Error::UnknownMediaType {
+                what: format!("{what}: config"),
+                media_type: manifest.config.media_type.clone(),
+            });
+        }
+        for layer in &manifest.layers {
+            if Compression::of_layer(&layer.media_type).is_none() {
+                return Err(Error::UnknownMediaType {
+                    what: format!("{what}: layer {}", layer.digest),
+                    media_type: layer.media_type.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reference an `index.json` entry is stored under.
+pub(crate) fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str)
+}
+
+pub(crate) fn check_blob(
+    what: &str,
+    expected: Option<&Digest>,
+    expected_size: Option<u64>,
+    actual: &Digest,
+    size: u64,
+) -> Result<()> {
+    if let Some(expected_size) = expected_size {
+        if expected_size != size {
+            return Err(Error::SizeMismatch {
+                what: what.to_string(),
+                expected: expected_size,
+                actual: size,
+            });
+        }
+    }
+    if let Some(expected) = expected {
+        if expected != actual {
+            return Err(Error::DigestMismatch {
+                what: what.to_string(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn blob_len(path: &Path) -> Result<u64> {
+    Ok(fs::metadata(path).map_err(Error::io(path, "stat"))?.len())
+}
+
+fn is_exists(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY))
+}
+
+/// Flushes a freshly unpacked layer with one `syncfs` instead of an fsync per file.
+fn syncfs(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(Error::io(dir, "open"))?;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(Error::io(dir, "syncfs")(io::Error::last_os_error()));
+    }
+    Ok(())
+}

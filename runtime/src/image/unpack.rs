@@ -1,0 +1,709 @@
+//! Unpacking one layer tarball into a directory, in the form overlayfs reads as a lower layer.
+//!
+//! - OCI whiteouts become overlay whiteouts: `.wh.NAME` → a 0/0 character device `NAME`;
+//!   `.wh..wh..opq` → the parent directory gets `trusted.overlay.opaque=y`.
+//! - Regular files, directories, symlinks, hard links, devices and fifos keep their mode,
+//!   ownership, mtime and xattrs (`SCHILY.xattr.*` PAX records; `trusted.*` ones are dropped so a
+//!   layer cannot forge overlay metadata).
+//! - Every path is resolved component by component from a descriptor of the layer root with
+//!   `O_NOFOLLOW | O_DIRECTORY`, never as a string: an absolute path, a `..` component, an entry
+//!   below a symlink, and a hard link whose target is not inside the layer are rejected, and
+//!   nothing is ever created outside the layer directory. Symlink targets are stored verbatim
+//!   (they are resolved later inside the container's root, not here).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufRead, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
+use tar::EntryType;
+
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("layer entry {path:?} rejected: {reason}")]
+    Rejected { path: String, reason: String },
+    #[error("layer entry {path:?}: {op}: {source}")]
+    Io {
+        path: String,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("reading layer tar stream: {0}")]
+    Read(#[source] io::Error),
+}
+
+/// What an unpack wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Wraps `input` in the decompressor its first bytes call for: gzip, zstd, or none (plain tar).
+/// Detection by magic number, as Docker does, so a mislabelled layer still unpacks; the
+/// digests checked around it keep that safe.
+pub fn decompress<'a, R: BufRead + Send + 'a>(
+    mut input: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
+    let head = input.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(input)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(ZstdFrames::new(input)?))
+    } else {
+        Ok(Box::new(input))
+    }
+}
+
+/// A zstd stream of one or more frames (skippable frames are skipped).
+struct ZstdFrames<R: BufRead> {
+    decoder: Option<StreamingDecoder<R, FrameDecoder>>,
+}
+
+impl<R: BufRead> ZstdFrames<R> {
+    fn new(input: R) -> io::Result<Self> {
+        let decoder = StreamingDecoder::new(input).map_err(zstd_error)?;
+        Ok(ZstdFrames {
+            decoder: Some(decoder),
+        })
+    }
+}
+
+fn zstd_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(decoder) = self.decoder.as_mut() else {
+                return Ok(0);
+            };
+            let n = decoder.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // End of a frame: another one may follow.
+            if decoder.get_mut().fill_buf()?.is_empty() {
+                self.decoder = None;
+                return Ok(0);
+            }
+            let Some(done) = self.decoder.take() else {
+                return Ok(0);
+            };
+            let (input, frame) = done.into_parts();
+            self.decoder =
+                Some(StreamingDecoder::new_with_decoder(input, frame).map_err(zstd_error)?);
+        }
+    }
+}
+
+/// Unpacks the tar stream `tar` into `dest`, an existing, empty directory.
+pub fn unpack<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
+    let root = open_dir_path(dest).map_err(|source| UnpackError::Io {
+        path: dest.display().to_string(),
+        op: "open layer directory",
+        source,
+    })?;
+    let mut unpacker = Unpacker {
+        root,
+        deferred_dirs: Vec::new(),
+        stats: UnpackStats::default(),
+    };
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().map_err(UnpackError::Read)? {
+        let entry = entry.map_err(UnpackError::Read)?;
+        unpacker.entry(entry)?;
+    }
+    unpacker.finish_dirs()?;
+    Ok(unpacker.stats)
+}
+
+/// Splits a tar path into safe components: no absolute path, no `..`, no NUL.
+/// An empty result names the layer root itself.
+pub fn clean_path(raw: &[u8]) -> Result<Vec<&OsStr>, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    let mut components = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("path has a '..' component"),
+            c if c.contains(&0) => return Err("path has a NUL byte"),
+            c => components.push(OsStr::from_bytes(c)),
+        }
+    }
+    Ok(components)
+}
+
+/// Metadata a tar header carries for one entry.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    /// Directories whose mode and mtime are set at the end, once nothing more is written in
+    /// them (a read-only directory must stay writable while its content is unpacked).
+    deferred_dirs: Vec<(Vec<OsString>, u32, i64)>,
+    stats: UnpackStats,
+}
+
+impl Unpacker {
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let reject = |reason: &str| UnpackError::Rejected {
+            path: shown.clone(),
+            reason: reason.to_string(),
+        };
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let components = clean_path(&raw_path).map_err(reject)?;
+        let meta = read_meta(&mut entry).map_err(UnpackError::Read)?;
+        self.stats.entries += 1;
+        let io_err = |op: &'static str| {
+            let shown = shown.clone();
+            move |source: io::Error| UnpackError::Io {
+                path: shown,
+                op,
+                source,
+            }
+        };
+
+        let Some((name, parents)) = components.split_last() else {
+            // The layer root itself: only its metadata can be set.
+            if !kind.is_dir() {
+                return Err(reject("the layer root must be a directory"));
+            }
+            self.deferred_dirs.push((Vec::new(), meta.mode, meta.mtime));
+            return self.apply_owner_xattrs(&self.root, None, &meta, &shown);
+        };
+        let name_bytes = name.as_bytes();
+        let parent = self.dir(parents, true, &shown)?;
+
+        if name_bytes == OPAQUE_MARKER {
+            let dir = reopen_dir(&parent).map_err(io_err("open opaque directory"))?;
+            return set_xattr_fd(&dir, OPAQUE_XATTR, b"y").map_err(io_err("mark opaque"));
+        }
+        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.starts_with(WHITEOUT_PREFIX) {
+                return Ok(()); // AUFS bookkeeping (.wh..wh.plnk etc.): not content
+            }
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(reject("whiteout of an invalid name"));
+            }
+            let hidden = OsStr::from_bytes(hidden);
+            remove_existing(&parent, hidden).map_err(io_err("replace existing entry"))?;
+            return mknod(&parent, hidden, libc::S_IFCHR, 0).map_err(io_err("create whiteout"));
+        }
+
+        match kind {
+            EntryType::Directory => {
+                match stat_at(&parent, name).map_err(io_err("stat"))? {
+                    Some(st) if is_type(&st, libc::S_IFDIR) => {}
+                    Some(_) => {
+                        remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
+                        mkdir(&parent, name).map_err(io_err("mkdir"))?;
+                    }
+                    None => mkdir(&parent, name).map_err(io_err("mkdir"))?,
+                }
+                let dir = open_child_dir(&parent, name).map_err(io_err("open directory"))?;
+                self.apply_owner_xattrs(&dir, None, &meta, &shown)?;
+                let mut path: Vec<OsString> = parents.iter().map(|c| c.to_os_string()).collect();
+                path.push(name.to_os_string());
+                self.deferred_dirs.push((path, meta.mode, meta.mtime));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
+                let mut file = create_file(&parent, name).map_err(io_err("create"))?;
+                let n = io::copy(&mut entry, &mut file).map_err(io_err("write"))?;
+                self.stats.bytes += n;
+                let fd = OwnedFd::from(file);
+                self.apply_owner_xattrs(&fd, None, &meta, &shown)?;
+                chmod_fd(&fd, meta.mode).map_err(io_err("chmod"))?;
+                set_times_fd(&fd, meta.mtime).map_err(io_err("set mtime"))?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| reject("symlink without a target"))?
+                    .into_owned();
+                if target.is_empty() || target.contains(&0) {
+                    return Err(reject("symlink target empty or has a NUL byte"));
+                }
+                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
+                symlink(&target, &parent, name).map_err(io_err("symlink"))?;
+                self.apply_owner_xattrs(&parent, Some(name), &meta, &shown)?;
+                set_times_at(&parent, name, meta.mtime).map_err(io_err("set mtime"))?;
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| reject("hard link without a target"))?
+                    .into_owned();
+                let target_components =
+                    clean_path(&target).map_err(|r| reject(&format!("hard link target: {r}")))?;
+                let Some((target_name, target_parents)) = target_components.split_last() else {
+                    return Err(reject("hard link to the layer root"));
+                };
+                let target_parent = self.dir(target_parents, false, &shown)?;
+                match stat_at(&target_parent, target_name).map_err(io_err("stat link target"))? {
+                    Some(st) if !is_type(&st, libc::S_IFDIR) => {}
+                    Some(_) => return Err(reject("hard link to a directory")),
+                    None => return Err(reject("hard link target is not in this layer")),
+                }
+                if target_components == components {
+                    return Ok(()); // a link to itself: already there
+                }
+                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
+                link(&target_parent, target_name, &parent, name).map_err(io_err("link"))?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let file_type = match kind {
+                    EntryType::Char => libc::S_IFCHR,
+                    EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                let header = entry.header();
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
+                mknod(&parent, name, file_type, libc::makedev(major, minor))
+                    .map_err(io_err("mknod"))?;
+                self.apply_owner_xattrs(&parent, Some(name), &meta, &shown)?;
+                chmod_at(&parent, name, meta.mode).map_err(io_err("chmod"))?;
+                set_times_at(&parent, name, meta.mtime).map_err(io_err("set mtime"))?;
+            }
+            other => return Err(reject(&format!("unsupported entry type {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Opens the directory `components` below the root, creating missing ones when `create`.
+    /// Fails on anything that is not a real directory (a symlink included).
+    fn dir(
+        &self,
+        components: &[&OsStr],
+        create: bool,
+        shown: &str,
+    ) -> Result<OwnedFd, UnpackError> {
+        let mut current = reopen_path(&self.root).map_err(|source| UnpackError::Io {
+            path: shown.to_string(),
+            op: "open layer root",
+            source,
+        })?;
+        for c in components {
+            let next = match open_path_dir(&current, c) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => mkdir(&current, c)
+                    .and_then(|()| open_path_dir(&current, c))
+                    .map_err(|source| UnpackError::Io {
+                        path: shown.to_string(),
+                        op: "create parent directory",
+                        source,
+                    })?,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                    return Err(UnpackError::Rejected {
+                        path: shown.to_string(),
+                        reason: format!(
+                            "{:?} on its path is a symlink or not a directory",
+                            c.to_string_lossy()
+                        ),
+                    })
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    return Err(UnpackError::Rejected {
+                        path: shown.to_string(),
+                        reason: "hard link target is not in this layer".to_string(),
+                    })
+                }
+                Err(source) => {
+                    return Err(UnpackError::Io {
+                        path: shown.to_string(),
+                        op: "open parent directory",
+                        source,
+                    })
+                }
+            };
+            current = next;
+        }
+        Ok(current)
+    }
+
+    /// Ownership and xattrs of `fd` itself (name `None`) or of `name` in directory `fd`.
+    fn apply_owner_xattrs(
+        &self,
+        fd: &OwnedFd,
+        name: Option<&OsStr>,
+        meta: &Meta,
+        shown: &str,
+    ) -> Result<(), UnpackError> {
+        let err = |op: &'static str| {
+            move |source: io::Error| UnpackError::Io {
+                path: shown.to_string(),
+                op,
+                source,
+            }
+        };
+        chown_at(fd, name, meta.uid, meta.gid).map_err(err("chown"))?;
+        for (key, value) in &meta.xattrs {
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            if key.starts_with("trusted.") {
+                log::debug!("{shown}: dropping xattr {key}");
+                continue;
+            }
+            let result = match name {
+                None => set_xattr_fd(fd, key, value),
+                Some(name) => set_xattr_link(fd, name, key, value),
+            };
+            match result {
+                Ok(()) => {}
+                // Filesystems without the namespace (e.g. security.selinux): not fatal.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    log::debug!("{shown}: xattr {key} not supported here");
+                }
+                Err(e) => return Err(err("set xattr")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<(), UnpackError> {
+        let dirs = std::mem::take(&mut self.deferred_dirs);
+        for (path, mode, mtime) in dirs.iter().rev() {
+            let shown = path
+                .iter()
+                .map(|c| c.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let components: Vec<&OsStr> = path.iter().map(|c| c.as_os_str()).collect();
+            let fd = self.dir(&components, false, &shown)?;
+            let dir = reopen_dir(&fd).map_err(|source| UnpackError::Io {
+                path: shown.clone(),
+                op: "open directory",
+                source,
+            })?;
+            chmod_fd(&dir, *mode)
+                .and_then(|()| set_times_fd(&dir, *mtime))
+                .map_err(|source| UnpackError::Io {
+                    path: shown,
+                    op: "set directory mode and mtime",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
+    let mut xattrs = Vec::new();
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            if let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                xattrs.push((key.to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    let h = entry.header();
+    let to_u32 = |v: u64| u32::try_from(v).map_err(|_| io::Error::other("id out of range"));
+    Ok(Meta {
+        mode: h.mode()? & 0o7777,
+        uid: to_u32(h.uid()?)?,
+        gid: to_u32(h.gid()?)?,
+        mtime: i64::try_from(h.mtime()?).unwrap_or(0),
+        xattrs,
+    })
+}
+
+// --- thin syscall wrappers: every call is relative to a directory descriptor ---
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn owned(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by a successful open call and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn openat(dir: RawFd, name: &OsStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string living across the call.
+    owned(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })
+}
+
+fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    openat(
+        libc::AT_FDCWD,
+        path.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+}
+
+fn open_path_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    openat(
+        dir.as_raw_fd(),
+        name,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
+fn open_child_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    openat(
+        dir.as_raw_fd(),
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+}
+
+fn reopen_path(dir: &OwnedFd) -> io::Result<OwnedFd> {
+    open_path_dir(dir, OsStr::new("."))
+}
+
+/// A readable descriptor of the directory `dir` (an `O_PATH` one cannot take xattrs or chmod).
+fn reopen_dir(dir: &OwnedFd) -> io::Result<OwnedFd> {
+    open_child_dir(dir, OsStr::new("."))
+}
+
+fn create_file(dir: &OwnedFd, name: &OsStr) -> io::Result<File> {
+    let fd = openat(
+        dir.as_raw_fd(),
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        0o600,
+    )?;
+    Ok(File::from(fd))
+}
+
+fn mkdir(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and descriptor.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) })
+}
+
+fn mknod(dir: &OwnedFd, name: &OsStr, kind: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and descriptor.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), kind | 0o600, dev) })
+}
+
+fn symlink(target: &[u8], dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    let t = CString::new(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings and descriptor.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })
+}
+
+fn link(from_dir: &OwnedFd, from: &OsStr, to_dir: &OwnedFd, to: &OsStr) -> io::Result<()> {
+    let f = cstr(from)?;
+    let t = cstr(to)?;
+    // SAFETY: valid C strings and descriptors; flags 0 never follows a symlink target.
+    check(unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            f.as_ptr(),
+            to_dir.as_raw_fd(),
+            t.as_ptr(),
+            0,
+        )
+    })
+}
+
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<libc::stat>> {
+    let c = cstr(name)?;
+    // SAFETY: zeroed stat is a valid out-buffer; valid C string and descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(st));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+fn is_type(st: &libc::stat, kind: libc::mode_t) -> bool {
+    st.st_mode & libc::S_IFMT == kind
+}
+
+/// Removes `name` in `dir` if present, directories recursively (symlinks are never followed).
+fn remove_existing(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    let Some(st) = stat_at(dir, name)? else {
+        return Ok(());
+    };
+    if is_type(&st, libc::S_IFDIR) {
+        // std's remove_dir_all works with openat/unlinkat and never follows symlinks; the
+        // /proc path pins the already resolved parent directory.
+        let path = proc_path(dir, name);
+        return std::fs::remove_dir_all(path);
+    }
+    let c = cstr(name)?;
+    // SAFETY: valid C string and descriptor.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) })
+}
+
+fn proc_path(dir: &OwnedFd, name: &OsStr) -> std::path::PathBuf {
+    Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+}
+
+fn chown_at(dir: &OwnedFd, name: Option<&OsStr>, uid: u32, gid: u32) -> io::Result<()> {
+    let (c, flags) = match name {
+        Some(n) => (cstr(n)?, libc::AT_SYMLINK_NOFOLLOW),
+        None => (CString::default(), libc::AT_EMPTY_PATH),
+    };
+    // SAFETY: valid C string and descriptor.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) })
+}
+
+fn chmod_fd(fd: &OwnedFd, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on an owned descriptor.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
+}
+
+fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string and descriptor; `name` was just created as a non-symlink.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode, 0) })
+}
+
+fn timespecs(mtime: i64) -> [libc::timespec; 2] {
+    let t = libc::timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    [t, t]
+}
+
+fn set_times_fd(fd: &OwnedFd, mtime: i64) -> io::Result<()> {
+    let ts = timespecs(mtime);
+    // SAFETY: `ts` is a valid array of two timespecs.
+    check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })
+}
+
+fn set_times_at(dir: &OwnedFd, name: &OsStr, mtime: i64) -> io::Result<()> {
+    let c = cstr(name)?;
+    let ts = timespecs(mtime);
+    // SAFETY: valid C string, descriptor and timespec array.
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+fn set_xattr_fd(fd: &OwnedFd, key: &str, value: &[u8]) -> io::Result<()> {
+    let k = cstr(OsStr::new(key))?;
+    // SAFETY: valid C string; value pointer and length describe a live slice.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// xattr of `name` in `dir` without following it (symlinks, device nodes).
+fn set_xattr_link(dir: &OwnedFd, name: &OsStr, key: &str, value: &[u8]) -> io::Result<()> {
+    let path = cstr(proc_path(dir, name).as_os_str())?;
+    let k = cstr(OsStr::new(key))?;
+    // SAFETY: valid C strings; value pointer and length describe a live slice.
+    check(unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_accepts_relative_and_dot_prefixed() {
+        let c = clean_path(b"./usr//bin/./sh").unwrap();
+        assert_eq!(
+            c,
+            vec![OsStr::new("usr"), OsStr::new("bin"), OsStr::new("sh")]
+        );
+        assert!(clean_path(b"./").unwrap().is_empty());
+        assert!(clean_path(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn clean_path_rejects_escapes() {
+        assert!(clean_path(b"/etc/passwd").is_err());
+        assert!(clean_path(b"../x").is_err());
+        assert!(clean_path(b"a/../../x").is_err());
+        assert!(clean_path(b"a/..").is_err());
+    }
+
+    #[test]
+    fn decompress_detects_formats() {
+        use std::io::Write;
+        let plain = b"plain tar bytes".to_vec();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        for input in [plain.clone(), gz] {
+            let mut out = Vec::new();
+            decompress(&input[..])
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, plain);
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `berth-runtime image …` end to end against a real registry, and garbage collection with
+//! shared layers and leases.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::Path;
+
+use berth_runtime::image::{gc, Store};
+use support::{berth_runtime, busybox_image, push, write_file, ImageBuilder, Registry, TempDir};
+
+fn image_cmd(store: &Path, config: &Path, args: &[&str]) -> std::process::Output {
+    berth_runtime()
+        .arg("image")
+        .arg("--store")
+        .arg(store)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(store: &Path, config: &Path, args: &[&str]) -> String {
+    let out = image_cmd(store, config, args);
+    assert!(
+        out.status.success(),
+        "image {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cli_pull_ls_inspect_export_rm_import_prune() {
+    let reg = Registry::start();
+    let work = TempDir::new("cli");
+    let layout = work.join("layout");
+    let b = busybox_image(&layout, "t", &[("www/index.html", "hello\n")]);
+    b.config(&["--config.cmd", "/bin/sh", "--config.exposedports", "80/tcp"]);
+    push(&layout, "t", &reg.addr, "cli/web:1", &[]);
+    let config = write_file(
+        &work,
+        "machine.toml",
+        &format!("[registries]\ninsecure = [\"{}\"]\n", reg.addr),
+    );
+    let store = work.join("images");
+    let name = format!("{}/cli/web:1", reg.addr);
+
+    let progress = ok(&store, &config, &["pull", &name]);
+    assert!(
+        progress
+            .lines()
+            .all(|l| l.starts_with(&format!("pull {name}: "))),
+        "{progress}"
+    );
+    assert!(progress.contains("done"), "{progress}");
+
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&store, &config, &["ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["reference"], name.as_str());
+    assert_eq!(ok(&store, &config, &["ls", "-q"]).trim(), name);
+    let table = ok(&store, &config, &["ls"]);
+    assert!(
+        table.starts_with("REFERENCE") && table.contains(&name),
+        "{table}"
+    );
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&store, &config, &["inspect", &name])).unwrap();
+    assert_eq!(inspect["cmd"][0], "/bin/sh");
+    assert_eq!(inspect["exposed_ports"][0], "80/tcp");
+    assert_eq!(inspect["config"]["architecture"], "amd64");
+    assert_eq!(inspect["layers"].as_array().unwrap().len(), 2);
+    let id = inspect["id"].as_str().unwrap().to_string();
+
+    let archive = work.join("web.tar");
+    ok(
+        &store,
+        &config,
+        &[
+            "export",
+            &name,
+            archive.to_str().unwrap(),
+            "--format",
+            "docker",
+        ],
+    );
+    let rm: serde_json::Value =
+        serde_json::from_str(&ok(&store, &config, &["rm", "--json", &name])).unwrap();
+    assert_eq!(rm["removed"][0], name.as_str());
+    assert!(rm["prune"]["layers_removed"].as_u64().unwrap() >= 2, "{rm}");
+    assert_eq!(ok(&store, &config, &["ls", "-q"]).trim(), "");
+    assert_eq!(
+        std::fs::read_dir(store.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    let imported = ok(&store, &config, &["import", archive.to_str().unwrap()]);
+    assert!(
+        imported.contains(&name) && imported.contains(&id),
+        "{imported}"
+    );
+    assert_eq!(ok(&store, &config, &["ls", "-q"]).trim(), name);
+
+    // Errors: clear message, non-zero exit, nothing changed.
+    let out = image_cmd(&store, &config, &["rm", "nosuch/image"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("docker.io/nosuch/image:latest"));
+    let out = image_cmd(&store, &config, &["pull", "UPPER/case"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid image reference"));
+    let out = image_cmd(&store, &config, &["frobnicate"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown command")
+    );
+    let prune: serde_json::Value =
+        serde_json::from_str(&ok(&store, &config, &["prune", "--json"])).unwrap();
+    assert_eq!(prune["layers_removed"], 0);
+    assert_eq!(ok(&store, &config, &["ls", "-q"]).trim(), name);
+}
+
+#[test]
+fn gc_keeps_shared_and_leased_layers() {
+    let reg = Registry::start();
+    let work = TempDir::new("gc");
+    let layout = work.join("layout");
+    // Two images on the same busybox base layer.
+    let base = ImageBuilder::new(&layout, "base");
+    base.add_busybox();
+    base.repack();
+    for name in ["a", "b"] {
+        let img = ImageBuilder::derive(&layout, "base", name);
+        img.write(name, name);
+        img.repack();
+    }
+    push(&layout, "a", &reg.addr, "gc/a:1", &[]);
+    push(&layout, "b", &reg.addr, "gc/b:1", &[]);
+    let config = write_file(
+        &work,
+        "machine.toml",
+        &format!("[registries]\ninsecure = [\"{}\"]\n", reg.addr),
+    );
+    let store_dir = work.join("images");
+    ok(
+        &store_dir,
+        &config,
+        &["pull", &format!("{}/gc/a:1", reg.addr)],
+    );
+    ok(
+        &store_dir,
+        &config,
+        &["pull", &format!("{}/gc/b:1", reg.addr)],
+    );
+    let store = Store::open(&store_dir).unwrap();
+    let a = store.resolve(&format!("{}/gc/a:1", reg.addr)).unwrap();
+    let b = store.resolve(&format!("{}/gc/b:1", reg.addr)).unwrap();
+    assert_eq!(a.layers[0], b.layers[0], "base layer stored once");
+    assert_eq!(
+        std::fs::read_dir(store_dir.join("layers")).unwrap().count(),
+        3
+    );
+
+    // Nothing to collect while both are tagged.
+    assert_eq!(gc::prune(&store).unwrap(), gc::PruneReport::default());
+
+    // A container uses b: removing its tag keeps its data; `rm` refuses without --force.
+    store.lease("web-1", &b).unwrap();
+    let out = image_cmd(&store_dir, &config, &["rm", &b.reference]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by container(s): web-1"));
+    ok(&store_dir, &config, &["rm", "--force", &b.reference]);
+    assert!(
+        b.layers.iter().all(|l| l.is_dir()),
+        "leased layers collected"
+    );
+    assert!(store.has_blob(&b.manifest_digest));
+
+    // Lease released: b's own layer goes, the shared base stays for a.
+    store.release("web-1").unwrap();
+    let report = gc::prune(&store).unwrap();
+    assert_eq!(report.layers_removed, 1);
+    assert!(!b.layers[1].exists());
+    assert!(a.layers.iter().all(|l| l.is_dir()));
+    assert_eq!(store.resolve(&a.reference).unwrap().id(), a.id());
+
+    // Leftovers of interrupted pulls are swept too.
+    std::fs::write(store_dir.join("tmp/deadbeef.partial"), b"half").unwrap();
+    assert_eq!(gc::prune(&store).unwrap().temp_removed, 1);
+    assert!(store.lease("../evil", &a).is_err());
+}

@@ -1,0 +1,127 @@
+//! HTTPS pulls: a registry with a certificate from a test CA is trusted only through the
+//! configured CA bundle; plain HTTP is used only for registries marked insecure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use berth_runtime::image::pull::{self, PullOptions};
+use berth_runtime::image::{Error, Image, Result, Store};
+use berth_runtime::registry::{self, Client, Reference, RegistriesConfig};
+use support::{push, run, ImageBuilder, Registry, TempDir};
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key).
+fn make_certs(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "2", "-subj", "/CN=Berth Test CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.crt")));
+    run(Command::new("openssl")
+        .arg("req")
+        .args(ec)
+        .args(["-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(p("server.key"))
+        .arg("-out")
+        .arg(p("server.csr")));
+    std::fs::write(
+        p("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(p("server.csr"))
+        .arg("-CA")
+        .arg(p("ca.crt"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("ext.cnf"))
+        .arg("-out")
+        .arg(p("server.crt")));
+    (p("ca.crt"), p("server.crt"), p("server.key"))
+}
+
+fn pull_with(store: &Store, registry: &str, config: RegistriesConfig) -> Result<Image> {
+    pull::pull(
+        store,
+        &Client::new(config),
+        &Reference::parse(&format!("{registry}/tls/app:1")).unwrap(),
+        &PullOptions::default(),
+        &|_: &str| {},
+    )
+}
+
+#[test]
+fn https_with_a_test_ca() {
+    let work = TempDir::new("tls");
+    let (ca, cert, key) = make_certs(&work);
+    let reg = Registry::start_with_tls(Some((&cert, &key)));
+    let layout = work.join("layout");
+    let b = ImageBuilder::new(&layout, "t");
+    b.add_busybox();
+    b.write("tls.txt", "over https\n");
+    b.repack();
+    push(&layout, "t", &reg.addr, "tls/app:1", &[]);
+    let store = Store::open(work.join("images")).unwrap();
+
+    // The system bundle does not know the test CA: refused.
+    let err = pull_with(&store, &reg.addr, RegistriesConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Registry(registry::Error::Transport { .. })),
+        "{err:?}"
+    );
+    let text = format!("{err:?} {err}").to_lowercase();
+    assert!(
+        text.contains("issuer") || text.contains("certificate"),
+        "{err}"
+    );
+
+    // A bundle that does not exist: said so.
+    let missing = RegistriesConfig {
+        ca_bundle: Some(work.join("nope.pem")),
+        ..Default::default()
+    };
+    let err = pull_with(&store, &reg.addr, missing).unwrap_err();
+    assert!(
+        matches!(err, Error::Registry(registry::Error::CaBundle { .. })),
+        "{err:?}"
+    );
+
+    // Plain HTTP to an HTTPS registry (wrongly marked insecure) fails too.
+    let insecure = RegistriesConfig {
+        insecure: vec![reg.addr.clone()],
+        ..Default::default()
+    };
+    assert!(pull_with(&store, &reg.addr, insecure).is_err());
+    assert!(store.list().unwrap().is_empty());
+
+    // The test CA as bundle: trusted.
+    let trusted = RegistriesConfig {
+        ca_bundle: Some(ca),
+        ..Default::default()
+    };
+    let image = pull_with(&store, &reg.addr, trusted).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(image.layers.last().unwrap().join("tls.txt")).unwrap(),
+        "over https\n"
+    );
+}
