@@ -72,6 +72,11 @@ rm -rf "$BERTH_OUT/demo-bundle"
 STATE="$BERTH_OUT/state"
 rm -rf "$STATE"
 mkdir -p "$STATE"/{units,logs,images,containers,volumes}
+# The demo image, preloaded into the image store (as an OCI archive), and its unit.
+tar -C "$DEMO_OCI" -cf "$BERTH_OUT/demo-oci.tar" .
+"$BERTH_OUT/bin/berth-runtime" image --store "$STATE/images" \
+    import "$BERTH_OUT/demo-oci.tar" --tag berth.local/demo-web:latest >/dev/null
+cp configs/demo/demo-web.toml "$STATE/units/demo-web.toml"
 
 # --- Disk ----------------------------------------------------------------------------
 log "image: assembling disk"
