@@ -9,6 +9,8 @@
 pub mod console;
 pub mod disk;
 pub mod fixture;
+pub mod guest;
+pub mod http;
 pub mod qmp;
 pub mod vm;
 
