@@ -176,6 +176,24 @@ impl Vm {
         }
     }
 
+    /// Like [`Vm::wait_for`], but also returns the kernel timestamp (seconds) of the console
+    /// line holding the marker, when the line has one (`[    1.234567] ...`).
+    pub fn wait_for_kernel_line(
+        &mut self,
+        marker: &str,
+        timeout: Duration,
+    ) -> Result<(Duration, Option<f64>)> {
+        let deadline = Instant::now() + timeout;
+        let find = |s: &str| s.find(marker).map(|i| (i, i + marker.len()));
+        match self.console.wait_match(deadline, &find) {
+            Some((before, _)) => {
+                let line = before.rsplit('\n').next().unwrap_or("");
+                Ok((self.elapsed(), kernel_timestamp(line)))
+            }
+            None => Err(self.timeout_error(format!("{marker:?}"), timeout)),
+        }
+    }
+
     fn type_line(&mut self, line: &str) -> Result<()> {
         let stdin = self
             .stdin
@@ -286,6 +304,12 @@ impl Vm {
     }
 }
 
+/// The timestamp of a kernel log line: `[    1.234567] text` → 1.234567.
+pub fn kernel_timestamp(line: &str) -> Option<f64> {
+    let inner = line.trim_start().strip_prefix('[')?;
+    inner.split_once(']')?.0.trim().parse().ok()
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         if self.exit.is_none() {
@@ -295,5 +319,20 @@ impl Drop for Vm {
         self.stdin = None;
         self.console.finish(Duration::from_secs(2));
         let _ = std::fs::write(self.dir.join("console.log"), self.console.transcript());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_timestamps_parse() {
+        assert_eq!(
+            kernel_timestamp("[    1.147495] Run /sbin/init"),
+            Some(1.147495)
+        );
+        assert_eq!(kernel_timestamp("\r[   12.5] x"), Some(12.5));
+        assert_eq!(kernel_timestamp("no stamp"), None);
     }
 }
