@@ -35,6 +35,8 @@ while read -r applet; do
     ln -s "$up/bin/busybox" "$ROOTFS/$applet"
 done < <("$BUSYBOX" --list-full)
 cp configs/units/*.toml "$ROOTFS/usr/lib/berth/units/"
+mkdir -p "$ROOTFS/usr/share/berth/www"
+cp configs/demo/www/* "$ROOTFS/usr/share/berth/www/"
 cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
 ln -s ../run/berth/resolv.conf "$ROOTFS/etc/resolv.conf"
 ln -s ../proc/self/mounts "$ROOTFS/etc/mtab"
