@@ -230,10 +230,14 @@ fn place(disk: &File, image: &Path, part: &Placed) -> Result<(), AssembleError> 
     let mut f = File::open(image).map_err(io(image))?;
     let size = f.metadata().map_err(io(image))?.len();
     fits(&image.display().to_string(), size, part)?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = Vec::with_capacity(1 << 20);
     let mut at = 0u64;
     loop {
-        let n = read_full(&mut f, &mut buf).map_err(io(image))?;
+        buf.clear();
+        let n = (&mut f)
+            .take(1 << 20)
+            .read_to_end(&mut buf)
+            .map_err(io(image))?;
         if n == 0 {
             break;
         }
@@ -248,15 +252,4 @@ fn place(disk: &File, image: &Path, part: &Placed) -> Result<(), AssembleError> 
         at += n as u64;
     }
     Ok(())
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }

@@ -101,24 +101,14 @@ impl BlockDevices {
             if name.starts_with("dm-") || name.starts_with("loop") || name.starts_with("ram") {
                 return None;
             }
-            let mut head = vec![0u8; 0x8800];
-            let mut f = File::open(self.dev_path(&name)).ok()?;
-            let n = read_up_to(&mut f, &mut head).ok()?;
-            let (kind, found) = probe_label(&head[..n])?;
+            // Labels live in the first 34 KiB (ISO 9660's volume descriptor at 32 KiB).
+            let mut head = Vec::with_capacity(0x8800);
+            let f = File::open(self.dev_path(&name)).ok()?;
+            f.take(0x8800).read_to_end(&mut head).ok()?;
+            let (kind, found) = probe_label(&head)?;
             found.eq_ignore_ascii_case(label).then_some((name, kind))
         })
     }
-}
-
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// Reads the volume label of a FAT or ISO 9660 filesystem from its first 34 KiB.
