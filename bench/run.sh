@@ -1,4 +1,9 @@
 #!/usr/bin/env bash
+# Runs every benchmark in bench/, one after another.
 set -euo pipefail
-echo "no benchmarks yet" >&2
-exit 1
+cd "$(dirname "$0")"
+for bench in ./*.sh; do
+    [ "$bench" = ./run.sh ] && continue
+    echo "==> $bench"
+    "$bench"
+done

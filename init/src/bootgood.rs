@@ -40,6 +40,13 @@ pub fn booted_slot(cmdline: &str) -> Option<Slot> {
         .and_then(Slot::parse)
 }
 
+/// The slot this machine booted, when it booted from a Berth disk (GRUB put `berth.slot=` on
+/// the command line). `None` for PID 1 elsewhere, e.g. in a test's namespaces: then nothing
+/// touches disks, the watchdog or grubenv.
+pub fn booted_slot_of_this_machine() -> Option<Slot> {
+    booted_slot(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+}
+
 /// What marking found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Marked {

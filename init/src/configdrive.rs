@@ -97,7 +97,7 @@ impl UserData {
             problem: problem.into(),
         };
         if let Some(h) = &data.hostname {
-            if !valid_hostname(h) {
+            if !crate::machine::valid_hostname(h) {
                 return Err(invalid("hostname", "1-64 letters, digits, '-' and '.'"));
             }
         }
@@ -178,15 +178,6 @@ impl UserData {
         write_atomic(&state.join(APPLIED_MARKER), b"")?;
         Ok(written)
     }
-}
-
-pub fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 64
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !h.starts_with(['-', '.'])
-        && !h.ends_with(['-', '.'])
 }
 
 fn valid_cidr(s: &str) -> bool {

@@ -1,8 +1,27 @@
 //! berth-init: Berth's PID 1 and container supervisor.
+//!
+//! The binary (`main.rs`) builds the boot sequence from named phases; everything it runs lives
+//! in this library so it can be tested without being PID 1.
 
+pub mod api;
 pub mod blockdev;
+pub mod boot;
 pub mod bootgood;
 pub mod configdrive;
+pub mod event;
+pub mod graph;
+pub mod launch;
+pub mod log;
+pub mod logs;
+pub mod machine;
+pub mod platform;
 pub mod powerbutton;
+pub mod reaper;
+pub mod run;
+pub mod shutdown;
+pub mod signals;
 pub mod statefs;
+pub mod supervisor;
+pub mod tomlfile;
+pub mod unit;
 pub mod watchdog;

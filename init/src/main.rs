@@ -1,4 +1,105 @@
+//! berth-init: PID 1 of a Berth machine, or with `--root-dir DIR` the same supervisor on a
+//! development host. Boot is a list of named phases (see `boot`); then supervision runs
+//! until an ordered shutdown.
+
+use std::path::PathBuf;
+
+use berth_init::boot::{self, emergency, Boot, Mode};
+use berth_init::log::Logger;
+use berth_init::run::{Init, VERSION};
+use berth_init::shutdown;
+
+const USAGE: &str = "usage: berth-init                 (as PID 1)
+       berth-init --root-dir DIR  (host mode: units in DIR/units, state in DIR/state,
+                                   control socket DIR/api.sock)
+       berth-init --version";
+
+fn parse_args() -> Result<Mode, String> {
+    let mut args = std::env::args().skip(1);
+    let mut root = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--root-dir" => root = Some(args.next().ok_or("--root-dir needs a directory")?),
+            "--version" => {
+                println!("berth-init {VERSION}");
+                std::process::exit(0);
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            // The kernel passes unknown command-line words to init; PID 1 ignores them.
+            other if std::process::id() == 1 => log::debug!("ignoring argument {other}"),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    match (std::process::id() == 1, root) {
+        (true, _) => Ok(Mode::Pid1),
+        (false, Some(dir)) => {
+            let dir = PathBuf::from(dir);
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            Ok(Mode::Host { root: dir })
+        }
+        (false, None) => Err(format!(
+            "not running as PID 1: use --root-dir DIR for host mode\n{USAGE}"
+        )),
+    }
+}
+
 fn main() {
-    eprintln!("berth-init: not built yet");
+    let mode = match parse_args() {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("berth-init: {e}");
+            std::process::exit(2);
+        }
+    };
+    let pid1 = mode == Mode::Pid1;
+    let logger = if pid1 {
+        Logger::for_pid1()
+    } else {
+        Logger::for_host()
+    };
+    // BERTH_LOG=debug shows per-process detail (e.g. every reaped orphan).
+    let level = std::env::var("BERTH_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    logger.with_level(level).install();
+    // Panics are logged through the facade (kmsg/syslog), then caught by the loop.
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+
+    log::info!(
+        "berth-init {VERSION} starting ({})",
+        if pid1 { "PID 1" } else { "host mode" }
+    );
+    let mut boot = Boot::new(mode);
+    let phases = if pid1 {
+        boot::pid1_phases()
+    } else {
+        boot::host_phases()
+    };
+    if let Err((phase, e)) = boot::run_phases(&phases, &mut boot) {
+        fail(pid1, &format!("{phase}: {e}"));
+    }
+    // The container launcher joins this list once the runtime provides it.
+    let launchers = Vec::new();
+    let mut init = match Init::start(boot, launchers) {
+        Ok(init) => init,
+        Err(e) => fail(pid1, &e.to_string()),
+    };
+    let action = init.run();
+    if pid1 {
+        shutdown::finish_pid1(action);
+    }
+    log::info!("all units stopped; exiting");
+}
+
+/// A fatal boot error: PID 1 drops to an emergency shell, host mode exits.
+fn fail(pid1: bool, reason: &str) -> ! {
+    if pid1 {
+        emergency::run_forever(reason);
+    }
+    log::error!("{reason}");
     std::process::exit(1);
 }

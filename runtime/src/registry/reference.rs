@@ -156,7 +156,7 @@ fn valid_host(s: &str) -> bool {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
         _ => (s, None),
     };
-    let port_ok = port.map_or(true, |p| !p.is_empty() && p.parse::<u16>().is_ok());
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.parse::<u16>().is_ok());
     let host_ok = !host.is_empty()
         && host
             .bytes()

@@ -1,0 +1,89 @@
+//! Launching: the supervisor talks only to the [`Launcher`] trait. A launcher turns a unit into
+//! processes: optional preparation steps (an image pull, run as a child process so PID 1 never
+//! blocks), the main process, health-check processes, and the cleanup after the main process
+//! is gone (leftover processes, cgroup, container state).
+//!
+//! [`process::ProcessLauncher`] runs system units (no `image`) from the host root. A container
+//! launcher plugs in beside it: `handles` picks the launcher for a unit.
+
+pub mod cgroup;
+pub mod process;
+
+use std::os::fd::OwnedFd;
+
+use crate::unit::Unit;
+
+/// A process a launcher started. The supervisor reaps it (never the launcher) and reads its
+/// output.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    /// Read end of a pipe carrying the process's stdout and stderr, for the unit's log.
+    pub output: Option<OwnedFd>,
+}
+
+/// What starting a unit produced.
+#[derive(Debug)]
+pub enum Step {
+    /// A preparation process; when it exits 0 the supervisor calls `start` again with one
+    /// more completed step. Any other exit is a failed start.
+    Prepare(Spawned),
+    /// The unit's main process: the unit is running.
+    Main(Spawned),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("command `{command}` not found")]
+    NotFound { command: String },
+    #[error("command `{command}` is not executable: {source}")]
+    NotExecutable {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("unknown user or group `{0}`")]
+    UnknownUser(String),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] berth_runtime::cgroups::CgroupError),
+    #[error("cannot create output pipe: {0}")]
+    Pipe(std::io::Error),
+    #[error("cannot signal process {pid}: {source}")]
+    Signal { pid: i32, source: nix::errno::Errno },
+    #[error("no launcher for this unit: {0}")]
+    Unsupported(String),
+}
+
+impl LaunchError {
+    /// Exit code a shell would report for this failure (127 not found, 126 not executable).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::NotFound { .. } => 127,
+            LaunchError::NotExecutable { .. } => 126,
+            _ => 1,
+        }
+    }
+}
+
+pub trait Launcher {
+    /// Whether this launcher runs `unit`.
+    fn handles(&self, unit: &Unit) -> bool;
+
+    /// Starts `unit` after `prepared` preparation steps have completed successfully.
+    fn start(&mut self, unit: &Unit, prepared: u32) -> Result<Step, LaunchError>;
+
+    /// Sends `signal` to the unit's main process `pid`, or to every process of the unit
+    /// when `all` (used for the final SIGKILL).
+    fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError>;
+
+    /// Starts one run of the unit's health check (for containers, inside the container).
+    fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError>;
+
+    /// The main process `pid` has exited (or, with `None`, the start failed): remove what is
+    /// left of the unit (processes, cgroup, container). Must not block.
+    fn cleanup(&mut self, unit: &Unit, pid: Option<i32>);
+}

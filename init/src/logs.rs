@@ -1,0 +1,195 @@
+//! Per-unit output capture: each unit's stdout/stderr pipe is read by the event loop (never
+//! blocking) into `logs/<unit>.log`, rotated by size, keeping a few old files
+//! (`<unit>.log.1` newest … `<unit>.log.N` oldest).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct LogPolicy {
+    pub dir: PathBuf,
+    /// Rotate once the current file would grow past this.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
+impl LogPolicy {
+    pub fn new(dir: PathBuf) -> LogPolicy {
+        LogPolicy {
+            dir,
+            max_bytes: 1 << 20,
+            keep: 3,
+        }
+    }
+}
+
+/// One unit's log file, opened on first write (silent units cost no descriptor).
+pub struct UnitLog {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+}
+
+impl UnitLog {
+    pub fn new(policy: &LogPolicy, unit: &str) -> UnitLog {
+        UnitLog {
+            path: policy.dir.join(format!("{unit}.log")),
+            file: None,
+            size: 0,
+        }
+    }
+
+    pub fn write(&mut self, policy: &LogPolicy, data: &[u8]) -> io::Result<()> {
+        if self.file.is_some() && self.size + data.len() as u64 > policy.max_bytes {
+            self.rotate(policy)?;
+        }
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
+                self.size = f.metadata()?.len();
+                self.file.insert(f)
+            }
+        };
+        file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self, policy: &LogPolicy) -> io::Result<()> {
+        self.file = None;
+        self.size = 0;
+        let numbered = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        if policy.keep == 0 {
+            return std::fs::remove_file(&self.path);
+        }
+        let _ = std::fs::remove_file(numbered(policy.keep));
+        for n in (1..policy.keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::rename(&self.path, numbered(1))
+    }
+}
+
+/// The open output pipes of all units, keyed by an id the event loop carries.
+pub struct Pipes {
+    next: u64,
+    open: HashMap<u64, (usize, OwnedFd)>,
+}
+
+/// Most bytes taken from one pipe per wake-up, so one chatty unit cannot starve the loop.
+const READ_BUDGET: usize = 256 * 1024;
+
+impl Default for Pipes {
+    fn default() -> Self {
+        Pipes {
+            next: 1,
+            open: HashMap::new(),
+        }
+    }
+}
+
+impl Pipes {
+    /// Keeps `fd` as output of unit `unit`; returns its id.
+    pub fn add(&mut self, unit: usize, fd: OwnedFd) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.open.insert(id, (unit, fd));
+        id
+    }
+
+    pub fn fd(&self, id: u64) -> Option<BorrowedFd<'_>> {
+        self.open.get(&id).map(|(_, fd)| fd.as_fd())
+    }
+
+    /// Reads what is available from pipe `id` and hands it to `sink(unit, bytes)`. Returns
+    /// the pipe's fd when it reached end of file (the caller unwatches and drops it).
+    pub fn drain(&mut self, id: u64, mut sink: impl FnMut(usize, &[u8])) -> Option<OwnedFd> {
+        let (unit, fd) = self.open.get(&id)?;
+        let unit = *unit;
+        let mut buf = [0u8; 16 * 1024];
+        let mut file = File::from(fd.try_clone().ok()?);
+        let mut taken = 0;
+        let eof = loop {
+            match file.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    sink(unit, &buf[..n]);
+                    taken += n;
+                    if taken >= READ_BUDGET {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        if eof {
+            self.open.remove(&id).map(|(_, fd)| fd)
+        } else {
+            None
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_by_size_and_keeps_n_files() {
+        let dir = std::env::temp_dir().join(format!("berth-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = LogPolicy {
+            dir: dir.clone(),
+            max_bytes: 10,
+            keep: 2,
+        };
+        let mut log = UnitLog::new(&policy, "u");
+        for chunk in ["aaaaaa", "bbbbbb", "cccccc", "dddddd"] {
+            log.write(&policy, chunk.as_bytes()).unwrap();
+        }
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("u.log"), "dddddd");
+        assert_eq!(read("u.log.1"), "cccccc");
+        assert_eq!(read("u.log.2"), "bbbbbb");
+        assert!(!dir.join("u.log.3").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn drains_pipes_until_eof() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        crate::launch::process::set_nonblocking(&r).unwrap();
+        let mut pipes = Pipes::default();
+        let id = pipes.add(7, r);
+        let mut w = File::from(w);
+        w.write_all(b"hello").unwrap();
+        let mut got = Vec::new();
+        assert!(pipes.drain(id, |u, b| got.push((u, b.to_vec()))).is_none());
+        assert_eq!(got, vec![(7, b"hello".to_vec())]);
+        drop(w);
+        assert!(pipes.drain(id, |_, _| {}).is_some());
+        assert!(pipes.is_empty());
+    }
+}

@@ -1,0 +1,77 @@
+//! Reaping: collects every exited child (units, health checks and re-parented orphans) with
+//! `waitpid(-1, WNOHANG)` until none is left.
+
+use std::fmt;
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+
+    /// Shell-style code: the exit code, or 128 + signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Exited(c) => write!(f, "exited with status {c}"),
+            ExitStatus::Signaled(s) => {
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("?");
+                write!(f, "killed by signal {s} ({name})")
+            }
+        }
+    }
+}
+
+/// Reaps every child that has exited and returns them. Bounded by the number of children.
+pub fn reap() -> Vec<(i32, ExitStatus)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw(), ExitStatus::Exited(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                out.push((pid.as_raw(), ExitStatus::Signaled(sig as i32)))
+            }
+            Ok(WaitStatus::StillAlive) => break,
+            // Stopped/continued children are not exits; keep draining.
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break, // ECHILD: no children left
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_shell_conventions() {
+        assert_eq!(ExitStatus::Exited(3).code(), 3);
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert!(ExitStatus::Exited(0).success() && !ExitStatus::Signaled(15).success());
+        assert_eq!(
+            ExitStatus::Signaled(9).to_string(),
+            "killed by signal 9 (SIGKILL)"
+        );
+    }
+}

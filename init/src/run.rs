@@ -1,0 +1,253 @@
+//! Supervision after boot: loads units, serves the API and runs the event loop until an
+//! ordered shutdown has stopped every unit. Shared by PID 1 and host mode.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use nix::sys::signal::Signal;
+
+use crate::api::{ApiContext, ApiServer, SystemInfo};
+use crate::boot::{Boot, Mode};
+use crate::event::{after, Event, EventLoop, Key, Reactor, Timer};
+use crate::launch::cgroup::{Cgroups, NoCgroups};
+use crate::launch::process::ProcessLauncher;
+use crate::launch::Launcher;
+use crate::logs::LogPolicy;
+use crate::platform::Platform;
+use crate::shutdown::{action_for, PowerAction};
+use crate::signals::Signals;
+use crate::supervisor::Supervisor;
+use crate::unit;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Extra time past the longest `stop_timeout` before everything left is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("event loop: {0}")]
+    EventLoop(std::io::Error),
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+pub struct Init {
+    events: EventLoop,
+    signals: Signals,
+    supervisor: Supervisor,
+    api: Option<ApiServer>,
+    /// Power button, watchdog, marking the boot good (PID 1 only).
+    platform: Platform,
+    system: SystemInfo,
+    mode: Mode,
+    /// Set once a shutdown began: what it ends in, and how often its deadline passed.
+    shutdown: Option<(PowerAction, u32)>,
+    buffer: Vec<Event>,
+}
+
+impl Init {
+    /// Sets up the loop, loads and starts the units, binds the API. `launchers` come first
+    /// (e.g. the container launcher); the process launcher for system units is added last.
+    pub fn start(boot: Boot, mut launchers: Vec<Box<dyn Launcher>>) -> Result<Init, RunError> {
+        let mut events = EventLoop::new().map_err(RunError::EventLoop)?;
+        let signals = Signals::new().map_err(RunError::Signals)?;
+        events
+            .watch(std::os::fd::AsFd::as_fd(&signals), Key::Signals, false)
+            .map_err(RunError::Signals)?;
+
+        let cgroups: Box<dyn Cgroups> = match boot.cgroups {
+            Some(cg) => Box::new(cg),
+            None => Box::new(NoCgroups),
+        };
+        launchers.push(Box::new(ProcessLauncher::new(cgroups)));
+
+        let loaded = unit::load_dirs(&boot.paths.unit_dirs);
+        info!(
+            "loaded {} units from {}",
+            loaded.len(),
+            display_dirs(&boot.paths.unit_dirs)
+        );
+        let mut supervisor =
+            Supervisor::new(loaded, launchers, LogPolicy::new(boot.paths.logs.clone()));
+
+        let api = match ApiServer::bind(&boot.paths.api_socket, &mut events) {
+            Ok(api) => Some(api),
+            Err(e) => {
+                error!(
+                    "control API unavailable: {}: {e}",
+                    boot.paths.api_socket.display()
+                );
+                None
+            }
+        };
+        let system = SystemInfo {
+            version: VERSION,
+            mode: match boot.mode {
+                Mode::Pid1 => "pid1",
+                Mode::Host { .. } => "host",
+            },
+            started: Instant::now(),
+            hostname: boot.hostname.clone(),
+        };
+        let mut platform = match boot.mode {
+            Mode::Pid1 => Platform::for_pid1(),
+            Mode::Host { .. } => Platform::none(),
+        };
+        platform.attach(Instant::now(), &mut events);
+        supervisor.start_all(Instant::now(), &mut events);
+        Ok(Init {
+            events,
+            signals,
+            supervisor,
+            api,
+            platform,
+            system,
+            mode: boot.mode,
+            shutdown: None,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Runs until every unit is stopped after a shutdown request; returns what to do next.
+    /// A panic inside one iteration is logged and the loop goes on.
+    pub fn run(&mut self) -> PowerAction {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.iteration())) {
+                Ok(Some(action)) => return action,
+                Ok(None) => {}
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown panic");
+                    error!("caught a panic, continuing: {what}");
+                    self.buffer.clear();
+                }
+            }
+        }
+    }
+
+    fn iteration(&mut self) -> Option<PowerAction> {
+        let mut events = std::mem::take(&mut self.buffer);
+        events.clear();
+        if let Err(e) = self.events.wait(&mut events) {
+            error!("event loop: {e}");
+        }
+        let now = Instant::now();
+        for event in events.drain(..) {
+            match event {
+                Event::Ready(Key::Signals, _) => self.on_signals(now),
+                Event::Ready(Key::UnitOutput(id), _) => {
+                    self.supervisor.on_output(id, &mut self.events)
+                }
+                Event::Ready(Key::ApiListener, _) => {
+                    self.with_api(now, |api, ctx| api.on_accept(ctx))
+                }
+                Event::Ready(Key::ApiConn(id), ready) => {
+                    self.with_api(now, |api, ctx| api.on_ready(id, ready, ctx))
+                }
+                Event::Timer(Timer::Unit { unit, generation }) => {
+                    self.supervisor
+                        .on_timer(unit, generation, now, &mut self.events)
+                }
+                Event::Timer(Timer::ApiConn(id)) => {
+                    if let Some(api) = &mut self.api {
+                        api.on_timeout(id, &mut self.events);
+                    }
+                }
+                Event::Timer(Timer::Shutdown) => self.on_shutdown_deadline(now),
+                Event::Ready(Key::PowerButton, _) => {
+                    if self.platform.on_power_button() {
+                        info!("power button pressed");
+                        self.begin_shutdown(PowerAction::Poweroff, Signal::SIGPWR, now);
+                    }
+                }
+                Event::Timer(Timer::Watchdog) => self.platform.on_watchdog(now, &mut self.events),
+            }
+        }
+        if self.platform.awaiting_good() && self.shutdown.is_none() {
+            self.platform.check_boot_good(&self.supervisor.statuses());
+        }
+        self.buffer = events;
+        match self.shutdown {
+            Some((action, _)) if self.supervisor.all_stopped() => Some(action),
+            _ => None,
+        }
+    }
+
+    fn with_api(&mut self, now: Instant, f: impl FnOnce(&mut ApiServer, &mut ApiContext<'_>)) {
+        let Some(api) = &mut self.api else { return };
+        let mut ctx = ApiContext {
+            supervisor: &mut self.supervisor,
+            reactor: &mut self.events,
+            system: &self.system,
+            now,
+        };
+        f(api, &mut ctx);
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        for sig in self.signals.drain() {
+            match sig {
+                Signal::SIGCHLD => {
+                    for (pid, status) in crate::reaper::reap() {
+                        if !self.supervisor.on_exit(pid, status, now, &mut self.events) {
+                            debug!("reaped orphan {pid}: {status}");
+                        }
+                    }
+                }
+                Signal::SIGHUP => info!("SIGHUP: reloading units is not supported yet"),
+                other => match action_for(other) {
+                    Some(action) => self.begin_shutdown(action, other, now),
+                    None => debug!("ignoring {other}"),
+                },
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, action: PowerAction, signal: Signal, now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let what = match (&self.mode, action) {
+            (Mode::Host { .. }, _) => "exit",
+            (Mode::Pid1, PowerAction::Reboot) => "reboot",
+            (Mode::Pid1, PowerAction::Poweroff) => "power off",
+        };
+        info!("{signal}: shutting down ({what})");
+        self.shutdown = Some((action, 0));
+        let longest = self.supervisor.longest_stop_timeout();
+        self.events
+            .schedule(after(now, longest + SHUTDOWN_GRACE), Timer::Shutdown);
+        self.supervisor.begin_shutdown(now, &mut self.events);
+    }
+
+    fn on_shutdown_deadline(&mut self, now: Instant) {
+        let Some((action, fired)) = self.shutdown else {
+            return;
+        };
+        if self.supervisor.all_stopped() {
+            return;
+        }
+        if fired == 0 {
+            warn!("shutdown deadline passed: killing every remaining unit");
+            self.supervisor.kill_all();
+            self.shutdown = Some((action, 1));
+            self.events
+                .schedule(after(now, SHUTDOWN_GRACE), Timer::Shutdown);
+        } else {
+            error!("units did not exit after SIGKILL; continuing the shutdown without them");
+            self.supervisor.forget_processes();
+        }
+    }
+}
+
+fn display_dirs(dirs: &[std::path::PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,378 @@
+//! The state machine driven by hand: a launcher double that records what it was asked and a
+//! reactor double that records timers. Real processes are covered by the host tests.
+
+use std::cell::RefCell;
+use std::os::fd::BorrowedFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::event::{Key, Reactor, Timer};
+use crate::launch::{LaunchError, Launcher, Spawned, Step};
+use crate::unit::{self, Loaded};
+
+#[derive(Default)]
+struct Record {
+    next_pid: i32,
+    /// (unit, pid) of every main process started.
+    started: Vec<(String, i32)>,
+    health: Vec<(String, i32)>,
+    signals: Vec<(String, i32, i32, bool)>,
+    cleaned: Vec<String>,
+}
+
+struct FakeLauncher(Rc<RefCell<Record>>);
+
+impl Launcher for FakeLauncher {
+    fn handles(&self, _: &Unit) -> bool {
+        true
+    }
+    fn start(&mut self, unit: &Unit, prepared: u32) -> Result<Step, LaunchError> {
+        if unit.container.command[0] == "missing" {
+            return Err(LaunchError::NotFound {
+                command: "missing".into(),
+            });
+        }
+        let mut r = self.0.borrow_mut();
+        r.next_pid += 1;
+        let pid = r.next_pid;
+        if unit.container.command[0] == "prepare" && prepared == 0 {
+            return Ok(Step::Prepare(Spawned { pid, output: None }));
+        }
+        r.started.push((unit.name.clone(), pid));
+        Ok(Step::Main(Spawned { pid, output: None }))
+    }
+    fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError> {
+        self.0
+            .borrow_mut()
+            .signals
+            .push((unit.name.clone(), pid, signal, all));
+        Ok(())
+    }
+    fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
+        let mut r = self.0.borrow_mut();
+        r.next_pid += 1;
+        let pid = r.next_pid;
+        r.health.push((unit.name.clone(), pid));
+        Ok(Spawned { pid, output: None })
+    }
+    fn cleanup(&mut self, unit: &Unit, _: Option<i32>) {
+        self.0.borrow_mut().cleaned.push(unit.name.clone());
+    }
+}
+
+#[derive(Default)]
+struct Timers(Vec<(Instant, Timer)>);
+
+impl Reactor for Timers {
+    fn watch(&mut self, _: BorrowedFd<'_>, _: Key, _: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn unwatch(&mut self, _: BorrowedFd<'_>) {}
+    fn schedule(&mut self, at: Instant, timer: Timer) {
+        self.0.push((at, timer));
+    }
+}
+
+struct Harness {
+    sup: Supervisor,
+    rec: Rc<RefCell<Record>>,
+    timers: Timers,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(units: &[(&str, &str)]) -> Harness {
+        let loaded = units
+            .iter()
+            .map(|(name, text)| Loaded {
+                name: name.to_string(),
+                path: format!("{name}.toml").into(),
+                unit: unit::parse(name, &format!("{name}.toml"), text),
+            })
+            .collect();
+        let rec = Rc::new(RefCell::new(Record::default()));
+        let policy = LogPolicy::new(std::env::temp_dir());
+        let sup = Supervisor::new(loaded, vec![Box::new(FakeLauncher(rec.clone()))], policy);
+        Harness {
+            sup,
+            rec,
+            timers: Timers::default(),
+            now: Instant::now(),
+        }
+    }
+
+    fn start(&mut self) {
+        self.sup.start_all(self.now, &mut self.timers);
+    }
+
+    fn state(&self, name: &str) -> State {
+        self.sup.status(name).unwrap().state
+    }
+
+    fn pid(&self, name: &str) -> i32 {
+        self.sup.status(name).unwrap().pid.unwrap()
+    }
+
+    fn started(&self) -> Vec<String> {
+        self.rec
+            .borrow()
+            .started
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn exit(&mut self, pid: i32, status: ExitStatus) {
+        assert!(self.sup.on_exit(pid, status, self.now, &mut self.timers));
+    }
+
+    /// Fires the most recently scheduled timer at its deadline; returns its delay.
+    fn fire_last(&mut self) -> Duration {
+        let (at, timer) = self.timers.0.pop().unwrap();
+        let delay = at - self.now;
+        self.now = at;
+        if let Timer::Unit { unit, generation } = timer {
+            self.sup
+                .on_timer(unit, generation, self.now, &mut self.timers);
+        }
+        delay
+    }
+}
+
+const SLEEP: &str = "[container]\ncommand = [\"sleep\", \"100\"]\n";
+
+#[test]
+fn after_waits_for_running_or_healthy() {
+    let mut h = Harness::new(&[
+        (
+            "a",
+            "[unit]\nafter = [\"b\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "b",
+            "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"check\"]\ninterval = \"1s\"\n",
+        ),
+        (
+            "c",
+            "[unit]\nafter = [\"a\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+    ]);
+    h.start();
+    assert_eq!(h.started(), ["b"]);
+    assert_eq!(h.sup.status("a").unwrap().detail, "waiting for b");
+    // The first health check runs soon after start.
+    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    let check = h.rec.borrow().health[0].1;
+    h.exit(check, ExitStatus::Exited(0));
+    assert_eq!(h.state("b"), State::Healthy);
+    // a starts, and c (after a, no health check) follows in the same round.
+    assert_eq!(h.started(), ["b", "a", "c"]);
+}
+
+#[test]
+fn crash_loop_backs_off_then_hits_the_start_limit() {
+    let mut h = Harness::new(&[
+        ("crash", "[container]\ncommand = [\"x\"]\n[service]\nrestart = \"always\"\nrestart_delay = \"100ms\"\nrestart_delay_max = \"350ms\"\nstart_limit_burst = 4\nstart_limit_interval = \"1m\"\n"),
+        ("good", SLEEP),
+    ]);
+    h.start();
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let pid = h.pid("crash");
+        h.exit(pid, ExitStatus::Exited(1));
+        assert_eq!(h.state("crash"), State::Exited);
+        delays.push(h.fire_last().as_millis());
+    }
+    assert_eq!(delays, [100, 200, 350]);
+    let pid = h.pid("crash");
+    h.exit(pid, ExitStatus::Exited(1));
+    let s = h.sup.status("crash").unwrap();
+    assert_eq!((s.state, s.restarts), (State::Failed, 3));
+    assert!(s
+        .error
+        .unwrap()
+        .contains("start limit reached: 4 starts within 60s"));
+    assert_eq!(h.state("good"), State::Running);
+}
+
+#[test]
+fn on_failure_does_not_restart_a_clean_exit() {
+    let mut h = Harness::new(&[
+        ("once", SLEEP),
+        ("bad", SLEEP),
+        (
+            "never",
+            "[container]\ncommand=[\"x\"]\n[service]\nrestart=\"never\"\n",
+        ),
+    ]);
+    h.start();
+    let (once, bad, never) = (h.pid("once"), h.pid("bad"), h.pid("never"));
+    h.exit(once, ExitStatus::Exited(0));
+    assert_eq!(h.state("once"), State::Exited);
+    assert!(h.timers.0.is_empty());
+    h.exit(never, ExitStatus::Signaled(9));
+    assert_eq!(h.state("never"), State::Failed);
+    assert_eq!(h.sup.status("never").unwrap().last_exit_code, Some(137));
+    h.exit(bad, ExitStatus::Exited(3));
+    assert_eq!(h.state("bad"), State::Exited);
+    assert_eq!(h.sup.status("bad").unwrap().detail, "restarting in 100ms");
+}
+
+#[test]
+fn requires_fails_dependents_of_failed_or_missing_units() {
+    let mut h = Harness::new(&[
+        (
+            "db",
+            "[container]\ncommand = [\"missing\"]\n[service]\nrestart = \"never\"\n",
+        ),
+        (
+            "web",
+            "[unit]\nrequires = [\"db\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "orphan",
+            "[unit]\nrequires = [\"nothere\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "loose",
+            "[unit]\nafter = [\"db\", \"nothere\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+    ]);
+    h.start();
+    let db = h.sup.status("db").unwrap();
+    assert_eq!((db.state, db.last_exit_code), (State::Failed, Some(127)));
+    assert!(db.error.unwrap().contains("not found"));
+    assert_eq!(h.state("web"), State::Failed);
+    assert!(h
+        .sup
+        .status("web")
+        .unwrap()
+        .error
+        .unwrap()
+        .contains("unit db failed"));
+    assert!(h
+        .sup
+        .status("orphan")
+        .unwrap()
+        .error
+        .unwrap()
+        .contains("nothere does not exist"));
+    // `after` alone is ordering only.
+    assert_eq!(h.state("loose"), State::Running);
+}
+
+#[test]
+fn running_dependents_stop_when_a_required_unit_gives_up() {
+    let mut h = Harness::new(&[
+        (
+            "db",
+            "[container]\ncommand = [\"x\"]\n[service]\nrestart = \"never\"\n",
+        ),
+        (
+            "web",
+            "[unit]\nrequires = [\"db\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+    ]);
+    h.start();
+    let (db, web) = (h.pid("db"), h.pid("web"));
+    h.exit(db, ExitStatus::Exited(1));
+    assert_eq!(h.state("web"), State::Stopping);
+    assert_eq!(
+        h.rec.borrow().signals.last().unwrap(),
+        &("web".to_string(), web, libc::SIGTERM, false)
+    );
+    h.exit(web, ExitStatus::Signaled(15));
+    assert_eq!(h.state("web"), State::Failed);
+}
+
+#[test]
+fn shutdown_stops_in_reverse_order_and_escalates() {
+    let mut h = Harness::new(&[
+        ("a", SLEEP),
+        ("b", "[unit]\nafter = [\"a\"]\n[container]\ncommand = [\"x\"]\n[service]\nstop_timeout = \"2s\"\n"),
+        ("c", "[unit]\nafter = [\"b\"]\n[container]\ncommand = [\"x\"]\n[service]\nstop_signal = \"SIGINT\"\n"),
+    ]);
+    h.start();
+    let (a, b, c) = (h.pid("a"), h.pid("b"), h.pid("c"));
+    h.sup.begin_shutdown(h.now, &mut h.timers);
+    let signalled = |h: &Harness| {
+        h.rec
+            .borrow()
+            .signals
+            .iter()
+            .map(|s| (s.0.clone(), s.2))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(signalled(&h), [("c".to_string(), libc::SIGINT)]);
+    h.exit(c, ExitStatus::Exited(0));
+    assert_eq!(signalled(&h)[1], ("b".to_string(), libc::SIGTERM));
+    // b ignores SIGTERM: after stop_timeout it gets SIGKILL for all its processes.
+    assert_eq!(h.fire_last(), Duration::from_secs(2));
+    assert_eq!(
+        h.rec.borrow().signals[2],
+        ("b".to_string(), b, libc::SIGKILL, true)
+    );
+    h.exit(b, ExitStatus::Signaled(9));
+    assert_eq!(signalled(&h)[3], ("a".to_string(), libc::SIGTERM));
+    h.exit(a, ExitStatus::Signaled(15));
+    assert!(h.sup.all_stopped());
+    assert_eq!(h.state("a"), State::Exited);
+    assert_eq!(h.rec.borrow().cleaned, ["c", "b", "a"]);
+}
+
+#[test]
+fn unhealthy_units_are_restarted_and_preparation_runs_first() {
+    let mut h = Harness::new(&[(
+        "web",
+        "[container]\ncommand = [\"prepare\"]\n[health]\nexec = [\"check\"]\ninterval = \"1s\"\nretries = 2\n",
+    )]);
+    h.start();
+    // The preparation process runs first; the main process only after it exits 0.
+    assert_eq!(h.state("web"), State::Starting);
+    assert!(h.started().is_empty());
+    h.exit(1, ExitStatus::Exited(0));
+    assert_eq!(h.started(), ["web"]);
+    let pid = h.pid("web");
+    for _ in 0..2 {
+        h.fire_last();
+        let check = h.rec.borrow().health.last().unwrap().1;
+        h.exit(check, ExitStatus::Exited(1));
+    }
+    assert_eq!(h.state("web"), State::Stopping);
+    h.exit(pid, ExitStatus::Signaled(15));
+    assert!(h
+        .sup
+        .status("web")
+        .unwrap()
+        .detail
+        .starts_with("restarting in"));
+}
+
+#[test]
+fn invalid_units_and_cycles_are_failed_with_their_reason() {
+    let mut h = Harness::new(&[
+        ("bad", "[container]\ncommand = [\"x\"]\nbogus = 1\n"),
+        (
+            "x",
+            "[unit]\nafter = [\"y\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        (
+            "y",
+            "[unit]\nrequires = [\"x\"]\n[container]\ncommand = [\"x\"]\n",
+        ),
+        ("ok", SLEEP),
+    ]);
+    h.start();
+    let bad = h.sup.status("bad").unwrap();
+    assert_eq!(bad.state, State::Failed);
+    assert!(bad
+        .error
+        .unwrap()
+        .starts_with("bad.toml:3:1: key `container.bogus`"));
+    assert_eq!(
+        h.sup.status("x").unwrap().error.unwrap(),
+        "dependency cycle: x -> y -> x"
+    );
+    assert_eq!(h.state("ok"), State::Running);
+}

@@ -1,0 +1,256 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const FULL: &str = r#"
+[unit]
+description = "Web server"
+after = ["network"]
+requires = ["network"]
+critical = true
+
+[container]
+image = "docker.io/library/nginx:alpine"
+command = ["nginx", "-g", "daemon off;"]
+env = { TZ = "UTC" }
+user = "101:101"
+network = "bridge"
+ports = ["8080:80/tcp"]
+volumes = ["web-data:/usr/share/nginx/html:ro"]
+read_only = true
+
+[resources]
+memory_max = "64M"
+cpu_max = 0.5
+pids_max = 128
+
+[service]
+restart = "on-failure"
+restart_delay = "500ms"
+restart_delay_max = "8s"
+start_limit_burst = 3
+start_limit_interval = "1m"
+stop_signal = "SIGTERM"
+stop_timeout = "10s"
+
+[health]
+exec = ["wget", "-q", "-O-", "http://127.0.0.1/"]
+interval = "5s"
+retries = 3
+"#;
+
+#[test]
+fn design_example_parses_fully() {
+    let u = parse("web", "web.toml", FULL).unwrap();
+    assert_eq!(u.name, "web");
+    assert!(u.critical && !u.is_system());
+    assert_eq!(
+        u.container.image.as_ref().unwrap().to_string(),
+        "docker.io/library/nginx:alpine"
+    );
+    assert_eq!(u.container.command, ["nginx", "-g", "daemon off;"]);
+    assert_eq!(u.container.env.get("TZ").map(String::as_str), Some("UTC"));
+    assert_eq!(u.resources.memory_max, Some(64 << 20));
+    assert_eq!(u.resources.cpu_max, Some(0.5));
+    assert_eq!(u.resources.pids_max, Some(128));
+    assert_eq!(u.service.restart, Restart::OnFailure);
+    assert_eq!(u.service.restart_delay, Duration::from_millis(500));
+    assert_eq!(u.service.restart_delay_max, Duration::from_secs(8));
+    assert_eq!(u.service.start_limit_burst, 3);
+    assert_eq!(u.service.start_limit_interval, Duration::from_secs(60));
+    let h = u.health.unwrap();
+    assert_eq!((h.interval, h.retries), (Duration::from_secs(5), 3));
+}
+
+#[test]
+fn system_unit_defaults() {
+    let u = parse(
+        "sleeper",
+        "s.toml",
+        "[container]\ncommand = [\"sleep\", \"1\"]\n",
+    )
+    .unwrap();
+    assert!(u.is_system());
+    assert_eq!(u.container.network, Network::Host);
+    assert_eq!(u.service, Service::default());
+    assert!(u.health.is_none());
+}
+
+fn errors(text: &str) -> Vec<(usize, String)> {
+    let errs = parse("u", "u.toml", text).unwrap_err().0;
+    errs.into_iter().map(|d| (d.line, d.key)).collect()
+}
+
+#[test]
+fn all_semantic_errors_are_reported_at_once() {
+    let text = "[container]\ncommand = [\"x\"]\nports = [\"80:80\"]\nuser = \"a b\"\n\
+                [service]\nrestart = \"sometimes\"\nrestart_delay = \"5\"\nstop_signal = \"SIGNOPE\"\n\
+                [resources]\ncpu_max = 0\n[health]\nretries = 0\n";
+    let got = errors(text);
+    let keys: Vec<&str> = got.iter().map(|(_, k)| k.as_str()).collect();
+    for want in [
+        "container.ports",
+        "container.user",
+        "service.restart",
+        "service.restart_delay",
+        "service.stop_signal",
+        "resources.cpu_max",
+        "health.exec",
+        "health.retries",
+    ] {
+        assert!(keys.contains(&want), "missing {want} in {got:?}");
+    }
+    assert!(got.contains(&(4, "container.user".to_string())));
+}
+
+#[test]
+fn unknown_keys_and_types_are_reported_with_lines() {
+    let got = errors("[unit]\nbogus = 1\n[container]\ncommand = \"sleep\"\n[extra]\n");
+    assert_eq!(
+        got,
+        vec![
+            (2, "unit.bogus".into()),
+            (4, "container.command".into()),
+            (5, "extra".into())
+        ]
+    );
+}
+
+#[test]
+fn missing_container_and_bad_names() {
+    assert!(errors("").iter().any(|(_, k)| k == "container"));
+    let got = errors("[unit]\nafter = [\"u\", \"../x\"]\n[container]\ncommand = [\"x\"]\n");
+    assert_eq!(
+        got,
+        vec![(2, "unit.after[0]".into()), (2, "unit.after[1]".into())]
+    );
+    assert!(parse("bad name", "f", "[container]\ncommand=[\"x\"]").is_err());
+}
+
+#[test]
+fn container_keys_are_checked_for_image_units() {
+    let got = errors(
+        "[container]\nimage = \"Bad//Ref\"\nnetwork = \"host\"\nports = [\"1:1\", \"1:2\"]\n\
+         volumes = [\"x:rel\"]\nenv = { \"1A\" = \"v\" }\n",
+    );
+    let keys: Vec<&str> = got.iter().map(|(_, k)| k.as_str()).collect();
+    assert!(keys.contains(&"container.image"), "{got:?}");
+    assert!(keys.contains(&"container.ports[1]"), "{got:?}");
+    assert!(keys.contains(&"container.ports"), "{got:?}");
+    assert!(keys.contains(&"container.volumes[0]"), "{got:?}");
+    assert!(keys.contains(&"container.env.1A"), "{got:?}");
+}
+
+#[test]
+fn load_dirs_keeps_bad_units_beside_good_ones_and_later_dirs_override() {
+    let base = std::env::temp_dir().join(format!("berth-unit-load-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("one.toml"), "[container]\ncommand = [\"a\"]\n").unwrap();
+    std::fs::write(b.join("one.toml"), "[container]\ncommand = [\"b\"]\n").unwrap();
+    std::fs::write(
+        b.join("two.toml"),
+        "[container]\ncommand = [\"x\"]\nnope = 1\n",
+    )
+    .unwrap();
+    std::fs::write(b.join("ignored.txt"), "x").unwrap();
+    let loaded = load_dirs(&[a, b, base.join("missing")]);
+    std::fs::remove_dir_all(&base).unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded[0].unit.as_ref().unwrap().container.command, ["b"]);
+    let err = loaded[1].unit.as_ref().unwrap_err().to_string();
+    assert!(err.contains("two.toml:3:1: key `container.nope`"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = parse("p", "p.toml", &text);
+    }
+
+    #[test]
+    fn arbitrary_toml_never_panics(doc in toml_doc()) {
+        let _ = parse("p", "p.toml", &doc);
+    }
+
+    #[test]
+    fn mutated_valid_units_never_panic(cut in 0usize..FULL.len(), insert in "[\\[\\]=\"a-z0-9 .,:\n{}]{0,12}") {
+        let mut text = FULL.to_string();
+        let at = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.insert_str(at, &insert);
+        let _ = parse("p", "p.toml", &text);
+    }
+}
+
+/// Random TOML documents over the unit schema's own section and key names (and a few others),
+/// with values of every TOML type, so the validator sees well-formed but wrong input.
+fn toml_doc() -> impl Strategy<Value = String> {
+    let sections = prop_oneof![
+        Just("unit"),
+        Just("container"),
+        Just("resources"),
+        Just("service"),
+        Just("health"),
+        Just("x")
+    ];
+    let keys = prop_oneof![
+        Just("description"),
+        Just("after"),
+        Just("requires"),
+        Just("critical"),
+        Just("image"),
+        Just("command"),
+        Just("env"),
+        Just("user"),
+        Just("network"),
+        Just("ports"),
+        Just("volumes"),
+        Just("read_only"),
+        Just("memory_max"),
+        Just("cpu_max"),
+        Just("pids_max"),
+        Just("restart"),
+        Just("restart_delay"),
+        Just("restart_delay_max"),
+        Just("start_limit_burst"),
+        Just("start_limit_interval"),
+        Just("stop_signal"),
+        Just("stop_timeout"),
+        Just("exec"),
+        Just("interval"),
+        Just("retries"),
+        Just("zz")
+    ];
+    let scalar = prop_oneof![
+        any::<i64>().prop_map(|i| i.to_string()),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:?}")),
+        any::<bool>().prop_map(|b| b.to_string()),
+        "[ -~]{0,16}".prop_map(|s| format!("{:?}", s)),
+        Just("\"64M\"".to_string()),
+        Just("\"500ms\"".to_string()),
+        Just("\"8080:80/tcp\"".to_string()),
+        Just("1979-05-27T07:32:00Z".to_string()),
+    ];
+    let value = scalar.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(", "))),
+            proptest::collection::vec(("[a-zA-Z_][a-zA-Z0-9_]{0,5}", inner), 0..3).prop_map(|kv| {
+                let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                format!("{{ {} }}", body.join(", "))
+            }),
+        ]
+    });
+    let entry = (keys, value).prop_map(|(k, v)| format!("{k} = {v}\n"));
+    let section = (sections, proptest::collection::vec(entry, 0..6))
+        .prop_map(|(s, entries)| format!("[{s}]\n{}", entries.concat()));
+    proptest::collection::vec(section, 0..5).prop_map(|s| s.concat())
+}

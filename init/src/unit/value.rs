@@ -1,0 +1,551 @@
+//! Parsers for the typed values inside unit files: durations, sizes, signals, port mappings,
+//! volume mounts, user specs and image references. Each returns a message (no position): the
+//! caller knows where the value came from and attaches file, line, column and key.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Parses a human duration: an integer or decimal number followed by `ms`, `s`, `m` or `h`
+/// (`500ms`, `10s`, `1.5s`, `2m`). A bare number is refused: units make files readable.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration `{text}` needs a unit (ms, s, m, h)"))?;
+    let (number, unit) = text.split_at(split);
+    let millis_per_unit: f64 = match unit {
+        "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" | "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => {
+            return Err(format!(
+                "duration `{text}`: unknown unit `{unit}` (use ms, s, m, h)"
+            ))
+        }
+    };
+    let value = parse_number(number).ok_or_else(|| format!("duration `{text}`: bad number"))?;
+    let millis = value * millis_per_unit;
+    // A week is far beyond any restart delay or timeout; it keeps arithmetic far from overflow.
+    if millis > 7.0 * 24.0 * 3_600_000.0 {
+        return Err(format!("duration `{text}` is longer than a week"));
+    }
+    Ok(Duration::from_micros((millis * 1000.0).round() as u64))
+}
+
+/// Formats a duration the way unit files write it (for messages and the API).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 && ms > 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Parses a size in bytes: an integer with an optional binary suffix `K`, `M`, `G`, `T`
+/// (`64M`, `1G`, `512K`, `4096`). `Ki`/`KiB`/`KB` style suffixes mean the same powers of 1024.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    if number.is_empty() {
+        return Err(format!("size `{text}` must start with a number"));
+    }
+    let shift = match suffix
+        .trim_end_matches("iB")
+        .trim_end_matches('i')
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => {
+            return Err(format!(
+                "size `{text}`: unknown suffix `{suffix}` (use K, M, G, T)"
+            ))
+        }
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("size `{text}`: number too large"))?;
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+fn parse_number(text: &str) -> Option<f64> {
+    if text.is_empty() || text.starts_with('.') || text.ends_with('.') {
+        return None;
+    }
+    let value: f64 = text.parse().ok()?;
+    value.is_finite().then_some(value)
+}
+
+/// Parses a signal name (`SIGTERM`, `TERM`) or number into a signal number.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    const NAMES: &[(&str, i32)] = &[
+        ("HUP", libc::SIGHUP),
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("KILL", libc::SIGKILL),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+        ("TERM", libc::SIGTERM),
+        ("CONT", libc::SIGCONT),
+        ("STOP", libc::SIGSTOP),
+        ("WINCH", libc::SIGWINCH),
+        ("PWR", libc::SIGPWR),
+    ];
+    let name = text.trim().trim_start_matches("SIG");
+    if let Some((_, n)) = NAMES.iter().find(|(n, _)| *n == name) {
+        return Ok(*n);
+    }
+    match text.parse::<i32>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("unknown signal `{text}`")),
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A published port: `[hostip:]host:container[/tcp|udp]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PortMapping {
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+pub fn parse_port(text: &str) -> Result<PortMapping, String> {
+    let (addr, protocol) = match text.rsplit_once('/') {
+        Some((a, "tcp")) => (a, Protocol::Tcp),
+        Some((a, "udp")) => (a, Protocol::Udp),
+        Some((_, p)) => {
+            return Err(format!(
+                "port `{text}`: unknown protocol `{p}` (tcp or udp)"
+            ))
+        }
+        None => (text, Protocol::Tcp),
+    };
+    let (rest, container) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("port `{text}` must be `[hostip:]host:container[/tcp|udp]`"))?;
+    let (host_ip, host) = match rest.rsplit_once(':') {
+        Some((ip, host)) => {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("port `{text}`: bad host address `{ip}`"))?;
+            (Some(ip), host)
+        }
+        None => (None, rest),
+    };
+    let port = |p: &str, what: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("port `{text}`: bad {what} port `{p}` (1-65535)")),
+        }
+    };
+    Ok(PortMapping {
+        host_ip,
+        host_port: port(host, "host")?,
+        container_port: port(container, "container")?,
+        protocol,
+    })
+}
+
+/// Where a volume's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeSource {
+    /// A named volume under the state partition's `volumes/<name>`.
+    Named(String),
+    /// A host path (bind mount).
+    Host(String),
+}
+
+/// A volume: `name-or-/abs:/path[:ro|rw]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Volume {
+    pub source: VolumeSource,
+    pub target: String,
+    pub read_only: bool,
+}
+
+pub fn parse_volume(text: &str) -> Result<Volume, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let (source, target, read_only) = match parts.as_slice() {
+        [s, t] => (*s, *t, false),
+        [s, t, "ro"] => (*s, *t, true),
+        [s, t, "rw"] => (*s, *t, false),
+        [_, _, m] => return Err(format!("volume `{text}`: unknown mode `{m}` (ro or rw)")),
+        _ => {
+            return Err(format!(
+                "volume `{text}` must be `name-or-/abs:/path[:ro|rw]`"
+            ))
+        }
+    };
+    if !is_clean_absolute(target) {
+        return Err(format!(
+            "volume `{text}`: target `{target}` must be an absolute path"
+        ));
+    }
+    let source = if source.starts_with('/') {
+        if !is_clean_absolute(source) {
+            return Err(format!(
+                "volume `{text}`: source `{source}` must be a clean path"
+            ));
+        }
+        VolumeSource::Host(source.to_string())
+    } else {
+        if !is_name(source) {
+            return Err(format!(
+                "volume `{text}`: name `{source}` may hold only letters, digits, `-`, `_`, `.`"
+            ));
+        }
+        VolumeSource::Named(source.to_string())
+    };
+    Ok(Volume {
+        source,
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+fn is_clean_absolute(path: &str) -> bool {
+    path.starts_with('/') && !path.split('/').any(|c| c == "..") && !path.contains('\0')
+}
+
+/// Unit, volume and user names: a safe file name.
+pub fn is_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// The identity a unit's process runs as.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum UserSpec {
+    /// Numeric `uid[:gid]`; without a gid the uid's number is used as gid.
+    Id { uid: u32, gid: Option<u32> },
+    /// A user (and optional group) name, resolved when the unit starts.
+    Name { user: String, group: Option<String> },
+}
+
+pub fn parse_user(text: &str) -> Result<UserSpec, String> {
+    let (user, group) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text, None),
+    };
+    let valid = |s: &str| is_name(s) && !s.contains('.');
+    if let Ok(uid) = user.parse::<u32>() {
+        let gid = match group {
+            Some(g) => Some(g.parse::<u32>().map_err(|_| {
+                format!("user `{text}`: with a numeric uid the gid must be numeric too")
+            })?),
+            None => None,
+        };
+        return Ok(UserSpec::Id { uid, gid });
+    }
+    if !valid(user) || group.is_some_and(|g| !valid(g)) {
+        return Err(format!(
+            "user `{text}` must be `uid[:gid]` or `name[:group]`"
+        ));
+    }
+    Ok(UserSpec::Name {
+        user: user.to_string(),
+        group: group.map(str::to_string),
+    })
+}
+
+/// A parsed image reference: `[registry/]repository[:tag][@digest]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageRef {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses an image reference following the OCI distribution grammar (Docker's defaults:
+/// registry `docker.io`, `library/` for single-component names, tag `latest` when neither a
+/// tag nor a digest is given).
+pub fn parse_image(text: &str) -> Result<ImageRef, String> {
+    let bad = |why: &str| format!("image `{text}`: {why}");
+    if text.is_empty() || text.len() > 255 + 128 {
+        return Err(bad("empty or too long"));
+    }
+    let (name_tag, digest) = match text.split_once('@') {
+        Some((n, d)) => {
+            let (algo, hex) = d
+                .split_once(':')
+                .ok_or_else(|| bad("digest must be algo:hex"))?;
+            let algo_ok = !algo.is_empty()
+                && algo
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
+            let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+            if !algo_ok || !hex_ok {
+                return Err(bad("malformed digest"));
+            }
+            (n, Some(d.to_string()))
+        }
+        None => (text, None),
+    };
+    // A tag is after the last ':' that follows the last '/' (a ':' before it is a registry port).
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
+        None => (name_tag, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && !t.starts_with(['.', '-']);
+        if !ok {
+            return Err(bad("malformed tag"));
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    let first_is_registry = components.len() > 1
+        && (components[0].contains(['.', ':']) || components[0] == "localhost");
+    let registry = if first_is_registry {
+        let r = components.remove(0);
+        if !r
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        {
+            return Err(bad("malformed registry host"));
+        }
+        r.to_string()
+    } else {
+        "docker.io".to_string()
+    };
+    for c in &components {
+        if !is_path_component(c) {
+            return Err(bad(
+                "repository path components are lowercase letters, digits and separators",
+            ));
+        }
+    }
+    if registry == "docker.io" && components.len() == 1 {
+        components.insert(0, "library");
+    }
+    let tag = match (tag, &digest) {
+        (Some(t), _) => Some(t.to_string()),
+        (None, Some(_)) => None,
+        (None, None) => Some("latest".to_string()),
+    };
+    Ok(ImageRef {
+        registry,
+        repository: components.join("/"),
+        tag,
+        digest,
+    })
+}
+
+/// `[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*`
+fn is_path_component(c: &str) -> bool {
+    let bytes = c.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    match (bytes.first(), bytes.last()) {
+        (Some(&f), Some(&l)) if alnum(f) && alnum(l) => {}
+        _ => return false,
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if alnum(b) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "10", "s", "1.s", ".5s", "10x", "-1s", "1e3s", "9999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(3)), "3s");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        for bad in [
+            "",
+            "M",
+            "64X",
+            "1.5G",
+            "99999999999999999999",
+            "99999999999T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGTERM"), Ok(libc::SIGTERM));
+        assert_eq!(parse_signal("INT"), Ok(libc::SIGINT));
+        assert_eq!(parse_signal("9"), Ok(9));
+        assert!(parse_signal("SIGFOO").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn ports() {
+        let p = parse_port("8080:80/tcp").unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port, p.container_port, p.protocol),
+            (None, 8080, 80, Protocol::Tcp)
+        );
+        let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(p.protocol, Protocol::Udp);
+        let p = parse_port("[::1]:8443:443").unwrap();
+        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        for bad in [
+            "80",
+            "0:80",
+            "8080:70000",
+            "a:80",
+            "8080:80/sctp",
+            "1.2.3:80:80",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volumes() {
+        let v = parse_volume("web-data:/usr/share/nginx/html:ro").unwrap();
+        assert_eq!(v.source, VolumeSource::Named("web-data".into()));
+        assert!(v.read_only);
+        let v = parse_volume("/srv/x:/data").unwrap();
+        assert_eq!(v.source, VolumeSource::Host("/srv/x".into()));
+        assert!(!v.read_only);
+        for bad in [
+            "data",
+            "data:rel",
+            "data:/x:rx",
+            "../x:/x",
+            "/a/../b:/x",
+            "a:/x:ro:rw",
+        ] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn users() {
+        assert_eq!(
+            parse_user("101:102"),
+            Ok(UserSpec::Id {
+                uid: 101,
+                gid: Some(102)
+            })
+        );
+        assert_eq!(parse_user("0"), Ok(UserSpec::Id { uid: 0, gid: None }));
+        assert_eq!(
+            parse_user("nobody:nogroup"),
+            Ok(UserSpec::Name {
+                user: "nobody".into(),
+                group: Some("nogroup".into())
+            })
+        );
+        for bad in ["", "1:x", "a b", "a:", ":1"] {
+            assert!(parse_user(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn images() {
+        let i = parse_image("docker.io/library/nginx:alpine").unwrap();
+        assert_eq!(i.to_string(), "docker.io/library/nginx:alpine");
+        assert_eq!(
+            parse_image("nginx").unwrap().to_string(),
+            "docker.io/library/nginx:latest"
+        );
+        let i = parse_image("localhost:5000/berth/demo:1.0").unwrap();
+        assert_eq!(
+            (i.registry.as_str(), i.repository.as_str()),
+            ("localhost:5000", "berth/demo")
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        let i = parse_image(&format!("quay.io/x/y@{d}")).unwrap();
+        assert_eq!((i.tag, i.digest), (None, Some(d)));
+        for bad in [
+            "",
+            "Nginx",
+            "nginx:",
+            "nginx:-x",
+            "a//b",
+            "x@sha256:zz",
+            "-a/b",
+            "a__-b",
+        ] {
+            assert!(parse_image(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Supervision through the real binary in host mode: ordering, restart policies, backoff and
+//! the start limit, and reaping of orphans.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{children_of, Host};
+
+#[test]
+fn a_unit_after_another_starts_second() {
+    // b only counts as up once its health check sees its mark, so the order is certain.
+    let host = Host::start(
+        "order",
+        &[
+            ("a", "[unit]\nafter = [\"b\"]\n[container]\ncommand = [\"sh\", \"-c\", \"echo a >> {dir}/order; exec sleep 300\"]\n"),
+            (
+                "b",
+                "[container]\ncommand = [\"sh\", \"-c\", \"echo b >> {dir}/order; exec sleep 300\"]\n\
+                 [health]\nexec = [\"grep\", \"-q\", \"b\", \"{dir}/order\"]\ninterval = \"200ms\"\n",
+            ),
+        ],
+    );
+    host.wait_state("a", &["running"]);
+    assert_eq!(host.unit("b")["health"], "healthy");
+    assert_eq!(host.read("order"), "b\na\n");
+}
+
+#[test]
+fn crash_loop_backs_off_and_fails_at_the_start_limit_while_others_keep_running() {
+    let host = Host::start(
+        "crash",
+        &[
+            (
+                "crash",
+                "[container]\ncommand = [\"sh\", \"-c\", \"echo crashing; exit 3\"]\n\
+                 [service]\nrestart = \"always\"\nrestart_delay = \"50ms\"\nrestart_delay_max = \"200ms\"\n\
+                 start_limit_burst = 5\nstart_limit_interval = \"10m\"\n",
+            ),
+            (
+                "steady",
+                "[container]\ncommand = [\"sleep\", \"300\"]\n[health]\nexec = [\"true\"]\ninterval = \"100ms\"\n",
+            ),
+        ],
+    );
+    host.wait_state("steady", &["healthy"]);
+    let steady_pid = host.unit("steady")["pid"].as_i64().unwrap();
+    host.wait_state("crash", &["failed"]);
+    let crash = host.unit("crash");
+    assert_eq!(crash["restarts"], 4, "{crash}");
+    assert_eq!(crash["last_exit_code"], 3);
+    assert!(
+        crash["error"]
+            .as_str()
+            .unwrap()
+            .contains("start limit reached: 5 starts within 600s"),
+        "{crash}"
+    );
+    // The delay grew from restart_delay, doubling up to restart_delay_max.
+    let delays: Vec<String> = host
+        .log()
+        .lines()
+        .filter_map(|l| l.strip_prefix("berth-init: unit crash: restarting in "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(delays, ["50ms", "100ms", "200ms", "200ms"]);
+    assert_eq!(
+        host.read("state/logs/crash.log")
+            .matches("crashing")
+            .count(),
+        5
+    );
+    // The healthy unit was never touched.
+    let steady = host.unit("steady");
+    assert_eq!(
+        (steady["state"].as_str(), steady["pid"].as_i64()),
+        (Some("healthy"), Some(steady_pid))
+    );
+}
+
+#[test]
+fn on_failure_restarts_failures_but_not_a_clean_exit() {
+    let host = Host::start(
+        "onfailure",
+        &[
+            ("clean", "[container]\ncommand = [\"sh\", \"-c\", \"exit 0\"]\n[service]\nrestart = \"on-failure\"\n"),
+            (
+                "failing",
+                "[container]\ncommand = [\"sh\", \"-c\", \"exit 1\"]\n\
+                 [service]\nrestart = \"on-failure\"\nrestart_delay = \"20ms\"\nstart_limit_burst = 3\n",
+            ),
+        ],
+    );
+    host.wait_state("clean", &["exited"]);
+    // By the time the failing unit has been restarted twice, a restart of the clean unit
+    // would have happened too.
+    host.wait_for("failing to restart twice", || {
+        host.unit("failing")["restarts"].as_u64() >= Some(2)
+    });
+    let clean = host.unit("clean");
+    assert_eq!(
+        (clean["state"].as_str(), clean["restarts"].as_u64()),
+        (Some("exited"), Some(0))
+    );
+    assert_eq!(clean["last_exit_code"], 0);
+}
+
+#[test]
+fn orphaned_grandchildren_are_reaped() {
+    let host = Host::start(
+        "orphans",
+        &[(
+            "spawner",
+            "[container]\ncommand = [\"sh\", \"-c\", \"for i in 1 2 3 4 5; do (sleep 0.3 &); done; exec sleep 300\"]\n",
+        )],
+    );
+    host.wait_state("spawner", &["running"]);
+    let main = host.unit("spawner")["pid"].as_i64().unwrap() as i32;
+    // The five sleeps are re-parented to berth-init (the subreaper); once they exit they
+    // must be reaped, leaving the unit's main process as the only child.
+    host.wait_for("orphans to be reaped", || {
+        host.log().matches("reaped orphan").count() >= 5
+            && children_of(host.pid).iter().all(|(pid, _, _)| *pid == main)
+    });
+    let zombies: Vec<_> = children_of(host.pid)
+        .into_iter()
+        .filter(|(_, state, _)| *state == 'Z')
+        .collect();
+    assert!(zombies.is_empty(), "{zombies:?}");
+}

@@ -1,0 +1,143 @@
+//! Bad unit files next to good ones, `berthctl check`, and the control API's answers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{temp_dir, Host};
+
+const GOOD: &str = "[container]\ncommand = [\"sleep\", \"300\"]\n";
+const BAD: &str = "[unit]\ndescription = \"broken\"\n[container]\ncommand = [\"sleep\", \"300\"]\n\
+                   [service]\nrestart = \"sometimes\"\nstop_timout = \"1s\"\n";
+
+#[test]
+fn a_malformed_unit_does_not_stop_the_good_ones() {
+    let host = Host::start(
+        "malformed",
+        &[("good", GOOD), ("bad", BAD), ("also-good", GOOD)],
+    );
+    host.wait_state("good", &["running"]);
+    host.wait_state("also-good", &["running"]);
+    let bad = host.unit("bad");
+    assert_eq!(
+        (bad["state"].as_str(), bad["detail"].as_str()),
+        (Some("failed"), Some("invalid"))
+    );
+    let error = bad["error"].as_str().unwrap();
+    let file = host.dir.join("units/bad.toml").display().to_string();
+    assert!(
+        error.contains(&format!(
+            "{file}:7:1: key `service.stop_timout`: unknown field"
+        )),
+        "{error}"
+    );
+    assert!(host
+        .log()
+        .contains(&format!("{file}:7:1: key `service.stop_timout`")));
+}
+
+#[test]
+fn berthctl_check_reports_every_error_and_exits_nonzero() {
+    let dir = temp_dir("check");
+    let (good, bad) = (dir.join("units/good.toml"), dir.join("units/bad.toml"));
+    std::fs::write(&good, GOOD).unwrap();
+    std::fs::write(&bad, BAD).unwrap();
+    let ctl = env!("CARGO_BIN_EXE_berthctl");
+    let ok = Command::new(ctl).arg("check").arg(&good).output().unwrap();
+    assert!(ok.status.success());
+    let out = Command::new(ctl)
+        .arg("check")
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let b = bad.display();
+    assert!(
+        stderr.contains(&format!("{b}:7:1: key `service.stop_timout`")),
+        "{stderr}"
+    );
+    // Semantic errors are reported together with structural ones.
+    assert!(
+        stderr.contains(&format!(
+            "{b}:6:11: key `service.restart`: unknown restart policy"
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn api_answers_json_and_json_errors() {
+    let host = Host::start("api", &[("good", GOOD)]);
+    host.wait_state("good", &["running"]);
+    let units = host.try_get("/v1/units").unwrap();
+    assert_eq!(units.as_array().unwrap().len(), 1);
+    let system = host.try_get("/v1/system").unwrap();
+    assert_eq!(
+        (system["mode"].as_str(), system["units"]["running"].as_u64()),
+        (Some("host"), Some(1))
+    );
+    let (status, body) = host.request("GET /v1/units/nope HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(
+        (status, body["error"].as_str(), body["detail"].as_str()),
+        (404, Some("unknown unit"), Some("nope"))
+    );
+    let (status, _) = host.request("DELETE /v1/system HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(status, 405);
+    let (status, _) = host.request("GET /elsewhere HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(status, 404);
+    let mode = std::fs::metadata(host.socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.unwrap(), 0o600);
+    // berthctl reads the same API.
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("--socket")
+        .arg(host.socket())
+        .arg("show")
+        .arg("good")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"state\": \"running\""));
+}
+
+#[test]
+fn example_units_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/examples");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("check")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_slow_client_does_not_stall_the_api_and_times_out() {
+    use std::io::{Read, Write};
+    let host = Host::start("slow", &[("good", GOOD)]);
+    let mut slow = std::os::unix::net::UnixStream::connect(host.socket()).unwrap();
+    slow.write_all(b"GET /v1/sys").unwrap();
+    // Another request is answered while the slow one is pending.
+    assert_eq!(host.try_get("/v1/units/good").unwrap()["name"], "good");
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{answer}"
+    );
+}
