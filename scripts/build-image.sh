@@ -22,6 +22,11 @@ mkdir -p "$ROOTFS"
 (cd "$ROOTFS" && mkdir -p bin sbin usr/bin usr/sbin usr/lib/berth/units etc/ssl/certs \
     dev proc sys run tmp boot root mnt var/lib/berth)
 chmod 0700 "$ROOTFS/root"
+# The nodes PID 1 needs before it mounts devtmpfs: the kernel opens /dev/console for its
+# stdio, and berth-init logs to /dev/kmsg from its first line.
+mknod -m 0600 "$ROOTFS/dev/console" c 5 1
+mknod -m 0644 "$ROOTFS/dev/kmsg" c 1 11
+mknod -m 0666 "$ROOTFS/dev/null" c 1 3
 chmod 1777 "$ROOTFS/tmp"
 cp -a configs/rootfs/. "$ROOTFS/"
 install -m 0755 "$BERTH_OUT/bin/berth-init" "$ROOTFS/sbin/init"

@@ -37,7 +37,8 @@ pub fn wait_for_200(port: u16, path: &str, timeout: Duration) -> Result<String> 
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no attempt");
     while Instant::now() < deadline {
-        match get(port, path, Duration::from_secs(5)) {
+        // Short attempts: before the guest listens, a forwarded connection may hang unanswered.
+        match get(port, path, Duration::from_secs(1)) {
             Ok((200, body)) => return Ok(body),
             Ok((status, _)) => last = format!("status {status}"),
             Err(e) => last = e.to_string(),

@@ -208,14 +208,14 @@ impl Vm {
     /// Waits until the admin shell answers on the console.
     pub fn wait_for_shell(&mut self, timeout: Duration) -> Result<Duration> {
         let deadline = Instant::now() + timeout;
-        // The shell may not be there yet, so ask again every few seconds. The typed text has
+        // The shell may not be there yet, so ask again every second. The typed text has
         // quotes inside the marker; only the shell's output has it whole.
         loop {
             self.commands += 1;
             let n = self.commands;
             self.type_line(&format!("echo @@\"\"READY{n}"))?;
             let marker = format!("@@READY{n}");
-            let step = (Instant::now() + Duration::from_secs(3)).min(deadline);
+            let step = (Instant::now() + Duration::from_secs(1)).min(deadline);
             let find = |s: &str| s.find(&marker).map(|i| (i, i + marker.len()));
             if self.console.wait_match(step, &find).is_some() {
                 return Ok(self.elapsed());
