@@ -104,6 +104,22 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
         "state not grown to {room} bytes: {df}"
     );
 
+    // Once every critical unit is healthy, berth-init marks the boot good (checked on disk
+    // after poweroff).
+    let deadline = std::time::Instant::now() + BOOT;
+    while !vm
+        .run("dmesg | grep 'marked good'", CMD)
+        .unwrap()
+        .1
+        .contains("boot of slot A marked good")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "boot never marked good"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // ACPI power button: ordered shutdown, then QEMU exits 0 (poweroff, not a crash).
     vm.power_button().unwrap();
     let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
