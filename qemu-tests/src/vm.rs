@@ -304,10 +304,13 @@ impl Vm {
     }
 }
 
-/// The timestamp of a kernel log line: `[    1.234567] text` → 1.234567.
+/// The timestamp of a kernel log line: `[    1.234567] text` → 1.234567. Other console
+/// output (a shell prompt) may precede it on the same line, so the last stamp counts.
 pub fn kernel_timestamp(line: &str) -> Option<f64> {
-    let inner = line.trim_start().strip_prefix('[')?;
-    inner.split_once(']')?.0.trim().parse().ok()
+    line.rmatch_indices('[').find_map(|(i, _)| {
+        let (stamp, _) = line[i + 1..].split_once(']')?;
+        stamp.trim().parse().ok()
+    })
 }
 
 impl Drop for Vm {
@@ -334,5 +337,9 @@ mod tests {
         );
         assert_eq!(kernel_timestamp("\r[   12.5] x"), Some(12.5));
         assert_eq!(kernel_timestamp("no stamp"), None);
+        assert_eq!(
+            kernel_timestamp("berth:/# [    2.5] berth-init: x"),
+            Some(2.5)
+        );
     }
 }
