@@ -24,7 +24,7 @@ USERDATA
 cat >&2 <<BANNER
 
   Berth is booting under QEMU (TCG: no KVM here, so give it a few seconds).
-  The demo web container will answer at:  http://127.0.0.1:$PORT/
+  The demo web server will answer at:  http://127.0.0.1:$PORT/
   This terminal is the serial console; the admin shell appears on it after boot.
   Quit: 'berthctl poweroff' in the admin shell, or Ctrl-A C then 'system_powerdown' (the
   ACPI power button: ordered shutdown), or Ctrl-A X (pulls the plug).
