@@ -84,6 +84,18 @@ fn memory_and_pids_limits_hold_and_counters_reflect_usage() {
     // Keep the kernel's OOM reports off the console the shell answers on (dmesg has them).
     vm.run_ok("dmesg -n 1", CMD).unwrap();
 
+    // Every cgroup v2 controller of the kernel is there (rdma aside: no InfiniBand; perf_event
+    // is implicit on v2 and never listed).
+    let controllers = vm
+        .run_ok("cat /sys/fs/cgroup/cgroup.controllers", CMD)
+        .unwrap();
+    for c in ["cpuset", "cpu", "io", "memory", "hugetlb", "pids", "misc"] {
+        assert!(
+            controllers.split_whitespace().any(|w| w == c),
+            "no {c} controller: {controllers}"
+        );
+    }
+
     // memory_max: the hog is OOM-killed inside its own cgroup and restarted (on-failure).
     let deadline = Instant::now() + LIMIT;
     let hog = loop {
