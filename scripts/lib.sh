@@ -16,3 +16,17 @@ inputs_hash() {
           if [ -f "$f" ]; then sha256sum "$f"; else printf '%s\n' "$f"; fi
       done; } | sha256sum | cut -c1-16
 }
+
+# Replaces (or appends) the section of bench/RESULTS.md whose heading starts with
+# `## NAME:` by SECTION, keeping every other section; prints SECTION.
+write_results_section() {
+    python3 - "$BERTH_ROOT/bench/RESULTS.md" "$1" "$2" <<'PY'
+import re, sys, pathlib
+path, name, section = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3].strip() + "\n"
+text = path.read_text() if path.exists() else "# Benchmark results\n"
+pattern = re.compile(r"^## " + re.escape(name) + r":.*?(?=^## |\Z)", re.S | re.M)
+text = pattern.sub(lambda _: section + "\n", text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
+path.write_text(text)
+PY
+    echo "$2"
+}

@@ -82,8 +82,8 @@ fn main() {
     if let Err((phase, e)) = boot::run_phases(&phases, &mut boot) {
         fail(pid1, &format!("{phase}: {e}"));
     }
-    // The container launcher joins this list once the runtime provides it.
-    let launchers = Vec::new();
+    let launchers: Vec<Box<dyn berth_init::launch::Launcher>> =
+        vec![Box::new(container_launcher(&boot))];
     let mut init = match Init::start(boot, launchers) {
         Ok(init) => init,
         Err(e) => fail(pid1, &e.to_string()),
@@ -105,4 +105,32 @@ fn fail(pid1: bool, reason: &str) -> ! {
     }
     log::error!("{reason}");
     std::process::exit(1);
+}
+
+/// Units with an image run through berth-runtime's library. Its state lives in
+/// /run/berth/runtime (host mode: DIR/state/run/runtime); images are pulled by the
+/// berth-runtime binary (host mode: the one beside berth-init, or $BERTH_RUNTIME).
+fn container_launcher(boot: &Boot) -> berth_init::launch::container::ContainerLauncher {
+    let (root, bin) = match &boot.mode {
+        Mode::Pid1 => (
+            PathBuf::from("/run/berth/runtime"),
+            PathBuf::from("/usr/bin/berth-runtime"),
+        ),
+        Mode::Host { .. } => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("berth-runtime")))
+                .unwrap_or_else(|| PathBuf::from("berth-runtime"));
+            let bin = std::env::var_os("BERTH_RUNTIME")
+                .map(PathBuf::from)
+                .unwrap_or(beside);
+            (boot.paths.state.join("run/runtime"), bin)
+        }
+    };
+    berth_init::launch::container::ContainerLauncher::new(
+        &boot.paths.state,
+        &boot.paths.machine_config,
+        root,
+        bin,
+    )
 }

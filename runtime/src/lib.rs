@@ -1,5 +1,28 @@
 //! berth-runtime: Berth's OCI container runtime library.
+//!
+//! The supervisor (berth-init) and the runc-compatible CLI share it. Mechanism lives here; the
+//! CLI only parses arguments. Kernel calls that set up mounts go through [`syscall::Syscall`]
+//! so that the logic is unit-tested without root.
 
+pub mod bpf;
+pub mod builder;
 pub mod cgroups;
+pub mod channel;
+pub mod console;
+pub mod container;
+pub mod hooks;
 pub mod image;
+pub mod init;
+pub mod namespaces;
+pub mod net;
+pub mod process;
+pub mod procfs;
 pub mod registry;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+pub mod syscall;
+
+pub use container::{Container, ContainerError, CreateOptions, ExecOptions, Runtime, StartMode};
+pub use spec::Bundle;

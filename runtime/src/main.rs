@@ -1,10 +1,17 @@
+//! berth-runtime: the runc-compatible OCI runtime CLI (thin layer over the library).
+
 mod cli;
 
 fn main() {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "image") {
-        std::process::exit(cli::image::main(&args[2..]));
+    let mut args = Vec::new();
+    for arg in std::env::args_os() {
+        match arg.into_string() {
+            Ok(a) => args.push(a),
+            Err(bad) => {
+                eprintln!("berth-runtime: argument {bad:?} is not UTF-8");
+                std::process::exit(2);
+            }
+        }
     }
-    eprintln!("berth-runtime: not built yet");
-    std::process::exit(1);
+    std::process::exit(cli::main(args));
 }

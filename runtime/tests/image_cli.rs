@@ -191,3 +191,53 @@ fn gc_keeps_shared_and_leased_layers() {
     assert_eq!(gc::prune(&store).unwrap().temp_removed, 1);
     assert!(store.lease("../evil", &a).is_err());
 }
+
+#[test]
+fn global_flags_before_image_are_honoured_or_refused() {
+    let work = TempDir::new("cli-global");
+    let store = work.join("images");
+    let state = work.join("state");
+    // `--root` is the runtime's state directory: refused rather than silently ignored.
+    let out = berth_runtime()
+        .arg("--root")
+        .arg(&state)
+        .args(["image", "--store"])
+        .arg(&store)
+        .arg("ls")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--root") && err.contains("--store"), "{err}");
+    assert!(!store.exists() && !state.exists(), "nothing created");
+
+    // `--log` and `--log-format` apply: the error lands in the log as JSON.
+    let log = work.join("runtime.log");
+    let out = berth_runtime()
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "image", "--store"])
+        .arg(&store)
+        .args(["inspect", "nosuch/image"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(
+        line["msg"]
+            .as_str()
+            .unwrap()
+            .contains("docker.io/nosuch/image:latest"),
+        "{line}"
+    );
+    // Without global flags the image command works as before.
+    let out = berth_runtime()
+        .args(["image", "--store"])
+        .arg(&store)
+        .args(["ls", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.is_empty());
+}

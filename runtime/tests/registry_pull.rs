@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use berth_runtime::image::pull::{self, PullOptions};
 use berth_runtime::image::{Error, Store};
 use berth_runtime::registry::{Client, Reference, RegistriesConfig};
-use support::{push, run_in_overlay, ImageBuilder, Registry, TarBuilder, TempDir};
+use support::{multilayer_image, push, run_in_overlay, ImageBuilder, Registry, TempDir};
 
 fn client_for(registry: &str) -> Client {
     Client::new(RegistriesConfig {
@@ -44,57 +44,12 @@ fn pull_lines(
     (r, lines.into_inner().unwrap())
 }
 
-/// Three layers: busybox and files; a deletion (whiteout), a change, links; an opaque dir.
-fn build_multilayer(layout: &Path, tag: &str) -> ImageBuilder {
-    let b = ImageBuilder::new(layout, tag);
-    b.add_busybox();
-    b.write("etc/config", "v1\n");
-    b.write("data/keep.txt", "keep\n");
-    b.write("data/gone.txt", "gone\n");
-    b.write("opaque/old.txt", "old\n");
-    b.write("opaque/sub/older.txt", "older\n");
-    b.repack();
-    fs::remove_file(b.rootfs().join("data/gone.txt")).unwrap();
-    b.write("etc/config", "v2\n");
-    b.write("usr/share/doc/a.txt", "doc\n");
-    fs::hard_link(
-        b.rootfs().join("usr/share/doc/a.txt"),
-        b.rootfs().join("usr/share/doc/a-link"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("a.txt", b.rootfs().join("usr/share/doc/sl")).unwrap();
-    b.repack();
-    let layer3 = TarBuilder::new()
-        .dir("opaque/")
-        .file("opaque/.wh..wh..opq", "")
-        .file("opaque/new.txt", "new\n")
-        .finish();
-    b.add_raw_layer(&layer3);
-    b.config(&[
-        "--config.entrypoint",
-        "/bin/sh",
-        "--config.cmd",
-        "-c",
-        "--config.cmd",
-        "echo hi",
-        "--config.env",
-        "GREETING=hello",
-        "--config.workingdir",
-        "/data",
-        "--config.exposedports",
-        "8080/tcp",
-        "--config.user",
-        "0:0",
-    ]);
-    b
-}
-
 #[test]
 fn pulls_multilayer_image_with_whiteout_and_opaque_dir() {
     let reg = Registry::start();
     let work = TempDir::new("pull-multi");
     let layout = work.join("layout");
-    build_multilayer(&layout, "multi");
+    multilayer_image(&layout, "multi");
     push(&layout, "multi", &reg.addr, "berth/multi:v1", &[]);
 
     let store = Store::open(work.join("images")).unwrap();
@@ -328,7 +283,7 @@ fn second_pull_skips_present_blobs_and_digest_references_work() {
     let reg = Registry::start();
     let work = TempDir::new("pull-again");
     let layout = work.join("layout");
-    build_multilayer(&layout, "t");
+    multilayer_image(&layout, "t");
     push(&layout, "t", &reg.addr, "again/app:1", &[]);
     let store = Store::open(work.join("images")).unwrap();
     let client = client_for(&reg.addr);

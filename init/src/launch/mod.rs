@@ -7,6 +7,7 @@
 //! launcher plugs in beside it: `handles` picks the launcher for a unit.
 
 pub mod cgroup;
+pub mod container;
 pub mod process;
 
 use std::os::fd::OwnedFd;
@@ -56,6 +57,8 @@ pub enum LaunchError {
     Signal { pid: i32, source: nix::errno::Errno },
     #[error("no launcher for this unit: {0}")]
     Unsupported(String),
+    #[error("container: {0}")]
+    Container(String),
 }
 
 impl LaunchError {

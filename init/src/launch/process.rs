@@ -128,7 +128,7 @@ pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-fn signal_pid(pid: i32, signal: i32) -> Result<(), LaunchError> {
+pub(crate) fn signal_pid(pid: i32, signal: i32) -> Result<(), LaunchError> {
     let Ok(sig) = Signal::try_from(signal) else {
         return Ok(());
     };

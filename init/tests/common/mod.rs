@@ -34,7 +34,11 @@ impl Host {
     /// Writes `units` (name, TOML; `{dir}` is replaced by the test directory) and starts
     /// berth-init on them, waiting until its control socket answers.
     pub fn start(tag: &str, units: &[(&str, &str)]) -> Host {
-        let dir = temp_dir(tag);
+        Host::start_in(temp_dir(tag), units)
+    }
+
+    /// Like `start`, in a directory the test prepared (from `temp_dir`).
+    pub fn start_in(dir: PathBuf, units: &[(&str, &str)]) -> Host {
         for (name, text) in units {
             let text = text.replace("{dir}", &dir.display().to_string());
             std::fs::write(dir.join("units").join(format!("{name}.toml")), text).unwrap();

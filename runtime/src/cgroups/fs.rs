@@ -1,8 +1,13 @@
-//! The seam between cgroup logic and the kernel: every file access and the one signal the
-//! kill fallback sends go through [`CgroupFs`], so the logic is unit-tested on a temp dir.
+//! The seam between cgroup logic and the kernel: every file access, the one signal the
+//! kill fallback sends and the device program go through [`CgroupFs`], so the logic is
+//! unit-tested on a temp dir.
 
+use super::devices::PROGRAM_NAME;
+use crate::bpf::{self, BpfError, Insn};
+use nix::errno::Errno;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// File operations on a cgroup v2 hierarchy.
@@ -22,6 +27,9 @@ pub trait CgroupFs {
     fn exists(&self, path: &Path) -> bool;
     /// Sends a signal to a process: used by the kill fallback on kernels without `cgroup.kill`.
     fn signal(&self, pid: i32, signal: i32) -> io::Result<()>;
+    /// Makes `program` the only device program (`BPF_CGROUP_DEVICE`) attached to the cgroup
+    /// at `path`, replacing any attached before.
+    fn set_device_program(&self, path: &Path, program: &[Insn]) -> Result<(), BpfError>;
 }
 
 /// The real cgroup filesystem.
@@ -76,5 +84,24 @@ impl CgroupFs for HostFs {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    fn set_device_program(&self, path: &Path, program: &[Insn]) -> Result<(), BpfError> {
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| BpfError::Sys {
+                op: "open cgroup",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?;
+        bpf::replace_cgroup_program(
+            &bpf::Kernel,
+            std::os::fd::AsFd::as_fd(&dir),
+            bpf::PROG_TYPE_CGROUP_DEVICE,
+            bpf::ATTACH_CGROUP_DEVICE,
+            PROGRAM_NAME,
+            program,
+        )
     }
 }

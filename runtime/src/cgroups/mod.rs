@@ -5,10 +5,12 @@
 //! never silently dropped: applying a resource whose controller is not available in the cgroup
 //! is a [`CgroupError::Unavailable`] naming the controller and the cgroup.
 
+pub mod devices;
 mod fs;
 mod resources;
 mod stats;
 
+pub use devices::{DeviceRule, DeviceRules};
 pub use fs::{CgroupFs, HostFs};
 pub use resources::{CpuMax, IoMax, Limit, Resources};
 pub use stats::Stats;
@@ -29,7 +31,11 @@ const REMOVE_ATTEMPTS: usize = 100;
 /// Errors of the cgroups module.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup v2 hierarchy is mounted (looked at {})", HOST_MOUNTS.join(", "))]
+    #[error(
+        "no cgroup v2 hierarchy is mounted (looked at {}): resource limits and device rules \
+         cannot be applied",
+        HOST_MOUNTS.join(", ")
+    )]
     NotMounted,
     #[error(
         "cgroup v2 controller `{controller}` is unavailable in {path} (available: {available}); \
@@ -48,6 +54,12 @@ pub enum CgroupError {
     NotFound { path: PathBuf },
     #[error("cgroup {path}: processes {pids:?} survived the kill")]
     Survivors { path: PathBuf, pids: Vec<i32> },
+    #[error("device rules cannot be enforced in {path}: {source}")]
+    Devices {
+        path: PathBuf,
+        #[source]
+        source: crate::bpf::BpfError,
+    },
     #[error("cgroup {path}: {op}: {source}")]
     Io {
         path: PathBuf,
@@ -406,10 +418,25 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
     }
 
     /// Applies limits. Everything is validated and checked for availability before the first
-    /// write, so a bad or unavailable limit changes nothing.
+    /// write, so a bad or unavailable limit changes nothing. Device rules go first: the
+    /// kernel's support for their program is known only once it is loaded, and a new program
+    /// replaces the one attached before.
     pub fn apply(&self, resources: &Resources) -> Result<()> {
         self.check(resources)?;
-        for w in resources.writes()? {
+        let writes = resources.writes()?;
+        if let Some(devices) = &resources.devices {
+            let program = devices.program().map_err(|e| CgroupError::InvalidValue {
+                field: "linux.resources.devices".into(),
+                reason: e.to_string(),
+            })?;
+            self.fs
+                .set_device_program(&self.path, &program)
+                .map_err(|source| CgroupError::Devices {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        }
+        for w in writes {
             self.write(&w.file, &w.value)?;
         }
         Ok(())

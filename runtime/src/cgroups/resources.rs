@@ -1,5 +1,6 @@
 //! Resource limits and how they map onto cgroup v2 interface files.
 
+use super::devices::DeviceRules;
 use super::{CgroupError, Controller, Result};
 use oci_spec::runtime::LinuxResources;
 use std::collections::BTreeMap;
@@ -84,11 +85,13 @@ pub struct Resources {
     pub cpuset_mems: Option<String>,
     /// Raw interface files (`linux.resources.unified`), written last.
     pub unified: BTreeMap<String, String>,
+    /// Device access rules, enforced by an eBPF program on the cgroup; `None` attaches none.
+    pub devices: Option<DeviceRules>,
 }
 
 /// One interface file write and the controller it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Write {
+pub struct Write {
     pub controller: Option<Controller>,
     pub file: String,
     pub value: String,
@@ -119,7 +122,7 @@ impl Resources {
     }
 
     /// The writes that apply these limits, validated.
-    pub(crate) fn writes(&self) -> Result<Vec<Write>> {
+    pub fn writes(&self) -> Result<Vec<Write>> {
         let mut out = Vec::new();
         let mut push = |controller, file: &str, value: String| {
             out.push(Write {
@@ -216,10 +219,14 @@ impl Resources {
     }
 
     /// Converts OCI `linux.resources` into v2 limits, as runc and crun do (shares and blkio
-    /// weight rescaled to the v2 ranges, swap as total minus memory). Devices are not handled
-    /// here. Settings that have no v2 meaning are errors naming the field.
+    /// weight rescaled to the v2 ranges, swap as total minus memory). Device rules become
+    /// [`DeviceRules`] when there are any. Settings that have no v2 meaning are errors naming
+    /// the field.
     pub fn from_oci(r: &LinuxResources) -> Result<Resources> {
         let mut out = Resources::default();
+        if let Some(list) = r.devices().as_ref().filter(|l| !l.is_empty()) {
+            out.devices = Some(DeviceRules::from_oci(list)?);
+        }
         if let Some(m) = r.memory() {
             out.memory_max = m.limit().map(Limit::from_oci);
             out.memory_low = m.reservation().map(Limit::from_oci);

@@ -27,9 +27,16 @@ fn controller_files(c: &str) -> &'static [&'static str] {
     }
 }
 
+/// Device programs set, with the cgroup each went to.
+type DevicePrograms = Rc<RefCell<Vec<(PathBuf, Vec<crate::bpf::Insn>)>>>;
+
 #[derive(Clone, Default)]
 struct TestFs {
     signals: Rc<RefCell<Vec<i32>>>,
+    /// Device programs set, by cgroup path.
+    device_programs: DevicePrograms,
+    /// What setting a device program fails with (a kernel without cgroup eBPF).
+    device_program_error: Option<crate::bpf::BpfError>,
     /// When set, a signalled pid disappears from every cgroup.procs under this root.
     kill_removes_under: Option<PathBuf>,
     no_cgroup_kill: bool,
@@ -105,6 +112,19 @@ impl CgroupFs for TestFs {
         if let Some(root) = &self.kill_removes_under {
             remove_pid(root, pid);
         }
+        Ok(())
+    }
+    fn set_device_program(
+        &self,
+        path: &Path,
+        program: &[crate::bpf::Insn],
+    ) -> std::result::Result<(), crate::bpf::BpfError> {
+        if let Some(e) = &self.device_program_error {
+            return Err(e.clone());
+        }
+        self.device_programs
+            .borrow_mut()
+            .push((path.to_path_buf(), program.to_vec()));
         Ok(())
     }
 }
@@ -257,6 +277,55 @@ fn unavailable_controller_is_an_error_and_changes_nothing() {
 }
 
 #[test]
+fn device_rules_become_the_cgroup_device_program() {
+    let fs_ = TestFs::default();
+    let f = fixture(ALL, fs_.clone());
+    let cg = f.root.create("c").unwrap();
+    let r = Resources {
+        pids_max: Some(Limit::Value(5)),
+        devices: Some(DeviceRules::container_default()),
+        ..Resources::default()
+    };
+    cg.apply(&r).unwrap();
+    let programs = fs_.device_programs.borrow();
+    assert_eq!(programs.len(), 1);
+    assert_eq!(programs[0].0, cg.path());
+    assert_eq!(
+        programs[0].1,
+        DeviceRules::container_default().program().unwrap()
+    );
+    assert_eq!(fs::read_to_string(cg.path().join("pids.max")).unwrap(), "5");
+}
+
+#[test]
+fn device_rules_without_cgroup_ebpf_are_an_error_and_change_nothing() {
+    let fs_ = TestFs {
+        device_program_error: Some(crate::bpf::classify_load_error(crate::bpf::LoadFailure {
+            errno: nix::errno::Errno::EINVAL,
+            log: String::new(),
+        })),
+        ..TestFs::default()
+    };
+    let f = fixture(ALL, fs_);
+    let cg = f.root.create("c").unwrap();
+    let r = Resources {
+        pids_max: Some(Limit::Value(5)),
+        devices: Some(DeviceRules::container_default()),
+        ..Resources::default()
+    };
+    let err = cg.apply(&r).unwrap_err();
+    assert!(matches!(err, CgroupError::Devices { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("device rules cannot be enforced")
+            && text.contains("unavailable")
+            && text.contains(cg.path().to_str().unwrap()),
+        "{text}"
+    );
+    assert_eq!(fs::read_to_string(cg.path().join("pids.max")).unwrap(), "");
+}
+
+#[test]
 fn invalid_values_are_rejected_before_writing() {
     let f = fixture(ALL, TestFs::default());
     let cg = f.root.create("c").unwrap();
@@ -327,6 +396,14 @@ fn oci_resources_convert_like_runc() {
         r.unified.get("memory.high").map(String::as_str),
         Some("90000000")
     );
+    assert_eq!(r.devices, None, "no rules, no device program");
+    let r: LinuxResources = serde_json::from_str(
+        r#"{"devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 1, "minor": 11, "access": "r"}]}"#,
+    )
+    .unwrap();
+    let rules = Resources::from_oci(&r).unwrap().devices.unwrap();
+    assert_eq!(rules.rules().len(), 2);
+    assert_eq!(rules.rules()[1].to_string(), "allow c 1:11 r");
 
     for (json, field) in [
         (r#"{"memory": {"limit": 100, "swap": 50}}"#, "memory.swap"),
@@ -334,6 +411,10 @@ fn oci_resources_convert_like_runc() {
         (r#"{"unified": {"../etc": "1"}}"#, "unified"),
         (r#"{"unified": {"bogus.max": "1"}}"#, "bogus"),
         (r#"{"network": {"classID": 1}}"#, "network"),
+        (
+            r#"{"devices": [{"allow": true, "access": "rwx"}]}"#,
+            "devices[0].access",
+        ),
     ] {
         let r: LinuxResources = serde_json::from_str(json).unwrap();
         let err = Resources::from_oci(&r).unwrap_err().to_string();

@@ -1,7 +1,6 @@
 //! `berth-runtime image …`: the image store from the command line (and for the supervisor,
 //! which runs pulls as a child process and logs their progress lines).
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -23,32 +22,26 @@ defaults: --store /var/lib/berth/images, --config /var/lib/berth/machine.toml";
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Runs the `image` subcommand with the arguments after `image`; returns the exit code.
-pub fn main(args: &[OsString]) -> i32 {
-    let args: Vec<String> = match args.iter().map(|a| a.clone().into_string()).collect() {
-        Ok(a) => a,
-        Err(bad) => {
-            eprintln!("berth-runtime image: argument {bad:?} is not UTF-8");
-            return 2;
-        }
-    };
-    match run(&args) {
-        Ok(()) => 0,
-        Err(e) => {
-            let mut text = e.to_string();
-            let mut source = e.source();
-            while let Some(s) = source {
-                // Some errors already print their cause; don't say it twice.
-                let cause = s.to_string();
-                if !text.contains(&cause) {
-                    text.push_str(&format!(": {cause}"));
-                }
-                source = s.source();
+/// A failed image command: the error and its causes on one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ImageCliError(String);
+
+/// Runs the `image` subcommand with the arguments after `image`.
+pub fn main(args: &[String]) -> Result<(), ImageCliError> {
+    run(args).map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            // Some errors already print their cause; don't say it twice.
+            let cause = s.to_string();
+            if !text.contains(&cause) {
+                text.push_str(&format!(": {cause}"));
             }
-            eprintln!("berth-runtime image: {text}");
-            1
+            source = s.source();
         }
-    }
+        ImageCliError(text)
+    })
 }
 
 /// Parsed flags and positional arguments of one command.

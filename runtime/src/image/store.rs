@@ -66,6 +66,30 @@ impl Image {
             .join(":")
     }
 
+    /// Mounts a container's root at `target`: an overlay of the image's layers (shared,
+    /// never written) under `upper`, which takes the container's own changes; `work` is
+    /// overlayfs' scratch directory on the same filesystem as `upper`. Missing directories
+    /// are created.
+    pub fn mount_root(&self, upper: &Path, work: &Path, target: &Path) -> Result<()> {
+        for d in [upper, work, target] {
+            fs::create_dir_all(d).map_err(Error::io(d, "create directory"))?;
+        }
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lowerdir(),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| Error::io(target, "mount overlay")(e.into()))
+    }
+
     /// Compressed size of the image's blobs (what a pull transfers).
     pub fn size(&self) -> u64 {
         self.manifest.config.size + self.manifest.layers.iter().map(|l| l.size).sum::<u64>()

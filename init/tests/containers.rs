@@ -1,0 +1,216 @@
+//! The container launcher in host mode: a unit with an image runs as a container (overlay
+//! root from the image store, unit settings merged with the image config, named volume,
+//! read-only root, exec health check), its output lands in the unit log, and stopping
+//! berth-init deletes the container and unmounts its root. A missing image is pulled by a
+//! child process before start, from a real registry on loopback; a pull that fails fails
+//! the start with the reason in the log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+// The runtime's registry fixtures (docker-registry on loopback, umoci images, skopeo push).
+#[path = "../../runtime/tests/support/registry.rs"]
+mod registry;
+
+use std::path::Path;
+use std::process::Command;
+
+use berth_runtime::image::{archive, Store};
+use berth_runtime::registry::Reference;
+use common::{temp_dir, Host};
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A busybox image tagged `berth.test/web:1`, imported into `DIR/state/images`.
+fn import_busybox_image(dir: &Path) {
+    let layout = dir.join("layout");
+    let bundle = dir.join("image-bundle");
+    let image = format!("{}:1", layout.display());
+    run(Command::new("umoci")
+        .arg("init")
+        .arg("--layout")
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for a in [
+        "sh", "echo", "id", "hostname", "test", "httpd", "sleep", "cat",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nwww:x:33:33::/www:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nwww:x:33:\n").unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "FROM_IMAGE=yes",
+        "--config.cmd",
+        "sh",
+    ]));
+    let tar = dir.join("image.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    let store = Store::open(dir.join("state/images")).unwrap();
+    let tag = Reference::parse("berth.test/web:1").unwrap();
+    archive::import(&store, std::fs::File::open(&tar).unwrap(), Some(&tag)).unwrap();
+}
+
+const WEB: &str = r#"
+[unit]
+description = "busybox web server in a container"
+
+[container]
+image = "berth.test/web:1"
+command = ["sh", "-c", "echo started as $(id -u) on $(hostname) image=$FROM_IMAGE unit=$GREETING; echo kept > /data/file; touch /rootfile 2>/dev/null || echo root-is-read-only; exec httpd -f -p 8080 -h /www"]
+env = { GREETING = "hi" }
+network = "none"
+volumes = ["webdata:/data"]
+read_only = true
+
+[health]
+exec = ["test", "-f", "/www/index.html"]
+interval = "1s"
+"#;
+
+#[test]
+fn a_unit_with_an_image_runs_as_a_container() {
+    let dir = temp_dir("containers");
+    import_busybox_image(&dir);
+    let mut host = Host::start_in(dir.clone(), &[("web", WEB)]);
+    host.wait_state("web", &["healthy"]);
+    host.wait_for("the container's output in the unit log", || {
+        host.read("state/logs/web.log")
+            .contains("root-is-read-only")
+    });
+    let log = host.read("state/logs/web.log");
+    assert!(
+        log.contains("started as 0 on web image=yes unit=hi"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("state/volumes/webdata/file")).unwrap(),
+        "kept\n"
+    );
+    let rootfs = dir.join("state/containers/web/rootfs");
+    assert!(
+        rootfs.join("www/index.html").exists(),
+        "overlay root mounted"
+    );
+    assert!(dir.join("state/run/runtime/web/state.json").exists());
+    // The container's own process tree: httpd is pid 1 of its namespace.
+    let pid = host.unit("web")["pid"].as_i64().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "httpd");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap(),
+        std::fs::read_link("/proc/self/ns/pid").unwrap()
+    );
+
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait_exit(), Some(0));
+    assert!(
+        !dir.join("state/run/runtime/web").exists(),
+        "container deleted"
+    );
+    assert!(!rootfs.join("www").exists(), "overlay unmounted");
+    assert!(
+        dir.join("state/containers/web/upper").exists(),
+        "the upper directory is kept"
+    );
+}
+
+#[test]
+fn a_missing_image_is_pulled_from_the_registry_then_runs() {
+    let reg = registry::Registry::start();
+    let dir = temp_dir("registry");
+    let layout = dir.join("layout");
+    let image = registry::ImageBuilder::new(&layout, "web");
+    image.add_busybox();
+    std::os::unix::fs::symlink("busybox", image.rootfs().join("bin/sleep")).unwrap();
+    image.repack();
+    image.write("www/index.html", "served from the registry\n");
+    image.repack();
+    image.config(&["--config.env", "FROM_REGISTRY=yes", "--config.cmd", "sh"]);
+    registry::push(&layout, "web", &reg.addr, "berth/web:1", &[]);
+    // The registry speaks plain HTTP: machine config marks it insecure.
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(
+        dir.join("state/machine.toml"),
+        format!("[registries]\ninsecure = [\"{}\"]\n", reg.addr),
+    )
+    .unwrap();
+    let reference = format!("{}/berth/web:1", reg.addr);
+    let unit = format!(
+        "[container]\nimage = \"{reference}\"\n\
+         command = [\"sh\", \"-c\", \"echo registry=$FROM_REGISTRY; cat /www/index.html; exec sleep 60\"]\n\
+         network = \"none\"\n"
+    );
+    let mut host = Host::start_in(dir.clone(), &[("pulled", &unit)]);
+    host.wait_state("pulled", &["running"]);
+    host.wait_for("the container's output in the unit log", || {
+        host.read("state/logs/pulled.log")
+            .contains("served from the registry")
+    });
+    let log = host.read("state/logs/pulled.log");
+    assert!(log.contains("registry=yes"), "{log}");
+    assert!(
+        log.contains(&format!("pull {reference}:")) && log.contains("downloaded"),
+        "pull progress in the unit log: {log}"
+    );
+    let store = Store::open(dir.join("state/images")).unwrap();
+    let pulled = store.resolve(&reference).unwrap();
+    assert!(pulled.layers.len() >= 2);
+    assert!(dir
+        .join("state/containers/pulled/rootfs/www/index.html")
+        .exists());
+
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait_exit(), Some(0));
+    assert!(!dir
+        .join("state/containers/pulled/rootfs/www/index.html")
+        .exists());
+}
+
+#[test]
+fn a_missing_image_is_pulled_first_and_a_failed_pull_fails_the_start() {
+    let runtime_bin = Path::new(env!("CARGO_BIN_EXE_berth-init")).with_file_name("berth-runtime");
+    assert!(
+        runtime_bin.exists(),
+        "{} is built by `cargo test --workspace`",
+        runtime_bin.display()
+    );
+    let dir = temp_dir("pull");
+    // A registry address on loopback where nothing listens: the pull fails at once.
+    let unit = "[container]\nimage = \"127.0.0.1:9/berth/none:1\"\ncommand = [\"true\"]\nnetwork = \"none\"\n\n[service]\nrestart = \"never\"\n";
+    let host = Host::start_in(dir, &[("ghost", unit)]);
+    host.wait_state("ghost", &["failed"]);
+    host.wait_for("the pull's output in the unit log", || {
+        host.read("state/logs/ghost.log").contains("127.0.0.1:9")
+    });
+}

@@ -1,0 +1,126 @@
+//! `exec [options] ID COMMAND [ARGS...]` or `exec --process process.json ID`.
+
+use super::{flag, opt, parse, CliResult, Flag, Global, Usage};
+use berth_runtime::container::wait_forwarding_signals;
+use berth_runtime::ExecOptions;
+use oci_spec::runtime::{Capabilities, Capability, Process};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+const FLAGS: &[Flag] = &[
+    opt(&["console-socket"]),
+    opt(&["cwd"]),
+    opt(&["env", "e"]),
+    flag(&["tty", "t"]),
+    opt(&["user", "u"]),
+    opt(&["additional-gids", "g"]),
+    opt(&["process", "p"]),
+    flag(&["detach", "d"]),
+    opt(&["pid-file"]),
+    opt(&["process-label"]),
+    opt(&["apparmor"]),
+    flag(&["no-new-privs"]),
+    opt(&["cap", "c"]),
+    opt(&["preserve-fds"]),
+    flag(&["ignore-paused"]),
+];
+
+fn parse_id(s: &str, what: &str) -> Result<u32, Usage> {
+    s.parse()
+        .map_err(|_| Usage(format!("{what} `{s}` is not a number")))
+}
+
+pub fn run(g: &Global, args: &[String]) -> CliResult {
+    let p = parse(args, FLAGS, true)?;
+    let id = p.id()?;
+    let mut container = g.runtime().load(id)?;
+    let process = match p.get("process") {
+        Some(path) => {
+            let text = std::fs::read(path).map_err(|e| Usage(format!("{path}: {e}")))?;
+            let de = &mut serde_json::Deserializer::from_slice(&text);
+            serde_path_to_error::deserialize::<_, Process>(de).map_err(|e| {
+                Usage(format!(
+                    "{path}: malformed at `{}`: {}",
+                    e.path(),
+                    e.inner()
+                ))
+            })?
+        }
+        None => {
+            let cmd = p
+                .args
+                .get(1..)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| Usage("exec needs a command".into()))?;
+            // Defaults from the container's own process, as runc does.
+            let mut proc_ = container
+                .state()
+                .config
+                .process()
+                .clone()
+                .unwrap_or_default();
+            proc_.set_args(Some(cmd.to_vec()));
+            proc_.set_terminal(Some(p.is_set("tty")));
+            if let Some(cwd) = p.get("cwd") {
+                proc_.set_cwd(PathBuf::from(cwd));
+            }
+            let mut env = proc_.env().clone().unwrap_or_default();
+            env.extend(p.all("env").iter().cloned());
+            proc_.set_env(Some(env));
+            let mut user = proc_.user().clone();
+            if let Some(u) = p.get("user") {
+                let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+                user.set_uid(parse_id(uid, "uid")?);
+                user.set_gid(parse_id(gid, "gid")?);
+            }
+            if !p.all("additional-gids").is_empty() {
+                let gids = p
+                    .all("additional-gids")
+                    .iter()
+                    .map(|s| parse_id(s, "gid"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                user.set_additional_gids(Some(gids));
+            }
+            proc_.set_user(user);
+            if p.is_set("no-new-privs") {
+                proc_.set_no_new_privileges(Some(true));
+            }
+            if !p.all("cap").is_empty() {
+                let mut caps = proc_.capabilities().clone().unwrap_or_default();
+                let extra: Capabilities = p
+                    .all("cap")
+                    .iter()
+                    .map(|c| {
+                        Capability::from_str(c.trim_start_matches("CAP_"))
+                            .map_err(|_| Usage(format!("unknown capability `{c}`")))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let add = |s: &Option<Capabilities>| {
+                    Some(
+                        s.clone()
+                            .unwrap_or_default()
+                            .union(&extra)
+                            .copied()
+                            .collect(),
+                    )
+                };
+                caps.set_bounding(add(caps.bounding()));
+                caps.set_effective(add(caps.effective()));
+                caps.set_permitted(add(caps.permitted()));
+                proc_.set_capabilities(Some(caps));
+            }
+            proc_
+        }
+    };
+    let opts = ExecOptions {
+        process,
+        console_socket: p.get("console-socket").map(Path::new),
+        pid_file: p.get("pid-file").map(Path::new),
+        stdio: None,
+    };
+    let pid = container.exec(&opts)?;
+    if p.is_set("detach") {
+        return Ok(0);
+    }
+    Ok(wait_forwarding_signals(pid)?)
+}

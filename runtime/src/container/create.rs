@@ -1,0 +1,277 @@
+//! `create`: clone the container's init into its namespaces and leave it waiting for `start`.
+
+use super::{clone_process, sys, write_pid_file, Container, ContainerError, Result, Runtime};
+use crate::cgroups::{Cgroup, CgroupRoot, Resources};
+use crate::channel::{self, Message};
+use crate::hooks::{self, HookKind};
+use crate::init::{self, InitConfig, Wait};
+use crate::namespaces::{self, NamespacePlan};
+use crate::spec::Bundle;
+use crate::state::{now_rfc3339, process_start_time, State, Status, EXEC_FIFO, OCI_VERSION};
+use nix::fcntl::{open, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+/// How the created container is told to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// runc's `create`: the init blocks on an exec FIFO until a later `start` process.
+    Fifo,
+    /// `run` and the library: this process starts it over the init channel.
+    Channel,
+}
+
+/// What `create` needs besides the bundle.
+#[derive(Debug, Clone)]
+pub struct CreateOptions<'a> {
+    pub id: &'a str,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    /// Move the root instead of pivot_root (runc's `--no-pivot`, for ramfs roots).
+    pub no_pivot: bool,
+    /// stdin, stdout, stderr of the container; inherited from this process when `None`.
+    pub stdio: Option<[RawFd; 3]>,
+    pub start: StartMode,
+}
+
+/// Undoes a half-created container when dropped without `disarm`.
+struct Cleanup<'a> {
+    runtime: &'a Runtime,
+    id: &'a str,
+    pid: Option<i32>,
+    cgroup: Option<Cgroup>,
+    armed: bool,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.pid {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill();
+            let _ = cg.remove();
+        }
+        let _ = self.runtime.store().remove(self.id);
+    }
+}
+
+fn id_map(
+    pid: i32,
+    file: &str,
+    maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>,
+) -> Result<()> {
+    let mut text = String::new();
+    for m in maps.into_iter().flatten() {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            m.container_id(),
+            m.host_id(),
+            m.size()
+        ));
+    }
+    let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+    std::fs::write(&path, text).map_err(|source| ContainerError::Io { path, source })
+}
+
+/// The cgroup for a container: `linux.cgroupsPath` or `/berth/<id>`, created when the host has
+/// a v2 hierarchy. Limits without a usable v2 controller are an error, never skipped.
+fn prepare_cgroup(
+    bundle: &Bundle,
+    id: &str,
+    resources: &Resources,
+) -> Result<Option<(String, Cgroup)>> {
+    let root = match CgroupRoot::host() {
+        Ok(r) => r,
+        Err(_) if resources.is_empty() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let linux = bundle.spec.linux().as_ref();
+    let rel = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("/berth/{id}"));
+    let cg = root.create(&rel)?;
+    if let Err(e) = cg.check(resources) {
+        let _ = cg.remove();
+        return Err(e.into());
+    }
+    Ok(Some((rel, cg)))
+}
+
+impl Runtime {
+    /// Creates a container from a loaded bundle. Every check that can fail on bad input runs
+    /// before anything is created; a failure later undoes what was done.
+    pub fn create(&self, bundle: &Bundle, opts: &CreateOptions<'_>) -> Result<Container> {
+        let spec = &bundle.spec;
+        let linux = spec.linux().as_ref();
+        let plan = NamespacePlan::from_linux(linux)?;
+        let resources = match linux.and_then(|l| l.resources().as_ref()) {
+            Some(r) => Resources::from_oci(r)?,
+            None => Resources::default(),
+        };
+        let filters = match linux.and_then(|l| l.seccomp().as_ref()) {
+            Some(s) => crate::seccomp::compile(s)?,
+            None => Vec::new(),
+        };
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        if terminal && opts.console_socket.is_none() {
+            return Err(ContainerError::NoConsoleSocket);
+        }
+        let console = match (terminal, opts.console_socket) {
+            (true, Some(path)) => Some(crate::console::connect_socket(path).map_err(|errno| {
+                ContainerError::ConsoleSocket {
+                    path: path.to_path_buf(),
+                    errno,
+                }
+            })?),
+            _ => None,
+        };
+
+        let dir = self.store().claim(opts.id)?;
+        let mut cleanup = Cleanup {
+            runtime: self,
+            id: opts.id,
+            pid: None,
+            cgroup: None,
+            armed: true,
+        };
+        let cgroup = prepare_cgroup(bundle, opts.id, &resources)?;
+        cleanup.cgroup = cgroup.as_ref().map(|(_, cg)| cg.clone());
+        // The FIFO also marks the container as `created` to other processes until start
+        // removes it, in both start modes.
+        let fifo = dir.join(EXEC_FIFO);
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+            .map_err(sys("mkfifo exec.fifo"))?;
+        // Past the umask: the init may be an unprivileged uid (user namespace) and must open it.
+        std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .map_err(|source| ContainerError::Io {
+                path: fifo.clone(),
+                source,
+            })?;
+        let wait = match opts.start {
+            StartMode::Fifo => Wait::Fifo(
+                open(
+                    &dir,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(sys("open state dir"))?,
+            ),
+            StartMode::Channel => Wait::Channel,
+        };
+        let (parent, child) = channel::pair()?;
+        let pid = spawn_init(
+            &plan,
+            InitConfig {
+                bundle,
+                plan: &plan,
+                channel: child,
+                wait,
+                console,
+                stdio: opts.stdio,
+                filters: &filters,
+                no_pivot: opts.no_pivot,
+            },
+        )?;
+        cleanup.pid = Some(pid);
+
+        if plan.user() {
+            // gid_map needs setgroups allowed, which it is for a privileged writer.
+            id_map(
+                pid,
+                "uid_map",
+                linux.and_then(|l| l.uid_mappings().as_ref()),
+            )?;
+            id_map(
+                pid,
+                "gid_map",
+                linux.and_then(|l| l.gid_mappings().as_ref()),
+            )?;
+        }
+        if let Some((_, cg)) = &cgroup {
+            cg.add_pid(pid)?;
+            cg.apply(&resources)?;
+        }
+        if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+            let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
+            std::fs::write(&path, adj.to_string())
+                .map_err(|source| ContainerError::Io { path, source })?;
+        }
+        let mut container = Container {
+            store: self.store().clone(),
+            dir,
+            state: State {
+                oci_version: OCI_VERSION.to_string(),
+                id: opts.id.to_string(),
+                status: Status::Creating,
+                pid,
+                bundle: bundle.dir.clone(),
+                rootfs: bundle.rootfs.clone(),
+                created: now_rfc3339(),
+                owner: String::new(),
+                annotations: spec.annotations().clone().unwrap_or_default(),
+                pid_start_time: process_start_time(pid).map(|(t, _)| t).unwrap_or(0),
+                cgroup: cgroup.as_ref().map(|(rel, _)| rel.clone()),
+                config: spec.clone(),
+            },
+            channel: None,
+        };
+        parent.send(&Message::Continue(container.state_json()))?;
+        while !parent.wait_for_init_ready()? {
+            let state = container.state_json();
+            hooks::run(spec.hooks().as_ref(), HookKind::Prestart, &state)?;
+            hooks::run(spec.hooks().as_ref(), HookKind::CreateRuntime, &state)?;
+            parent.send(&Message::Continue(state))?;
+        }
+        container.state.status = Status::Created;
+        container.store.save(&container.state)?;
+        if let Some(path) = opts.pid_file {
+            write_pid_file(path, pid)?;
+        }
+        if opts.start == StartMode::Channel {
+            container.channel = Some(parent);
+        }
+        cleanup.armed = false;
+        Ok(container)
+    }
+}
+
+/// Clones the init. A pid namespace joined by path is entered by this process around the
+/// clone (it only affects children), so the init is born inside it.
+fn spawn_init(plan: &NamespacePlan, cfg: InitConfig<'_>) -> Result<i32> {
+    let own_pid_ns = match &plan.join_pid {
+        Some(path) => {
+            let own =
+                std::fs::File::open("/proc/self/ns/pid").map_err(|source| ContainerError::Io {
+                    path: "/proc/self/ns/pid".into(),
+                    source,
+                })?;
+            namespaces::enter(path, CloneFlags::CLONE_NEWPID)?;
+            Some(own)
+        }
+        None => None,
+    };
+    // SAFETY: the runtime is single-threaded (CLI and PID 1 alike); the child never returns
+    // from `init::run` (it execs or exits).
+    let pid = unsafe { clone_process(plan.new) };
+    if let Ok(0) = pid {
+        init::run(cfg);
+    }
+    if let Some(own) = own_pid_ns {
+        nix::sched::setns(&own, CloneFlags::CLONE_NEWPID).map_err(sys("restore pid namespace"))?;
+    }
+    drop(cfg);
+    pid
+}

@@ -1,0 +1,158 @@
+//! `exec`: run another process inside a running container (health checks, `exec` verb).
+
+use super::{clone_process, sys, write_pid_file, Container, ContainerError, Result};
+use crate::channel::{self, Channel, Message};
+use crate::init::InitError;
+use crate::process;
+use crate::state::Status;
+use nix::sched::CloneFlags;
+use oci_spec::runtime::Process;
+use std::convert::Infallible;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The namespaces joined, user first (it grants the rights to join the others), mount last.
+const NAMESPACES: [(&str, CloneFlags); 6] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+#[derive(Debug, Clone)]
+pub struct ExecOptions<'a> {
+    pub process: Process,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+    pub stdio: Option<[RawFd; 3]>,
+}
+
+fn same_ns(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.ino() == y.ino() && x.dev() == y.dev(),
+        _ => false,
+    }
+}
+
+fn open(path: PathBuf) -> Result<File> {
+    File::open(&path).map_err(|source| ContainerError::Io { path, source })
+}
+
+impl Container {
+    /// Starts `process` inside the container and returns its host pid (a child of the
+    /// caller) once it has exec'd.
+    pub fn exec(&mut self, opts: &ExecOptions<'_>) -> Result<i32> {
+        self.ready_to("exec in", Status::can_exec)?;
+        let pid = self.state.pid;
+        let mut joins: Vec<(File, CloneFlags)> = Vec::new();
+        for (name, flag) in NAMESPACES {
+            let theirs = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+            if !same_ns(&theirs, &PathBuf::from(format!("/proc/self/ns/{name}"))) {
+                joins.push((open(theirs)?, flag));
+            }
+        }
+        let linux = self.state.config.linux().as_ref();
+        let filters = match linux.and_then(|l| l.seccomp().as_ref()) {
+            Some(s) => crate::seccomp::compile(s)?,
+            None => Vec::new(),
+        };
+        let terminal = opts.process.terminal().unwrap_or(false);
+        let console = match (terminal, opts.console_socket) {
+            (false, _) => None,
+            (true, None) => return Err(ContainerError::NoConsoleSocket),
+            (true, Some(path)) => Some(crate::console::connect_socket(path).map_err(|errno| {
+                ContainerError::ConsoleSocket {
+                    path: path.to_path_buf(),
+                    errno,
+                }
+            })?),
+        };
+        let their_pid = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+        let own_pid = if same_ns(&their_pid, Path::new("/proc/self/ns/pid_for_children")) {
+            None
+        } else {
+            let own = open(PathBuf::from("/proc/self/ns/pid_for_children"))?;
+            nix::sched::setns(open(their_pid)?, CloneFlags::CLONE_NEWPID)
+                .map_err(sys("join the container's pid namespace"))?;
+            Some(own)
+        };
+        let (parent, child) = channel::pair()?;
+        // SAFETY: single-threaded caller; the child only execs or exits.
+        let forked = unsafe { clone_process(CloneFlags::empty()) };
+        if let Ok(0) = forked {
+            drop(parent);
+            let err = match exec_child(
+                &child,
+                &joins,
+                &opts.process,
+                &filters,
+                console.as_ref(),
+                opts.stdio,
+            ) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = child.send(&Message::Error(err.to_string()));
+            // SAFETY: ends the child without unwinding into the caller's frames.
+            unsafe {
+                libc::_exit(
+                    if matches!(err, InitError::Process(process::ProcessError::NotFound(_))) {
+                        127
+                    } else {
+                        126
+                    },
+                )
+            }
+        }
+        if let Some(own) = own_pid {
+            nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
+                .map_err(sys("restore pid namespace"))?;
+        }
+        drop(child);
+        let child_pid = forked?;
+        let reap = |e: ContainerError| {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child_pid), None);
+            e
+        };
+        if let Some(cg) = self.cgroup() {
+            cg.add_pid(child_pid).map_err(|e| reap(e.into()))?;
+        }
+        parent
+            .send(&Message::Continue(Vec::new()))
+            .map_err(|e| reap(e.into()))?;
+        parent.wait_for_exec().map_err(|e| reap(e.into()))?;
+        if let Some(path) = opts.pid_file {
+            write_pid_file(path, child_pid)?;
+        }
+        Ok(child_pid)
+    }
+}
+
+fn exec_child(
+    channel: &Channel,
+    joins: &[(File, CloneFlags)],
+    p: &Process,
+    filters: &[seccompiler::BpfProgram],
+    console: Option<&OwnedFd>,
+    stdio: Option<[RawFd; 3]>,
+) -> std::result::Result<Infallible, InitError> {
+    let sys = |what: &str| {
+        let what = what.to_string();
+        move |errno| InitError::Sys { what, errno }
+    };
+    process::reset_signals();
+    process::wire_stdio(stdio)?;
+    channel.wait_for_continue()?;
+    for (file, flag) in joins {
+        nix::sched::setns(file.as_fd(), *flag).map_err(sys("setns"))?;
+    }
+    if let Some(sock) = console {
+        crate::console::attach(sock.as_fd(), p)?;
+    }
+    let program = process::Program::resolve(p, Path::new("/"))?;
+    Err(program.exec(p, filters).into())
+}

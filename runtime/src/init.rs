@@ -1,0 +1,190 @@
+//! The container's init process: runs in the child the runtime cloned into the new
+//! namespaces, prepares the root filesystem, waits for `start`, then execs the user program.
+//! It never returns: it execs or exits.
+
+use crate::channel::{Channel, ChannelError, Message};
+use crate::hooks::{self, HookError, HookKind};
+use crate::namespaces::{self, NamespaceError, NamespacePlan};
+use crate::process::{self, ProcessError};
+use crate::rootfs::{self, RootfsError, RootfsSetup};
+use crate::spec::Bundle;
+use crate::state::EXEC_FIFO;
+use crate::syscall::LinuxSyscall;
+use nix::sched::CloneFlags;
+use oci_spec::runtime::Process;
+use seccompiler::BpfProgram;
+use std::convert::Infallible;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error("{what}: {errno}")]
+    Sys {
+        what: String,
+        errno: nix::errno::Errno,
+    },
+    #[error("linux.sysctl {key}: {source}")]
+    Sysctl {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> InitError {
+    let what = what.into();
+    move |errno| InitError::Sys { what, errno }
+}
+
+/// How the init learns that it may exec.
+pub enum Wait {
+    /// `create`: block opening the exec FIFO in this state directory until `start` reads it.
+    Fifo(OwnedFd),
+    /// `run` and the library: a `Start` message on the channel.
+    Channel,
+}
+
+pub struct InitConfig<'a> {
+    pub bundle: &'a Bundle,
+    pub plan: &'a NamespacePlan,
+    pub channel: Channel,
+    pub wait: Wait,
+    pub console: Option<OwnedFd>,
+    pub stdio: Option<[RawFd; 3]>,
+    pub filters: &'a [BpfProgram],
+    pub no_pivot: bool,
+}
+
+/// Entry point of the cloned child.
+pub fn run(cfg: InitConfig<'_>) -> ! {
+    let mut ready = false;
+    let err = match setup(&cfg, &mut ready) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = cfg.channel.send(&Message::Error(err.to_string()));
+    if ready {
+        // After `create` returned nobody reads the channel: the container's stderr is the
+        // only place left to say why it did not start.
+        let _ = writeln!(std::io::stderr(), "berth-runtime: {err}");
+    }
+    let code = match err {
+        InitError::Process(ProcessError::NotFound(_)) => 127,
+        InitError::Process(ProcessError::NotExecutable(_)) => 126,
+        _ => 1,
+    };
+    // SAFETY: _exit ends the process without running the parent's atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError> {
+    let spec = &cfg.bundle.spec;
+    let empty = Process::default();
+    let proc_ = spec.process().as_ref().unwrap_or(&empty);
+    process::reset_signals();
+    process::wire_stdio(cfg.stdio)?;
+    // Device nodes and directories get exactly the modes the spec asks for.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let mut state = cfg.channel.wait_for_continue()?;
+    if cfg.plan.user() {
+        // Become the namespace's root so that files created during setup are owned by it.
+        let root_gid = nix::unistd::Gid::from_raw(0);
+        let root_uid = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setresgid(root_gid, root_gid, root_gid)
+            .map_err(sys("setgid 0 in user namespace"))?;
+        nix::unistd::setresuid(root_uid, root_uid, root_uid)
+            .map_err(sys("setuid 0 in user namespace"))?;
+    }
+    for (flag, path) in &cfg.plan.join {
+        namespaces::enter(path, *flag)?;
+    }
+    let sys_ = LinuxSyscall;
+    if cfg.plan.has(CloneFlags::CLONE_NEWUTS) {
+        if let Some(h) = spec.hostname() {
+            nix::unistd::sethostname(h).map_err(sys("sethostname"))?;
+        }
+        if let Some(d) = spec.domainname() {
+            crate::syscall::Syscall::setdomainname(&sys_, d).map_err(sys("setdomainname"))?;
+        }
+    }
+    let new_mnt = cfg.plan.new.contains(CloneFlags::CLONE_NEWNS);
+    if new_mnt {
+        let setup = RootfsSetup {
+            rootfs: &cfg.bundle.rootfs,
+            bundle: &cfg.bundle.dir,
+            spec,
+            user_ns: cfg.plan.user(),
+        };
+        setup.prepare(&sys_)?;
+    }
+    let hooks = spec.hooks().as_ref();
+    let runtime_hooks = hooks.is_some_and(|h| {
+        !HookKind::CreateRuntime.of(h).is_empty() || !HookKind::Prestart.of(h).is_empty()
+    });
+    if runtime_hooks {
+        cfg.channel.send(&Message::RunRuntimeHooks)?;
+        state = cfg.channel.wait_for_continue()?;
+    }
+    hooks::run(hooks, HookKind::CreateContainer, &state)?;
+    if new_mnt {
+        rootfs::pivot(&sys_, &cfg.bundle.rootfs, cfg.no_pivot)?;
+        rootfs::finish(&sys_, Path::new("/"), spec)?;
+    }
+    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+        for (key, value) in sysctl {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).map_err(|source| InitError::Sysctl {
+                key: key.clone(),
+                source,
+            })?;
+        }
+    }
+    if let Some(sock) = &cfg.console {
+        crate::console::attach(sock.as_fd(), proc_)?;
+    }
+    let root = if new_mnt {
+        Path::new("/")
+    } else {
+        cfg.bundle.rootfs.as_path()
+    };
+    let program = process::Program::resolve(proc_, root)?;
+
+    cfg.channel.send(&Message::Ready)?;
+    *ready = true;
+    // Held open (close-on-exec) until exec: `start` reads EOF exactly when the program runs.
+    let _fifo = match &cfg.wait {
+        Wait::Channel => {
+            cfg.channel.wait_for_start()?;
+            None
+        }
+        Wait::Fifo(dir) => Some(wait_on_fifo(dir)?),
+    };
+    hooks::run(hooks, HookKind::StartContainer, &state)?;
+    Err(program.exec(proc_, cfg.filters).into())
+}
+
+/// Blocks until `start` opens the FIFO for reading, then tells it the init is alive.
+fn wait_on_fifo(dir: &OwnedFd) -> Result<OwnedFd, InitError> {
+    use nix::fcntl::{openat, OFlag};
+    let fd = openat(
+        dir,
+        EXEC_FIFO,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("open exec fifo"))?;
+    nix::unistd::write(&fd, b"0").map_err(sys("write exec fifo"))?;
+    Ok(fd)
+}

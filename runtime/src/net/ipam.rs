@@ -1,0 +1,187 @@
+//! Address and port allocations, persisted as JSON in the network state directory and
+//! changed under an exclusive lock, so concurrent runtimes and reboots agree.
+
+use super::{NetError, PortMapping};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+const STATE: &str = "allocations.json";
+const LOCK: &str = "allocations.lock";
+
+/// One container's allocation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Allocation {
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+pub struct Allocations {
+    dir: PathBuf,
+    subnet: Ipv4Addr,
+    prefix: u8,
+}
+
+/// Holds the lock file's flock until dropped.
+struct Locked(File);
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Allocations {
+    pub fn new(dir: &Path, subnet: Ipv4Addr, prefix: u8) -> Allocations {
+        Allocations {
+            dir: dir.to_path_buf(),
+            subnet,
+            prefix,
+        }
+    }
+
+    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> NetError {
+        let what = format!("{what} {}", self.dir.display());
+        move |source| NetError::Io { what, source }
+    }
+
+    fn lock(&self) -> Result<Locked, NetError> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io("create"))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(LOCK))
+            .map_err(self.io("open lock in"))?;
+        // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(self.io("lock")(std::io::Error::last_os_error()));
+        }
+        Ok(Locked(f))
+    }
+
+    /// Every allocation by container id.
+    pub fn load(&self) -> Result<BTreeMap<String, Allocation>, NetError> {
+        let path = self.dir.join(STATE);
+        match std::fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text).map_err(|e| NetError::Corrupt {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(self.io("read")(e)),
+        }
+    }
+
+    fn save(&self, all: &BTreeMap<String, Allocation>) -> Result<(), NetError> {
+        let tmp = self.dir.join(format!("{STATE}.tmp"));
+        let text = serde_json::to_vec_pretty(all).map_err(|e| NetError::Corrupt {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut f = File::create(&tmp).map_err(self.io("write"))?;
+        f.write_all(&text).map_err(self.io("write"))?;
+        f.sync_all().map_err(self.io("sync"))?;
+        std::fs::rename(&tmp, self.dir.join(STATE)).map_err(self.io("rename in"))
+    }
+
+    /// The container's address (kept if it has one) and its port mappings, refusing a host
+    /// port another container holds.
+    pub fn allocate(&self, id: &str, ports: &[PortMapping]) -> Result<Allocation, NetError> {
+        let _lock = self.lock()?;
+        let mut all = self.load()?;
+        for (owner, a) in all.iter().filter(|(o, _)| o.as_str() != id) {
+            for p in ports {
+                if a.ports
+                    .iter()
+                    .any(|q| q.host_port == p.host_port && q.protocol == p.protocol)
+                {
+                    return Err(NetError::PortTaken {
+                        port: p.host_port,
+                        protocol: p.protocol,
+                        owner: owner.clone(),
+                    });
+                }
+            }
+        }
+        let address = match all.get(id) {
+            Some(a) => a.address,
+            None => {
+                let base = u32::from(self.subnet);
+                let size = 1u32 << (32 - u32::from(self.prefix));
+                // .0 is the network, .1 the bridge, the last the broadcast address.
+                (2..size.saturating_sub(1))
+                    .map(|i| Ipv4Addr::from(base + i))
+                    .find(|ip| !all.values().any(|a| a.address == *ip))
+                    .ok_or(NetError::Exhausted {
+                        subnet: self.subnet,
+                        prefix: self.prefix,
+                    })?
+            }
+        };
+        let a = Allocation {
+            address,
+            ports: ports.to_vec(),
+        };
+        all.insert(id.to_string(), a.clone());
+        self.save(&all)?;
+        Ok(a)
+    }
+
+    pub fn release(&self, id: &str) -> Result<(), NetError> {
+        let _lock = self.lock()?;
+        let mut all = self.load()?;
+        if all.remove(id).is_some() {
+            self.save(&all)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_unique_persisted_and_reused() {
+        let dir = std::env::temp_dir().join(format!("berth-ipam-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Allocations::new(&dir, Ipv4Addr::new(10, 89, 0, 0), 30);
+        let web: PortMapping = "8080:80/tcp".parse().unwrap();
+        assert_eq!(
+            a.allocate("web", &[web]).unwrap().address,
+            Ipv4Addr::new(10, 89, 0, 2)
+        );
+        // A second handle (another process, a reboot) sees the same state.
+        let b = Allocations::new(&dir, Ipv4Addr::new(10, 89, 0, 0), 30);
+        assert!(matches!(
+            b.allocate("db", &[web]),
+            Err(NetError::PortTaken { port: 8080, .. })
+        ));
+        assert!(
+            !b.load().unwrap().contains_key("db"),
+            "a refused allocation changes nothing"
+        );
+        // /30: only .2 is a usable container address.
+        assert!(matches!(
+            b.allocate("db", &[]),
+            Err(NetError::Exhausted { .. })
+        ));
+        assert_eq!(
+            b.allocate("web", &[]).unwrap().address,
+            Ipv4Addr::new(10, 89, 0, 2),
+            "kept on re-attach"
+        );
+        b.release("web").unwrap();
+        assert_eq!(
+            b.allocate("db", &[web]).unwrap().address,
+            Ipv4Addr::new(10, 89, 0, 2)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

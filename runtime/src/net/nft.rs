@@ -1,0 +1,401 @@
+//! The `ip berth` nftables table, written through nfnetlink in one atomic batch: port
+//! mappings (DNAT for traffic to a local address, from outside or from the host itself) and
+//! outbound NAT for the bridge subnet. The whole table is replaced on every change, so it
+//! always matches the persisted allocations.
+
+use super::netlink::{Message, Socket, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+use super::{PortMapping, Protocol};
+use std::io;
+use std::net::Ipv4Addr;
+
+pub const TABLE: &str = "berth";
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFPROTO_IPV4: u8 = 2;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+const NF_INET_POST_ROUTING: u32 = 4;
+const NF_ACCEPT: u32 = 1;
+const REG1: u32 = 1;
+const REG2: u32 = 2;
+
+/// One nftables expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// `meta KEY` into a register.
+    Meta {
+        key: u32,
+        dreg: u32,
+    },
+    /// Packet bytes (base: 1 network header, 2 transport header) into a register.
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    /// `reg = reg & mask` (xor 0).
+    Mask {
+        reg: u32,
+        mask: Vec<u8>,
+    },
+    /// Compare a register with bytes (op 0 eq, 1 neq).
+    Cmp {
+        sreg: u32,
+        op: u32,
+        data: Vec<u8>,
+    },
+    /// Address type of the destination (`fib daddr type`) into a register.
+    FibDaddrType {
+        dreg: u32,
+    },
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    /// DNAT to the address in `addr` and the port in `port`.
+    Dnat {
+        addr: u32,
+        port: u32,
+    },
+    Masquerade,
+}
+
+const META_L4PROTO: u32 = 16;
+const META_OIFNAME: u32 = 7;
+const RTN_LOCAL: u32 = 2;
+
+fn value(m: Message, typ: u16, data: &[u8]) -> Message {
+    m.begin(typ).attr(NFTA_DATA_VALUE, data).end()
+}
+
+impl Expr {
+    fn encode(&self, m: Message) -> Message {
+        let (name, m) = match self {
+            Expr::Meta { .. } => ("meta", m),
+            Expr::Payload { .. } => ("payload", m),
+            Expr::Mask { .. } => ("bitwise", m),
+            Expr::Cmp { .. } => ("cmp", m),
+            Expr::FibDaddrType { .. } => ("fib", m),
+            Expr::Immediate { .. } => ("immediate", m),
+            Expr::Dnat { .. } => ("nat", m),
+            Expr::Masquerade => ("masq", m),
+        };
+        let m = m.begin(NFTA_LIST_ELEM).attr_str(NFTA_EXPR_NAME, name);
+        let m = match self {
+            Expr::Masquerade => m,
+            _ => {
+                let d = m.begin(NFTA_EXPR_DATA);
+                let d = match self {
+                    Expr::Meta { key, dreg } => d.attr_be32(1, *dreg).attr_be32(2, *key),
+                    Expr::Payload {
+                        base,
+                        offset,
+                        len,
+                        dreg,
+                    } => d
+                        .attr_be32(1, *dreg)
+                        .attr_be32(2, *base)
+                        .attr_be32(3, *offset)
+                        .attr_be32(4, *len),
+                    Expr::Mask { reg, mask } => {
+                        let d = d
+                            .attr_be32(1, *reg)
+                            .attr_be32(2, *reg)
+                            .attr_be32(3, mask.len() as u32);
+                        let d = value(d, 4, mask);
+                        value(d, 5, &vec![0u8; mask.len()])
+                    }
+                    Expr::Cmp { sreg, op, data } => {
+                        value(d.attr_be32(1, *sreg).attr_be32(2, *op), 3, data)
+                    }
+                    // result: address type; flags: look at the destination address.
+                    Expr::FibDaddrType { dreg } => {
+                        d.attr_be32(1, *dreg).attr_be32(2, 3).attr_be32(3, 1 << 1)
+                    }
+                    Expr::Immediate { dreg, data } => value(d.attr_be32(1, *dreg), 2, data),
+                    Expr::Dnat { addr, port } => d
+                        .attr_be32(1, 1)
+                        .attr_be32(2, u32::from(NFPROTO_IPV4))
+                        .attr_be32(3, *addr)
+                        .attr_be32(5, *port),
+                    Expr::Masquerade => d,
+                };
+                d.end()
+            }
+        };
+        m.end()
+    }
+}
+
+/// An interface name as nftables compares it: 16 bytes, NUL padded.
+fn ifname(name: &str) -> Vec<u8> {
+    let mut v = name.as_bytes().to_vec();
+    v.resize(libc::IFNAMSIZ, 0);
+    v
+}
+
+fn netmask(prefix: u8) -> [u8; 4] {
+    let bits: u32 = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    bits.to_be_bytes()
+}
+
+/// What the table expresses.
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    pub bridge: String,
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    /// Each mapping with the container address it goes to.
+    pub ports: Vec<(PortMapping, Ipv4Addr)>,
+}
+
+/// Port mapping rule: to a local address, this protocol and port → container address:port.
+fn dnat_rule(p: &PortMapping, to: Ipv4Addr) -> Vec<Expr> {
+    let proto = match p.protocol {
+        Protocol::Tcp => libc::IPPROTO_TCP as u8,
+        Protocol::Udp => libc::IPPROTO_UDP as u8,
+    };
+    vec![
+        Expr::FibDaddrType { dreg: REG1 },
+        Expr::Cmp {
+            sreg: REG1,
+            op: 0,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+        Expr::Meta {
+            key: META_L4PROTO,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: 0,
+            data: vec![proto],
+        },
+        Expr::Payload {
+            base: 2,
+            offset: 2,
+            len: 2,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: 0,
+            data: p.host_port.to_be_bytes().to_vec(),
+        },
+        Expr::Immediate {
+            dreg: REG1,
+            data: to.octets().to_vec(),
+        },
+        Expr::Immediate {
+            dreg: REG2,
+            data: p.container_port.to_be_bytes().to_vec(),
+        },
+        Expr::Dnat {
+            addr: REG1,
+            port: REG2,
+        },
+    ]
+}
+
+const CMP_EQ: u32 = 0;
+const CMP_NEQ: u32 = 1;
+
+/// `ip saddr NET/PREFIX oifname [!=|==] BRIDGE masquerade`.
+fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str, oif_op: u32) -> Vec<Expr> {
+    vec![
+        Expr::Payload {
+            base: 1,
+            offset: 12,
+            len: 4,
+            dreg: REG1,
+        },
+        Expr::Mask {
+            reg: REG1,
+            mask: netmask(prefix).to_vec(),
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_EQ,
+            data: net.octets().to_vec(),
+        },
+        Expr::Meta {
+            key: META_OIFNAME,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: oif_op,
+            data: ifname(bridge),
+        },
+        Expr::Masquerade,
+    ]
+}
+
+/// The chains and rules: (chain, hook, priority, rules).
+pub fn chains(c: &NatConfig) -> Vec<(&'static str, u32, i32, Vec<Vec<Expr>>)> {
+    let dnat: Vec<Vec<Expr>> = c.ports.iter().map(|(p, ip)| dnat_rule(p, *ip)).collect();
+    let outbound = masquerade(c.subnet, c.prefix, &c.bridge, CMP_NEQ);
+    // Connections from the host's loopback address to a mapped port: the container must
+    // answer an address it can route back to.
+    let from_loopback = masquerade(Ipv4Addr::new(127, 0, 0, 0), 8, &c.bridge, CMP_EQ);
+    vec![
+        ("prerouting", NF_INET_PRE_ROUTING, -100, dnat.clone()),
+        ("output", NF_INET_LOCAL_OUT, -100, dnat),
+        (
+            "postrouting",
+            NF_INET_POST_ROUTING,
+            100,
+            vec![outbound, from_loopback],
+        ),
+    ]
+}
+
+fn nfgen(family: u8, res_id: u16) -> [u8; 4] {
+    let r = res_id.to_be_bytes();
+    [family, 0, r[0], r[1]]
+}
+
+fn nft(cmd: u16, flags: u16) -> Message {
+    Message::new((NFNL_SUBSYS_NFTABLES << 8) | cmd, NLM_F_REQUEST | flags)
+        .raw(&nfgen(NFPROTO_IPV4, 0))
+}
+
+/// The batch that replaces the table: add (so that delete cannot fail), delete, recreate.
+pub fn batch(c: &NatConfig, mut seq: u32) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut push = |m: Message, out: &mut Vec<Vec<u8>>| {
+        seq += 1;
+        out.push(m.finish(seq));
+    };
+    push(
+        Message::new(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST).raw(&nfgen(0, NFNL_SUBSYS_NFTABLES)),
+        &mut out,
+    );
+    push(
+        nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE),
+        &mut out,
+    );
+    push(
+        nft(NFT_MSG_DELTABLE, NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE),
+        &mut out,
+    );
+    push(
+        nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE),
+        &mut out,
+    );
+    for (name, hook, prio, rules) in chains(c) {
+        let chain = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK)
+            .attr_str(NFTA_CHAIN_TABLE, TABLE)
+            .attr_str(NFTA_CHAIN_NAME, name)
+            .begin(NFTA_CHAIN_HOOK)
+            .attr_be32(NFTA_HOOK_HOOKNUM, hook)
+            .attr_be32(NFTA_HOOK_PRIORITY, prio as u32)
+            .end()
+            .attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+            .attr_str(NFTA_CHAIN_TYPE, "nat");
+        push(chain, &mut out);
+        for rule in rules {
+            let mut m = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK)
+                .attr_str(NFTA_RULE_TABLE, TABLE)
+                .attr_str(NFTA_RULE_CHAIN, name)
+                .begin(NFTA_RULE_EXPRESSIONS);
+            for e in &rule {
+                m = e.encode(m);
+            }
+            push(m.end(), &mut out);
+        }
+    }
+    push(
+        Message::new(NFNL_MSG_BATCH_END, NLM_F_REQUEST).raw(&nfgen(0, NFNL_SUBSYS_NFTABLES)),
+        &mut out,
+    );
+    out
+}
+
+/// Replaces the table in the calling thread's network namespace.
+pub fn apply(c: &NatConfig) -> io::Result<()> {
+    let sock = Socket::open(libc::NETLINK_NETFILTER)?;
+    sock.transact(&batch(c, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::netlink::header;
+    use super::*;
+
+    #[test]
+    fn batch_is_framed_and_replaces_the_table() {
+        let c = NatConfig {
+            bridge: "berth0".into(),
+            subnet: Ipv4Addr::new(10, 89, 0, 0),
+            prefix: 24,
+            ports: vec![(
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                },
+                Ipv4Addr::new(10, 89, 0, 2),
+            )],
+        };
+        let b = batch(&c, 0);
+        let types: Vec<u16> = b.iter().map(|m| header(m).1).collect();
+        let t = |cmd: u16| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
+        assert_eq!(
+            types[..4],
+            [
+                NFNL_MSG_BATCH_BEGIN,
+                t(NFT_MSG_NEWTABLE),
+                t(NFT_MSG_DELTABLE),
+                t(NFT_MSG_NEWTABLE)
+            ]
+        );
+        assert_eq!(*types.last().unwrap(), NFNL_MSG_BATCH_END);
+        // 3 chains, 1 rule in each DNAT chain, 2 in postrouting.
+        assert_eq!(
+            types
+                .iter()
+                .filter(|t| **t == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN))
+                .count(),
+            3
+        );
+        assert_eq!(
+            types
+                .iter()
+                .filter(|t| **t == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE))
+                .count(),
+            4
+        );
+        let seqs: Vec<u32> = b.iter().map(|m| header(m).3).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(netmask(24), [255, 255, 255, 0]);
+        assert_eq!(netmask(8), [255, 0, 0, 0]);
+    }
+}

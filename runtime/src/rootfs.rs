@@ -1,0 +1,533 @@
+//! The container's root filesystem: mounts from the spec, /dev, pivot_root, masked and
+//! read-only paths. Every kernel call goes through [`Syscall`].
+
+use crate::syscall::{SysResult, Syscall};
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::SFlag;
+use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{what} {path}: {errno}")]
+    Sys {
+        what: String,
+        path: PathBuf,
+        errno: Errno,
+    },
+    #[error("mounts[{index}] ({dest}): unknown mount option `{option}`")]
+    Option {
+        index: usize,
+        dest: PathBuf,
+        option: String,
+    },
+    #[error("{path}: too many levels of symbolic links inside the root")]
+    Loop { path: PathBuf },
+}
+
+fn fail(what: impl Into<String>, path: &Path) -> impl FnOnce(Errno) -> RootfsError {
+    let (what, path) = (what.into(), path.to_path_buf());
+    move |errno| RootfsError::Sys { what, path, errno }
+}
+
+/// A mount's options split into what mount(2) takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    /// Flags the options explicitly clear (`rw`, `suid`, `dev`, `exec`, ...).
+    pub cleared: MsFlags,
+    pub propagation: Vec<MsFlags>,
+    pub data: Vec<String>,
+    pub bind: bool,
+}
+
+impl MountOptions {
+    pub fn parse(options: &[String]) -> Result<MountOptions, String> {
+        let mut o = MountOptions {
+            flags: MsFlags::empty(),
+            cleared: MsFlags::empty(),
+            propagation: Vec::new(),
+            data: Vec::new(),
+            bind: false,
+        };
+        for opt in options {
+            let (set, clear) = match opt.as_str() {
+                "defaults" => (MsFlags::empty(), MsFlags::empty()),
+                "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+                "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+                "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+                "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+                "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+                "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+                "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+                "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+                "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+                "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+                "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+                "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+                "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+                "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+                "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+                "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+                "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+                "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+                "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+                "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+                "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+                "bind" => {
+                    o.bind = true;
+                    (MsFlags::MS_BIND, MsFlags::empty())
+                }
+                "rbind" => {
+                    o.bind = true;
+                    (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
+                }
+                "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
+                | "unbindable" | "runbindable" => {
+                    o.propagation
+                        .push(propagation(opt).unwrap_or(MsFlags::MS_PRIVATE));
+                    continue;
+                }
+                // Options Berth does not act on but that are harmless to skip.
+                "tmpcopyup" => continue,
+                other if other.starts_with("idmap") || other.starts_with("ridmap") => {
+                    return Err(other.to_string())
+                }
+                other => {
+                    if other.is_empty() || other.contains(',') {
+                        return Err(other.to_string());
+                    }
+                    o.data.push(other.to_string());
+                    continue;
+                }
+            };
+            o.flags = (o.flags | set) - clear;
+            o.cleared = (o.cleared | clear) - set;
+        }
+        Ok(o)
+    }
+}
+
+/// The mount(2) flags of a propagation name (`rslave`, `private`, ...).
+pub fn propagation(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Resolves `path` inside `root` the way the kernel would after chroot(root): symlinks are
+/// followed but can never lead outside the root (an absolute link restarts at the root, `..`
+/// stops at it). Missing components are kept as they are.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, RootfsError> {
+    let mut todo: VecDeque<OsString> = components(path);
+    let mut done: Vec<OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        if name == ".." {
+            done.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&done);
+        candidate.push(&name);
+        match std::fs::read_link(&candidate) {
+            Ok(target) => {
+                links += 1;
+                if links > 40 {
+                    return Err(RootfsError::Loop {
+                        path: path.to_path_buf(),
+                    });
+                }
+                if target.is_absolute() {
+                    done.clear();
+                }
+                for c in components(&target).into_iter().rev() {
+                    todo.push_front(c);
+                }
+            }
+            Err(_) => done.push(name),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&done);
+    Ok(out)
+}
+
+fn components(p: &Path) -> VecDeque<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Everything of the spec the rootfs setup needs.
+pub struct RootfsSetup<'a> {
+    pub rootfs: &'a Path,
+    pub bundle: &'a Path,
+    pub spec: &'a Spec,
+    /// In a new user namespace devices cannot be created, only bind-mounted from the host.
+    pub user_ns: bool,
+}
+
+/// The devices every container gets: (name, major, minor).
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+impl RootfsSetup<'_> {
+    /// Before pivot_root: propagation, the rootfs as a mount point, the spec's mounts, /dev.
+    pub fn prepare(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
+        let linux = self.spec.linux().as_ref();
+        // Nothing mounted in the container may propagate back to the host.
+        let root_prop = linux
+            .and_then(|l| l.rootfs_propagation().as_deref())
+            .and_then(propagation)
+            .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        sys.mount(None, Path::new("/"), None, root_prop, None)
+            .map_err(fail("make / ", Path::new("/")))?;
+        sys.mount(
+            Some(self.rootfs),
+            self.rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(fail("bind rootfs", self.rootfs))?;
+        let mut dev_is_bind = false;
+        for (index, m) in self.spec.mounts().iter().flatten().enumerate() {
+            let opts = MountOptions::parse(m.options().as_deref().unwrap_or_default()).map_err(
+                |option| RootfsError::Option {
+                    index,
+                    dest: m.destination().clone(),
+                    option,
+                },
+            )?;
+            if m.destination() == Path::new("/dev")
+                && (opts.bind || m.typ().as_deref() == Some("bind"))
+            {
+                dev_is_bind = true;
+            }
+            self.mount_one(sys, m, &opts)?;
+        }
+        if !dev_is_bind {
+            self.create_devices(sys)?;
+        }
+        Ok(())
+    }
+
+    fn mount_one(&self, sys: &dyn Syscall, m: &Mount, o: &MountOptions) -> Result<(), RootfsError> {
+        let dest = resolve_in_root(self.rootfs, m.destination())?;
+        let typ = m.typ().as_deref().unwrap_or("none");
+        let bind = o.bind || typ == "bind";
+        let data = (!o.data.is_empty()).then(|| o.data.join(","));
+        let source = m.source().as_ref().map(|s| {
+            if s.is_absolute() || !bind {
+                s.clone()
+            } else {
+                self.bundle.join(s)
+            }
+        });
+        if bind {
+            let src = source.clone().unwrap_or_default();
+            if src.is_dir() {
+                sys.mkdir_all(&dest, 0o755).map_err(fail("mkdir", &dest))?;
+            } else {
+                if let Some(parent) = dest.parent() {
+                    sys.mkdir_all(parent, 0o755)
+                        .map_err(fail("mkdir", parent))?;
+                }
+                sys.touch(&dest).map_err(fail("create", &dest))?;
+            }
+            let rec = o.flags & MsFlags::MS_REC;
+            sys.mount(Some(&src), &dest, None, MsFlags::MS_BIND | rec, None)
+                .map_err(fail(format!("bind {}", src.display()), &dest))?;
+            let extra = o.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+            if !extra.is_empty() {
+                self.remount_bind(sys, &dest, extra, o.cleared, rec)?;
+            }
+        } else {
+            sys.mkdir_all(&dest, 0o755).map_err(fail("mkdir", &dest))?;
+            // Berth is cgroup v2 only: a `cgroup` mount is the v2 hierarchy (scoped to the
+            // container by its cgroup namespace).
+            let typ = if typ == "cgroup" { "cgroup2" } else { typ };
+            let r = sys.mount(
+                source.as_deref(),
+                &dest,
+                Some(typ),
+                o.flags,
+                data.as_deref(),
+            );
+            match r {
+                Ok(()) => {}
+                // sysfs needs a network namespace owned by the user namespace; like runc,
+                // fall back to the host's /sys, read-only.
+                Err(Errno::EPERM) if typ == "sysfs" && self.user_ns => {
+                    sys.mount(
+                        Some(Path::new("/sys")),
+                        &dest,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                    )
+                    .map_err(fail("bind /sys", &dest))?;
+                    self.remount_bind(
+                        sys,
+                        &dest,
+                        o.flags | MsFlags::MS_RDONLY,
+                        o.cleared,
+                        MsFlags::MS_REC,
+                    )?;
+                }
+                Err(e) => return Err(fail(format!("mount {typ}"), &dest)(e)),
+            }
+        }
+        for p in &o.propagation {
+            sys.mount(None, &dest, None, *p, None)
+                .map_err(fail("set propagation of", &dest))?;
+        }
+        Ok(())
+    }
+
+    /// A bind mount takes flags only on a remount, which must keep the flags the kernel locked.
+    fn remount_bind(
+        &self,
+        sys: &dyn Syscall,
+        dest: &Path,
+        flags: MsFlags,
+        cleared: MsFlags,
+        rec: MsFlags,
+    ) -> Result<(), RootfsError> {
+        let locked =
+            sys.locked_flags(dest).unwrap_or(MsFlags::empty()) - MsFlags::MS_RDONLY - cleared;
+        sys.mount(
+            None,
+            dest,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | flags | locked,
+            None,
+        )
+        .map_err(fail("remount", dest))
+    }
+
+    fn create_devices(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
+        let dev = self.rootfs.join("dev");
+        sys.mkdir_all(&dev, 0o755).map_err(fail("mkdir", &dev))?;
+        let linux = self.spec.linux().as_ref();
+        let extra = linux.and_then(|l| l.devices().as_ref());
+        for (name, major, minor) in DEFAULT_DEVICES {
+            if extra
+                .into_iter()
+                .flatten()
+                .any(|d| d.path() == &Path::new("/dev").join(name))
+            {
+                continue;
+            }
+            self.device(
+                sys,
+                &Path::new("/dev").join(name),
+                SFlag::S_IFCHR,
+                major,
+                minor,
+                0o666,
+                None,
+                None,
+            )?;
+        }
+        for d in extra.into_iter().flatten() {
+            let kind = match d.typ() {
+                LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+                LinuxDeviceType::B => SFlag::S_IFBLK,
+                LinuxDeviceType::P => SFlag::S_IFIFO,
+                LinuxDeviceType::A => continue,
+            };
+            let (major, minor) = (d.major() as u64, d.minor() as u64);
+            self.device(
+                sys,
+                d.path(),
+                kind,
+                major,
+                minor,
+                d.file_mode().unwrap_or(0o666),
+                d.uid(),
+                d.gid(),
+            )?;
+        }
+        for (target, link) in [
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+            ("pts/ptmx", "ptmx"),
+        ] {
+            let link = dev.join(link);
+            match sys.symlink(Path::new(target), &link) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(fail("symlink", &link)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn device(
+        &self,
+        sys: &dyn Syscall,
+        path: &Path,
+        kind: SFlag,
+        major: u64,
+        minor: u64,
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), RootfsError> {
+        let dest = resolve_in_root(self.rootfs, path)?;
+        if let Some(parent) = dest.parent() {
+            sys.mkdir_all(parent, 0o755)
+                .map_err(fail("mkdir", parent))?;
+        }
+        if self.user_ns {
+            // mknod is not allowed in a user namespace: bind the host's node instead.
+            sys.touch(&dest).map_err(fail("create", &dest))?;
+            sys.mount(Some(path), &dest, None, MsFlags::MS_BIND, None)
+                .map_err(fail(format!("bind {}", path.display()), &dest))?;
+            return Ok(());
+        }
+        let dev = nix::sys::stat::makedev(major, minor);
+        match sys.mknod(&dest, kind, mode, dev) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => return Ok(()),
+            Err(e) => return Err(fail("mknod", &dest)(e)),
+        }
+        if uid.is_some() || gid.is_some() {
+            sys.chown(&dest, uid, gid).map_err(fail("chown", &dest))?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `rootfs` the root: pivot_root(".", ".") then detach the old root stacked on top,
+/// or, with `no_pivot`, move the mount over / and chroot (for ramfs roots).
+pub fn pivot(sys: &dyn Syscall, rootfs: &Path, no_pivot: bool) -> Result<(), RootfsError> {
+    let dot = Path::new(".");
+    sys.chdir(rootfs).map_err(fail("chdir", rootfs))?;
+    if no_pivot {
+        sys.mount(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None)
+            .map_err(fail("move mount", rootfs))?;
+        sys.chroot(dot).map_err(fail("chroot", rootfs))?;
+    } else {
+        sys.pivot_root(dot, dot)
+            .map_err(fail("pivot_root", rootfs))?;
+        // The old root must not propagate its unmount to the host.
+        sys.mount(None, dot, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
+            .map_err(fail("make old root rslave", rootfs))?;
+        sys.umount2(dot, MntFlags::MNT_DETACH)
+            .map_err(fail("detach old root", rootfs))?;
+    }
+    sys.chdir(Path::new("/"))
+        .map_err(fail("chdir", Path::new("/")))
+}
+
+/// After pivot_root: masked and read-only paths, read-only root. `root` is "/" for real and a
+/// temp dir in tests (it is where existence is checked).
+pub fn finish(sys: &dyn Syscall, root: &Path, spec: &Spec) -> Result<(), RootfsError> {
+    let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let linux = spec.linux().as_ref();
+    for p in linux
+        .and_then(|l| l.masked_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let path = at(Path::new(p));
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let r = if meta.is_dir() {
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+            )
+        } else {
+            sys.mount(
+                Some(&at(Path::new("/dev/null"))),
+                &path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
+        };
+        ignore_missing(r).map_err(fail("mask", &path))?;
+    }
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let path = at(Path::new(p));
+        if !path.exists() {
+            continue;
+        }
+        let r = sys
+            .mount(
+                Some(&path),
+                &path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .and_then(|()| {
+                let locked = sys.locked_flags(&path).unwrap_or(MsFlags::empty());
+                let flags = MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_REC
+                    | MsFlags::MS_RDONLY
+                    | locked;
+                sys.mount(None, &path, None, flags, None)
+            });
+        ignore_missing(r).map_err(fail("make read-only", &path))?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        let locked = sys.locked_flags(root).unwrap_or(MsFlags::empty());
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
+        sys.mount(None, root, None, flags, None)
+            .map_err(fail("remount read-only", root))?;
+    }
+    Ok(())
+}
+
+fn ignore_missing(r: SysResult<()>) -> SysResult<()> {
+    match r {
+        Err(Errno::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! Mount plans checked with the recording syscall seam (no root needed).
+
+use super::*;
+use crate::syscall::test::{Call, RecordingSyscall};
+
+struct Root(PathBuf);
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn root(name: &str) -> Root {
+    let dir = std::env::temp_dir().join(format!("berth-rootfs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+    Root(dir)
+}
+
+fn spec(json: &str) -> Spec {
+    serde_json::from_str(json).unwrap()
+}
+
+#[test]
+fn options_split_into_flags_propagation_and_data() {
+    let o = MountOptions::parse(&[
+        "nosuid".into(),
+        "noexec".into(),
+        "rprivate".into(),
+        "mode=755".into(),
+        "size=1m".into(),
+        "ro".into(),
+        "rw".into(),
+    ])
+    .unwrap();
+    assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC);
+    assert!(o.cleared.contains(MsFlags::MS_RDONLY));
+    assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+    assert_eq!(o.data, vec!["mode=755", "size=1m"]);
+    assert!(!o.bind);
+    let b = MountOptions::parse(&["rbind".into()]).unwrap();
+    assert!(b.bind && b.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+    assert!(MountOptions::parse(&["idmap".into()]).is_err());
+}
+
+#[test]
+fn symlinks_cannot_escape_the_root() {
+    let r = root("escape");
+    let rootfs = r.0.join("rootfs");
+    std::os::unix::fs::symlink("/etc", rootfs.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../etc", rootfs.join("rel")).unwrap();
+    std::os::unix::fs::symlink("loop", rootfs.join("loop")).unwrap();
+    assert_eq!(
+        resolve_in_root(&rootfs, Path::new("/abs/passwd")).unwrap(),
+        rootfs.join("etc/passwd")
+    );
+    assert_eq!(
+        resolve_in_root(&rootfs, Path::new("/rel/x")).unwrap(),
+        rootfs.join("etc/x")
+    );
+    assert_eq!(
+        resolve_in_root(&rootfs, Path::new("/../../x")).unwrap(),
+        rootfs.join("x")
+    );
+    assert!(matches!(
+        resolve_in_root(&rootfs, Path::new("/loop")),
+        Err(RootfsError::Loop { .. })
+    ));
+}
+
+#[test]
+fn prepare_mounts_in_spec_order_and_creates_devices() {
+    let r = root("prepare");
+    let rootfs = r.0.join("rootfs");
+    let host_dir = r.0.join("data");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let s = spec(&format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"mounts":[
+            {{"destination":"/proc","type":"proc","source":"proc"}},
+            {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}},
+            {{"destination":"/data","type":"bind","source":"{}","options":["rbind","ro","nodev"]}}],
+          "linux":{{"rootfsPropagation":"private","devices":[{{"path":"/dev/fuse","type":"c","major":10,"minor":229,"uid":0,"gid":0}}]}}}}"#,
+        host_dir.display()
+    ));
+    let sys = RecordingSyscall::default();
+    RootfsSetup {
+        rootfs: &rootfs,
+        bundle: &r.0,
+        spec: &s,
+        user_ns: false,
+    }
+    .prepare(&sys)
+    .unwrap();
+    let mounts = sys.mounts();
+    assert_eq!(
+        mounts[0],
+        (None, PathBuf::from("/"), None, MsFlags::MS_PRIVATE)
+    );
+    assert_eq!(
+        mounts[1],
+        (
+            Some(rootfs.clone()),
+            rootfs.clone(),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC
+        )
+    );
+    assert_eq!(
+        mounts[2],
+        (
+            Some(PathBuf::from("proc")),
+            rootfs.join("proc"),
+            Some("proc".into()),
+            MsFlags::empty()
+        )
+    );
+    assert_eq!(mounts[3].1, rootfs.join("dev"));
+    assert_eq!(mounts[3].3, MsFlags::MS_NOSUID);
+    assert_eq!(
+        mounts[4],
+        (
+            Some(host_dir.clone()),
+            rootfs.join("data"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC
+        )
+    );
+    // The read-only bind is a remount that keeps the locked nosuid.
+    let remount = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_REC
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOSUID;
+    assert_eq!(mounts[5], (None, rootfs.join("data"), None, remount));
+    let calls = sys.calls();
+    let nodes: Vec<_> = calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Mknod { path, dev, .. } => Some((
+                path.file_name().unwrap().to_str().unwrap().to_string(),
+                *dev,
+            )),
+            _ => None,
+        })
+        .collect();
+    let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["null", "zero", "full", "random", "urandom", "tty", "fuse"]
+    );
+    assert_eq!(nodes[0].1, nix::sys::stat::makedev(1, 3));
+    assert!(calls.contains(&Call::Chown(rootfs.join("dev/fuse"), Some(0), Some(0))));
+    assert!(calls.contains(&Call::Symlink {
+        target: "/proc/self/fd".into(),
+        link: rootfs.join("dev/fd")
+    }));
+    assert!(calls.contains(&Call::Symlink {
+        target: "pts/ptmx".into(),
+        link: rootfs.join("dev/ptmx")
+    }));
+}
+
+#[test]
+fn user_namespace_binds_devices_and_falls_back_for_sysfs() {
+    let r = root("userns");
+    let rootfs = r.0.join("rootfs");
+    let s = spec(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"mounts":[{"destination":"/sys","type":"sysfs","source":"sysfs","options":["nosuid"]}]}"#,
+    );
+    let sys = RecordingSyscall::default();
+    sys.fail_mount
+        .borrow_mut()
+        .push((rootfs.join("sys"), Errno::EPERM));
+    // The recorder fails every mount at that target, so the fallback bind fails too: the
+    // error names the bind of /sys, which proves the fallback ran.
+    let err = RootfsSetup {
+        rootfs: &rootfs,
+        bundle: &r.0,
+        spec: &s,
+        user_ns: true,
+    }
+    .prepare(&sys)
+    .unwrap_err();
+    assert!(err.to_string().contains("bind /sys"), "{err}");
+    let sys = RecordingSyscall::default();
+    let s = spec(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
+    RootfsSetup {
+        rootfs: &rootfs,
+        bundle: &r.0,
+        spec: &s,
+        user_ns: true,
+    }
+    .prepare(&sys)
+    .unwrap();
+    let calls = sys.calls();
+    assert!(!calls.iter().any(|c| matches!(c, Call::Mknod { .. })));
+    assert!(calls.contains(&Call::Touch(rootfs.join("dev/null"))));
+    assert!(sys.mounts().contains(&(
+        Some(PathBuf::from("/dev/null")),
+        rootfs.join("dev/null"),
+        None,
+        MsFlags::MS_BIND
+    )));
+}
+
+#[test]
+fn pivot_detaches_the_old_root() {
+    let sys = RecordingSyscall::default();
+    pivot(&sys, Path::new("/b/rootfs"), false).unwrap();
+    assert_eq!(
+        sys.calls(),
+        vec![
+            Call::Chdir("/b/rootfs".into()),
+            Call::PivotRoot(".".into()),
+            Call::Mount {
+                source: None,
+                target: ".".into(),
+                fstype: None,
+                flags: MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                data: None
+            },
+            Call::Umount(".".into()),
+            Call::Chdir("/".into()),
+        ]
+    );
+    let sys = RecordingSyscall::default();
+    pivot(&sys, Path::new("/b/rootfs"), true).unwrap();
+    assert!(sys.calls().contains(&Call::Chroot(".".into())));
+}
+
+#[test]
+fn finish_masks_and_makes_read_only() {
+    let r = root("finish");
+    let base = r.0.join("rootfs");
+    std::fs::create_dir_all(base.join("proc/acpi")).unwrap();
+    std::fs::write(base.join("proc/kcore"), "").unwrap();
+    std::fs::create_dir_all(base.join("proc/sys")).unwrap();
+    let s = spec(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":true},
+        "linux":{"maskedPaths":["/proc/acpi","/proc/kcore","/proc/missing"],"readonlyPaths":["/proc/sys","/proc/nope"]}}"#,
+    );
+    let sys = RecordingSyscall::default();
+    finish(&sys, &base, &s).unwrap();
+    let m = sys.mounts();
+    assert_eq!(
+        m[0],
+        (
+            Some(PathBuf::from("tmpfs")),
+            base.join("proc/acpi"),
+            Some("tmpfs".into()),
+            MsFlags::MS_RDONLY
+        )
+    );
+    assert_eq!(
+        m[1],
+        (
+            Some(base.join("dev/null")),
+            base.join("proc/kcore"),
+            None,
+            MsFlags::MS_BIND
+        )
+    );
+    assert_eq!(
+        m[2],
+        (
+            Some(base.join("proc/sys")),
+            base.join("proc/sys"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC
+        )
+    );
+    assert!(m[3].3.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY));
+    assert_eq!(m[4].1, base);
+    assert!(m[4]
+        .3
+        .contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+    assert_eq!(m.len(), 5);
+}

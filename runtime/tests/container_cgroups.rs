@@ -1,0 +1,82 @@
+//! A container's cgroup on the host's v2 hierarchy: created, used by `ps` and `kill --all`,
+//! removed on delete; limits the host cannot honour are refused, not dropped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use berth_runtime::cgroups::{CgroupRoot, Controller};
+use common::*;
+use serde_json::json;
+use std::process::Command;
+
+#[test]
+fn container_gets_a_cgroup_that_delete_removes() {
+    let root = CgroupRoot::host().expect("cgroup v2 mounted");
+    let mut f = Fixture::new();
+    f.sh("sleep 60 & sleep 60");
+    let id = unique("cg");
+    let rel = format!("/berth-test/{id}");
+    f.config["linux"]["cgroupsPath"] = json!(rel);
+    f.create(&id);
+    ok(&f.cli(&["start", &id]));
+    let path = root.path().join(rel.trim_start_matches('/'));
+    assert!(path.is_dir());
+    // Both sleeps and the shell are in it.
+    let mut pids: Vec<i64> = Vec::new();
+    for _ in 0..500 {
+        pids = serde_json::from_str(&ok(&f.cli(&["ps", "--format", "json", &id]))).unwrap();
+        if pids.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    // The table is read from /proc in runc's columns: it says what the host's `ps -ef` says
+    // about the same processes.
+    let table = ok(&f.cli(&["ps", &id]));
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    );
+    let host = String::from_utf8(Command::new("ps").arg("-ef").output().unwrap().stdout).unwrap();
+    let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let ours: Vec<Vec<String>> = lines.map(words).collect();
+    assert_eq!(ours.len(), 2, "{table}");
+    for row in &ours {
+        assert_eq!(row[7..], ["sleep", "60"], "{table}");
+        let theirs = host
+            .lines()
+            .map(words)
+            .find(|w| w.get(1) == Some(&row[1]))
+            .unwrap_or_else(|| panic!("pid {} not in ps -ef:\n{host}", row[1]));
+        assert_eq!(row, &theirs, "ours:\n{table}\nps -ef:\n{host}");
+    }
+    ok(&f.cli(&["kill", "--all", &id, "KILL"]));
+    f.wait_status(&id, "stopped");
+    ok(&f.cli(&["delete", &id]));
+    assert!(!path.exists());
+    let _ = std::fs::remove_dir(root.path().join("berth-test"));
+}
+
+#[test]
+fn limits_without_v2_controllers_are_refused() {
+    let root = CgroupRoot::host().expect("cgroup v2 mounted");
+    if root.controllers().unwrap().contains(Controller::Memory) {
+        // A host with real v2 controllers applies the limit; the QEMU tests cover that.
+        return;
+    }
+    let mut f = Fixture::new();
+    f.args(&["true"]);
+    f.config["linux"]["resources"] = json!({"memory": {"limit": 67108864}});
+    let id = unique("nolimit");
+    let o = f.run(&id);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains("controller `memory` is unavailable")
+            && e.contains("cannot be applied"),
+        "{e}"
+    );
+    assert!(!f.root.join(&id).exists());
+    assert!(!root.path().join("berth").join(&id).exists());
+}
