@@ -65,11 +65,13 @@ umoci unpack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle" >/dev/null
 DEMO_ROOT="$BERTH_OUT/demo-bundle/rootfs"
 mkdir -p "$DEMO_ROOT/bin" "$DEMO_ROOT/www"
 install -m 0755 /bin/busybox "$DEMO_ROOT/bin/busybox"
-for applet in sh httpd wget cat ls sleep; do ln -s busybox "$DEMO_ROOT/bin/$applet"; done
+# httpd serves; the rest lets the same image run small shell workloads (the QEMU tests use it).
+for applet in sh httpd wget cat ls sleep yes head; do ln -s busybox "$DEMO_ROOT/bin/$applet"; done
 cp configs/demo/www/* "$DEMO_ROOT/www/"
 umoci repack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle"
+# Only a cmd, no entrypoint: a unit's `command` replaces it whole.
 umoci config --image "$DEMO_OCI:$DEMO_TAG" \
-    --config.entrypoint /bin/httpd --config.cmd -f --config.cmd -p --config.cmd 80 \
+    --config.cmd /bin/httpd --config.cmd -f --config.cmd -p --config.cmd 80 \
     --config.cmd -h --config.cmd /www --config.exposedports 80/tcp \
     --config.workingdir /www
 umoci gc --layout "$DEMO_OCI"

@@ -218,7 +218,12 @@ impl Vm {
             let step = (Instant::now() + Duration::from_secs(1)).min(deadline);
             let find = |s: &str| s.find(&marker).map(|i| (i, i + marker.len()));
             if self.console.wait_match(step, &find).is_some() {
-                return Ok(self.elapsed());
+                let ready = self.elapsed();
+                // Kernel messages (berth-init logs through kmsg) would interleave with command
+                // output on this console; dmesg keeps them. `kernel_log_on_console(true)`
+                // brings them back, e.g. to watch a shutdown.
+                self.kernel_log_on_console(false)?;
+                return Ok(ready);
             }
             if Instant::now() >= deadline || self.console.is_closed() {
                 return Err(self.timeout_error("the admin shell".into(), timeout));
@@ -263,6 +268,13 @@ impl Vm {
             }
             None => Err(self.timeout_error(format!("end of `{command}`"), timeout)),
         }
+    }
+
+    /// Whether kernel messages are printed on the console (`dmesg -n`).
+    pub fn kernel_log_on_console(&mut self, on: bool) -> Result<()> {
+        let level = if on { 7 } else { 1 };
+        self.run_ok(&format!("dmesg -n {level}"), Duration::from_secs(60))
+            .map(|_| ())
     }
 
     /// Like [`Vm::run`], but a non-zero status is an error carrying the output.

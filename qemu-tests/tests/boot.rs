@@ -58,7 +58,10 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     let counts = vm.wait_all_units_running(DEFAULT_UNITS, BOOT).unwrap();
     assert_eq!(counts.failed, 0);
 
-    // The demo container answers through QEMU's forwarded port.
+    // The demo runs as a container (overlay root from the preloaded image, bridge network,
+    // port 80 mapped) and answers through QEMU's forwarded port.
+    let demo = vm.run_ok("berthctl show demo-web", CMD).unwrap();
+    assert!(demo.contains("\"kind\": \"container\""), "{demo}");
     let port = vm.host_port(80).unwrap();
     let body = http::wait_for_200(port, "/", Duration::from_secs(120)).unwrap();
     assert!(body.contains("Hello from Berth"), "{body}");
@@ -121,6 +124,7 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     }
 
     // ACPI power button: ordered shutdown, then QEMU exits 0 (poweroff, not a crash).
+    vm.kernel_log_on_console(true).unwrap();
     vm.power_button().unwrap();
     let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
     assert!(status.success(), "QEMU exited with {status}");
