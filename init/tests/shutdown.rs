@@ -33,7 +33,9 @@ fn sigterm_stops_units_in_reverse_order_and_escalates_to_sigkill() {
         host.wait_state(u, &["running"]);
     }
     // `running` means the processes exist; SIGTERM must wait until their traps are set.
-    host.wait_for("every unit's trap", || host.read("ready").lines().count() == 4);
+    host.wait_for("every unit's trap", || {
+        host.read("ready").lines().count() == 4
+    });
     let pids: Vec<i32> = ["a", "b", "c", "stubborn"]
         .iter()
         .map(|u| host.unit(u)["pid"].as_i64().unwrap() as i32)
