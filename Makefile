@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build image run test bench clean fmt lint
+.PHONY: all deps build image run run-host test bench clean fmt lint
 
 all: build
 
@@ -22,6 +22,10 @@ image: build
 # Build what is missing and boot Berth with the demo container.
 run: deps
 	./scripts/run.sh
+
+# The supervisor on this machine (host mode, no VM) with the example units.
+run-host: deps
+	./scripts/run-host.sh
 
 # Formatting, lints, unit, host integration and QEMU tests.
 test: deps

@@ -1,4 +1,104 @@
 #!/usr/bin/env bash
+# Builds Berth's bootable disk image: out/berth.img (raw), .qcow2, .vhd, .vmdk and
+# out/manifest.json. Kernel and busybox come from the cache (built when their inputs change),
+# the root filesystem tree is staged in out/rootfs, the state partition's tree in out/state.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
-die "make image: not implemented yet"
+cd "$BERTH_ROOT"
+
+./scripts/build.sh
+KERNEL="$(./scripts/build-kernel.sh)"
+BUSYBOX="$(./scripts/build-busybox.sh)"
+
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+BUILD_ID="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
+
+# --- Root filesystem tree ------------------------------------------------------------
+ROOTFS="$BERTH_OUT/rootfs"
+log "image: staging root filesystem in $ROOTFS"
+rm -rf "$ROOTFS"
+mkdir -p "$ROOTFS"
+(cd "$ROOTFS" && mkdir -p bin sbin usr/bin usr/sbin usr/lib/berth/units etc/ssl/certs \
+    dev proc sys run tmp boot root mnt var/lib/berth)
+chmod 0700 "$ROOTFS/root"
+# The nodes PID 1 needs before it mounts devtmpfs: the kernel opens /dev/console for its
+# stdio, and berth-init logs to /dev/kmsg from its first line.
+mknod -m 0600 "$ROOTFS/dev/console" c 5 1
+mknod -m 0644 "$ROOTFS/dev/kmsg" c 1 11
+mknod -m 0666 "$ROOTFS/dev/null" c 1 3
+chmod 1777 "$ROOTFS/tmp"
+cp -a configs/rootfs/. "$ROOTFS/"
+install -m 0755 "$BERTH_OUT/bin/berth-init" "$ROOTFS/sbin/init"
+install -m 0755 "$BERTH_OUT/bin/berthctl" "$ROOTFS/usr/bin/berthctl"
+install -m 0755 "$BERTH_OUT/bin/berth-runtime" "$ROOTFS/usr/bin/berth-runtime"
+install -m 0755 "$BUSYBOX" "$ROOTFS/bin/busybox"
+# Applet links where busybox would install them (bin/sh, sbin/getty, usr/bin/wget, ...).
+while read -r applet; do
+    [ -e "$ROOTFS/$applet" ] && continue
+    up="$(dirname "$applet" | sed 's|[^/]*|..|g')"
+    ln -s "$up/bin/busybox" "$ROOTFS/$applet"
+done < <("$BUSYBOX" --list-full)
+cp configs/units/*.toml "$ROOTFS/usr/lib/berth/units/"
+mkdir -p "$ROOTFS/usr/share/berth/www"
+cp configs/demo/www/* "$ROOTFS/usr/share/berth/www/"
+cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
+ln -s ../run/berth/resolv.conf "$ROOTFS/etc/resolv.conf"
+ln -s ../proc/self/mounts "$ROOTFS/etc/mtab"
+cat > "$ROOTFS/etc/os-release" <<OS
+NAME=Berth
+ID=berth
+VERSION_ID=$VERSION
+VERSION="$VERSION ($BUILD_ID)"
+BUILD_ID=$BUILD_ID
+PRETTY_NAME="Berth $VERSION"
+OS
+
+# --- Demo container image (OCI layout, built locally with umoci) -----------------------
+DEMO_OCI="$BERTH_OUT/demo-oci"
+DEMO_TAG=latest
+log "image: demo OCI image in $DEMO_OCI"
+rm -rf "$DEMO_OCI" "$BERTH_OUT/demo-bundle"
+umoci init --layout "$DEMO_OCI"
+umoci new --image "$DEMO_OCI:$DEMO_TAG"
+umoci unpack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle" >/dev/null
+DEMO_ROOT="$BERTH_OUT/demo-bundle/rootfs"
+mkdir -p "$DEMO_ROOT/bin" "$DEMO_ROOT/www"
+install -m 0755 /bin/busybox "$DEMO_ROOT/bin/busybox"
+# httpd serves; the rest lets the same image run small shell workloads (the QEMU tests use it).
+for applet in sh httpd wget cat ls sleep yes head; do ln -s busybox "$DEMO_ROOT/bin/$applet"; done
+cp configs/demo/www/* "$DEMO_ROOT/www/"
+umoci repack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle"
+# Only a cmd, no entrypoint: a unit's `command` replaces it whole.
+umoci config --image "$DEMO_OCI:$DEMO_TAG" \
+    --config.cmd /bin/httpd --config.cmd -f --config.cmd -p --config.cmd 80 \
+    --config.cmd -h --config.cmd /www --config.exposedports 80/tcp \
+    --config.workingdir /www
+umoci gc --layout "$DEMO_OCI"
+rm -rf "$BERTH_OUT/demo-bundle"
+
+# --- State partition tree ------------------------------------------------------------
+STATE="$BERTH_OUT/state"
+rm -rf "$STATE"
+mkdir -p "$STATE"/{units,logs,images,containers,volumes}
+# The demo image, preloaded into the image store (as an OCI archive), and its unit.
+tar -C "$DEMO_OCI" -cf "$BERTH_OUT/demo-oci.tar" .
+"$BERTH_OUT/bin/berth-runtime" image --store "$STATE/images" \
+    import "$BERTH_OUT/demo-oci.tar" --tag berth.local/demo-web:latest >/dev/null
+cp configs/demo/demo-web.toml "$STATE/units/demo-web.toml"
+
+# --- Disk ----------------------------------------------------------------------------
+log "image: assembling disk"
+"$BERTH_OUT/bin/berth-image" disk \
+    --layout configs/layout/disk.toml \
+    --grub-cfg configs/grub/grub.cfg \
+    --cmdline configs/grub/cmdline \
+    --kernel "$KERNEL" \
+    --kernel-release "$(cat "$(dirname "$KERNEL")/release")" \
+    --rootfs "$ROOTFS" \
+    --state "$STATE" \
+    --version "$VERSION" \
+    --epoch "$EPOCH" \
+    --work "$BERTH_OUT/work" \
+    --out "$BERTH_OUT"
+log "image: done ($BERTH_OUT/berth.img, manifest $BERTH_OUT/manifest.json)"

@@ -10,6 +10,12 @@ log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "static binaries"
 ./scripts/build.sh
+log "disk image (kernel and busybox are cached under $BERTH_CACHE)"
+./scripts/build-image.sh
+
+# The QEMU tests boot that image; here they must run, never skip.
+export BERTH_REQUIRE_QEMU=1
+export BERTH_IMAGE="$BERTH_OUT/berth.img"
 
 log "tests"
 cargo test --workspace --locked

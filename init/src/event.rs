@@ -25,6 +25,8 @@ pub enum Key {
     ApiConn(u64),
     /// The read end of a unit's stdout/stderr pipe.
     UnitOutput(u64),
+    /// The ACPI power button's input device.
+    PowerButton,
     /// The control API's mutual-TLS TCP listener.
     ApiRemoteListener,
     /// The output pipe of a job the API started (an image pull).
@@ -41,8 +43,9 @@ impl Key {
             Key::ApiListener => 1 << KIND_SHIFT,
             Key::ApiConn(id) => (2 << KIND_SHIFT) | (id & ID_MASK),
             Key::UnitOutput(id) => (3 << KIND_SHIFT) | (id & ID_MASK),
-            Key::ApiRemoteListener => 4 << KIND_SHIFT,
-            Key::JobOutput(id) => (5 << KIND_SHIFT) | (id & ID_MASK),
+            Key::PowerButton => 4 << KIND_SHIFT,
+            Key::ApiRemoteListener => 5 << KIND_SHIFT,
+            Key::JobOutput(id) => (6 << KIND_SHIFT) | (id & ID_MASK),
         }
     }
 
@@ -53,8 +56,9 @@ impl Key {
             1 => Some(Key::ApiListener),
             2 => Some(Key::ApiConn(id)),
             3 => Some(Key::UnitOutput(id)),
-            4 => Some(Key::ApiRemoteListener),
-            5 => Some(Key::JobOutput(id)),
+            4 => Some(Key::PowerButton),
+            5 => Some(Key::ApiRemoteListener),
+            6 => Some(Key::JobOutput(id)),
             _ => None,
         }
     }
@@ -70,6 +74,8 @@ pub enum Timer {
     ApiConn(u64),
     /// The shutdown deadline.
     Shutdown,
+    /// The next hardware watchdog keepalive.
+    Watchdog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +226,7 @@ mod tests {
         for k in [
             Key::Signals,
             Key::ApiListener,
+            Key::PowerButton,
             Key::ApiConn(7),
             Key::UnitOutput(ID_MASK),
             Key::ApiRemoteListener,

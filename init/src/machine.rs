@@ -213,7 +213,7 @@ pub fn load(path: &Path) -> Result<MachineConfig, Diagnostics> {
     }
 }
 
-fn valid_hostname(h: &str) -> bool {
+pub fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 64
         && h.bytes()

@@ -89,6 +89,9 @@ fn main() {
         Err(e) => fail(pid1, &e.to_string()),
     };
     let action = init.run();
+    // Close what the supervisor holds open (unit logs on the state partition, the API
+    // socket) so that the state filesystem can be unmounted cleanly.
+    drop(init);
     if pid1 {
         shutdown::finish_pid1(action);
     }

@@ -15,6 +15,7 @@ use crate::launch::cgroup::{Cgroups, NoCgroups};
 use crate::launch::process::ProcessLauncher;
 use crate::launch::Launcher;
 use crate::logs::LogPolicy;
+use crate::platform::Platform;
 use crate::shutdown::{action_for, PowerAction};
 use crate::signals::Signals;
 use crate::supervisor::Supervisor;
@@ -38,6 +39,8 @@ pub struct Init {
     signals: Signals,
     supervisor: Supervisor,
     api: Option<ApiServer>,
+    /// Power button, watchdog, marking the boot good (PID 1 only).
+    platform: Platform,
     system: SystemInfo,
     paths: Paths,
     /// Image pulls and prunes started through the API.
@@ -101,6 +104,11 @@ impl Init {
             &boot.paths.state.join("images"),
             &boot.paths.machine_config,
         );
+        let mut platform = match boot.mode {
+            Mode::Pid1 => Platform::for_pid1(),
+            Mode::Host { .. } => Platform::none(),
+        };
+        platform.attach(Instant::now(), &mut events);
         supervisor.start_all(Instant::now(), &mut events);
         system.boot_duration = boot_duration(&boot.mode);
         Ok(Init {
@@ -108,6 +116,7 @@ impl Init {
             signals,
             supervisor,
             api,
+            platform,
             system,
             paths: boot.paths,
             jobs,
@@ -169,7 +178,17 @@ impl Init {
                     }
                 }
                 Event::Timer(Timer::Shutdown) => self.on_shutdown_deadline(now),
+                Event::Ready(Key::PowerButton, _) => {
+                    if self.platform.on_power_button() {
+                        info!("power button pressed");
+                        self.begin_shutdown(PowerAction::Poweroff, "power button", now);
+                    }
+                }
+                Event::Timer(Timer::Watchdog) => self.platform.on_watchdog(now, &mut self.events),
             }
+        }
+        if self.platform.awaiting_good() && self.shutdown.is_none() {
+            self.platform.check_boot_good(&self.supervisor.statuses());
         }
         self.buffer = events;
         self.with_api(now, |api, ctx| api.after_events(ctx));

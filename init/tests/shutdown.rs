@@ -11,7 +11,7 @@ fn polite(name: &str, after: Option<&str>) -> String {
         .map(|a| format!("[unit]\nafter = [\"{a}\"]\n"))
         .unwrap_or_default();
     format!(
-        "{after}[container]\ncommand = [\"sh\", \"-c\", \"trap 'echo {name} >> {{dir}}/stopped; exit 0' TERM; sleep 300 & wait\"]\n"
+        "{after}[container]\ncommand = [\"sh\", \"-c\", \"trap 'echo {name} >> {{dir}}/stopped; exit 0' TERM; echo {name} >> {{dir}}/ready; sleep 300 & wait\"]\n"
     )
 }
 
@@ -23,7 +23,7 @@ fn sigterm_stops_units_in_reverse_order_and_escalates_to_sigkill() {
         polite("c", Some("b")),
     );
     let stubborn =
-        "[container]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; sleep 300 & wait; sleep 300\"]\n\
+        "[container]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; echo stubborn >> {dir}/ready; sleep 300 & wait; sleep 300\"]\n\
                     [service]\nstop_timeout = \"1s\"\n";
     let mut host = Host::start(
         "shutdown",
@@ -32,6 +32,10 @@ fn sigterm_stops_units_in_reverse_order_and_escalates_to_sigkill() {
     for u in ["a", "b", "c", "stubborn"] {
         host.wait_state(u, &["running"]);
     }
+    // `running` means the processes exist; SIGTERM must wait until their traps are set.
+    host.wait_for("every unit's trap", || {
+        host.read("ready").lines().count() == 4
+    });
     let pids: Vec<i32> = ["a", "b", "c", "stubborn"]
         .iter()
         .map(|u| host.unit(u)["pid"].as_i64().unwrap() as i32)

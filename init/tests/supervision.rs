@@ -22,6 +22,10 @@ fn a_unit_after_another_starts_second() {
     );
     host.wait_state("a", &["running"]);
     assert_eq!(host.unit("b")["health"], "healthy");
+    // `running` means a's process exists; its shell may not have written its mark yet.
+    host.wait_for("a's mark in the order file", || {
+        host.read("order").lines().count() >= 2
+    });
     assert_eq!(host.read("order"), "b\na\n");
 }
 

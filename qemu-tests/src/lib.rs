@@ -1,1 +1,49 @@
-//! Harness for booting Berth images under QEMU.
+//! Harness for booting Berth images under QEMU (TCG) and asserting on what they do.
+//!
+//! A [`Vm`] boots a private copy of the image with SeaBIOS or OVMF, its serial console on a
+//! pipe, QMP on a unix socket for ACPI power events, and user-mode networking restricted to
+//! the guest (nothing leaves the host) with host ports forwarded from 127.0.0.1. Dropping the
+//! `Vm` always kills QEMU and removes its directory (kept, with the console transcript, when
+//! the test failed).
+
+pub mod console;
+pub mod disk;
+pub mod fixture;
+pub mod guest;
+pub mod http;
+pub mod qmp;
+pub mod vm;
+
+pub use fixture::{image_or_skip, Fixture};
+pub use vm::{Firmware, Vm, VmConfig};
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out after {waited:?} waiting for {what}; console tail:\n{tail}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        tail: String,
+    },
+    #[error("QEMU exited early ({status}); console tail:\n{tail}")]
+    Exited { status: String, tail: String },
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub type Result<T> = std::result::Result<T, HarnessError>;
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}

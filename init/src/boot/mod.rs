@@ -1,11 +1,10 @@
 //! Boot: the named phases that run before supervision starts. PID 1 and host mode run
 //! different lists; everything after them (loading units, the event loop) is shared.
 //!
-//! Phases still to come with the bootable image, in this order inside `pid1_phases`:
-//! `mount-state-partition` and `grow-state-partition` (after `enable-cgroup-controllers`),
-//! `read-config-drive` (first boot, before `read-machine-config`); after the units are up:
-//! `mark-boot-good` once every critical unit is healthy, and watching the ACPI power button.
+//! The disk phases (`disk`) run only on a machine booted from a Berth disk; marking the boot
+//! good, the ACPI power button and the watchdog live in `crate::platform`, on the event loop.
 
+pub mod disk;
 pub mod emergency;
 pub mod mounts;
 pub mod net;
@@ -35,6 +34,10 @@ pub enum BootError {
     Sys { what: &'static str, source: Errno },
     #[error("loopback: {0}")]
     Loopback(std::io::Error),
+    #[error("state partition: {0}")]
+    State(#[from] crate::statefs::StateError),
+    #[error("config drive: {0}")]
+    ConfigDrive(#[from] crate::configdrive::ConfigDriveError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +145,11 @@ pub fn pid1_phases() -> Vec<Phase> {
         phase("enable-cgroup-controllers", false, enable_cgroups),
         phase("disable-ctrl-alt-del", false, disable_ctrl_alt_del),
         phase("raise-fd-limit", false, raise_fd_limit),
+        phase("mount-tmp", false, disk::mount_tmp),
+        phase("mount-state-partition", true, disk::mount_state_partition),
+        phase("grow-state-partition", false, disk::grow_state_partition),
         phase("prepare-state", true, prepare_state),
+        phase("read-config-drive", false, disk::read_config_drive),
         phase("read-machine-config", false, read_machine_config),
         phase("set-hostname", false, set_hostname),
         phase("forward-logs", false, forward_logs),

@@ -47,8 +47,7 @@ impl ProcessLauncher {
             .env("PATH", DEFAULT_PATH)
             .envs(&unit.container.env)
             .current_dir("/")
-            .stdin(Stdio::null())
-            .process_group(0);
+            .stdin(Stdio::null());
         if let Some(user) = &unit.container.user {
             let (uid, gid) = resolve_user(&self.etc, user)?;
             cmd.uid(uid).gid(gid);
@@ -79,10 +78,17 @@ impl ProcessLauncher {
         };
         let procs_raw = procs_fd.as_ref().map(|f| f.as_raw_fd());
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe syscalls (sigprocmask, write) on memory prepared before the fork.
+        // async-signal-safe syscalls (sigprocmask, setsid, write) on memory prepared before
+        // the fork.
         unsafe {
             cmd.pre_exec(move || {
                 crate::signals::reset_in_child()?;
+                // A session of its own, so also a process group whose id is the pid: the unit
+                // is signalled as a group, and a unit like getty can take a terminal as its
+                // controlling one.
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 if let Some(fd) = procs_raw {
                     // "0" moves the writing process itself into the cgroup.
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {

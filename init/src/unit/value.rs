@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use berth_runtime::registry::Reference;
+
 /// Parses a human duration: an integer or decimal number followed by `ms`, `s`, `m` or `h`
 /// (`500ms`, `10s`, `1.5s`, `2m`). A bare number is refused: units make files readable.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -275,136 +277,29 @@ pub fn parse_user(text: &str) -> Result<UserSpec, String> {
     })
 }
 
-/// A parsed image reference: `[registry/]repository[:tag][@digest]`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ImageRef {
-    pub registry: String,
-    pub repository: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
-}
+/// An image reference (`[registry/]repository[:tag][@digest]`), parsed and normalised by the
+/// runtime's registry code, so a unit is accepted exactly when its image can be pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef(pub Reference);
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
+        self.0.fmt(f)
     }
 }
 
-/// Parses an image reference following the OCI distribution grammar (Docker's defaults:
-/// registry `docker.io`, `library/` for single-component names, tag `latest` when neither a
-/// tag nor a digest is given).
+impl serde::Serialize for ImageRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// Parses an image reference with Docker's defaults (registry `docker.io`, `library/` for
+/// single-component names, tag `latest` when neither a tag nor a digest is given).
 pub fn parse_image(text: &str) -> Result<ImageRef, String> {
-    let bad = |why: &str| format!("image `{text}`: {why}");
-    if text.is_empty() || text.len() > 255 + 128 {
-        return Err(bad("empty or too long"));
-    }
-    let (name_tag, digest) = match text.split_once('@') {
-        Some((n, d)) => {
-            let (algo, hex) = d
-                .split_once(':')
-                .ok_or_else(|| bad("digest must be algo:hex"))?;
-            let algo_ok = !algo.is_empty()
-                && algo
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b));
-            let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-            if !algo_ok || !hex_ok {
-                return Err(bad("malformed digest"));
-            }
-            (n, Some(d.to_string()))
-        }
-        None => (text, None),
-    };
-    // A tag is after the last ':' that follows the last '/' (a ':' before it is a registry port).
-    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (
-            &name_tag[..last_slash + i],
-            Some(&name_tag[last_slash + i + 1..]),
-        ),
-        None => (name_tag, None),
-    };
-    if let Some(t) = tag {
-        let ok = !t.is_empty()
-            && t.len() <= 128
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-            && !t.starts_with(['.', '-']);
-        if !ok {
-            return Err(bad("malformed tag"));
-        }
-    }
-    let mut components: Vec<&str> = name.split('/').collect();
-    let first_is_registry = components.len() > 1
-        && (components[0].contains(['.', ':']) || components[0] == "localhost");
-    let registry = if first_is_registry {
-        let r = components.remove(0);
-        if !r
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        {
-            return Err(bad("malformed registry host"));
-        }
-        r.to_string()
-    } else {
-        "docker.io".to_string()
-    };
-    for c in &components {
-        if !is_path_component(c) {
-            return Err(bad(
-                "repository path components are lowercase letters, digits and separators",
-            ));
-        }
-    }
-    if registry == "docker.io" && components.len() == 1 {
-        components.insert(0, "library");
-    }
-    let tag = match (tag, &digest) {
-        (Some(t), _) => Some(t.to_string()),
-        (None, Some(_)) => None,
-        (None, None) => Some("latest".to_string()),
-    };
-    Ok(ImageRef {
-        registry,
-        repository: components.join("/"),
-        tag,
-        digest,
-    })
-}
-
-/// `[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*`
-fn is_path_component(c: &str) -> bool {
-    let bytes = c.as_bytes();
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    match (bytes.first(), bytes.last()) {
-        (Some(&f), Some(&l)) if alnum(f) && alnum(l) => {}
-        _ => return false,
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if alnum(b) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && !alnum(bytes[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
+    Reference::parse(text)
+        .map(ImageRef)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -529,12 +424,13 @@ mod tests {
         );
         let i = parse_image("localhost:5000/berth/demo:1.0").unwrap();
         assert_eq!(
-            (i.registry.as_str(), i.repository.as_str()),
+            (i.0.registry.as_str(), i.0.repository.as_str()),
             ("localhost:5000", "berth/demo")
         );
         let d = format!("sha256:{}", "a".repeat(64));
         let i = parse_image(&format!("quay.io/x/y@{d}")).unwrap();
-        assert_eq!((i.tag, i.digest), (None, Some(d)));
+        assert_eq!(i.0.tag, None);
+        assert_eq!(i.0.digest.map(|d| d.to_string()), Some(d));
         for bad in [
             "",
             "Nginx",

@@ -1,0 +1,255 @@
+//! Assembles the bootable disk: every filesystem is built as a file and placed at its offset
+//! in the raw image (nothing is loop-mounted), then the GPT and GRUB's BIOS boot code go on top.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::convert::{self, Format};
+use crate::esp::{EspContents, EspError};
+use crate::ext4;
+use crate::gpt::{GptError, SECTOR};
+use crate::grub::{self, GrubError};
+use crate::grubenv::{BootState, GrubEnvError, Slot};
+use crate::guid::GuidError;
+use crate::layout::{Layout, Placed, Role};
+use crate::manifest::{Manifest, OutputEntry, PartitionEntry};
+use crate::tool::ToolError;
+use crate::verity::{self, VerityError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error(transparent)]
+    Guid(#[from] GuidError),
+    #[error(transparent)]
+    Gpt(#[from] GptError),
+    #[error(transparent)]
+    Grub(#[from] GrubError),
+    #[error(transparent)]
+    GrubEnv(#[from] GrubEnvError),
+    #[error(transparent)]
+    Esp(#[from] EspError),
+    #[error(transparent)]
+    Verity(#[from] VerityError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} is {size} bytes; partition {partition:?} holds {room}")]
+    TooBig {
+        what: String,
+        size: u64,
+        partition: String,
+        room: u64,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssembleError + '_ {
+    move |source| AssembleError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Everything a disk is made of.
+#[derive(Debug, Clone)]
+pub struct DiskInputs {
+    pub layout: Layout,
+    /// The boot-counting script (configs/grub/grub.cfg).
+    pub grub_cfg: PathBuf,
+    /// Kernel arguments shared by every slot (configs/grub/cmdline).
+    pub cmdline: String,
+    pub kernel: PathBuf,
+    pub kernel_release: String,
+    /// The root filesystem tree (becomes erofs + verity in slot A).
+    pub rootfs: PathBuf,
+    /// The initial content of the state partition.
+    pub state: PathBuf,
+    pub version: String,
+    /// Timestamp given to every file of the root (reproducible builds).
+    pub epoch: u64,
+}
+
+/// Builds `out_dir/berth.img` (using `work_dir` for intermediate files), converts it into
+/// `formats`, and writes `out_dir/manifest.json`.
+pub fn build(
+    inputs: &DiskInputs,
+    work_dir: &Path,
+    out_dir: &Path,
+    formats: &[Format],
+) -> Result<Manifest, AssembleError> {
+    std::fs::create_dir_all(work_dir).map_err(io(work_dir))?;
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let (gpt, placed) = inputs.layout.gpt()?;
+    let part = |role| -> &Placed {
+        // The layout was validated to hold every role exactly once.
+        placed
+            .iter()
+            .find(|p| p.spec.role == role)
+            .unwrap_or(&placed[0])
+    };
+    let partuuid = |role| {
+        let number = part(role).number;
+        gpt.partitions
+            .iter()
+            .find(|p| p.number == number)
+            .map(|p| p.guid.to_string())
+            .unwrap_or_default()
+    };
+
+    // Root A: erofs, then its hash tree in the same file.
+    let root_img = work_dir.join("root-a.img");
+    let data_size = verity::mkfs_erofs(&inputs.rootfs, &root_img, inputs.epoch)?;
+    let verity = verity::format(&root_img, data_size)?;
+    fits(
+        "root filesystem + hash tree",
+        verity.total_size,
+        part(Role::RootA),
+    )?;
+    let root_dev = format!("PARTUUID={}", partuuid(Role::RootA));
+    let dm_create = verity.dm_create(&root_dev);
+    let args = format!(
+        "root=/dev/dm-0 ro rootfstype=erofs dm-mod.waitfor={root_dev} {}",
+        inputs.cmdline.trim()
+    );
+
+    // GRUB images and the ESP.
+    let esp_label = part(Role::Esp)
+        .spec
+        .label
+        .clone()
+        .unwrap_or_else(|| "BERTH-BOOT".into());
+    let embed = work_dir.join("embed.cfg");
+    write(&embed, grub::embedded_config(&esp_label).as_bytes())?;
+    let core_img = work_dir.join("core.img");
+    grub::mkimage_bios(&embed, &core_img)?;
+    let efi_img = work_dir.join("BOOTX64.EFI");
+    grub::mkimage_efi(&embed, &efi_img)?;
+    let slot_cfg = work_dir.join("A-boot.cfg");
+    write(&slot_cfg, grub::slot_config(&dm_create, &args)?.as_bytes())?;
+    let grubenv = work_dir.join("grubenv");
+    write(&grubenv, &BootState::fresh().to_block()?)?;
+
+    let mut esp = EspContents::default();
+    esp.add(&efi_img, "/EFI/BOOT/BOOTX64.EFI")?;
+    esp.add(&inputs.grub_cfg, "/grub/grub.cfg")?;
+    esp.add(&grubenv, "/grub/grubenv")?;
+    esp.add(&inputs.kernel, &format!("/{}/vmlinuz", Slot::A))?;
+    esp.add(&slot_cfg, &format!("/{}/boot.cfg", Slot::A))?;
+    esp.add_dir(&format!("/{}", Slot::B))?;
+    let esp_img = work_dir.join("esp.img");
+    esp.build(&esp_img, part(Role::Esp).size(), &esp_label)?;
+
+    // State: ext4 preloaded with what the first boot needs.
+    let state_img = work_dir.join("state.img");
+    let state = part(Role::State);
+    let state_label = state
+        .spec
+        .label
+        .clone()
+        .unwrap_or_else(|| "berth-state".into());
+    ext4::mkfs_from_tree(&inputs.state, &state_img, state.size(), &state_label)?;
+
+    // The raw disk.
+    let raw = out_dir.join(format!("berth.{}", Format::Raw.extension()));
+    let _ = std::fs::remove_file(&raw);
+    let disk = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&raw)
+        .map_err(io(&raw))?;
+    let disk_size = inputs.layout.disk_size();
+    disk.set_len(disk_size).map_err(io(&raw))?;
+    place(&disk, &esp_img, part(Role::Esp))?;
+    place(&disk, &root_img, part(Role::RootA))?;
+    place(&disk, &state_img, state)?;
+    let bios = part(Role::BiosBoot);
+    let core = grub::read(&core_img)?;
+    let boot = grub::read(Path::new(grub::BOOT_IMG))?;
+    grub::install_bios(&disk, &boot, &core, bios.first_lba, bios.size())?;
+    gpt.write(&mut &disk, disk_size / SECTOR)?;
+    disk.sync_all().map_err(io(&raw))?;
+    drop(disk);
+
+    let mut outputs = vec![OutputEntry::of(&raw, Format::Raw).map_err(io(&raw))?];
+    for &format in formats.iter().filter(|f| **f != Format::Raw) {
+        let out = out_dir.join(format!("berth.{}", format.extension()));
+        convert::convert(&raw, &out, format)?;
+        outputs.push(OutputEntry::of(&out, format).map_err(io(&out))?);
+    }
+
+    let manifest = Manifest {
+        version: inputs.version.clone(),
+        kernel_release: inputs.kernel_release.clone(),
+        disk_guid: gpt.disk_guid.to_string(),
+        disk_size,
+        root: verity,
+        kernel_args: args,
+        dm_create,
+        partitions: placed
+            .iter()
+            .map(|p| PartitionEntry {
+                number: p.number,
+                name: p.spec.name.clone(),
+                partuuid: partuuid(p.spec.role),
+                offset: p.offset(),
+                size: p.size(),
+            })
+            .collect(),
+        outputs,
+    };
+    let path = out_dir.join("manifest.json");
+    write(&path, manifest.to_json().as_bytes())?;
+    Ok(manifest)
+}
+
+fn fits(what: &str, size: u64, part: &Placed) -> Result<(), AssembleError> {
+    if size > part.size() {
+        return Err(AssembleError::TooBig {
+            what: what.into(),
+            size,
+            partition: part.spec.name.clone(),
+            room: part.size(),
+        });
+    }
+    Ok(())
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), AssembleError> {
+    std::fs::write(path, data).map_err(io(path))
+}
+
+/// Copies `image` to its partition, skipping all-zero chunks so the raw disk stays sparse.
+fn place(disk: &File, image: &Path, part: &Placed) -> Result<(), AssembleError> {
+    let mut f = File::open(image).map_err(io(image))?;
+    let size = f.metadata().map_err(io(image))?.len();
+    fits(&image.display().to_string(), size, part)?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut at = 0u64;
+    loop {
+        buf.clear();
+        let n = (&mut f)
+            .take(1 << 20)
+            .read_to_end(&mut buf)
+            .map_err(io(image))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        if chunk.iter().any(|&b| b != 0) {
+            disk.write_all_at(chunk, part.offset() + at)
+                .map_err(|source| AssembleError::Io {
+                    path: "disk image".into(),
+                    source,
+                })?;
+        }
+        at += n as u64;
+    }
+    Ok(())
+}

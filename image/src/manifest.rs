@@ -1,0 +1,65 @@
+//! The build manifest (`out/manifest.json`): what was built, how big, and the root hash.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::convert::Format;
+use crate::verity::Verity;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub version: String,
+    pub kernel_release: String,
+    pub disk_guid: String,
+    pub disk_size: u64,
+    pub root: Verity,
+    pub kernel_args: String,
+    pub dm_create: String,
+    pub partitions: Vec<PartitionEntry>,
+    pub outputs: Vec<OutputEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionEntry {
+    pub number: u32,
+    pub name: String,
+    pub partuuid: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputEntry {
+    pub file: String,
+    pub format: Format,
+    /// Apparent size.
+    pub size: u64,
+    /// Bytes actually allocated (the raw image is sparse).
+    pub allocated: u64,
+}
+
+impl OutputEntry {
+    pub fn of(path: &Path, format: Format) -> std::io::Result<OutputEntry> {
+        let meta = std::fs::metadata(path)?;
+        Ok(OutputEntry {
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            format,
+            size: meta.len(),
+            allocated: meta.blocks() * 512,
+        })
+    }
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}

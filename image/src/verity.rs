@@ -1,0 +1,135 @@
+//! The read-only root: an erofs image followed, in the same partition, by its dm-verity hash tree.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::tool::{self, ToolError};
+
+/// erofs and dm-verity both use 4 KiB blocks here.
+pub const BLOCK: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerityError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("veritysetup printed no {0} line")]
+    Output(&'static str),
+    #[error("root image {path} is {size} bytes, not a multiple of 4096")]
+    Unaligned { path: String, size: u64 },
+}
+
+/// What the kernel needs to open the verity device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Verity {
+    pub data_blocks: u64,
+    /// Block (in the same device) where the hash tree's superblock starts.
+    pub hash_offset_blocks: u64,
+    pub root_hash: String,
+    pub salt: String,
+    /// Data plus superblock plus hash tree, in bytes.
+    pub total_size: u64,
+}
+
+impl Verity {
+    /// The `dm-mod.create=` value opening `device` (e.g. `PARTUUID=...`) as `/dev/dm-0`.
+    /// The table's hash start is one block after the hash offset: the verity superblock sits
+    /// there first.
+    pub fn dm_create(&self, device: &str) -> String {
+        format!(
+            "berth-root,,,ro,0 {sectors} verity 1 {device} {device} {BLOCK} {BLOCK} {n} {hash} sha256 {root} {salt}",
+            sectors = self.data_blocks * BLOCK / 512,
+            n = self.data_blocks,
+            hash = self.hash_offset_blocks + 1,
+            root = self.root_hash,
+            salt = self.salt,
+        )
+    }
+}
+
+/// Builds an erofs image of `tree` into `out` (every file owned by root, fixed timestamps).
+pub fn mkfs_erofs(tree: &Path, out: &Path, epoch: u64) -> Result<u64, VerityError> {
+    let _ = std::fs::remove_file(out);
+    tool::run(
+        Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg("--all-root")
+            .arg(format!("-T{epoch}"))
+            .arg(out)
+            .arg(tree),
+    )?;
+    let size = file_size(out)?;
+    if size % BLOCK != 0 {
+        return Err(VerityError::Unaligned {
+            path: out.display().to_string(),
+            size,
+        });
+    }
+    Ok(size)
+}
+
+/// Appends the hash tree to `image` (whose first `data_size` bytes are the data).
+pub fn format(image: &Path, data_size: u64) -> Result<Verity, VerityError> {
+    if data_size % BLOCK != 0 {
+        return Err(VerityError::Unaligned {
+            path: image.display().to_string(),
+            size: data_size,
+        });
+    }
+    let blocks = data_size / BLOCK;
+    let out = tool::run(
+        Command::new("veritysetup")
+            .arg("format")
+            .arg(format!("--data-blocks={blocks}"))
+            .arg(format!("--hash-offset={data_size}"))
+            .arg(image)
+            .arg(image),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &'static str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .ok_or(VerityError::Output(name))
+    };
+    Ok(Verity {
+        data_blocks: blocks,
+        hash_offset_blocks: blocks,
+        root_hash: field("Root hash:")?,
+        salt: field("Salt:")?,
+        total_size: file_size(image)?,
+    })
+}
+
+fn file_size(path: &Path) -> Result<u64, VerityError> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|source| VerityError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_points_past_the_verity_superblock() {
+        let v = Verity {
+            data_blocks: 100,
+            hash_offset_blocks: 100,
+            root_hash: "ab".into(),
+            salt: "cd".into(),
+            total_size: 0,
+        };
+        assert_eq!(
+            v.dm_create("PARTUUID=x"),
+            "berth-root,,,ro,0 800 verity 1 PARTUUID=x PARTUUID=x 4096 4096 100 101 sha256 ab cd"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Boot timeline of the Berth image under QEMU (TCG), for bench/boot.sh: kernel start, PID 1
+//! start, first container running, demo HTTP 200, from kernel timestamps and the wall clock
+//! since QEMU started; berth-init's RSS. Usage: boot-timeline [RUNS] (default 3).
+
+use std::time::Duration;
+
+use berth_qemu_tests::{disk, fixture, http, Firmware, Fixture, Vm, VmConfig};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+struct Run {
+    grub: f64,
+    kernel_start: f64,
+    pid1_wall: f64,
+    pid1_kernel: f64,
+    first_unit_kernel: f64,
+    demo_kernel: f64,
+    http_wall: f64,
+    rss_kib: u64,
+}
+
+fn one(image: &std::path::Path, firmware: Firmware) -> Result<Run, String> {
+    let e = |e: berth_qemu_tests::HarnessError| e.to_string();
+    let fx = Fixture::new("timeline").map_err(e)?;
+    let disk_path = fx.path("disk.img");
+    disk::copy_raw(image, &disk_path, None).map_err(e)?;
+    let mut cfg = VmConfig::new(firmware, disk_path);
+    cfg.forward.push(80);
+    let mut vm = Vm::start(&cfg, &fx.dir).map_err(e)?;
+    let port = vm.host_port(80).ok_or("no forwarded port")?;
+    let grub = vm.wait_for("berth: booting slot", LIMIT).map_err(e)?;
+    let (pid1_wall, pid1_kernel) = vm
+        .wait_for_kernel_line("Run /sbin/init as init process", LIMIT)
+        .map_err(e)?;
+    let pid1_kernel = pid1_kernel.ok_or("no kernel timestamp on the init line")?;
+    // berth-init logs each unit's start to kmsg, so the lines carry kernel timestamps.
+    let (_, first_unit_kernel) = vm
+        .wait_for_kernel_line(": started, pid", LIMIT)
+        .map_err(e)?;
+    let first_unit_kernel = first_unit_kernel.ok_or("no kernel timestamp on the unit line")?;
+    let (_, demo_kernel) = vm
+        .wait_for_kernel_line("unit demo-web: started", LIMIT)
+        .map_err(e)?;
+    let demo_kernel = demo_kernel.ok_or("no kernel timestamp on the demo line")?;
+    http::wait_for_200(port, "/", LIMIT).map_err(e)?;
+    let http_wall = vm.elapsed().as_secs_f64();
+    vm.wait_for_shell(LIMIT).map_err(e)?;
+    let rss = vm
+        .run_ok("grep VmRSS /proc/1/status", Duration::from_secs(60))
+        .map_err(e)?;
+    let rss_kib = rss
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or(format!("cannot read RSS from {rss:?}"))?;
+    Ok(Run {
+        grub: grub.as_secs_f64(),
+        kernel_start: pid1_wall.as_secs_f64() - pid1_kernel,
+        pid1_wall: pid1_wall.as_secs_f64(),
+        pid1_kernel,
+        first_unit_kernel,
+        demo_kernel,
+        http_wall,
+        rss_kib,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> std::process::ExitCode {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let image = fixture::default_image();
+    if !image.is_file() {
+        eprintln!("no image at {} (run: make image)", image.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    for firmware in [Firmware::Bios, Firmware::Uefi] {
+        let mut all = Vec::new();
+        for i in 0..runs {
+            match one(&image, firmware) {
+                Ok(r) => all.push(r),
+                Err(err) => {
+                    eprintln!("{firmware:?} run {i}: {err}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+        let m = |f: fn(&Run) -> f64| median(all.iter().map(f).collect());
+        println!("{firmware:?} (median of {runs} boots, seconds since QEMU start unless noted)");
+        println!("  GRUB picks the slot          {:6.2}", m(|r| r.grub));
+        println!(
+            "  kernel starts                {:6.2}",
+            m(|r| r.kernel_start)
+        );
+        println!(
+            "  PID 1 starts                 {:6.2}   (kernel time {:.2})",
+            m(|r| r.pid1_wall),
+            m(|r| r.pid1_kernel)
+        );
+        println!(
+            "  first unit started           {:6.0} ms after PID 1 (guest time)",
+            m(|r| (r.first_unit_kernel - r.pid1_kernel) * 1000.0)
+        );
+        println!(
+            "  demo unit started            {:6.0} ms after PID 1 (guest time)",
+            m(|r| (r.demo_kernel - r.pid1_kernel) * 1000.0)
+        );
+        println!("  demo answers HTTP 200        {:6.2}", m(|r| r.http_wall));
+        println!(
+            "  berth-init RSS               {:6.0} KiB",
+            m(|r| r.rss_kib as f64)
+        );
+    }
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,85 @@
+//! Where the image under test comes from, and whether QEMU tests must run.
+//!
+//! `BERTH_IMAGE` names the raw image (default: `out/berth.img` in the workspace). The tests
+//! are skipped only when that image is absent and `BERTH_REQUIRE_QEMU` is unset; `make test`
+//! builds the image and sets it, so there they always run.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{io_err, HarnessError, Result};
+
+pub fn default_image() -> PathBuf {
+    match std::env::var_os("BERTH_IMAGE") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/berth.img"),
+    }
+}
+
+/// The image to test, or `None` (after saying so) when the test should be skipped.
+/// Panics when the image is missing but QEMU tests are required.
+#[allow(clippy::panic)]
+pub fn image_or_skip(test: &str) -> Option<PathBuf> {
+    let image = default_image();
+    if image.is_file() {
+        return Some(image);
+    }
+    if std::env::var_os("BERTH_REQUIRE_QEMU").is_some() {
+        panic!(
+            "{test}: BERTH_REQUIRE_QEMU is set but {} does not exist (run: make image)",
+            image.display()
+        );
+    }
+    eprintln!(
+        "{test}: skipped: no image at {} (run: make image)",
+        image.display()
+    );
+    None
+}
+
+/// A per-test scratch directory, removed on drop unless the test is failing.
+pub struct Fixture {
+    pub dir: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Fixture {
+    pub fn new(name: &str) -> Result<Fixture> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("berth-qemu-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io_err(dir.display().to_string()))?;
+        Ok(Fixture { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Builds a `cidata` config drive holding `user_data`.
+    pub fn config_drive(&self, user_data: &str) -> Result<PathBuf> {
+        let src = self.path("user-data");
+        std::fs::write(&src, user_data).map_err(io_err("write user-data"))?;
+        let out = self.path("cidata.img");
+        berth_image::cidata::build(&src, &out).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound to port 0, then released for QEMU to take).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("bind 127.0.0.1:0"))?;
+    Ok(l.local_addr().map_err(io_err("local_addr"))?.port())
+}

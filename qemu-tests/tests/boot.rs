@@ -1,0 +1,175 @@
+//! Booting the image: BIOS and UEFI reach all units running, the demo container answers
+//! through the forwarded port, the root is a read-only dm-verity device, first boot applies the
+//! config drive and grows the state partition, the boot is marked good, and the ACPI power
+//! button shuts down in order with the state filesystem cleanly unmounted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_image::grubenv::{BootState, Slot};
+use berth_qemu_tests::{disk, http, image_or_skip, Firmware, Fixture, Vm, VmConfig};
+
+const BOOT: Duration = Duration::from_secs(300);
+const CMD: Duration = Duration::from_secs(60);
+const DISK_SIZE: u64 = 1 << 30;
+/// Units in a fresh image: network, timesync, admin-shell, demo-web.
+const DEFAULT_UNITS: u64 = 4;
+
+fn boot(test: &str, firmware: Firmware) -> Option<(Fixture, Vm)> {
+    let image = image_or_skip(test)?;
+    let fx = Fixture::new(test).unwrap();
+    let disk_path = fx.path("disk.img");
+    disk::copy_raw(&image, &disk_path, Some(DISK_SIZE)).unwrap();
+    let cidata = fx
+        .config_drive(&format!("hostname = \"{}\"\n", test.replace('_', "-")))
+        .unwrap();
+    let mut cfg = VmConfig::new(firmware, disk_path);
+    cfg.extra_drives.push(cidata);
+    cfg.forward.push(80);
+    let vm = Vm::start(&cfg, &fx.dir).unwrap();
+    Some((fx, vm))
+}
+
+/// The grubenv on the ESP of a stopped VM's disk (read with mtools at the partition offset).
+fn grubenv_of(disk_path: &Path) -> BootState {
+    let esp = disk::partition(disk_path, "berth-boot").unwrap();
+    let out = std::process::Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk_path.display(), esp.offset()))
+        .arg("::/grub/grubenv")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    BootState::parse(&out.stdout).unwrap()
+}
+
+#[test]
+fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
+    let Some((fx, mut vm)) = boot("bios_boot", Firmware::Bios) else {
+        return;
+    };
+    vm.wait_for("berth: booting slot A", BOOT).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    let counts = vm.wait_all_units_running(DEFAULT_UNITS, BOOT).unwrap();
+    assert_eq!(counts.failed, 0);
+
+    // The demo runs as a container (overlay root from the preloaded image, bridge network,
+    // port 80 mapped) and answers through QEMU's forwarded port.
+    let demo = vm.run_ok("berthctl --json show demo-web", CMD).unwrap();
+    assert!(demo.contains("\"kind\": \"container\""), "{demo}");
+    let port = vm.host_port(80).unwrap();
+    let body = http::wait_for_200(port, "/", Duration::from_secs(120)).unwrap();
+    assert!(body.contains("Hello from Berth"), "{body}");
+
+    // The config drive set the hostname.
+    assert_eq!(vm.run_ok("hostname", CMD).unwrap().trim(), "bios-boot");
+
+    // The root is dm-0, a read-only verity device over root A, mounted read-only.
+    assert_eq!(
+        vm.run_ok("cat /sys/block/dm-0/dm/name", CMD)
+            .unwrap()
+            .trim(),
+        "berth-root"
+    );
+    assert_eq!(
+        vm.run_ok("cat /sys/block/dm-0/ro", CMD).unwrap().trim(),
+        "1"
+    );
+    let slaves = vm.run_ok("ls /sys/block/dm-0/slaves", CMD).unwrap();
+    let root_a = disk::partition(&fx.path("disk.img"), "berth-root-a").unwrap();
+    assert_eq!(slaves.trim(), format!("vda{}", root_a.number));
+    let cmdline = vm.run_ok("cat /proc/cmdline", CMD).unwrap();
+    assert!(cmdline.contains(" verity 1 PARTUUID="), "{cmdline}");
+    let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
+    let root_line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/"))
+        .unwrap();
+    assert!(root_line.contains(" erofs ro"), "{root_line}");
+    let (status, out) = vm.run("touch /tampered", CMD).unwrap();
+    assert_ne!(status, 0);
+    assert!(out.contains("Read-only file system"), "{out}");
+
+    // First boot grew the state partition (64 MiB in the image) to the end of the 1 GiB disk.
+    let state_start = disk::partition(&fx.path("disk.img"), "berth-state")
+        .unwrap()
+        .offset();
+    let room = DISK_SIZE - state_start - (1 << 20);
+    let df = vm.run_ok("df -k /var/lib/berth | tail -1", CMD).unwrap();
+    let kib: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        kib * 1024 > room * 9 / 10,
+        "state not grown to {room} bytes: {df}"
+    );
+
+    // Once every critical unit is healthy, berth-init marks the boot good (checked on disk
+    // after poweroff).
+    let deadline = std::time::Instant::now() + BOOT;
+    while !vm
+        .run("dmesg | grep 'marked good'", CMD)
+        .unwrap()
+        .1
+        .contains("boot of slot A marked good")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "boot never marked good"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // ACPI power button: ordered shutdown, then QEMU exits 0 (poweroff, not a crash).
+    vm.kernel_log_on_console(true).unwrap();
+    vm.power_button().unwrap();
+    let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    let log = vm.transcript();
+    let stop = log
+        .rfind("stopping all units")
+        .expect("no ordered stop in the log");
+    assert!(
+        log[stop..].contains("Power down"),
+        "did not power off after stopping units"
+    );
+    drop(vm);
+
+    // The state filesystem was cleanly unmounted, and keeps its grown size.
+    let disk_path = fx.path("disk.img");
+    let state = disk::partition(&disk_path, "berth-state").unwrap();
+    let sb = disk::ext4_state(&disk_path, &state).unwrap();
+    assert!(sb.valid, "state filesystem not marked clean: {sb:?}");
+    assert!(!sb.needs_recovery, "state journal needs recovery: {sb:?}");
+    assert!(sb.blocks * sb.block_size > room * 9 / 10, "{sb:?}");
+    assert!(
+        state.size() > room * 9 / 10,
+        "GPT entry not grown: {state:?}"
+    );
+
+    // Every critical unit became healthy, so the boot was marked good.
+    let env = grubenv_of(&disk_path);
+    assert!(env.is_ok(Slot::A) && !env.is_trying(Slot::A), "{env:?}");
+    assert_eq!(env.next_boot(), Some(Slot::A));
+}
+
+#[test]
+fn uefi_boot_runs_units_and_serves_demo() {
+    let Some((_fx, mut vm)) = boot("uefi_boot", Firmware::Uefi) else {
+        return;
+    };
+    vm.wait_for("berth: booting slot A", BOOT).unwrap();
+    // The kernel saw EFI firmware: this boot went through OVMF and GRUB's EFI image.
+    vm.wait_for("efi: EFI v", BOOT).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    vm.wait_all_units_running(DEFAULT_UNITS, BOOT).unwrap();
+    let port = vm.host_port(80).unwrap();
+    let body = http::wait_for_200(port, "/", Duration::from_secs(120)).unwrap();
+    assert!(body.contains("Hello from Berth"), "{body}");
+    vm.power_button().unwrap();
+    let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds Berth's kernel from Debian's linux-source-6.12 with configs/kernel/berth.config.
+# tinyconfig + the fragment (merge_config.sh) + olddefconfig; the result is cached under
+# $BERTH_CACHE/kernel-<hash>/ keyed by the source package version and the fragment, so unchanged
+# inputs skip the build. Prints the path of the cached bzImage on stdout.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+FRAGMENT="$BERTH_ROOT/configs/kernel/berth.config"
+SRC_TARBALL=/usr/src/linux-source-6.12.tar.xz
+[ -f "$SRC_TARBALL" ] || die "missing $SRC_TARBALL (run: make deps)"
+SRC_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
+
+# The key also covers the steps below (this script), so a changed recipe rebuilds.
+KEY="$(inputs_hash "$FRAGMENT" "$0" "linux-source-6.12=$SRC_VERSION")"
+OUT_DIR="$BERTH_CACHE/kernel-$KEY"
+if [ -f "$OUT_DIR/bzImage" ] && [ -f "$OUT_DIR/config" ]; then
+    log "kernel: cached $OUT_DIR"
+    echo "$OUT_DIR/bzImage"
+    exit 0
+fi
+
+mkdir -p "$BERTH_CACHE"
+# One build at a time per machine: the source and object trees below are shared.
+exec 8>"$BERTH_CACHE/kernel.lock"
+flock 8
+if [ -f "$OUT_DIR/bzImage" ]; then
+    echo "$OUT_DIR/bzImage"
+    exit 0
+fi
+
+SRC_DIR="$BERTH_CACHE/src/linux-source-6.12-$SRC_VERSION"
+if [ ! -f "$SRC_DIR/.berth-extracted" ]; then
+    log "kernel: extracting $SRC_TARBALL"
+    rm -rf "$SRC_DIR"
+    mkdir -p "$SRC_DIR"
+    tar -xf "$SRC_TARBALL" -C "$SRC_DIR" --strip-components=1
+    touch "$SRC_DIR/.berth-extracted"
+fi
+
+# The object tree persists between keys: a config change rebuilds only what it touches.
+OBJ_DIR="$BERTH_CACHE/kernel-build-$SRC_VERSION"
+mkdir -p "$OBJ_DIR"
+KMAKE=(make -C "$SRC_DIR" O="$OBJ_DIR" ARCH=x86_64 -s)
+
+log "kernel: configuring (tinyconfig + $(basename "$FRAGMENT"))"
+"${KMAKE[@]}" tinyconfig >/dev/null
+(cd "$SRC_DIR" && ./scripts/kconfig/merge_config.sh -m -O "$OBJ_DIR" "$OBJ_DIR/.config" "$FRAGMENT") >/dev/null
+"${KMAKE[@]}" olddefconfig >/dev/null
+
+# Every setting the fragment asks for must survive olddefconfig (a missing dependency drops
+# options silently otherwise).
+lost=()
+while IFS= read -r line; do
+    case "$line" in
+        CONFIG_*=*)
+            grep -qxF "$line" "$OBJ_DIR/.config" || lost+=("$line")
+            ;;
+        "# CONFIG_"*" is not set")
+            opt="${line#\# }"; opt="${opt%% *}"
+            grep -q "^$opt=" "$OBJ_DIR/.config" && lost+=("$line")
+            ;;
+    esac
+done < "$FRAGMENT"
+if [ "${#lost[@]}" -gt 0 ]; then
+    printf '  lost: %s\n' "${lost[@]}" >&2
+    die "kernel: ${#lost[@]} fragment settings did not survive olddefconfig"
+fi
+
+log "kernel: building bzImage ($(nproc) jobs; ~10 min from scratch)"
+"${KMAKE[@]}" -j"$(nproc)" bzImage
+
+mkdir -p "$OUT_DIR.tmp"
+cp "$OBJ_DIR/arch/x86/boot/bzImage" "$OUT_DIR.tmp/bzImage"
+cp "$OBJ_DIR/.config" "$OUT_DIR.tmp/config"
+"${KMAKE[@]}" kernelrelease > "$OUT_DIR.tmp/release"
+rm -rf "$OUT_DIR"
+mv "$OUT_DIR.tmp" "$OUT_DIR"
+log "kernel: $(cat "$OUT_DIR/release"), bzImage $(du -h "$OUT_DIR/bzImage" | cut -f1)"
+echo "$OUT_DIR/bzImage"
