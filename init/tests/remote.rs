@@ -13,93 +13,17 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_qemu_tests::pki::Pki;
 use common::{temp_dir, Host};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (scripts/install-deps.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-const KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-
-/// A self-signed CA `name.crt`/`name.key` in `dir`.
-fn ca(dir: &Path, name: &str) {
-    let (crt, key, subj) = (
-        format!("{name}.crt"),
-        format!("{name}.key"),
-        format!("/CN={name}"),
-    );
-    let mut args = vec!["req", "-x509", "-nodes", "-days", "3650", "-subj", &subj];
-    args.extend(KEY);
-    args.extend(["-keyout", &key, "-out", &crt]);
-    args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-    args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-    openssl(dir, &args);
-}
-
-/// A leaf `name.crt`/`name.key` issued by CA `issuer`, for 127.0.0.1 and localhost.
-fn leaf(dir: &Path, issuer: &str, name: &str) {
-    let (crt, key, csr, subj) = (
-        format!("{name}.crt"),
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("/CN={name}"),
-    );
-    let mut args = vec!["req", "-new", "-nodes", "-subj", &subj];
-    args.extend(KEY);
-    args.extend(["-keyout", &key, "-out", &csr]);
-    openssl(dir, &args);
-    let ext = format!("{name}.ext");
-    std::fs::write(
-        dir.join(&ext),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    let (ca_crt, ca_key) = (format!("{issuer}.crt"), format!("{issuer}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-out",
-            &crt,
-            "-extfile",
-            &ext,
-        ],
-    );
-}
 
 /// berth-init with `[api]` on 127.0.0.1 (port chosen by the kernel), and the PKI:
 /// `ca`/`server`/`client` plus an unrelated `other-ca`/`intruder`.
 fn start_remote(tag: &str) -> (Host, PathBuf, String) {
     let dir = temp_dir(tag);
     let tls = dir.join("state/tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    ca(&tls, "ca");
-    leaf(&tls, "ca", "server");
-    leaf(&tls, "ca", "client");
-    ca(&tls, "other-ca");
-    leaf(&tls, "other-ca", "intruder");
+    Pki::create(&tls).unwrap();
     std::fs::write(
         dir.join("state/machine.toml"),
         "[api]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.crt\"\nkey = \"tls/server.key\"\nclient_ca = \"tls/ca.crt\"\n",

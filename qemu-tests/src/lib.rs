@@ -11,6 +11,7 @@ pub mod disk;
 pub mod fixture;
 pub mod guest;
 pub mod http;
+pub mod pki;
 pub mod qmp;
 pub mod vm;
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use berth_qemu_tests::pki::{Pki, CA, CLIENT, SERVER};
 use berth_qemu_tests::{disk, image_or_skip, Firmware, Fixture, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -23,80 +24,9 @@ fn berthctl() -> PathBuf {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (scripts/install-deps.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-const KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-
-fn ca(dir: &Path, name: &str) {
-    let (crt, key, subj) = (
-        format!("{name}.crt"),
-        format!("{name}.key"),
-        format!("/CN={name}"),
-    );
-    let mut args = vec!["req", "-x509", "-nodes", "-days", "3650", "-subj", &subj];
-    args.extend(KEY);
-    args.extend(["-keyout", &key, "-out", &crt]);
-    args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-    args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-    openssl(dir, &args);
-}
-
-/// A certificate for 127.0.0.1 (the forwarded port) issued by CA `issuer`.
-fn leaf(dir: &Path, issuer: &str, name: &str) {
-    let (crt, key, csr, subj) = (
-        format!("{name}.crt"),
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("/CN={name}"),
-    );
-    let mut args = vec!["req", "-new", "-nodes", "-subj", &subj];
-    args.extend(KEY);
-    args.extend(["-keyout", &key, "-out", &csr]);
-    openssl(dir, &args);
-    let ext = format!("{name}.ext");
-    std::fs::write(
-        dir.join(&ext),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    let (ca_crt, ca_key) = (format!("{issuer}.crt"), format!("{issuer}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-out",
-            &crt,
-            "-extfile",
-            &ext,
-        ],
-    );
-}
-
 struct Remote {
     addr: String,
-    pki: PathBuf,
+    pki: Pki,
 }
 
 impl Remote {
@@ -104,11 +34,11 @@ impl Remote {
         Command::new(berthctl())
             .args(["--host", &self.addr, "--timeout", "120"])
             .arg("--ca")
-            .arg(self.pki.join("ca.crt"))
+            .arg(self.pki.cert(CA))
             .arg("--cert")
-            .arg(self.pki.join(format!("{who}.crt")))
+            .arg(self.pki.cert(who))
             .arg("--key")
-            .arg(self.pki.join(format!("{who}.key")))
+            .arg(self.pki.key(who))
             .args(args)
             .output()
             .unwrap()
@@ -116,7 +46,7 @@ impl Remote {
 
     /// berthctl as the authorised client; its stdout, failing the test on a non-zero exit.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctl("client", args);
+        let out = self.ctl(CLIENT, args);
         assert!(
             out.status.success(),
             "berthctl {args:?}: {}{}",
@@ -142,20 +72,14 @@ fn berthctl_administers_a_booted_berth_over_mutual_tls() {
     };
     assert!(berthctl().exists(), "{} (make build)", berthctl().display());
     let fx = Fixture::new("remote_api").unwrap();
-    let pki = fx.path("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    ca(&pki, "ca");
-    leaf(&pki, "ca", "server");
-    leaf(&pki, "ca", "client");
-    ca(&pki, "other-ca");
-    leaf(&pki, "other-ca", "intruder");
-    let pem = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+    let pki = Pki::create(&fx.path("pki")).unwrap();
+    let pem = |f: &str| pki.pem(f).unwrap();
     let user_data = format!(
         "hostname = \"remote-api\"\n\n[machine.api]\nlisten = \"0.0.0.0:{API_PORT}\"\n\
          cert = \"\"\"\n{}\"\"\"\nkey = \"\"\"\n{}\"\"\"\nclient_ca = \"\"\"\n{}\"\"\"\n",
-        pem("server.crt"),
-        pem("server.key"),
-        pem("ca.crt")
+        pem(&format!("{SERVER}.crt")),
+        pem(&format!("{SERVER}.key")),
+        pem(&format!("{CA}.crt"))
     );
     let disk_path = fx.path("disk.img");
     disk::copy_raw(&image, &disk_path, Some(DISK_SIZE)).unwrap();
@@ -173,7 +97,7 @@ fn berthctl_administers_a_booted_berth_over_mutual_tls() {
     // The listener comes up with supervision; the first answers may take a moment under TCG.
     let start = Instant::now();
     let status = loop {
-        let out = remote.ctl("client", &["--json", "status"]);
+        let out = remote.ctl(CLIENT, &["--json", "status"]);
         if out.status.success() {
             break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
         }
@@ -256,7 +180,7 @@ fn berthctl_administers_a_booted_berth_over_mutual_tls() {
     }
 
     // Someone with a certificate from another CA gets nothing.
-    let intruder = remote.ctl("intruder", &["status"]);
+    let intruder = remote.ctl(berth_qemu_tests::pki::INTRUDER, &["status"]);
     assert_eq!(intruder.status.code(), Some(1));
     assert!(intruder.stdout.is_empty());
 
