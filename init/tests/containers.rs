@@ -191,4 +191,13 @@ fn a_missing_image_is_pulled_first_and_a_failed_pull_fails_the_start() {
     host.wait_for("the pull's output in the unit log", || {
         host.read("state/logs/ghost.log").contains("127.0.0.1:9")
     });
+    // The API names the failed step, not just an exit status.
+    let error = host.unit("ghost")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("image pull 127.0.0.1:9/berth/none:1"),
+        "{error}"
+    );
 }

@@ -1,36 +1,59 @@
-//! The container launcher: units with an `image`. Missing images are pulled by a child
-//! process (`berth-runtime image pull`, a preparation step, so PID 1 never blocks on the
-//! network); the root is an overlay of the image's layers and the container's own upper
-//! directory under `state/containers/<unit>/`; the OCI spec comes from the unit merged with
-//! the image config; the network is attached between create and start; health checks exec
-//! inside the container; cleanup deletes the container, its network and its mount.
+//! The container launcher: units with an `image`. Starting one is a preparation step and a
+//! release. The preparation runs in a forked task (see [`super::task`]), so PID 1 never
+//! blocks on it and never touches the runtime's code and memory: it pulls the image when
+//! missing (`berth-runtime image pull`, output into the unit log), mounts the root (an overlay
+//! of the image's layers and the container's own upper directory under
+//! `state/containers/<unit>/`), builds the OCI spec from the unit merged with the image config,
+//! creates the container (its init waits on the exec FIFO), and attaches its network. The task
+//! then exits and the container's init becomes PID 1's child. The release, in PID 1, opens the
+//! exec FIFO: the init execs the unit's program, and the unit is running. Health checks exec
+//! inside the container and cleanup deletes the container, its network and its mount, both in
+//! tasks too.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
 use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
 use berth_runtime::image::Store;
 use berth_runtime::net::{self, Network as Bridge};
-use berth_runtime::{Bundle, ContainerError, ExecOptions, Runtime};
+use berth_runtime::state::EXEC_FIFO;
+use berth_runtime::{Bundle, CreateOptions, ExecOptions, Runtime, StartMode};
 use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
+use nix::sys::stat::Mode;
 
 use super::process::{set_nonblocking, signal_pid};
+use super::task::{fork_task, wait_task};
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::Network;
 use crate::unit::value::{UserSpec, VolumeSource};
 use crate::unit::Unit;
 
+/// How long PID 1 waits for a container's cleanup (delete, network, unmount) before it kills
+/// the task; the next start removes whatever is left.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// Files the preparation task leaves in the container's directory for PID 1.
+const INIT_PID_FILE: &str = "init.pid";
+const START_ERROR_FILE: &str = "start-error";
+
 pub struct ContainerLauncher {
     runtime: Runtime,
+    runtime_root: PathBuf,
     /// The state partition (or `DIR/state` in host mode).
     state: PathBuf,
     machine_config: PathBuf,
     /// The berth-runtime binary that pulls images.
     runtime_bin: PathBuf,
     bridge: Bridge,
+    /// Read ends of the exec FIFOs of released containers, kept open until the unit's cleanup
+    /// so that an init released but not yet past its write never meets a FIFO without reader.
+    released: HashMap<String, OwnedFd>,
 }
 
 fn err(what: impl std::fmt::Display) -> LaunchError {
@@ -45,11 +68,13 @@ impl ContainerLauncher {
         runtime_bin: PathBuf,
     ) -> ContainerLauncher {
         ContainerLauncher {
-            runtime: Runtime::new(runtime_root),
+            runtime: Runtime::new(runtime_root.clone()),
+            runtime_root,
             state: state.to_path_buf(),
             machine_config: machine_config.to_path_buf(),
             runtime_bin,
             bridge: Bridge::new(state.join("network")),
+            released: HashMap::new(),
         }
     }
 
@@ -69,36 +94,27 @@ impl ContainerLauncher {
             .unwrap_or_default()
     }
 
-    /// `berth-runtime image pull REF`, its output into the unit's log.
-    fn spawn_pull(&self, reference: &str) -> Result<Spawned, LaunchError> {
-        let (r, w) = output_pipe()?;
-        let w2 = w.try_clone().map_err(LaunchError::Pipe)?;
-        let mut cmd = Command::new(&self.runtime_bin);
-        cmd.arg("image")
+    /// `berth-runtime image pull REF`, its output into the unit's log (this task's stdout and
+    /// stderr). Runs in the preparation task.
+    fn pull(&self, reference: &str) -> Result<(), LaunchError> {
+        let status = Command::new(&self.runtime_bin)
+            .arg("image")
             .arg("--store")
             .arg(self.state.join("images"))
             .arg("--config")
             .arg(&self.machine_config)
             .args(["pull", reference])
             .stdin(Stdio::null())
-            .stdout(Stdio::from(w))
-            .stderr(Stdio::from(w2));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                crate::signals::reset_in_child()
-            });
+            .status()
+            .map_err(|source| LaunchError::Spawn {
+                command: format!("{} image pull", self.runtime_bin.display()),
+                source,
+            })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(err(format!("image pull {reference}: {status}")))
         }
-        let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
-            command: format!("{} image pull", self.runtime_bin.display()),
-            source,
-        })?;
-        let pid = child.id() as i32;
-        drop(child);
-        Ok(Spawned {
-            pid,
-            output: Some(r),
-        })
     }
 
     /// Mounts the overlay root: the image's layers under the container's upper directory.
@@ -203,120 +219,93 @@ impl ContainerLauncher {
             .collect()
     }
 
-    fn run_container(
-        &mut self,
-        unit: &Unit,
-        image: &berth_runtime::image::Image,
-        store: &Store,
-    ) -> Result<Spawned, LaunchError> {
+    /// The preparation task: from the image to a created container whose init waits on the
+    /// exec FIFO, with its network attached. `out` is the unit log's pipe.
+    fn prepare(&self, unit: &Unit, out: RawFd) -> Result<(), LaunchError> {
         let ports = Self::ports(unit)?;
-        // A container of the same name left by a crash goes first.
-        if let Ok(old) = self.runtime.load(&unit.name) {
-            let _ = old.delete(true);
-        }
-        let rootfs = self.mount_root(unit, image)?;
-        store
-            .lease(&unit.name, image)
-            .map_err(|e| err(format!("lease image: {e}")))?;
-        let spec = build_spec(&self.settings(unit, image)?, &rootfs).map_err(err)?;
-        let bundle = Bundle::from_spec(&self.dir(unit), spec).map_err(err)?;
-        let (r, w) = output_pipe()?;
-        let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
-        let stdio = [null.as_raw_fd(), w.as_raw_fd(), w.as_raw_fd()];
-        let network = unit.container.network;
-        let bridge = &self.bridge;
-        let container = self
-            .runtime
-            .launch(&unit.name, &bundle, stdio, |c| {
-                let netns = PathBuf::from(format!("/proc/{}/ns/net", c.pid()));
-                match network {
-                    Network::Bridge => bridge
-                        .attach(c.id(), &netns, &ports)
-                        .map(drop)
-                        .map_err(ContainerError::from),
-                    Network::None => Bridge::loopback_only(&netns).map_err(ContainerError::from),
-                    Network::Host => Ok(()),
-                }
-            })
-            .map_err(err)?;
-        Ok(Spawned {
-            pid: container.pid(),
-            output: Some(r),
-        })
-    }
-}
-
-fn output_pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))?;
-    set_nonblocking(&r).map_err(LaunchError::Pipe)?;
-    Ok((r, w))
-}
-
-impl Launcher for ContainerLauncher {
-    fn handles(&self, unit: &Unit) -> bool {
-        !unit.is_system()
-    }
-
-    fn start(&mut self, unit: &Unit, prepared: u32) -> Result<Step, LaunchError> {
-        let reference = Self::reference(unit);
+        // A container of the same name left by a crash (or a killed cleanup) goes first.
+        self.remove(unit);
         let store = self.store()?;
+        let reference = Self::reference(unit);
         let image = match store.resolve(&reference) {
             Ok(image) => image,
-            // Not here yet: pull it in a child process, then come back.
-            Err(_) if prepared == 0 => return self.spawn_pull(&reference).map(Step::Prepare),
-            Err(e) => return Err(err(format!("image {reference}: {e}"))),
+            Err(_) => {
+                self.pull(&reference)?;
+                store
+                    .resolve(&reference)
+                    .map_err(|e| err(format!("image {reference}: {e}")))?
+            }
         };
-        match self.run_container(unit, &image, &store) {
-            Ok(spawned) => Ok(Step::Main(spawned)),
-            Err(e) => {
-                self.cleanup(unit, None);
-                Err(e)
-            }
-        }
-    }
-
-    fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError> {
-        if all {
-            let sig = nix::sys::signal::Signal::try_from(signal)
-                .map_err(|source| LaunchError::Signal { pid, source })?;
-            if let Ok(mut c) = self.runtime.load(&unit.name) {
-                return c.kill(sig, true).or_else(|e| match e {
-                    // Already stopped: nothing left to signal.
-                    ContainerError::WrongState { .. } => Ok(()),
-                    other => Err(err(other)),
-                });
-            }
-        }
-        signal_pid(pid, signal)
-    }
-
-    fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
-        let exec = unit
-            .health
-            .as_ref()
-            .map(|h| h.exec.clone())
-            .unwrap_or_default();
-        let mut c = self.runtime.load(&unit.name).map_err(err)?;
-        let mut process = c.state().config.process().clone().unwrap_or_default();
-        process.set_args(Some(exec));
+        let rootfs = self.mount_root(unit, &image)?;
+        store
+            .lease(&unit.name, &image)
+            .map_err(|e| err(format!("lease image: {e}")))?;
+        let spec = build_spec(&self.settings(unit, &image)?, &rootfs).map_err(err)?;
+        let dir = self.dir(unit);
+        let bundle = Bundle::from_spec(&dir, spec).map_err(err)?;
         let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
-        let fd = null.as_raw_fd();
-        let opts = ExecOptions {
-            process,
+        let pid_file = dir.join(INIT_PID_FILE);
+        let opts = CreateOptions {
+            id: &unit.name,
             console_socket: None,
-            pid_file: None,
-            stdio: Some([fd, fd, fd]),
+            pid_file: Some(&pid_file),
+            no_pivot: false,
+            stdio: Some([null.as_raw_fd(), out, out]),
+            start: StartMode::Fifo,
         };
-        let pid = c.exec(&opts).map_err(err)?;
-        Ok(Spawned { pid, output: None })
+        let container = self.runtime.create(&bundle, &opts).map_err(err)?;
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", container.pid()));
+        let attached = match unit.container.network {
+            Network::Bridge => self.bridge.attach(container.id(), &netns, &ports).map(drop),
+            Network::None => Bridge::loopback_only(&netns),
+            Network::Host => Ok(()),
+        };
+        attached.map_err(|e| err(format!("network: {e}")))
     }
 
-    fn usage(&self, unit: &Unit) -> Option<super::Usage> {
-        let root = berth_runtime::cgroups::CgroupRoot::host().ok()?;
-        super::cgroup::usage_of(&root.open(&format!("containers/{}", unit.name)).ok()?)
+    /// Runs [`Self::prepare`] and reports a failure in the unit log and for the API, after
+    /// removing what it left. The task's exit code.
+    fn prepare_task(&self, unit: &Unit, out: RawFd) -> i32 {
+        match self.prepare(unit, out) {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "berth-init: {}: cannot start: {e}",
+                    unit.name
+                );
+                let _ = std::fs::write(self.dir(unit).join(START_ERROR_FILE), e.to_string());
+                self.remove(unit);
+                e.exit_code()
+            }
+        }
     }
 
-    fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) {
+    /// Lets the prepared container's init exec the unit's program: opening the exec FIFO for
+    /// reading unblocks the init, which then writes one byte and execs. Never blocks.
+    fn release(&mut self, unit: &Unit) -> Result<i32, LaunchError> {
+        let pid_file = self.dir(unit).join(INIT_PID_FILE);
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&p| p > 0)
+            .ok_or_else(|| err(format!("no container pid in {}", pid_file.display())))?;
+        let fifo = self.runtime_root.join(&unit.name).join(EXEC_FIFO);
+        let fd = nix::fcntl::open(
+            &fifo,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err(format!("open {}: {e}", fifo.display())))?;
+        // Without the FIFO the runtime reports the container as running.
+        let _ = std::fs::remove_file(&fifo);
+        self.released.insert(unit.name.clone(), fd);
+        Ok(pid)
+    }
+
+    /// Deletes the unit's container (killing what is left of it), detaches its network,
+    /// unmounts its root and releases its image lease. Each step tolerates a missing piece.
+    fn remove(&self, unit: &Unit) {
         if let Ok(c) = self.runtime.load(&unit.name) {
             if let Err(e) = c.delete(true) {
                 log::warn!("{}: delete container: {e}", unit.name);
@@ -336,6 +325,130 @@ impl Launcher for ContainerLauncher {
             if let Err(e) = store.release(&unit.name) {
                 log::warn!("{}: release image: {e}", unit.name);
             }
+        }
+        let _ = std::fs::remove_file(self.dir(unit).join(INIT_PID_FILE));
+    }
+
+    /// The health check task: the check's process inside the container; exits as it does.
+    fn health_task(&self, unit: &Unit) -> i32 {
+        let exec = unit
+            .health
+            .as_ref()
+            .map(|h| h.exec.clone())
+            .unwrap_or_default();
+        let result = (|| -> Result<i32, LaunchError> {
+            let mut c = self.runtime.load(&unit.name).map_err(err)?;
+            let mut process = c.state().config.process().clone().unwrap_or_default();
+            process.set_args(Some(exec));
+            let opts = ExecOptions {
+                process,
+                console_socket: None,
+                pid_file: None,
+                stdio: Some([0, 1, 2]),
+            };
+            let pid = c.exec(&opts).map_err(err)?;
+            Ok(super::task::wait_child(pid).code())
+        })();
+        result.unwrap_or_else(|e| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "berth-init: {}: health check: {e}",
+                unit.name
+            );
+            1
+        })
+    }
+}
+
+fn output_pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))?;
+    set_nonblocking(&r).map_err(LaunchError::Pipe)?;
+    Ok((r, w))
+}
+
+impl Launcher for ContainerLauncher {
+    fn handles(&self, unit: &Unit) -> bool {
+        !unit.is_system()
+    }
+
+    fn start(&mut self, unit: &Unit, prepared: u32) -> Result<Step, LaunchError> {
+        if prepared > 0 {
+            return self.release(unit).map(|pid| {
+                Step::Main(Spawned {
+                    pid,
+                    // The preparation step's pipe carries the container's output on.
+                    output: None,
+                })
+            });
+        }
+        // Checked here too, so a bad port mapping fails the start before any fork.
+        Self::ports(unit)?;
+        let dir = self.dir(unit);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let _ = std::fs::remove_file(dir.join(START_ERROR_FILE));
+        let (r, w) = output_pipe()?;
+        let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
+        let out = w.as_raw_fd();
+        let pid = fork_task([null.as_raw_fd(), out, out], || {
+            self.prepare_task(unit, out)
+        })
+        .map_err(|source| LaunchError::Spawn {
+            command: format!("container setup of {}", unit.name),
+            source,
+        })?;
+        Ok(Step::Prepare(Spawned {
+            pid,
+            output: Some(r),
+        }))
+    }
+
+    fn preparation_error(&mut self, unit: &Unit) -> Option<String> {
+        std::fs::read_to_string(self.dir(unit).join(START_ERROR_FILE)).ok()
+    }
+
+    fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError> {
+        if all {
+            // Everything in the container's cgroup; without one, the container's init is
+            // PID 1 of its namespace and takes the rest with it.
+            if let Some(cg) = berth_runtime::cgroups::CgroupRoot::host()
+                .ok()
+                .and_then(|root| root.open(&format!("containers/{}", unit.name)).ok())
+            {
+                let _ = cg.kill();
+            }
+        }
+        signal_pid(pid, signal)
+    }
+
+    fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
+        let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
+        let fd = null.as_raw_fd();
+        let pid = fork_task([fd, fd, fd], || self.health_task(unit)).map_err(|source| {
+            LaunchError::Spawn {
+                command: format!("health check of {}", unit.name),
+                source,
+            }
+        })?;
+        Ok(Spawned { pid, output: None })
+    }
+
+    fn usage(&self, unit: &Unit) -> Option<super::Usage> {
+        let root = berth_runtime::cgroups::CgroupRoot::host().ok()?;
+        super::cgroup::usage_of(&root.open(&format!("containers/{}", unit.name)).ok()?)
+    }
+
+    fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) {
+        self.released.remove(&unit.name);
+        let stderr = 2;
+        match fork_task([stderr, stderr, stderr], || {
+            self.remove(unit);
+            0
+        }) {
+            Ok(pid) => {
+                wait_task(pid, CLEANUP_LIMIT);
+            }
+            Err(e) => log::warn!("{}: cannot start cleanup: {e}", unit.name),
         }
     }
 }

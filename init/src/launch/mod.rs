@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod process;
+pub mod task;
 
 use std::os::fd::OwnedFd;
 
@@ -86,6 +87,12 @@ pub trait Launcher {
 
     /// Starts `unit` after `prepared` preparation steps have completed successfully.
     fn start(&mut self, unit: &Unit, prepared: u32) -> Result<Step, LaunchError>;
+
+    /// Why the unit's last preparation step failed, when the launcher knows more than the
+    /// step's exit status (shown as the unit's error).
+    fn preparation_error(&mut self, _unit: &Unit) -> Option<String> {
+        None
+    }
 
     /// Sends `signal` to the unit's main process `pid`, or to every process of the unit
     /// when `all` (used for the final SIGKILL).

@@ -661,7 +661,12 @@ impl Supervisor {
             self.continue_start(i, now, r);
         } else {
             if !status.success() {
-                slot.error = Some(format!("preparation step {status}"));
+                let detail = match (&slot.unit, slot.launcher) {
+                    (Some(unit), Some(l)) => self.launchers[l].preparation_error(unit),
+                    _ => None,
+                };
+                let slot = &mut self.slots[i];
+                slot.error = Some(detail.unwrap_or_else(|| format!("preparation step {status}")));
             }
             self.on_main_exit(i, status, now, r);
         }
