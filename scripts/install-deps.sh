@@ -41,12 +41,15 @@ SRC
     rm -f /var/lib/berth-deps.stamp
 fi
 
-missing=""
-for p in $PKGS; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
-done
+missing_packages() {
+    local p
+    for p in $PKGS; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+            printf ' %s' "$p"
+        fi
+    done
+}
+missing="$(missing_packages)"
 
 # Serialise concurrent runs (parallel builds share one dpkg database).
 exec 9>/var/lock/berth-install-deps.lock
@@ -57,9 +60,18 @@ if [ -n "$missing" ] || [ ! -f /var/lib/berth-deps.stamp ]; then
     echo "install-deps: apt-get update"
     apt-get update -q
 fi
-if [ -n "$missing" ]; then
+# Two rounds: installing one package can remove another that was there (seen: a machine with a
+# newer qemu-utils from backports loses it to Debian 12's qemu-system-x86, whose qemu-system-common
+# breaks it); the second round puts back, in the matching version, what the first removed.
+for round in 1 2; do
+    [ -n "$missing" ] || break
     echo "install-deps: installing$missing"
     apt-get install -y -q --no-install-recommends $missing
+    missing="$(missing_packages)"
+done
+if [ -n "$missing" ]; then
+    echo "install-deps: still missing after installing:$missing" >&2
+    exit 1
 fi
 touch /var/lib/berth-deps.stamp
 
