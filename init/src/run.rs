@@ -77,6 +77,9 @@ impl Init {
         );
         let mut supervisor =
             Supervisor::new(loaded, launchers, LogPolicy::new(boot.paths.logs.clone()));
+        // Units first: the API and the platform hooks below take a few milliseconds that the
+        // first containers need not wait for.
+        supervisor.start_all(Instant::now(), &mut events);
 
         let mode = match boot.mode {
             Mode::Pid1 => "pid1",
@@ -109,7 +112,6 @@ impl Init {
             Mode::Host { .. } => Platform::none(),
         };
         platform.attach(Instant::now(), &mut events);
-        supervisor.start_all(Instant::now(), &mut events);
         system.boot_duration = boot_duration(&boot.mode);
         Ok(Init {
             events,

@@ -457,7 +457,7 @@ impl Supervisor {
     /// One pass of `advance`; true when it started a unit.
     fn advance_once(&mut self, now: Instant, r: &mut dyn Reactor) -> bool {
         let mut started = false;
-        for i in 0..self.slots.len() {
+        for i in self.start_order() {
             let s = &self.slots[i];
             let Some(unit) = &s.unit else { continue };
             if self.shutting_down || !s.wanted {
@@ -496,6 +496,16 @@ impl Supervisor {
             }
         }
         started
+    }
+
+    /// Slot indices, container units first: a container's start is a setup task that runs
+    /// beside PID 1, so it begins before the system units' fork and exec instead of after.
+    fn start_order(&self) -> Vec<usize> {
+        let is_container = |i: &usize| self.slots[*i].unit.as_ref().is_some_and(|u| !u.is_system());
+        let (mut order, system): (Vec<usize>, Vec<usize>) =
+            (0..self.slots.len()).partition(is_container);
+        order.extend(system);
+        order
     }
 
     fn arm(&mut self, i: usize, action: Action, at: Instant, r: &mut dyn Reactor) {

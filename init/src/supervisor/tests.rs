@@ -527,3 +527,17 @@ fn removal_stops_first_and_frees_the_slot_for_the_next_unit() {
     }
     assert_eq!(h.state("cache"), State::Running);
 }
+
+#[test]
+fn containers_start_before_system_units() {
+    let mut h = Harness::new(&[
+        ("a-shell", SLEEP),
+        (
+            "b-web",
+            "[container]\nimage = \"berth.local/web:1\"\ncommand = [\"httpd\"]\n",
+        ),
+        ("c-dhcp", SLEEP),
+    ]);
+    h.start();
+    assert_eq!(h.started(), ["b-web", "a-shell", "c-dhcp"]);
+}

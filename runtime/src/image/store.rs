@@ -492,7 +492,9 @@ impl Store {
     /// [`Store::release`]. Survives reboots (a file under `leases/`).
     pub fn lease(&self, container_id: &str, image: &Image) -> Result<()> {
         let path = self.lease_path(container_id)?;
-        fsutil::write_atomic(&path, image.manifest_digest.to_string().as_bytes())
+        // Rewritten on every container start: no fsync. A lease lost in a crash is written
+        // again when the container starts after the reboot.
+        fsutil::write_replace(&path, image.manifest_digest.to_string().as_bytes())
             .map_err(Error::io(&path, "write lease"))
     }
 

@@ -133,13 +133,15 @@ impl Allocations {
         Ok(a)
     }
 
-    pub fn release(&self, id: &str) -> Result<(), NetError> {
+    /// Frees `id`'s address and ports; true when it held any.
+    pub fn release(&self, id: &str) -> Result<bool, NetError> {
         let _lock = self.lock()?;
         let mut all = self.load()?;
-        if all.remove(id).is_some() {
+        let held = all.remove(id).is_some();
+        if held {
             self.save(&all)?;
         }
-        Ok(())
+        Ok(held)
     }
 }
 

@@ -253,7 +253,9 @@ impl Network {
     /// address and its port mappings. Detaching twice is fine.
     pub fn detach(&self, id: &str) -> Result<(), NetError> {
         let host = host_ifname(id);
+        let mut attached = false;
         if let Ok(index) = link::index(&host) {
+            attached = true;
             let mut rt = link::Rtnl::open().map_err(io_err("open rtnetlink"))?;
             match rt.run(link::del_link(index)) {
                 Ok(()) => {}
@@ -261,8 +263,11 @@ impl Network {
                 Err(e) => return Err(io_err(format!("delete {host}"))(e)),
             }
         }
-        self.allocations().release(id)?;
-        self.apply_nat()
+        // The nftables table is rewritten only when this container was part of it.
+        if self.allocations().release(id)? || attached {
+            self.apply_nat()?;
+        }
+        Ok(())
     }
 
     /// Brings up loopback only (`network = "none"`).
