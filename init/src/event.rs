@@ -76,6 +76,8 @@ pub enum Timer {
     Shutdown,
     /// The next hardware watchdog keepalive.
     Watchdog,
+    /// Boot has settled: PID 1 drops the code pages only boot needed.
+    DropBootCode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

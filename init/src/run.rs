@@ -23,6 +23,10 @@ use crate::unit;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// When PID 1 drops the pages of its executable that only boot used (the first containers'
+/// setup tasks, forked from PID 1, share them until they exit).
+const BOOT_SETTLED: Duration = Duration::from_secs(10);
+
 /// Extra time past the longest `stop_timeout` before everything left is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -112,6 +116,9 @@ impl Init {
             Mode::Host { .. } => Platform::none(),
         };
         platform.attach(Instant::now(), &mut events);
+        if boot.mode == Mode::Pid1 {
+            events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::DropBootCode);
+        }
         system.boot_duration = boot_duration(&boot.mode);
         Ok(Init {
             events,
@@ -184,6 +191,12 @@ impl Init {
                     if self.platform.on_power_button() {
                         info!("power button pressed");
                         self.begin_shutdown(PowerAction::Poweroff, "power button", now);
+                    }
+                }
+                Event::Timer(Timer::DropBootCode) => {
+                    // Keep only the code pages supervision touches from here on.
+                    if let Err(e) = crate::boot::code_pages::drop_unused_code_pages() {
+                        warn!("cannot drop boot code pages: {e}");
                     }
                 }
                 Event::Timer(Timer::Watchdog) => self.platform.on_watchdog(now, &mut self.events),

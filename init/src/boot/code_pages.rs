@@ -1,0 +1,184 @@
+//! PID 1 runs for the machine's whole life but touches little of its own binary (the same
+//! executable holds berth-runtime's library, which only forked tasks run). Page faults in a
+//! file mapping normally read ahead around the faulting page, and the kernel then maps every
+//! cached neighbour into the process as well: PID 1's resident set fills with code it never
+//! runs. Marking the executable's mappings `MADV_RANDOM` turns that read-ahead off for them,
+//! so PID 1 keeps (and the root's dm-verity checks) only the pages it actually uses.
+
+use std::io;
+
+/// A mapping of the executable: start, length, and whether it is writable (`.data`, whose
+/// pages hold this process's own state and must never be discarded).
+#[derive(Debug, PartialEq, Eq)]
+struct Mapping {
+    start: usize,
+    len: usize,
+    writable: bool,
+}
+
+/// Every mapping of `exe` in a `/proc/PID/maps` (or `smaps`) text.
+fn exe_mappings(maps: &str, exe: &str) -> Vec<Mapping> {
+    maps.lines().filter_map(|line| header(line, exe)).collect()
+}
+
+/// The mapping a maps line describes, when it is one of `exe`.
+fn header(line: &str, exe: &str) -> Option<Mapping> {
+    let mut fields = line.split_whitespace();
+    let range = fields.next()?;
+    let writable = fields.next()?.contains('w');
+    let path = fields.nth(3)?;
+    if path != exe {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    let start = usize::from_str_radix(start, 16).ok()?;
+    let end = usize::from_str_radix(end, 16).ok()?;
+    (end > start).then_some(Mapping {
+        start,
+        len: end - start,
+        writable,
+    })
+}
+
+/// The mappings of `exe` in a `/proc/PID/smaps` text whose pages all still come from the
+/// file: read-only and without anonymous (copied-on-write) pages. Relocated constants
+/// (RELRO) are read-only too, but their pages were written before they were protected: they
+/// must be kept.
+fn pristine_mappings(smaps: &str, exe: &str) -> Vec<Mapping> {
+    let mut out = Vec::new();
+    let mut current: Option<Mapping> = None;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Anonymous:") {
+            let anonymous = kb.trim().trim_end_matches("kB").trim() != "0";
+            if let Some(m) = current.take() {
+                if !m.writable && !anonymous {
+                    out.push(m);
+                }
+            }
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-'))
+        {
+            current = header(line, exe);
+        }
+    }
+    out
+}
+
+/// Turns read-ahead off for this process's mappings of its own executable.
+pub fn no_readahead_for_own_code() -> io::Result<()> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    for m in exe_mappings(&maps, &exe.to_string_lossy()) {
+        // SAFETY: advice on whole mappings of this process; MADV_RANDOM changes no contents.
+        let r = unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_RANDOM) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Unmaps this process's pages of its own executable and drops the executable's unmapped
+/// pages from the page cache: once boot code has run, only what PID 1 touches again comes
+/// back (from the page cache or the disk, one page at a time under `MADV_RANDOM`).
+pub fn drop_unused_code_pages() -> io::Result<()> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    for m in pristine_mappings(&smaps, &exe.to_string_lossy()) {
+        // SAFETY: MADV_DONTNEED on a private, read-only file mapping of this process that holds
+        // no copied page loses nothing; the next access faults the same bytes back in.
+        let r = unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let file = std::fs::File::open(&exe)?;
+    // SAFETY: advice on a descriptor we own.
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_executable_mappings_are_picked() {
+        let maps = "\
+55555c820000-55555c842000 rw-p 00000000 00:00 0                          [heap]
+7fd92e2da000-7fd92e452000 r--p 00000000 fd:00 222592                     /sbin/init
+7fd92e452000-7fd92e7c2000 r-xp 00177000 fd:00 222592                     /sbin/init
+7fd92e7f9000-7fd92e7fc000 rw-p 0051c000 fd:00 222592                     /sbin/init
+7fd92e7fc000-7fd92e803000 rw-p 00000000 00:00 0
+7ffd1100d000-7ffd1102e000 rw-p 00000000 00:00 0                          [stack]
+";
+        assert_eq!(
+            exe_mappings(maps, "/sbin/init"),
+            [
+                Mapping {
+                    start: 0x7fd92e2da000,
+                    len: 0x178000,
+                    writable: false
+                },
+                Mapping {
+                    start: 0x7fd92e452000,
+                    len: 0x370000,
+                    writable: false
+                },
+                Mapping {
+                    start: 0x7fd92e7f9000,
+                    len: 0x3000,
+                    writable: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn relocated_and_writable_mappings_are_never_dropped() {
+        let smaps = "\
+7fd92e2da000-7fd92e452000 r--p 00000000 fd:00 222592                     /sbin/init
+Rss:                 720 kB
+Anonymous:             0 kB
+7fd92e452000-7fd92e7c2000 r-xp 00177000 fd:00 222592                     /sbin/init
+Anonymous:             0 kB
+7fd92e7c2000-7fd92e7f9000 r--p 004e6000 fd:00 222592                     /sbin/init
+Anonymous:           220 kB
+7fd92e7f9000-7fd92e7fc000 rw-p 0051c000 fd:00 222592                     /sbin/init
+Anonymous:             0 kB
+7ffd1100d000-7ffd1102e000 rw-p 00000000 00:00 0                          [stack]
+Anonymous:            64 kB
+";
+        let starts: Vec<usize> = pristine_mappings(smaps, "/sbin/init")
+            .iter()
+            .map(|m| m.start)
+            .collect();
+        assert_eq!(starts, [0x7fd92e2da000, 0x7fd92e452000]);
+    }
+
+    #[test]
+    fn the_test_binary_can_advise_its_own_code() {
+        no_readahead_for_own_code().unwrap();
+    }
+
+    #[test]
+    fn dropping_code_pages_keeps_the_process_state() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static STATE: AtomicUsize = AtomicUsize::new(0);
+        STATE.store(41, Ordering::SeqCst);
+        let heap = vec![7u8; 1 << 16];
+        drop_unused_code_pages().unwrap();
+        // Code runs again (faulted back in), statics and the heap kept their values.
+        assert_eq!(STATE.fetch_add(1, Ordering::SeqCst) + 1, 42);
+        assert!(heap.iter().all(|&b| b == 7));
+    }
+}
