@@ -4,11 +4,9 @@
 //! in this library so it can be tested without being PID 1.
 
 pub mod api;
-pub mod blockdev;
 pub mod boot;
-pub mod bootgood;
-pub mod configdrive;
 pub mod ctl;
+pub mod disk;
 pub mod event;
 pub mod graph;
 pub mod launch;
@@ -16,13 +14,10 @@ pub mod log;
 pub mod logs;
 pub mod machine;
 pub mod platform;
-pub mod powerbutton;
 pub mod reaper;
 pub mod run;
 pub mod shutdown;
 pub mod signals;
-pub mod statefs;
 pub mod supervisor;
 pub mod tomlfile;
 pub mod unit;
-pub mod watchdog;

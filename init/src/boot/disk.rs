@@ -9,10 +9,10 @@ use log::info;
 use nix::mount::MsFlags;
 
 use super::{Boot, BootError};
-use crate::blockdev::BlockDevices;
-use crate::bootgood::booted_slot_of_this_machine;
-use crate::configdrive::{self, UserData};
-use crate::statefs;
+use crate::disk::blockdev::BlockDevices;
+use crate::disk::configdrive::{self, UserData};
+use crate::disk::statefs;
+use crate::platform::bootgood::booted_slot_of_this_machine;
 
 /// Where the config drive is mounted while it is read.
 const CONFIG_DRIVE_MOUNT: &str = "/run/berth/cidata";

@@ -36,9 +36,9 @@ pub enum BootError {
     #[error("loopback: {0}")]
     Loopback(std::io::Error),
     #[error("state partition: {0}")]
-    State(#[from] crate::statefs::StateError),
+    State(#[from] crate::disk::statefs::StateError),
     #[error("config drive: {0}")]
-    ConfigDrive(#[from] crate::configdrive::ConfigDriveError),
+    ConfigDrive(#[from] crate::disk::configdrive::ConfigDriveError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

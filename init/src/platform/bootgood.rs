@@ -7,7 +7,7 @@ use std::path::Path;
 use berth_image::grubenv::{BootState, GrubEnvError, Slot};
 use nix::mount::MsFlags;
 
-use crate::blockdev::BlockDevices;
+use crate::disk::blockdev::BlockDevices;
 
 /// GPT name of the ESP.
 pub const ESP_PARTITION: &str = "berth-boot";

@@ -2,18 +2,22 @@
 //! is an ordered poweroff), the hardware watchdog (fed on a timer), and marking the boot good
 //! in grubenv once every critical unit is healthy.
 
+pub mod bootgood;
+pub mod powerbutton;
+pub mod watchdog;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_image::grubenv::Slot;
 use log::{error, info, warn};
 
-use crate::blockdev::BlockDevices;
-use crate::bootgood::{self, Marked};
+use crate::disk::blockdev::BlockDevices;
 use crate::event::{after, Key, Reactor, Timer};
-use crate::powerbutton::PowerButton;
 use crate::supervisor::state::{State, UnitStatus};
-use crate::watchdog::Watchdog;
+use bootgood::Marked;
+use powerbutton::PowerButton;
+use watchdog::Watchdog;
 
 /// The watchdog resets the machine when PID 1 has not fed it for this long.
 const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(30);

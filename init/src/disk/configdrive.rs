@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use serde::Deserialize;
 
-use crate::blockdev::BlockDevices;
+use crate::disk::blockdev::BlockDevices;
 
 pub const LABEL: &str = "cidata";
 /// Written into the state directory once the drive has been applied.

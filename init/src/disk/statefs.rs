@@ -12,7 +12,7 @@ use berth_image::gpt::{Gpt, GptError, SECTOR};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
-use crate::blockdev::{BlockDevices, PartitionDev};
+use crate::disk::blockdev::{BlockDevices, PartitionDev};
 
 pub const PARTITION_NAME: &str = "berth-state";
 
