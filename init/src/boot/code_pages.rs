@@ -70,14 +70,11 @@ fn pristine_mappings(smaps: &str, exe: &str) -> Vec<Mapping> {
 pub fn no_readahead_for_own_code() -> io::Result<()> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
-    for m in exe_mappings(&maps, &exe.to_string_lossy()) {
-        // SAFETY: advice on whole mappings of this process; MADV_RANDOM changes no contents.
-        let r = unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_RANDOM) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    // MADV_RANDOM changes no contents.
+    advise(
+        &exe_mappings(&maps, &exe.to_string_lossy()),
+        libc::MADV_RANDOM,
+    )
 }
 
 /// Unmaps this process's pages of its own executable and drops the executable's unmapped
@@ -86,14 +83,12 @@ pub fn no_readahead_for_own_code() -> io::Result<()> {
 pub fn drop_unused_code_pages() -> io::Result<()> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    for m in pristine_mappings(&smaps, &exe.to_string_lossy()) {
-        // SAFETY: MADV_DONTNEED on a private, read-only file mapping of this process that holds
-        // no copied page loses nothing; the next access faults the same bytes back in.
-        let r = unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    // MADV_DONTNEED on private, read-only file mappings that hold no copied page loses
+    // nothing: the next access faults the same bytes back in.
+    advise(
+        &pristine_mappings(&smaps, &exe.to_string_lossy()),
+        libc::MADV_DONTNEED,
+    )?;
     let file = std::fs::File::open(&exe)?;
     // SAFETY: advice on a descriptor we own.
     unsafe {
@@ -104,6 +99,18 @@ pub fn drop_unused_code_pages() -> io::Result<()> {
             libc::POSIX_FADV_DONTNEED,
         )
     };
+    Ok(())
+}
+
+/// `madvise(advice)` on each of `mappings`, all of this process's own executable.
+fn advise(mappings: &[Mapping], advice: libc::c_int) -> io::Result<()> {
+    for m in mappings {
+        // SAFETY: the ranges are whole mappings of this process read from /proc/self; the
+        // callers only pass advice that keeps their contents.
+        if unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, advice) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 
