@@ -45,6 +45,13 @@ cp configs/demo/www/* "$ROOTFS/usr/share/berth/www/"
 cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
 ln -s ../run/berth/resolv.conf "$ROOTFS/etc/resolv.conf"
 ln -s ../proc/self/mounts "$ROOTFS/etc/mtab"
+# An empty state filesystem: berth-init writes it to a state partition it finds blank (a wiped
+# disk), then grows it to the partition like on any first boot.
+SEED="$BERTH_OUT/state-seed.ext4"
+rm -f "$SEED"
+mke2fs -q -F -t ext4 -b 4096 -E root_owner=0:0 -L berth-state "$SEED" 16M
+zstd -q -19 -f "$SEED" -o "$ROOTFS/usr/lib/berth/state-seed.ext4.zst"
+rm -f "$SEED"
 cat > "$ROOTFS/etc/os-release" <<OS
 NAME=Berth
 ID=berth

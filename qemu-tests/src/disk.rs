@@ -75,6 +75,23 @@ pub fn flip_byte(disk: &Path, offset: u64) -> Result<()> {
     f.sync_all().map_err(io_err("sync"))
 }
 
+/// Overwrites partition `part` with zeros, as a factory reset wipes the state partition.
+pub fn zero_partition(disk: &Path, part: &Partition) -> Result<()> {
+    let f = File::options()
+        .write(true)
+        .open(disk)
+        .map_err(io_err(disk.display().to_string()))?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < part.size() {
+        let n = chunk.len().min((part.size() - at) as usize);
+        f.write_all_at(&chunk[..n], part.offset() + at)
+            .map_err(io_err("zero partition"))?;
+        at += n as u64;
+    }
+    f.sync_all().map_err(io_err("sync"))
+}
+
 /// The ext4 superblock's view of whether the filesystem was cleanly unmounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ext4State {

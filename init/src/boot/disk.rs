@@ -38,11 +38,16 @@ pub fn mount_state_partition(boot: &mut Boot) -> Result<(), BootError> {
     if booted_slot_of_this_machine().is_none() {
         return Ok(());
     }
-    let part = statefs::mount(&BlockDevices::system(), &boot.paths.state)?;
+    let seed = std::path::Path::new(statefs::SEED);
+    let (part, found) = statefs::mount(&BlockDevices::system(), &boot.paths.state, seed)?;
     info!(
-        "state partition /dev/{} mounted on {}",
+        "state partition /dev/{} mounted on {}{}",
         part.name,
-        boot.paths.state.display()
+        boot.paths.state.display(),
+        match found {
+            statefs::Found::Existing => "",
+            statefs::Found::Created => " (created: the partition was blank)",
+        }
     );
     Ok(())
 }

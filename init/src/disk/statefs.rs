@@ -16,6 +16,15 @@ use crate::disk::blockdev::{BlockDevices, PartitionDev};
 
 pub const PARTITION_NAME: &str = "berth-state";
 
+/// An empty state filesystem (ext4 with a journal, labelled `berth-state`, zstd-compressed),
+/// built with the image. A state partition found blank gets it, then grows like any first
+/// boot.
+pub const SEED: &str = "/usr/lib/berth/state-seed.ext4.zst";
+
+/// How much of a partition must be zero for it to count as blank: the boot block and the
+/// superblocks of every filesystem Linux knows sit well inside it.
+const BLANK_PROBE: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("no partition named {PARTITION_NAME:?} on any disk")]
@@ -46,6 +55,17 @@ pub enum StateError {
     },
     #[error("{path}: no ext4 superblock")]
     NotExt4 { path: String },
+    #[error("state filesystem seed {path}: {reason}")]
+    Seed { path: String, reason: String },
+}
+
+/// What mounting found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The partition held a filesystem.
+    Existing,
+    /// The partition was blank: an empty filesystem was written from the seed first.
+    Created,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -55,15 +75,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
-/// Mounts the state partition on `target`.
-pub fn mount(blocks: &BlockDevices, target: &Path) -> Result<PartitionDev, StateError> {
+/// Mounts the state partition on `target`. A blank partition (all zero in its first MiB)
+/// first gets an empty filesystem from `seed`; anything else that does not mount is an error
+/// and is never overwritten.
+pub fn mount(
+    blocks: &BlockDevices,
+    target: &Path,
+    seed: &Path,
+) -> Result<(PartitionDev, Found), StateError> {
     let part = blocks
         .partition_named(PARTITION_NAME)
         .ok_or(StateError::NotFound)?;
     let device = blocks.dev_path(&part.name);
     std::fs::create_dir_all(target).map_err(io(target))?;
+    let found = match mount_ext4(&device, target) {
+        Ok(()) => Found::Existing,
+        Err(e) if is_blank(&device)? => {
+            log::info!(
+                "{}: blank ({e}): creating the state filesystem",
+                device.display()
+            );
+            write_seed(seed, &device)?;
+            mount_ext4(&device, target)?;
+            Found::Created
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((part, found))
+}
+
+fn mount_ext4(device: &Path, target: &Path) -> Result<(), StateError> {
     nix::mount::mount(
-        Some(&device),
+        Some(device),
         target,
         Some("ext4"),
         MsFlags::MS_NOATIME,
@@ -73,8 +116,41 @@ pub fn mount(blocks: &BlockDevices, target: &Path) -> Result<PartitionDev, State
         device: device.display().to_string(),
         target: target.display().to_string(),
         source,
-    })?;
-    Ok(part)
+    })
+}
+
+/// True when the first [`BLANK_PROBE`] bytes of `device` are all zero (a partition the
+/// image left empty, or one wiped for a factory reset).
+fn is_blank(device: &Path) -> Result<bool, StateError> {
+    let mut f = File::open(device).map_err(io(device))?;
+    let mut buf = vec![0u8; BLANK_PROBE];
+    let mut read = 0;
+    while read < buf.len() {
+        match std::io::Read::read(&mut f, &mut buf[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(device)(e)),
+        }
+    }
+    Ok(read > 0 && buf[..read].iter().all(|&b| b == 0))
+}
+
+/// Writes the decompressed seed to the start of `device` and flushes it to the disk.
+fn write_seed(seed: &Path, device: &Path) -> Result<(), StateError> {
+    let bad = |reason: String| StateError::Seed {
+        path: seed.display().to_string(),
+        reason,
+    };
+    let input = File::open(seed).map_err(|e| bad(e.to_string()))?;
+    let mut decoder = ruzstd::decoding::StreamingDecoder::new(std::io::BufReader::new(input))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut out = File::options()
+        .write(true)
+        .open(device)
+        .map_err(io(device))?;
+    std::io::copy(&mut decoder, &mut out).map_err(|e| bad(e.to_string()))?;
+    out.sync_all().map_err(io(device))
 }
 
 /// What growing did, in bytes.
@@ -260,5 +336,58 @@ mod tests {
         std::fs::remove_file(&img).unwrap();
         assert_eq!(geometry, (4096, 2048));
         assert!(parse_ext4_geometry(&[0u8; 1024]).is_none());
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("berth-statefs-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn only_an_all_zero_start_counts_as_blank() {
+        let zero = temp("zero");
+        std::fs::write(&zero, vec![0u8; 2 << 20]).unwrap();
+        assert!(is_blank(&zero).unwrap());
+        // One byte anywhere in the first MiB: not blank, never overwritten.
+        let used = temp("used");
+        let mut bytes = vec![0u8; 2 << 20];
+        bytes[BLANK_PROBE - 1] = 1;
+        std::fs::write(&used, bytes).unwrap();
+        assert!(!is_blank(&used).unwrap());
+        for p in [zero, used] {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_seed_lands_at_the_start_of_the_partition() {
+        let fs = temp("seed.ext4");
+        let made = std::process::Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "berth-state"])
+            .arg(&fs)
+            .arg("8M")
+            .status();
+        let seed = temp("seed.ext4.zst");
+        let packed = std::process::Command::new("zstd")
+            .args(["-q", "-f"])
+            .arg(&fs)
+            .arg("-o")
+            .arg(&seed)
+            .status();
+        if !matches!((made, packed), (Ok(a), Ok(b)) if a.success() && b.success()) {
+            eprintln!("mke2fs or zstd missing; skipping");
+            return;
+        }
+        let partition = temp("partition");
+        std::fs::write(&partition, vec![0u8; 16 << 20]).unwrap();
+        write_seed(&seed, &partition).unwrap();
+        assert_eq!(ext4_geometry(&partition).unwrap(), (4096, 2048));
+        assert!(!is_blank(&partition).unwrap());
+        let broken = temp("broken.zst");
+        std::fs::write(&broken, b"not zstd").unwrap();
+        let err = write_seed(&broken, &partition).unwrap_err().to_string();
+        assert!(err.contains("broken.zst"), "{err}");
+        for p in [fs, seed, partition, broken] {
+            std::fs::remove_file(p).unwrap();
+        }
     }
 }

@@ -1,0 +1,56 @@
+//! The state partition is created when it is blank: a disk whose state partition was wiped
+//! boots, gets an empty ext4 state filesystem grown to the partition, and keeps what is written
+//! to it across a clean shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use berth_qemu_tests::{disk, image_or_skip, Firmware, Fixture, Vm, VmConfig};
+
+const BOOT: Duration = Duration::from_secs(300);
+const CMD: Duration = Duration::from_secs(60);
+const DISK_SIZE: u64 = 1 << 30;
+
+#[test]
+fn a_wiped_state_partition_is_created_and_grown_at_boot() {
+    let Some(image) = image_or_skip("a_wiped_state_partition_is_created_and_grown_at_boot") else {
+        return;
+    };
+    let fx = Fixture::new("blank-state").unwrap();
+    let disk_path = fx.path("disk.img");
+    disk::copy_raw(&image, &disk_path, Some(DISK_SIZE)).unwrap();
+    let state = disk::partition(&disk_path, "berth-state").unwrap();
+    disk::zero_partition(&disk_path, &state).unwrap();
+    assert!(disk::ext4_state(&disk_path, &state).is_err(), "not wiped");
+
+    let mut vm = Vm::start(&VmConfig::new(Firmware::Bios, disk_path.clone()), &fx.dir).unwrap();
+    vm.wait_for("(created: the partition was blank)", BOOT)
+        .unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/var/lib/berth"))
+        .unwrap_or_else(|| panic!("state not mounted:\n{mounts}"));
+    assert!(line.contains(" ext4 rw"), "{line}");
+    // Grown to the end of the 1 GiB disk like on any first boot.
+    let room = DISK_SIZE - state.offset() - (1 << 20);
+    let df = vm.run_ok("df -k /var/lib/berth | tail -1", CMD).unwrap();
+    let kib: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kib * 1024 > room * 9 / 10, "not grown to {room}: {df}");
+    // berth-init's own state is there (unit logs), and so is what an operator writes.
+    vm.run_ok(
+        "test -d /var/lib/berth/logs && echo kept > /var/lib/berth/marker",
+        CMD,
+    )
+    .unwrap();
+
+    vm.power_button().unwrap();
+    let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    drop(vm);
+    let state = disk::partition(&disk_path, "berth-state").unwrap();
+    let sb = disk::ext4_state(&disk_path, &state).unwrap();
+    assert!(sb.valid && !sb.needs_recovery, "{sb:?}");
+    assert!(sb.blocks * sb.block_size > room * 9 / 10, "{sb:?}");
+}
