@@ -31,10 +31,16 @@ cat >&2 <<BANNER
 
 BANNER
 
-qemu-system-x86_64 -accel tcg -machine q35 -m 1024 -smp 2 \
+# The same machine as the QEMU tests (qemu-tests/src/vm.rs, MACHINE): only the devices Berth
+# uses (-nodefaults: no VGA, CD-ROM or default NIC; no SATA, SMBus, PS/2 or VMware port), the
+# disk as the firmware's first and only boot entry, no iPXE option ROM on the NIC.
+qemu-system-x86_64 -accel tcg -machine q35,sata=off,smbus=off,i8042=off,vmport=off -nodefaults \
+    -m 1024 -smp 2 \
     -nographic -serial mon:stdio \
-    -drive "file=$RUN_DIR/disk.qcow2,format=qcow2,if=virtio" \
-    -drive "file=$RUN_DIR/cidata.img,format=raw,if=virtio,readonly=on" \
+    -drive "file=$RUN_DIR/disk.qcow2,format=qcow2,if=none,id=disk0" \
+    -device virtio-blk-pci,drive=disk0,bootindex=0 \
+    -drive "file=$RUN_DIR/cidata.img,format=raw,if=none,id=disk1,readonly=on" \
+    -device virtio-blk-pci,drive=disk1 \
     -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$PORT-:80" \
-    -device virtio-net-pci,netdev=net0 \
+    -device virtio-net-pci,netdev=net0,romfile= \
     -device i6300esb
