@@ -12,8 +12,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Hash of the given files' contents and of extra strings: the key of a cached build.
 inputs_hash() {
+    # File contents only (never their paths): every checkout of the same inputs shares the
+    # cache entry.
     { for f in "$@"; do
-          if [ -f "$f" ]; then sha256sum "$f"; else printf '%s\n' "$f"; fi
+          if [ -f "$f" ]; then sha256sum < "$f"; else printf '%s\n' "$f"; fi
       done; } | sha256sum | cut -c1-16
 }
 
