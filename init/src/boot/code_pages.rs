@@ -1,9 +1,10 @@
-//! PID 1 runs for the machine's whole life but touches little of its own binary (the same
-//! executable holds berth-runtime's library, which only forked tasks run). Page faults in a
-//! file mapping normally read ahead around the faulting page, and the kernel then maps every
-//! cached neighbour into the process as well: PID 1's resident set fills with code it never
-//! runs. Marking the executable's mappings `MADV_RANDOM` turns that read-ahead off for them,
-//! so PID 1 keeps (and the root's dm-verity checks) only the pages it actually uses.
+//! PID 1 runs for the machine's whole life but uses little of its own binary: boot code runs
+//! once, and the same executable holds berth-runtime's library, which only forked tasks run.
+//! Page faults in a file mapping read ahead around the faulting page, and the kernel maps every
+//! cached neighbour into the process as well, so after boot PID 1's resident set is mostly
+//! code it will not run again (measured: 3.3 MiB, of which 0.4 MiB anonymous). Once boot has
+//! settled, PID 1 unmaps its clean code pages and drops them from the page cache: only what it
+//! touches again comes back (about 1 MiB in all).
 
 use std::io;
 
@@ -14,11 +15,6 @@ struct Mapping {
     start: usize,
     len: usize,
     writable: bool,
-}
-
-/// Every mapping of `exe` in a `/proc/PID/maps` (or `smaps`) text.
-fn exe_mappings(maps: &str, exe: &str) -> Vec<Mapping> {
-    maps.lines().filter_map(|line| header(line, exe)).collect()
 }
 
 /// The mapping a maps line describes, when it is one of `exe`.
@@ -66,20 +62,9 @@ fn pristine_mappings(smaps: &str, exe: &str) -> Vec<Mapping> {
     out
 }
 
-/// Turns read-ahead off for this process's mappings of its own executable.
-pub fn no_readahead_for_own_code() -> io::Result<()> {
-    let exe = std::fs::read_link("/proc/self/exe")?;
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    // MADV_RANDOM changes no contents.
-    advise(
-        &exe_mappings(&maps, &exe.to_string_lossy()),
-        libc::MADV_RANDOM,
-    )
-}
-
 /// Unmaps this process's pages of its own executable and drops the executable's unmapped
 /// pages from the page cache: once boot code has run, only what PID 1 touches again comes
-/// back (from the page cache or the disk, one page at a time under `MADV_RANDOM`).
+/// back.
 pub fn drop_unused_code_pages() -> io::Result<()> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
@@ -119,38 +104,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_executable_mappings_are_picked() {
-        let maps = "\
-55555c820000-55555c842000 rw-p 00000000 00:00 0                          [heap]
-7fd92e2da000-7fd92e452000 r--p 00000000 fd:00 222592                     /sbin/init
-7fd92e452000-7fd92e7c2000 r-xp 00177000 fd:00 222592                     /sbin/init
-7fd92e7f9000-7fd92e7fc000 rw-p 0051c000 fd:00 222592                     /sbin/init
-7fd92e7fc000-7fd92e803000 rw-p 00000000 00:00 0
-7ffd1100d000-7ffd1102e000 rw-p 00000000 00:00 0                          [stack]
-";
-        assert_eq!(
-            exe_mappings(maps, "/sbin/init"),
-            [
-                Mapping {
-                    start: 0x7fd92e2da000,
-                    len: 0x178000,
-                    writable: false
-                },
-                Mapping {
-                    start: 0x7fd92e452000,
-                    len: 0x370000,
-                    writable: false
-                },
-                Mapping {
-                    start: 0x7fd92e7f9000,
-                    len: 0x3000,
-                    writable: true
-                },
-            ]
-        );
-    }
-
-    #[test]
     fn relocated_and_writable_mappings_are_never_dropped() {
         let smaps = "\
 7fd92e2da000-7fd92e452000 r--p 00000000 fd:00 222592                     /sbin/init
@@ -170,11 +123,6 @@ Anonymous:            64 kB
             .map(|m| m.start)
             .collect();
         assert_eq!(starts, [0x7fd92e2da000, 0x7fd92e452000]);
-    }
-
-    #[test]
-    fn the_test_binary_can_advise_its_own_code() {
-        no_readahead_for_own_code().unwrap();
     }
 
     #[test]

@@ -143,11 +143,6 @@ const fn phase(
 pub fn pid1_phases() -> Vec<Phase> {
     vec![
         phase("mount-kernel-filesystems", true, mount_kernel_filesystems),
-        phase(
-            "no-readahead-for-own-code",
-            false,
-            no_readahead_for_own_code,
-        ),
         phase("enable-cgroup-controllers", false, enable_cgroups),
         phase("disable-ctrl-alt-del", false, disable_ctrl_alt_del),
         phase("raise-fd-limit", false, raise_fd_limit),
@@ -189,14 +184,6 @@ pub fn run_phases(phases: &[Phase], boot: &mut Boot) -> Result<(), (&'static str
 
 fn mount_kernel_filesystems(_: &mut Boot) -> Result<(), BootError> {
     mounts::mount_all(&mut mounts::SysMounter, &mounts::early_mounts())
-}
-
-fn no_readahead_for_own_code(_: &mut Boot) -> Result<(), BootError> {
-    code_pages::no_readahead_for_own_code().map_err(|source| BootError::Io {
-        what: "cannot advise the mappings of",
-        path: "/proc/self/exe".into(),
-        source,
-    })
 }
 
 fn enable_cgroups(boot: &mut Boot) -> Result<(), BootError> {
