@@ -68,6 +68,9 @@ mkdir -p "$WORK/idle/units"
 start_init "$WORK/idle"
 wait_running "$WORK/idle/api.sock" 0
 sleep 0.5
+START_RSS=$(rss_kib "$INIT_PID")
+# berth-init drops the code pages only start-up used 10 s after it starts: idle is after that.
+sleep 11
 IDLE_RSS=$(rss_kib "$INIT_PID")
 stop_init
 
@@ -102,7 +105,8 @@ berth-init supervise benchmark ($N units, $(nproc) cores, $(date -u +%Y-%m-%d))
   launch -> all $N running (via API):  ${START_MS} ms   (target < 2000 ms)
   bash loop starting $N sleeps:        ${BASE_MS} ms   (baseline, no supervision)
   ordered stop of $N units:            ${STOP_MS} ms
-  berth-init RSS idle:                 ${IDLE_RSS} KiB (target < 2048 KiB)
+  berth-init RSS just started:         ${START_RSS} KiB
+  berth-init RSS idle (settled):       ${IDLE_RSS} KiB (target < 2048 KiB)
   berth-init RSS with $N units:        ${BUSY_RSS} KiB
   binary size:                         $(stat -c %s "$BIN") bytes
 OUT

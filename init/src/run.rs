@@ -23,8 +23,8 @@ use crate::unit;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// When PID 1 drops the pages of its executable that only boot used (the first containers'
-/// setup tasks, forked from PID 1, share them until they exit).
+/// When berth-init drops the pages of its executable that only start-up used (the first
+/// containers' setup tasks, forked from it, share them until they exit).
 const BOOT_SETTLED: Duration = Duration::from_secs(10);
 
 /// Extra time past the longest `stop_timeout` before everything left is killed.
@@ -116,9 +116,7 @@ impl Init {
             Mode::Host { .. } => Platform::none(),
         };
         platform.attach(Instant::now(), &mut events);
-        if boot.mode == Mode::Pid1 {
-            events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::DropBootCode);
-        }
+        events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::DropBootCode);
         system.boot_duration = boot_duration(&boot.mode);
         Ok(Init {
             events,
