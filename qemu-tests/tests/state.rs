@@ -1,8 +1,10 @@
 //! The state partition is created when it is blank: a disk whose state partition was wiped
 //! boots, gets an empty ext4 state filesystem grown to the partition, and keeps what is written
-//! to it across a clean shutdown.
+//! to it across a clean shutdown. A state partition that holds something else is never
+//! overwritten: the boot stops in the emergency shell on the console, not in a kernel panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use berth_qemu_tests::{disk, image_or_skip, Firmware, Fixture, Vm, VmConfig};
@@ -53,4 +55,48 @@ fn a_wiped_state_partition_is_created_and_grown_at_boot() {
     let sb = disk::ext4_state(&disk_path, &state).unwrap();
     assert!(sb.valid && !sb.needs_recovery, "{sb:?}");
     assert!(sb.blocks * sb.block_size > room * 9 / 10, "{sb:?}");
+}
+
+#[test]
+fn a_state_partition_that_does_not_mount_is_kept_and_pid1_opens_an_emergency_shell() {
+    let Some(image) = image_or_skip("a_state_partition_that_does_not_mount_is_kept") else {
+        return;
+    };
+    let fx = Fixture::new("broken-state").unwrap();
+    let disk_path = fx.path("disk.img");
+    disk::copy_raw(&image, &disk_path, None).unwrap();
+    let state = disk::partition(&disk_path, "berth-state").unwrap();
+    // Not blank and not ext4: 4 KiB of 0xaa where the superblock was.
+    let junk = vec![0xaau8; 4096];
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&disk_path)
+        .unwrap();
+    f.write_all_at(&junk, state.offset()).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let mut vm = Vm::start(&VmConfig::new(Firmware::Bios, disk_path.clone()), &fx.dir).unwrap();
+    vm.wait_for("boot failed: mount-state-partition", BOOT)
+        .unwrap();
+    vm.wait_for("starting an emergency shell on the console", CMD)
+        .unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    // The shell is a child of a live PID 1 (berth-init), whose boot stopped before any unit.
+    assert_eq!(vm.run_ok("cat /proc/1/comm", CMD).unwrap().trim(), "init");
+    let ps = vm.run_ok("ls /proc | grep -c '^[0-9]'", CMD).unwrap();
+    assert!(ps.trim().parse::<u32>().unwrap() < 100, "{ps}");
+    let (status, _) = vm
+        .run("grep -q ' /var/lib/berth ' /proc/mounts", CMD)
+        .unwrap();
+    assert_ne!(status, 0, "the broken state partition was mounted");
+    drop(vm);
+    let log = std::fs::read_to_string(fx.path("console.log")).unwrap();
+    assert!(log.contains("berth-emergency# "), "{log}");
+    assert!(!log.contains("Kernel panic"), "{log}");
+    // What the partition held is untouched.
+    let mut head = vec![0u8; 4096];
+    let f = std::fs::File::open(&disk_path).unwrap();
+    f.read_exact_at(&mut head, state.offset()).unwrap();
+    assert_eq!(head, junk);
 }
