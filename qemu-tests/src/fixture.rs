@@ -37,6 +37,23 @@ pub fn image_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The scratch directory of `test` with a private copy of the image as `disk.img` (grown to
+/// `size` bytes when given), or `None` when the image is missing and the test is skipped.
+/// Panics (failing the test) when the copy cannot be made.
+#[allow(clippy::panic)]
+pub fn disk_or_skip(test: &str, size: Option<u64>) -> Option<(Fixture, PathBuf)> {
+    let image = image_or_skip(test)?;
+    let fx = match Fixture::new(test) {
+        Ok(fx) => fx,
+        Err(e) => panic!("{test}: {e}"),
+    };
+    let disk = fx.path("disk.img");
+    if let Err(e) = crate::disk::copy_raw(&image, &disk, size) {
+        panic!("{test}: {e}");
+    }
+    Some((fx, disk))
+}
+
 /// A per-test scratch directory, removed on drop unless the test is failing.
 pub struct Fixture {
     pub dir: PathBuf,

@@ -15,7 +15,7 @@ pub mod pki;
 pub mod qmp;
 pub mod vm;
 
-pub use fixture::{image_or_skip, Fixture};
+pub use fixture::{disk_or_skip, image_or_skip, Fixture};
 pub use vm::{Firmware, Vm, VmConfig};
 
 use std::time::Duration;

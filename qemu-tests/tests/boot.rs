@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use berth_image::grubenv::{BootState, Slot};
-use berth_qemu_tests::{disk, http, image_or_skip, Firmware, Fixture, Vm, VmConfig};
+use berth_qemu_tests::{disk, disk_or_skip, http, Firmware, Fixture, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(60);
@@ -17,10 +17,7 @@ const DISK_SIZE: u64 = 1 << 30;
 const DEFAULT_UNITS: u64 = 4;
 
 fn boot(test: &str, firmware: Firmware) -> Option<(Fixture, Vm)> {
-    let image = image_or_skip(test)?;
-    let fx = Fixture::new(test).unwrap();
-    let disk_path = fx.path("disk.img");
-    disk::copy_raw(&image, &disk_path, Some(DISK_SIZE)).unwrap();
+    let (fx, disk_path) = disk_or_skip(test, Some(DISK_SIZE))?;
     let cidata = fx
         .config_drive(&format!("hostname = \"{}\"\n", test.replace('_', "-")))
         .unwrap();

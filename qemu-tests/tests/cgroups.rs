@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_qemu_tests::{disk, image_or_skip, Firmware, Fixture, Vm, VmConfig};
+use berth_qemu_tests::{disk_or_skip, Firmware, Vm, VmConfig};
 
 const LIMIT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(60);
@@ -74,13 +74,9 @@ fn read_number(vm: &mut Vm, file: &str) -> u64 {
 
 #[test]
 fn memory_and_pids_limits_hold_and_counters_reflect_usage() {
-    let Some(image) = image_or_skip("memory_and_pids_limits_hold_and_counters_reflect_usage")
-    else {
+    let Some((fx, disk_path)) = disk_or_skip("cgroups", None) else {
         return;
     };
-    let fx = Fixture::new("cgroups").unwrap();
-    let disk_path = fx.path("disk.img");
-    disk::copy_raw(&image, &disk_path, None).unwrap();
     let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
     cfg.extra_drives.push(fx.config_drive(USER_DATA).unwrap());
     let mut vm = Vm::start(&cfg, &fx.dir).unwrap();

@@ -7,7 +7,7 @@
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use berth_qemu_tests::{disk, image_or_skip, Firmware, Fixture, Vm, VmConfig};
+use berth_qemu_tests::{disk, disk_or_skip, Firmware, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);
 const CMD: Duration = Duration::from_secs(60);
@@ -15,12 +15,9 @@ const DISK_SIZE: u64 = 1 << 30;
 
 #[test]
 fn a_wiped_state_partition_is_created_and_grown_at_boot() {
-    let Some(image) = image_or_skip("a_wiped_state_partition_is_created_and_grown_at_boot") else {
+    let Some((fx, disk_path)) = disk_or_skip("blank_state", Some(DISK_SIZE)) else {
         return;
     };
-    let fx = Fixture::new("blank-state").unwrap();
-    let disk_path = fx.path("disk.img");
-    disk::copy_raw(&image, &disk_path, Some(DISK_SIZE)).unwrap();
     let state = disk::partition(&disk_path, "berth-state").unwrap();
     disk::zero_partition(&disk_path, &state).unwrap();
     assert!(disk::ext4_state(&disk_path, &state).is_err(), "not wiped");
@@ -59,12 +56,9 @@ fn a_wiped_state_partition_is_created_and_grown_at_boot() {
 
 #[test]
 fn a_state_partition_that_does_not_mount_is_kept_and_pid1_opens_an_emergency_shell() {
-    let Some(image) = image_or_skip("a_state_partition_that_does_not_mount_is_kept") else {
+    let Some((fx, disk_path)) = disk_or_skip("broken_state", None) else {
         return;
     };
-    let fx = Fixture::new("broken-state").unwrap();
-    let disk_path = fx.path("disk.img");
-    disk::copy_raw(&image, &disk_path, None).unwrap();
     let state = disk::partition(&disk_path, "berth-state").unwrap();
     // Not blank and not ext4: 4 KiB of 0xaa where the superblock was.
     let junk = vec![0xaau8; 4096];

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use berth_qemu_tests::{disk, image_or_skip, Firmware, Fixture, Vm, VmConfig};
+use berth_qemu_tests::{disk, disk_or_skip, Firmware, Vm, VmConfig};
 
 /// The first block of /sbin/init as it sits in the erofs root (staged next to the image).
 fn init_first_block(image: &Path) -> Vec<u8> {
@@ -17,12 +17,10 @@ fn init_first_block(image: &Path) -> Vec<u8> {
 
 #[test]
 fn tampered_init_is_refused_and_never_runs() {
-    let Some(image) = image_or_skip("tampered_init_is_refused_and_never_runs") else {
+    let Some((fx, disk_path)) = disk_or_skip("verity", None) else {
         return;
     };
-    let fx = Fixture::new("verity").unwrap();
-    let disk_path = fx.path("disk.img");
-    disk::copy_raw(&image, &disk_path, None).unwrap();
+    let image = berth_qemu_tests::fixture::default_image();
     let root_a = disk::partition(&disk_path, "berth-root-a").unwrap();
     let needle = init_first_block(&image);
     let at = disk::find_block(&disk_path, &root_a, &needle)
