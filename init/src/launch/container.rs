@@ -290,6 +290,15 @@ impl ContainerLauncher {
             .and_then(|s| s.trim().parse().ok())
             .filter(|&p| p > 0)
             .ok_or_else(|| err(format!("no container pid in {}", pid_file.display())))?;
+        // Killed while it waited for the release (it cannot exit on its own there): nothing
+        // to release, and nothing the reaper would report for the unit.
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            == Err(nix::errno::Errno::ESRCH)
+        {
+            return Err(err(format!(
+                "container init {pid} ended before its release"
+            )));
+        }
         let fifo = self.runtime_root.join(&unit.name).join(EXEC_FIFO);
         let fd = nix::fcntl::open(
             &fifo,
