@@ -41,18 +41,28 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+impl ExitStatus {
+    /// The exit a wait reported, with its pid; `None` for anything that is not an exit
+    /// (stopped, continued, still alive).
+    pub fn of_wait(status: WaitStatus) -> Option<(i32, ExitStatus)> {
+        match status {
+            WaitStatus::Exited(pid, code) => Some((pid.as_raw(), ExitStatus::Exited(code))),
+            WaitStatus::Signaled(pid, sig, _) => {
+                Some((pid.as_raw(), ExitStatus::Signaled(sig as i32)))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Reaps every child that has exited and returns them. Bounded by the number of children.
 pub fn reap() -> Vec<(i32, ExitStatus)> {
     let mut out = Vec::new();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw(), ExitStatus::Exited(code))),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                out.push((pid.as_raw(), ExitStatus::Signaled(sig as i32)))
-            }
             Ok(WaitStatus::StillAlive) => break,
             // Stopped/continued children are not exits; keep draining.
-            Ok(_) => continue,
+            Ok(status) => out.extend(ExitStatus::of_wait(status)),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => break, // ECHILD: no children left
         }

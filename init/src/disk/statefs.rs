@@ -122,18 +122,11 @@ fn mount_ext4(device: &Path, target: &Path) -> Result<(), StateError> {
 /// True when the first [`BLANK_PROBE`] bytes of `device` are all zero (a partition the
 /// image left empty, or one wiped for a factory reset).
 fn is_blank(device: &Path) -> Result<bool, StateError> {
-    let mut f = File::open(device).map_err(io(device))?;
-    let mut buf = vec![0u8; BLANK_PROBE];
-    let mut read = 0;
-    while read < buf.len() {
-        match std::io::Read::read(&mut f, &mut buf[read..]) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(device)(e)),
-        }
-    }
-    Ok(read > 0 && buf[..read].iter().all(|&b| b == 0))
+    let f = File::open(device).map_err(io(device))?;
+    let mut buf = Vec::with_capacity(BLANK_PROBE);
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, BLANK_PROBE as u64), &mut buf)
+        .map_err(io(device))?;
+    Ok(!buf.is_empty() && buf.iter().all(|&b| b == 0))
 }
 
 /// Writes the decompressed seed to the start of `device` and flushes it to the disk.

@@ -369,6 +369,13 @@ impl ContainerLauncher {
     }
 }
 
+/// The cgroup the runtime gives the unit's container (`cgroup` in its settings), when the
+/// host has a v2 hierarchy and the container has one.
+fn container_cgroup(unit: &Unit) -> Option<berth_runtime::cgroups::Cgroup> {
+    let root = berth_runtime::cgroups::CgroupRoot::host().ok()?;
+    root.open(&format!("containers/{}", unit.name)).ok()
+}
+
 fn output_pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))?;
     set_nonblocking(&r).map_err(LaunchError::Pipe)?;
@@ -420,10 +427,7 @@ impl Launcher for ContainerLauncher {
         if all {
             // Everything in the container's cgroup; without one, the container's init is
             // PID 1 of its namespace and takes the rest with it.
-            if let Some(cg) = berth_runtime::cgroups::CgroupRoot::host()
-                .ok()
-                .and_then(|root| root.open(&format!("containers/{}", unit.name)).ok())
-            {
+            if let Some(cg) = container_cgroup(unit) {
                 let _ = cg.kill();
             }
         }
@@ -443,8 +447,7 @@ impl Launcher for ContainerLauncher {
     }
 
     fn usage(&self, unit: &Unit) -> Option<super::Usage> {
-        let root = berth_runtime::cgroups::CgroupRoot::host().ok()?;
-        super::cgroup::usage_of(&root.open(&format!("containers/{}", unit.name)).ok()?)
+        super::cgroup::usage_of(&container_cgroup(unit)?)
     }
 
     fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
 use crate::reaper::ExitStatus;
@@ -106,9 +106,12 @@ pub fn wait_task(pid: i32, limit: Duration) -> ExitStatus {
 pub fn wait_child(pid: i32) -> ExitStatus {
     loop {
         match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, code)) => return ExitStatus::Exited(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return ExitStatus::Signaled(sig as i32),
-            Ok(_) | Err(Errno::EINTR) => continue,
+            Ok(status) => {
+                if let Some((_, exit)) = ExitStatus::of_wait(status) {
+                    return exit;
+                }
+            }
+            Err(Errno::EINTR) => {}
             // Already collected elsewhere: nothing left to wait for.
             Err(_) => return ExitStatus::Exited(0),
         }

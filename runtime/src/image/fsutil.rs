@@ -19,30 +19,34 @@ pub fn unique_name(prefix: &str) -> String {
 /// Writes `data` to `path` so that a crash leaves either the old or the new content:
 /// temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(unique_name(&format!(".{name}.tmp")));
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    replace(path, data, true)
 }
 
 /// Replaces `path` atomically (temp file, rename) without waiting for the disk: readers see
 /// the old or the new content, and a crash may lose the new one. For state rewritten on every
 /// container start (leases), where an fsync only slows starts down.
 pub fn write_replace(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+/// Temp file beside `path`, renamed over it; with `durable`, the file is synced before the
+/// rename and the directory after it.
+fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(unique_name(&format!(".{name}.tmp")));
-    let result = fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, path));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(data)?;
+        if durable {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, path)?;
+        if durable {
+            fsync_dir(dir)?;
+        }
+        Ok(())
+    })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
