@@ -8,6 +8,11 @@ use crate::tool::{self, ToolError};
 /// erofs and dm-verity both use 4 KiB blocks here.
 pub const BLOCK: u64 = 4096;
 
+/// The hash of the verity tree, as veritysetup and the kernel's crypto API both name it.
+/// BLAKE2b's portable code is about twice as fast as SHA-256's on CPUs without SHA
+/// extensions, and every page of the root is hashed when it is first read.
+pub const HASH: &str = "blake2b-512";
+
 #[derive(Debug, thiserror::Error)]
 pub enum VerityError {
     #[error(transparent)]
@@ -42,7 +47,7 @@ impl Verity {
     /// there first.
     pub fn dm_create(&self, device: &str) -> String {
         format!(
-            "berth-root,,,ro,0 {sectors} verity 1 {device} {device} {BLOCK} {BLOCK} {n} {hash} sha256 {root} {salt}",
+            "berth-root,,,ro,0 {sectors} verity 1 {device} {device} {BLOCK} {BLOCK} {n} {hash} {HASH} {root} {salt}",
             sectors = self.data_blocks * BLOCK / 512,
             n = self.data_blocks,
             hash = self.hash_offset_blocks + 1,
@@ -85,6 +90,7 @@ pub fn format(image: &Path, data_size: u64) -> Result<Verity, VerityError> {
     let out = tool::run(
         Command::new("veritysetup")
             .arg("format")
+            .arg(format!("--hash={HASH}"))
             .arg(format!("--data-blocks={blocks}"))
             .arg(format!("--hash-offset={data_size}"))
             .arg(image)
@@ -129,7 +135,7 @@ mod tests {
         };
         assert_eq!(
             v.dm_create("PARTUUID=x"),
-            "berth-root,,,ro,0 800 verity 1 PARTUUID=x PARTUUID=x 4096 4096 100 101 sha256 ab cd"
+            "berth-root,,,ro,0 800 verity 1 PARTUUID=x PARTUUID=x 4096 4096 100 101 blake2b-512 ab cd"
         );
     }
 }

@@ -12,7 +12,7 @@ cd "$BINARIES_DIR"
 cp rootfs.erofs root-a.img
 size=$(stat -c %s root-a.img)
 blocks=$((size / 4096))
-veritysetup format --data-blocks="$blocks" --hash-offset="$size" root-a.img root-a.img > verity.txt
+veritysetup format --hash=blake2b-512 --data-blocks="$blocks" --hash-offset="$size" root-a.img root-a.img > verity.txt
 root_hash=$(sed -n 's/^Root hash:[[:space:]]*//p' verity.txt)
 salt=$(sed -n 's/^Salt:[[:space:]]*//p' verity.txt)
 
@@ -20,7 +20,7 @@ salt=$(sed -n 's/^Salt:[[:space:]]*//p' verity.txt)
 ROOT_A_UUID=5b1e4c2a-0f6d-4c8e-9a51-3d2b7e9f0a01
 dev="PARTUUID=$ROOT_A_UUID"
 cat > boot.cfg <<CFG
-set berth_dm="berth-root,,,ro,0 $((blocks * 8)) verity 1 $dev $dev 4096 4096 $blocks $((blocks + 1)) sha256 $root_hash $salt"
+set berth_dm="berth-root,,,ro,0 $((blocks * 8)) verity 1 $dev $dev 4096 4096 $blocks $((blocks + 1)) blake2b-512 $root_hash $salt"
 set berth_args="root=/dev/dm-0 ro rootfstype=erofs dm-mod.waitfor=$dev $(grep -v '^#' "$BERTH_CONFIGS/grub/cmdline" | tr '\n' ' ')"
 CFG
 

@@ -458,44 +458,61 @@ impl Supervisor {
     fn advance_once(&mut self, now: Instant, r: &mut dyn Reactor) -> bool {
         let mut started = false;
         for i in self.start_order() {
-            let s = &self.slots[i];
-            let Some(unit) = &s.unit else { continue };
-            if self.shutting_down || !s.wanted {
+            if !self.try_start(i, now, r) {
                 continue;
             }
-            let broken = unit.requires.iter().find_map(|d| match self.dep_state(d) {
-                DepState::Down(why) => Some(why),
-                _ => None,
-            });
-            if let Some(why) = broken {
-                if s.is_active() {
-                    self.stop(i, StopReason::DependencyFailed(why), now, r);
-                } else if s.state == State::Inactive {
-                    let slot = &mut self.slots[i];
-                    slot.wanted = false;
-                    slot.state = State::Failed;
-                    slot.detail = "dependency failed".into();
-                    slot.error = Some(format!("required dependency: {why}"));
-                    warn!("unit {}: not started: {why}", slot.name);
-                }
-                continue;
-            }
-            if s.state != State::Inactive {
-                continue;
-            }
-            let waiting: Vec<&str> = unit
-                .ordered_after()
-                .filter(|d| self.dep_state(d) == DepState::Pending)
-                .collect();
-            if waiting.is_empty() {
-                self.launch(i, now, r);
-                started = true;
-            } else {
-                let detail = format!("waiting for {}", waiting.join(", "));
-                self.slots[i].detail = detail;
+            started = true;
+            // What waited only for this unit starts right behind it, before the rest of the
+            // pass: a container ordered after the network unit begins its setup while the
+            // other system units fork, not one pass later.
+            for k in 0..self.slots[i].dependents.len() {
+                let d = self.slots[i].dependents[k];
+                self.try_start(d, now, r);
             }
         }
         started
+    }
+
+    /// Starts unit `i` if it is wanted, inactive and nothing it is ordered after is pending;
+    /// fails or stops it when a required dependency is down. True when it started.
+    fn try_start(&mut self, i: usize, now: Instant, r: &mut dyn Reactor) -> bool {
+        let s = &self.slots[i];
+        let Some(unit) = &s.unit else { return false };
+        if self.shutting_down || !s.wanted {
+            return false;
+        }
+        let broken = unit.requires.iter().find_map(|d| match self.dep_state(d) {
+            DepState::Down(why) => Some(why),
+            _ => None,
+        });
+        if let Some(why) = broken {
+            if s.is_active() {
+                self.stop(i, StopReason::DependencyFailed(why), now, r);
+            } else if s.state == State::Inactive {
+                let slot = &mut self.slots[i];
+                slot.wanted = false;
+                slot.state = State::Failed;
+                slot.detail = "dependency failed".into();
+                slot.error = Some(format!("required dependency: {why}"));
+                warn!("unit {}: not started: {why}", slot.name);
+            }
+            return false;
+        }
+        if s.state != State::Inactive {
+            return false;
+        }
+        let waiting: Vec<&str> = unit
+            .ordered_after()
+            .filter(|d| self.dep_state(d) == DepState::Pending)
+            .collect();
+        if waiting.is_empty() {
+            self.launch(i, now, r);
+            true
+        } else {
+            let detail = format!("waiting for {}", waiting.join(", "));
+            self.slots[i].detail = detail;
+            false
+        }
     }
 
     /// Slot indices, container units first: a container's start is a setup task that runs

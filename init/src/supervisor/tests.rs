@@ -171,6 +171,23 @@ fn after_waits_for_running_or_healthy() {
 }
 
 #[test]
+fn a_container_starts_right_behind_the_system_unit_it_waits_for() {
+    let mut h = Harness::new(&[
+        ("admin", "[container]\ncommand = [\"sh\"]\n"),
+        ("net", "[container]\ncommand = [\"dhcp\"]\n"),
+        ("time", "[container]\ncommand = [\"ntpd\"]\n"),
+        (
+            "web",
+            "[unit]\nafter = [\"net\"]\n[container]\nimage = \"web:1\"\ncommand = [\"httpd\"]\n",
+        ),
+    ]);
+    h.start();
+    // The container's setup begins as soon as net is running, ahead of the system unit
+    // queued after net.
+    assert_eq!(h.started(), ["admin", "net", "web", "time"]);
+}
+
+#[test]
 fn crash_loop_backs_off_then_hits_the_start_limit() {
     let mut h = Harness::new(&[
         ("crash", "[container]\ncommand = [\"x\"]\n[service]\nrestart = \"always\"\nrestart_delay = \"100ms\"\nrestart_delay_max = \"350ms\"\nstart_limit_burst = 4\nstart_limit_interval = \"1m\"\n"),

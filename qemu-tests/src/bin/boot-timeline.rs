@@ -30,12 +30,13 @@ struct Memory {
 /// Guest uptime (s) at which berth-init's memory is read.
 const SETTLED_S: u32 = 15;
 
-fn one(image: &std::path::Path, firmware: Firmware) -> Result<Run, String> {
+fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, String> {
     let e = |e: berth_qemu_tests::HarnessError| e.to_string();
     let fx = Fixture::new("timeline").map_err(e)?;
     let disk_path = fx.path("disk.img");
     disk::copy_raw(image, &disk_path, None).map_err(e)?;
     let mut cfg = VmConfig::new(firmware, disk_path);
+    cfg.cpus = cpus;
     cfg.forward.push(80);
     let mut vm = Vm::start(&cfg, &fx.dir).map_err(e)?;
     let port = vm.host_port(80).ok_or("no forwarded port")?;
@@ -109,19 +110,28 @@ fn main() -> std::process::ExitCode {
         eprintln!("no image at {} (run: make image)", image.display());
         return std::process::ExitCode::FAILURE;
     }
-    for firmware in [Firmware::Bios, Firmware::Uefi] {
+    // One vCPU as the tests boot; two as `make run` does.
+    let machines = [
+        (Firmware::Bios, 1),
+        (Firmware::Bios, 2),
+        (Firmware::Uefi, 1),
+        (Firmware::Uefi, 2),
+    ];
+    for (firmware, cpus) in machines {
         let mut all = Vec::new();
         for i in 0..runs {
-            match one(&image, firmware) {
+            match one(&image, firmware, cpus) {
                 Ok(r) => all.push(r),
                 Err(err) => {
-                    eprintln!("{firmware:?} run {i}: {err}");
+                    eprintln!("{firmware:?} ({cpus} vCPU) run {i}: {err}");
                     return std::process::ExitCode::FAILURE;
                 }
             }
         }
         let m = |f: fn(&Run) -> f64| median(all.iter().map(f).collect());
-        println!("{firmware:?} (median of {runs} boots, seconds since QEMU start unless noted)");
+        println!(
+            "{firmware:?}, {cpus} vCPU (median of {runs} boots, seconds since QEMU start unless noted)"
+        );
         println!("  GRUB picks the slot          {:6.2}", m(|r| r.grub));
         println!(
             "  kernel starts                {:6.2}",
