@@ -17,7 +17,7 @@ BUILD_PKGS="build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-uti
 IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
     grub-pc-bin grub-efi-amd64-bin grub-common qemu-utils busybox-static ca-certificates gdisk"
 # Run and test: QEMU with SeaBIOS and OVMF, OCI peers, a registry, network tools.
-TEST_PKGS="qemu-system-x86 ovmf runc crun skopeo umoci docker-registry hyperfine
+TEST_PKGS="qemu-system-x86 ovmf swtpm runc crun skopeo umoci docker-registry hyperfine
     curl jq iproute2 nftables socat python3 util-linux procps openssl time"
 
 PKGS="$BUILD_PKGS $IMAGE_PKGS $TEST_PKGS"

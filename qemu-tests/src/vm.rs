@@ -9,6 +9,7 @@ use std::io::Write;
 use crate::console::Console;
 use crate::fixture::free_port;
 use crate::qmp::Qmp;
+use crate::tpm::SoftTpm;
 use crate::{io_err, HarnessError, Result};
 
 /// The machine, as `make run` (scripts/run.sh) has it. Under TCG every device the firmware and
@@ -28,7 +29,7 @@ pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 pub enum Firmware {
     /// SeaBIOS (QEMU's default): GRUB from the MBR and the bios-boot partition.
     Bios,
-    /// OVMF: GRUB as \EFI\BOOT\BOOTX64.EFI on the ESP.
+    /// OVMF: GRUB as \EFI\BOOT\BOOTX64.EFI on the ESP. The machine has a TPM 2.0 (swtpm).
     Uefi,
 }
 
@@ -71,6 +72,8 @@ pub struct Vm {
     started: Instant,
     commands: u32,
     exit: Option<ExitStatus>,
+    /// UEFI machines' TPM; dropped (killed) after QEMU.
+    _tpm: Option<SoftTpm>,
 }
 
 impl Vm {
@@ -118,9 +121,14 @@ impl Vm {
         if cfg.no_reboot {
             cmd.arg("-no-reboot");
         }
-        if cfg.firmware == Firmware::Uefi {
-            cmd.args(["-bios", OVMF]);
-        }
+        let tpm = match cfg.firmware {
+            Firmware::Uefi => {
+                let tpm = SoftTpm::start(dir)?;
+                cmd.args(["-bios", OVMF]).args(tpm.qemu_args());
+                Some(tpm)
+            }
+            Firmware::Bios => None,
+        };
         let stderr = std::fs::File::create(dir.join("qemu.stderr")).map_err(io_err("stderr"))?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -139,6 +147,7 @@ impl Vm {
             started,
             commands: 0,
             exit: None,
+            _tpm: tpm,
         };
         match stdout {
             Some(out) => vm.console = Console::new(out),

@@ -163,6 +163,11 @@ fn uefi_boot_runs_units_and_serves_demo() {
     vm.wait_for("efi: EFI v", BOOT).unwrap();
     vm.wait_for_shell(BOOT).unwrap();
     vm.wait_all_units_running(DEFAULT_UNITS, BOOT).unwrap();
+    // The machine's TPM reached the kernel through the firmware's ACPI tables.
+    let tpm = vm
+        .run_ok("ls /sys/firmware/acpi/tables/", Duration::from_secs(30))
+        .unwrap();
+    assert!(tpm.split_whitespace().any(|t| t == "TPM2"), "{tpm}");
     let port = vm.host_port(80).unwrap();
     let body = http::wait_for_200(port, "/", Duration::from_secs(120)).unwrap();
     assert!(body.contains("Hello from Berth"), "{body}");
