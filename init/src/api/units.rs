@@ -334,10 +334,12 @@ mod tests {
         fn unit_uploads_never_panic(text in unit_text(), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let dir = std::env::temp_dir().join(format!("berth-upload-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
+            // 422: a valid unit no launcher here runs (an image-backed unit: this supervisor
+            // has only the process launcher).
             let status = upload(&dir, "u", text.as_bytes());
-            prop_assert!([201, 400].contains(&status), "{status} for {text:?}");
+            prop_assert!([201, 400, 422].contains(&status), "{status} for {text:?}");
             let status = upload(&dir, "u", &bytes);
-            prop_assert!([201, 400].contains(&status), "{status}");
+            prop_assert!([201, 400, 422].contains(&status), "{status}");
             let status = upload(&dir, "a%2Fb", text.as_bytes());
             prop_assert_eq!(status, 400);
             let _ = std::fs::remove_dir_all(&dir);
@@ -353,6 +355,9 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("units/good.toml")).unwrap(), good);
         assert_eq!(upload(&dir, "bad", b"[container]\ncommand = 1\n"), 400);
         assert!(!dir.join("units/bad.toml").exists());
+        // Valid, but nothing here can run an image: refused and not written.
+        assert_eq!(upload(&dir, "img", b"[container]\nimage = \"x\"\n"), 422);
+        assert!(!dir.join("units/img.toml").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
