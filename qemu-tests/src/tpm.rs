@@ -1,5 +1,5 @@
 //! A software TPM 2.0 (swtpm) for UEFI machines. Cloud VMs (vTPM) and current bare metal
-//! have one; OVMF, finding none, waits out two 750 ms probe timeouts on every boot.
+//! have one; OVMF, finding none, polls for it until its probe times out (~1.5 s under TCG).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
