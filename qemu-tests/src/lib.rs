@@ -3,9 +3,8 @@
 //! A [`Vm`] boots a private copy of the image with SeaBIOS or OVMF (with a software TPM), its
 //! serial console on a pipe, QMP on a unix socket for ACPI power events, and user-mode
 //! networking restricted to the guest (nothing leaves the host) with host ports forwarded from
-//! 127.0.0.1. Dropping the
-//! `Vm` always kills QEMU and removes its directory (kept, with the console transcript, when
-//! the test failed).
+//! 127.0.0.1. Dropping the `Vm` always kills QEMU and removes its directory (kept, with the
+//! console transcript, when the test failed).
 
 pub mod console;
 pub mod disk;
