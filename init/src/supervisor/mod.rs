@@ -515,13 +515,21 @@ impl Supervisor {
         }
     }
 
-    /// Slot indices, container units first: a container's start is a setup task that runs
-    /// beside PID 1, so it begins before the system units' fork and exec instead of after.
+    /// Slot indices: container units first (a container's start is a setup task that runs
+    /// beside PID 1, so it begins before the system units' fork and exec instead of after),
+    /// then the system units other units wait for, then the rest; slot order within each.
     fn start_order(&self) -> Vec<usize> {
-        let is_container = |i: &usize| self.slots[*i].unit.as_ref().is_some_and(|u| !u.is_system());
-        let (mut order, system): (Vec<usize>, Vec<usize>) =
-            (0..self.slots.len()).partition(is_container);
-        order.extend(system);
+        let rank = |i: usize| {
+            let slot = &self.slots[i];
+            match &slot.unit {
+                Some(u) if !u.is_system() => 0,
+                _ if !slot.dependents.is_empty() => 1,
+                _ => 2,
+            }
+        };
+        let mut order: Vec<usize> = (0..self.slots.len()).collect();
+        // Stable: slot order is kept within a rank.
+        order.sort_by_key(|&i| rank(i));
         order
     }
 

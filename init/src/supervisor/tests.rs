@@ -182,9 +182,9 @@ fn a_container_starts_right_behind_the_system_unit_it_waits_for() {
         ),
     ]);
     h.start();
-    // The container's setup begins as soon as net is running, ahead of the system unit
-    // queued after net.
-    assert_eq!(h.started(), ["admin", "net", "web", "time"]);
+    // net, which web waits for, starts before the other system units, and web's setup right
+    // behind it.
+    assert_eq!(h.started(), ["net", "web", "admin", "time"]);
 }
 
 #[test]
