@@ -44,7 +44,6 @@ const START_ERROR_FILE: &str = "start-error";
 
 pub struct ContainerLauncher {
     runtime: Runtime,
-    runtime_root: PathBuf,
     /// The state partition (or `DIR/state` in host mode).
     state: PathBuf,
     machine_config: PathBuf,
@@ -68,8 +67,7 @@ impl ContainerLauncher {
         runtime_bin: PathBuf,
     ) -> ContainerLauncher {
         ContainerLauncher {
-            runtime: Runtime::new(runtime_root.clone()),
-            runtime_root,
+            runtime: Runtime::new(runtime_root),
             state: state.to_path_buf(),
             machine_config: machine_config.to_path_buf(),
             runtime_bin,
@@ -191,7 +189,7 @@ impl ContainerLauncher {
                 user: Some(cfg.user.clone()).filter(|u| !u.is_empty()),
                 workdir: Some(cfg.working_dir.clone()).filter(|w| !w.is_empty()),
             },
-            cgroup: Some(format!("/containers/{}", unit.name)),
+            cgroup: Some(format!("/{}", cgroup_path(unit))),
         })
     }
 
@@ -299,7 +297,7 @@ impl ContainerLauncher {
                 "container init {pid} ended before its release"
             )));
         }
-        let fifo = self.runtime_root.join(&unit.name).join(EXEC_FIFO);
+        let fifo = self.runtime.store().dir(&unit.name).join(EXEC_FIFO);
         let fd = nix::fcntl::open(
             &fifo,
             OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
@@ -369,11 +367,16 @@ impl ContainerLauncher {
     }
 }
 
+/// The unit's container cgroup, relative to the host's cgroup root.
+fn cgroup_path(unit: &Unit) -> String {
+    format!("containers/{}", unit.name)
+}
+
 /// The cgroup the runtime gives the unit's container (`cgroup` in its settings), when the
 /// host has a v2 hierarchy and the container has one.
 fn container_cgroup(unit: &Unit) -> Option<berth_runtime::cgroups::Cgroup> {
     let root = berth_runtime::cgroups::CgroupRoot::host().ok()?;
-    root.open(&format!("containers/{}", unit.name)).ok()
+    root.open(&cgroup_path(unit)).ok()
 }
 
 fn output_pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
