@@ -21,3 +21,17 @@ pub mod signals;
 pub mod supervisor;
 pub mod tomlfile;
 pub mod unit;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::PathBuf;
+
+    /// A fresh, empty directory for one test: `berth-<tag>-<pid>` under the temp directory
+    /// (whatever an earlier run left there is removed first).
+    pub fn scratch_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -250,8 +250,7 @@ mod tests {
 
     #[test]
     fn the_kernel_log_is_used_as_soon_as_it_exists() {
-        let dir = std::env::temp_dir().join(format!("berth-kmsg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("kmsg");
         let path: &'static str = Box::leak(dir.join("kmsg").display().to_string().into_boxed_str());
         let logger = Logger {
             sink: Sink::Kmsg {
@@ -282,8 +281,7 @@ mod tests {
 
     #[test]
     fn syslog_messages_reach_a_datagram_socket() {
-        let dir = std::env::temp_dir().join(format!("berth-syslog-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("syslog");
         let path = dir.join("log");
         let server = UnixDatagram::bind(&path).unwrap();
         let sock = UnixDatagram::unbound().unwrap();

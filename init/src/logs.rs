@@ -168,8 +168,7 @@ mod tests {
 
     #[test]
     fn rotates_by_size_and_keeps_n_files() {
-        let dir = std::env::temp_dir().join(format!("berth-logs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("logs");
         let policy = LogPolicy {
             dir: dir.clone(),
             max_bytes: 10,

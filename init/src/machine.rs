@@ -249,8 +249,7 @@ mod tests {
 
     #[test]
     fn api_and_syslog_sections() {
-        let dir = std::env::temp_dir().join(format!("berth-machine-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("machine");
         let path = dir.join("machine.toml");
         std::fs::write(
             &path,

@@ -120,10 +120,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy(tag: &str) -> LogPolicy {
-        let dir = std::env::temp_dir().join(format!("berth-tail-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        LogPolicy::new(dir)
+        LogPolicy::new(crate::testutil::scratch_dir(&format!("tail-{tag}")))
     }
 
     #[test]

@@ -277,9 +277,7 @@ description = "demo"
     #[test]
     fn applies_hostname_network_and_units() {
         let data = UserData::parse(FULL).unwrap();
-        let dir = std::env::temp_dir().join(format!("berth-cidata-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("cidata");
         data.apply(&dir).unwrap();
         let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
         assert_eq!(read("machine.toml"), "hostname = \"web-1\"\n");

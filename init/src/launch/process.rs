@@ -225,8 +225,7 @@ mod tests {
 
     #[test]
     fn resolves_users_from_passwd_and_group() {
-        let dir = std::env::temp_dir().join(format!("berth-etc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("etc");
         std::fs::write(
             dir.join("passwd"),
             "root:x:0:0::/root:/bin/sh\nweb:x:101:102::/:/bin/false\n",
