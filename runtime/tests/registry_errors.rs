@@ -391,9 +391,9 @@ fn dripping_layer_fails_at_the_pull_deadline() {
     let t = TempDir::new("err-drip-deadline");
     let store = Store::open(t.join("images")).unwrap();
     let mut fake = Fake::new("application/vnd.oci.image.layer.v1.tar+gzip");
-    // About 40 bytes a second: the layer would take over an hour, well above any rate floor
-    // a per-read timeout could see (no read ever waits).
-    fake.layer_drip = Some((4, Duration::from_millis(100)));
+    // Ten bytes a second: minutes for this layer, hours for a real one; no read ever waits
+    // long enough for a per-read timeout.
+    fake.layer_drip = Some((1, Duration::from_millis(100)));
     let server = fake.start();
     let client = client_with(&server.host(), "pull_timeout = \"2s\"\nmin_rate = \"0\"");
     let started = Instant::now();

@@ -157,8 +157,9 @@ pub fn ensure(
 }
 
 /// Checks a fetched manifest against the digest it must have and tells what it is: its
-/// digest, kind and media type.
-fn verify_manifest(
+/// digest, kind and media type. Public so that its handling of hostile input can be tested
+/// from outside.
+pub fn verify_manifest(
     fetched: &ManifestResponse,
     expected: Option<&Digest>,
     name: &str,
