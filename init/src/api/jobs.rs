@@ -320,8 +320,10 @@ impl Job {
     /// SIGKILL to the job's process group (its own, see [`spawn`]), while it is unreaped.
     fn kill(&self) {
         if let Some(pid) = self.pid {
-            if let Err(e) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
-                warn!("job {}: cannot kill process group {pid}: {e}", self.id);
+            match killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+                // Exited already, waiting to be reaped.
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => warn!("job {}: cannot kill process group {pid}: {e}", self.id),
             }
         }
     }
@@ -454,6 +456,73 @@ mod tests {
         assert_eq!(
             j.error.as_deref(),
             Some("berth-runtime image: registry said no")
+        );
+    }
+
+    /// A job around a real child (`sleep`) started the way jobs are; never a made-up pid, so
+    /// a kill cannot reach anything else.
+    fn sleeping_job(id: u64) -> (Job, i32) {
+        let (pid, pipe) = spawn(Path::new("/bin/sleep"), &[std::ffi::OsStr::new("60")]).unwrap();
+        let mut j = job();
+        j.id = id;
+        j.pid = Some(pid);
+        j.pipe = Some(pipe);
+        (j, pid)
+    }
+
+    fn wait_killed(pid: i32) {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let status = waitpid(Pid::from_raw(pid), None).unwrap();
+        assert!(
+            matches!(status, WaitStatus::Signaled(_, Signal::SIGKILL, _)),
+            "{status:?}"
+        );
+    }
+
+    #[test]
+    fn cancel_kills_the_process_and_frees_the_slot_at_once() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let (j, pid) = sleeping_job(1);
+        jobs.jobs.insert(1, j);
+        let cancelled = jobs.cancel(1).unwrap().unwrap();
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        assert!(jobs.cancel(2).is_none());
+        wait_killed(pid);
+        // Reaped later: still cancelled, and cancelling again is refused.
+        assert!(jobs.on_exit(pid, ExitStatus::Signaled(9)));
+        let j = jobs.get(1).unwrap();
+        assert_eq!(
+            (j.state, j.error.as_deref()),
+            (JobState::Cancelled, Some("cancelled"))
+        );
+        assert!(matches!(jobs.cancel(1), Some(Err(JobError::Finished(1)))));
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_is_killed_and_failed() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let (j, pid) = sleeping_job(3);
+        jobs.jobs.insert(3, j);
+        jobs.on_deadline(3);
+        wait_killed(pid);
+        assert!(jobs.on_exit(pid, ExitStatus::Signaled(9)));
+        let j = jobs.get(3).unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert!(
+            j.error.as_deref().unwrap_or_default().contains("killed"),
+            "{j:?}"
+        );
+        // A stale deadline of a finished job changes nothing.
+        jobs.on_deadline(3);
+        assert_eq!(jobs.get(3).unwrap().state, JobState::Failed);
+    }
+
+    #[test]
+    fn default_time_limit_is_the_pull_timeout_and_a_grace() {
+        let jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        assert_eq!(
+            jobs.time_limit(),
+            berth_runtime::registry::config::DEFAULT_PULL_TIMEOUT + MAX_GRACE
         );
     }
 }
