@@ -393,7 +393,9 @@ fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> io::Result<(i32, OwnedFd)
             // The death signal follows the thread that forked, not the process: jobs are only
             // started from the event loop, which is berth-init's main thread and lives as long
             // as the process.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            // prctl(2) reads its arguments as unsigned longs: pass them as such.
+            let (sig, zero) = (libc::SIGKILL as libc::c_ulong, 0 as libc::c_ulong);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig, zero, zero, zero) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // berth-init died between the fork and the prctl: no signal will come.
