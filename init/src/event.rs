@@ -78,6 +78,8 @@ pub enum Timer {
     Watchdog,
     /// Boot has settled: PID 1 drops the code pages only boot needed.
     DropBootCode,
+    /// An image job's deadline: it is killed if still running.
+    Job(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

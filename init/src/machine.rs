@@ -15,6 +15,9 @@
 //! units = true                 # also forward unit output, one message per line
 //!
 //! [registries]                 # read by berth-runtime for image pulls
+//! pull_timeout = "1h"          # also bounds image jobs (plus a grace): see `api::jobs`
+//! min_rate = "1K"
+//! min_rate_window = "30s"
 //! ```
 
 use std::net::SocketAddr;
@@ -245,6 +248,22 @@ mod tests {
         );
         let err = parse("m.toml", "hostname = \"-bad\"\n").unwrap_err().0;
         assert_eq!((err[0].line, err[0].key.as_str()), (1, "hostname"));
+    }
+
+    #[test]
+    fn registry_limits_are_checked_at_boot() {
+        parse(
+            "m",
+            "[registries]\npull_timeout = \"10m\"\nmin_rate = \"4K\"\nmin_rate_window = \"1m\"\n",
+        )
+        .unwrap();
+        let err = parse("m.toml", "[registries]\npull_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "m.toml:2:16: key `registries.pull_timeout`: duration \"soon\": unknown unit (use ms, s, m, h)"
+        );
     }
 
     #[test]

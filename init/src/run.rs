@@ -198,6 +198,7 @@ impl Init {
                     }
                 }
                 Event::Timer(Timer::Watchdog) => self.platform.on_watchdog(now, &mut self.events),
+                Event::Timer(Timer::Job(id)) => self.jobs.on_deadline(id),
             }
         }
         if self.platform.awaiting_good() && self.shutdown.is_none() {
@@ -282,6 +283,8 @@ impl Init {
         };
         info!("{cause}: shutting down ({what})");
         self.shutdown = Some((action, 0));
+        // A pull or prune is safe to stop anywhere (downloads resume, GC is idempotent).
+        self.jobs.kill_all();
         let longest = self.supervisor.longest_stop_timeout();
         self.events
             .schedule(after(now, longest + SHUTDOWN_GRACE), Timer::Shutdown);

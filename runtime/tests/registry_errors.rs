@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use berth_runtime::image::pull::{self, PullOptions};
 use berth_runtime::image::{Error, Store};
@@ -23,6 +24,9 @@ struct Fake {
     cut_layer_after: Option<usize>,
     honour_ranges: bool,
     manifest_digest_header: Option<String>,
+    /// Drip the manifest / the layer: (bytes, pause).
+    manifest_drip: Option<(usize, Duration)>,
+    layer_drip: Option<(usize, Duration)>,
 }
 
 impl Fake {
@@ -58,6 +62,8 @@ impl Fake {
             cut_layer_after: None,
             honour_ranges: true,
             manifest_digest_header: None,
+            manifest_drip: None,
+            layer_drip: None,
         }
     }
 
@@ -84,12 +90,14 @@ impl Fake {
             if let Some(d) = &self.manifest_digest_header {
                 resp = resp.header("Docker-Content-Digest", d);
             }
+            resp.drip = self.manifest_drip;
             resp
         } else if path == format!("/v2/test/app/blobs/{}", digest(&self.config)) {
             blob(&self.config)
         } else if path == format!("/v2/test/app/blobs/{}", digest(&self.layer)) {
             let mut resp = blob(self.layer_override.as_ref().unwrap_or(&self.layer));
             resp.cut_after = self.cut_layer_after;
+            resp.drip = self.layer_drip;
             resp
         } else {
             Response::new(
@@ -105,10 +113,14 @@ impl Fake {
 }
 
 fn client(host: &str) -> Client {
-    Client::new(RegistriesConfig {
-        insecure: vec![host.to_string()],
-        ..Default::default()
-    })
+    client_with(host, "")
+}
+
+/// A client with `limits` (keys of `[registries]`) in its config.
+fn client_with(host: &str, limits: &str) -> Client {
+    let mut config = RegistriesConfig::parse(&format!("[registries]\n{limits}\n")).unwrap();
+    config.insecure = vec![host.to_string()];
+    Client::new(config)
 }
 
 fn try_pull(
@@ -118,12 +130,23 @@ fn try_pull(
     berth_runtime::image::Result<berth_runtime::image::Image>,
     Vec<String>,
 ) {
+    try_pull_with(store, host, &client(host))
+}
+
+fn try_pull_with(
+    store: &Store,
+    host: &str,
+    client: &Client,
+) -> (
+    berth_runtime::image::Result<berth_runtime::image::Image>,
+    Vec<String>,
+) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l2 = lines.clone();
     let progress = move |l: &str| l2.lock().unwrap().push(l.to_string());
     let r = pull::pull(
         store,
-        &client(host),
+        client,
         &Reference::parse(&format!("{host}/test/app:1")).unwrap(),
         &PullOptions::default(),
         &progress,
@@ -358,4 +381,158 @@ fn complete_partial_download_is_committed_without_a_request() {
         0,
         "the layer was fetched again"
     );
+}
+
+/// Far below any deadline or rate these tests configure; only there to catch a hang.
+const HANG: Duration = Duration::from_secs(60);
+
+#[test]
+fn dripping_layer_fails_at_the_pull_deadline() {
+    let t = TempDir::new("err-drip-deadline");
+    let store = Store::open(t.join("images")).unwrap();
+    let mut fake = Fake::new("application/vnd.oci.image.layer.v1.tar+gzip");
+    // Ten bytes a second: minutes for this layer, hours for a real one; no read ever waits
+    // long enough for a per-read timeout.
+    fake.layer_drip = Some((1, Duration::from_millis(100)));
+    let server = fake.start();
+    let client = client_with(&server.host(), "pull_timeout = \"2s\"\nmin_rate = \"0\"");
+    let started = Instant::now();
+    let err = try_pull_with(&store, &server.host(), &client)
+        .0
+        .unwrap_err();
+    assert!(started.elapsed() < HANG, "took {:?}", started.elapsed());
+    assert!(
+        matches!(err, Error::Registry(registry::Error::Deadline { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("registries.pull_timeout"), "{err}");
+    assert_no_image(&store);
+}
+
+#[test]
+fn dripping_manifest_fails_below_the_minimum_rate() {
+    let t = TempDir::new("err-drip-rate");
+    let store = Store::open(t.join("images")).unwrap();
+    let mut fake = Fake::new("application/vnd.oci.image.layer.v1.tar+gzip");
+    fake.manifest_drip = Some((2, Duration::from_millis(50)));
+    let server = fake.start();
+    let client = client_with(
+        &server.host(),
+        "min_rate = \"1K\"\nmin_rate_window = \"1s\"",
+    );
+    let started = Instant::now();
+    let err = try_pull_with(&store, &server.host(), &client)
+        .0
+        .unwrap_err();
+    assert!(started.elapsed() < HANG, "took {:?}", started.elapsed());
+    assert!(
+        matches!(err, Error::Registry(registry::Error::TooSlow { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("below the minimum"), "{err}");
+    assert_no_image(&store);
+}
+
+#[test]
+fn silent_registry_fails_below_the_minimum_rate() {
+    let t = TempDir::new("err-silent");
+    let store = Store::open(t.join("images")).unwrap();
+    let mut fake = Fake::new("application/vnd.oci.image.layer.v1.tar+gzip");
+    // One byte, then silence far longer than the window.
+    fake.layer_drip = Some((1, Duration::from_secs(10)));
+    let server = fake.start();
+    let client = client_with(
+        &server.host(),
+        "min_rate = \"1K\"\nmin_rate_window = \"1s\"",
+    );
+    let started = Instant::now();
+    let err = try_pull_with(&store, &server.host(), &client)
+        .0
+        .unwrap_err();
+    assert!(started.elapsed() < HANG, "took {:?}", started.elapsed());
+    assert!(
+        matches!(err, Error::Registry(registry::Error::TooSlow { .. })),
+        "{err:?}"
+    );
+    assert_no_image(&store);
+}
+
+#[test]
+fn oversized_manifest_is_refused() {
+    let t = TempDir::new("err-huge-manifest");
+    let store = Store::open(t.join("images")).unwrap();
+    let server = Server::start(|_| {
+        // Valid JSON start, then far more than any manifest.
+        let mut body = b"{\"schemaVersion\":2,\"x\":\"".to_vec();
+        body.resize(5 << 20, b'a');
+        Response::new(200, body)
+    });
+    let err = try_pull(&store, &server.host()).0.unwrap_err();
+    assert!(
+        matches!(err, Error::Registry(registry::Error::TooLarge { .. })),
+        "{err:?}"
+    );
+    assert_no_image(&store);
+}
+
+#[test]
+fn layer_blob_not_decoding_to_an_unpacked_diff_id_is_refused() {
+    let t = TempDir::new("err-known-diffid");
+    let store = Store::open(t.join("images")).unwrap();
+    // Image 1: layer L with diff id D, pulled and unpacked.
+    let good = Fake::new("application/vnd.oci.image.layer.v1.tar+gzip");
+    let diff_id = digest(&{
+        TarBuilder::new()
+            .file("hello", "hi\n")
+            .file("big", &"x".repeat(200_000))
+            .finish()
+    });
+    let server = good.clone().start();
+    let image1 = try_pull(&store, &server.host()).0.unwrap();
+    drop(server);
+
+    // Image 2 claims D for a blob that is something else: correctly listed in its manifest
+    // (digest and size match what is served), but it does not decode to D.
+    let mut broken = good.layer.clone();
+    let n = broken.len();
+    broken[n / 2] ^= 0xff;
+    let other = gzip(&TarBuilder::new().file("evil", "not D\n").finish());
+    for blob in [broken, other] {
+        let fake = Fake::with(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            blob,
+            &diff_id,
+        );
+        let blob_digest = berth_runtime::image::Digest::parse(&digest(&fake.layer)).unwrap();
+        let server = fake.start();
+        let (result, _) = try_pull(&store, &server.host());
+        let err = result.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("diff id") || text.contains("does not decompress"),
+            "{err:?}"
+        );
+        assert!(text.contains(&blob_digest.to_string()), "{text}");
+        assert!(!store.has_blob(&blob_digest), "an unverified blob was kept");
+        let names: Vec<String> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.reference)
+            .collect();
+        assert_eq!(names, vec![image1.reference.clone()]);
+    }
+
+    // Image 1 still exports into an archive a fresh store accepts.
+    let mut archive = Vec::new();
+    berth_runtime::image::archive::export(
+        &store,
+        &store.resolve(&image1.reference).unwrap(),
+        berth_runtime::image::archive::ArchiveFormat::Oci,
+        &mut archive,
+    )
+    .unwrap();
+    let fresh = Store::open(t.join("fresh")).unwrap();
+    let imported = berth_runtime::image::archive::import(&fresh, &archive[..], None).unwrap();
+    assert_eq!(imported.len(), 1);
 }

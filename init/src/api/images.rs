@@ -165,3 +165,14 @@ pub fn job(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
         None => Response::error(404, "unknown job", id).into(),
     }
 }
+
+/// `DELETE /v1/images/jobs/{id}`: kills a running job (`200`, the job now `cancelled`);
+/// `409` when it has finished already.
+pub fn cancel_job(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
+    let id = param(params, "id");
+    match id.parse().ok().and_then(|id| ctx.jobs.cancel(id)) {
+        Some(Ok(job)) => Response::json(200, job).into(),
+        Some(Err(e)) => Response::error(409, "job finished", &e.to_string()).into(),
+        None => Response::error(404, "unknown job", id).into(),
+    }
+}

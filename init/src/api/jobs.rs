@@ -2,6 +2,10 @@
 //! never inside PID 1: the event loop reads their output pipe and the reaper reports their
 //! exit. A bounded number run at once and a bounded history is kept, each with the last lines
 //! of its output.
+//!
+//! No job can hold a slot forever: each has a deadline (the machine config's
+//! `registries.pull_timeout` plus a grace) after which its process group is killed, a client
+//! can cancel it, and it dies with berth-init (`PR_SET_PDEATHSIG`) or at shutdown.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -10,12 +14,16 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use berth_runtime::registry::RegistriesConfig;
 use log::{info, warn};
 use nix::fcntl::OFlag;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::event::{Key, Reactor};
+use crate::event::{after, Key, Reactor, Timer};
 use crate::launch::process::{set_nonblocking, DEFAULT_PATH};
 use crate::reaper::ExitStatus;
 
@@ -26,6 +34,9 @@ const MAX_KEPT: usize = 32;
 /// Output lines kept per job, and the longest line kept.
 const KEEP_LINES: usize = 40;
 const MAX_LINE: usize = 512;
+/// Most time a job gets past `pull_timeout` (the pull enforces that one itself; this covers
+/// waits outside its transfers, such as the store's locks, and the last unpack).
+const MAX_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +51,8 @@ pub enum JobState {
     Running,
     Succeeded,
     Failed,
+    /// Stopped by a client (`DELETE /v1/images/jobs/{id}`).
+    Cancelled,
 }
 
 /// A job as the API shows it.
@@ -55,12 +68,16 @@ pub struct Job {
     pub error: Option<String>,
     /// The last lines of output (progress, then the result or error).
     pub output: VecDeque<String>,
+    /// The process (and its group), until reaped; it may outlive `Running` once killed.
     #[serde(skip)]
     pid: Option<i32>,
     #[serde(skip)]
     pipe: Option<OwnedFd>,
     #[serde(skip)]
     partial: Vec<u8>,
+    /// How long it may run before it is killed.
+    #[serde(skip)]
+    limit: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +86,8 @@ pub enum JobError {
     Busy,
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: io::Error },
+    #[error("job {0} has finished already")]
+    Finished(u64),
 }
 
 pub struct Jobs {
@@ -101,6 +120,19 @@ impl Jobs {
 
     pub fn get(&self, id: u64) -> Option<&Job> {
         self.jobs.get(&id)
+    }
+
+    /// How long a job may run: the pull timeout of the machine config as it is now (the
+    /// pull reads the same file), plus a grace.
+    fn time_limit(&self) -> Duration {
+        let timeout = match RegistriesConfig::load(&self.config) {
+            Ok(c) => c.pull_timeout(),
+            Err(e) => {
+                warn!("{e}; image jobs get the default pull timeout");
+                RegistriesConfig::default().pull_timeout()
+            }
+        };
+        timeout + timeout.min(MAX_GRACE)
     }
 
     /// Starts `berth-runtime image <kind> [target]` on the store.
@@ -138,6 +170,8 @@ impl Jobs {
         if let Err(e) = r.watch(pipe.as_fd(), Key::JobOutput(id), false) {
             warn!("job {id}: cannot watch its output: {e}");
         }
+        let limit = self.time_limit();
+        r.schedule(after(Instant::now(), limit), Timer::Job(id));
         info!("job {id}: image {kind:?} {target} started, pid {pid}");
         self.jobs.insert(
             id,
@@ -152,6 +186,7 @@ impl Jobs {
                 pid: Some(pid),
                 pipe: Some(pipe),
                 partial: Vec::new(),
+                limit,
             },
         );
         self.forget_old();
@@ -213,6 +248,51 @@ impl Jobs {
         }
     }
 
+    /// `DELETE /v1/images/jobs/{id}`: kills a running job; it is `cancelled` at once and its
+    /// slot is free. `None` for an unknown job.
+    pub fn cancel(&mut self, id: u64) -> Option<Result<&Job, JobError>> {
+        let job = self.jobs.get_mut(&id)?;
+        if job.state != JobState::Running {
+            return Some(Err(JobError::Finished(id)));
+        }
+        job.kill();
+        job.state = JobState::Cancelled;
+        job.error = Some("cancelled".to_string());
+        info!("job {id}: image {:?} {}: cancelled", job.kind, job.target);
+        Some(Ok(job))
+    }
+
+    /// A job's deadline passed: kill it if it still runs.
+    pub fn on_deadline(&mut self, id: u64) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state != JobState::Running {
+            return;
+        }
+        job.kill();
+        job.state = JobState::Failed;
+        let limit = job.limit.as_secs_f64();
+        job.error = Some(format!(
+            "killed: still running after {limit:.1} s (registries.pull_timeout and a grace)"
+        ));
+        warn!(
+            "job {id}: image {:?} {}: killed after {limit:.1} s",
+            job.kind, job.target
+        );
+    }
+
+    /// Kills every running job (berth-init is shutting down).
+    pub fn kill_all(&mut self) {
+        for job in self.jobs.values_mut() {
+            if job.state == JobState::Running {
+                job.kill();
+                job.state = JobState::Cancelled;
+                job.error = Some("cancelled: berth-init is shutting down".to_string());
+            }
+        }
+    }
+
     /// A reaped child; false when it is not a job.
     pub fn on_exit(&mut self, pid: i32, status: ExitStatus) -> bool {
         let Some(job) = self.jobs.values_mut().find(|j| j.pid == Some(pid)) else {
@@ -220,11 +300,13 @@ impl Jobs {
         };
         job.pid = None;
         job.exit_code = Some(status.code());
-        job.state = if status.success() {
-            JobState::Succeeded
-        } else {
-            JobState::Failed
-        };
+        if job.state == JobState::Running {
+            job.state = if status.success() {
+                JobState::Succeeded
+            } else {
+                JobState::Failed
+            };
+        }
         job.settle_error();
         info!(
             "job {}: image {:?} {}: {status}",
@@ -235,6 +317,17 @@ impl Jobs {
 }
 
 impl Job {
+    /// SIGKILL to the job's process group (its own, see [`spawn`]), while it is unreaped.
+    fn kill(&self) {
+        if let Some(pid) = self.pid {
+            match killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+                // Exited already, waiting to be reaped.
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => warn!("job {}: cannot kill process group {pid}: {e}", self.id),
+            }
+        }
+    }
+
     fn take_output(&mut self, bytes: &[u8]) {
         self.partial.extend_from_slice(bytes);
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
@@ -266,9 +359,9 @@ impl Job {
         self.output.push_back(text);
     }
 
-    /// A failed job's error is its last line of output.
+    /// A failed job's error is its last line of output (unless it was killed: that says why).
     fn settle_error(&mut self) {
-        if self.state == JobState::Failed {
+        if self.state == JobState::Failed && self.error.is_none() {
             self.error = self.output.back().cloned().or_else(|| {
                 self.exit_code
                     .map(|c| format!("berth-runtime exited with status {c}"))
@@ -278,7 +371,7 @@ impl Job {
 }
 
 /// Starts `program args` in its own process group with stdout and stderr on a non-blocking
-/// pipe; the reaper collects it.
+/// pipe; the reaper collects it. The child gets SIGKILL when berth-init dies.
 fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> io::Result<(i32, OwnedFd)> {
     let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     set_nonblocking(&reader)?;
@@ -292,9 +385,25 @@ fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> io::Result<(i32, OwnedFd)
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(err))
         .process_group(0);
+    let parent = nix::unistd::getpid();
     // SAFETY: runs in the forked child before exec; only async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(crate::signals::reset_in_child);
+        cmd.pre_exec(move || {
+            crate::signals::reset_in_child()?;
+            // The death signal follows the thread that forked, not the process: jobs are only
+            // started from the event loop, which is berth-init's main thread and lives as long
+            // as the process.
+            // prctl(2) reads its arguments as unsigned longs: pass them as such.
+            let (sig, zero) = (libc::SIGKILL as libc::c_ulong, 0 as libc::c_ulong);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig, zero, zero, zero) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // berth-init died between the fork and the prctl: no signal will come.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
     let child = cmd.spawn()?;
     // Reaped by the supervisor's reaper, never through `Child::wait`.
@@ -319,6 +428,7 @@ mod tests {
             pid: Some(5),
             pipe: None,
             partial: Vec::new(),
+            limit: Duration::from_secs(1),
         }
     }
 
@@ -348,6 +458,73 @@ mod tests {
         assert_eq!(
             j.error.as_deref(),
             Some("berth-runtime image: registry said no")
+        );
+    }
+
+    /// A job around a real child (`sleep`) started the way jobs are; never a made-up pid, so
+    /// a kill cannot reach anything else.
+    fn sleeping_job(id: u64) -> (Job, i32) {
+        let (pid, pipe) = spawn(Path::new("/bin/sleep"), &[std::ffi::OsStr::new("60")]).unwrap();
+        let mut j = job();
+        j.id = id;
+        j.pid = Some(pid);
+        j.pipe = Some(pipe);
+        (j, pid)
+    }
+
+    fn wait_killed(pid: i32) {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let status = waitpid(Pid::from_raw(pid), None).unwrap();
+        assert!(
+            matches!(status, WaitStatus::Signaled(_, Signal::SIGKILL, _)),
+            "{status:?}"
+        );
+    }
+
+    #[test]
+    fn cancel_kills_the_process_and_frees_the_slot_at_once() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let (j, pid) = sleeping_job(1);
+        jobs.jobs.insert(1, j);
+        let cancelled = jobs.cancel(1).unwrap().unwrap();
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        assert!(jobs.cancel(2).is_none());
+        wait_killed(pid);
+        // Reaped later: still cancelled, and cancelling again is refused.
+        assert!(jobs.on_exit(pid, ExitStatus::Signaled(9)));
+        let j = jobs.get(1).unwrap();
+        assert_eq!(
+            (j.state, j.error.as_deref()),
+            (JobState::Cancelled, Some("cancelled"))
+        );
+        assert!(matches!(jobs.cancel(1), Some(Err(JobError::Finished(1)))));
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_is_killed_and_failed() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let (j, pid) = sleeping_job(3);
+        jobs.jobs.insert(3, j);
+        jobs.on_deadline(3);
+        wait_killed(pid);
+        assert!(jobs.on_exit(pid, ExitStatus::Signaled(9)));
+        let j = jobs.get(3).unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert!(
+            j.error.as_deref().unwrap_or_default().contains("killed"),
+            "{j:?}"
+        );
+        // A stale deadline of a finished job changes nothing.
+        jobs.on_deadline(3);
+        assert_eq!(jobs.get(3).unwrap().state, JobState::Failed);
+    }
+
+    #[test]
+    fn default_time_limit_is_the_pull_timeout_and_a_grace() {
+        let jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        assert_eq!(
+            jobs.time_limit(),
+            berth_runtime::registry::config::DEFAULT_PULL_TIMEOUT + MAX_GRACE
         );
     }
 }

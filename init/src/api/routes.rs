@@ -138,6 +138,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/images/pull", images::pull),
     route("GET", "/v1/images/jobs", images::jobs),
     route("GET", "/v1/images/jobs/{id}", images::job),
+    route("DELETE", "/v1/images/jobs/{id}", images::cancel_job),
     route("GET", "/v1/images/{reference}", images::show),
     route("DELETE", "/v1/images/{reference}", images::remove),
 ];

@@ -410,8 +410,45 @@ fn first_new(seen: &[String], now: &[String]) -> usize {
         .unwrap_or(0)
 }
 
+/// SIGINT and SIGTERM held back while blocked, taken by [`Interrupts::wait`] instead of
+/// killing berthctl: a command can then undo what it started (cancel its job).
+struct Interrupts {
+    set: nix::sys::signal::SigSet,
+}
+
+impl Interrupts {
+    fn block() -> Result<Interrupts> {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.thread_block()
+            .map_err(|e| failed(format!("cannot block signals: {e}")))?;
+        Ok(Interrupts { set })
+    }
+
+    /// Waits up to `d`; true when an interrupt arrived (now or before).
+    fn wait(&self, d: Duration) -> bool {
+        let timeout = libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: a valid signal set and timespec; no siginfo wanted.
+        let n = unsafe { libc::sigtimedwait(self.set.as_ref(), std::ptr::null_mut(), &timeout) };
+        n > 0
+    }
+}
+
+impl Drop for Interrupts {
+    fn drop(&mut self) {
+        let _ = self.set.thread_unblock();
+    }
+}
+
 fn image_pull(client: &Client, o: &Options, reference: &str) -> Result {
     let body = json!({ "reference": reference }).to_string();
+    // From before the job exists: a Ctrl-C during the request still cancels it.
+    let interrupts = (!o.no_wait).then(Interrupts::block).transpose()?;
     let job = call(
         client,
         "POST",
@@ -419,13 +456,23 @@ fn image_pull(client: &Client, o: &Options, reference: &str) -> Result {
         Some(("application/json", body.as_bytes())),
     )?;
     let id = job["id"].as_u64().unwrap_or(0);
-    if o.no_wait {
+    let Some(interrupts) = interrupts else {
         print_or(o, &job, || format!("pull job {id} started\n"));
         return Ok(());
-    }
+    };
     let start = Instant::now();
     let mut seen: Vec<String> = Vec::new();
+    let mut wait = Duration::ZERO;
     loop {
+        if interrupts.wait(wait) {
+            let job = call(client, "DELETE", &format!("/v1/images/jobs/{id}"), None)?;
+            print_or(o, &job, String::new);
+            return Err(failed(format!(
+                "pull of {reference} interrupted: job {id} {}",
+                cell(&job["state"])
+            )));
+        }
+        wait = POLL * 2;
         let job = call(client, "GET", &format!("/v1/images/jobs/{id}"), None)?;
         let lines: Vec<String> = job["output"]
             .as_array()
@@ -438,7 +485,7 @@ fn image_pull(client: &Client, o: &Options, reference: &str) -> Result {
         }
         seen = lines;
         match job["state"].as_str() {
-            Some("running") if start.elapsed() < timeout(o) => std::thread::sleep(POLL * 2),
+            Some("running") if start.elapsed() < timeout(o) => {}
             Some("running") => {
                 return Err(failed(format!(
                     "pull of {reference} still running after {}s (job {id})",

@@ -5,7 +5,12 @@
 //! soon as it is complete. A download interrupted half-way stays in `tmp/<hex>.partial` and the
 //! next pull resumes it with a ranged request (or restarts it if the registry ignores ranges).
 //! The reference is written to `index.json` last: a pull that fails leaves no image behind,
-//! only verified blobs and layers for a later pull (or `prune`) to reuse or remove.
+//! only verified blobs and layers for a later pull (or `prune`) to reuse or remove. A layer
+//! blob enters the store only once it has been decoded and found to match its diff id, even
+//! when a layer of that diff id is unpacked already.
+//!
+//! A pull has one deadline (`pull_timeout`) shared by all its requests, and every body must
+//! keep up a minimum rate (`min_rate`): a registry that drips its answers cannot hold it.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -17,7 +22,8 @@ use super::error::{Error, Result};
 use super::fsutil::FileLock;
 use super::spec::{media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform};
 use super::store::{check_blob, Image, Store};
-use crate::registry::client::ManifestResponse;
+use super::unpack::UnpackStats;
+use crate::registry::client::{Deadline, ManifestResponse};
 use crate::registry::{Client, Reference};
 
 /// Where progress lines go (a unit's log, the terminal).
@@ -55,12 +61,13 @@ pub fn pull(
     options: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<Image> {
+    let deadline = client.pull_deadline();
     let _lock = store.write_lock()?;
     let name = reference.to_string();
     let say = |text: String| progress.line(&format!("pull {name}: {text}"));
     say("resolving".into());
 
-    let fetched = client.manifest(reference, &reference.manifest_ref())?;
+    let fetched = client.manifest(reference, &reference.manifest_ref(), &deadline)?;
     let (digest, kind, media_type) = verify_manifest(&fetched, reference.digest.as_ref(), &name)?;
     let (manifest_desc, manifest) = match kind {
         ManifestKind::Image => {
@@ -78,7 +85,7 @@ pub fn pull(
                     available: index.platforms().join(", "),
                 })?;
             say(format!("{} manifest {}", options.platform, chosen.digest));
-            let inner = client.manifest(reference, &chosen.digest.to_string())?;
+            let inner = client.manifest(reference, &chosen.digest.to_string(), &deadline)?;
             let (_, inner_kind, _) = verify_manifest(&inner, Some(&chosen.digest), &name)?;
             if inner_kind != ManifestKind::Image {
                 return Err(Error::invalid(
@@ -97,7 +104,7 @@ pub fn pull(
 
     // The config: small, fetched into memory and verified.
     let config_desc = &manifest.config;
-    let config_json = fetch_small_blob(client, reference, config_desc)?;
+    let config_json = fetch_small_blob(client, reference, config_desc, &deadline)?;
     let config: ImageConfig = parse_json(&config_json, &format!("{name}: config"))?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(Error::invalid(
@@ -117,15 +124,14 @@ pub fn pull(
         human_size(total)
     ));
 
-    download_layers(
+    let fetch = Fetch {
         store,
         client,
         reference,
-        &manifest,
-        &config,
-        options.jobs,
-        &say,
-    )?;
+        deadline,
+        say: &say,
+    };
+    download_layers(&fetch, &manifest, &config, options.jobs)?;
 
     store.put_blob(&config_json, Some(&config_desc.digest))?;
     store.put_blob(&manifest_json, Some(&manifest_desc.digest))?;
@@ -151,8 +157,9 @@ pub fn ensure(
 }
 
 /// Checks a fetched manifest against the digest it must have and tells what it is: its
-/// digest, kind and media type.
-fn verify_manifest(
+/// digest, kind and media type. Public so that its handling of hostile input can be tested
+/// from outside.
+pub fn verify_manifest(
     fetched: &ManifestResponse,
     expected: Option<&Digest>,
     name: &str,
@@ -230,7 +237,12 @@ fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result
     })
 }
 
-fn fetch_small_blob(client: &Client, reference: &Reference, desc: &Descriptor) -> Result<Vec<u8>> {
+fn fetch_small_blob(
+    client: &Client,
+    reference: &Reference,
+    desc: &Descriptor,
+    deadline: &Deadline,
+) -> Result<Vec<u8>> {
     const MAX: u64 = 16 << 20;
     if desc.size > MAX {
         return Err(Error::invalid(
@@ -238,13 +250,13 @@ fn fetch_small_blob(client: &Client, reference: &Reference, desc: &Descriptor) -
             "larger than 16 MiB",
         ));
     }
-    let response = client.blob(reference, &desc.digest, 0)?;
+    let response = client.blob(reference, &desc.digest, 0, deadline)?;
     let mut data = Vec::new();
     response
         .body
         .take(desc.size + 1)
         .read_to_end(&mut data)
-        .map_err(|source| Error::Registry(read_error(reference, &desc.digest, source)))?;
+        .map_err(|source| read_error(reference, &desc.digest, source))?;
     check_blob(
         &format!("config {}", desc.digest),
         Some(&desc.digest),
@@ -255,22 +267,27 @@ fn fetch_small_blob(client: &Client, reference: &Reference, desc: &Descriptor) -
     Ok(data)
 }
 
-fn read_error(reference: &Reference, digest: &Digest, e: io::Error) -> crate::registry::Error {
-    crate::registry::Error::BadResponse {
-        url: format!("{}/blobs/{digest}", reference.name()),
-        reason: format!("reading body: {e}"),
-    }
+/// A body read failed: the limit that stopped it (deadline, rate), or what the transport said.
+fn read_error(reference: &Reference, digest: &Digest, e: io::Error) -> Error {
+    let url = format!("{}/blobs/{digest}", reference.name());
+    Error::Registry(crate::registry::Error::from_io(e, &url))
+}
+
+/// What every layer download of one pull shares.
+struct Fetch<'a> {
+    store: &'a Store,
+    client: &'a Client,
+    reference: &'a Reference,
+    deadline: Deadline,
+    say: &'a (dyn Fn(String) + Sync),
 }
 
 /// Downloads and unpacks every layer, `jobs` at a time. The first error stops the others.
 fn download_layers(
-    store: &Store,
-    client: &Client,
-    reference: &Reference,
+    fetch: &Fetch<'_>,
     manifest: &Manifest,
     config: &ImageConfig,
     jobs: usize,
-    say: &(dyn Fn(String) + Sync),
 ) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -284,15 +301,14 @@ fn download_layers(
         else {
             return;
         };
-        let result = fetch_blob(store, client, reference, layer, say).and_then(|()| {
-            if let Some(stats) = store.unpack_layer(layer, diff_id)? {
-                say(format!(
+        let result = fetch_layer(fetch, layer, diff_id).map(|unpacked| {
+            if let Some(stats) = unpacked {
+                (fetch.say)(format!(
                     "layer {} unpacked ({} entries)",
                     layer.digest.short(),
                     stats.entries
                 ));
             }
-            Ok(())
         });
         if let Err(e) = result {
             failed.store(true, Ordering::SeqCst);
@@ -314,18 +330,24 @@ fn download_layers(
     }
 }
 
-/// Downloads one blob into the store unless it is there, resuming a partial download.
-pub(crate) fn fetch_blob(
-    store: &Store,
-    client: &Client,
-    reference: &Reference,
+/// Downloads one layer blob unless the store has it, resuming a partial download, and
+/// unpacks it (or, when the layer is there already, checks that the blob decodes to it).
+fn fetch_layer(
+    fetch: &Fetch<'_>,
     desc: &Descriptor,
-    say: &(dyn Fn(String) + Sync),
-) -> Result<()> {
+    diff_id: &Digest,
+) -> Result<Option<UnpackStats>> {
+    let Fetch {
+        store,
+        client,
+        reference,
+        deadline,
+        say,
+    } = fetch;
     let short = desc.digest.short();
     if store.has_blob(&desc.digest) {
         say(format!("layer {short} already present"));
-        return Ok(());
+        return store.unpack_layer(desc, diff_id);
     }
     let partial = store
         .tmp_dir()
@@ -336,7 +358,7 @@ pub(crate) fn fetch_blob(
     if store.has_blob(&desc.digest) {
         let _ = fs::remove_file(&lock_path);
         say(format!("layer {short} already present"));
-        return Ok(());
+        return store.unpack_layer(desc, diff_id);
     }
     let mut file = OpenOptions::new()
         .read(true)
@@ -367,15 +389,15 @@ pub(crate) fn fetch_blob(
         if hasher.clone().finish() == desc.digest {
             file.sync_all().map_err(Error::io(&partial, "fsync"))?;
             drop(file);
-            store.commit_blob_file(&partial, &desc.digest)?;
-            let _ = fs::remove_file(&lock_path);
             say(format!("layer {short}: completed from an earlier download"));
-            return Ok(());
+            let unpacked = store.accept_layer_blob(&partial, desc, diff_id);
+            let _ = fs::remove_file(&lock_path);
+            return unpacked;
         }
         hasher = Hasher::new();
         have = 0;
     }
-    let response = client.blob(reference, &desc.digest, have)?;
+    let response = client.blob(reference, &desc.digest, have, deadline)?;
     if response.offset == 0 && have > 0 {
         say(format!(
             "layer {short}: registry ignored the range, restarting"
@@ -406,7 +428,7 @@ pub(crate) fn fetch_blob(
             Err(e) => {
                 // Keep what arrived: the next pull resumes from here.
                 let _ = file.sync_data();
-                return Err(Error::Registry(read_error(reference, &desc.digest, e)));
+                return Err(read_error(reference, &desc.digest, e));
             }
         };
         if n == 0 {
@@ -442,11 +464,12 @@ pub(crate) fn fetch_blob(
     }
     file.sync_all().map_err(Error::io(&partial, "fsync"))?;
     drop(file);
-    store.commit_blob_file(&partial, &desc.digest)?;
-    // Still holding the lock: a pull waiting on it will find the blob and stop there.
-    let _ = fs::remove_file(&lock_path);
     say(format!("layer {short}: downloaded"));
-    Ok(())
+    let unpacked = store.accept_layer_blob(&partial, desc, diff_id);
+    // Still holding the lock: a pull waiting on it will find the blob (or its absence, after
+    // a failed check) and go on from there.
+    let _ = fs::remove_file(&lock_path);
+    unpacked
 }
 
 /// `1.5 MiB`, for progress lines.

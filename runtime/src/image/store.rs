@@ -279,21 +279,51 @@ impl Store {
     /// Unpacks the layer blob `blob` (already in the store) as `layers/<diff_id>/`, unless that
     /// layer is already there. The compressed digest and the diff id are both checked while
     /// the tarball streams; the layer directory appears (by rename) only once both match.
+    /// When the layer is there already, the blob is still decoded and checked: an image must
+    /// not name a blob that does not decode to its diff id (export would ship it).
     pub fn unpack_layer(&self, blob: &Descriptor, diff_id: &Digest) -> Result<Option<UnpackStats>> {
-        if self.has_layer(diff_id) {
-            return Ok(None);
+        self.unpack_layer_file(&self.blob_path(&blob.digest), blob, diff_id)
+    }
+
+    /// Verifies the downloaded layer blob `file` (digest, size, and that it decodes to
+    /// `diff_id`), unpacks it unless the layer is there, and only then moves it into the blob
+    /// directory. On any error the file is removed: a blob is accepted only once verified.
+    pub(crate) fn accept_layer_blob(
+        &self,
+        file: &Path,
+        blob: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<Option<UnpackStats>> {
+        let result = self
+            .unpack_layer_file(file, blob, diff_id)
+            .and_then(|stats| self.commit_blob_file(file, &blob.digest).map(|()| stats));
+        if result.is_err() {
+            let _ = fs::remove_file(file);
         }
+        result
+    }
+
+    fn unpack_layer_file(
+        &self,
+        file: &Path,
+        blob: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<Option<UnpackStats>> {
         if Compression::of_layer(&blob.media_type).is_none() {
             return Err(Error::UnknownMediaType {
                 what: format!("layer {}", blob.digest),
                 media_type: blob.media_type.clone(),
             });
         }
+        if self.has_layer(diff_id) {
+            self.verify_layer(file, blob, diff_id, None)?;
+            return Ok(None);
+        }
         let tmp = self
             .tmp_dir()
             .join(fsutil::unique_name(&format!("layer-{}", diff_id.short())));
         fs::create_dir(&tmp).map_err(Error::io(&tmp, "create"))?;
-        let result = self.unpack_into(blob, diff_id, &tmp);
+        let result = self.verify_layer(file, blob, diff_id, Some(&tmp));
         let result = result.and_then(|stats| {
             let dest = self.layer_dir(diff_id);
             match fs::rename(&tmp, &dest) {
@@ -313,16 +343,31 @@ impl Store {
         result
     }
 
-    fn unpack_into(&self, blob: &Descriptor, diff_id: &Digest, dest: &Path) -> Result<UnpackStats> {
-        let path = self.blob_path(&blob.digest);
-        let file = File::open(&path).map_err(Error::io(&path, "open layer blob"))?;
+    /// Streams the layer blob at `path` through its decompressor, unpacking it into `dest`
+    /// when given, and checks both its digest and size and its diff id.
+    fn verify_layer(
+        &self,
+        path: &Path,
+        blob: &Descriptor,
+        diff_id: &Digest,
+        dest: Option<&Path>,
+    ) -> Result<UnpackStats> {
+        let file = File::open(path).map_err(Error::io(path, "open layer blob"))?;
         let mut compressed = BufReader::with_capacity(256 << 10, HashingReader::new(file));
         let stats = {
             let decompressed =
-                unpack::decompress(&mut compressed).map_err(Error::io(&path, "read layer"))?;
+                unpack::decompress(&mut compressed).map_err(Error::io(path, "read layer"))?;
             let mut tar = HashingReader::new(decompressed);
-            let stats = unpack::unpack(&mut tar, dest)?;
-            let (actual, _) = tar.finish().map_err(Error::io(&path, "decompress layer"))?;
+            let stats = match dest {
+                Some(dest) => unpack::unpack(&mut tar, dest)?,
+                None => UnpackStats::default(),
+            };
+            let (actual, _) = tar.finish().map_err(|e| {
+                Error::invalid(
+                    format!("layer {}", blob.digest),
+                    format!("does not decompress: {e}"),
+                )
+            })?;
             if &actual != diff_id {
                 return Err(Error::DigestMismatch {
                     what: format!("layer {} uncompressed (diff id)", blob.digest),
@@ -332,11 +377,11 @@ impl Store {
             }
             stats
         };
-        io::copy(&mut compressed, &mut io::sink()).map_err(Error::io(&path, "read layer"))?;
+        io::copy(&mut compressed, &mut io::sink()).map_err(Error::io(path, "read layer"))?;
         let (actual, size) = compressed
             .into_inner()
             .finish()
-            .map_err(Error::io(&path, "read layer"))?;
+            .map_err(Error::io(path, "read layer"))?;
         check_blob(
             &format!("layer {}", blob.digest),
             Some(&blob.digest),
@@ -344,7 +389,9 @@ impl Store {
             &actual,
             size,
         )?;
-        syncfs(dest)?;
+        if let Some(dest) = dest {
+            syncfs(dest)?;
+        }
         Ok(stats)
     }
 

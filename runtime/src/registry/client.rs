@@ -1,9 +1,13 @@
 //! A blocking OCI distribution client: manifests and blobs, with auth, mirrors and ranges.
+//!
+//! Nothing a registry sends is trusted to end: every request of a pull shares one
+//! [`Deadline`], every body is read through [`Transfer`] (the deadline, a minimum rate over a
+//! window, a size cap for documents), and redirects never leave HTTPS once on it.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ureq::http::Response;
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
@@ -23,6 +27,44 @@ const MAX_DOCUMENT: u64 = 4 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A registry that sends nothing for this long is treated as gone (the pull can resume).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the head of an answer (the body has the minimum rate).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most of an error answer read for its message.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
+/// When a whole pull must be over: shared by every request and body of the pull.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline {
+            // A timeout too far to represent is no deadline at all; a week is the config's cap.
+            at: now
+                .checked_add(timeout)
+                .unwrap_or(now + Duration::from_secs(7 * 24 * 3600)),
+            timeout,
+        }
+    }
+
+    /// What is left, or `None` once it has passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        let left = self.at.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    fn error(&self, url: &str) -> Error {
+        Error::Deadline {
+            url: url.to_string(),
+            timeout: self.timeout,
+        }
+    }
+}
 
 /// A manifest as the registry served it.
 #[derive(Debug)]
@@ -36,6 +78,8 @@ pub struct ManifestResponse {
 
 /// A blob body, possibly starting at an offset (ranged request honoured).
 pub struct BlobResponse {
+    /// Read errors that come from Berth's limits carry a [`Error`] inside the `io::Error`
+    /// ([`Error::from_io`] gets it back).
     pub body: Box<dyn Read + Send>,
     /// Byte offset of the first byte of `body`: the requested offset, or 0 when the server
     /// ignored the range and sends the whole blob.
@@ -59,6 +103,8 @@ pub struct Client {
     tls_problem: Option<Error>,
     /// `Authorization` values by endpoint host and scope.
     tokens: Mutex<HashMap<String, String>>,
+    /// Bytes per second every body must keep up over a window.
+    min_rate: Option<(u64, Duration)>,
 }
 
 impl Client {
@@ -83,10 +129,16 @@ impl Client {
             .new_agent();
         Client {
             agent,
+            min_rate: config.min_rate(),
             config,
             tls_problem,
             tokens: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A deadline for one pull, from `pull_timeout` in the config.
+    pub fn pull_deadline(&self) -> Deadline {
+        Deadline::after(self.config.pull_timeout())
     }
 
     pub fn config(&self) -> &RegistriesConfig {
@@ -130,11 +182,17 @@ impl Client {
     }
 
     /// Fetches the manifest `tag_or_digest` of `reference`'s repository.
-    pub fn manifest(&self, reference: &Reference, tag_or_digest: &str) -> Result<ManifestResponse> {
+    pub fn manifest(
+        &self,
+        reference: &Reference,
+        tag_or_digest: &str,
+        deadline: &Deadline,
+    ) -> Result<ManifestResponse> {
         let (url, response) = self.get(
             reference,
             &format!("manifests/{tag_or_digest}"),
             &[("Accept", media::MANIFEST_ACCEPT.to_string())],
+            deadline,
         )?;
         let header = |name: &str| {
             response
@@ -146,7 +204,7 @@ impl Client {
         let media_type = header("content-type")
             .map(|t| t.split(';').next().unwrap_or_default().trim().to_string());
         let digest = header("docker-content-digest");
-        let body = read_document(response, &url)?;
+        let body = self.read_document(response, &url, deadline)?;
         Ok(ManifestResponse {
             body,
             media_type,
@@ -160,13 +218,15 @@ impl Client {
         reference: &Reference,
         digest: &Digest,
         offset: u64,
+        deadline: &Deadline,
     ) -> Result<BlobResponse> {
         let headers: Vec<(&str, String)> = if offset > 0 {
             vec![("Range", format!("bytes={offset}-"))]
         } else {
             Vec::new()
         };
-        let (url, response) = self.get(reference, &format!("blobs/{digest}"), &headers)?;
+        let (url, response) =
+            self.get(reference, &format!("blobs/{digest}"), &headers, deadline)?;
         let start = if response.status().as_u16() == 206 {
             let range = response
                 .headers()
@@ -186,7 +246,7 @@ impl Client {
             0
         };
         Ok(BlobResponse {
-            body: Box::new(response.into_body().into_reader()),
+            body: Box::new(self.transfer(response, &url, deadline)),
             offset: start,
         })
     }
@@ -197,14 +257,17 @@ impl Client {
         reference: &Reference,
         path: &str,
         headers: &[(&str, String)],
+        deadline: &Deadline,
     ) -> Result<(String, Response<Body>)> {
         let endpoints = self.endpoints(&reference.registry);
         let last = endpoints.len() - 1;
         let mut first_error = None;
         for (i, endpoint) in endpoints.iter().enumerate() {
             let url = format!("{}/v2/{}/{}", endpoint.base, reference.repository, path);
-            match self.get_at(endpoint, &reference.repository, &url, headers) {
+            match self.get_at(endpoint, &reference.repository, &url, headers, deadline) {
                 Ok(response) => return Ok((url, response)),
+                // The deadline is the whole pull's: no other endpoint has time left.
+                Err(e @ Error::Deadline { .. }) => return Err(e),
                 Err(e) if i < last => {
                     log::warn!("mirror {}: {e}; trying the next endpoint", endpoint.host);
                     first_error.get_or_insert(e);
@@ -223,6 +286,7 @@ impl Client {
         repository: &str,
         url: &str,
         headers: &[(&str, String)],
+        deadline: &Deadline,
     ) -> Result<Response<Body>> {
         if endpoint.base.starts_with("https://") {
             if let Some(problem) = &self.tls_problem {
@@ -235,7 +299,7 @@ impl Client {
         let scope = format!("repository:{repository}:pull");
         let key = format!("{}|{scope}", endpoint.host);
         let cached = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
-        let mut response = self.send(url, headers, cached.as_deref())?;
+        let mut response = self.send(url, headers, cached.as_deref(), deadline)?;
         if response.status().as_u16() == 401 {
             let header = response
                 .headers()
@@ -243,8 +307,8 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            let authorization = self.authorize(endpoint, url, &header, &scope)?;
-            response = self.send(url, headers, Some(&authorization))?;
+            let authorization = self.authorize(endpoint, url, &header, &scope, deadline)?;
+            response = self.send(url, headers, Some(&authorization), deadline)?;
             if response.status().as_u16() == 401 {
                 return Err(Error::Unauthorized {
                     url: url.to_string(),
@@ -263,7 +327,7 @@ impl Client {
             status => Err(Error::Status {
                 url: url.to_string(),
                 status,
-                message: error_message(response),
+                message: self.error_message(response, url, deadline),
             }),
         }
     }
@@ -273,18 +337,71 @@ impl Client {
         url: &str,
         headers: &[(&str, String)],
         authorization: Option<&str>,
+        deadline: &Deadline,
     ) -> Result<Response<Body>> {
-        let mut request = self.agent.get(url);
+        let remaining = deadline.remaining().ok_or_else(|| deadline.error(url))?;
+        // A read that waits a whole rate window has seen less than any positive rate.
+        let per_read = match self.min_rate {
+            Some((_, window)) => window.min(READ_TIMEOUT),
+            None => READ_TIMEOUT,
+        };
+        let mut request = self
+            .agent
+            .get(url)
+            .config()
+            // Bounds everything ureq does for this request, the body included: a read blocked
+            // on a silent registry returns when the pull's deadline comes.
+            .timeout_global(Some(remaining))
+            .timeout_per_read(Some(per_read))
+            .timeout_recv_response(Some(HEAD_TIMEOUT))
+            // Once on HTTPS, a redirect cannot take the request to plain HTTP.
+            .https_only(url.starts_with("https://"))
+            .build();
         for (name, value) in headers {
             request = request.header(*name, value);
         }
         if let Some(a) = authorization {
             request = request.header("Authorization", a);
         }
-        request.call().map_err(|e| Error::Transport {
-            url: url.to_string(),
-            source: Box::new(e),
+        request.call().map_err(|e| match e {
+            ureq::Error::Timeout(ureq::Timeout::Global) => deadline.error(url),
+            ureq::Error::RequireHttpsOnly(to) => Error::Redirect {
+                url: url.to_string(),
+                reason: format!("from HTTPS to {to}"),
+            },
+            e => Error::Transport {
+                url: url.to_string(),
+                source: Box::new(e),
+            },
         })
+    }
+
+    /// `response`'s body, read under the pull's limits.
+    fn transfer(&self, response: Response<Body>, url: &str, deadline: &Deadline) -> Transfer {
+        Transfer::new(
+            Box::new(response.into_body().into_reader()),
+            url,
+            *deadline,
+            self.min_rate,
+        )
+    }
+
+    /// A manifest or token answer: small, so read whole, up to [`MAX_DOCUMENT`].
+    fn read_document(
+        &self,
+        response: Response<Body>,
+        url: &str,
+        deadline: &Deadline,
+    ) -> Result<Vec<u8>> {
+        read_capped(self.transfer(response, url, deadline), MAX_DOCUMENT, url)
+    }
+
+    /// The registry's error text (OCI error JSON or the first bytes of the body).
+    fn error_message(&self, response: Response<Body>, url: &str, deadline: &Deadline) -> String {
+        match read_capped(self.transfer(response, url, deadline), MAX_ERROR_BODY, url) {
+            Ok(body) => error_text(&body),
+            Err(_) => String::new(),
+        }
     }
 
     /// Answers a `401` challenge: the `Authorization` value to retry with.
@@ -294,6 +411,7 @@ impl Client {
         url: &str,
         header: &str,
         scope: &str,
+        deadline: &Deadline,
     ) -> Result<String> {
         let bad = || Error::BadChallenge {
             url: url.to_string(),
@@ -313,16 +431,30 @@ impl Client {
                 }),
             "bearer" => {
                 let token_url = auth::token_url(&challenge, scope).ok_or_else(bad)?;
+                // Credentials (or a token) fetched over plain HTTP for an HTTPS registry
+                // would be readable by anyone on the path.
+                if endpoint.base.starts_with("https://") && !token_url.starts_with("https://") {
+                    return Err(Error::Token {
+                        url: token_url,
+                        reason: format!(
+                            "token realm is not HTTPS for HTTPS registry {}",
+                            endpoint.host
+                        ),
+                    });
+                }
                 let basic = credentials.map(auth::basic_header);
-                let response = self.send(&token_url, &[], basic.as_deref())?;
+                let response = self.send(&token_url, &[], basic.as_deref(), deadline)?;
                 let status = response.status().as_u16();
                 if status != 200 {
                     return Err(Error::Token {
+                        reason: format!(
+                            "HTTP {status}: {}",
+                            self.error_message(response, &token_url, deadline)
+                        ),
                         url: token_url,
-                        reason: format!("HTTP {status}: {}", error_message(response)),
                     });
                 }
-                let body = read_document(response, &token_url)?;
+                let body = self.read_document(response, &token_url, deadline)?;
                 let token = auth::token_from_json(&body).ok_or_else(|| Error::Token {
                     url: token_url.clone(),
                     reason: "answer has no token".into(),
@@ -337,28 +469,119 @@ impl Client {
     }
 }
 
-fn read_document(response: Response<Body>, url: &str) -> Result<Vec<u8>> {
-    response
-        .into_body()
-        .with_config()
-        .limit(MAX_DOCUMENT)
-        .read_to_vec()
-        .map_err(|e| Error::Transport {
+/// Reads all of `body`, refusing more than `limit` bytes.
+fn read_capped(body: impl Read, limit: u64, url: &str) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    body.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::from_io(e, url))?;
+    if data.len() as u64 > limit {
+        return Err(Error::TooLarge {
             url: url.to_string(),
-            source: Box::new(e),
-        })
+            limit,
+        });
+    }
+    Ok(data)
 }
 
-/// The registry's error text (OCI error JSON or the first bytes of the body).
-fn error_message(response: Response<Body>) -> String {
-    let Ok(body) = response
-        .into_body()
-        .with_config()
-        .limit(64 << 10)
-        .read_to_vec()
-    else {
-        return String::new();
-    };
+/// An answer's body under the limits of the pull: past the deadline, or slower than the
+/// minimum rate over a whole window, reading fails with the [`Error`] that says so.
+pub struct Transfer {
+    inner: Box<dyn Read + Send>,
+    url: String,
+    deadline: Deadline,
+    min_rate: Option<(u64, Duration)>,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl Transfer {
+    pub fn new(
+        inner: Box<dyn Read + Send>,
+        url: &str,
+        deadline: Deadline,
+        min_rate: Option<(u64, Duration)>,
+    ) -> Transfer {
+        Transfer {
+            inner,
+            url: url.to_string(),
+            deadline,
+            min_rate,
+            window_start: Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    fn too_slow(&self, min_rate: u64) -> io::Error {
+        io::Error::other(Error::TooSlow {
+            url: self.url.clone(),
+            bytes: self.window_bytes,
+            elapsed: self.window_start.elapsed(),
+            min_rate,
+        })
+    }
+
+    /// Berth's reading of an error of the underlying reader.
+    fn classify(&self, e: io::Error) -> io::Error {
+        let timeout = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .and_then(|u| match u {
+                ureq::Error::Timeout(t) => Some(*t),
+                _ => None,
+            });
+        match (timeout, self.min_rate) {
+            (Some(ureq::Timeout::Global), _) => io::Error::other(self.deadline.error(&self.url)),
+            _ if self.deadline.remaining().is_none() => {
+                io::Error::other(self.deadline.error(&self.url))
+            }
+            (Some(ureq::Timeout::PerRead | ureq::Timeout::RecvBody), Some((rate, _))) => {
+                self.too_slow(rate)
+            }
+            _ => e,
+        }
+    }
+}
+
+impl Read for Transfer {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.deadline.remaining().is_none() {
+            return Err(io::Error::other(self.deadline.error(&self.url)));
+        }
+        let n = self.inner.read(buf).map_err(|e| self.classify(e))?;
+        self.window_bytes += n as u64;
+        if let Some((rate, window)) = self.min_rate {
+            let elapsed = self.window_start.elapsed();
+            if n > 0 && elapsed >= window {
+                // Whole-second rounding never asks for more than the rate over the window.
+                let needed = rate.saturating_mul(elapsed.as_millis() as u64) / 1000;
+                if self.window_bytes < needed {
+                    return Err(self.too_slow(rate));
+                }
+                self.window_start = Instant::now();
+                self.window_bytes = 0;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Error {
+    /// The registry error inside an `io::Error` from a [`Transfer`], or a transport error.
+    pub fn from_io(e: io::Error, url: &str) -> Error {
+        let reason = format!("reading body: {e}");
+        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(error)) => *error,
+            _ => Error::BadResponse {
+                url: url.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
+/// An error answer's text (OCI error JSON or its first bytes).
+fn error_text(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<ErrorItem>,
@@ -368,7 +591,7 @@ fn error_message(response: Response<Body>) -> String {
         code: Option<String>,
         message: Option<String>,
     }
-    if let Ok(e) = serde_json::from_slice::<Errors>(&body) {
+    if let Ok(e) = serde_json::from_slice::<Errors>(body) {
         return e
             .errors
             .iter()

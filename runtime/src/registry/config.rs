@@ -19,11 +19,22 @@
 //! password = "ghp_..."
 //! ```
 //!
+//! Limits that keep a slow or hostile registry from holding a pull forever (top-level keys
+//! of `[registries]`, written before its sub-tables):
+//!
+//! ```toml
+//! [registries]
+//! pull_timeout = "1h"        # the whole pull: every request and every body
+//! min_rate = "1K"            # bytes per second a transfer must keep up ("0": no floor) ...
+//! min_rate_window = "30s"    # ... measured over this window
+//! ```
+//!
 //! berth-init parses the whole file with its own types; this module reads only this section
 //! and ignores the rest of the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -31,6 +42,12 @@ use super::{Error, Result};
 
 /// The system CA bundle Berth ships.
 pub const DEFAULT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Default of `pull_timeout`: a few GiB over a slow link, far beyond a healthy pull.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default of `min_rate` (bytes per second).
+pub const DEFAULT_MIN_RATE: u64 = 1024;
+/// Default of `min_rate_window`.
+pub const DEFAULT_MIN_RATE_WINDOW: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +64,89 @@ pub struct RegistriesConfig {
     /// Registry host → credentials.
     #[serde(default)]
     pub auth: BTreeMap<String, Credentials>,
+    /// Longest a whole pull may take.
+    #[serde(default)]
+    pub pull_timeout: Option<ConfigDuration>,
+    /// Slowest transfer accepted, in bytes per second (0: no floor).
+    #[serde(default)]
+    pub min_rate: Option<ConfigSize>,
+    /// The window `min_rate` is measured over.
+    #[serde(default)]
+    pub min_rate_window: Option<ConfigDuration>,
+}
+
+/// A duration written as a number and a unit: `500ms`, `30s`, `10m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    pub fn parse(text: &str) -> std::result::Result<ConfigDuration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {text:?} needs a unit (ms, s, m, h)"))?;
+        let (number, unit) = text.split_at(split);
+        let millis: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(format!("duration {text:?}: unknown unit (use ms, s, m, h)")),
+        };
+        let value: u64 = number
+            .parse()
+            .map_err(|_| format!("duration {text:?}: bad number"))?;
+        match value.checked_mul(millis) {
+            // A week: beyond any pull, and far from overflowing `Instant` arithmetic.
+            Some(ms) if ms > 0 && ms <= 7 * 24 * 3_600_000 => {
+                Ok(ConfigDuration(Duration::from_millis(ms)))
+            }
+            _ => Err(format!(
+                "duration {text:?}: must be above 0 and at most a week"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ConfigDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A byte count with an optional binary suffix: `512`, `1K`, `2M`, `1G`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigSize(pub u64);
+
+impl ConfigSize {
+    pub fn parse(text: &str) -> std::result::Result<ConfigSize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, suffix) = text.split_at(split);
+        let shift = match suffix {
+            "" => 0,
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            _ => return Err(format!("size {text:?}: unknown suffix (use K, M, G)")),
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .map(ConfigSize)
+            .ok_or_else(|| format!("size {text:?}: bad number"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ConfigSize::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Clone, Deserialize, PartialEq)]
@@ -107,6 +207,20 @@ impl RegistriesConfig {
             .as_deref()
             .unwrap_or(Path::new(DEFAULT_CA_BUNDLE))
     }
+
+    /// `pull_timeout`, or its default.
+    pub fn pull_timeout(&self) -> Duration {
+        self.pull_timeout.map_or(DEFAULT_PULL_TIMEOUT, |d| d.0)
+    }
+
+    /// `(bytes per second, window)` every transfer must keep up, or `None` with `min_rate = "0"`.
+    pub fn min_rate(&self) -> Option<(u64, Duration)> {
+        let rate = self.min_rate.map_or(DEFAULT_MIN_RATE, |r| r.0);
+        let window = self
+            .min_rate_window
+            .map_or(DEFAULT_MIN_RATE_WINDOW, |w| w.0);
+        (rate > 0).then_some((rate, window))
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +259,36 @@ mod tests {
     fn rejects_unknown_keys_in_section() {
         let e = RegistriesConfig::parse("[registries]\ninsecur = []\n").unwrap_err();
         assert!(e.contains("insecur"), "{e}");
+    }
+
+    #[test]
+    fn parses_limits_with_defaults() {
+        let c = RegistriesConfig::parse("").unwrap();
+        assert_eq!(c.pull_timeout(), DEFAULT_PULL_TIMEOUT);
+        assert_eq!(
+            c.min_rate(),
+            Some((DEFAULT_MIN_RATE, DEFAULT_MIN_RATE_WINDOW))
+        );
+        let c = RegistriesConfig::parse(
+            "[registries]\npull_timeout = \"1500ms\"\nmin_rate = \"2K\"\nmin_rate_window = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.pull_timeout(), Duration::from_millis(1500));
+        assert_eq!(c.min_rate(), Some((2048, Duration::from_secs(2))));
+        let c = RegistriesConfig::parse("[registries]\nmin_rate = \"0\"\n").unwrap();
+        assert_eq!(c.min_rate(), None);
+        for bad in [
+            "pull_timeout = \"10\"",
+            "pull_timeout = \"0s\"",
+            "pull_timeout = \"8000h\"",
+            "pull_timeout = \"1.5s\"",
+            "min_rate = \"1X\"",
+            "min_rate = \"99999999999999999999\"",
+            "min_rate = 5",
+        ] {
+            let e = RegistriesConfig::parse(&format!("[registries]\n{bad}\n")).unwrap_err();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub use config::RegistriesConfig;
 pub use reference::Reference;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +46,22 @@ pub enum Error {
     Token { url: String, reason: String },
     #[error("{url}: bad response: {reason}")]
     BadResponse { url: String, reason: String },
+    #[error("{url}: the pull took longer than {} (registries.pull_timeout)", seconds(*.timeout))]
+    Deadline { url: String, timeout: Duration },
+    #[error(
+        "{url}: transfer too slow: {bytes} bytes in {}, below the minimum of {min_rate} bytes/s (registries.min_rate)",
+        seconds(*.elapsed)
+    )]
+    TooSlow {
+        url: String,
+        bytes: u64,
+        elapsed: Duration,
+        min_rate: u64,
+    },
+    #[error("{url}: answer larger than {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: redirect refused: {reason}")]
+    Redirect { url: String, reason: String },
     #[error("CA bundle {}: {reason}", path.display())]
     CaBundle { path: PathBuf, reason: String },
     #[error("machine config {}: {reason}", path.display())]
@@ -52,3 +69,8 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `1.5 s`, for messages.
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}

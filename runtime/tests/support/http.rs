@@ -35,6 +35,9 @@ pub struct Response {
     pub raw: Option<Vec<u8>>,
     /// Announce the full body length but close the connection after this many body bytes.
     pub cut_after: Option<usize>,
+    /// Send the body this many bytes at a time, with this pause in between (a registry that
+    /// drips its answer). Stops when the client goes away.
+    pub drip: Option<(usize, Duration)>,
 }
 
 impl Response {
@@ -149,7 +152,19 @@ fn serve(stream: TcpStream, handler: &Handler) {
         None => &response.body[..],
     };
     if request.method != "HEAD" {
-        let _ = out.write_all(body);
+        match response.drip {
+            Some((chunk, pause)) => {
+                for piece in body.chunks(chunk.max(1)) {
+                    if out.write_all(piece).and_then(|()| out.flush()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(pause);
+                }
+            }
+            None => {
+                let _ = out.write_all(body);
+            }
+        }
     }
     let _ = out.flush();
     // Drain anything the client still sends, then close.
