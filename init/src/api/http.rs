@@ -85,6 +85,15 @@ pub fn stream_head(status: u16, content_type: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The head of a response whose body of `len` bytes is sent after it.
+pub fn length_head(status: u16, content_type: &str, len: u64) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        reason(status)
+    )
+    .into_bytes()
+}
+
 /// One chunk of a chunked body (empty data makes no chunk: that would end the body).
 pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
     if data.is_empty() {
@@ -217,14 +226,7 @@ impl Response {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
+        let mut out = length_head(self.status, self.content_type, self.body.len() as u64);
         out.extend_from_slice(&self.body);
         out
     }
