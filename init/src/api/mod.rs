@@ -148,7 +148,9 @@ impl ApiServer {
                 Ok((mut stream, _)) => {
                     if self.local >= MAX_CONNECTIONS {
                         let detail = format!("at most {MAX_CONNECTIONS} at once; try again");
-                        refuse(&mut stream, &detail);
+                        if stream.set_nonblocking(true).is_ok() {
+                            refuse(&mut stream, &detail);
+                        }
                         let _ = stream.shutdown(Shutdown::Write);
                         continue;
                     }
@@ -343,8 +345,7 @@ impl ApiServer {
             .map(|(id, _)| *id)
             .collect();
         for id in followers {
-            if let Some(Phase::Log { cursor, .. }) = self.conns.get_mut(&id).map(|c| &mut c.phase)
-            {
+            if let Some(Phase::Log { cursor, .. }) = self.conns.get_mut(&id).map(|c| &mut c.phase) {
                 cursor.notify(bytes.len());
             }
             // A follower waiting for its socket reads on when the socket is writable.
@@ -406,12 +407,20 @@ impl ApiServer {
             conn.push(&http::stream_head(200, logs::CONTENT_TYPE));
             conn.deadline = None;
         } else {
-            conn.push(&http::length_head(200, logs::CONTENT_TYPE, cursor.backlog()));
+            conn.push(&http::length_head(
+                200,
+                logs::CONTENT_TYPE,
+                cursor.backlog(),
+            ));
             let deadline = after(now, WRITE_TIMEOUT);
             conn.deadline = Some(deadline);
             r.schedule(deadline, Timer::ApiConn(id));
         }
-        let remaining = if cursor.follows() { 0 } else { cursor.backlog() };
+        let remaining = if cursor.follows() {
+            0
+        } else {
+            cursor.backlog()
+        };
         conn.phase = Phase::Log { cursor, remaining };
         self.after_io(id, r);
     }
@@ -455,7 +464,10 @@ impl ApiServer {
     fn close(&mut self, id: u64, r: &mut dyn Reactor) {
         self.writing.remove(&id);
         if let Some(mut conn) = self.conns.remove(&id) {
-            conn.stream.close();
+            // A TLS peer that never completed its handshake gets no close_notify either.
+            if !conn.handshaking {
+                conn.stream.close();
+            }
             r.unwatch(conn.stream.as_fd());
             match conn.origin {
                 Origin::Local => self.local = self.local.saturating_sub(1),
@@ -474,9 +486,7 @@ impl ApiServer {
 
     /// Some connection follows a unit's log.
     pub fn has_followers(&self) -> bool {
-        self.conns
-            .values()
-            .any(|c| c.phase.follows(None))
+        self.conns.values().any(|c| c.phase.follows(None))
     }
 
     /// Connections open now (for tests and metrics).
@@ -485,7 +495,8 @@ impl ApiServer {
     }
 }
 
-/// Over a limit: a short 503 (best effort, never waiting); the caller then ends the
+/// Over a limit: a short 503 (best effort; the stream must be non-blocking, PID 1 never
+/// waits for a client); the caller then ends the
 /// connection. What the peer already sent is read first: closing a TCP socket with unread
 /// input resets the connection, and the peer could lose the answer.
 fn refuse(stream: &mut (impl Read + Write), detail: &str) {
