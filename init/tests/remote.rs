@@ -354,3 +354,38 @@ fn peers_that_never_finish_a_handshake_lock_no_one_out() {
         assert!(freed && attempts < 5, "one connection too many: {text:?}");
     }
 }
+
+/// The kernel's timer on the TCP socket from `local` to `remote` (ports), from
+/// /proc/net/tcp: 0 none, 1 retransmit, 2 keepalive, 4 zero-window probe.
+fn tcp_timer(local: u16, remote: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+        (port(f[1])? == local && port(f[2])? == remote)
+            .then(|| u8::from_str_radix(f[5].split(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn remote_connections_are_probed_with_keepalive() {
+    let (host, tls, addr) = start_remote("remote-keepalive");
+    // A log follower over TLS: a connection that stays open and quiet.
+    let tcp = TcpStream::connect(&addr).unwrap();
+    let mine = tcp.local_addr().unwrap().port();
+    let server = tcp.peer_addr().unwrap().port();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(client_config(&tls, Some("client"))), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(b"GET /v1/units/echo/logs?follow=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The server's end of it has the keepalive timer running.
+    host.wait_for("keepalive on the server's socket", || {
+        tcp_timer(server, mine) == Some(2)
+    });
+}

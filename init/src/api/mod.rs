@@ -214,6 +214,7 @@ impl ApiServer {
                 continue;
             }
             let _ = tcp.set_nodelay(true);
+            keepalive(&tcp);
             match tls::TlsStream::new(tcp, config.clone()) {
                 Ok(s) => {
                     debug!("api: TLS connection from {peer}");
@@ -509,6 +510,18 @@ fn refuse(stream: &mut (impl Read + Write), detail: &str) {
     }
     let resp = Response::error(503, "too many connections", detail);
     let _ = stream.write(&resp.to_bytes());
+}
+
+/// Probes a quiet TCP peer after a minute (then every 10 s, 3 times), and gives up on one
+/// that acknowledges nothing for 2 minutes: a log follower whose peer vanished without closing
+/// does not keep its place for good.
+fn keepalive(tcp: &std::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &60);
+    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &3);
+    let _ = setsockopt(tcp, sockopt::TcpUserTimeout, &120_000);
 }
 
 /// What the per-peer limit counts: an IPv4 address, or an IPv6 /64 (what one site usually
