@@ -441,24 +441,28 @@ fn log_followers_cost_bounded_memory_whatever_the_backlog() {
     );
     let host = Host::start_in(dir, &[("big", &unit)]);
     let before = rss(host.pid);
-    // Followers of everything that never read, and one that will.
-    let follow = || {
+    // Readers of everything that never read, following or not, and one that will.
+    let ask = |query: &str| {
         let mut s = UnixStream::connect(host.socket()).unwrap();
-        s.write_all(b"GET /v1/units/big/logs?tail=all&follow=1 HTTP/1.1\r\n\r\n")
-            .unwrap();
+        write!(s, "GET /v1/units/big/logs?{query} HTTP/1.1\r\n\r\n").unwrap();
         s
     };
-    let stalled: Vec<UnixStream> = (0..56).map(|_| follow()).collect();
-    let reader = follow();
-    host.wait_for("every follower to be served", || {
-        stalled.iter().chain([&reader]).all(|s| readable(s) > 0)
+    let stalled: Vec<UnixStream> = (0..28).map(|_| ask("tail=all&follow=1")).collect();
+    let plain: Vec<UnixStream> = (0..28).map(|_| ask("tail=all")).collect();
+    let reader = ask("tail=all&follow=1");
+    host.wait_for("every reader to be served", || {
+        stalled
+            .iter()
+            .chain(&plain)
+            .chain([&reader])
+            .all(|s| readable(s) > 0)
     });
     let bound = 24 << 20;
     let grown = rss(host.pid).saturating_sub(before);
-    eprintln!("57 followers of a 2 MiB backlog: RSS {before} + {grown} bytes");
+    eprintln!("57 readers of a 2 MiB backlog: RSS {before} + {grown} bytes");
     assert!(
         grown < bound,
-        "57 followers of a 2 MiB backlog: +{grown} bytes RSS"
+        "57 readers of a 2 MiB backlog: +{grown} bytes RSS"
     );
 
     // The reader gets every byte in order: the backlog (the last 2 MiB, whole lines), then
@@ -491,6 +495,16 @@ fn log_followers_cost_bounded_memory_whatever_the_backlog() {
     }
     let got = read_chunked_until(&mut one, "DONE\n");
     assert_eq!(String::from_utf8(got).unwrap(), text);
+    // A plain request gets the log as it was when the request came.
+    let mut one = plain.into_iter().next().unwrap();
+    one.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    one.read_to_end(&mut answer).unwrap();
+    let backlog = lines(first..40960);
+    let head = format!("Content-Length: {}\r\n", backlog.len());
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.contains(&head), "{}", &answer[..200]);
+    assert!(answer.ends_with(&format!("\r\n\r\n{backlog}")));
 }
 
 #[test]

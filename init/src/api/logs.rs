@@ -94,8 +94,7 @@ pub enum Next {
 /// A position in a unit's log, read forward block by block.
 pub struct LogCursor {
     unit: String,
-    dir: PathBuf,
-    keep: u32,
+    policy: LogPolicy,
     /// Open files still to read, oldest first.
     files: VecDeque<Segment>,
     follow: bool,
@@ -116,8 +115,7 @@ impl LogCursor {
     ) -> io::Result<LogCursor> {
         let mut cursor = LogCursor {
             unit: unit.to_string(),
-            dir: policy.dir.clone(),
-            keep: policy.keep,
+            policy: policy.clone(),
             files: VecDeque::new(),
             follow,
             unread: 0,
@@ -173,15 +171,10 @@ impl LogCursor {
 
     /// The log files, oldest first: `<unit>.log.<keep>` … `<unit>.log.1`, `<unit>.log`.
     fn chain(&self) -> Vec<PathBuf> {
-        let policy = LogPolicy {
-            dir: self.dir.clone(),
-            max_bytes: 0,
-            keep: self.keep,
-        };
-        (1..=self.keep)
+        (1..=self.policy.keep)
             .rev()
-            .map(|n| policy.rotated(&self.unit, n))
-            .chain(std::iter::once(policy.path_of(&self.unit)))
+            .map(|n| self.policy.rotated(&self.unit, n))
+            .chain(std::iter::once(self.policy.path_of(&self.unit)))
             .collect()
     }
 
@@ -189,7 +182,7 @@ impl LogCursor {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<Next> {
         // Bounded: each pass either returns or drops one file (at most keep + 1 are open),
         // and moving to another file returns at the next pass unless it has data.
-        for _ in 0..(self.keep as usize + 4) * 2 {
+        for _ in 0..(self.policy.keep as usize + 4) * 2 {
             let Some(seg) = self.files.front_mut() else {
                 if !self.follow {
                     return Ok(Next::End);
@@ -249,17 +242,17 @@ impl LogCursor {
 
     /// Where a follower that read all of file `id` goes on.
     fn successor(&mut self, id: FileId) -> io::Result<Successor> {
-        let chain = self.chain();
         let stat = |p: &PathBuf| {
             std::fs::metadata(p)
                 .ok()
                 .map(|m| ((m.dev(), m.ino()), m.len()))
         };
         // The common case, one stat: still the current file.
-        let current = chain.last().and_then(stat);
+        let current = stat(&self.policy.path_of(&self.unit));
         if current.is_some_and(|(cur, _)| cur == id) {
             return Ok(Successor::Same);
         }
+        let chain = self.chain();
         let found: Vec<Option<(FileId, u64)>> = chain.iter().map(stat).collect();
         match found.iter().position(|f| f.is_some_and(|(f, _)| f == id)) {
             Some(mine) => {
