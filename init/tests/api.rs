@@ -374,6 +374,168 @@ fn a_follower_that_does_not_read_gets_a_gap_not_unbounded_buffering() {
     assert!(got.len() < 12 << 20, "received {} bytes", got.len());
 }
 
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Bytes waiting to be read on `s`.
+fn readable(s: &UnixStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0);
+    n as usize
+}
+
+/// Line `i` of the test log: 64 bytes.
+fn numbered(i: u64) -> String {
+    format!("{i:08} {}\n", "x".repeat(54))
+}
+
+/// Decodes a chunked body from `r` until its text ends with `end`.
+fn read_chunked_until(r: &mut BufReader<UnixStream>, end: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while !out.ends_with(end.as_bytes()) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "stream stopped after {} bytes",
+            out.len()
+        );
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        assert!(size > 0, "the stream ended");
+        let at = out.len();
+        out.resize(at + size, 0);
+        r.read_exact(&mut out[at..]).unwrap();
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf).unwrap();
+        assert_eq!(&crlf, b"\r\n");
+    }
+    out
+}
+
+#[test]
+fn log_followers_cost_bounded_memory_whatever_the_backlog() {
+    // 2.5 MiB of log before the start (two rotated files and the current one), and 2 MiB
+    // more once the test says so: more than a follower's whole backlog, across rotations.
+    let dir = temp_dir("api-followers");
+    let logs = dir.join("state/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let lines = |r: std::ops::Range<u64>| r.map(numbered).collect::<String>();
+    std::fs::write(logs.join("big.log.2"), lines(0..16384)).unwrap();
+    std::fs::write(logs.join("big.log.1"), lines(16384..32768)).unwrap();
+    std::fs::write(logs.join("big.log"), lines(32768..40960)).unwrap();
+    let unit = format!(
+        "[container]\ncommand = [\"sh\", \"-c\", \"while [ ! -f {{dir}}/go ]; do sleep 0.05; done; awk 'BEGIN {{ for (i = 40960; i < 73728; i++) printf \\\"%08d {}\\\\n\\\", i }}'; echo DONE; exec sleep 300\"]\n",
+        "x".repeat(54)
+    );
+    let host = Host::start_in(dir, &[("big", &unit)]);
+    let before = rss(host.pid);
+    // Readers of everything that never read, following or not, and one that will.
+    let ask = |query: &str| {
+        let mut s = UnixStream::connect(host.socket()).unwrap();
+        write!(s, "GET /v1/units/big/logs?{query} HTTP/1.1\r\n\r\n").unwrap();
+        s
+    };
+    let stalled: Vec<UnixStream> = (0..28).map(|_| ask("tail=all&follow=1")).collect();
+    let plain: Vec<UnixStream> = (0..28).map(|_| ask("tail=all")).collect();
+    let reader = ask("tail=all&follow=1");
+    host.wait_for("every reader to be served", || {
+        stalled
+            .iter()
+            .chain(&plain)
+            .chain([&reader])
+            .all(|s| readable(s) > 0)
+    });
+    let bound = 24 << 20;
+    let grown = rss(host.pid).saturating_sub(before);
+    eprintln!("57 readers of a 2 MiB backlog: RSS {before} + {grown} bytes");
+    assert!(
+        grown < bound,
+        "57 readers of a 2 MiB backlog: +{grown} bytes RSS"
+    );
+
+    // The reader gets every byte in order: the backlog (the last 2 MiB, whole lines), then
+    // everything the unit writes, across two rotations.
+    std::fs::write(host.dir.join("go"), "").unwrap();
+    let mut reader = BufReader::new(reader);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        reader.read_line(&mut head).unwrap();
+    }
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    let got = read_chunked_until(&mut reader, "DONE\n");
+    let text = String::from_utf8(got).unwrap();
+    let first: u64 = text[..8].parse().unwrap();
+    assert!(
+        (8192..=8193).contains(&first),
+        "backlog starts at line {first}"
+    );
+    assert_eq!(text, lines(first..73728) + "DONE\n");
+    let grown = rss(host.pid).saturating_sub(before);
+    assert!(
+        grown < bound,
+        "after the unit wrote 2 MiB more: +{grown} bytes RSS"
+    );
+    // The stalled followers are still there, and still get their stream when they read.
+    let mut one = BufReader::new(stalled.into_iter().next().unwrap());
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        one.read_line(&mut head).unwrap();
+    }
+    let got = read_chunked_until(&mut one, "DONE\n");
+    assert_eq!(String::from_utf8(got).unwrap(), text);
+    // A plain request gets the log as it was when the request came.
+    let mut one = plain.into_iter().next().unwrap();
+    one.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    one.read_to_end(&mut answer).unwrap();
+    let backlog = lines(first..40960);
+    let head = format!("Content-Length: {}\r\n", backlog.len());
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.contains(&head), "{}", &answer[..200]);
+    assert!(answer.ends_with(&format!("\r\n\r\n{backlog}")));
+}
+
+#[test]
+fn ambiguous_request_framing_is_refused_at_once() {
+    let host = Host::start("api-framing", &[]);
+    // Answered as soon as the head is in: the 5 s request deadline would give 408.
+    for req in [
+        "PUT /v1/units/x HTTP/1.1\r\nContent-Length: 40\r\nContent-Length: 5\r\n\r\nabcde",
+        "PUT /v1/units/x HTTP/1.1\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n",
+        "PUT /v1/units/x HTTP/1.1\r\nContent-Length: 40, 5\r\n\r\nabcde",
+        "PUT /v1/units/x HTTP/1.1\r\nX-Note: a\r\n folded\r\nContent-Length: 5\r\n\r\nabcde",
+    ] {
+        let (status, _, body) = raw(&host.socket(), req.as_bytes());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 400, "{req:?}: {v}");
+    }
+    // berthctl over the local limit says so (not "Broken pipe").
+    let slow: Vec<UnixStream> = (0..berth_init::api::MAX_CONNECTIONS)
+        .map(|_| UnixStream::connect(host.socket()).unwrap())
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("--socket")
+        .arg(host.socket())
+        .arg("status")
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("too many connections"), "{why}");
+    drop(slow);
+}
+
 /// A metric sample: name, labels, value.
 type Sample = (String, Vec<(String, String)>, f64);
 

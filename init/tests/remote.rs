@@ -1,18 +1,20 @@
 //! Remote administration over mutual TLS: the API's TCP listener serves berthctl with a
 //! client certificate from the configured CA, and refuses a client without a certificate,
-//! one with a certificate from another CA, and plain HTTP. Certificates are made with
-//! `openssl` for each run.
+//! one with a certificate from another CA, and plain HTTP; peers that never finish a handshake
+//! lock no one out. Certificates are made with `openssl` for each run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_init::api::{MAX_CONNECTIONS, MAX_REMOTE_CONNECTIONS, MAX_REMOTE_PER_PEER};
 use berth_qemu_tests::pki::Pki;
 use common::{temp_dir, Host};
 use rustls::pki_types::pem::PemObject;
@@ -214,4 +216,176 @@ fn a_broken_tls_configuration_leaves_the_local_api_up() {
         log.contains("remote API unavailable: client CA") && log.contains("missing-ca.crt"),
         "{log}"
     );
+}
+
+/// A TCP connection to `to` from loopback address `from` (all of 127.0.0.0/8 is local), that
+/// never says a word.
+fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
+    )
+    .unwrap();
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
+    TcpStream::from(fd)
+}
+
+/// `per` silent connections from each of 127.0.0.`hosts`.
+fn hold(to: SocketAddrV4, hosts: std::ops::Range<u8>, per: usize) -> Vec<TcpStream> {
+    hosts
+        .flat_map(|h| (0..per).map(move |_| connect_from(Ipv4Addr::new(127, 0, 0, h), to)))
+        .collect()
+}
+
+/// What the server did with a silent connection, without waiting: `None` while it keeps it
+/// open without a word, else what it sent before closing (or so far).
+fn answer_now(s: &TcpStream) -> Option<Vec<u8>> {
+    s.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match (&*s).read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    (closed || !got.is_empty()).then_some(got)
+}
+
+/// Waits (bounded) until the server closed `s`; what it sent first.
+fn answer_at_close(s: &TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    match (&*s).read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server kept a silent connection open: {e}"),
+    }
+    got
+}
+
+#[test]
+fn peers_that_never_finish_a_handshake_lock_no_one_out() {
+    let (host, tls, addr) = start_remote("remote-flood");
+    let to: SocketAddrV4 = addr.parse().unwrap();
+    // More silent TCP connections than the local socket serves at once, from 13 addresses
+    // (none over the per-peer cap).
+    let per = MAX_REMOTE_PER_PEER;
+    let hosts = 2..(2 + (MAX_CONNECTIONS + 40).div_ceil(per) as u8);
+    let mut attempts = 0;
+    let silent = loop {
+        attempts += 1;
+        let silent = hold(to, hosts.clone(), per);
+        // berthctl comes after all of them (the kernel hands connections over in order):
+        // over the remote limit, it is told so instead of being reset.
+        let over = ctl(&addr, &tls, "client", &["status"]);
+        let why = String::from_utf8_lossy(&over.stderr).into_owned();
+        if why.contains("too many connections") {
+            assert_eq!(over.status.code(), Some(1));
+            assert!(why.contains("remote connections at once"), "{why}");
+            break silent;
+        }
+        // Only acceptable when the handshake deadline already freed places meanwhile.
+        let freed = silent
+            .iter()
+            .filter(|s| answer_now(s).is_some_and(|a| a.is_empty()))
+            .count();
+        assert!(
+            freed > 0 && attempts < 5,
+            "berthctl over the limit: {:?} {why}\n{}",
+            over.status,
+            host.log()
+        );
+    };
+    // The local administrator is served all along.
+    let units = host.try_get("/v1/units").expect("the unix socket answers");
+    assert_eq!(units[0]["name"], "echo");
+    // Over the limit: a plain 503 at once. Within it: closed when the handshake deadline
+    // passes, without a word.
+    let mut refused = 0;
+    let mut held = 0;
+    for s in &silent {
+        let answer = String::from_utf8_lossy(&answer_at_close(s)).into_owned();
+        if answer.is_empty() {
+            held += 1;
+        } else {
+            assert!(
+                answer.starts_with("HTTP/1.1 503 Service Unavailable"),
+                "{answer}"
+            );
+            assert!(answer.contains("too many connections"), "{answer}");
+            refused += 1;
+        }
+    }
+    assert!(held <= MAX_REMOTE_CONNECTIONS, "{held} held");
+    assert!(
+        refused >= silent.len() - MAX_REMOTE_CONNECTIONS,
+        "{refused} refused"
+    );
+    // Everyone is gone: remote administration works again.
+    assert!(stdout(&ctl(&addr, &tls, "client", &["status"])).contains("remote API"));
+
+    // One peer gets only so many connections; others are not held up by it.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let from = Ipv4Addr::new(127, 0, 0, 200);
+        let mine = hold(to, 200..201, per);
+        let extra = connect_from(from, to);
+        let answer = answer_at_close(&extra);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(text.contains(&format!("from {from}")), "{text}");
+            assert!(stdout(&ctl(&addr, &tls, "client", &["status"])).contains("remote API"));
+            break;
+        }
+        let freed = mine.iter().any(|s| answer_now(s).is_some());
+        assert!(freed && attempts < 5, "one connection too many: {text:?}");
+    }
+}
+
+/// The kernel's timer on the TCP socket from `local` to `remote` (ports), from
+/// /proc/net/tcp: 0 none, 1 retransmit, 2 keepalive, 4 zero-window probe.
+fn tcp_timer(local: u16, remote: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+        (port(f[1])? == local && port(f[2])? == remote)
+            .then(|| u8::from_str_radix(f[5].split(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn remote_connections_are_probed_with_keepalive() {
+    let (host, tls, addr) = start_remote("remote-keepalive");
+    // A log follower over TLS: a connection that stays open and quiet.
+    let tcp = TcpStream::connect(&addr).unwrap();
+    let mine = tcp.local_addr().unwrap().port();
+    let server = tcp.peer_addr().unwrap().port();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(client_config(&tls, Some("client"))), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(b"GET /v1/units/echo/logs?follow=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The server's end of it has the keepalive timer running.
+    host.wait_for("keepalive on the server's socket", || {
+        tcp_timer(server, mine) == Some(2)
+    });
 }

@@ -7,12 +7,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use super::http;
-use super::tls::TlsStream;
+use std::net::IpAddr;
 
-/// Largest backlog of a log stream; past it output is dropped (and the drop reported in the
-/// stream) rather than letting a slow reader grow PID 1's memory.
-pub const MAX_STREAM_BUFFER: usize = 256 * 1024;
+use super::http;
+use super::logs::{LogCursor, Next, BLOCK};
+use super::tls::TlsStream;
 
 pub enum Stream {
     Unix(UnixStream),
@@ -49,6 +48,14 @@ impl Stream {
         }
     }
 
+    /// A TLS peer still in its handshake (no request can have come yet).
+    pub fn handshaking(&self) -> bool {
+        match self {
+            Stream::Unix(_) => false,
+            Stream::Tls(s) => s.handshaking(),
+        }
+    }
+
     pub fn close(&mut self) {
         if let Stream::Tls(s) = self {
             s.close();
@@ -65,18 +72,46 @@ impl AsFd for Stream {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a connection is in its life.
 pub enum Phase {
     /// Reading the request.
     Reading { continue_sent: bool },
     /// Writing one response; closed once it is out.
     Responding,
-    /// Streaming a unit's log (chunked) until the client goes or the unit is removed.
-    Following { unit: String, dropped: u64 },
+    /// Sending a unit's log from its files, a block at a time as the socket drains: the
+    /// backlog (`remaining` bytes of body still owed), or with `follow` a chunked stream that
+    /// goes on until the client goes or the unit is removed.
+    Log {
+        cursor: Box<LogCursor>,
+        remaining: u64,
+    },
+}
+
+impl Phase {
+    pub fn is_reading(&self) -> bool {
+        matches!(self, Phase::Reading { .. })
+    }
+
+    /// A log stream that goes on with new output (of `unit`, when given).
+    pub fn follows(&self, unit: Option<&str>) -> bool {
+        matches!(self, Phase::Log { cursor, .. }
+            if cursor.follows() && unit.is_none_or(|u| cursor.unit() == u))
+    }
+}
+
+/// Who is at the other end: the local socket, or a TCP peer (its address as counted
+/// against the per-peer limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Local,
+    Remote(IpAddr),
 }
 
 pub struct Conn {
     pub stream: Stream,
+    pub origin: Origin,
+    /// A TLS peer that has not completed its handshake yet.
+    pub handshaking: bool,
     pub input: Vec<u8>,
     output: Vec<u8>,
     written: usize,
@@ -85,12 +120,22 @@ pub struct Conn {
     pub deadline: Option<Instant>,
 }
 
-fn gap_note(dropped: &mut u64, out: &mut Vec<u8>) {
-    if *dropped > 0 {
-        let note = format!("[berth: {dropped} bytes of output dropped: slow reader]\n");
-        http::chunk(note.as_bytes(), out);
-        *dropped = 0;
-    }
+fn gap_note(lost: u64, out: &mut Vec<u8>) {
+    let note = format!("[berth: {lost} bytes of output dropped: slow reader]\n");
+    http::chunk(note.as_bytes(), out);
+}
+
+/// What refilling a log stream's output did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refill {
+    /// Queued more of the log.
+    Queued,
+    /// Following and caught up: nothing to send until the unit writes.
+    Idle,
+    /// Not a log stream (or nothing left to add).
+    Nothing,
+    /// The log cannot be read, or shrank below what the response promised.
+    Failed,
 }
 
 /// What a flush left.
@@ -105,9 +150,12 @@ pub enum Flushed {
 }
 
 impl Conn {
-    pub fn new(stream: Stream, deadline: Instant) -> Conn {
+    pub fn new(stream: Stream, origin: Origin, deadline: Instant) -> Conn {
+        let handshaking = matches!(stream, Stream::Tls(_));
         Conn {
             stream,
+            origin,
+            handshaking,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -169,39 +217,59 @@ impl Conn {
         self.output.extend_from_slice(bytes);
     }
 
-    /// Queues `data` as one chunk of a log stream, unless the backlog is full: then it is
-    /// dropped and counted, and the count is reported in the stream once there is room.
-    pub fn push_chunk(&mut self, data: &[u8]) {
-        let pending = self.pending();
-        let Phase::Following { dropped, .. } = &mut self.phase else {
-            return;
-        };
-        if pending + data.len() > MAX_STREAM_BUFFER {
-            *dropped += data.len() as u64;
-            return;
-        }
-        let mut out = Vec::with_capacity(data.len() + 80);
-        gap_note(dropped, &mut out);
-        http::chunk(data, &mut out);
-        self.push(&out);
-    }
-
-    /// Once a stream's backlog is out, tells the reader about output dropped meanwhile.
-    /// Returns true when it queued the note.
-    pub fn note_gap(&mut self) -> bool {
+    /// Once everything queued is out, queues the next block of a log stream (framed as a
+    /// chunk when following), the end of a finished backlog, or a note on lost output.
+    pub fn refill(&mut self, budget: &mut usize) -> Refill {
         if self.pending() > 0 {
-            return false;
+            return Refill::Nothing;
         }
-        let Phase::Following { dropped, .. } = &mut self.phase else {
-            return false;
+        let Phase::Log { cursor, remaining } = &mut self.phase else {
+            return Refill::Nothing;
         };
-        let mut out = Vec::new();
-        gap_note(dropped, &mut out);
-        if out.is_empty() {
-            return false;
+        let follow = cursor.follows();
+        let mut block = [0u8; BLOCK];
+        let want = if follow {
+            BLOCK
+        } else {
+            BLOCK.min(usize::try_from(*remaining).unwrap_or(BLOCK))
+        };
+        let next = if want == 0 {
+            Next::End
+        } else {
+            match cursor.read(&mut block[..want]) {
+                Ok(next) => next,
+                Err(e) => {
+                    log::warn!("api: reading the log of {}: {e}", cursor.unit());
+                    return Refill::Failed;
+                }
+            }
+        };
+        match next {
+            Next::Data(n) => {
+                *budget = budget.saturating_sub(n);
+                if follow {
+                    let mut out = Vec::with_capacity(n + 16);
+                    http::chunk(&block[..n], &mut out);
+                    self.push(&out);
+                } else {
+                    *remaining -= n as u64;
+                    self.push(&block[..n]);
+                }
+                Refill::Queued
+            }
+            Next::Gap(lost) => {
+                let mut out = Vec::new();
+                gap_note(lost, &mut out);
+                self.push(&out);
+                Refill::Queued
+            }
+            Next::Wait => Refill::Idle,
+            Next::End if *remaining > 0 => Refill::Failed,
+            Next::End => {
+                self.phase = Phase::Responding;
+                Refill::Nothing
+            }
         }
-        self.push(&out);
-        true
     }
 
     /// Writes as much queued output as the socket takes.

@@ -85,6 +85,15 @@ pub fn stream_head(status: u16, content_type: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The head of a response whose body of `len` bytes is sent after it.
+pub fn length_head(status: u16, content_type: &str, len: u64) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        reason(status)
+    )
+    .into_bytes()
+}
+
 /// One chunk of a chunked body (empty data makes no chunk: that would end the body).
 pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
     if data.is_empty() {
@@ -107,6 +116,10 @@ pub enum Parsed {
     Invalid(Response),
 }
 
+/// Parses one request. Anything that could be framed more than one way (two lengths, a
+/// length and a transfer coding, a signed or listed length), folded or malformed header
+/// lines, too many or too large headers: a 4xx as soon as the head is in, never a wait for a
+/// body that may not come.
 pub fn parse(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -117,10 +130,18 @@ pub fn parse(buf: &[u8]) -> Parsed {
         }
         Ok(httparse::Status::Partial) => return Parsed::Incomplete,
         Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Invalid(Response::error(431, "too many headers", ""));
+            let detail = format!("at most {MAX_HEADERS}");
+            return Parsed::Invalid(Response::error(431, "too many headers", &detail));
         }
         Err(e) => {
-            return Parsed::Invalid(Response::error(400, "malformed request", &e.to_string()))
+            let detail = match e {
+                // A header line starting with white space (obs-fold) lands here too.
+                httparse::Error::HeaderName => {
+                    "invalid header name (folded header lines are not accepted)".to_string()
+                }
+                other => other.to_string(),
+            };
+            return Parsed::Invalid(Response::error(400, "malformed request", &detail));
         }
     };
     if head_len > MAX_HEAD {
@@ -136,29 +157,39 @@ pub fn parse(buf: &[u8]) -> Parsed {
             )
         })
         .collect();
-    let find = |name: &str| {
+    let all = |name: &'static str| {
         headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     };
-    if find("transfer-encoding").is_some() {
+    let bad = |detail: &str| Parsed::Invalid(Response::error(400, "bad request framing", detail));
+    let lengths: Vec<&str> = all("content-length").collect();
+    if all("transfer-encoding").next().is_some() {
+        if !lengths.is_empty() {
+            return bad("both Transfer-Encoding and Content-Length");
+        }
         return Parsed::Invalid(Response::error(
             411,
             "chunked bodies are not supported",
             "send Content-Length",
         ));
     }
-    let body_len = match find("content-length").map(|v| v.parse::<usize>()) {
-        None => 0,
-        Some(Ok(n)) if n <= MAX_BODY => n,
-        Some(Ok(_)) => return Parsed::Invalid(Response::error(413, "request body too large", "")),
-        Some(Err(_)) => return Parsed::Invalid(Response::error(400, "bad Content-Length", "")),
+    let body_len = match lengths.as_slice() {
+        [] => 0,
+        [one] => match content_length(one) {
+            Ok(n) => n,
+            Err(resp) => return Parsed::Invalid(resp),
+        },
+        _ => return bad("more than one Content-Length"),
     };
+    let target = req.path.unwrap_or("/");
+    if !target.starts_with('/') {
+        return bad("the request target must be a path (`/v1/...`)");
+    }
     let Some(body) = buf.get(head_len..head_len + body_len) else {
         return Parsed::Incomplete;
     };
-    let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Parsed::Complete(Request {
         method: req.method.unwrap_or("GET").to_string(),
@@ -167,6 +198,27 @@ pub fn parse(buf: &[u8]) -> Parsed {
         headers,
         body: body.to_vec(),
     })
+}
+
+/// A Content-Length value: decimal digits only (no sign, list or white space inside), at
+/// most [`MAX_BODY`].
+fn content_length(value: &str) -> Result<usize, Response> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        let detail = format!(
+            "Content-Length `{}`: not a number of bytes",
+            value.escape_debug()
+        );
+        return Err(Response::error(400, "bad request framing", &detail));
+    }
+    match value.parse::<usize>() {
+        Ok(n) if n <= MAX_BODY => Ok(n),
+        // Only digits: too large for usize, or over the limit.
+        _ => Err(Response::error(
+            413,
+            "request body too large",
+            &format!("at most {MAX_BODY} bytes"),
+        )),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,14 +269,7 @@ impl Response {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
+        let mut out = length_head(self.status, self.content_type, self.body.len() as u64);
         out.extend_from_slice(&self.body);
         out
     }
@@ -381,20 +426,205 @@ mod tests {
             })
     }
 
+    #[test]
+    fn ambiguous_framing_is_refused_at_once() {
+        let status = |b: &str| match parse(b.as_bytes()) {
+            Parsed::Invalid(r) => r.status,
+            other => panic!("{b:?}: {other:?}"),
+        };
+        // Each head is complete and no body has come: answered now, not after a deadline.
+        for head in [
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length: 10\r\nContent-Length: 5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length:\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+            "PUT /v1/units/a HTTP/1.1\r\nX-A: 1\r\n folded\r\nContent-Length: 5\r\n\r\n",
+            "GET http://evil/v1/units HTTP/1.1\r\n\r\n",
+            "GET * HTTP/1.1\r\n\r\n",
+            "GET /v1/units HTTP/2.0\r\n\r\n",
+            "GET /v1/\x00units HTTP/1.1\r\n\r\n",
+            "GET /v1/units HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+        ] {
+            assert_eq!(status(head), 400, "{head:?}");
+        }
+        assert_eq!(
+            status("PUT / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            status("PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            411
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
+        // Leading zeros are still one number; a length of 0 is an empty body.
+        let Parsed::Complete(r) = parse(b"PUT /a HTTP/1.1\r\nContent-Length: 003\r\n\r\nabc")
+        else {
+            panic!()
+        };
+        assert_eq!(r.body, b"abc");
+    }
+
+    /// Counts, per thread, the bytes a piece of code allocates at its peak (the parser must
+    /// not allocate with sizes a client chooses).
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Counting;
+
+        thread_local! {
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+            static PEAK: Cell<isize> = const { Cell::new(0) };
+        }
+
+        fn note(delta: isize) {
+            let _ = LIVE.try_with(|live| {
+                live.set(live.get() + delta);
+                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+            });
+        }
+
+        // SAFETY: every call goes to the system allocator unchanged; only counted.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size() as isize);
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                note(-(layout.size() as isize));
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size as isize - layout.size() as isize);
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        /// Peak bytes allocated (and not yet freed) on this thread while `f` ran.
+        pub fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            let base = LIVE.with(Cell::get);
+            PEAK.with(|p| p.set(base));
+            let out = f();
+            let peak = PEAK.with(Cell::get) - base;
+            (out, peak.max(0) as usize)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: counting::Counting = counting::Counting;
+
+    /// Parses `req` and checks what a parse may do with any input: no panic, a body of its
+    /// declared length, allocations bounded by the input (never by a length it claims).
+    fn check_parse(req: &[u8]) -> Result<(), TestCaseError> {
+        let _ = expects_continue(req);
+        let (parsed, peak) = counting::peak_of(|| parse(req));
+        prop_assert!(
+            peak <= 3 * req.len() + 16 * 1024,
+            "parsing {} bytes allocated {peak}",
+            req.len()
+        );
+        if let Parsed::Complete(r) = parsed {
+            let declared = r
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok());
+            prop_assert_eq!(r.body.len(), declared.unwrap_or(0));
+            prop_assert!(!r.path.contains('?'));
+            prop_assert!(r.path.starts_with('/'));
+        }
+        Ok(())
+    }
+
+    /// Valid requests, then a few random edits: bytes flipped, inserted, removed, lines
+    /// doubled, the whole cut anywhere.
+    fn mutated_request() -> impl Strategy<Value = Vec<u8>> {
+        let valid = prop::sample::select(vec![
+            "GET /v1/units HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n".to_string(),
+            "GET /v1/units/web/logs?tail=20&follow=1 HTTP/1.1\r\nHost: b\r\n\r\n".to_string(),
+            format!(
+                "PUT /v1/units/web?start=1 HTTP/1.1\r\nHost: b\r\nContent-Type: application/toml\r\nContent-Length: 38\r\n\r\n{}",
+                "[container]\ncommand = [\"sleep\", \"1\"]\n"
+            ),
+            "POST /v1/images/pull HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 27\r\n\r\n{\"reference\": \"busybox:1\"}".to_string(),
+        ]);
+        let edit = (0u8..5, any::<prop::sample::Index>(), any::<u8>());
+        (
+            valid,
+            prop::collection::vec(edit, 1..6),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(valid, edits, cut)| {
+                let mut req = valid.into_bytes();
+                for (kind, at, byte) in edits {
+                    let i = at.index(req.len() + 1);
+                    match kind {
+                        0 if i < req.len() => req[i] ^= byte | 1,
+                        1 => req.insert(i, byte),
+                        2 if i < req.len() => {
+                            req.remove(i);
+                        }
+                        3 => {
+                            // Doubles the line around `i` (a repeated header).
+                            let start = req[..i]
+                                .iter()
+                                .rposition(|&b| b == b'\n')
+                                .map_or(0, |p| p + 1);
+                            let end = req[i..]
+                                .iter()
+                                .position(|&b| b == b'\n')
+                                .map_or(req.len(), |p| i + p + 1);
+                            let line = req[start..end].to_vec();
+                            req.splice(end..end, line);
+                        }
+                        _ => req.extend_from_slice(&[byte; 3]),
+                    }
+                }
+                let keep = cut.index(req.len() + 1).max(req.len() / 2);
+                req.truncate(keep);
+                req
+            })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
         #[test]
         fn near_requests_never_panic_and_bodies_match_their_length(req in near_request()) {
-            let _ = expects_continue(&req);
-            if let Parsed::Complete(r) = parse(&req) {
-                let declared = r.header("content-length").and_then(|v| v.parse::<usize>().ok());
-                prop_assert_eq!(r.body.len(), declared.unwrap_or(0));
-                prop_assert!(!r.path.contains('?'));
-            }
+            check_parse(&req)?;
+        }
+
+        #[test]
+        fn mutated_requests_never_panic_nor_allocate_unboundedly(req in mutated_request()) {
+            check_parse(&req)?;
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = parse(&bytes);
+            check_parse(&bytes)?;
         }
+    }
+
+    #[test]
+    fn a_claimed_length_allocates_nothing_before_the_body_is_there() {
+        let head = format!("PUT /a HTTP/1.1\r\nContent-Length: {MAX_BODY}\r\n\r\n");
+        let (parsed, peak) = counting::peak_of(|| parse(head.as_bytes()));
+        assert!(matches!(parsed, Parsed::Incomplete));
+        assert!(peak < 16 * 1024, "{peak}");
+        // The counter does see allocations.
+        let (_, peak) = counting::peak_of(|| vec![1u8; 100_000]);
+        assert!(peak >= 100_000, "{peak}");
     }
 }

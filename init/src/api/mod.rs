@@ -2,7 +2,10 @@
 //! config asks for it, on a TCP port with mutual TLS. Served inside the event loop without
 //! ever blocking it: every socket is non-blocking, every connection has bounded buffers and a
 //! deadline, and the number of connections is bounded. A slow or hostile client only ever
-//! costs its own connection.
+//! costs its own connection. Remote (TCP) connections have their own budget, a short deadline
+//! for the TLS handshake and a per-peer cap, so peers that never authenticate cannot take the
+//! local socket's connections; log streams read the log files as the socket drains instead of
+//! buffering the log.
 //!
 //! Modules: [`http`] (parsing, responses), [`conn`] (one connection), [`tls`] (mutual TLS),
 //! [`routes`] (the route table), and one module per resource: [`units`], [`logs`],
@@ -19,11 +22,11 @@ pub mod tls;
 pub mod units;
 
 use std::collections::HashMap;
-use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,16 +34,27 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::event::{after, Key, Reactor, Readiness, Timer};
-use conn::{Conn, Flushed, Phase, Stream};
+use conn::{Conn, Flushed, Origin, Phase, Refill, Stream};
 use http::{Parsed, Response};
+use logs::LogCursor;
 pub use routes::{ApiContext, Reply, SystemInfo};
 
-/// Time a client has to send its whole request (and to finish a TLS handshake).
+/// Time a client has to send its whole request (after the TLS handshake, over TCP).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a TCP peer has to complete the TLS handshake, client certificate included.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time a client has to take a response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once, log followers included; more are told 503 and closed.
+/// Local (unix socket) connections served at once, log followers included; more are told
+/// 503 and closed. Remote connections never count against it.
 pub const MAX_CONNECTIONS: usize = 64;
+/// TCP connections served at once, in their handshake or not; more are told 503 and closed.
+pub const MAX_REMOTE_CONNECTIONS: usize = 32;
+/// TCP connections from one peer (an IPv4 address, an IPv6 /64) at once.
+pub const MAX_REMOTE_PER_PEER: usize = 8;
+/// Most bytes of log one connection sends per round of the event loop, so that a fast
+/// reader of a large log does not hold up the others.
+const STREAM_BUDGET: usize = 256 * 1024;
 
 struct Remote {
     listener: TcpListener,
@@ -55,6 +69,10 @@ pub struct ApiServer {
     /// Connections watched for writing (the rest only for reading).
     writing: HashMap<u64, bool>,
     next_id: u64,
+    /// Open connections by origin: local, remote, remote per peer.
+    local: usize,
+    remotes: usize,
+    peers: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +108,9 @@ impl ApiServer {
             conns: HashMap::new(),
             writing: HashMap::new(),
             next_id: 1,
+            local: 0,
+            remotes: 0,
+            peers: HashMap::new(),
         })
     }
 
@@ -124,13 +145,17 @@ impl ApiServer {
         // Bounded: the backlog is taken in one go, but never more than it can hold.
         for _ in 0..MAX_CONNECTIONS {
             match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if self.conns.len() >= MAX_CONNECTIONS {
-                        refuse_busy(stream);
+                Ok((mut stream, _)) => {
+                    if self.local >= MAX_CONNECTIONS {
+                        let detail = format!("at most {MAX_CONNECTIONS} at once; try again");
+                        if stream.set_nonblocking(true).is_ok() {
+                            refuse(&mut stream, &detail);
+                        }
+                        let _ = stream.shutdown(Shutdown::Write);
                         continue;
                     }
                     if stream.set_nonblocking(true).is_ok() {
-                        self.adopt(Stream::Unix(stream), ctx);
+                        self.adopt(Stream::Unix(stream), Origin::Local, ctx);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -144,12 +169,14 @@ impl ApiServer {
         }
     }
 
-    /// New connections wait on the TLS listener.
+    /// New connections wait on the TLS listener. They count against their own limits (in all,
+    /// and per peer), never the local socket's; over a limit a peer gets a plain-text 503
+    /// before any TLS.
     pub fn on_accept_remote(&mut self, ctx: &mut ApiContext<'_>) {
         let Some(remote) = &self.remote else { return };
         let config = remote.tls.clone();
         let mut accepted = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
+        for _ in 0..MAX_REMOTE_CONNECTIONS {
             match remote.listener.accept() {
                 Ok(peer) => accepted.push(peer),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -161,32 +188,64 @@ impl ApiServer {
                 }
             }
         }
-        for (tcp, peer) in accepted {
-            // At capacity a TLS peer cannot even be told so: it is closed at once.
-            if self.conns.len() >= MAX_CONNECTIONS || tcp.set_nonblocking(true).is_err() {
+        for (mut tcp, peer) in accepted {
+            let key = peer_key(peer.ip());
+            let refusal = if self.remotes >= MAX_REMOTE_CONNECTIONS {
+                Some(format!(
+                    "at most {MAX_REMOTE_CONNECTIONS} remote connections at once; try again"
+                ))
+            } else if self.peers.get(&key).copied().unwrap_or(0) >= MAX_REMOTE_PER_PEER {
+                Some(format!(
+                    "at most {MAX_REMOTE_PER_PEER} connections from {key} at once; try again"
+                ))
+            } else {
+                None
+            };
+            if let Some(detail) = refusal {
+                // Debug only: a hostile peer must not be able to flood the log.
+                debug!("api: refused TCP connection from {peer}: {detail}");
+                if tcp.set_nonblocking(true).is_ok() {
+                    refuse(&mut tcp, &detail);
+                }
+                let _ = tcp.shutdown(Shutdown::Write);
+                continue;
+            }
+            if tcp.set_nonblocking(true).is_err() {
                 continue;
             }
             let _ = tcp.set_nodelay(true);
+            keepalive(&tcp);
             match tls::TlsStream::new(tcp, config.clone()) {
                 Ok(s) => {
                     debug!("api: TLS connection from {peer}");
-                    self.adopt(Stream::Tls(Box::new(s)), ctx);
+                    self.adopt(Stream::Tls(Box::new(s)), Origin::Remote(key), ctx);
                 }
                 Err(e) => warn!("api: TLS session: {e}"),
             }
         }
     }
 
-    fn adopt(&mut self, stream: Stream, ctx: &mut ApiContext<'_>) {
+    fn adopt(&mut self, stream: Stream, origin: Origin, ctx: &mut ApiContext<'_>) {
         let id = self.next_id;
         self.next_id += 1;
         if let Err(e) = ctx.reactor.watch(stream.as_fd(), Key::ApiConn(id), false) {
             warn!("api: cannot watch connection: {e}");
             return;
         }
-        let deadline = after(ctx.now, READ_TIMEOUT);
+        let timeout = match origin {
+            Origin::Local => READ_TIMEOUT,
+            Origin::Remote(_) => HANDSHAKE_TIMEOUT,
+        };
+        let deadline = after(ctx.now, timeout);
         ctx.reactor.schedule(deadline, Timer::ApiConn(id));
-        self.conns.insert(id, Conn::new(stream, deadline));
+        match origin {
+            Origin::Local => self.local += 1,
+            Origin::Remote(peer) => {
+                self.remotes += 1;
+                *self.peers.entry(peer).or_insert(0) += 1;
+            }
+        }
+        self.conns.insert(id, Conn::new(stream, origin, deadline));
         self.writing.insert(id, false);
     }
 
@@ -199,6 +258,13 @@ impl ApiServer {
             Phase::Reading { continue_sent } => {
                 let limit = http::MAX_HEAD + http::MAX_BODY;
                 let closed = conn.fill(limit);
+                if conn.handshaking && !conn.stream.handshaking() && !closed {
+                    // Authenticated: now the request's own deadline.
+                    conn.handshaking = false;
+                    let deadline = after(ctx.now, READ_TIMEOUT);
+                    conn.deadline = Some(deadline);
+                    ctx.reactor.schedule(deadline, Timer::ApiConn(id));
+                }
                 let reply = match http::parse(&conn.input) {
                     Parsed::Incomplete if closed => return self.close(id, ctx.reactor),
                     Parsed::Incomplete if conn.input.len() > limit => {
@@ -221,13 +287,17 @@ impl ApiServer {
                 };
                 match reply {
                     Some(Reply::Full(resp)) => self.respond(id, resp, ctx.now, ctx.reactor),
-                    Some(Reply::Follow { unit, backlog }) => {
-                        self.follow(id, unit, &backlog, ctx.reactor)
-                    }
+                    Some(Reply::Log(cursor)) => self.stream_log(id, cursor, ctx.now, ctx.reactor),
                     None => self.after_io(id, ctx.reactor),
                 }
             }
-            Phase::Responding => {
+            Phase::Log { ref cursor, .. } if cursor.follows() => {
+                if (ready.readable || ready.hangup) && conn.discard_input() {
+                    return self.close(id, ctx.reactor);
+                }
+                self.after_io(id, ctx.reactor);
+            }
+            Phase::Responding | Phase::Log { .. } => {
                 if (ready.readable || ready.hangup) && conn.discard_input() {
                     // The peer half-closed: only the answer is left to write.
                     self.writing.insert(id, true);
@@ -238,12 +308,6 @@ impl ApiServer {
                     {
                         return self.close(id, ctx.reactor);
                     }
-                }
-                self.after_io(id, ctx.reactor);
-            }
-            Phase::Following { .. } => {
-                if (ready.readable || ready.hangup) && conn.discard_input() {
-                    return self.close(id, ctx.reactor);
                 }
                 self.after_io(id, ctx.reactor);
             }
@@ -260,7 +324,11 @@ impl ApiServer {
             // A later deadline has its own timer; followers have none.
             _ => return,
         }
-        if matches!(conn.phase, Phase::Reading { .. }) {
+        if conn.phase.is_reading() && conn.handshaking {
+            // Never authenticated: nothing to tell it.
+            debug!("api: TLS handshake not done within {HANDSHAKE_TIMEOUT:?}: closed");
+            self.close(id, r);
+        } else if conn.phase.is_reading() {
             let detail = format!("send the whole request within {}s", READ_TIMEOUT.as_secs());
             self.respond(id, Response::error(408, "request timeout", &detail), now, r);
         } else {
@@ -269,19 +337,19 @@ impl ApiServer {
         }
     }
 
-    /// Output a unit wrote to its log: goes to everyone following that log.
+    /// A unit wrote output to its log: its followers read it from there.
     pub fn on_unit_output(&mut self, unit: &str, bytes: &[u8], r: &mut dyn Reactor) {
         let followers: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(&c.phase, Phase::Following { unit: u, .. } if u == unit))
+            .filter(|(_, c)| c.phase.follows(Some(unit)))
             .map(|(id, _)| *id)
             .collect();
         for id in followers {
-            if let Some(conn) = self.conns.get_mut(&id) {
-                conn.push_chunk(bytes);
+            if let Some(Phase::Log { cursor, .. }) = self.conns.get_mut(&id).map(|c| &mut c.phase) {
+                cursor.notify(bytes.len());
             }
-            // A follower already waiting for its socket is flushed when it becomes writable.
+            // A follower waiting for its socket reads on when the socket is writable.
             if !self.writing.get(&id).copied().unwrap_or(false) {
                 self.after_io(id, r);
             }
@@ -296,9 +364,7 @@ impl ApiServer {
             let followers: Vec<u64> = self
                 .conns
                 .iter()
-                .filter(|(_, c)| {
-                    matches!(&c.phase, Phase::Following { unit, .. } if *unit == removed.name)
-                })
+                .filter(|(_, c)| c.phase.follows(Some(&removed.name)))
                 .map(|(id, _)| *id)
                 .collect();
             for id in followers {
@@ -332,35 +398,58 @@ impl ApiServer {
         self.after_io(id, r);
     }
 
-    fn follow(&mut self, id: u64, unit: String, backlog: &[u8], r: &mut dyn Reactor) {
+    /// Starts sending a unit's log: the head, then blocks of the log as the socket drains.
+    fn stream_log(&mut self, id: u64, cursor: Box<LogCursor>, now: Instant, r: &mut dyn Reactor) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         conn.input = Vec::new();
-        conn.phase = Phase::Following { unit, dropped: 0 };
-        conn.deadline = None;
-        conn.push(&http::stream_head(200, logs::CONTENT_TYPE));
-        // The backlog is bounded by the tail limit; it is sent whole.
-        let mut first = Vec::new();
-        http::chunk(backlog, &mut first);
-        conn.push(&first);
+        if cursor.follows() {
+            conn.push(&http::stream_head(200, logs::CONTENT_TYPE));
+            conn.deadline = None;
+        } else {
+            conn.push(&http::length_head(
+                200,
+                logs::CONTENT_TYPE,
+                cursor.backlog(),
+            ));
+            let deadline = after(now, WRITE_TIMEOUT);
+            conn.deadline = Some(deadline);
+            r.schedule(deadline, Timer::ApiConn(id));
+        }
+        let remaining = if cursor.follows() {
+            0
+        } else {
+            cursor.backlog()
+        };
+        conn.phase = Phase::Log { cursor, remaining };
         self.after_io(id, r);
     }
 
-    /// Writes what is queued, then closes a finished connection or watches for the socket.
+    /// Writes what is queued, refills a log stream from its files while the socket takes it
+    /// (up to a budget), then closes a finished connection or watches for the socket.
     fn after_io(&mut self, id: u64, r: &mut dyn Reactor) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let mut flushed = conn.flush();
-        if flushed == Flushed::Done && conn.note_gap() {
-            flushed = conn.flush();
-        }
-        let wants_writable = match flushed {
-            Flushed::Failed => return self.close(id, r),
-            Flushed::Done if conn.phase == Phase::Responding => return self.close(id, r),
-            Flushed::Done => false,
-            Flushed::Blocked => true,
+        let mut budget = STREAM_BUDGET;
+        let wants_writable = loop {
+            match conn.flush() {
+                Flushed::Failed => return self.close(id, r),
+                Flushed::Blocked => break true,
+                Flushed::Done => {}
+            }
+            match conn.phase {
+                Phase::Responding => return self.close(id, r),
+                Phase::Reading { .. } => break false,
+                Phase::Log { .. } if budget == 0 => break true,
+                Phase::Log { .. } => {}
+            }
+            match conn.refill(&mut budget) {
+                Refill::Queued | Refill::Nothing => {}
+                Refill::Idle => break false,
+                Refill::Failed => return self.close(id, r),
+            }
         };
         let watching = self.writing.get(&id).copied().unwrap_or(false);
         if watching != wants_writable {
@@ -376,16 +465,29 @@ impl ApiServer {
     fn close(&mut self, id: u64, r: &mut dyn Reactor) {
         self.writing.remove(&id);
         if let Some(mut conn) = self.conns.remove(&id) {
-            conn.stream.close();
+            // A TLS peer that never completed its handshake gets no close_notify either.
+            if !conn.handshaking {
+                conn.stream.close();
+            }
             r.unwatch(conn.stream.as_fd());
+            match conn.origin {
+                Origin::Local => self.local = self.local.saturating_sub(1),
+                Origin::Remote(peer) => {
+                    self.remotes = self.remotes.saturating_sub(1);
+                    if let Some(n) = self.peers.get_mut(&peer) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.peers.remove(&peer);
+                        }
+                    }
+                }
+            }
         }
     }
 
     /// Some connection follows a unit's log.
     pub fn has_followers(&self) -> bool {
-        self.conns
-            .values()
-            .any(|c| matches!(c.phase, Phase::Following { .. }))
+        self.conns.values().any(|c| c.phase.follows(None))
     }
 
     /// Connections open now (for tests and metrics).
@@ -394,13 +496,59 @@ impl ApiServer {
     }
 }
 
-/// At capacity: a short 503 (best effort, never waiting), then the connection is dropped.
-fn refuse_busy(mut stream: UnixStream) {
-    let _ = stream.set_nonblocking(true);
-    let resp = Response::error(
-        503,
-        "too many connections",
-        &format!("at most {MAX_CONNECTIONS} at once; try again"),
-    );
+/// Over a limit: a short 503 (best effort; the stream must be non-blocking, PID 1 never
+/// waits for a client); the caller then ends the
+/// connection. What the peer already sent is read first: closing a TCP socket with unread
+/// input resets the connection, and the peer could lose the answer.
+fn refuse(stream: &mut (impl Read + Write), detail: &str) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let resp = Response::error(503, "too many connections", detail);
     let _ = stream.write(&resp.to_bytes());
+}
+
+/// Probes a quiet TCP peer after a minute (then every 10 s, 3 times), and gives up on one
+/// that acknowledges nothing for 2 minutes: a log follower whose peer vanished without closing
+/// does not keep its place for good.
+fn keepalive(tcp: &std::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &60);
+    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &3);
+    let _ = setsockopt(tcp, sockopt::TcpUserTimeout, &120_000);
+}
+
+/// What the per-peer limit counts: an IPv4 address, or an IPv6 /64 (what one site usually
+/// has to itself).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_counted_by_address_or_ipv6_64() {
+        let key = |s: &str| peer_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff::1"), "2001:db8:1:2::");
+    }
 }

@@ -93,8 +93,9 @@ pub struct ApiContext<'a> {
 pub enum Reply {
     /// One response, then the connection closes.
     Full(Response),
-    /// A chunked stream of a unit's log: `backlog` first, then what the unit writes.
-    Follow { unit: String, backlog: Vec<u8> },
+    /// A unit's log, read from its files as the socket drains (chunked and open-ended when
+    /// following).
+    Log(Box<logs::LogCursor>),
 }
 
 impl From<Response> for Reply {

@@ -201,6 +201,11 @@ impl TlsStream {
         Ok(())
     }
 
+    /// The handshake (client certificate included) is not complete yet.
+    pub fn handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
     /// TLS records wait for the socket.
     pub fn wants_write(&self) -> bool {
         self.tls.wants_write()

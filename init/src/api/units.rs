@@ -260,7 +260,7 @@ mod tests {
                 }
                 r.status
             }
-            Reply::Follow { .. } => panic!("an upload does not stream"),
+            Reply::Log(_) => panic!("an upload does not stream"),
         }
     }
 

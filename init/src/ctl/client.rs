@@ -71,8 +71,62 @@ impl Endpoint {
     }
 }
 
-trait Transport: Read + Write {}
-impl<T: Read + Write> Transport for T {}
+trait Transport: Read + Write {
+    /// After a failed TLS handshake: the server's answer when it was a plain-text HTTP
+    /// refusal sent before any TLS (a server over its connection limit), read to its end.
+    fn plain_refusal(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+impl Transport for UnixStream {}
+impl Transport for io::Cursor<Vec<u8>> {}
+
+impl Transport for StreamOwned<ClientConnection, Recorder> {
+    fn plain_refusal(&mut self) -> Option<Vec<u8>> {
+        if !self.sock.first.starts_with(b"HTTP/1.") {
+            return None;
+        }
+        let mut answer = std::mem::take(&mut self.sock.first);
+        let mut buf = [0u8; 4096];
+        while answer.len() < MAX_HEAD {
+            match self.sock.tcp.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(answer)
+    }
+}
+
+/// The TCP stream under TLS, keeping the first bytes the server sends: a server refusing
+/// the connection answers in plain text instead of a TLS handshake.
+struct Recorder {
+    tcp: TcpStream,
+    first: Vec<u8>,
+}
+
+/// Bytes of the server's first words kept.
+const RECORDED: usize = 4096;
+
+impl Read for Recorder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        let room = RECORDED.saturating_sub(self.first.len()).min(n);
+        self.first.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
+
+impl Write for Recorder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
 
 /// A response with its whole body.
 #[derive(Debug)]
@@ -138,7 +192,11 @@ impl Client {
                 tcp.set_write_timeout(Some(TIMEOUT)).map_err(connect_err)?;
                 let conn = ClientConnection::new(config.clone(), name.clone())
                     .map_err(|e| connect_err(io::Error::other(e)))?;
-                Ok(Box::new(StreamOwned::new(conn, tcp)))
+                let recorder = Recorder {
+                    tcp,
+                    first: Vec::new(),
+                };
+                Ok(Box::new(StreamOwned::new(conn, recorder)))
             }
         }
     }
@@ -164,10 +222,43 @@ impl Client {
         if let Some((_, data)) = body {
             bytes.extend_from_slice(data);
         }
-        s.write_all(&bytes).map_err(self.io_err())?;
-        s.flush().map_err(self.io_err())?;
-        let head = self.read_head(&mut s)?;
-        Ok((s, head))
+        let sent = s.write_all(&bytes).and_then(|()| s.flush());
+        let head = match sent {
+            Ok(()) => self.read_head(&mut s),
+            Err(e) => Err(self.io_err()(e)),
+        };
+        match head {
+            Ok(head) => Ok((s, head)),
+            Err(e) => self.refused(s, e),
+        }
+    }
+
+    /// A server over its connection limit answers 503 and closes without reading the
+    /// request: the answer, rather than the broken pipe or TLS error it leaves behind. Over
+    /// TLS only a 503 counts (a plain-text answer is not authenticated).
+    fn refused(
+        &self,
+        mut s: Box<dyn Transport>,
+        error: ClientError,
+    ) -> Result<(Box<dyn Transport>, Head), ClientError> {
+        if let Some(plain) = s.plain_refusal() {
+            let mut plain: Box<dyn Transport> = Box::new(io::Cursor::new(plain));
+            return match self.read_head(&mut plain) {
+                Ok(head) if head.status == 503 => Ok((plain, head)),
+                _ => Err(error),
+            };
+        }
+        let unread = matches!(
+            &error,
+            ClientError::Io { source, .. }
+                if matches!(source.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+        );
+        if unread && matches!(self.endpoint, Endpoint::Unix(_)) {
+            if let Ok(head) = self.read_head(&mut s) {
+                return Ok((s, head));
+            }
+        }
+        Err(error)
     }
 
     /// `method path` with an optional body; the whole response.
