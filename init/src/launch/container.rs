@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
 use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
+use berth_runtime::image::fsutil::private_dir;
 use berth_runtime::image::Store;
 use berth_runtime::net::{self, Network as Bridge};
 use berth_runtime::state::EXEC_FIFO;
@@ -142,7 +143,11 @@ impl ContainerLauncher {
         for v in &c.volumes {
             let source = match &v.source {
                 VolumeSource::Named(name) => {
-                    let p = self.state.join("volumes").join(name);
+                    // Containers write setuid files and device nodes into their volumes:
+                    // root only above them.
+                    let top = self.state.join("volumes");
+                    private_dir(&top).map_err(|e| err(format!("{}: {e}", top.display())))?;
+                    let p = top.join(name);
                     std::fs::create_dir_all(&p)
                         .map_err(|e| err(format!("volume {}: {e}", p.display())))?;
                     p
@@ -403,6 +408,10 @@ impl Launcher for ContainerLauncher {
         // Checked here too, so a bad port mapping fails the start before any fork.
         Self::ports(unit)?;
         let dir = self.dir(unit);
+        // A container's root and upper directory hold what its image and its processes put
+        // there (setuid files, device nodes): root only above them.
+        let top = self.state.join("containers");
+        private_dir(&top).map_err(|e| err(format!("cannot create {}: {e}", top.display())))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(START_ERROR_FILE));
