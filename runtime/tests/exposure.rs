@@ -202,3 +202,31 @@ fn an_exec_process_cannot_reach_the_waiting_init() {
     let o = f.cli(&["exec", "--process", process_file.to_str().unwrap(), &id]);
     assert_eq!(ok(&o), "init-visible\nend\n");
 }
+
+/// The init holds descriptors of host files until it execs (its state directory while it
+/// waits for `start`). A working directory through `/proc/self/fd/N` must not take the
+/// program there (the CVE-2024-21626 pattern): whatever N, the program never runs outside
+/// the container's root.
+#[test]
+fn a_working_directory_through_a_runtime_descriptor_is_refused() {
+    let mut f = Fixture::new();
+    f.sh("ls; echo listed");
+    for n in 3..=12 {
+        f.config["process"]["cwd"] = json!(format!("/proc/self/fd/{n}"));
+        let id = unique("cwd");
+        let out = f.dir.join(format!("{id}.log"));
+        create(Path::new(BIN), &f, &id, &out);
+        let _ = f.cli(&["start", &id]);
+        f.wait_status(&id, "stopped");
+        let seen = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            !seen.contains("state.json") && !seen.contains("listed"),
+            "fd {n}: the program ran in {seen:?}"
+        );
+        let err = std::fs::read_to_string(out.with_extension("err")).unwrap();
+        assert!(
+            err.contains("chdir") || err.contains("outside the container's root"),
+            "fd {n}: {err}"
+        );
+    }
+}
