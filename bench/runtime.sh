@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `run` of /bin/true (create, start, wait, delete) with berth-runtime, runc and crun, side by
-# side in one hyperfine run, plus each runtime's peak RSS. Writes bench/RESULTS.md's runtime
-# section. Root needed.
+# side in one hyperfine run, then `exec` of /bin/true into a running container of each, plus
+# each runtime's peak RSS. Writes bench/RESULTS.md's runtime section. Root needed.
 #
 # Fairness: everything runs in a private mount namespace where the cgroup v2 mount
 # (/sys/fs/cgroup/unified on this hybrid host) is unmounted, so berth-runtime finds no v2
@@ -32,9 +32,14 @@ cp /bin/busybox "$WORK/bundle/rootfs/bin/"
 ln -s busybox "$WORK/bundle/rootfs/bin/true"
 ln -s busybox "$WORK/bundle/rootfs/bin/sh"
 (cd "$WORK/bundle" && "$BIN" spec)
+ln -s busybox "$WORK/bundle/rootfs/bin/sleep"
 jq '.process.terminal = false | .process.args = ["/bin/true"] | .linux.resources.devices = []' \
     "$WORK/bundle/config.json" > "$WORK/c.json"
 mv "$WORK/c.json" "$WORK/bundle/config.json"
+# The same container, long-running, for `exec`.
+mkdir -p "$WORK/sleeper"
+jq '.process.args = ["sleep", "3600"] | .root.path = "../bundle/rootfs"' \
+    "$WORK/bundle/config.json" > "$WORK/sleeper/config.json"
 
 cat > "$WORK/inner.sh" <<INNER
 set -euo pipefail
@@ -47,6 +52,24 @@ for round in \$(seq $ROUNDS); do
     hyperfine -N --warmup 20 --runs $RUNS --export-json "$WORK/hyperfine-\$round.json" \
         -n berth-runtime "\$berth" -n crun "\$crun" -n runc "\$runc" >&2
 done
+# exec: one running container per runtime, /bin/true exec'd into it.
+cd "$WORK/sleeper"
+$BIN --root $WORK/x-berth create x < /dev/null > /dev/null 2>&1
+$BIN --root $WORK/x-berth start x
+crun --root $WORK/x-crun --cgroup-manager=disabled create x < /dev/null > /dev/null 2>&1
+crun --root $WORK/x-crun --cgroup-manager=disabled start x
+runc --root $WORK/x-runc create x < /dev/null > /dev/null 2>&1
+runc --root $WORK/x-runc start x
+for round in \$(seq $ROUNDS); do
+    hyperfine -N --warmup 20 --runs $RUNS --export-json "$WORK/exec-\$round.json" \
+        -n berth-runtime "$BIN --root $WORK/x-berth exec x /bin/true" \
+        -n crun "crun --root $WORK/x-crun --cgroup-manager=disabled exec x /bin/true" \
+        -n runc "runc --root $WORK/x-runc exec x /bin/true" >&2
+done
+$BIN --root $WORK/x-berth delete --force x
+crun --root $WORK/x-crun --cgroup-manager=disabled delete --force x
+runc --root $WORK/x-runc delete --force x
+cd "$WORK/bundle"
 # Peak RSS (GNU time's %M): the largest resident set of a runtime's processes, over 20 runs.
 for cmd in "\$berth" "\$crun" "\$runc"; do
     peak=0
@@ -60,17 +83,20 @@ INNER
 unshare -m bash "$WORK/inner.sh"
 
 # Per round: each runtime's median; overall: the median of the rounds' medians.
-read -r b c r ratios < <(python3 - "$WORK" "$ROUNDS" <<'PY'
+medians() {
+    python3 - "$WORK" "$ROUNDS" "$1" <<'PY'
 import json, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
+work, rounds, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 med = {"berth-runtime": [], "crun": [], "runc": []}
 for i in range(1, rounds + 1):
-    for res in json.load(open(f"{work}/hyperfine-{i}.json"))["results"]:
+    for res in json.load(open(f"{work}/{prefix}-{i}.json"))["results"]:
         med[res["command"]].append(res["median"] * 1000)
 ratios = [b / c for b, c in zip(med["berth-runtime"], med["crun"])]
 print(*(statistics.median(med[k]) for k in ("berth-runtime", "crun", "runc")), "/".join(f"{x:.2f}" for x in ratios))
 PY
-)
+}
+read -r b c r ratios < <(medians hyperfine)
+read -r xb xc xr xratios < <(medians exec)
 mapfile -t rss < "$WORK/rss.txt"
 ratio=$(python3 -c "print(f'{$b / $c:.2f}')")
 fmt() { python3 -c "print(f'{$1:.2f}')"; }
@@ -90,6 +116,22 @@ config (pid, net, ipc, uts, mount, cgroup namespaces; /proc, /dev, /dev/pts, /de
 | runc $(runc --version | head -1 | awk '{print $3}') | $(fmt "$r") | ${rss[2]} |
 
 berth-runtime / crun median: **$ratio** (target ≤ 0.8); per round: $ratios.
+
+\`exec\` of /bin/true into a running container of the same bundle (sleep), same rounds:
+
+| runtime | median ms (median of the rounds) |
+|---|---|
+| berth-runtime | $(fmt "$xb") |
+| crun | $(fmt "$xc") |
+| runc | $(fmt "$xr") |
+
+berth-runtime / crun \`exec\` median per round: $xratios.
+
+\`create\`, \`run\` and \`exec\` re-execute berth-runtime from a sealed executable first (a
+read-only overlayfs mount attached nowhere, see runtime/src/sealed.rs), so no container
+process can reach and rewrite the host's binary (CVE-2019-5736): one more execve per
+container start and per exec.
+
 The machine is shared with other builds: absolute times move with its load, the ratio within a
 round is the measure.
 

@@ -107,6 +107,12 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
         nix::unistd::setresuid(root_uid, root_uid, root_uid)
             .map_err(sys("setuid 0 in user namespace"))?;
     }
+    // Only now, inside the container's cgroup: the new cgroup namespace is rooted at it, so
+    // the container sees `0::/` and only its own subtree under /sys/fs/cgroup.
+    if cfg.plan.new.contains(CloneFlags::CLONE_NEWCGROUP) {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(sys("unshare cgroup namespace"))?;
+    }
     for (flag, path) in &cfg.plan.join {
         namespaces::enter(path, *flag)?;
     }

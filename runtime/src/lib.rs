@@ -19,6 +19,7 @@ pub mod process;
 pub mod procfs;
 pub mod registry;
 pub mod rootfs;
+pub mod sealed;
 pub mod seccomp;
 pub mod spec;
 pub mod state;

@@ -24,6 +24,8 @@ pub enum ProcessError {
     Capability(String),
     #[error("{0} contains a NUL byte")]
     Nul(String),
+    #[error("process.cwd `{0}` leads outside the container's root")]
+    CwdOutsideRoot(PathBuf),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
@@ -248,13 +250,34 @@ impl Program {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
                 p.user().umask().unwrap_or(0o022) as _,
             ));
-            nix::unistd::chdir(p.cwd()).map_err(sys(format!("chdir {}", p.cwd().display())))
+            enter_cwd(p.cwd())
         };
         match setup() {
             Ok(()) => exec(&self.path, &self.args, &self.env),
             Err(e) => e,
         }
     }
+}
+
+/// Changes into the process's working directory, which must lie inside the container's root.
+/// A path through a descriptor the runtime still holds (`/proc/self/fd/N` of a host
+/// directory, the CVE-2024-21626 pattern) would otherwise start the program outside it. The
+/// kernel's getcwd names such a directory `(unreachable)/...` instead of an absolute path.
+fn enter_cwd(cwd: &Path) -> Result<(), ProcessError> {
+    nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the raw syscall writes at most `buf.len()` bytes into `buf`.
+    let r = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    if r < 0 {
+        return Err(ProcessError::Sys {
+            what: format!("getcwd after chdir {}", cwd.display()),
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    if buf.first() != Some(&b'/') {
+        return Err(ProcessError::CwdOutsideRoot(cwd.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// Gives a freshly cloned child default signal handling: the parent may block signals (a

@@ -209,9 +209,17 @@ impl StateStore {
                 source,
             }
         };
-        fs::create_dir_all(&self.root).map_err(io("mkdir"))?;
+        // Root only: state.json holds each container's whole config (its environment too),
+        // and a container's directory leads to its exec FIFO.
+        crate::image::fsutil::private_dir(&self.root).map_err(io("mkdir"))?;
         let dir = self.dir(id);
-        match fs::create_dir(&dir) {
+        // Search but no listing for others: the init of a container with a user namespace
+        // runs as an unprivileged host uid and opens its exec FIFO in here.
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().mode(0o711).create(&dir)
+        };
+        match made {
             Ok(()) => Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(StateError::Exists(id.to_string()))

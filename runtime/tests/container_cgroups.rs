@@ -80,3 +80,64 @@ fn limits_without_v2_controllers_are_refused() {
     assert!(!f.root.join(&id).exists());
     assert!(!root.path().join("berth").join(&id).exists());
 }
+
+/// The CLI in a private mount namespace whose /sys/fs/cgroup is a cgroup2 mount made here:
+/// the layout of a Berth machine (and of any unified host), on a hybrid host too. There is
+/// only one v2 hierarchy, so it is the same tree as the host's.
+fn on_unified(f: &Fixture, args: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"")
+        .args(["sh", BIN, "--root", f.root.to_str().unwrap()])
+        .args(args);
+    c
+}
+
+fn cli_on_unified(f: &Fixture, args: &[&str]) -> std::process::Output {
+    on_unified(f, args).output().unwrap()
+}
+
+#[test]
+fn the_cgroup_namespace_is_rooted_at_the_containers_cgroup() {
+    let mut f = Fixture::new();
+    // What a process inside sees: its own cgroup as the root, and no cgroup above or beside
+    // it (a directory under /sys/fs/cgroup would be a cgroup of the host's).
+    let probe = "grep '^0::' /proc/self/cgroup; ls -F /sys/fs/cgroup | grep '/$'; echo end";
+    f.sh(probe);
+    let id = unique("cgns");
+    f.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{id}"));
+    f.write_config();
+    f.track(&id);
+    let bundle = f.bundle.to_str().unwrap().to_string();
+    assert_eq!(
+        ok(&cli_on_unified(&f, &["run", "--bundle", &bundle, &id])),
+        "0::/\nend\n"
+    );
+
+    // A process started by `exec` joins the same namespace after it joined the cgroup.
+    f.args(&["sleep", "60"]);
+    let id = unique("cgns-exec");
+    f.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{id}"));
+    f.write_config();
+    f.track(&id);
+    // The container keeps the stdio of `create`: none that the test would wait on.
+    let created = on_unified(&f, &["create", "--bundle", &bundle, &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    ok(&cli_on_unified(&f, &["start", &id]));
+    assert_eq!(
+        ok(&cli_on_unified(&f, &["exec", &id, "sh", "-c", probe])),
+        "0::/\nend\n"
+    );
+    ok(&cli_on_unified(&f, &["delete", "--force", &id]));
+    let _ = std::fs::remove_dir(
+        CgroupRoot::host()
+            .expect("cgroup v2 mounted")
+            .path()
+            .join("berth-test"),
+    );
+}

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
 use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
+use berth_runtime::image::fsutil::private_dir;
 use berth_runtime::image::Store;
 use berth_runtime::net::{self, Network as Bridge};
 use berth_runtime::state::EXEC_FIFO;
@@ -142,7 +143,11 @@ impl ContainerLauncher {
         for v in &c.volumes {
             let source = match &v.source {
                 VolumeSource::Named(name) => {
-                    let p = self.state.join("volumes").join(name);
+                    // Containers write setuid files and device nodes into their volumes:
+                    // root only above them.
+                    let top = self.state.join("volumes");
+                    private_dir(&top).map_err(|e| err(format!("{}: {e}", top.display())))?;
+                    let p = top.join(name);
                     std::fs::create_dir_all(&p)
                         .map_err(|e| err(format!("volume {}: {e}", p.display())))?;
                     p
@@ -251,7 +256,12 @@ impl ContainerLauncher {
             stdio: Some([null.as_raw_fd(), out, out]),
             start: StartMode::Fifo,
         };
-        let container = self.runtime.create(&bundle, &opts).map_err(err)?;
+        let container = if berth_runtime::sealed::is_sealed() {
+            self.runtime.create(&bundle, &opts).map_err(err)?
+        } else {
+            self.create_sealed(&unit.name, &bundle, &pid_file, out)?;
+            self.runtime.load(&unit.name).map_err(err)?
+        };
         let netns = PathBuf::from(format!("/proc/{}/ns/net", container.pid()));
         let attached = match unit.container.network {
             Network::Bridge => self.bridge.attach(container.id(), &netns, &ports).map(drop),
@@ -259,6 +269,51 @@ impl ContainerLauncher {
             Network::Host => Ok(()),
         };
         attached.map_err(|e| err(format!("network: {e}")))
+    }
+
+    /// `berth-runtime create` for a host where this executable is not sealed (host mode from
+    /// a writable file): the container's init must not be a copy of it, or the container
+    /// could reach and rewrite it through /proc (CVE-2019-5736). The runtime binary seals
+    /// itself for `create` and `exec`; on a Berth machine berth-init's root is read-only and
+    /// the container is created in this task, without that exec.
+    fn create_sealed(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        pid_file: &Path,
+        out: RawFd,
+    ) -> Result<(), LaunchError> {
+        let config = bundle.dir.join("config.json");
+        let json = serde_json::to_vec(&bundle.spec).map_err(err)?;
+        std::fs::write(&config, json).map_err(|e| err(format!("{}: {e}", config.display())))?;
+        let output = |fd: RawFd| -> Result<Stdio, LaunchError> {
+            // SAFETY: `fd` is the unit log's pipe, open for the whole task.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let dup = nix::unistd::dup(borrowed).map_err(|e| LaunchError::Pipe(e.into()))?;
+            Ok(Stdio::from(dup))
+        };
+        let status = Command::new(&self.runtime_bin)
+            .arg("--root")
+            .arg(self.runtime.store().root())
+            .arg("create")
+            .arg("--bundle")
+            .arg(&bundle.dir)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(output(out)?)
+            .stderr(output(out)?)
+            .status()
+            .map_err(|source| LaunchError::Spawn {
+                command: format!("{} create", self.runtime_bin.display()),
+                source,
+            })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(err(format!("berth-runtime create: {status}")))
+        }
     }
 
     /// Runs [`Self::prepare`] and reports a failure in the unit log and for the API, after
@@ -344,9 +399,24 @@ impl ContainerLauncher {
             .map(|h| h.exec.clone())
             .unwrap_or_default();
         let result = (|| -> Result<i32, LaunchError> {
+            if !berth_runtime::sealed::is_sealed() {
+                // As for `create`: the check's process must not be a copy of this executable.
+                let status = Command::new(&self.runtime_bin)
+                    .arg("--root")
+                    .arg(self.runtime.store().root())
+                    .arg("exec")
+                    .arg(&unit.name)
+                    .args(&exec)
+                    .status()
+                    .map_err(|source| LaunchError::Spawn {
+                        command: format!("{} exec", self.runtime_bin.display()),
+                        source,
+                    })?;
+                return Ok(status.code().unwrap_or(1));
+            }
             let mut c = self.runtime.load(&unit.name).map_err(err)?;
             let mut process = c.state().config.process().clone().unwrap_or_default();
-            process.set_args(Some(exec));
+            process.set_args(Some(exec.clone()));
             let opts = ExecOptions {
                 process,
                 console_socket: None,
@@ -403,6 +473,10 @@ impl Launcher for ContainerLauncher {
         // Checked here too, so a bad port mapping fails the start before any fork.
         Self::ports(unit)?;
         let dir = self.dir(unit);
+        // A container's root and upper directory hold what its image and its processes put
+        // there (setuid files, device nodes): root only above them.
+        let top = self.state.join("containers");
+        private_dir(&top).map_err(|e| err(format!("cannot create {}: {e}", top.display())))?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(START_ERROR_FILE));

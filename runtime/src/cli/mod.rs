@@ -28,6 +28,9 @@ pub struct Verb {
     pub name: &'static str,
     pub about: &'static str,
     pub run: fn(&Global, &[String]) -> CliResult,
+    /// The verb starts processes inside a container: it runs from a sealed executable
+    /// (see `berth_runtime::sealed`).
+    pub sealed: bool,
 }
 
 /// Every verb. A new one is one line here and one file.
@@ -36,61 +39,73 @@ const VERBS: &[Verb] = &[
         name: "create",
         about: "create a container",
         run: create::run,
+        sealed: true,
     },
     Verb {
         name: "start",
         about: "start a created container",
         run: start::run,
+        sealed: false,
     },
     Verb {
         name: "state",
         about: "print the state of a container",
         run: state::run,
+        sealed: false,
     },
     Verb {
         name: "kill",
         about: "send a signal to a container's init (or all its processes)",
         run: kill::run,
+        sealed: false,
     },
     Verb {
         name: "delete",
         about: "delete a container",
         run: delete::run,
+        sealed: false,
     },
     Verb {
         name: "run",
         about: "create and start a container",
         run: run::run,
+        sealed: true,
     },
     Verb {
         name: "update",
         about: "change the resource limits and device rules of a container",
         run: update::run,
+        sealed: false,
     },
     Verb {
         name: "exec",
         about: "run a process in a running container",
         run: exec::run,
+        sealed: true,
     },
     Verb {
         name: "spec",
         about: "write a default config.json",
         run: spec::run,
+        sealed: false,
     },
     Verb {
         name: "list",
         about: "list containers",
         run: list::run,
+        sealed: false,
     },
     Verb {
         name: "ps",
         about: "list the processes of a container",
         run: ps::run,
+        sealed: false,
     },
     Verb {
         name: "image",
         about: "manage images: pull, ls, inspect, rm, import, export, prune",
         run: image_verb,
+        sealed: false,
     },
 ];
 
@@ -283,6 +298,11 @@ pub fn main(argv: Vec<String>) -> i32 {
     let Some(verb) = VERBS.iter().find(|v| v.name == verb_name) else {
         return fail(Some(&g), &Usage(format!("unknown command `{verb_name}`")));
     };
+    if verb.sealed {
+        if let Err(e) = berth_runtime::sealed::ensure_sealed() {
+            return fail(Some(&g), &e);
+        }
+    }
     match (verb.run)(&g, verb_args) {
         Ok(code) => code,
         Err(e) => fail(Some(&g), e.as_ref()),

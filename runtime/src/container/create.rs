@@ -263,12 +263,20 @@ fn spawn_init(plan: &NamespacePlan, cfg: InitConfig<'_>) -> Result<i32> {
         }
         None => None,
     };
+    // The cgroup namespace is not created by clone: its root is the cgroup of the process
+    // that creates it, and the init is only moved into the container's cgroup after clone.
+    // The init unshares it once the runtime says it is there (see `init::setup`).
+    let flags = plan.new - CloneFlags::CLONE_NEWCGROUP;
+    // The init runs the runtime's code until it execs: born non-dumpable, nothing in the
+    // container can open its /proc files meanwhile.
+    let non_dumpable = crate::sealed::NonDumpable::set();
     // SAFETY: the runtime is single-threaded (CLI and PID 1 alike); the child never returns
     // from `init::run` (it execs or exits).
-    let pid = unsafe { clone_process(plan.new) };
+    let pid = unsafe { clone_process(flags) };
     if let Ok(0) = pid {
         init::run(cfg);
     }
+    drop(non_dumpable);
     if let Some(own) = own_pid_ns {
         nix::sched::setns(&own, CloneFlags::CLONE_NEWPID).map_err(sys("restore pid namespace"))?;
     }

@@ -81,6 +81,10 @@ impl Container {
             Some(own)
         };
         let (parent, child) = channel::pair()?;
+        // The child is born in the container's pid namespace and runs the runtime's code
+        // until it execs: non-dumpable from birth, nothing in the container can open its
+        // /proc files (exe, fd, cwd, root) meanwhile.
+        let non_dumpable = crate::sealed::NonDumpable::set();
         // SAFETY: single-threaded caller; the child only execs or exits.
         let forked = unsafe { clone_process(CloneFlags::empty()) };
         if let Ok(0) = forked {
@@ -108,6 +112,7 @@ impl Container {
                 )
             }
         }
+        drop(non_dumpable);
         if let Some(own) = own_pid {
             nix::sched::setns(own, CloneFlags::CLONE_NEWPID)
                 .map_err(sys("restore pid namespace"))?;

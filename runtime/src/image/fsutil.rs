@@ -53,6 +53,24 @@ fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     result
 }
 
+/// Creates `dir` (and missing parents) reachable by root only, and takes group and other
+/// access away from an existing one. For the top of a tree whose content must stay away from
+/// unprivileged host users (image layers carry setuid files and device nodes with their
+/// modes): a 0700 top makes everything below unreachable for them, whatever its modes.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // Created 0700 (the umask can only take more away), never wider for a moment.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
+}
+
 /// Makes a rename or create in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -107,9 +107,13 @@ pub struct ImageSummary {
 }
 
 impl Store {
-    /// Opens the store at `root`, creating its layout if needed.
+    /// Opens the store at `root`, creating its layout if needed. The root is reachable by
+    /// root only (created so; an existing one is tightened): layers keep the setuid bits and
+    /// device nodes of their images, which no unprivileged host user may reach.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let store = Store { root: root.into() };
+        fsutil::private_dir(&store.root)
+            .map_err(Error::io(&store.root, "create store directory"))?;
         for dir in [
             store.root.clone(),
             store.blobs_dir(),
