@@ -78,6 +78,8 @@ pub enum Timer {
     Watchdog,
     /// Boot has settled: PID 1 drops the code pages only boot needed.
     DropBootCode,
+    /// The supervisor's next batch of unit starts.
+    StartUnits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -81,9 +81,6 @@ impl Init {
         );
         let mut supervisor =
             Supervisor::new(loaded, launchers, LogPolicy::new(boot.paths.logs.clone()));
-        // Units first: the API and the platform hooks below take a few milliseconds that the
-        // first containers need not wait for.
-        supervisor.start_all(Instant::now(), &mut events);
 
         let mode = match boot.mode {
             Mode::Pid1 => "pid1",
@@ -91,7 +88,10 @@ impl Init {
         };
         let mut system = SystemInfo::new(VERSION, mode, boot.hostname.clone());
         let mut api = match ApiServer::bind(&boot.paths.api_socket, &mut events) {
-            Ok(api) => Some(api),
+            Ok(api) => {
+                info!("control API on {}", boot.paths.api_socket.display());
+                Some(api)
+            }
             Err(e) => {
                 error!(
                     "control API unavailable: {}: {e}",
@@ -118,6 +118,9 @@ impl Init {
         platform.attach(Instant::now(), &mut events);
         events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::DropBootCode);
         system.boot_duration = boot_duration(&boot.mode);
+        // The API is served from here on: the first batch of units starts now, the rest in
+        // the loop's turns between API requests.
+        supervisor.start_all(Instant::now(), &mut events);
         Ok(Init {
             events,
             signals,
@@ -198,12 +201,16 @@ impl Init {
                     }
                 }
                 Event::Timer(Timer::Watchdog) => self.platform.on_watchdog(now, &mut self.events),
+                Event::Timer(Timer::StartUnits) => {
+                    self.supervisor.on_start_timer(now, &mut self.events)
+                }
             }
         }
         if self.platform.awaiting_good() && self.shutdown.is_none() {
             self.platform.check_boot_good(&self.supervisor.statuses());
         }
         self.buffer = events;
+        self.supervisor.after_events();
         self.with_api(now, |api, ctx| api.after_events(ctx));
         if let Some(action) = self.power.take() {
             self.begin_shutdown(action, "API request", now);

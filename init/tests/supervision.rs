@@ -131,3 +131,89 @@ fn orphaned_grandchildren_are_reaped() {
         .collect();
     assert!(zombies.is_empty(), "{zombies:?}");
 }
+
+/// Live processes whose environment holds `TAG=tag` (units of these tests set it).
+fn tagged(tag: &str) -> Vec<i32> {
+    let want = format!("TAG={tag}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) && common::alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A unit whose shell leaves a `setsid` process behind: another session and process group,
+/// re-parented to berth-init once the main process is gone.
+fn escaping_unit(tag: &str) -> String {
+    format!(
+        "[container]\ncommand = [\"sh\", \"-c\", \"setsid sleep 300 & exec sleep 300\"]\n\
+         env = {{ TAG = \"{tag}\" }}\n[service]\nstop_timeout = \"1h\"\n"
+    )
+}
+
+/// Waits until unit `name` (tagged `tag`) runs its main process and the escaped one; returns
+/// the escaped one's pid.
+fn escaped_process(host: &Host, name: &str, tag: &str) -> i32 {
+    host.wait_state(name, &["running"]);
+    let main = host.unit(name)["pid"].as_i64().unwrap() as i32;
+    let mut escaped = None;
+    host.wait_for("the escaped process", || {
+        escaped = tagged(tag).into_iter().find(|&p| p != main);
+        escaped.is_some()
+    });
+    escaped.unwrap()
+}
+
+#[test]
+fn processes_a_unit_left_behind_die_when_it_stops_or_is_removed() {
+    let dir = common::temp_dir("escape");
+    let (stop_tag, remove_tag) = (
+        format!("{}/stop", dir.display()),
+        format!("{}/remove", dir.display()),
+    );
+    let host = Host::start_in(
+        dir,
+        &[
+            ("stopped", &escaping_unit(&stop_tag)),
+            ("removed", &escaping_unit(&remove_tag)),
+        ],
+    );
+    let escaped = escaped_process(&host, "stopped", &stop_tag);
+    let (status, _) = host
+        .request("POST /v1/units/stopped/stop HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    assert_eq!(status, 202);
+    host.wait_state("stopped", &["exited"]);
+    host.wait_for("the escaped process of a stopped unit to die", || {
+        !common::alive(escaped)
+    });
+
+    let escaped = escaped_process(&host, "removed", &remove_tag);
+    let (status, _) = host
+        .request("DELETE /v1/units/removed HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(status, 202);
+    host.wait_for("the escaped process of a removed unit to die", || {
+        tagged(&remove_tag).is_empty() && !common::alive(escaped)
+    });
+}
+
+#[test]
+fn a_units_processes_die_with_berth_init_however_it_ends() {
+    let dir = common::temp_dir("escape-kill");
+    let tag = format!("{}/killed", dir.display());
+    let mut host = Host::start_in(dir, &[("left", &escaping_unit(&tag))]);
+    escaped_process(&host, "left", &tag);
+    // No ordered stop: berth-init just ends.
+    host.signal(libc::SIGKILL);
+    host.wait_exit();
+    host.wait_for("every process of the unit to die", || {
+        tagged(&tag).is_empty()
+    });
+}

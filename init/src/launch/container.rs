@@ -15,7 +15,6 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
 use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
@@ -28,15 +27,11 @@ use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
 
 use super::process::{set_nonblocking, signal_pid};
-use super::task::{fork_task, wait_task};
+use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::Network;
 use crate::unit::value::{UserSpec, VolumeSource};
 use crate::unit::Unit;
-
-/// How long PID 1 waits for a container's cleanup (delete, network, unmount) before it kills
-/// the task; the next start removes whatever is left.
-const CLEANUP_LIMIT: Duration = Duration::from_secs(20);
 
 /// Files the preparation task leaves in the container's directory for PID 1.
 const INIT_PID_FILE: &str = "init.pid";
@@ -434,7 +429,12 @@ impl Launcher for ContainerLauncher {
                 let _ = cg.kill();
             }
         }
-        signal_pid(pid, signal)
+        signal_pid(pid, signal)?;
+        if signal != libc::SIGKILL && signal != libc::SIGCONT {
+            // A stopped init only acts on its stop signal once continued.
+            signal_pid(pid, libc::SIGCONT)?;
+        }
+        Ok(())
     }
 
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
@@ -453,17 +453,19 @@ impl Launcher for ContainerLauncher {
         super::cgroup::usage_of(&container_cgroup(unit)?)
     }
 
-    fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) {
+    fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) -> Option<Spawned> {
         self.released.remove(&unit.name);
         let stderr = 2;
+        // The supervisor reaps the task (a stuck delete must not stall the loop).
         match fork_task([stderr, stderr, stderr], || {
             self.remove(unit);
             0
         }) {
-            Ok(pid) => {
-                wait_task(pid, CLEANUP_LIMIT);
+            Ok(pid) => Some(Spawned { pid, output: None }),
+            Err(e) => {
+                log::warn!("{}: cannot start cleanup: {e}", unit.name);
+                None
             }
-            Err(e) => log::warn!("{}: cannot start cleanup: {e}", unit.name),
         }
     }
 }

@@ -1,18 +1,28 @@
 //! The process launcher: system units (no `image`) run their command from the host root, in
 //! their own process group and (when available) their own cgroup, with the unit's `env` and
 //! `user`. stdout and stderr go into one pipe that the supervisor reads into the unit's log.
+//!
+//! Every process of a start carries the start's invocation id in its environment
+//! ([`super::sweep`]): when the main process is gone, whatever it left behind (also with
+//! `setsid` or a double fork, re-parented to berth-init) is found and killed.
+//!
+//! Starting does not wait for the child's exec: the program is looked up in `PATH` before the
+//! fork (so "not found" is still a start error), and an exec that fails anyway ends the child
+//! with 126/127 and a line in the unit's log. One start costs one fork, however many units run.
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{ForkResult, Pid};
 
 use super::cgroup::Cgroups;
+use super::sweep::{kill_marked, supervisor_token, Scope, MARK_VAR};
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::value::UserSpec;
 use crate::unit::Unit;
@@ -24,6 +34,14 @@ pub struct ProcessLauncher {
     cgroups: Box<dyn Cgroups>,
     /// Root whose `etc/passwd` and `etc/group` resolve user names.
     etc: PathBuf,
+    /// Starts so far: the second half of invocation ids.
+    starts: u64,
+    /// The current invocation of each running unit (its health checks carry it too).
+    current: HashMap<String, String>,
+    /// Main process → its invocation, while it runs.
+    mains: HashMap<i32, String>,
+    /// Invocations whose main process is gone and whose leftovers the next sweep kills.
+    ended: HashSet<String>,
 }
 
 impl ProcessLauncher {
@@ -31,6 +49,10 @@ impl ProcessLauncher {
         ProcessLauncher {
             cgroups,
             etc: PathBuf::from("/etc"),
+            starts: 0,
+            current: HashMap::new(),
+            mains: HashMap::new(),
+            ended: HashSet::new(),
         }
     }
 
@@ -39,30 +61,63 @@ impl ProcessLauncher {
         unit: &Unit,
         argv: &[String],
         capture: bool,
+        invocation: &str,
     ) -> Result<Spawned, LaunchError> {
         let program = argv.first().map(String::as_str).unwrap_or_default();
-        let mut cmd = Command::new(program);
-        cmd.args(argv.iter().skip(1))
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .envs(&unit.container.env)
-            .current_dir("/")
-            .stdin(Stdio::null());
-        if let Some(user) = &unit.container.user {
-            let (uid, gid) = resolve_user(&self.etc, user)?;
-            cmd.uid(uid).gid(gid);
+        let nul = |what: &str| LaunchError::Spawn {
+            command: program.to_string(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, format!("NUL byte in {what}")),
+        };
+        // Everything the child needs is built before the fork: it may not allocate.
+        let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
+        for (k, v) in &unit.container.env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
         }
+        env.retain(|(k, _)| k != MARK_VAR && k != "BERTH_UNIT");
+        env.push((MARK_VAR.into(), invocation.into()));
+        env.push(("BERTH_UNIT".into(), unit.name.clone()));
+        let search = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let exe = resolve_program(program, &search)?;
+        let exe = CString::new(exe.as_os_str().as_bytes()).map_err(|_| nul("the program"))?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| nul("an argument"))?;
+        let envs: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<_, _>>()
+            .map_err(|_| nul("the environment"))?;
+        let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        arg_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+        env_ptrs.push(std::ptr::null());
+        let ids = match &unit.container.user {
+            Some(user) => Some(resolve_user(&self.etc, user)?),
+            None => None,
+        };
+        let null = std::fs::File::open("/dev/null").map_err(|source| LaunchError::Spawn {
+            command: "(opening /dev/null)".into(),
+            source,
+        })?;
         let mut reader = None;
+        let mut writer = None;
         if capture {
             let (r, w) =
                 nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::Pipe(e.into()))?;
             set_nonblocking(&r).map_err(LaunchError::Pipe)?;
-            let w2 = w.try_clone().map_err(LaunchError::Pipe)?;
-            cmd.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
             reader = Some(r);
-        } else {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            writer = Some(w);
         }
+        let out: RawFd = writer
+            .as_ref()
+            .map_or(null.as_raw_fd(), |w: &OwnedFd| w.as_raw_fd());
         let procs = self.cgroups.prepare(&unit.name, &unit.resources)?;
         let procs_fd = match procs {
             Some(path) => Some(
@@ -76,45 +131,180 @@ impl ProcessLauncher {
             ),
             None => None,
         };
-        let procs_raw = procs_fd.as_ref().map(|f| f.as_raw_fd());
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe syscalls (sigprocmask, setsid, write) on memory prepared before
-        // the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                crate::signals::reset_in_child()?;
-                // A session of its own, so also a process group whose id is the pid: the unit
-                // is signalled as a group, and a unit like getty can take a terminal as its
-                // controlling one.
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if let Some(fd) = procs_raw {
-                    // "0" moves the writing process itself into the cgroup.
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+        let child = ChildSetup {
+            exe: &exe,
+            argv: arg_ptrs.as_ptr(),
+            envp: env_ptrs.as_ptr(),
+            stdio: [null.as_raw_fd(), out, out],
+            procs: procs_fd.as_ref().map(|f| f.as_raw_fd()),
+            ids,
+        };
+        // SAFETY: berth-init is single-threaded, so the child's heap and locks are consistent;
+        // the child only makes async-signal-safe syscalls on memory prepared above and leaves
+        // through execve or `_exit`.
+        match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Child) => child.run(),
+            Ok(ForkResult::Parent { child }) => Ok(Spawned {
+                // The child is reaped by the supervisor's reaper.
+                pid: child.as_raw(),
+                output: reader,
+            }),
+            Err(e) => Err(LaunchError::Spawn {
+                command: program.to_string(),
+                source: e.into(),
+            }),
         }
-        let child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
-        // The child is reaped by the supervisor's reaper, never through `Child::wait`.
-        let pid = child.id() as i32;
-        drop(child);
-        Ok(Spawned {
-            pid,
-            output: reader,
-        })
+    }
+
+    fn new_invocation(&mut self) -> String {
+        self.starts += 1;
+        format!("{}.{}", supervisor_token(), self.starts)
     }
 }
 
-fn spawn_error(program: &str, e: io::Error) -> LaunchError {
+/// What the forked child does before exec, with everything prepared in the parent.
+struct ChildSetup<'a> {
+    exe: &'a CString,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    stdio: [RawFd; 3],
+    procs: Option<RawFd>,
+    ids: Option<(u32, u32)>,
+}
+
+impl ChildSetup<'_> {
+    /// Runs in the child: never returns. Async-signal-safe syscalls only.
+    fn run(&self) -> ! {
+        // SAFETY: raw syscalls on descriptors and memory the child owns; `_exit` on failure.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            // Rust ignores SIGPIPE in its own process; units get the default back.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            super::guard::close_in_child();
+            // A session of its own, so also a process group whose id is the pid: the unit is
+            // signalled as a group, and a unit like getty can take a terminal as its
+            // controlling one.
+            if libc::setsid() < 0 {
+                fail(b"setsid", 1);
+            }
+            if let Some(fd) = self.procs {
+                // "0" moves the writing process itself into the cgroup.
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    fail(b"joining the cgroup", 1);
+                }
+            }
+            for (target, fd) in self.stdio.into_iter().enumerate() {
+                let target = target as RawFd;
+                let ok = if fd == target {
+                    libc::fcntl(fd, libc::F_SETFD, 0) >= 0
+                } else {
+                    libc::dup2(fd, target) >= 0
+                };
+                if !ok {
+                    fail(b"redirecting output", 1);
+                }
+            }
+            if libc::chdir(c"/".as_ptr()) < 0 {
+                fail(b"chdir /", 1);
+            }
+            if let Some((uid, gid)) = self.ids {
+                if libc::getuid() == 0 && libc::setgroups(0, std::ptr::null()) < 0 {
+                    fail(b"setgroups", 1);
+                }
+                if libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                    fail(b"changing user", 1);
+                }
+            }
+            libc::execve(self.exe.as_ptr(), self.argv, self.envp);
+            let code = match *libc::__errno_location() {
+                libc::ENOENT => 127,
+                _ => 126,
+            };
+            fail(b"exec", code)
+        }
+    }
+}
+
+/// Ends a child whose setup failed, with a line in the unit's log (its stderr).
+fn fail(what: &[u8], code: i32) -> ! {
+    // SAFETY: write(2) of static bytes, then `_exit`.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut line = [0u8; 96];
+        let mut n = 0;
+        for part in [
+            b"berth-init: cannot start unit: ".as_slice(),
+            what,
+            b": errno ",
+        ] {
+            for &b in part {
+                if n < line.len() {
+                    line[n] = b;
+                    n += 1;
+                }
+            }
+        }
+        let mut digits = [0u8; 12];
+        let mut d = digits.len();
+        let mut v = errno.unsigned_abs();
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 || d == 0 {
+                break;
+            }
+        }
+        for &b in digits[d..].iter().chain(b"\n") {
+            if n < line.len() {
+                line[n] = b;
+                n += 1;
+            }
+        }
+        libc::write(2, line.as_ptr().cast(), n);
+        libc::_exit(code)
+    }
+}
+
+/// The file `program` names: itself when it contains a `/`, else the first executable file of
+/// that name in `search` (a `PATH` value), as execvp would pick it.
+fn resolve_program(program: &str, search: &str) -> Result<PathBuf, LaunchError> {
     let command = program.to_string();
-    match e.kind() {
-        io::ErrorKind::NotFound => LaunchError::NotFound { command },
-        io::ErrorKind::PermissionDenied => LaunchError::NotExecutable { command, source: e },
-        _ => LaunchError::Spawn { command, source: e },
+    if program.is_empty() {
+        return Err(LaunchError::NotFound { command });
+    }
+    let check = |p: &Path| -> io::Result<()> {
+        let meta = std::fs::metadata(p)?;
+        if !meta.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).map_err(io::Error::from)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return match check(&path) {
+            Ok(()) => Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LaunchError::NotFound { command }),
+            Err(source) => Err(LaunchError::NotExecutable { command, source }),
+        };
+    }
+    let mut denied = None;
+    for dir in search.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let path = Path::new(OsStr::new(dir)).join(program);
+        match check(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                denied.get_or_insert(e);
+            }
+        }
+    }
+    match denied {
+        Some(source) => Err(LaunchError::NotExecutable { command, source }),
+        None => Err(LaunchError::NotFound { command }),
     }
 }
 
@@ -144,18 +334,28 @@ impl Launcher for ProcessLauncher {
     }
 
     fn start(&mut self, unit: &Unit, _prepared: u32) -> Result<Step, LaunchError> {
-        self.spawn(unit, &unit.container.command, true)
-            .map(Step::Main)
+        let invocation = self.new_invocation();
+        let spawned = self.spawn(unit, &unit.container.command, true, &invocation)?;
+        self.mains.insert(spawned.pid, invocation.clone());
+        self.current.insert(unit.name.clone(), invocation);
+        Ok(Step::Main(spawned))
     }
 
     fn signal(&mut self, unit: &Unit, pid: i32, signal: i32, all: bool) -> Result<(), LaunchError> {
         if all {
             // The process group is the unit's main pid; the cgroup also catches processes
-            // that left the group (setsid).
+            // that left the group (setsid); without one, the sweep after the main process
+            // has exited does.
             self.cgroups.kill_all(&unit.name);
             signal_pid(-pid, signal)?;
         }
-        signal_pid(pid, signal)
+        signal_pid(pid, signal)?;
+        if signal != libc::SIGKILL && signal != libc::SIGCONT {
+            // A stopped process only acts on its stop signal once continued.
+            signal_pid(-pid, libc::SIGCONT)?;
+            signal_pid(pid, libc::SIGCONT)?;
+        }
+        Ok(())
     }
 
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
@@ -164,21 +364,44 @@ impl Launcher for ProcessLauncher {
             .as_ref()
             .map(|h| h.exec.clone())
             .unwrap_or_default();
-        self.spawn(unit, &exec, false)
+        let invocation = match self.current.get(&unit.name) {
+            Some(inv) => inv.clone(),
+            None => self.new_invocation(),
+        };
+        self.spawn(unit, &exec, false, &invocation)
     }
 
     fn usage(&self, unit: &Unit) -> Option<super::Usage> {
         self.cgroups.usage(&unit.name)
     }
 
-    fn cleanup(&mut self, unit: &Unit, pid: Option<i32>) {
+    fn cleanup(&mut self, unit: &Unit, pid: Option<i32>) -> Option<Spawned> {
         // Called right after the main process was reaped, so its pid (the group id) cannot
         // have been reused by a new group yet.
         if let Some(pid) = pid {
             kill_group(pid);
+            if let Some(invocation) = self.mains.remove(&pid) {
+                if self.current.get(&unit.name) == Some(&invocation) {
+                    self.current.remove(&unit.name);
+                }
+                self.ended.insert(invocation);
+            }
         }
         self.cgroups.kill_all(&unit.name);
         self.cgroups.remove(&unit.name);
+        None
+    }
+
+    fn sweep(&mut self) {
+        if self.ended.is_empty() {
+            return;
+        }
+        let skip: HashSet<i32> = self.mains.keys().copied().collect();
+        let ended = std::mem::take(&mut self.ended);
+        let killed = kill_marked(Scope::Children { skip: &skip }, &|inv| ended.contains(inv));
+        if killed > 0 {
+            log::info!("killed {killed} leftover processes of stopped units");
+        }
     }
 }
 

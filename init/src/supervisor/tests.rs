@@ -19,6 +19,8 @@ struct Record {
     health: Vec<(String, i32)>,
     signals: Vec<(String, i32, i32, bool)>,
     cleaned: Vec<String>,
+    /// (unit, pid) of every cleanup task started.
+    cleanups: Vec<(String, i32)>,
 }
 
 struct FakeLauncher(Rc<RefCell<Record>>);
@@ -56,8 +58,16 @@ impl Launcher for FakeLauncher {
         r.health.push((unit.name.clone(), pid));
         Ok(Spawned { pid, output: None })
     }
-    fn cleanup(&mut self, unit: &Unit, _: Option<i32>) {
-        self.0.borrow_mut().cleaned.push(unit.name.clone());
+    fn cleanup(&mut self, unit: &Unit, _: Option<i32>) -> Option<Spawned> {
+        let mut r = self.0.borrow_mut();
+        r.cleaned.push(unit.name.clone());
+        if !unit.description.contains("slow cleanup") {
+            return None;
+        }
+        r.next_pid += 1;
+        let pid = r.next_pid;
+        r.cleanups.push((unit.name.clone(), pid));
+        Some(Spawned { pid, output: None })
     }
 }
 
