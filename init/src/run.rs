@@ -16,6 +16,7 @@ use crate::launch::process::ProcessLauncher;
 use crate::launch::Launcher;
 use crate::logs::LogPolicy;
 use crate::platform::Platform;
+use crate::reaper::ChildEvent;
 use crate::shutdown::{action_for, PowerAction};
 use crate::signals::Signals;
 use crate::supervisor::Supervisor;
@@ -261,11 +262,21 @@ impl Init {
         for sig in self.signals.drain() {
             match sig {
                 Signal::SIGCHLD => {
-                    for (pid, status) in crate::reaper::reap() {
-                        if !self.supervisor.on_exit(pid, status, now, &mut self.events)
-                            && !self.jobs.on_exit(pid, status)
-                        {
-                            debug!("reaped orphan {pid}: {status}");
+                    for event in crate::reaper::reap_events() {
+                        match event {
+                            ChildEvent::Exited(pid, status) => {
+                                if !self.supervisor.on_exit(pid, status, now, &mut self.events)
+                                    && !self.jobs.on_exit(pid, status)
+                                {
+                                    debug!("reaped orphan {pid}: {status}");
+                                }
+                            }
+                            ChildEvent::Stopped(pid, signal) => {
+                                self.supervisor.on_paused(pid, signal);
+                            }
+                            ChildEvent::Continued(pid) => {
+                                self.supervisor.on_continued(pid, now, &mut self.events);
+                            }
                         }
                     }
                 }

@@ -217,3 +217,40 @@ fn a_units_processes_die_with_berth_init_however_it_ends() {
         tagged(&tag).is_empty()
     });
 }
+
+#[test]
+fn a_stopped_unit_shows_paused_and_stops_without_waiting_for_its_timeout() {
+    let host = Host::start(
+        "sigstop",
+        &[(
+            "frozen",
+            "[container]\ncommand = [\"sleep\", \"300\"]\n[service]\nstop_timeout = \"1h\"\n\
+             [health]\nexec = [\"true\"]\ninterval = \"100ms\"\n",
+        )],
+    );
+    host.wait_state("frozen", &["healthy"]);
+    let pid = host.unit("frozen")["pid"].as_i64().unwrap() as i32;
+    let signal = |sig| {
+        // SAFETY: kill(2) on the unit's process.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    host.wait_state("frozen", &["paused"]);
+    assert_eq!(host.unit("frozen")["detail"], "stopped by SIGSTOP");
+    signal(libc::SIGCONT);
+    host.wait_state("frozen", &["healthy"]);
+
+    // Stopping a stopped process: the stop signal comes with SIGCONT, so it acts at once
+    // instead of after the hour of stop_timeout.
+    signal(libc::SIGSTOP);
+    host.wait_state("frozen", &["paused"]);
+    let (status, _) = host
+        .request("POST /v1/units/frozen/stop HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    assert_eq!(status, 202);
+    host.wait_state("frozen", &["exited"]);
+    assert_eq!(
+        host.unit("frozen")["last_exit"],
+        "killed by signal 15 (SIGTERM)"
+    );
+}

@@ -405,6 +405,54 @@ impl Supervisor {
         true
     }
 
+    /// A child was stopped by `signal`: a unit's main process shows as `paused` (its health
+    /// checks wait). Returns false when it is no unit's main process.
+    pub fn on_paused(&mut self, pid: i32, signal: i32) -> bool {
+        let Some(&(i, false)) = self.pids.get(&pid) else {
+            return false;
+        };
+        let slot = &mut self.slots[i];
+        if slot.preparing || slot.cleaning.is_some() {
+            return false;
+        }
+        if matches!(slot.state, State::Running | State::Healthy) {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {signal}"));
+            info!("unit {}: paused (stopped by {name})", slot.name);
+            slot.state = State::Paused;
+            slot.detail = format!("stopped by {name}");
+        }
+        true
+    }
+
+    /// A stopped child was continued: a paused unit runs again and its health checks resume.
+    pub fn on_continued(&mut self, pid: i32, now: Instant, r: &mut dyn Reactor) -> bool {
+        let Some(&(i, false)) = self.pids.get(&pid) else {
+            return false;
+        };
+        let slot = &mut self.slots[i];
+        if slot.state != State::Paused {
+            return true;
+        }
+        info!("unit {}: continued", slot.name);
+        slot.state = if slot.health == Health::Healthy {
+            State::Healthy
+        } else {
+            State::Running
+        };
+        slot.detail.clear();
+        let first_check = slot
+            .unit
+            .as_ref()
+            .and_then(|u| u.health.as_ref())
+            .map(|h| h.interval.min(Duration::from_millis(100)));
+        if let Some(d) = first_check {
+            self.arm(i, Action::HealthCheck, after(now, d), r);
+        }
+        true
+    }
+
     /// A unit timer fired.
     pub fn on_timer(&mut self, unit: usize, generation: u64, now: Instant, r: &mut dyn Reactor) {
         let Some(slot) = self.slots.get_mut(unit) else {
