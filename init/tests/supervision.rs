@@ -254,3 +254,68 @@ fn a_stopped_unit_shows_paused_and_stops_without_waiting_for_its_timeout() {
         "killed by signal 15 (SIGTERM)"
     );
 }
+
+/// Lazily unmounts a test's filesystem when dropped (after the host that used it).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_costs_one_complaint_and_leaves_a_marker_in_the_units_log() {
+    use std::io::Write;
+    let dir = common::temp_dir("fulldisk");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    common::run(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "berth-test"])
+            .arg(&state),
+    );
+    let mounted = Mounted(state.clone());
+    let wait =
+        |f: &str| format!("for i in $(seq 1200); do [ -e {{dir}}/{f} ] && break; sleep 0.05; done");
+    let unit = format!(
+        "[container]\ncommand = [\"sh\", \"-c\", \"{}; for i in $(seq 50); do echo lost; done; {}; echo back; exec sleep 300\"]\n",
+        wait("full"),
+        wait("go")
+    );
+    let host = Host::start_in(dir.clone(), &[("chatty", &unit)]);
+    host.wait_state("chatty", &["running"]);
+    // Fill the state filesystem, then let the unit talk.
+    let mut filler = std::fs::File::create(state.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    while filler.write_all(&chunk).is_ok() {}
+    std::fs::write(dir.join("full"), "").unwrap();
+    host.wait_for("berth-init to notice the full disk", || {
+        host.log().contains("cannot write log")
+    });
+    // Space comes back; the next output brings the marker.
+    drop(filler);
+    std::fs::remove_file(state.join("filler")).unwrap();
+    std::fs::write(dir.join("go"), "").unwrap();
+    host.wait_for("the unit's output after the full disk", || {
+        host.read("state/logs/chatty.log").contains("back")
+    });
+    assert_eq!(
+        host.read("state/logs/chatty.log"),
+        "[berth: 250 bytes of output dropped: no space]\nback\n"
+    );
+    assert_eq!(
+        host.log().matches("cannot write log").count(),
+        1,
+        "{}",
+        host.log()
+    );
+    drop(host);
+    drop(mounted);
+}

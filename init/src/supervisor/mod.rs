@@ -509,8 +509,8 @@ impl Supervisor {
         let (slots, policy) = (&mut self.slots, &self.log_policy);
         let done = self.pipes.drain(id, |unit, bytes| {
             if let Some(slot) = slots.get_mut(unit) {
-                if let Err(e) = slot.log.write(policy, bytes) {
-                    warn!("unit {}: cannot write log: {e}", slot.name);
+                if let Some(complaint) = slot.log.write(policy, bytes) {
+                    warn!("unit {}: {complaint}", slot.name);
                 }
                 tap(&slot.name, bytes);
             }
