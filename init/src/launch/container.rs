@@ -469,3 +469,46 @@ impl Launcher for ContainerLauncher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reaper::ExitStatus;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use std::time::Duration;
+
+    #[test]
+    fn a_cleanup_that_blocks_does_not_block_the_caller() {
+        let dir = crate::testutil::scratch_dir("container-cleanup");
+        let root = dir.join("runtime");
+        std::fs::create_dir_all(root.join("web")).unwrap();
+        // Reading the container's state blocks until someone opens this FIFO for writing: a
+        // delete stuck in the kernel, as far as the cleanup can tell.
+        let fifo = root.join("web").join(berth_runtime::state::STATE_FILE);
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let mut launcher = ContainerLauncher::new(
+            &dir.join("state"),
+            &dir.join("machine.toml"),
+            root,
+            PathBuf::from("/bin/false"),
+        );
+        let text = "[container]\nimage = \"web:1\"\nnetwork = \"none\"\n";
+        let unit = crate::unit::parse("web", "web.toml", text).unwrap();
+        let task = launcher.cleanup(&unit, None).unwrap();
+        // Returned at once, while the task is stuck.
+        assert_eq!(
+            waitpid(
+                nix::unistd::Pid::from_raw(task.pid),
+                Some(WaitPidFlag::WNOHANG)
+            ),
+            Ok(WaitStatus::StillAlive)
+        );
+        // Unstick it: the state reads as garbage, the cleanup goes on and ends.
+        std::fs::write(&fifo, "not json").unwrap();
+        assert_eq!(
+            super::super::task::wait_task(task.pid, Duration::from_secs(60)),
+            ExitStatus::Exited(0)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
