@@ -319,3 +319,26 @@ fn a_full_disk_costs_one_complaint_and_leaves_a_marker_in_the_units_log() {
     drop(host);
     drop(mounted);
 }
+
+#[test]
+fn the_api_is_served_before_units_start_and_while_many_do() {
+    let names: Vec<String> = (0..600).map(|i| format!("u{i:03}")).collect();
+    let units: Vec<(&str, &str)> = names
+        .iter()
+        .map(|n| (n.as_str(), "[container]\ncommand = [\"sleep\", \"300\"]\n"))
+        .collect();
+    let host = Host::start("many", &units);
+    host.wait_for("every unit to run", || {
+        let list = host.try_get("/v1/units").unwrap_or_default();
+        let running = list
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|u| u["state"] == "running").count());
+        running == names.len()
+    });
+    // The socket is bound before the first unit starts; the units start in batches, with the
+    // loop's other events (the API) served between them.
+    let log = host.log();
+    let api = log.find("berth-init: control API on").expect("API line");
+    let first_start = log.find(": started, pid").expect("a start");
+    assert!(api < first_start, "{log}");
+}
