@@ -169,3 +169,25 @@ fn unit_names_cannot_forge_log_lines_or_reach_the_terminal() {
     );
     assert!(log.contains("unit bad\\x1b[31m:"), "{log}");
 }
+
+#[test]
+fn berthctl_check_escapes_what_file_names_hold() {
+    let dir = temp_dir("check-escape");
+    let bad = dir.join("units/bad\x1b[2J\nforged: ok.toml");
+    std::fs::write(&bad, BAD).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.contains("bad\\x1b[2J\\nforged: ok.toml:")),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
