@@ -342,3 +342,28 @@ fn the_api_is_served_before_units_start_and_while_many_do() {
     let first_start = log.find(": started, pid").expect("a start");
     assert!(api < first_start, "{log}");
 }
+
+#[test]
+fn an_exec_that_fails_after_the_fork_is_an_exit_126_with_a_line_in_the_log() {
+    let dir = common::temp_dir("enoexec");
+    // Executable, but no format the kernel runs (no `#!`): found, then refused by exec.
+    let script = dir.join("not-a-program");
+    std::fs::write(&script, "echo hi\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let host = Host::start_in(
+        dir,
+        &[(
+            "broken",
+            "[container]\ncommand = [\"{dir}/not-a-program\"]\n[service]\nrestart = \"never\"\n",
+        )],
+    );
+    host.wait_state("broken", &["failed"]);
+    assert_eq!(host.unit("broken")["last_exit_code"], 126);
+    assert_eq!(
+        host.read("state/logs/broken.log"),
+        format!(
+            "berth-init: cannot start unit: exec: errno {}\n",
+            libc::ENOEXEC
+        )
+    );
+}

@@ -278,7 +278,7 @@ fn fail(what: &[u8], code: i32) -> ! {
 }
 
 /// The file `program` names: itself when it contains a `/`, else the first executable file of
-/// that name in `search` (a `PATH` value), as execvp would pick it.
+/// that name in `search` (a `PATH` value), as execvp would pick it. Relative to `/`.
 fn resolve_program(program: &str, search: &str) -> Result<PathBuf, LaunchError> {
     let command = program.to_string();
     if program.is_empty() {
@@ -291,8 +291,10 @@ fn resolve_program(program: &str, search: &str) -> Result<PathBuf, LaunchError> 
         }
         nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).map_err(io::Error::from)
     };
+    // The child runs in `/`: relative names resolve from there, as its exec will.
+    let root = Path::new("/");
     if program.contains('/') {
-        let path = PathBuf::from(program);
+        let path = root.join(program);
         return match check(&path) {
             Ok(()) => Ok(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LaunchError::NotFound { command }),
@@ -302,7 +304,7 @@ fn resolve_program(program: &str, search: &str) -> Result<PathBuf, LaunchError> 
     let mut denied = None;
     for dir in search.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
-        let path = Path::new(OsStr::new(dir)).join(program);
+        let path = root.join(OsStr::new(dir)).join(program);
         match check(&path) {
             Ok(()) => return Ok(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -454,6 +456,35 @@ fn lookup<'a>(file: &'a str, name: &str) -> Option<Vec<&'a str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_found_in_the_units_path_like_execvp_does() {
+        let found = resolve_program("sh", "/nonexistent:/usr/bin:/bin").unwrap();
+        assert!(found.ends_with("sh") && found.is_absolute(), "{found:?}");
+        assert_eq!(
+            resolve_program("/bin/sh", "").unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert!(matches!(
+            resolve_program("no-such-program", DEFAULT_PATH),
+            Err(LaunchError::NotFound { .. })
+        ));
+        // A file that exists but cannot be executed, and a directory.
+        let dir = crate::testutil::scratch_dir("resolve");
+        std::fs::write(dir.join("data"), "").unwrap();
+        let data = dir.join("data").display().to_string();
+        for path in [data.as_str(), "/etc"] {
+            assert!(matches!(
+                resolve_program(path, DEFAULT_PATH),
+                Err(LaunchError::NotExecutable { .. })
+            ));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            resolve_program("", DEFAULT_PATH),
+            Err(LaunchError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn resolves_users_from_passwd_and_group() {
