@@ -593,11 +593,19 @@ impl Supervisor {
     /// One pass of `advance`; true when it started a unit.
     fn advance_once(&mut self, now: Instant, r: &mut dyn Reactor, budget: &mut Budget) -> bool {
         let mut started = false;
+        if budget.exhausted() {
+            return false;
+        }
         for k in 0..self.order.len() {
-            if budget.exhausted() {
-                break;
-            }
             let i = self.order[k];
+            // The cheap test first: a pass runs once per batch over every unit, so with
+            // thousands of units most of them are running already. Only a unit waiting to
+            // start, or one with `requires` (which may have to stop), goes further.
+            let s = &self.slots[i];
+            let requires = s.unit.as_ref().is_some_and(|u| !u.requires.is_empty());
+            if !requires && !(s.wanted && s.state == State::Inactive) {
+                continue;
+            }
             if !self.try_start(i, now, r) {
                 continue;
             }
@@ -611,6 +619,9 @@ impl Supervisor {
                 if self.try_start(d, now, r) {
                     budget.left = budget.left.saturating_sub(1);
                 }
+            }
+            if budget.exhausted() {
+                break;
             }
         }
         started
