@@ -46,6 +46,73 @@ pub struct ProcessLauncher {
     mains: HashMap<i32, String>,
     /// Invocations whose main process is gone and whose leftovers the next sweep kills.
     ended: HashSet<String>,
+    /// Low descriptors a child's stdio passes through, when the child may share berth-init's
+    /// descriptor table (see [`Slots`]).
+    slots: Option<Slots>,
+}
+
+/// Three descriptors opened before any unit's pipe, so their numbers are small. A child is
+/// cloned with berth-init's descriptor table shared (no copy: the copy would cost one step per
+/// open descriptor, i.e. per running unit), then keeps only the descriptors below the highest
+/// slot (`close_range` with `CLOSE_RANGE_UNSHARE`): its stdio, the slots, and berth-init's
+/// first few. berth-init points the slots at what one child needs right before the clone and
+/// back at /dev/null after it.
+struct Slots {
+    stdin: OwnedFd,
+    out: OwnedFd,
+    procs: OwnedFd,
+    null: OwnedFd,
+}
+
+impl Slots {
+    fn open() -> Option<Slots> {
+        // Probe: an unshared table makes this a no-op where the flag exists (Linux 5.9+).
+        // SAFETY: close_range on an empty range of this process's descriptors.
+        let probe = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                u32::MAX - 1,
+                u32::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            )
+        };
+        if probe != 0 {
+            return None;
+        }
+        let null = || std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+        Some(Slots {
+            stdin: null()?,
+            out: null()?,
+            procs: null()?,
+            null: null()?,
+        })
+    }
+
+    /// The first descriptor a child does not keep.
+    fn keep_below(&self) -> RawFd {
+        [&self.stdin, &self.out, &self.procs]
+            .iter()
+            .map(|f| f.as_raw_fd())
+            .max()
+            .unwrap_or(2)
+            + 1
+    }
+
+    /// Points slot `slot` at `fd` (close-on-exec: only the child's dup2 onto 0–2 survives).
+    fn set(slot: &OwnedFd, fd: RawFd) -> io::Result<()> {
+        // SAFETY: dup3 onto a descriptor this launcher owns.
+        if unsafe { libc::dup3(fd, slot.as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Back to /dev/null: the unit's pipe must have no writer left in berth-init.
+    fn clear(&self) {
+        for slot in [&self.stdin, &self.out, &self.procs] {
+            let _ = Slots::set(slot, self.null.as_raw_fd());
+        }
+    }
 }
 
 impl ProcessLauncher {
@@ -57,6 +124,7 @@ impl ProcessLauncher {
             current: HashMap::new(),
             mains: HashMap::new(),
             ended: HashSet::new(),
+            slots: Slots::open(),
         }
     }
 
@@ -135,24 +203,48 @@ impl ProcessLauncher {
             ),
             None => None,
         };
-        let child = ChildSetup {
+        let mut child = ChildSetup {
             exe: &exe,
             argv: arg_ptrs.as_ptr(),
             envp: env_ptrs.as_ptr(),
             stdio: [null.as_raw_fd(), out, out],
             procs: procs_fd.as_ref().map(|f| f.as_raw_fd()),
             ids,
+            keep_below: None,
         };
         // The child shares berth-init's memory until its exec (vfork semantics): no copy of
         // the page tables and no copy-on-write faults afterwards, whose cost would grow with
         // berth-init's heap, i.e. with the number of units. berth-init waits meanwhile.
+        let mut flags = nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK;
+        if let Some(slots) = &self.slots {
+            let routed = Slots::set(&slots.stdin, null.as_raw_fd())
+                .and_then(|()| Slots::set(&slots.out, out))
+                .and_then(|()| match child.procs {
+                    Some(fd) => Slots::set(&slots.procs, fd),
+                    None => Ok(()),
+                });
+            if routed.is_ok() {
+                child.stdio = [
+                    slots.stdin.as_raw_fd(),
+                    slots.out.as_raw_fd(),
+                    slots.out.as_raw_fd(),
+                ];
+                child.procs = child.procs.map(|_| slots.procs.as_raw_fd());
+                child.keep_below = Some(slots.keep_below());
+                flags |= nix::sched::CloneFlags::CLONE_FILES;
+            }
+        }
         let mut stack = vec![0u8; CHILD_STACK];
         let setup: nix::sched::CloneCb<'_> = Box::new(|| child.run());
-        let flags = nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK;
         // SAFETY: berth-init is single-threaded and suspended until the child execs or exits;
         // the child runs on its own stack, only makes async-signal-safe syscalls on memory
-        // prepared above (no allocation, no locks) and leaves through execve or `_exit`.
-        match unsafe { nix::sched::clone(setup, &mut stack, flags, Some(libc::SIGCHLD)) } {
+        // prepared above (no allocation, no locks), touches a shared descriptor table only to
+        // unshare it, and leaves through execve or `_exit`.
+        let cloned = unsafe { nix::sched::clone(setup, &mut stack, flags, Some(libc::SIGCHLD)) };
+        if let Some(slots) = &self.slots {
+            slots.clear();
+        }
+        match cloned {
             Ok(pid) => Ok(Spawned {
                 // The child is reaped by the supervisor's reaper.
                 pid: pid.as_raw(),
@@ -179,6 +271,9 @@ struct ChildSetup<'a> {
     stdio: [RawFd; 3],
     procs: Option<RawFd>,
     ids: Option<(u32, u32)>,
+    /// Set when the child starts on berth-init's own descriptor table: it first makes a copy
+    /// of only the descriptors below this one.
+    keep_below: Option<RawFd>,
 }
 
 impl ChildSetup<'_> {
@@ -191,6 +286,19 @@ impl ChildSetup<'_> {
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             // Rust ignores SIGPIPE in its own process; units get the default back.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if let Some(first) = self.keep_below {
+                // Nothing may change in the shared table: unshare before anything else, and
+                // end without a word (fd 2 is still berth-init's) if that fails.
+                let r = libc::syscall(
+                    libc::SYS_close_range,
+                    first as u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_UNSHARE,
+                );
+                if r != 0 {
+                    libc::_exit(1);
+                }
+            }
             super::guard::close_in_child();
             // A session of its own, so also a process group whose id is the pid: the unit is
             // signalled as a group, and a unit like getty can take a terminal as its
@@ -456,6 +564,42 @@ fn lookup<'a>(file: &'a str, name: &str) -> Option<Vec<&'a str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_process_gets_only_its_stdio_and_its_pipe_only_its_writer() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let mut launcher = ProcessLauncher::new(Box::new(super::super::cgroup::NoCgroups));
+        // Many open descriptors in the parent, as with many units.
+        let held: Vec<std::fs::File> = (0..64)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let text =
+            "[container]\ncommand = [\"sh\", \"-c\", \"ls /proc/$$/fd; echo $BERTH_UNIT\"]\n";
+        let unit = crate::unit::parse("fds", "fds.toml", text).unwrap();
+        let Step::Main(spawned) = launcher.start(&unit, 0).unwrap() else {
+            panic!("no main process");
+        };
+        let pipe = spawned.output.unwrap();
+        let mut out = Vec::new();
+        let mut file = std::fs::File::from(pipe.try_clone().unwrap());
+        loop {
+            // End of file only comes when berth-init holds no writer of the pipe.
+            let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+            assert_eq!(poll(&mut fds, PollTimeout::from(10_000u16)).unwrap(), 1);
+            let mut buf = [0u8; 4096];
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        nix::sys::wait::waitpid(Pid::from_raw(spawned.pid), None).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), "0\n1\n2\nfds\n");
+        drop(held);
+    }
 
     #[test]
     fn programs_are_found_in_the_units_path_like_execvp_does() {
