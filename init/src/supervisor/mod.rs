@@ -603,7 +603,8 @@ impl Supervisor {
             // start, or one with `requires` (which may have to stop), goes further.
             let s = &self.slots[i];
             let requires = s.unit.as_ref().is_some_and(|u| !u.requires.is_empty());
-            if !requires && !(s.wanted && s.state == State::Inactive) {
+            let waiting = s.wanted && s.state == State::Inactive;
+            if !(requires || waiting) {
                 continue;
             }
             if !self.try_start(i, now, r) {
