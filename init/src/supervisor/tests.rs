@@ -658,3 +658,28 @@ fn many_units_start_in_batches_between_other_events() {
     assert!(h.timers.0.is_empty());
     assert_eq!(h.started(), names);
 }
+
+#[test]
+fn a_paused_unit_skips_health_checks_and_resumes_them_when_continued() {
+    let mut h = Harness::new(&[(
+        "web",
+        "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"check\"]\ninterval = \"1s\"\n",
+    )]);
+    h.start();
+    let pid = h.pid("web");
+    assert!(h.sup.on_paused(pid, libc::SIGSTOP));
+    let s = h.sup.status("web").unwrap();
+    assert_eq!(
+        (s.state, s.detail.as_str()),
+        (State::Paused, "stopped by SIGSTOP")
+    );
+    // The pending first check finds the unit paused and runs nothing.
+    h.fire_last();
+    assert!(h.rec.borrow().health.is_empty());
+    assert!(h.sup.on_continued(pid, h.now, &mut h.timers));
+    assert_eq!(h.state("web"), State::Running);
+    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    assert_eq!(h.rec.borrow().health.len(), 1);
+    // Not a unit's process: not ours to judge.
+    assert!(!h.sup.on_paused(9999, libc::SIGSTOP));
+}
