@@ -80,6 +80,8 @@ pub enum Timer {
     DropBootCode,
     /// An image job's deadline: it is killed if still running.
     Job(u64),
+    /// The supervisor's next batch of unit starts.
+    StartUnits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -144,6 +144,36 @@ fn kmsg_priority(level: Level) -> u8 {
     }
 }
 
+/// `text` with every control character written as an escape (`\n`, `\t`, `\x1b`, `\u{202e}`):
+/// C0 and C1 controls, DEL, and the Unicode format characters that reorder or hide text (bidi
+/// overrides and isolates, zero-width marks). Unit names, paths, errors and whatever else
+/// comes from outside reach logs and terminals through this, so a name cannot forge a log
+/// line or move a terminal's cursor. Text without such characters is returned as it is.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    fn needs(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            || c == '\u{feff}'
+    }
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn clip(text: &str) -> &str {
     if text.len() <= MAX_LINE {
         return text;
@@ -165,7 +195,8 @@ impl Log for Logger {
             return;
         }
         let message = record.args().to_string();
-        let message = clip(message.trim_end());
+        let message = escape_control(message.trim_end());
+        let message = clip(&message);
         let priority = kmsg_priority(record.level());
         match &self.sink {
             Sink::Kmsg { path, file } => {
@@ -239,6 +270,47 @@ impl Syslog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(
+            escape_control("web-1 ünïcode"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_control("a\nberth-init: forged\x1b[31m\t\u{7f}\u{85}\u{202e}z"),
+            "a\\nberth-init: forged\\x1b[31m\\t\\x7f\\x85\\u{202e}z"
+        );
+    }
+
+    #[test]
+    fn log_lines_cannot_be_forged() {
+        let dir = crate::testutil::scratch_dir("kmsg-escape");
+        let path: &'static str = Box::leak(dir.join("kmsg").display().to_string().into_boxed_str());
+        std::fs::write(path, "").unwrap();
+        let logger = Logger {
+            sink: Sink::Kmsg {
+                path,
+                file: Mutex::new(open_kmsg(path)),
+            },
+            syslog: None,
+            level: LevelFilter::Info,
+        };
+        let name = "evil\n<3>berth-init: unit web: started\x1b]0;owned\x07";
+        logger.log(
+            &Record::builder()
+                .args(format_args!("unit {name}: started"))
+                .level(Level::Info)
+                .build(),
+        );
+        let written = std::fs::read_to_string(path).unwrap();
+        assert_eq!(written.lines().count(), 1, "{written:?}");
+        assert!(
+            !written.contains('\x1b') && !written.contains('\x07'),
+            "{written:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn priorities_and_clipping() {

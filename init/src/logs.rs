@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct LogPolicy {
@@ -37,11 +38,22 @@ impl LogPolicy {
     }
 }
 
+/// How often berth-init says that a unit's log cannot be written (a full disk fails every
+/// chunk of output, hundreds a second).
+const COMPLAINT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// One unit's log file, opened on first write (silent units cost no descriptor).
 pub struct UnitLog {
     path: PathBuf,
     file: Option<File>,
     size: u64,
+    /// Output lost since the last successful write, and why (a marker in the log says so once
+    /// writing works again).
+    dropped: u64,
+    dropped_why: &'static str,
+    /// When berth-init last complained, and the failures it kept quiet about since.
+    complained: Option<Instant>,
+    unreported: u64,
 }
 
 impl UnitLog {
@@ -50,12 +62,72 @@ impl UnitLog {
             path: policy.path_of(unit),
             file: None,
             size: 0,
+            dropped: 0,
+            dropped_why: "",
+            complained: None,
+            unreported: 0,
         }
     }
 
-    pub fn write(&mut self, policy: &LogPolicy, data: &[u8]) -> io::Result<()> {
+    /// Appends `data`. What cannot be written is counted and, once a write succeeds again,
+    /// noted in the log as `[berth: N bytes of output dropped: no space]`. Returns a complaint
+    /// for berth-init's own log, at most one per minute, when bytes were dropped.
+    pub fn write(&mut self, policy: &LogPolicy, data: &[u8]) -> Option<String> {
+        if self.dropped > 0 {
+            let marker = format!(
+                "[berth: {} bytes of output dropped: {}]\n",
+                self.dropped, self.dropped_why
+            );
+            if self.append(policy, marker.as_bytes()).is_ok() {
+                self.dropped = 0;
+            }
+        }
+        let error = if self.dropped > 0 {
+            // The marker could not be written: neither can the output.
+            self.dropped += data.len() as u64;
+            return self.complain(None);
+        } else {
+            match self.append(policy, data) {
+                Ok(()) => return None,
+                Err((written, e)) => {
+                    self.dropped += (data.len() - written) as u64;
+                    self.dropped_why = match e.raw_os_error() {
+                        Some(libc::ENOSPC) | Some(libc::EDQUOT) => "no space",
+                        _ => "write error",
+                    };
+                    e
+                }
+            }
+        };
+        self.complain(Some(error))
+    }
+
+    fn complain(&mut self, error: Option<io::Error>) -> Option<String> {
+        let now = Instant::now();
+        let due = self
+            .complained
+            .is_none_or(|t| now.saturating_duration_since(t) >= COMPLAINT_INTERVAL);
+        if !due {
+            self.unreported += 1;
+            return None;
+        }
+        self.complained = Some(now);
+        let why = error.map_or_else(|| self.dropped_why.to_string(), |e| e.to_string());
+        let more = std::mem::take(&mut self.unreported);
+        Some(if more > 0 {
+            format!(
+                "cannot write log {}: {why} ({more} more failures in the last minute)",
+                self.path.display()
+            )
+        } else {
+            format!("cannot write log {}: {why}", self.path.display())
+        })
+    }
+
+    /// Writes all of `data`, or returns how much of it was written and the error.
+    fn append(&mut self, policy: &LogPolicy, data: &[u8]) -> Result<(), (usize, io::Error)> {
         if self.file.is_some() && self.size + data.len() as u64 > policy.max_bytes {
-            self.rotate(policy)?;
+            self.rotate(policy).map_err(|e| (0, e))?;
         }
         let file = match &mut self.file {
             Some(f) => f,
@@ -63,13 +135,24 @@ impl UnitLog {
                 let f = OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(&self.path)?;
-                self.size = f.metadata()?.len();
+                    .open(&self.path)
+                    .map_err(|e| (0, e))?;
+                self.size = f.metadata().map_err(|e| (0, e))?.len();
                 self.file.insert(f)
             }
         };
-        file.write_all(data)?;
-        self.size += data.len() as u64;
+        let mut written = 0;
+        while written < data.len() {
+            match file.write(&data[written..]) {
+                Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    written += n;
+                    self.size += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((written, e)),
+            }
+        }
         Ok(())
     }
 
@@ -176,13 +259,36 @@ mod tests {
         };
         let mut log = UnitLog::new(&policy, "u");
         for chunk in ["aaaaaa", "bbbbbb", "cccccc", "dddddd"] {
-            log.write(&policy, chunk.as_bytes()).unwrap();
+            assert!(log.write(&policy, chunk.as_bytes()).is_none());
         }
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
         assert_eq!(read("u.log"), "dddddd");
         assert_eq!(read("u.log.1"), "cccccc");
         assert_eq!(read("u.log.2"), "bbbbbb");
         assert!(!dir.join("u.log.3").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_drops_output_with_one_complaint_and_a_marker_afterwards() {
+        let dir = crate::testutil::scratch_dir("logs-full");
+        let policy = LogPolicy::new(dir.clone());
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        std::os::unix::fs::symlink("/dev/full", dir.join("u.log")).unwrap();
+        let mut log = UnitLog::new(&policy, "u");
+        let complaint = log.write(&policy, b"lost 1\n").unwrap();
+        assert!(complaint.contains("No space left on device"), "{complaint}");
+        for _ in 0..500 {
+            assert_eq!(log.write(&policy, b"lost 2\n"), None);
+        }
+        // Space comes back.
+        std::fs::remove_file(dir.join("u.log")).unwrap();
+        log.file = None;
+        assert_eq!(log.write(&policy, b"back\n"), None);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("u.log")).unwrap(),
+            "[berth: 3507 bytes of output dropped: no space]\nback\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -73,6 +73,13 @@ fn main() {
         "berth-init {VERSION} starting ({})",
         if pid1 { "PID 1" } else { "host mode" }
     );
+    if !pid1 {
+        // Before anything else is forked and before berth-init becomes a subreaper: the
+        // guard kills the units' processes if berth-init dies without stopping them.
+        if let Err(e) = berth_init::launch::guard::spawn() {
+            log::warn!("cannot start the guard process: units may outlive berth-init: {e}");
+        }
+    }
     let mut boot = Boot::new(mode);
     let phases = if pid1 {
         boot::pid1_phases()

@@ -55,6 +55,36 @@ impl ExitStatus {
     }
 }
 
+/// What happened to a child: it exited, was stopped by a signal, or was continued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildEvent {
+    Exited(i32, ExitStatus),
+    Stopped(i32, i32),
+    Continued(i32),
+}
+
+/// Reaps every child that has exited, and collects stops and continues, in the order the
+/// kernel reports them. Bounded by the number of children (each reports one change per call).
+pub fn reap_events() -> Vec<ChildEvent> {
+    let mut out = Vec::new();
+    let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED | WaitPidFlag::WCONTINUED;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(flags)) {
+            Ok(WaitStatus::StillAlive) => break,
+            Ok(WaitStatus::Stopped(pid, sig)) => {
+                out.push(ChildEvent::Stopped(pid.as_raw(), sig as i32))
+            }
+            Ok(WaitStatus::Continued(pid)) => out.push(ChildEvent::Continued(pid.as_raw())),
+            Ok(status) => out.extend(
+                ExitStatus::of_wait(status).map(|(pid, exit)| ChildEvent::Exited(pid, exit)),
+            ),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break, // ECHILD: no children left
+        }
+    }
+    out
+}
+
 /// Reaps every child that has exited and returns them. Bounded by the number of children.
 pub fn reap() -> Vec<(i32, ExitStatus)> {
     let mut out = Vec::new();

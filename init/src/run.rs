@@ -16,6 +16,7 @@ use crate::launch::process::ProcessLauncher;
 use crate::launch::Launcher;
 use crate::logs::LogPolicy;
 use crate::platform::Platform;
+use crate::reaper::ChildEvent;
 use crate::shutdown::{action_for, PowerAction};
 use crate::signals::Signals;
 use crate::supervisor::Supervisor;
@@ -81,9 +82,6 @@ impl Init {
         );
         let mut supervisor =
             Supervisor::new(loaded, launchers, LogPolicy::new(boot.paths.logs.clone()));
-        // Units first: the API and the platform hooks below take a few milliseconds that the
-        // first containers need not wait for.
-        supervisor.start_all(Instant::now(), &mut events);
 
         let mode = match boot.mode {
             Mode::Pid1 => "pid1",
@@ -91,7 +89,10 @@ impl Init {
         };
         let mut system = SystemInfo::new(VERSION, mode, boot.hostname.clone());
         let mut api = match ApiServer::bind(&boot.paths.api_socket, &mut events) {
-            Ok(api) => Some(api),
+            Ok(api) => {
+                info!("control API on {}", boot.paths.api_socket.display());
+                Some(api)
+            }
             Err(e) => {
                 error!(
                     "control API unavailable: {}: {e}",
@@ -118,6 +119,9 @@ impl Init {
         platform.attach(Instant::now(), &mut events);
         events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::DropBootCode);
         system.boot_duration = boot_duration(&boot.mode);
+        // The API is served from here on: the first batch of units starts now, the rest in
+        // the loop's turns between API requests.
+        supervisor.start_all(Instant::now(), &mut events);
         Ok(Init {
             events,
             signals,
@@ -199,12 +203,16 @@ impl Init {
                 }
                 Event::Timer(Timer::Watchdog) => self.platform.on_watchdog(now, &mut self.events),
                 Event::Timer(Timer::Job(id)) => self.jobs.on_deadline(id),
+                Event::Timer(Timer::StartUnits) => {
+                    self.supervisor.on_start_timer(now, &mut self.events)
+                }
             }
         }
         if self.platform.awaiting_good() && self.shutdown.is_none() {
             self.platform.check_boot_good(&self.supervisor.statuses());
         }
         self.buffer = events;
+        self.supervisor.after_events();
         self.with_api(now, |api, ctx| api.after_events(ctx));
         if let Some(action) = self.power.take() {
             self.begin_shutdown(action, "API request", now);
@@ -255,11 +263,21 @@ impl Init {
         for sig in self.signals.drain() {
             match sig {
                 Signal::SIGCHLD => {
-                    for (pid, status) in crate::reaper::reap() {
-                        if !self.supervisor.on_exit(pid, status, now, &mut self.events)
-                            && !self.jobs.on_exit(pid, status)
-                        {
-                            debug!("reaped orphan {pid}: {status}");
+                    for event in crate::reaper::reap_events() {
+                        match event {
+                            ChildEvent::Exited(pid, status) => {
+                                if !self.supervisor.on_exit(pid, status, now, &mut self.events)
+                                    && !self.jobs.on_exit(pid, status)
+                                {
+                                    debug!("reaped orphan {pid}: {status}");
+                                }
+                            }
+                            ChildEvent::Stopped(pid, signal) => {
+                                self.supervisor.on_paused(pid, signal);
+                            }
+                            ChildEvent::Continued(pid) => {
+                                self.supervisor.on_continued(pid, now, &mut self.events);
+                            }
                         }
                     }
                 }

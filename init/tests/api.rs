@@ -162,10 +162,11 @@ fn units_are_installed_replaced_controlled_and_removed() {
     let web_pid = pid(&host, "web").unwrap() as i32;
     let (status, v) = call(&host, "DELETE", "/v1/units/web", b"");
     assert_eq!((status, v["removing"].as_bool()), (202, Some(true)));
+    // The file is gone before the answer: a stop from here on cannot bring the unit back.
+    assert!(!file.exists());
     host.wait_for("web gone", || {
         call(&host, "GET", "/v1/units/web", b"").0 == 404
     });
-    assert!(!file.exists());
     assert!(!common::alive(web_pid));
     let names: Vec<String> = host
         .try_get("/v1/units")

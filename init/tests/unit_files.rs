@@ -142,3 +142,52 @@ fn a_slow_client_does_not_stall_the_api_and_times_out() {
         "{answer}"
     );
 }
+
+#[test]
+fn unit_names_cannot_forge_log_lines_or_reach_the_terminal() {
+    // File names are chosen by whoever can write the units directory: a newline starts a
+    // forged line, ESC sequences recolour or retitle the operator's terminal.
+    let evil = "x\nberth-init: unit web: healthy\x1b[2J\x1b]0;owned\x07";
+    let host = Host::start("escaped-names", &[(evil, GOOD), ("bad\x1b[31m", BAD)]);
+    // Such names are invalid, and the error that says so names them.
+    host.wait_for("the oddly named unit to be listed as invalid", || {
+        let units = host.try_get("/v1/units").unwrap_or_default();
+        units.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|u| u["name"] == evil && u["state"] == "failed")
+        })
+    });
+    let log = host.log();
+    assert!(!log.contains('\x1b') && !log.contains('\x07'), "{log:?}");
+    assert!(
+        !log.lines().any(|l| l == "berth-init: unit web: healthy"),
+        "forged line in:\n{log}"
+    );
+    assert!(
+        log.contains("unit x\\nberth-init: unit web: healthy\\x1b[2J"),
+        "{log}"
+    );
+    assert!(log.contains("unit bad\\x1b[31m:"), "{log}");
+}
+
+#[test]
+fn berthctl_check_escapes_what_file_names_hold() {
+    let dir = temp_dir("check-escape");
+    let bad = dir.join("units/bad\x1b[2J\nforged: ok.toml");
+    std::fs::write(&bad, BAD).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.contains("bad\\x1b[2J\\nforged: ok.toml:")),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,11 +13,12 @@ use berth_runtime::cgroups::Limit;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const STATES: [State; 7] = [
+const STATES: [State; 8] = [
     State::Inactive,
     State::Starting,
     State::Running,
     State::Healthy,
+    State::Paused,
     State::Stopping,
     State::Exited,
     State::Failed,

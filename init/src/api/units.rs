@@ -145,15 +145,35 @@ fn is_user_unit(path: &Path, ctx: &ApiContext<'_>) -> bool {
         .is_some_and(|dir| path.parent() == Some(dir.as_path()))
 }
 
-/// `DELETE /v1/units/{name}`: stop, then remove (the file goes once the process is gone).
+/// `DELETE /v1/units/{name}`: the unit file goes first (unlinked, the directory synced), then
+/// the unit is stopped and forgotten. In the other order a stop or crash in between would
+/// bring the unit back at the next start, and the API would already deny a unit whose file
+/// is still there.
 pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
     let name = param(params, "name");
     let Some(path) = ctx.supervisor.unit_path(name) else {
         return unknown(name);
     };
-    if !is_user_unit(Path::new(path), ctx) {
-        let detail = format!("{path} is part of the system image; stop it instead");
+    let path = Path::new(path).to_path_buf();
+    if !is_user_unit(&path, ctx) {
+        let detail = format!(
+            "{} is part of the system image; stop it instead",
+            path.display()
+        );
         return Response::error(409, "built-in unit", &detail).into();
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            let detail = format!("{}: {e}", path.display());
+            return Response::error(500, "cannot remove unit file", &detail).into();
+        }
+    }
+    if let Some(dir) = path.parent() {
+        if let Err(e) = berth_runtime::image::fsutil::fsync_dir(dir) {
+            warn!("unit {name}: cannot sync {}: {e}", dir.display());
+        }
     }
     match ctx.supervisor.remove_unit(name, ctx.now, ctx.reactor) {
         Ok(()) => {
@@ -163,25 +183,9 @@ pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
     }
 }
 
-/// A removal completed: delete the unit file; a built-in unit of that name, overridden until
-/// now, takes its place.
+/// A removal completed (its file went before it began): a built-in unit of that name,
+/// overridden until now, takes its place.
 pub fn finish_removal(removed: &Removed, ctx: &mut ApiContext<'_>) {
-    let path = Path::new(&removed.path);
-    if is_user_unit(path, ctx) {
-        match std::fs::remove_file(path) {
-            Ok(()) => {
-                if let Some(dir) = path.parent() {
-                    let _ = berth_runtime::image::fsutil::fsync_dir(dir);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(
-                "unit {}: cannot delete {}: {e}",
-                removed.name,
-                path.display()
-            ),
-        }
-    }
     let dirs = &ctx.paths.unit_dirs;
     let builtin = dirs[..dirs.len().saturating_sub(1)]
         .iter()

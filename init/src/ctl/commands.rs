@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::client::{Client, Reply};
 use super::table::{cell, duration, pairs, table};
 use super::Options;
+use crate::log::escape_control;
 use crate::unit;
 use berth_runtime::image::pull::human_size;
 
@@ -303,13 +304,14 @@ fn apply(client: &Client, o: &Options, file: &Path) -> Result {
                     .as_str()
                     .filter(|k| !k.is_empty())
                     .map_or(String::new(), |k| format!("key `{k}`: "));
-                eprintln!(
+                let line = format!(
                     "{}:{}:{}: {key}{}",
                     file.display(),
                     d["line"],
                     d["column"],
                     cell(&d["message"])
                 );
+                eprintln!("{}", escape_control(&line));
             }
             return Err(failed(""));
         }
@@ -480,7 +482,7 @@ fn image_pull(client: &Client, o: &Options, reference: &str) -> Result {
             .unwrap_or_default();
         if !o.json {
             for line in &lines[first_new(&seen, &lines)..] {
-                println!("{line}");
+                println!("{}", escape_control(line));
             }
         }
         seen = lines;
@@ -554,14 +556,20 @@ pub fn check(files: &[String]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match unit::load_file(Path::new(file)) {
-            Ok(u) => println!(
-                "{file}: ok ({} unit `{}`)",
-                if u.is_system() { "system" } else { "container" },
-                u.name
-            ),
+            Ok(u) => {
+                let line = format!(
+                    "{file}: ok ({} unit `{}`)",
+                    if u.is_system() { "system" } else { "container" },
+                    u.name
+                );
+                println!("{}", escape_control(&line));
+            }
             Err(errors) => {
                 ok = false;
-                eprintln!("{errors}");
+                // One line per error; what a file name or value holds cannot add lines.
+                for e in &errors.0 {
+                    eprintln!("{}", escape_control(&e.to_string()));
+                }
             }
         }
     }

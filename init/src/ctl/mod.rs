@@ -144,7 +144,8 @@ pub fn main(args: &[String]) -> ExitCode {
         Err(commands::Failure::Usage(e)) => usage(&e),
         Err(commands::Failure::Failed(e)) => {
             if !e.is_empty() {
-                eprintln!("berthctl: {e}");
+                // Error details quote unit names and server messages.
+                eprintln!("berthctl: {}", crate::log::escape_control(&e));
             }
             ExitCode::FAILURE
         }

@@ -4,8 +4,16 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-/// Columns padded to their widest cell; the last column is not padded.
+use crate::log::escape_control;
+
+/// Columns padded to their widest cell; the last column is not padded. Cells come from the
+/// API (unit names, errors, …): control characters in them are escaped.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_control(c).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -37,6 +45,7 @@ pub fn pairs(items: &[(&str, String)]) -> String {
     let width = items.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (k, v) in items {
+        let v = escape_control(v);
         let _ = writeln!(out, "{k:<width$}  {v}");
     }
     out
@@ -86,5 +95,16 @@ mod tests {
         assert_eq!(duration(3725.0), "1h 2m 5s");
         assert_eq!(duration(1.5), "1.50s");
         assert_eq!(cell(&serde_json::json!(["a", "b"])), "a, b");
+    }
+
+    #[test]
+    fn control_characters_in_cells_are_escaped() {
+        let t = table(
+            &["NAME", "STATE"],
+            &[vec!["x\x1b[2J\nweb".into(), "running".into()]],
+        );
+        assert_eq!(t, "NAME           STATE\nx\\x1b[2J\\nweb  running\n");
+        let p = pairs(&[("error", "a\rb\x1b]0;t\x07".into())]);
+        assert_eq!(p, "error  a\\rb\\x1b]0;t\\x07\n");
     }
 }

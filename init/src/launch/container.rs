@@ -15,7 +15,6 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
 use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
@@ -29,15 +28,11 @@ use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
 
 use super::process::{set_nonblocking, signal_pid};
-use super::task::{fork_task, wait_task};
+use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::Network;
 use crate::unit::value::{UserSpec, VolumeSource};
 use crate::unit::Unit;
-
-/// How long PID 1 waits for a container's cleanup (delete, network, unmount) before it kills
-/// the task; the next start removes whatever is left.
-const CLEANUP_LIMIT: Duration = Duration::from_secs(20);
 
 /// Files the preparation task leaves in the container's directory for PID 1.
 const INIT_PID_FILE: &str = "init.pid";
@@ -508,7 +503,12 @@ impl Launcher for ContainerLauncher {
                 let _ = cg.kill();
             }
         }
-        signal_pid(pid, signal)
+        signal_pid(pid, signal)?;
+        if signal != libc::SIGKILL && signal != libc::SIGCONT {
+            // A stopped init only acts on its stop signal once continued.
+            signal_pid(pid, libc::SIGCONT)?;
+        }
+        Ok(())
     }
 
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
@@ -527,17 +527,62 @@ impl Launcher for ContainerLauncher {
         super::cgroup::usage_of(&container_cgroup(unit)?)
     }
 
-    fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) {
+    fn cleanup(&mut self, unit: &Unit, _pid: Option<i32>) -> Option<Spawned> {
         self.released.remove(&unit.name);
         let stderr = 2;
+        // The supervisor reaps the task (a stuck delete must not stall the loop).
         match fork_task([stderr, stderr, stderr], || {
             self.remove(unit);
             0
         }) {
-            Ok(pid) => {
-                wait_task(pid, CLEANUP_LIMIT);
+            Ok(pid) => Some(Spawned { pid, output: None }),
+            Err(e) => {
+                log::warn!("{}: cannot start cleanup: {e}", unit.name);
+                None
             }
-            Err(e) => log::warn!("{}: cannot start cleanup: {e}", unit.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reaper::ExitStatus;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use std::time::Duration;
+
+    #[test]
+    fn a_cleanup_that_blocks_does_not_block_the_caller() {
+        let dir = crate::testutil::scratch_dir("container-cleanup");
+        let root = dir.join("runtime");
+        std::fs::create_dir_all(root.join("web")).unwrap();
+        // Reading the container's state blocks until someone opens this FIFO for writing: a
+        // delete stuck in the kernel, as far as the cleanup can tell.
+        let fifo = root.join("web").join(berth_runtime::state::STATE_FILE);
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let mut launcher = ContainerLauncher::new(
+            &dir.join("state"),
+            &dir.join("machine.toml"),
+            root,
+            PathBuf::from("/bin/false"),
+        );
+        let text = "[container]\nimage = \"web:1\"\nnetwork = \"none\"\n";
+        let unit = crate::unit::parse("web", "web.toml", text).unwrap();
+        let task = launcher.cleanup(&unit, None).unwrap();
+        // Returned at once, while the task is stuck.
+        assert_eq!(
+            waitpid(
+                nix::unistd::Pid::from_raw(task.pid),
+                Some(WaitPidFlag::WNOHANG)
+            ),
+            Ok(WaitStatus::StillAlive)
+        );
+        // Unstick it: the state reads as garbage, the cleanup goes on and ends.
+        std::fs::write(&fifo, "not json").unwrap();
+        assert_eq!(
+            super::super::task::wait_task(task.pid, Duration::from_secs(60)),
+            ExitStatus::Exited(0)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,10 +8,13 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod guard;
 pub mod process;
+pub mod sweep;
 pub mod task;
 
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use crate::unit::Unit;
 
@@ -108,6 +111,16 @@ pub trait Launcher {
     }
 
     /// The main process `pid` has exited (or, with `None`, the start failed): remove what is
-    /// left of the unit (processes, cgroup, container). Must not block.
-    fn cleanup(&mut self, unit: &Unit, pid: Option<i32>);
+    /// left of the unit (processes, cgroup, container). Must not block: work that can take
+    /// long runs in a task whose process is returned. The supervisor reaps it, kills it after
+    /// [`CLEANUP_LIMIT`], and starts the unit again only once it is gone.
+    fn cleanup(&mut self, unit: &Unit, pid: Option<i32>) -> Option<Spawned>;
+
+    /// Runs once per turn of the event loop, after the events: work batched over all units
+    /// (killing what stopped units left behind).
+    fn sweep(&mut self) {}
 }
+
+/// How long a unit's cleanup task may run before it is killed (the next start removes what
+/// is left).
+pub const CLEANUP_LIMIT: Duration = Duration::from_secs(20);

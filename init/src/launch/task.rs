@@ -48,6 +48,7 @@ const TASK_PANICKED: i32 = 101;
 
 fn prepare_child(stdio: [RawFd; 3]) -> io::Result<()> {
     crate::signals::reset_in_child()?;
+    super::guard::close_in_child();
     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
     for (target, fd) in stdio.into_iter().enumerate() {
         if fd != target as RawFd {

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::{link_dependents, new_slot, Action, StopReason, Supervisor};
+use super::{new_slot, Action, StopReason, Supervisor};
 use crate::event::Reactor;
 use crate::graph::{describe_cycle, Graph};
 use crate::logs::UnitLog;
@@ -137,7 +137,7 @@ impl Supervisor {
         };
         log::info!("unit {name}: installed");
         self.by_name.insert(name, i);
-        link_dependents(&mut self.slots, &self.by_name);
+        self.relink();
     }
 
     fn replace(
@@ -176,7 +176,7 @@ impl Supervisor {
         slot.wanted = wanted && slot.error.is_none();
         slot.last_exit = last_exit;
         self.slots[i] = slot;
-        link_dependents(&mut self.slots, &self.by_name);
+        self.relink();
     }
 
     /// The process stopped for a restart or replacement has exited: take the new definition,
@@ -292,7 +292,7 @@ impl Supervisor {
         slot.action = Action::None;
         slot.replacement = None;
         slot.log = UnitLog::new(&self.log_policy, &slot.name);
-        link_dependents(&mut self.slots, &self.by_name);
+        self.relink();
     }
 
     /// Units removed since the last call (their files can go now).

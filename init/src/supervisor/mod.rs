@@ -70,9 +70,12 @@ struct Slot {
     state: State,
     detail: String,
     error: Option<String>,
-    /// Main process, or preparation process while `preparing`.
+    /// Main process, preparation process while `preparing`, cleanup task while `cleaning`.
     pid: Option<i32>,
     preparing: bool,
+    /// The main process has exited with this status and its cleanup task (`pid`) runs: what
+    /// follows the exit (restart, removal, …) waits for the cleanup.
+    cleaning: Option<ExitStatus>,
     prepared: u32,
     health_pid: Option<i32>,
     health: Health,
@@ -111,8 +114,36 @@ impl Slot {
     }
 }
 
+/// Most units started in one turn of the loop, and the time one turn may spend starting them:
+/// the API and the other units are served between batches.
+const START_BATCH: usize = 256;
+const START_SLICE: Duration = Duration::from_millis(20);
+
+/// What one `advance` may still start.
+struct Budget {
+    left: usize,
+    until: Instant,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            left: START_BATCH,
+            until: after(Instant::now(), START_SLICE),
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.left == 0 || Instant::now() >= self.until
+    }
+}
+
 pub struct Supervisor {
     slots: Vec<Slot>,
+    /// Slot indices in start order (see `start_order`), kept with `dependents`.
+    order: Vec<usize>,
+    /// A [`Timer::StartUnits`] is pending: more units were ready than one batch.
+    more_scheduled: bool,
     by_name: HashMap<String, usize>,
     /// pid → (unit, is health check)
     pids: HashMap<i32, (usize, bool)>,
@@ -158,8 +189,11 @@ impl Supervisor {
                 warn!("unit {}: {}", slot.name, e.replace('\n', "; "));
             }
         }
+        let order = start_order(&slots);
         Supervisor {
             slots,
+            order,
+            more_scheduled: false,
             by_name,
             pids: HashMap::new(),
             launchers,
@@ -218,8 +252,37 @@ impl Supervisor {
     pub fn kill_all(&mut self) {
         for i in 0..self.slots.len() {
             if let Some(pid) = self.slots[i].pid {
-                self.signal(i, pid, libc::SIGKILL, true);
+                self.kill_now(i, pid);
             }
+        }
+    }
+
+    /// SIGKILL for everything of unit `i` whose process (main, preparation or cleanup) is
+    /// `pid`.
+    fn kill_now(&mut self, i: usize, pid: i32) {
+        if self.slots[i].cleaning.is_some() || self.slots[i].preparing {
+            // Tasks run in a process group of their own.
+            crate::launch::process::kill_group(pid);
+        }
+        self.signal(i, pid, libc::SIGKILL, true);
+    }
+
+    /// Recomputes what follows from the set of units: dependents and the start order.
+    fn relink(&mut self) {
+        link_dependents(&mut self.slots, &self.by_name);
+        self.order = start_order(&self.slots);
+    }
+
+    /// More units were ready than one batch: start the next batch.
+    pub fn on_start_timer(&mut self, now: Instant, r: &mut dyn Reactor) {
+        self.more_scheduled = false;
+        self.advance(now, r);
+    }
+
+    /// Work batched over a whole turn of the loop (the launchers' sweeps).
+    pub fn after_events(&mut self) {
+        for l in &mut self.launchers {
+            l.sweep();
         }
     }
 
@@ -240,6 +303,8 @@ impl Supervisor {
                 slot.state = State::Failed;
                 slot.error = Some("did not exit after SIGKILL".into());
             }
+            slot.cleaning = None;
+            slot.preparing = false;
             slot.health_pid = None;
         }
         self.pids.clear();
@@ -301,7 +366,11 @@ impl Supervisor {
             state: s.state,
             detail: s.detail.clone(),
             health: u.and_then(|u| u.health.as_ref()).map(|_| s.health),
-            pid: if s.preparing { None } else { s.pid },
+            pid: if s.preparing || s.cleaning.is_some() {
+                None
+            } else {
+                s.pid
+            },
             restarts: s.restarts,
             last_exit_code: s.last_exit.map(ExitStatus::code),
             last_exit: s.last_exit.map(|e| e.to_string()),
@@ -326,10 +395,61 @@ impl Supervisor {
             self.on_health_exit(i, status, now, r);
         } else if self.slots[i].preparing {
             self.on_prepare_exit(i, status, now, r);
+        } else if let Some(main) = self.slots[i].cleaning.take() {
+            self.slots[i].pid = None;
+            self.after_exit(i, main, now, r);
         } else {
             self.on_main_exit(i, status, now, r);
         }
         self.advance(now, r);
+        true
+    }
+
+    /// A child was stopped by `signal`: a unit's main process shows as `paused` (its health
+    /// checks wait). Returns false when it is no unit's main process.
+    pub fn on_paused(&mut self, pid: i32, signal: i32) -> bool {
+        let Some(&(i, false)) = self.pids.get(&pid) else {
+            return false;
+        };
+        let slot = &mut self.slots[i];
+        if slot.preparing || slot.cleaning.is_some() {
+            return false;
+        }
+        if matches!(slot.state, State::Running | State::Healthy) {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {signal}"));
+            info!("unit {}: paused (stopped by {name})", slot.name);
+            slot.state = State::Paused;
+            slot.detail = format!("stopped by {name}");
+        }
+        true
+    }
+
+    /// A stopped child was continued: a paused unit runs again and its health checks resume.
+    pub fn on_continued(&mut self, pid: i32, now: Instant, r: &mut dyn Reactor) -> bool {
+        let Some(&(i, false)) = self.pids.get(&pid) else {
+            return false;
+        };
+        let slot = &mut self.slots[i];
+        if slot.state != State::Paused {
+            return true;
+        }
+        info!("unit {}: continued", slot.name);
+        slot.state = if slot.health == Health::Healthy {
+            State::Healthy
+        } else {
+            State::Running
+        };
+        slot.detail.clear();
+        let first_check = slot
+            .unit
+            .as_ref()
+            .and_then(|u| u.health.as_ref())
+            .map(|h| h.interval.min(Duration::from_millis(100)));
+        if let Some(d) = first_check {
+            self.arm(i, Action::HealthCheck, after(now, d), r);
+        }
         true
     }
 
@@ -347,6 +467,16 @@ impl Supervisor {
             Action::Restart => {
                 slot.restarts += 1;
                 self.launch(unit, now, r);
+            }
+            Action::Escalate if slot.cleaning.is_some() => {
+                if let Some(pid) = slot.pid {
+                    warn!(
+                        "unit {}: cleanup still running after {}, killing it",
+                        slot.name,
+                        format_duration(crate::launch::CLEANUP_LIMIT)
+                    );
+                    self.kill_now(unit, pid);
+                }
             }
             Action::Escalate => {
                 if let Some(pid) = slot.pid {
@@ -379,8 +509,8 @@ impl Supervisor {
         let (slots, policy) = (&mut self.slots, &self.log_policy);
         let done = self.pipes.drain(id, |unit, bytes| {
             if let Some(slot) = slots.get_mut(unit) {
-                if let Err(e) = slot.log.write(policy, bytes) {
-                    warn!("unit {}: cannot write log: {e}", slot.name);
+                if let Some(complaint) = slot.log.write(policy, bytes) {
+                    warn!("unit {}: {complaint}", slot.name);
                 }
                 tap(&slot.name, bytes);
             }
@@ -434,11 +564,17 @@ impl Supervisor {
     /// shutdown stops what nothing depends on any more. Runs after every event.
     fn advance(&mut self, now: Instant, r: &mut dyn Reactor) {
         // A start can make later units startable; repeat until nothing changes (bounded: each
-        // round but the last starts at least one unit).
+        // round but the last starts at least one unit), or until this turn's batch is used
+        // up: then the loop serves its other events and a timer due at once goes on.
+        let mut budget = Budget::new();
         for _ in 0..=self.slots.len() {
-            if !self.advance_once(now, r) {
+            if !self.advance_once(now, r, &mut budget) || budget.exhausted() {
                 break;
             }
+        }
+        if budget.exhausted() && !self.more_scheduled {
+            self.more_scheduled = true;
+            r.schedule(now, Timer::StartUnits);
         }
         if self.shutting_down {
             for i in 0..self.slots.len() {
@@ -455,19 +591,38 @@ impl Supervisor {
     }
 
     /// One pass of `advance`; true when it started a unit.
-    fn advance_once(&mut self, now: Instant, r: &mut dyn Reactor) -> bool {
+    fn advance_once(&mut self, now: Instant, r: &mut dyn Reactor, budget: &mut Budget) -> bool {
         let mut started = false;
-        for i in self.start_order() {
+        if budget.exhausted() {
+            return false;
+        }
+        for k in 0..self.order.len() {
+            let i = self.order[k];
+            // The cheap test first: a pass runs once per batch over every unit, so with
+            // thousands of units most of them are running already. Only a unit waiting to
+            // start, or one with `requires` (which may have to stop), goes further.
+            let s = &self.slots[i];
+            let requires = s.unit.as_ref().is_some_and(|u| !u.requires.is_empty());
+            let waiting = s.wanted && s.state == State::Inactive;
+            if !(requires || waiting) {
+                continue;
+            }
             if !self.try_start(i, now, r) {
                 continue;
             }
+            budget.left = budget.left.saturating_sub(1);
             started = true;
             // What waited only for this unit starts right behind it, before the rest of the
             // pass: a container ordered after the network unit begins its setup while the
             // other system units fork, not one pass later.
             for k in 0..self.slots[i].dependents.len() {
                 let d = self.slots[i].dependents[k];
-                self.try_start(d, now, r);
+                if self.try_start(d, now, r) {
+                    budget.left = budget.left.saturating_sub(1);
+                }
+            }
+            if budget.exhausted() {
+                break;
             }
         }
         started
@@ -513,24 +668,6 @@ impl Supervisor {
             self.slots[i].detail = detail;
             false
         }
-    }
-
-    /// Slot indices: container units first (a container's start is a setup task that runs
-    /// beside PID 1, so it begins before the system units' fork and exec instead of after),
-    /// then the system units other units wait for, then the rest; slot order within each.
-    fn start_order(&self) -> Vec<usize> {
-        let rank = |i: usize| {
-            let slot = &self.slots[i];
-            match &slot.unit {
-                Some(u) if !u.is_system() => 0,
-                _ if !slot.dependents.is_empty() => 1,
-                _ => 2,
-            }
-        };
-        let mut order: Vec<usize> = (0..self.slots.len()).collect();
-        // Stable: slot order is kept within a rank.
-        order.sort_by_key(|&i| rank(i));
-        order
     }
 
     fn arm(&mut self, i: usize, action: Action, at: Instant, r: &mut dyn Reactor) {
@@ -595,8 +732,7 @@ impl Supervisor {
                 let code = e.exit_code();
                 slot.error = Some(e.to_string());
                 slot.preparing = false;
-                self.launchers[l].cleanup(unit, None);
-                self.after_exit(i, ExitStatus::Exited(code), now, r);
+                self.clean_then_after_exit(i, None, ExitStatus::Exited(code), now, r);
             }
         }
     }
@@ -710,12 +846,40 @@ impl Supervisor {
     fn on_main_exit(&mut self, i: usize, status: ExitStatus, now: Instant, r: &mut dyn Reactor) {
         let slot = &mut self.slots[i];
         let pid = slot.pid.take();
-        if let (Some(unit), Some(l)) = (&slot.unit, slot.launcher) {
-            self.launchers[l].cleanup(unit, pid);
-        }
         self.kill_health_check(i);
         info!("unit {}: {status}", self.slots[i].name);
-        self.after_exit(i, status, now, r);
+        self.clean_then_after_exit(i, pid, status, now, r);
+    }
+
+    /// Runs the launcher's cleanup after the main process `pid` exited (or a start failed);
+    /// what follows the exit waits for a cleanup task, if the launcher started one.
+    fn clean_then_after_exit(
+        &mut self,
+        i: usize,
+        pid: Option<i32>,
+        status: ExitStatus,
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) {
+        let slot = &self.slots[i];
+        let task = match (&slot.unit, slot.launcher) {
+            (Some(unit), Some(l)) => self.launchers[l].cleanup(unit, pid),
+            _ => None,
+        };
+        let Some(task) = task else {
+            return self.after_exit(i, status, now, r);
+        };
+        let slot = &mut self.slots[i];
+        slot.cleaning = Some(status);
+        slot.state = State::Stopping;
+        slot.detail = "cleaning up".into();
+        self.adopt(i, task, false, r);
+        self.arm(
+            i,
+            Action::Escalate,
+            after(now, crate::launch::CLEANUP_LIMIT),
+            r,
+        );
     }
 
     /// Decides what follows an exit (or a failed start): stay stopped, fail, or restart.
@@ -887,6 +1051,7 @@ fn new_slot(l: Loaded, launchers: &[Box<dyn Launcher>], log_policy: &LogPolicy) 
         error,
         pid: None,
         preparing: false,
+        cleaning: None,
         prepared: 0,
         health_pid: None,
         health: Health::Unknown,
@@ -909,6 +1074,25 @@ fn new_slot(l: Loaded, launchers: &[Box<dyn Launcher>], log_policy: &LogPolicy) 
         fail_invalid(&mut slot, why.to_string());
     }
     slot
+}
+
+/// Slot indices: container units first (a container's start is a setup task that runs beside
+/// PID 1, so it begins before the system units' fork and exec instead of after), then the
+/// system units other units wait for, then the rest; slot order within each. Computed when
+/// units change, not per pass: a pass over thousands of units stays linear.
+fn start_order(slots: &[Slot]) -> Vec<usize> {
+    let rank = |i: usize| {
+        let slot = &slots[i];
+        match &slot.unit {
+            Some(u) if !u.is_system() => 0,
+            _ if !slot.dependents.is_empty() => 1,
+            _ => 2,
+        }
+    };
+    let mut order: Vec<usize> = (0..slots.len()).collect();
+    // Stable: slot order is kept within a rank.
+    order.sort_by_key(|&i| rank(i));
+    order
 }
 
 /// Recomputes every slot's `dependents` (units ordered after it) from the unit definitions.

@@ -6,7 +6,8 @@ use serde::Serialize;
 /// `inactive → starting → running → (healthy) → stopping → exited | failed`.
 /// `starting` covers preparation steps (image pulls); a unit without preparation passes
 /// through it instantly. A unit waiting for a restart is `exited` with detail
-/// `restarting in …`.
+/// `restarting in …`. A running unit whose main process was stopped by a signal (SIGSTOP,
+/// SIGTSTP, …) is `paused` (detail `stopped by SIGSTOP`) until it is continued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -14,6 +15,7 @@ pub enum State {
     Starting,
     Running,
     Healthy,
+    Paused,
     Stopping,
     Exited,
     Failed,
@@ -26,6 +28,7 @@ impl State {
             State::Starting => "starting",
             State::Running => "running",
             State::Healthy => "healthy",
+            State::Paused => "paused",
             State::Stopping => "stopping",
             State::Exited => "exited",
             State::Failed => "failed",

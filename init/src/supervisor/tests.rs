@@ -19,6 +19,8 @@ struct Record {
     health: Vec<(String, i32)>,
     signals: Vec<(String, i32, i32, bool)>,
     cleaned: Vec<String>,
+    /// (unit, pid) of every cleanup task started.
+    cleanups: Vec<(String, i32)>,
 }
 
 struct FakeLauncher(Rc<RefCell<Record>>);
@@ -56,8 +58,16 @@ impl Launcher for FakeLauncher {
         r.health.push((unit.name.clone(), pid));
         Ok(Spawned { pid, output: None })
     }
-    fn cleanup(&mut self, unit: &Unit, _: Option<i32>) {
-        self.0.borrow_mut().cleaned.push(unit.name.clone());
+    fn cleanup(&mut self, unit: &Unit, _: Option<i32>) -> Option<Spawned> {
+        let mut r = self.0.borrow_mut();
+        r.cleaned.push(unit.name.clone());
+        if !unit.description.contains("slow cleanup") {
+            return None;
+        }
+        r.next_pid += 1;
+        let pid = r.next_pid;
+        r.cleanups.push((unit.name.clone(), pid));
+        Some(Spawned { pid, output: None })
     }
 }
 
@@ -557,4 +567,119 @@ fn containers_start_before_system_units() {
     ]);
     h.start();
     assert_eq!(h.started(), ["b-web", "a-shell", "c-dhcp"]);
+}
+
+const SLOW_CLEANUP: &str =
+    "[unit]\ndescription = \"slow cleanup\"\n[container]\ncommand = [\"x\"]\n\
+                            [service]\nrestart = \"always\"\nrestart_delay = \"100ms\"\n";
+
+#[test]
+fn a_cleanup_task_runs_beside_the_loop_and_the_restart_waits_for_it() {
+    let mut h = Harness::new(&[("slow", SLOW_CLEANUP), ("other", SLEEP)]);
+    h.start();
+    let main = h.pid("slow");
+    h.exit(main, ExitStatus::Exited(1));
+    // The cleanup runs as a task the loop reaps: the unit is cleaning, and nothing waits.
+    let task = h.rec.borrow().cleanups[0].1;
+    let s = h.sup.status("slow").unwrap();
+    assert_eq!(
+        (s.state, s.detail.as_str(), s.pid),
+        (State::Stopping, "cleaning up", None)
+    );
+    assert_eq!(s.last_exit_code, None);
+    // Its limit is the only timer: no restart before the cleanup ends.
+    assert_eq!(h.timers.0.len(), 1);
+    assert_eq!(h.timers.0[0].0 - h.now, crate::launch::CLEANUP_LIMIT);
+    // Other units go on meanwhile.
+    h.sup
+        .request_restart("other", h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(h.state("other"), State::Stopping);
+    // The cleanup ends: now the exit counts and the restart is scheduled.
+    h.exit(task, ExitStatus::Exited(0));
+    let s = h.sup.status("slow").unwrap();
+    assert_eq!((s.state, s.last_exit_code), (State::Exited, Some(1)));
+    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    assert_eq!(h.started().iter().filter(|n| *n == "slow").count(), 2);
+}
+
+#[test]
+fn a_stuck_cleanup_is_killed_at_its_limit_and_shutdown_waits_for_it() {
+    let mut h = Harness::new(&[("slow", SLOW_CLEANUP)]);
+    h.start();
+    let main = h.pid("slow");
+    h.sup.begin_shutdown(h.now, &mut h.timers);
+    h.exit(main, ExitStatus::Signaled(15));
+    let task = h.rec.borrow().cleanups[0].1;
+    assert!(!h.sup.all_stopped());
+    assert_eq!(h.fire_last(), crate::launch::CLEANUP_LIMIT);
+    let signals = h.rec.borrow().signals.clone();
+    assert_eq!(
+        signals.last(),
+        Some(&("slow".to_string(), task, libc::SIGKILL, true))
+    );
+    h.exit(task, ExitStatus::Signaled(9));
+    assert!(h.sup.all_stopped());
+    assert_eq!(h.state("slow"), State::Exited);
+}
+
+#[test]
+fn removal_waits_for_the_cleanup() {
+    let mut h = Harness::new(&[("slow", SLOW_CLEANUP)]);
+    h.start();
+    let main = h.pid("slow");
+    h.exit(main, ExitStatus::Exited(1));
+    let task = h.rec.borrow().cleanups[0].1;
+    h.sup.remove_unit("slow", h.now, &mut h.timers).unwrap();
+    assert!(h.sup.take_removed().is_empty());
+    h.exit(task, ExitStatus::Exited(0));
+    assert_eq!(h.sup.take_removed().len(), 1);
+    assert!(!h.sup.contains("slow"));
+}
+
+#[test]
+fn many_units_start_in_batches_between_other_events() {
+    let names: Vec<String> = (0..1000).map(|i| format!("u{i:04}")).collect();
+    let units: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), SLEEP)).collect();
+    let mut h = Harness::new(&units);
+    h.start();
+    let first = h.started().len();
+    assert!((1..=START_BATCH).contains(&first), "{first}");
+    // The rest follows, batch by batch, through a timer due at once.
+    let mut turns = 0;
+    while h.started().len() < names.len() {
+        let (at, timer) = h.timers.0.pop().unwrap();
+        assert_eq!((at, timer), (h.now, Timer::StartUnits));
+        h.sup.on_start_timer(h.now, &mut h.timers);
+        turns += 1;
+        assert!(turns <= names.len(), "no progress");
+    }
+    assert!(turns >= names.len() / START_BATCH - 1);
+    assert!(h.timers.0.is_empty());
+    assert_eq!(h.started(), names);
+}
+
+#[test]
+fn a_paused_unit_skips_health_checks_and_resumes_them_when_continued() {
+    let mut h = Harness::new(&[(
+        "web",
+        "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"check\"]\ninterval = \"1s\"\n",
+    )]);
+    h.start();
+    let pid = h.pid("web");
+    assert!(h.sup.on_paused(pid, libc::SIGSTOP));
+    let s = h.sup.status("web").unwrap();
+    assert_eq!(
+        (s.state, s.detail.as_str()),
+        (State::Paused, "stopped by SIGSTOP")
+    );
+    // The pending first check finds the unit paused and runs nothing.
+    h.fire_last();
+    assert!(h.rec.borrow().health.is_empty());
+    assert!(h.sup.on_continued(pid, h.now, &mut h.timers));
+    assert_eq!(h.state("web"), State::Running);
+    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    assert_eq!(h.rec.borrow().health.len(), 1);
+    // Not a unit's process: not ours to judge.
+    assert!(!h.sup.on_paused(9999, libc::SIGSTOP));
 }

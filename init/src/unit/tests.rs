@@ -188,6 +188,86 @@ proptest! {
     }
 }
 
+/// The `(line number, section.key)` of every `key = value` line of [`FULL`].
+fn value_lines() -> Vec<(usize, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for (n, line) in FULL.lines().enumerate() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            out.push((n + 1, format!("{section}.{key}")));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A valid unit with one value replaced by arbitrary TOML: it parses, or every error names
+    /// the file, a line of it, and a key of the schema (or none, for a syntax error), and one
+    /// of them is on the changed line.
+    #[test]
+    fn errors_in_mutated_units_name_file_line_and_key(
+        pick in any::<prop::sample::Index>(),
+        value in prop_oneof![
+            "\"[ -~]{0,10}\"",
+            "-?[0-9]{1,12}",
+            "[0-9]{1,3}\\.[0-9]{1,3}",
+            Just("true".to_string()),
+            "\\[(\"[a-z0-9:/.-]{0,6}\", ?){0,3}\\]",
+            "\\{ ?[a-z]{1,4} = \"[a-z]{0,3}\" ?\\}",
+            "[a-z\"\\[{=]{1,4}",
+        ],
+    ) {
+        let lines = value_lines();
+        let (line_no, key) = &lines[pick.index(lines.len())];
+        let text: String = FULL
+            .lines()
+            .enumerate()
+            .map(|(n, l)| match l.split_once(" = ") {
+                Some((k, _)) if n + 1 == *line_no => format!("{k} = {value}\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let schema = [
+            "unit.", "container.", "resources.", "service.", "health.",
+        ];
+        if let Err(d) = parse("p", "p.toml", &text) {
+            prop_assert!(!d.0.is_empty());
+            let last_line = text.lines().count() + 1;
+            for e in &d.0 {
+                prop_assert_eq!(e.file.as_str(), "p.toml");
+                prop_assert!((1..=last_line).contains(&e.line) && e.column >= 1, "{}", e);
+                prop_assert!(
+                    e.key.is_empty() || schema.iter().any(|s| e.key.starts_with(s)),
+                    "{}", e
+                );
+                let prefix = format!("p.toml:{}:", e.line);
+                prop_assert!(e.to_string().starts_with(&prefix), "{}", e);
+            }
+            let section = key.split('.').next().unwrap_or_default();
+            let syntax = d.0.iter().filter(|e| e.key.is_empty()).collect::<Vec<_>>();
+            if syntax.is_empty() {
+                // A bad value is reported at its line under its key; a value that clashes
+                // with another (`network` and `ports`) at least within its section.
+                prop_assert!(
+                    d.0.iter().any(|e| (e.line == *line_no && e.key.starts_with(key.as_str()))
+                        || e.key.starts_with(&format!("{section}."))),
+                    "changed {} (line {}) to {}: {}", key, line_no, value, d
+                );
+            } else {
+                // Nothing before the change can be a syntax error.
+                prop_assert!(
+                    syntax.iter().all(|e| e.line >= *line_no),
+                    "changed {} (line {}) to {}: {}", key, line_no, value, d
+                );
+            }
+        }
+    }
+}
+
 /// Random TOML documents over the unit schema's own section and key names (and a few others),
 /// with values of every TOML type, so the validator sees well-formed but wrong input.
 fn toml_doc() -> impl Strategy<Value = String> {
