@@ -39,7 +39,9 @@ pub fn mkfs_from_tree(
     let fake_time = epoch.to_string();
     tool::run(
         Command::new("mke2fs")
+            // Newer e2fsprogs take SOURCE_DATE_EPOCH too: make both say the same.
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
+            .env("SOURCE_DATE_EPOCH", &fake_time)
             .arg("-q")
             .arg("-F")
             .args(["-t", "ext4", "-b", "4096"])
@@ -77,6 +79,7 @@ pub fn mkfs_from_tree(
     let run = tool::run(
         Command::new("debugfs")
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
+            .env("SOURCE_DATE_EPOCH", &fake_time)
             .arg("-w")
             .arg("-f")
             .arg(&script_path)

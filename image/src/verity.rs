@@ -68,6 +68,9 @@ pub fn mkfs_erofs(tree: &Path, out: &Path, epoch: u64) -> Result<u64, VerityErro
     let _ = std::fs::remove_file(out);
     tool::run(
         Command::new("mkfs.erofs")
+            // With SOURCE_DATE_EPOCH in its environment, erofs-utils only clamps newer times to
+            // it, even with -T: files older than the epoch (a checkout's) would keep theirs.
+            .env_remove("SOURCE_DATE_EPOCH")
             .arg("--quiet")
             .arg("--all-root")
             .arg(format!("-T{epoch}"))

@@ -27,10 +27,16 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// berth-image with `args`, the clock `shift` ahead for it and every tool it runs.
+/// berth-image with `args`: `shifted`, the clock more than a year ahead for it and every tool it
+/// runs; otherwise the present, with SOURCE_DATE_EPOCH exported as `make image` does (tools
+/// read it).
 fn berth_image(args: &[String], shifted: bool, cwd: &Path) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-image"));
     cmd.args(args).current_dir(cwd);
+    cmd.env_remove("SOURCE_DATE_EPOCH");
+    if !shifted {
+        cmd.env("SOURCE_DATE_EPOCH", "1700000000");
+    }
     if shifted {
         assert!(
             Path::new(FAKETIME_LIB).exists(),
@@ -230,4 +236,58 @@ fn built_image_reassembles_to_the_hashes_in_its_manifest() {
     );
     assert!(recorded.contains_key("berth.img") && recorded.contains_key("berth.qcow2"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn built_image_has_an_sbom_of_its_components_and_crates() {
+    let Ok(image) = std::env::var("BERTH_IMAGE") else {
+        eprintln!("skipped: BERTH_IMAGE is not set (make test sets it after make image)");
+        return;
+    };
+    let path = Path::new(&image).parent().unwrap().join("sbom.spdx.json");
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    let packages = doc["packages"].as_array().unwrap();
+    let find = |name: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {}", path.display()))
+    };
+    for (name, license) in [
+        ("linux", "GPL-2.0-only WITH Linux-syscall-note"),
+        ("busybox", "GPL-2.0-only"),
+        ("berth-init", "Apache-2.0"),
+        ("berth-runtime", "Apache-2.0"),
+        ("serde", "MIT OR Apache-2.0"),
+    ] {
+        let p = find(name);
+        assert_eq!(p["licenseDeclared"], license, "{name}");
+        assert!(
+            p["versionInfo"].as_str().is_some_and(|v| !v.is_empty()),
+            "{name}"
+        );
+    }
+    // Every crate of Cargo.lock that is in the SBOM carries the locked version.
+    let lock = std::fs::read_to_string(repo().join("Cargo.lock")).unwrap();
+    let crates: Vec<&serde_json::Value> = packages
+        .iter()
+        .filter(|p| {
+            p["SPDXID"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("SPDXRef-crate-"))
+        })
+        .collect();
+    assert!(crates.len() > 20, "only {} crates", crates.len());
+    for c in crates {
+        let entry = format!(
+            "name = \"{}\"\nversion = \"{}\"",
+            c["name"].as_str().unwrap(),
+            c["versionInfo"].as_str().unwrap()
+        );
+        assert!(lock.contains(&entry), "{entry} not in Cargo.lock");
+    }
 }
