@@ -139,7 +139,7 @@ printf '%s\n' "${ASSEMBLE[@]}" > "$BERTH_OUT/assemble.args"
 "$BERTH_OUT/bin/berth-image" "${ASSEMBLE[@]}"
 
 # --- Software bill of materials ---------------------------------------------------------
-cargo metadata --format-version 1 --locked --offline \
+cargo metadata --format-version 1 --locked \
     --filter-platform "$BERTH_TARGET" > "$BERTH_OUT/work/cargo-metadata.json"
 KERNEL_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
 "$BERTH_OUT/bin/berth-image" sbom \
