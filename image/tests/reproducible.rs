@@ -291,3 +291,54 @@ fn built_image_has_an_sbom_of_its_components_and_crates() {
         assert!(lock.contains(&entry), "{entry} not in Cargo.lock");
     }
 }
+
+#[test]
+fn a_prebuilt_erofs_root_gives_the_same_disk_as_the_tree() {
+    // Buildroot's post-image hands berth-image its rootfs.erofs (and GRUB's module directories)
+    // instead of a tree: the rest of the assembly is the same, and so are the bytes.
+    let a = scratch("tree");
+    let b = scratch("image");
+    let (root_a, state_a) = trees(&a, false);
+    let (root_b, state_b) = trees(&b, false);
+    berth_image(
+        &assemble_args(&a, &root_a, &state_a, &a.join("out")),
+        false,
+        &a,
+    );
+    let erofs = b.join("rootfs.erofs");
+    let made = Command::new("mkfs.erofs")
+        .args(["--quiet", "--all-root", "-T1700000000"])
+        .arg("-U00000000-0000-0000-0000-000000000000")
+        .arg(&erofs)
+        .arg(&root_b)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut args = assemble_args(&b, &root_b, &state_b, &b.join("out"));
+    let i = args.iter().position(|x| x == "--rootfs").unwrap();
+    args[i] = "--root-image".into();
+    args[i + 1] = erofs.display().to_string();
+    args.extend(
+        [
+            "--grub-pc-dir",
+            "/usr/lib/grub/i386-pc",
+            "--grub-efi-dir",
+            "/usr/lib/grub/x86_64-efi",
+        ]
+        .map(String::from),
+    );
+    berth_image(&args, true, &b);
+    for f in ["berth.img", "berth.qcow2"] {
+        assert_eq!(
+            sha256(&a.join("out").join(f)),
+            sha256(&b.join("out").join(f)),
+            "{f}"
+        );
+    }
+    assert!(
+        erofs.exists(),
+        "the prebuilt root is copied, never consumed"
+    );
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+}
