@@ -36,8 +36,14 @@ fi
 SRC_DIR="$(find "$SRC_PARENT" -mindepth 1 -maxdepth 1 -type d -name 'busybox-*' | head -1)"
 [ -n "$SRC_DIR" ] || die "busybox: no source tree in $SRC_PARENT"
 
-OBJ_DIR="$(mktemp -d "$BERTH_CACHE/busybox-build.XXXXXX")"
+# A fixed object directory (under the lock) rather than a random one: no build path differs
+# between two builds. The banner's build time is the source package's changelog date.
+OBJ_DIR="$BERTH_CACHE/busybox-build"
+rm -rf "$OBJ_DIR"
+mkdir -p "$OBJ_DIR"
 trap 'rm -rf "$OBJ_DIR"' EXIT
+SOURCE_DATE_EPOCH="$(dpkg-parsechangelog -l "$SRC_DIR/debian/changelog" -S Timestamp)"
+export SOURCE_DATE_EPOCH KCONFIG_NOTIMESTAMP=1 KBUILD_BUILD_USER=berth KBUILD_BUILD_HOST=berth
 BBMAKE=(make -C "$SRC_DIR" O="$OBJ_DIR" -s)
 
 log "busybox: configuring (allnoconfig + $(basename "$FRAGMENT"))"
@@ -67,6 +73,7 @@ mkdir -p "$OUT_DIR.tmp"
 cp "$OBJ_DIR/busybox" "$OUT_DIR.tmp/busybox"
 cp "$OBJ_DIR/.config" "$OUT_DIR.tmp/config"
 "$OUT_DIR.tmp/busybox" --list > "$OUT_DIR.tmp/applets"
+echo "$SRC_VERSION" > "$OUT_DIR.tmp/version"
 rm -rf "$OUT_DIR"
 mv "$OUT_DIR.tmp" "$OUT_DIR"
 log "busybox: $(wc -l < "$OUT_DIR/applets") applets, $(du -h "$OUT_DIR/busybox" | cut -f1)"

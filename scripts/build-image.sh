@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds Berth's bootable disk image: out/berth.img (raw), .qcow2, .vhd, .vmdk and
-# out/manifest.json. Kernel and busybox come from the cache (built when their inputs change),
-# the root filesystem tree is staged in out/rootfs, the state partition's tree in out/state.
+# Builds Berth's bootable disk image: out/berth.img (raw), .qcow2, .vhd, .vmdk,
+# out/manifest.json and out/sbom.spdx.json. Kernel and busybox come from the cache (built when
+# their inputs change), the root filesystem tree is staged in out/rootfs, the state partition's
+# tree in out/state.
+#
+# Reproducible: every time in the image is the source commit's (SOURCE_DATE_EPOCH), and
+# berth-image derives GUIDs, salts and volume IDs from the inputs, so two builds of a commit
+# give the same bytes. out/assemble.args records the assembly for the test that re-runs it.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
@@ -12,7 +17,10 @@ BUSYBOX="$(./scripts/build-busybox.sh)"
 
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 BUILD_ID="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
+export SOURCE_DATE_EPOCH="$EPOCH"
+CREATED="$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)"
 
 # --- Root filesystem tree ------------------------------------------------------------
 ROOTFS="$BERTH_OUT/rootfs"
@@ -48,8 +56,11 @@ ln -s ../proc/self/mounts "$ROOTFS/etc/mtab"
 # An empty state filesystem: berth-init writes it to a state partition it finds blank (a wiped
 # disk), then grows it to the partition like on any first boot.
 SEED="$BERTH_OUT/state-seed.ext4"
+SEED_UUID="$(printf 'berth:state-seed:%s' "$VERSION" | sha256sum \
+    | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')"
 rm -f "$SEED"
-mke2fs -q -F -t ext4 -b 4096 -E root_owner=0:0 -L berth-state "$SEED" 16M
+E2FSPROGS_FAKE_TIME="$EPOCH" mke2fs -q -F -t ext4 -b 4096 \
+    -E "root_owner=0:0,hash_seed=$SEED_UUID" -U "$SEED_UUID" -L berth-state "$SEED" 16M
 zstd -q -19 -f "$SEED" -o "$ROOTFS/usr/lib/berth/state-seed.ext4.zst"
 rm -f "$SEED"
 cat > "$ROOTFS/etc/os-release" <<OS
@@ -68,6 +79,9 @@ log "image: demo OCI image in $DEMO_OCI"
 rm -rf "$DEMO_OCI" "$BERTH_OUT/demo-bundle"
 umoci init --layout "$DEMO_OCI"
 umoci new --image "$DEMO_OCI:$DEMO_TAG"
+# Fixed times in the layer (files) and the config (created, history), so the image's digest
+# is the same in every build.
+UMOCI_TIME=(--history.created "$CREATED")
 umoci unpack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle" >/dev/null
 DEMO_ROOT="$BERTH_OUT/demo-bundle/rootfs"
 mkdir -p "$DEMO_ROOT/bin" "$DEMO_ROOT/www"
@@ -75,9 +89,10 @@ install -m 0755 /bin/busybox "$DEMO_ROOT/bin/busybox"
 # httpd serves; the rest lets the same image run small shell workloads (the QEMU tests use it).
 for applet in sh httpd wget cat ls sleep yes head; do ln -s busybox "$DEMO_ROOT/bin/$applet"; done
 cp configs/demo/www/* "$DEMO_ROOT/www/"
-umoci repack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle"
+find "$DEMO_ROOT" -exec touch -h -d "@$EPOCH" {} +
+umoci repack "${UMOCI_TIME[@]}" --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle"
 # Only a cmd, no entrypoint: a unit's `command` replaces it whole.
-umoci config --image "$DEMO_OCI:$DEMO_TAG" \
+umoci config "${UMOCI_TIME[@]}" --created "$CREATED" --image "$DEMO_OCI:$DEMO_TAG" \
     --config.cmd /bin/httpd --config.cmd -f --config.cmd -p --config.cmd 80 \
     --config.cmd -h --config.cmd /www --config.exposedports 80/tcp \
     --config.workingdir /www
@@ -89,23 +104,49 @@ STATE="$BERTH_OUT/state"
 rm -rf "$STATE"
 mkdir -p "$STATE"/{units,logs,images,containers,volumes}
 # The demo image, preloaded into the image store (as an OCI archive), and its unit.
-tar -C "$DEMO_OCI" -cf "$BERTH_OUT/demo-oci.tar" .
+tar -C "$DEMO_OCI" --sort=name --mtime="@$EPOCH" --owner=0 --group=0 --numeric-owner \
+    -cf "$BERTH_OUT/demo-oci.tar" .
 "$BERTH_OUT/bin/berth-runtime" image --store "$STATE/images" \
     import "$BERTH_OUT/demo-oci.tar" --tag berth.local/demo-web:latest >/dev/null
 cp configs/demo/demo-web.toml "$STATE/units/demo-web.toml"
 
 # --- Disk ----------------------------------------------------------------------------
 log "image: assembling disk"
-"$BERTH_OUT/bin/berth-image" disk \
-    --layout configs/layout/disk.toml \
-    --grub-cfg configs/grub/grub.cfg \
-    --cmdline configs/grub/cmdline \
-    --kernel "$KERNEL" \
-    --kernel-release "$(cat "$(dirname "$KERNEL")/release")" \
-    --rootfs "$ROOTFS" \
-    --state "$STATE" \
-    --version "$VERSION" \
-    --epoch "$EPOCH" \
-    --work "$BERTH_OUT/work" \
-    --out "$BERTH_OUT"
-log "image: done ($BERTH_OUT/berth.img, manifest $BERTH_OUT/manifest.json)"
+KERNEL_DIR="$(dirname "$KERNEL")"
+BUSYBOX_DIR="$(dirname "$BUSYBOX")"
+ASSEMBLE=(disk
+    --layout configs/layout/disk.toml
+    --grub-cfg configs/grub/grub.cfg
+    --cmdline configs/grub/cmdline
+    --kernel "$KERNEL"
+    --kernel-release "$(cat "$KERNEL_DIR/release")"
+    --rootfs "$ROOTFS"
+    --state "$STATE"
+    --version "$VERSION"
+    --epoch "$EPOCH"
+    --source-commit "$COMMIT"
+    --input "kernel-config=$KERNEL_DIR/config"
+    --input "kernel-fragment=configs/kernel/berth.config"
+    --input "busybox-config=$BUSYBOX_DIR/config"
+    --input "busybox-fragment=configs/busybox/berth.config"
+    --input "cargo-lock=Cargo.lock"
+    --input "layout=configs/layout/disk.toml"
+    --input "grub-cfg=configs/grub/grub.cfg"
+    --input "cmdline=configs/grub/cmdline"
+    --work "$BERTH_OUT/work"
+    --out "$BERTH_OUT")
+printf '%s\n' "${ASSEMBLE[@]}" > "$BERTH_OUT/assemble.args"
+"$BERTH_OUT/bin/berth-image" "${ASSEMBLE[@]}"
+
+# --- Software bill of materials ---------------------------------------------------------
+cargo metadata --format-version 1 --locked \
+    --filter-platform "$BERTH_TARGET" > "$BERTH_OUT/work/cargo-metadata.json"
+KERNEL_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
+"$BERTH_OUT/bin/berth-image" sbom \
+    --metadata "$BERTH_OUT/work/cargo-metadata.json" \
+    --version "$VERSION" --epoch "$EPOCH" --source-commit "$COMMIT" \
+    --component "linux=${KERNEL_VERSION}=GPL-2.0-only WITH Linux-syscall-note" \
+    --component "busybox=$(cat "$BUSYBOX_DIR/version")=GPL-2.0-only" \
+    --component "grub=$(dpkg-query -W -f='${Version}' grub-pc-bin)=GPL-3.0-or-later" \
+    --out "$BERTH_OUT/sbom.spdx.json"
+log "image: done ($BERTH_OUT/berth.img, manifest $BERTH_OUT/manifest.json, SBOM $BERTH_OUT/sbom.spdx.json)"

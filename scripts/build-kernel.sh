@@ -11,6 +11,12 @@ SRC_TARBALL=/usr/src/linux-source-6.12.tar.xz
 [ -f "$SRC_TARBALL" ] || die "missing $SRC_TARBALL (run: make deps)"
 SRC_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
 
+# Reproducible kernel: the build stamp (`uname -v`) carries a fixed time, user, host and build
+# number instead of the builder's. The time is the source package's changelog date, so it only
+# changes with the source itself.
+KBUILD_BUILD_TIMESTAMP="$(date -u -d "@$(dpkg-parsechangelog -l /usr/share/doc/linux-source-6.12/changelog.Debian.gz -S Timestamp)" '+%Y-%m-%d %H:%M:%S UTC')"
+export KBUILD_BUILD_TIMESTAMP KBUILD_BUILD_USER=berth KBUILD_BUILD_HOST=berth KBUILD_BUILD_VERSION=1
+
 # The key also covers the steps below (this script), so a changed recipe rebuilds.
 KEY="$(inputs_hash "$FRAGMENT" "$0" "linux-source-6.12=$SRC_VERSION")"
 OUT_DIR="$BERTH_CACHE/kernel-$KEY"

@@ -1,14 +1,16 @@
 //! Assembles the bootable disk: every filesystem is built as a file and placed at its offset
 //! in the raw image (nothing is loop-mounted), then the GPT and GRUB's BIOS boot code go on top.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::convert::{self, Format};
-use crate::esp::{EspContents, EspError};
-use crate::ext4;
+use crate::convert::{self, ConvertError, Format};
+use crate::derive::{self, Seed};
+use crate::esp::{EspContents, EspError, Stamp};
+use crate::ext4::{self, Ext4Error};
 use crate::gpt::{GptError, SECTOR};
 use crate::grub::{self, GrubError};
 use crate::grubenv::{BootState, GrubEnvError, Slot};
@@ -34,6 +36,10 @@ pub enum AssembleError {
     Verity(#[from] VerityError),
     #[error(transparent)]
     Tool(#[from] ToolError),
+    #[error(transparent)]
+    Ext4(#[from] Ext4Error),
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -56,6 +62,32 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssembleError + '_ {
     }
 }
 
+/// The root filesystem of slot A.
+#[derive(Debug, Clone)]
+pub enum RootSource {
+    /// A directory tree, made into erofs here (`make image`).
+    Tree(PathBuf),
+    /// An erofs image built elsewhere (Buildroot's rootfs.erofs, made under fakeroot);
+    /// copied, never modified.
+    Image(PathBuf),
+}
+
+/// Where grub-mkimage finds GRUB's modules for each platform (and i386-pc's boot.img).
+#[derive(Debug, Clone)]
+pub struct GrubDirs {
+    pub pc: PathBuf,
+    pub efi: PathBuf,
+}
+
+impl Default for GrubDirs {
+    fn default() -> GrubDirs {
+        GrubDirs {
+            pc: PathBuf::from(grub::PC_DIR),
+            efi: PathBuf::from(grub::EFI_DIR),
+        }
+    }
+}
+
 /// Everything a disk is made of.
 #[derive(Debug, Clone)]
 pub struct DiskInputs {
@@ -66,17 +98,26 @@ pub struct DiskInputs {
     pub cmdline: String,
     pub kernel: PathBuf,
     pub kernel_release: String,
-    /// The root filesystem tree (becomes erofs + verity in slot A).
-    pub rootfs: PathBuf,
+    pub root: RootSource,
     /// The initial content of the state partition.
     pub state: PathBuf,
     pub version: String,
-    /// Timestamp given to every file of the root (reproducible builds).
+    /// Timestamp of every file and filesystem (reproducible builds: the source commit's time).
     pub epoch: u64,
+    pub grub: GrubDirs,
+    /// What the build was made from, recorded in the manifest: name to SHA-256 (kernel
+    /// config, busybox config, Cargo.lock, ...), and the source commit.
+    pub recorded_inputs: BTreeMap<String, String>,
+    pub source_commit: Option<String>,
 }
 
 /// Builds `out_dir/berth.img` (using `work_dir` for intermediate files), converts it into
 /// `formats`, and writes `out_dir/manifest.json`.
+///
+/// Reproducible: nothing comes from the clock or the random pool. Times are `epoch`; the verity
+/// salt and UUID derive from the root's bytes; GUIDs, filesystem UUIDs and volume IDs derive
+/// from a seed over the version, the epoch, the kernel, the root hash and the boot files. The
+/// same inputs give the same bytes in every output.
 pub fn build(
     inputs: &DiskInputs,
     work_dir: &Path,
@@ -85,7 +126,43 @@ pub fn build(
 ) -> Result<Manifest, AssembleError> {
     std::fs::create_dir_all(work_dir).map_err(io(work_dir))?;
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    let (gpt, placed) = inputs.layout.gpt()?;
+
+    // Root A: erofs, then its hash tree in the same file.
+    let root_img = work_dir.join("root-a.img");
+    let data_size = match &inputs.root {
+        RootSource::Tree(tree) => verity::mkfs_erofs(tree, &root_img, inputs.epoch)?,
+        RootSource::Image(image) => {
+            verity::data_size(image)?;
+            let _ = std::fs::remove_file(&root_img);
+            std::fs::copy(image, &root_img).map_err(io(image))?;
+            verity::data_size(&root_img)?
+        }
+    };
+    let root_data = Seed::new(["verity", &derive::sha256_file(&root_img)?]);
+    let verity = verity::format(
+        &root_img,
+        data_size,
+        &root_data.hex("salt", 32),
+        &root_data.guid("uuid").to_string(),
+    )?;
+
+    let layout_text: String = inputs
+        .layout
+        .partitions
+        .iter()
+        .map(|p| format!("{} {:?} {} {:?};", p.name, p.role, p.size, p.label))
+        .collect();
+    let seed = Seed::new([
+        "berth-image disk 1",
+        &inputs.version,
+        &inputs.epoch.to_string(),
+        &derive::sha256_file(&inputs.kernel)?,
+        &verity.root_hash,
+        &derive::sha256_file(&inputs.grub_cfg)?,
+        &inputs.cmdline,
+        &layout_text,
+    ]);
+    let (gpt, placed) = inputs.layout.gpt(&seed)?;
     let part = |role| -> &Placed {
         // The layout was validated to hold every role exactly once.
         placed
@@ -101,11 +178,6 @@ pub fn build(
             .map(|p| p.guid.to_string())
             .unwrap_or_default()
     };
-
-    // Root A: erofs, then its hash tree in the same file.
-    let root_img = work_dir.join("root-a.img");
-    let data_size = verity::mkfs_erofs(&inputs.rootfs, &root_img, inputs.epoch)?;
-    let verity = verity::format(&root_img, data_size)?;
     fits(
         "root filesystem + hash tree",
         verity.total_size,
@@ -127,9 +199,9 @@ pub fn build(
     let embed = work_dir.join("embed.cfg");
     write(&embed, grub::embedded_config(&esp_label).as_bytes())?;
     let core_img = work_dir.join("core.img");
-    grub::mkimage_bios(&embed, &core_img)?;
+    grub::mkimage_bios(&embed, &core_img, &inputs.grub.pc)?;
     let efi_img = work_dir.join("BOOTX64.EFI");
-    grub::mkimage_efi(&embed, &efi_img)?;
+    grub::mkimage_efi(&embed, &efi_img, &inputs.grub.efi)?;
     let slot_cfg = work_dir.join("A-boot.cfg");
     write(&slot_cfg, grub::slot_config(&dm_create, &args)?.as_bytes())?;
     let grubenv = work_dir.join("grubenv");
@@ -143,7 +215,11 @@ pub fn build(
     esp.add(&slot_cfg, &format!("/{}/boot.cfg", Slot::A))?;
     esp.add_dir(&format!("/{}", Slot::B))?;
     let esp_img = work_dir.join("esp.img");
-    esp.build(&esp_img, part(Role::Esp).size(), &esp_label)?;
+    let stamp = Stamp {
+        volume_id: seed.u32("esp volume id"),
+        epoch: inputs.epoch,
+    };
+    esp.build(&esp_img, part(Role::Esp).size(), &esp_label, stamp)?;
 
     // State: ext4 preloaded with what the first boot needs.
     let state_img = work_dir.join("state.img");
@@ -153,7 +229,15 @@ pub fn build(
         .label
         .clone()
         .unwrap_or_else(|| "berth-state".into());
-    ext4::mkfs_from_tree(&inputs.state, &state_img, state.size(), &state_label)?;
+    ext4::mkfs_from_tree(
+        &inputs.state,
+        &state_img,
+        state.size(),
+        &state_label,
+        &seed.guid("state filesystem").to_string(),
+        inputs.epoch,
+        work_dir,
+    )?;
 
     // The raw disk.
     let raw = out_dir.join(format!("berth.{}", Format::Raw.extension()));
@@ -171,24 +255,28 @@ pub fn build(
     place(&disk, &state_img, state)?;
     let bios = part(Role::BiosBoot);
     let core = grub::read(&core_img)?;
-    let boot = grub::read(Path::new(grub::BOOT_IMG))?;
+    let boot = grub::read(&inputs.grub.pc.join("boot.img"))?;
     grub::install_bios(&disk, &boot, &core, bios.first_lba, bios.size())?;
     gpt.write(&mut &disk, disk_size / SECTOR)?;
     disk.sync_all().map_err(io(&raw))?;
     drop(disk);
 
-    let mut outputs = vec![OutputEntry::of(&raw, Format::Raw).map_err(io(&raw))?];
+    let mut outputs = vec![output(&raw, Format::Raw)?];
     for &format in formats.iter().filter(|f| **f != Format::Raw) {
         let out = out_dir.join(format!("berth.{}", format.extension()));
-        convert::convert(&raw, &out, format)?;
-        outputs.push(OutputEntry::of(&out, format).map_err(io(&out))?);
+        convert::convert(&raw, &out, format, &seed)?;
+        outputs.push(output(&out, format)?);
     }
 
     let manifest = Manifest {
         version: inputs.version.clone(),
         kernel_release: inputs.kernel_release.clone(),
+        epoch: inputs.epoch,
+        source_commit: inputs.source_commit.clone(),
+        inputs: inputs.recorded_inputs.clone(),
         disk_guid: gpt.disk_guid.to_string(),
         disk_size,
+        root_image_sha256: derive::sha256_file(&root_img)?,
         root: verity,
         kernel_args: args,
         dm_create,
@@ -207,6 +295,11 @@ pub fn build(
     let path = out_dir.join("manifest.json");
     write(&path, manifest.to_json().as_bytes())?;
     Ok(manifest)
+}
+
+fn output(path: &Path, format: Format) -> Result<OutputEntry, AssembleError> {
+    let sha256 = derive::sha256_file(path)?;
+    OutputEntry::of(path, format, sha256).map_err(io(path))
 }
 
 fn fits(what: &str, size: u64, part: &Placed) -> Result<(), AssembleError> {

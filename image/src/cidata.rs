@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::esp::{EspContents, EspError};
+use crate::esp::{EspContents, EspError, Stamp};
 
 /// The label berth-init looks for.
 pub const LABEL: &str = "cidata";
@@ -13,5 +13,10 @@ const SIZE: u64 = 1 << 20;
 pub fn build(user_data: &Path, out: &Path) -> Result<(), EspError> {
     let mut files = EspContents::default();
     files.add(user_data, "/user-data")?;
-    files.build(out, SIZE, LABEL)
+    // A config drive is made per machine; a fixed stamp keeps it a function of its content.
+    let stamp = Stamp {
+        volume_id: 0x6369_6461, // "cida"
+        epoch: 0,               // FAT's first day, 1980-01-01
+    };
+    files.build(out, SIZE, LABEL, stamp)
 }

@@ -1,11 +1,28 @@
 //! Conversions of the raw disk into the formats clouds and hypervisors take.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 
+use crate::derive::Seed;
 use crate::tool::{self, ToolError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {problem}")]
+    Malformed { path: String, problem: &'static str },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Raw,
@@ -45,8 +62,10 @@ impl Format {
     }
 }
 
-/// Converts the raw disk `raw` into `out`.
-pub fn convert(raw: &Path, out: &Path, format: Format) -> Result<(), ToolError> {
+/// Converts the raw disk `raw` into `out`. qemu-img writes a random identifier and the clock's
+/// time into VHD and VMDK files; those are replaced by values from `seed` (qcow2 and raw carry
+/// neither).
+pub fn convert(raw: &Path, out: &Path, format: Format, seed: &Seed) -> Result<(), ConvertError> {
     let _ = std::fs::remove_file(out);
     tool::run(
         Command::new("qemu-img")
@@ -56,7 +75,71 @@ pub fn convert(raw: &Path, out: &Path, format: Format) -> Result<(), ToolError> 
             .arg(raw)
             .arg(out),
     )?;
+    let io = |source| ConvertError::Io {
+        path: out.display().to_string(),
+        source,
+    };
+    match format {
+        Format::Vhd => {
+            let mut f = File::options()
+                .read(true)
+                .write(true)
+                .open(out)
+                .map_err(io)?;
+            let at = f.seek(SeekFrom::End(-512)).map_err(io)?;
+            let mut footer = [0u8; 512];
+            f.read_exact(&mut footer).map_err(io)?;
+            let guid = seed.guid("vhd unique id").to_string().replace('-', "");
+            patch_vhd_footer(&mut footer, &guid).ok_or(ConvertError::Malformed {
+                path: out.display().to_string(),
+                problem: "no VHD footer (conectix) at the end",
+            })?;
+            f.seek(SeekFrom::Start(at)).map_err(io)?;
+            f.write_all(&footer).map_err(io)?;
+        }
+        Format::Vmdk => {
+            // The embedded descriptor sits in the first sectors; CID is 8 hex digits.
+            let mut f = File::options()
+                .read(true)
+                .write(true)
+                .open(out)
+                .map_err(io)?;
+            let mut head = vec![0u8; 64 * 1024];
+            let n = f.read(&mut head).map_err(io)?;
+            head.truncate(n);
+            let at = find(&head, b"\nCID=").ok_or(ConvertError::Malformed {
+                path: out.display().to_string(),
+                problem: "no CID= line in the VMDK descriptor",
+            })? + 5;
+            let cid = format!("{:08x}", seed.u32("vmdk cid"));
+            f.seek(SeekFrom::Start(at as u64)).map_err(io)?;
+            f.write_all(cid.as_bytes()).map_err(io)?;
+        }
+        Format::Raw | Format::Qcow2 => {}
+    }
     Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sets a VHD footer's timestamp to 0 (2000-01-01) and its unique ID to `guid_hex` (32 hex
+/// digits), then recomputes its checksum. None if it is not a VHD footer.
+fn patch_vhd_footer(footer: &mut [u8; 512], guid_hex: &str) -> Option<()> {
+    if &footer[0..8] != b"conectix" || guid_hex.len() != 32 {
+        return None;
+    }
+    footer[24..28].copy_from_slice(&[0; 4]);
+    for i in 0..16 {
+        footer[68 + i] = u8::from_str_radix(guid_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    footer[64..68].copy_from_slice(&[0; 4]);
+    let sum = footer
+        .iter()
+        .fold(0u32, |s, &b| s.wrapping_add(u32::from(b)));
+    footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    Some(())
 }
 
 #[cfg(test)]
@@ -69,5 +152,22 @@ mod tests {
         assert_eq!(Format::parse("img"), Some(Format::Raw));
         assert_eq!(Format::parse("vhd"), Some(Format::Vhd));
         assert_eq!(Format::parse("iso"), None);
+    }
+
+    #[test]
+    fn vhd_footer_gets_a_fixed_id_and_a_valid_checksum() {
+        let mut f = [0u8; 512];
+        f[0..8].copy_from_slice(b"conectix");
+        f[24..28].copy_from_slice(&[1, 2, 3, 4]);
+        patch_vhd_footer(&mut f, "00112233445566778899aabbccddeeff").unwrap();
+        assert_eq!(&f[24..28], &[0; 4]);
+        assert_eq!(f[68], 0x00);
+        assert_eq!(f[83], 0xff);
+        let stored = u32::from_be_bytes([f[64], f[65], f[66], f[67]]);
+        let mut g = f;
+        g[64..68].copy_from_slice(&[0; 4]);
+        let sum = g.iter().fold(0u32, |s, &b| s.wrapping_add(u32::from(b)));
+        assert_eq!(stored, !sum);
+        assert!(patch_vhd_footer(&mut [0u8; 512], "00").is_none());
     }
 }

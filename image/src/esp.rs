@@ -13,6 +13,18 @@ pub enum EspError {
     BadPath(String),
 }
 
+/// 1980-01-01T00:00:00Z, the first time FAT can store.
+const FAT_EPOCH: u64 = 315_532_800;
+
+/// What would otherwise come from the clock and the random pool: the FAT volume ID, and the
+/// time every directory entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub volume_id: u32,
+    /// Seconds since 1970 (mtools' SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+}
+
 /// Files to place on the ESP: (source on the host, absolute path on the ESP).
 #[derive(Debug, Default)]
 pub struct EspContents {
@@ -55,11 +67,18 @@ impl EspContents {
         dirs
     }
 
-    /// Writes a FAT filesystem of `size` bytes labelled `label` to `out`.
-    pub fn build(&self, out: &Path, size: u64, label: &str) -> Result<(), EspError> {
+    /// Writes a FAT filesystem of `size` bytes labelled `label` to `out`. Its volume ID and
+    /// every timestamp come from `stamp`: mkfs.vfat's `--invariant` fixes the label entry's
+    /// time (otherwise the clock's), mtools takes SOURCE_DATE_EPOCH for everything it writes.
+    pub fn build(&self, out: &Path, size: u64, label: &str, stamp: Stamp) -> Result<(), EspError> {
         let _ = std::fs::remove_file(out);
+        // FAT cannot store dates before 1980 (mtools wraps them into the 2090s).
+        let epoch = stamp.epoch.max(FAT_EPOCH).to_string();
         tool::run(
             Command::new("mkfs.vfat")
+                .arg("--invariant")
+                .arg("-i")
+                .arg(format!("{:08x}", stamp.volume_id))
                 .arg("-C")
                 .arg("-n")
                 .arg(label)
@@ -70,6 +89,7 @@ impl EspContents {
         for d in self.dirs() {
             tool::run(
                 Command::new("mmd")
+                    .env("SOURCE_DATE_EPOCH", &epoch)
                     .arg("-i")
                     .arg(image)
                     .arg(format!("::{d}")),
@@ -78,6 +98,7 @@ impl EspContents {
         for (src, dest) in &self.files {
             tool::run(
                 Command::new("mcopy")
+                    .env("SOURCE_DATE_EPOCH", &epoch)
                     .arg("-i")
                     .arg(image)
                     .arg(src)

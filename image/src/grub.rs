@@ -12,6 +12,9 @@ use crate::tool::{self, ToolError};
 
 /// GRUB's BIOS boot sector, from grub-pc-bin.
 pub const BOOT_IMG: &str = "/usr/lib/grub/i386-pc/boot.img";
+/// Where Debian's grub-pc-bin and grub-efi-amd64-bin keep the modules grub-mkimage reads.
+pub const PC_DIR: &str = "/usr/lib/grub/i386-pc";
+pub const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 /// Only the boot code: bytes 440.. of the MBR hold the disk signature and partition table.
 const MBR_CODE_LEN: usize = 440;
 /// boot.img: 64-bit LBA of core.img's first sector.
@@ -73,20 +76,28 @@ pub fn embedded_config(esp_label: &str) -> String {
     )
 }
 
-/// Builds GRUB's BIOS core image (i386-pc) into `out`.
-pub fn mkimage_bios(embed_cfg: &Path, out: &Path) -> Result<(), GrubError> {
-    mkimage("i386-pc", &["biosdisk"], embed_cfg, out)
+/// Builds GRUB's BIOS core image (i386-pc) into `out` from the modules in `dir`.
+pub fn mkimage_bios(embed_cfg: &Path, out: &Path, dir: &Path) -> Result<(), GrubError> {
+    mkimage("i386-pc", &["biosdisk"], embed_cfg, out, dir)
 }
 
-/// Builds GRUB's EFI application (x86_64-efi) into `out`.
-pub fn mkimage_efi(embed_cfg: &Path, out: &Path) -> Result<(), GrubError> {
+/// Builds GRUB's EFI application (x86_64-efi) into `out` from the modules in `dir`.
+pub fn mkimage_efi(embed_cfg: &Path, out: &Path, dir: &Path) -> Result<(), GrubError> {
     // efi_gop gives the kernel a video mode (without it GRUB reports "no suitable video mode").
-    mkimage("x86_64-efi", &["efi_gop"], embed_cfg, out)
+    mkimage("x86_64-efi", &["efi_gop"], embed_cfg, out, dir)
 }
 
-fn mkimage(format: &str, extra: &[&str], embed_cfg: &Path, out: &Path) -> Result<(), GrubError> {
+fn mkimage(
+    format: &str,
+    extra: &[&str],
+    embed_cfg: &Path,
+    out: &Path,
+    dir: &Path,
+) -> Result<(), GrubError> {
     tool::run(
         Command::new("grub-mkimage")
+            .arg("-d")
+            .arg(dir)
             .arg("-O")
             .arg(format)
             .arg("-o")

@@ -35,6 +35,11 @@ impl Guid {
         Ok(Guid(bytes))
     }
 
+    /// The GUID whose textual byte order is `bytes`.
+    pub fn from_bytes(bytes: [u8; 16]) -> Guid {
+        Guid(bytes)
+    }
+
     /// A random (version 4) GUID.
     pub fn random() -> Result<Guid, GuidError> {
         let mut bytes = [0u8; 16];

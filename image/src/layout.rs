@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::derive::Seed;
 use crate::gpt::{self, SECTOR};
 use crate::guid::Guid;
 
@@ -204,15 +205,16 @@ impl Layout {
         self.partitions.iter().map(|p| p.size).sum::<u64>() + 2 * MIB
     }
 
-    /// The partition table for this layout, with fresh random GUIDs.
-    pub fn gpt(&self) -> Result<(gpt::Gpt, Vec<Placed>), crate::guid::GuidError> {
+    /// The partition table for this layout; the disk's and every partition's GUID come from
+    /// `seed` (a partition's from its name), so the same inputs give the same table.
+    pub fn gpt(&self, seed: &Seed) -> Result<(gpt::Gpt, Vec<Placed>), crate::guid::GuidError> {
         let placed = self.place();
         let mut partitions = Vec::new();
         for p in &placed {
             partitions.push(gpt::Partition {
                 number: p.number,
                 type_guid: Guid::parse(p.spec.role.type_guid())?,
-                guid: Guid::random()?,
+                guid: seed.guid(&format!("partition {}", p.spec.name)),
                 first_lba: p.first_lba,
                 last_lba: p.last_lba,
                 attributes: 0,
@@ -221,7 +223,7 @@ impl Layout {
         }
         Ok((
             gpt::Gpt {
-                disk_guid: Guid::random()?,
+                disk_guid: seed.guid("disk"),
                 partitions,
             },
             placed,
@@ -258,7 +260,7 @@ mod tests {
         for w in placed.windows(2) {
             assert_eq!(w[0].last_lba + 1, w[1].first_lba);
         }
-        let (gpt, _) = layout.gpt().unwrap();
+        let (gpt, _) = layout.gpt(&Seed::new(["test"])).unwrap();
         let sectors = layout.disk_size() / SECTOR;
         gpt.validate(sectors).unwrap();
         // The slot partitions carry the names the boot state uses.

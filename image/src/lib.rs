@@ -8,13 +8,16 @@
 pub mod assemble;
 pub mod cidata;
 pub mod convert;
+pub mod derive;
 pub mod esp;
 pub mod ext4;
 pub mod gpt;
 pub mod grub;
 pub mod grubenv;
 pub mod guid;
+pub mod kernel;
 pub mod layout;
 pub mod manifest;
+pub mod sbom;
 pub mod tool;
 pub mod verity;

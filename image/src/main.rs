@@ -1,17 +1,20 @@
 //! `berth-image disk ...`: assembles Berth's bootable disk image and its conversions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use berth_image::assemble::{self, DiskInputs};
+use berth_image::assemble::{self, DiskInputs, GrubDirs, RootSource};
 use berth_image::convert::Format;
 use berth_image::layout::Layout;
 
 const USAGE: &str = "usage:
   berth-image disk --layout FILE --grub-cfg FILE --cmdline FILE --kernel BZIMAGE \
-      --kernel-release REL --rootfs DIR --state DIR --version V --out DIR \
-      [--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk]
+      (--rootfs DIR | --root-image EROFS) --state DIR --version V --out DIR \
+      [--kernel-release REL] [--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk] \
+      [--grub-pc-dir DIR] [--grub-efi-dir DIR] [--input NAME=FILE]... [--source-commit C]
+  berth-image sbom --metadata CARGO_METADATA_JSON --version V --out FILE \
+      [--epoch SECONDS] [--source-commit C] [--component NAME=VERSION=LICENSE]...
   berth-image cidata --user-data FILE --out FILE
   berth-image bios-install --disk FILE [--core core.img] [--boot boot.img]
       (points the MBR at GRUB's core image in the bios-boot partition of a finished disk)";
@@ -40,6 +43,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Some("bios-install") => bios_install(&args[1..]),
+        Some("sbom") => sbom(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -48,9 +52,13 @@ fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Parses `--key value` pairs; every key must be one of `known`.
-fn options(args: &[String], known: &[&str]) -> Result<HashMap<String, String>, String> {
-    let mut map = HashMap::new();
+/// Options that may be given more than once.
+const REPEATABLE: &[&str] = &["input", "component"];
+
+/// Parses `--key value` pairs; every key must be one of `known`. A repeatable key collects
+/// its values in order; any other key may appear once.
+fn options_multi(args: &[String], known: &[&str]) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
     let mut it = args.iter();
     while let Some(key) = it.next() {
         let name = key
@@ -58,13 +66,25 @@ fn options(args: &[String], known: &[&str]) -> Result<HashMap<String, String>, S
             .filter(|k| known.contains(k))
             .ok_or_else(|| format!("unknown argument {key:?}\n{USAGE}"))?;
         let value = it.next().ok_or_else(|| format!("{key} needs a value"))?;
-        map.insert(name.to_string(), value.clone());
+        let values = map.entry(name.to_string()).or_default();
+        if !values.is_empty() && !REPEATABLE.contains(&name) {
+            return Err(format!("{key} given twice"));
+        }
+        values.push(value.clone());
     }
     Ok(map)
 }
 
+/// Like [`options_multi`] for commands without repeatable options.
+fn options(args: &[String], known: &[&str]) -> Result<HashMap<String, String>, String> {
+    Ok(options_multi(args, known)?
+        .into_iter()
+        .filter_map(|(k, mut v)| v.pop().map(|v| (k, v)))
+        .collect())
+}
+
 fn disk(args: &[String]) -> Result<(), String> {
-    let opts = options(
+    let multi = options_multi(
         args,
         &[
             "layout",
@@ -73,17 +93,27 @@ fn disk(args: &[String]) -> Result<(), String> {
             "kernel",
             "kernel-release",
             "rootfs",
+            "root-image",
             "state",
             "version",
             "out",
             "work",
             "epoch",
             "formats",
+            "grub-pc-dir",
+            "grub-efi-dir",
+            "input",
+            "source-commit",
         ],
     )?;
+    let opts: HashMap<&str, &str> = multi
+        .iter()
+        .filter(|(k, _)| !REPEATABLE.contains(&k.as_str()))
+        .filter_map(|(k, v)| v.first().map(|v| (k.as_str(), v.as_str())))
+        .collect();
     let get = |k: &str| {
         opts.get(k)
-            .cloned()
+            .map(|v| v.to_string())
             .ok_or_else(|| format!("--{k} is required\n{USAGE}"))
     };
     let path = |k: &str| get(k).map(PathBuf::from);
@@ -96,12 +126,7 @@ fn disk(args: &[String]) -> Result<(), String> {
         .filter(|l| !l.trim_start().starts_with('#'))
         .collect::<Vec<_>>()
         .join(" ");
-    let epoch = match opts.get("epoch") {
-        Some(e) => e
-            .parse()
-            .map_err(|_| format!("--epoch {e:?} is not a number"))?,
-        None => 0,
-    };
+    let epoch = epoch(opts.get("epoch").copied())?;
     let formats = match opts.get("formats") {
         Some(list) => list
             .split(',')
@@ -109,27 +134,57 @@ fn disk(args: &[String]) -> Result<(), String> {
             .collect::<Result<Vec<_>, _>>()?,
         None => Format::CONVERTED.to_vec(),
     };
+    let root = match (opts.get("rootfs"), opts.get("root-image")) {
+        (Some(dir), None) => RootSource::Tree(PathBuf::from(dir)),
+        (None, Some(img)) => RootSource::Image(PathBuf::from(img)),
+        _ => return Err(format!("give one of --rootfs and --root-image\n{USAGE}")),
+    };
+    let kernel = path("kernel")?;
+    let kernel_release = match opts.get("kernel-release") {
+        Some(r) => r.to_string(),
+        None => berth_image::kernel::release(&kernel).map_err(|e| e.to_string())?,
+    };
+    let mut recorded_inputs = BTreeMap::new();
+    for spec in multi.get("input").into_iter().flatten() {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--input {spec:?}: expected NAME=FILE"))?;
+        let hash = berth_image::derive::sha256_file(Path::new(file)).map_err(|e| e.to_string())?;
+        recorded_inputs.insert(name.to_string(), hash);
+    }
     let out = path("out")?;
     let work = opts
         .get("work")
         .map(PathBuf::from)
         .unwrap_or_else(|| out.join("work"));
+    let defaults = GrubDirs::default();
     let inputs = DiskInputs {
         layout,
         grub_cfg: path("grub-cfg")?,
         cmdline,
-        kernel: path("kernel")?,
-        kernel_release: get("kernel-release")?,
-        rootfs: path("rootfs")?,
+        kernel,
+        kernel_release,
+        root,
         state: path("state")?,
         version: get("version")?,
         epoch,
+        grub: GrubDirs {
+            pc: opts.get("grub-pc-dir").map_or(defaults.pc, PathBuf::from),
+            efi: opts.get("grub-efi-dir").map_or(defaults.efi, PathBuf::from),
+        },
+        recorded_inputs,
+        source_commit: opts.get("source-commit").map(|c| c.to_string()),
+    };
+    let root_path = match &inputs.root {
+        RootSource::Tree(p) | RootSource::Image(p) => p,
     };
     for p in [
         &inputs.grub_cfg,
         &inputs.kernel,
-        &inputs.rootfs,
+        root_path,
         &inputs.state,
+        &inputs.grub.pc,
+        &inputs.grub.efi,
     ] {
         if !Path::new(p).exists() {
             return Err(format!("{} does not exist", p.display()));
@@ -138,13 +193,68 @@ fn disk(args: &[String]) -> Result<(), String> {
     let manifest = assemble::build(&inputs, &work, &out, &formats).map_err(|e| e.to_string())?;
     for o in &manifest.outputs {
         println!(
-            "{:<12} {:>6.1} MiB ({:.1} MiB allocated)",
+            "{:<12} {:>6.1} MiB ({:.1} MiB allocated)  sha256 {}",
             o.file,
             o.size as f64 / 1048576.0,
-            o.allocated as f64 / 1048576.0
+            o.allocated as f64 / 1048576.0,
+            o.sha256
         );
     }
     println!("root hash    {}", manifest.root.root_hash);
+    Ok(())
+}
+
+fn epoch(text: Option<&str>) -> Result<u64, String> {
+    match text {
+        Some(e) => e
+            .parse()
+            .map_err(|_| format!("--epoch {e:?} is not a number")),
+        None => Ok(0),
+    }
+}
+
+/// The binaries' packages: what the SBOM lists crates for.
+const SBOM_ROOTS: &[&str] = &["berth-init", "berth-runtime", "berth-image"];
+
+fn sbom(args: &[String]) -> Result<(), String> {
+    use berth_image::sbom;
+    let multi = options_multi(
+        args,
+        &[
+            "metadata",
+            "version",
+            "out",
+            "epoch",
+            "source-commit",
+            "component",
+        ],
+    )?;
+    let one = |k: &str| multi.get(k).and_then(|v| v.first()).map(String::as_str);
+    let need = |k: &str| one(k).ok_or_else(|| format!("--{k} is required\n{USAGE}"));
+    let metadata_path = need("metadata")?;
+    let metadata =
+        std::fs::read_to_string(metadata_path).map_err(|e| format!("{metadata_path}: {e}"))?;
+    let crates = sbom::crates(&metadata, SBOM_ROOTS).map_err(|e| e.to_string())?;
+    let components = multi
+        .get("component")
+        .into_iter()
+        .flatten()
+        .map(|c| sbom::Component::parse(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let what = sbom::Describe {
+        version: need("version")?,
+        epoch: epoch(one("epoch"))?,
+        source_commit: one("source-commit"),
+    };
+    let out = need("out")?;
+    std::fs::write(out, sbom::spdx(&what, &components, &crates))
+        .map_err(|e| format!("{out}: {e}"))?;
+    println!(
+        "{out}: {} components, {} crates",
+        components.len(),
+        crates.len()
+    );
     Ok(())
 }
 

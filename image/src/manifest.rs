@@ -1,19 +1,27 @@
 //! The build manifest (`out/manifest.json`): what was built, how big, and the root hash.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::convert::Format;
 use crate::verity::Verity;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub version: String,
     pub kernel_release: String,
+    /// The time every file and filesystem carries (the source commit's).
+    pub epoch: u64,
+    pub source_commit: Option<String>,
+    /// SHA-256 of each input the build records (kernel config, busybox config, Cargo.lock...).
+    pub inputs: BTreeMap<String, String>,
     pub disk_guid: String,
     pub disk_size: u64,
+    /// SHA-256 of slot A's content: erofs plus hash tree, as written to the partition.
+    pub root_image_sha256: String,
     pub root: Verity,
     pub kernel_args: String,
     pub dm_create: String,
@@ -21,7 +29,7 @@ pub struct Manifest {
     pub outputs: Vec<OutputEntry>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionEntry {
     pub number: u32,
     pub name: String,
@@ -30,18 +38,19 @@ pub struct PartitionEntry {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutputEntry {
     pub file: String,
     pub format: Format,
     /// Apparent size.
     pub size: u64,
-    /// Bytes actually allocated (the raw image is sparse).
+    /// Bytes actually allocated (the raw image is sparse; depends on the filesystem).
     pub allocated: u64,
+    pub sha256: String,
 }
 
 impl OutputEntry {
-    pub fn of(path: &Path, format: Format) -> std::io::Result<OutputEntry> {
+    pub fn of(path: &Path, format: Format, sha256: String) -> std::io::Result<OutputEntry> {
         let meta = std::fs::metadata(path)?;
         Ok(OutputEntry {
             file: path
@@ -51,6 +60,7 @@ impl OutputEntry {
             format,
             size: meta.len(),
             allocated: meta.blocks() * 512,
+            sha256,
         })
     }
 }

@@ -30,7 +30,7 @@ pub enum VerityError {
 }
 
 /// What the kernel needs to open the verity device.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verity {
     pub data_blocks: u64,
     /// Block (in the same device) where the hash tree's superblock starts.
@@ -57,29 +57,46 @@ impl Verity {
     }
 }
 
-/// Builds an erofs image of `tree` into `out` (every file owned by root, fixed timestamps).
+/// The erofs UUID: nothing looks the root up by it (the verity device is opened by PARTUUID),
+/// and a fixed value keeps the image reproducible (Buildroot's reproducible mode uses the same).
+pub const EROFS_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Builds an erofs image of `tree` into `out`: every file owned by root, every timestamp
+/// `epoch`, a fixed UUID. erofs-utils lays directories out in name order, so the image does
+/// not depend on the order the build tree's filesystem lists them in.
 pub fn mkfs_erofs(tree: &Path, out: &Path, epoch: u64) -> Result<u64, VerityError> {
     let _ = std::fs::remove_file(out);
     tool::run(
         Command::new("mkfs.erofs")
+            // With SOURCE_DATE_EPOCH in its environment, erofs-utils only clamps newer times to
+            // it, even with -T: files older than the epoch (a checkout's) would keep theirs.
+            .env_remove("SOURCE_DATE_EPOCH")
             .arg("--quiet")
             .arg("--all-root")
             .arg(format!("-T{epoch}"))
+            .arg(format!("-U{EROFS_UUID}"))
             .arg(out)
             .arg(tree),
     )?;
-    let size = file_size(out)?;
+    data_size(out)
+}
+
+/// Checks that an erofs image built elsewhere (Buildroot's rootfs.erofs) can carry a hash tree
+/// in 4 KiB blocks; returns its size.
+pub fn data_size(image: &Path) -> Result<u64, VerityError> {
+    let size = file_size(image)?;
     if size % BLOCK != 0 {
         return Err(VerityError::Unaligned {
-            path: out.display().to_string(),
+            path: image.display().to_string(),
             size,
         });
     }
     Ok(size)
 }
 
-/// Appends the hash tree to `image` (whose first `data_size` bytes are the data).
-pub fn format(image: &Path, data_size: u64) -> Result<Verity, VerityError> {
+/// Appends the hash tree to `image` (whose first `data_size` bytes are the data). `salt`
+/// (hex) and `uuid` are given rather than random, so the same data gives the same tree.
+pub fn format(image: &Path, data_size: u64, salt: &str, uuid: &str) -> Result<Verity, VerityError> {
     if data_size % BLOCK != 0 {
         return Err(VerityError::Unaligned {
             path: image.display().to_string(),
@@ -93,6 +110,8 @@ pub fn format(image: &Path, data_size: u64) -> Result<Verity, VerityError> {
             .arg(format!("--hash={HASH}"))
             .arg(format!("--data-blocks={blocks}"))
             .arg(format!("--hash-offset={data_size}"))
+            .arg(format!("--salt={salt}"))
+            .arg(format!("--uuid={uuid}"))
             .arg(image)
             .arg(image),
     )?;

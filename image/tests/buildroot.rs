@@ -1,13 +1,15 @@
-//! Structural checks of the Buildroot external tree (Buildroot itself cannot be fetched here):
-//! every file exists, every path it names exists, it reuses `configs/` instead of copying it,
-//! the package follows cargo-package conventions, and genimage.cfg is the layout of
-//! configs/layout/disk.toml.
+//! Checks of the Buildroot external tree without Buildroot itself: the defconfig evaluated with
+//! kconfiglib against a model of the Buildroot symbols it relies on (tests/fixtures/
+//! buildroot-model.in, checked against the release named in buildroot/README.md) keeps every
+//! setting and is what savedefconfig writes back; every file and path exists; it reuses
+//! `configs/` instead of copying it; the package follows cargo-package conventions; and
+//! post-image assembles the disk with berth-image exactly like `make image`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use berth_image::layout::{parse_size, Layout};
+use std::process::Command;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -66,7 +68,7 @@ fn every_file_of_the_external_tree_exists() {
         "package/berth/berth.mk",
         "board/berth/post-build.sh",
         "board/berth/post-image.sh",
-        "board/berth/genimage.cfg",
+        "board/berth/device_table.txt",
     ] {
         assert!(br().join(f).is_file(), "buildroot/{f} missing");
     }
@@ -209,43 +211,155 @@ fn package_follows_cargo_package_conventions() {
     }
 }
 
+/// The `--flag value` pairs of the `berth-image disk` call in a shell script: a command
+/// continued with backslashes, or a bash array `ASSEMBLE=(disk ...)`.
+fn disk_flags(script: &str) -> BTreeMap<String, String> {
+    let call = if let Some(at) = script.find("ASSEMBLE=(disk") {
+        let rest = &script[at..];
+        rest[..rest.find(")\n").unwrap_or(rest.len())].to_string()
+    } else {
+        script
+            .replace("\\\n", " ")
+            .lines()
+            .find(|l| l.contains("berth-image\" disk"))
+            .unwrap_or_else(|| panic!("no berth-image disk call in:\n{script}"))
+            .to_string()
+    };
+    let words: Vec<&str> = call.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0].starts_with("--"))
+        .map(|w| (w[0].to_string(), w[1].trim_matches('"').to_string()))
+        .collect()
+}
+
 #[test]
-fn genimage_layout_matches_the_shared_layout() {
-    let layout = Layout::load(&repo().join("configs/layout/disk.toml")).unwrap();
-    let cfg = read("board/berth/genimage.cfg");
-    let mut parts = Vec::new();
-    for block in cfg.split("\tpartition ").skip(1) {
-        let name = block.split_whitespace().next().unwrap().to_string();
-        let field = |k: &str| {
-            block
-                .lines()
-                .find_map(|l| l.trim().strip_prefix(k)?.trim().strip_prefix('='))
-                .map(|v| v.trim().trim_matches('"').to_string())
-        };
-        parts.push((
-            name,
-            field("size").unwrap(),
-            field("partition-type-uuid").unwrap(),
-        ));
-    }
-    assert_eq!(parts.len(), layout.partitions.len());
-    for ((name, size, type_uuid), spec) in parts.iter().zip(&layout.partitions) {
-        assert_eq!(name, &spec.name);
-        assert_eq!(parse_size(size).unwrap(), spec.size, "{name}");
-        assert_eq!(type_uuid, spec.role.type_guid(), "{name}");
-    }
-    // post-image refers to root A by the PARTUUID genimage gives it.
-    let image = read("board/berth/post-image.sh");
-    let uuid = cfg
+fn post_image_assembles_with_berth_image_like_make_image() {
+    let post = read("board/berth/post-image.sh");
+    let code: String = post
         .lines()
-        .find_map(|l| l.trim().strip_prefix("partition-uuid = "))
-        .unwrap()
-        .trim_matches('"');
-    assert!(image.contains(&format!("ROOT_A_UUID={uuid}")));
-    // The ESP label GRUB searches for is the layout's.
-    let label = layout.partitions[1].label.clone().unwrap();
-    assert!(image.contains(&format!("--label --set=root {label}")));
-    assert!(image.contains(&format!("-n {label}")));
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // One assembly path: no step of it is done in shell.
+    for tool in [
+        "veritysetup",
+        "grub-mkimage",
+        "mkfs.vfat",
+        "mcopy",
+        "mke2fs",
+        "genimage",
+        "grubenv",
+        "boot.cfg",
+    ] {
+        assert!(!code.contains(tool), "post-image.sh runs {tool} itself");
+    }
+    let ours = disk_flags(&post);
+    let theirs =
+        disk_flags(&std::fs::read_to_string(repo().join("scripts/build-image.sh")).unwrap());
+    for (flag, shared) in [
+        ("--layout", "configs/layout/disk.toml"),
+        ("--grub-cfg", "configs/grub/grub.cfg"),
+        ("--cmdline", "configs/grub/cmdline"),
+    ] {
+        assert_eq!(
+            theirs.get(flag).map(String::as_str),
+            Some(shared),
+            "build-image.sh {flag}"
+        );
+        let v = ours
+            .get(flag)
+            .unwrap_or_else(|| panic!("post-image.sh lacks {flag}"));
+        assert_eq!(
+            v.replace("$BERTH_CONFIGS/", "configs/"),
+            shared,
+            "post-image.sh {flag}"
+        );
+    }
+    for flag in ["--kernel", "--state", "--version", "--epoch", "--out"] {
+        assert!(ours.contains_key(flag), "post-image.sh lacks {flag}");
+    }
+    assert_eq!(
+        ours.get("--root-image").map(String::as_str),
+        Some("$BINARIES_DIR/rootfs.erofs")
+    );
+    // berth-image is there when post-image runs: the target package depends on the host one.
+    let mk = read("package/berth/berth.mk");
+    assert!(mk.contains("\nBERTH_DEPENDENCIES = host-berth\n"));
+    assert!(post.contains("\"$HOST_DIR/bin/berth-image\" disk"));
+}
+
+fn python() -> &'static str {
+    // Debian's interpreter, where python3-kconfiglib is installed.
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Runs the Kconfig check on `defconfig`; (success, output).
+fn kconfig_check(defconfig: &Path) -> (bool, String) {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let out = Command::new(python())
+        .arg(here.join("buildroot_kconfig.py"))
+        .arg(here.join("fixtures/buildroot-model.in"))
+        .arg(br())
+        .arg(defconfig)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("No module named 'kconfiglib'"),
+        "python3-kconfiglib is missing (run: make deps)"
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn defconfig_survives_buildroot_kconfig_and_savedefconfig() {
+    let (ok, text) = kconfig_check(&br().join("configs/berth_x86_64_defconfig"));
+    assert!(ok, "{text}");
+    assert!(text.contains("savedefconfig round-trips"), "{text}");
+}
+
+#[test]
+fn kconfig_check_names_a_dropped_setting_and_its_unmet_dependency() {
+    // Without the kernel headers series, Buildroot takes "older than 3.2" for the kernel's own
+    // headers: no glibc, hence uClibc, no wide characters, no GRUB, no Rust, no berth.
+    let dir = std::env::temp_dir().join(format!("berth-kconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("defconfig");
+    let text: String = read("configs/berth_x86_64_defconfig")
+        .lines()
+        .filter(|l| !l.starts_with("BR2_PACKAGE_HOST_LINUX_HEADERS_CUSTOM_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&broken, format!("BR2_TOOLCHAIN_BUILDROOT_GLIBC=y\n{text}")).unwrap();
+    let (ok, out) = kconfig_check(&broken);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok, "{out}");
+    for dropped in [
+        "BR2_TOOLCHAIN_BUILDROOT_GLIBC='y' is dropped",
+        "BR2_PACKAGE_BERTH='y' is dropped",
+        "BR2_TARGET_GRUB2='y' is dropped",
+        "BR2_TARGET_GRUB2_I386_PC='y' is dropped",
+        "BR2_TARGET_GRUB2_X86_64_EFI='y' is dropped",
+    ] {
+        assert!(out.contains(dropped), "{dropped}:\n{out}");
+    }
+    assert!(
+        out.contains("unmet: depends on BR2_TOOLCHAIN_HEADERS_AT_LEAST_3_2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the choice took BR2_TOOLCHAIN_BUILDROOT_UCLIBC instead"),
+        "{out}"
+    );
 }
 
 #[test]

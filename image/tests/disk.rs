@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth_image::assemble::{self, DiskInputs};
+use berth_image::assemble::{self, DiskInputs, GrubDirs, RootSource};
 use berth_image::convert::Format;
 use berth_image::gpt::Gpt;
 use berth_image::grubenv::{BootState, Slot};
@@ -53,10 +53,13 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
         cmdline: "console=ttyS0".into(),
         kernel,
         kernel_release: "test".into(),
-        rootfs,
+        root: RootSource::Tree(rootfs),
         state,
         version: "0.0.0-test".into(),
         epoch: 0,
+        grub: GrubDirs::default(),
+        recorded_inputs: Default::default(),
+        source_commit: None,
     };
     let out = dir.join("out");
     let manifest = assemble::build(

@@ -1,54 +1,37 @@
 #!/bin/sh
-# Buildroot post-image: verity hash tree after the erofs root, the ESP (GRUB EFI, grub.cfg,
-# grubenv, slot A's kernel and boot arguments), the state partition, then the GPT disk from
-# genimage.cfg, and finally GRUB's BIOS boot code pointed at the bios-boot partition.
+# Buildroot post-image: the disk is assembled by berth-image (the host-berth package), with the
+# same layout, GRUB script, kernel arguments and steps as `make image` (scripts/build-image.sh):
+# verity hash tree, slot A's boot arguments, grubenv, GRUB's BIOS and EFI images, ESP and state
+# filesystems, GPT. Only the inputs differ: Buildroot's rootfs.erofs (made under fakeroot) and
+# bzImage, and GRUB's modules from Buildroot's grub2 build.
 set -eu
-BOARD_DIR="$(dirname "$0")"
-BERTH_CONFIGS="$BR2_EXTERNAL_BERTH_PATH/../configs"
-GENIMAGE_TMP="$BUILD_DIR/genimage.tmp"
-cd "$BINARIES_DIR"
+BERTH_SRC="$BR2_EXTERNAL_BERTH_PATH/.."
+BERTH_CONFIGS="$BERTH_SRC/configs"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$BERTH_SRC/Cargo.toml" | head -1)"
+# grub2's build directory (host-grub2's is named host-grub2-*).
+GRUB_BUILD="$(find "$BUILD_DIR" -mindepth 1 -maxdepth 1 -type d -name 'grub2-*' | sort | tail -1)"
+[ -n "$GRUB_BUILD" ] || { echo "post-image: no grub2 build in $BUILD_DIR" >&2; exit 1; }
 
-# Root A: erofs, then its hash tree in the same image (table hash start = data blocks + 1).
-cp rootfs.erofs root-a.img
-size=$(stat -c %s root-a.img)
-blocks=$((size / 4096))
-veritysetup format --hash=blake2b-512 --data-blocks="$blocks" --hash-offset="$size" root-a.img root-a.img > verity.txt
-root_hash=$(sed -n 's/^Root hash:[[:space:]]*//p' verity.txt)
-salt=$(sed -n 's/^Salt:[[:space:]]*//p' verity.txt)
+# The state partition starts empty: the directories berth-init expects.
+STATE="$BINARIES_DIR/berth-state"
+rm -rf "$STATE"
+mkdir -p "$STATE/units" "$STATE/logs" "$STATE/images" "$STATE/containers" "$STATE/volumes"
 
-# genimage assigns the root partition this fixed PARTUUID (see genimage.cfg).
-ROOT_A_UUID=5b1e4c2a-0f6d-4c8e-9a51-3d2b7e9f0a01
-dev="PARTUUID=$ROOT_A_UUID"
-cat > boot.cfg <<CFG
-set berth_dm="berth-root,,,ro,0 $((blocks * 8)) verity 1 $dev $dev 4096 4096 $blocks $((blocks + 1)) blake2b-512 $root_hash $salt"
-set berth_args="root=/dev/dm-0 ro rootfstype=erofs dm-mod.waitfor=$dev $(grep -v '^#' "$BERTH_CONFIGS/grub/cmdline" | tr '\n' ' ')"
-CFG
-
-# grubenv: a fresh image has slot A good and slot B empty.
-{ printf '# GRUB Environment Block\nORDER=A B\nA_OK=1\nA_TRY=0\nB_OK=0\nB_TRY=0\n';
-  head -c 1024 /dev/zero | tr '\0' '#'; } | head -c 1024 > grubenv
-
-# GRUB images: find the ESP by label, then run the shared grub.cfg.
-printf 'search --no-floppy --label --set=root BERTH-BOOT\nset prefix=($root)/grub\nconfigfile ($root)/grub/grub.cfg\n' > embed.cfg
-"$HOST_DIR/bin/grub-mkimage" -O x86_64-efi -o BOOTX64.EFI -c embed.cfg -p /grub \
-    part_gpt fat search search_label configfile normal linux echo test loadenv serial terminal efi_gop
-"$HOST_DIR/bin/grub-mkimage" -O i386-pc -o core.img -c embed.cfg -p /grub \
-    biosdisk part_gpt fat search search_label configfile normal linux echo test loadenv serial terminal
-
-# ESP and state filesystems.
-rm -f esp.vfat state.ext4
-mkfs.vfat -C -n BERTH-BOOT esp.vfat 65536
-mmd -i esp.vfat ::/EFI ::/EFI/BOOT ::/grub ::/A ::/B
-mcopy -i esp.vfat BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i esp.vfat "$BERTH_CONFIGS/grub/grub.cfg" ::/grub/grub.cfg
-mcopy -i esp.vfat grubenv ::/grub/grubenv
-mcopy -i esp.vfat bzImage ::/A/vmlinuz
-mcopy -i esp.vfat boot.cfg ::/A/boot.cfg
-mkdir -p state-tree/units state-tree/logs state-tree/images state-tree/containers state-tree/volumes
-mke2fs -q -F -t ext4 -b 4096 -L berth-state -d state-tree state.ext4 64M
-
-rm -rf "$GENIMAGE_TMP"
-genimage --rootpath "$TARGET_DIR" --tmppath "$GENIMAGE_TMP" --inputpath "$BINARIES_DIR" \
-    --outputpath "$BINARIES_DIR" --config "$BOARD_DIR/genimage.cfg"
-"$HOST_DIR/bin/berth-image" bios-install --disk berth.img --core core.img \
-    --boot "$HOST_DIR/lib/grub/i386-pc/boot.img"
+"$HOST_DIR/bin/berth-image" disk \
+    --layout "$BERTH_CONFIGS/layout/disk.toml" \
+    --grub-cfg "$BERTH_CONFIGS/grub/grub.cfg" \
+    --cmdline "$BERTH_CONFIGS/grub/cmdline" \
+    --kernel "$BINARIES_DIR/bzImage" \
+    --root-image "$BINARIES_DIR/rootfs.erofs" \
+    --state "$STATE" \
+    --version "$VERSION" \
+    --epoch "${SOURCE_DATE_EPOCH:-0}" \
+    --grub-pc-dir "$GRUB_BUILD/build-i386-pc/grub-core" \
+    --grub-efi-dir "$GRUB_BUILD/build-x86_64-efi/grub-core" \
+    --input "kernel-fragment=$BERTH_CONFIGS/kernel/berth.config" \
+    --input "busybox-fragment=$BERTH_CONFIGS/busybox/berth.config" \
+    --input "cargo-lock=$BERTH_SRC/Cargo.lock" \
+    --input "buildroot-config=$BR2_CONFIG" \
+    --formats raw,qcow2 \
+    --work "$BINARIES_DIR/berth-work" \
+    --out "$BINARIES_DIR"

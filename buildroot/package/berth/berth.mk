@@ -10,6 +10,8 @@ BERTH_SITE = $(BR2_EXTERNAL_BERTH_PATH)/..
 BERTH_SITE_METHOD = local
 BERTH_LICENSE = Apache-2.0
 BERTH_LICENSE_FILES = Cargo.toml
+# post-image assembles the disk with the host tool, berth-image.
+BERTH_DEPENDENCIES = host-berth
 
 # The workspace root is a virtual manifest, so `cargo install --path ./` (the default
 # install step) cannot be used: build the named binaries and install them where Berth
@@ -25,7 +27,7 @@ define BERTH_INSTALL_TARGET_CMDS
 		$(TARGET_DIR)/usr/bin/berth-runtime
 endef
 
-# The host tool: berth-image (post-image installs GRUB's BIOS boot code with it).
+# The host tool: berth-image, which post-image assembles the disk with.
 HOST_BERTH_CARGO_BUILD_OPTS = --bin berth-image
 
 define HOST_BERTH_INSTALL_CMDS
