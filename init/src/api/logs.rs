@@ -449,7 +449,7 @@ mod tests {
 
     /// A unit log written the way the supervisor writes it.
     fn write(p: &LogPolicy, log: &mut crate::logs::UnitLog, text: &str, c: &mut [&mut LogCursor]) {
-        log.write(p, text.as_bytes()).unwrap();
+        assert_eq!(log.write(p, text.as_bytes()), None, "the log write failed");
         for c in c {
             c.notify(text.len());
         }
