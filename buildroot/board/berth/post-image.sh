@@ -24,9 +24,13 @@ set berth_dm="berth-root,,,ro,0 $((blocks * 8)) verity 1 $dev $dev 4096 4096 $bl
 set berth_args="root=/dev/dm-0 ro rootfstype=erofs dm-mod.waitfor=$dev $(grep -v '^#' "$BERTH_CONFIGS/grub/cmdline" | tr '\n' ' ')"
 CFG
 
-# grubenv: a fresh image has slot A good and slot B empty.
-{ printf '# GRUB Environment Block\nORDER=A B\nA_OK=1\nA_TRY=0\nB_OK=0\nB_TRY=0\n';
-  head -c 1024 /dev/zero | tr '\0' '#'; } | head -c 1024 > grubenv
+# The two copies of the boot state (berth-image's grubenv module): a fresh image has slot A
+# good and slot B empty; copy grubenv (SEQ=1) is newer than grubenv2 (SEQ=0).
+for copy in "grubenv 1" "grubenv2 0"; do
+  set -- $copy
+  { printf '# GRUB Environment Block\nSEQ=%s\nORDER=A B\nA_OK=1\nA_NEW=0\nA_LEFT=3\nB_OK=0\nB_NEW=0\nB_LEFT=0\nEND=%s\n' "$2" "$2";
+    head -c 1024 /dev/zero | tr '\0' '#'; } | head -c 1024 > "$1"
+done
 
 # GRUB images: find the ESP by label, then run the shared grub.cfg.
 printf 'search --no-floppy --label --set=root BERTH-BOOT\nset prefix=($root)/grub\nconfigfile ($root)/grub/grub.cfg\n' > embed.cfg
@@ -42,6 +46,7 @@ mmd -i esp.vfat ::/EFI ::/EFI/BOOT ::/grub ::/A ::/B
 mcopy -i esp.vfat BOOTX64.EFI ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i esp.vfat "$BERTH_CONFIGS/grub/grub.cfg" ::/grub/grub.cfg
 mcopy -i esp.vfat grubenv ::/grub/grubenv
+mcopy -i esp.vfat grubenv2 ::/grub/grubenv2
 mcopy -i esp.vfat bzImage ::/A/vmlinuz
 mcopy -i esp.vfat boot.cfg ::/A/boot.cfg
 mkdir -p state-tree/units state-tree/logs state-tree/images state-tree/containers state-tree/volumes
