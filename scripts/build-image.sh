@@ -106,6 +106,7 @@ log "image: assembling disk"
     --state "$STATE" \
     --version "$VERSION" \
     --epoch "$EPOCH" \
+    --key "${BERTH_UPDATE_KEYS:-configs/keys/test-key.pub}" \
     --work "$BERTH_OUT/work" \
     --out "$BERTH_OUT"
 log "image: done ($BERTH_OUT/berth.img, manifest $BERTH_OUT/manifest.json)"

@@ -11,7 +11,7 @@ use berth_image::layout::Layout;
 const USAGE: &str = "usage:
   berth-image disk --layout FILE --grub-cfg FILE --cmdline FILE --kernel BZIMAGE \
       --kernel-release REL --rootfs DIR --state DIR --version V --out DIR \
-      [--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk]
+      [--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk] [--key A.pub,B.pub]
   berth-image cidata --user-data FILE --out FILE
   berth-image bios-install --disk FILE [--core core.img] [--boot boot.img]
       (points the MBR at GRUB's core image in the bios-boot partition of a finished disk)";
@@ -40,11 +40,14 @@ fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Some("bios-install") => bios_install(&args[1..]),
+        Some("keygen") => berth_image::bundle::cli::keygen(&args[1..]),
+        Some("bundle") => berth_image::bundle::cli::bundle(&args[1..]),
+        Some("verify-bundle") => berth_image::bundle::cli::verify(&args[1..]),
         Some("-h" | "--help") => {
-            println!("{USAGE}");
+            println!("{USAGE}\n{}", berth_image::bundle::cli::USAGE);
             Ok(())
         }
-        _ => Err(USAGE.into()),
+        _ => Err(format!("{USAGE}\n{}", berth_image::bundle::cli::USAGE)),
     }
 }
 
@@ -79,6 +82,7 @@ fn disk(args: &[String]) -> Result<(), String> {
             "work",
             "epoch",
             "formats",
+            "key",
         ],
     )?;
     let get = |k: &str| {
@@ -134,6 +138,10 @@ fn disk(args: &[String]) -> Result<(), String> {
         if !Path::new(p).exists() {
             return Err(format!("{} does not exist", p.display()));
         }
+    }
+    // Public keys the root trusts for update bundles.
+    if let Some(keys) = opts.get("key") {
+        berth_image::bundle::cli::embed_keys(&inputs.rootfs, keys)?;
     }
     let manifest = assemble::build(&inputs, &work, &out, &formats).map_err(|e| e.to_string())?;
     for o in &manifest.outputs {

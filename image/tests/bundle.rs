@@ -121,11 +121,22 @@ fn damaged_bundles_are_refused_naming_the_reason() {
             BundleError::PayloadHash { payload, .. } => assert_eq!(payload, name),
             other => panic!("{name}: {other}"),
         }
-        assert!(e.to_string().starts_with(&format!("{name} payload: SHA-256")), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{name} payload: SHA-256")),
+            "{e}"
+        );
     }
 
     // Truncated anywhere: in the header, the manifest, the root, the kernel.
-    for cut in [4, 50, HEADER_LEN + 10, root_at + 4096, kernel_at + 1, bytes.len() - 1] {
+    for cut in [
+        4,
+        50,
+        HEADER_LEN + 10,
+        root_at + 4096,
+        kernel_at + 1,
+        bytes.len() - 1,
+    ] {
         let short = with_bytes(&path, |b| b.truncate(cut));
         let e = verify(&short, &trusted).unwrap_err();
         assert!(matches!(e, BundleError::Truncated { .. }), "cut {cut}: {e}");
@@ -134,10 +145,18 @@ fn damaged_bundles_are_refused_naming_the_reason() {
 
     // Data after the kernel; not a bundle; a manifest length beyond the cap.
     let long = with_bytes(&path, |b| b.push(0));
-    assert!(matches!(verify(&long, &trusted), Err(BundleError::TrailingData)));
+    assert!(matches!(
+        verify(&long, &trusted),
+        Err(BundleError::TrailingData)
+    ));
     let junk = with_bytes(&path, |b| b[0] = b'X');
-    assert!(matches!(verify(&junk, &trusted), Err(BundleError::BadMagic)));
-    let huge = with_bytes(&path, |b| b[12..16].copy_from_slice(&(1u32 << 20).to_le_bytes()));
+    assert!(matches!(
+        verify(&junk, &trusted),
+        Err(BundleError::BadMagic)
+    ));
+    let huge = with_bytes(&path, |b| {
+        b[12..16].copy_from_slice(&(1u32 << 20).to_le_bytes())
+    });
     assert!(matches!(
         verify(&huge, &trusted),
         Err(BundleError::ManifestTooLarge { .. })
@@ -170,7 +189,10 @@ fn manifests_are_checked_field_by_field() {
         ("build_id", Box::new(|m| m.build_id = String::new())),
         ("boot_args", Box::new(|m| m.boot_args = "a\"b".into())),
         ("verity.hash", Box::new(|m| m.verity.hash = "md5".into())),
-        ("verity.root_hash", Box::new(|m| m.verity.root_hash = "abc".into())),
+        (
+            "verity.root_hash",
+            Box::new(|m| m.verity.root_hash = "abc".into()),
+        ),
         ("payloads", Box::new(|m| m.payloads.reverse())),
         ("payloads.size", Box::new(|m| m.payloads[0].size += 4096)),
         ("format", Box::new(|m| m.format = 9)),

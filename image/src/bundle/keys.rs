@@ -126,6 +126,14 @@ pub fn generate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), KeyError> 
     Ok((secret_path, public_path))
 }
 
+/// Reads one public key file.
+pub fn load_public(path: &Path) -> Result<VerifyingKey, KeyError> {
+    let bytes = read_32(path)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublicKey {
+        path: path.display().to_string(),
+    })
+}
+
 /// One trusted public key and the file it came from.
 #[derive(Debug, Clone)]
 pub struct TrustedKey {
@@ -153,10 +161,7 @@ impl TrustedKeys {
         paths.sort();
         let mut keys = Vec::new();
         for path in paths {
-            let bytes = read_32(&path)?;
-            let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublicKey {
-                path: path.display().to_string(),
-            })?;
+            let key = load_public(&path)?;
             keys.push(TrustedKey {
                 id: key_id(&key),
                 key,

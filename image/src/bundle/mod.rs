@@ -16,6 +16,7 @@
 //! A reader verifies the signature before it believes a byte of the manifest, and the
 //! manifest's sizes and SHA-256 digests before it believes a payload.
 
+pub mod cli;
 pub mod keys;
 pub mod tree;
 
@@ -68,7 +69,10 @@ pub enum BundleError {
     #[error("bundle manifest is not valid JSON of the expected shape: {0}")]
     ManifestSyntax(#[source] serde_json::Error),
     #[error("bundle manifest field {field}: {problem}")]
-    Manifest { field: &'static str, problem: String },
+    Manifest {
+        field: &'static str,
+        problem: String,
+    },
     #[error("{payload} payload: SHA-256 is {actual}, the manifest says {expected}: the payload was changed or damaged")]
     PayloadHash {
         payload: String,
@@ -112,7 +116,12 @@ impl VerityInfo {
             .ok_or_else(|| bad("verity.hash", "is blake2b-512 or sha256"))?;
         let root_hash = unhex(&self.root_hash)
             .filter(|h| h.len() == hash.digest_size())
-            .ok_or_else(|| bad("verity.root_hash", "is not a digest of the named hash in hex"))?;
+            .ok_or_else(|| {
+                bad(
+                    "verity.root_hash",
+                    "is not a digest of the named hash in hex",
+                )
+            })?;
         let salt = unhex(&self.salt)
             .filter(|s| s.len() <= 256)
             .ok_or_else(|| bad("verity.salt", "is not at most 256 bytes in hex"))?;
@@ -167,7 +176,10 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), BundleError> {
         let bad = |field, problem: String| Err(BundleError::Manifest { field, problem });
         if self.format != FORMAT {
-            return bad("format", format!("is {}, the header says {FORMAT}", self.format));
+            return bad(
+                "format",
+                format!("is {}, the header says {FORMAT}", self.format),
+            );
         }
         for (field, v) in [
             ("os_version", &self.os_version),
@@ -186,9 +198,7 @@ impl Manifest {
             }
         }
         // The arguments go into the slot's GRUB script inside double quotes.
-        if self.boot_args.len() > 4096
-            || self.boot_args.contains(['"', '$', '\\', '\n', '\r'])
-        {
+        if self.boot_args.len() > 4096 || self.boot_args.contains(['"', '$', '\\', '\n', '\r']) {
             return bad(
                 "boot_args",
                 "must be at most 4096 bytes without quotes, $, backslashes or newlines".into(),
@@ -197,11 +207,17 @@ impl Manifest {
         let params = self.verity.tree_params()?;
         let names: Vec<&str> = self.payloads.iter().map(|p| p.name.as_str()).collect();
         if names != PAYLOAD_NAMES {
-            return bad("payloads", format!("are {names:?}, expected {PAYLOAD_NAMES:?}"));
+            return bad(
+                "payloads",
+                format!("are {names:?}, expected {PAYLOAD_NAMES:?}"),
+            );
         }
         for p in &self.payloads {
             if unhex(&p.sha256).is_none_or(|h| h.len() != 32) {
-                return bad("payloads.sha256", format!("of {} is not 64 hex digits", p.name));
+                return bad(
+                    "payloads.sha256",
+                    format!("of {} is not 64 hex digits", p.name),
+                );
             }
         }
         if self.root().size != params.image_size() {
@@ -346,7 +362,8 @@ pub fn read_verified<R: Read>(r: &mut R, keys: &TrustedKeys) -> Result<Verified,
             key_id: key_id.clone(),
             path: key.path.display().to_string(),
         })?;
-    let parsed: Manifest = serde_json::from_slice(&manifest).map_err(BundleError::ManifestSyntax)?;
+    let parsed: Manifest =
+        serde_json::from_slice(&manifest).map_err(BundleError::ManifestSyntax)?;
     parsed.validate()?;
     Ok(Verified {
         manifest: parsed,
@@ -524,22 +541,33 @@ pub fn sign(key: &SecretKey, manifest: &[u8]) -> Result<[u8; HEADER_LEN], Bundle
 /// Verifies a whole bundle file without writing anything: header, manifest, signature,
 /// payload sizes and digests, the root's verity tree.
 pub fn verify_file(path: &Path, keys: &TrustedKeys) -> Result<Manifest, BundleError> {
-    let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|source| {
-        BundleError::Io {
+    let mut f =
+        std::io::BufReader::new(std::fs::File::open(path).map_err(|source| BundleError::Io {
             what: path.display().to_string(),
             source,
-        }
-    })?);
+        })?);
     let v = read_verified(&mut f, keys)?;
     let mut check = TreeCheck::new(v.manifest.verity.tree_params()?);
     let root = v.manifest.root().clone();
-    copy_payload(&mut f, &root, v.payload_offset, |b| {
-        check.update(b);
-        Ok(())
-    }, |_| {})?;
+    copy_payload(
+        &mut f,
+        &root,
+        v.payload_offset,
+        |b| {
+            check.update(b);
+            Ok(())
+        },
+        |_| {},
+    )?;
     check.finish()?;
     let kernel = v.manifest.kernel().clone();
-    copy_payload(&mut f, &kernel, v.payload_offset + root.size, |_| Ok(()), |_| {})?;
+    copy_payload(
+        &mut f,
+        &kernel,
+        v.payload_offset + root.size,
+        |_| Ok(()),
+        |_| {},
+    )?;
     expect_end(&mut f)?;
     Ok(v.manifest)
 }

@@ -244,7 +244,8 @@ impl TreeCheck {
         for (level, ((_, emitted, computed), found)) in
             self.levels.iter().zip(&self.found).enumerate()
         {
-            if *emitted != self.sizes[level] || computed.clone().finalize() != found.clone().finalize()
+            if *emitted != self.sizes[level]
+                || computed.clone().finalize() != found.clone().finalize()
             {
                 return bad(format!(
                     "hash tree level {level} in the root image does not match its data"
