@@ -15,7 +15,7 @@ BUILD_PKGS="build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-uti
     linux-source-6.12 dpkg-dev fakeroot pkg-config git"
 # Image assembly: filesystems, verity, GRUB for BIOS and EFI, conversions.
 IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
-    grub-pc-bin grub-efi-amd64-bin grub-common qemu-utils busybox-static ca-certificates gdisk"
+    grub-pc-bin grub-efi-amd64-bin grub-common grub-emu qemu-utils busybox-static ca-certificates gdisk"
 # Run and test: QEMU with SeaBIOS and OVMF, OCI peers, a registry, network tools.
 TEST_PKGS="qemu-system-x86 ovmf swtpm runc crun skopeo umoci docker-registry hyperfine
     curl jq iproute2 nftables socat python3 util-linux procps openssl time"
