@@ -184,7 +184,8 @@ fn manifests_are_checked_field_by_field() {
         return;
     };
     let good = verify(&path, &trusted).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut bundle::Manifest)>)> = vec![
+    type Change = Box<dyn Fn(&mut bundle::Manifest)>;
+    let cases: Vec<(&str, Change)> = vec![
         ("os_version", Box::new(|m| m.os_version = "1.x".into())),
         ("build_id", Box::new(|m| m.build_id = String::new())),
         ("boot_args", Box::new(|m| m.boot_args = "a\"b".into())),

@@ -543,7 +543,7 @@ pub fn sign(key: &SecretKey, manifest: &[u8]) -> Result<[u8; HEADER_LEN], Bundle
 pub fn verify_file(path: &Path, keys: &TrustedKeys) -> Result<Manifest, BundleError> {
     let mut f =
         std::io::BufReader::new(std::fs::File::open(path).map_err(|source| BundleError::Io {
-            what: path.display().to_string(),
+            what: "opening the bundle".into(),
             source,
         })?);
     let v = read_verified(&mut f, keys)?;
