@@ -324,3 +324,27 @@ fn a_good_slot_is_disabled_before_it_is_overwritten() {
     assert_eq!(s.state(Slot::A), SlotState::Good);
     assert_eq!(s.next_boot(), Some(Slot::A));
 }
+
+/// A correctly signed bundle whose root does not match its own verity root hash (a build
+/// mistake, or a signer fooled into signing it) is refused before grubenv changes.
+#[test]
+fn a_root_that_does_not_match_its_verity_hash_is_refused() {
+    let Some(rig) = rig("verity") else {
+        return;
+    };
+    let path = rig.bundle(|_| {});
+    let bytes = std::fs::read(&path).unwrap();
+    let (root_at, _) = payload_offsets(&path);
+    let mut m: bundle::Manifest =
+        serde_json::from_slice(&bytes[bundle::HEADER_LEN..root_at]).unwrap();
+    m.verity.root_hash = "ab".repeat(64);
+    let json = serde_json::to_vec(&m).unwrap();
+    let key = keys::SecretKey::load(&rig.opts.key).unwrap();
+    let mut forged = bundle::sign(&key, &json).unwrap().to_vec();
+    forged.extend_from_slice(&json);
+    forged.extend_from_slice(&bytes[root_at..]);
+    let forged_path = rig.dir.join("forged.bundle");
+    std::fs::write(&forged_path, forged).unwrap();
+    let err = refused(&rig, &forged_path, "verity check of the root: root hash");
+    assert!(matches!(err, UpdateError::Bundle(BundleError::Verity(_))), "{err}");
+}
