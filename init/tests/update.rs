@@ -346,5 +346,8 @@ fn a_root_that_does_not_match_its_verity_hash_is_refused() {
     let forged_path = rig.dir.join("forged.bundle");
     std::fs::write(&forged_path, forged).unwrap();
     let err = refused(&rig, &forged_path, "verity check of the root: root hash");
-    assert!(matches!(err, UpdateError::Bundle(BundleError::Verity(_))), "{err}");
+    assert!(
+        matches!(err, UpdateError::Bundle(BundleError::Verity(_))),
+        "{err}"
+    );
 }
