@@ -3,9 +3,12 @@
 //! up its boot attempts: after a panic, a PID 1 crash or a watchdog reset on its last attempt,
 //! GRUB retires it and boots the other slot. A slot already good is left alone (no write).
 
+use std::fs::File;
 use std::path::Path;
 
-use berth_image::grubenv::{BootState, GrubEnvError, Slot, SlotState};
+use berth_image::grubenv::{BootState, GrubEnvError, Slot, SlotState, ENV_FILES};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::MsFlags;
 
 use crate::disk::blockdev::BlockDevices;
@@ -31,6 +34,8 @@ pub enum BootGoodError {
     },
     #[error(transparent)]
     GrubEnv(#[from] GrubEnvError),
+    #[error("the boot state is being rewritten by an update; trying again later")]
+    Busy,
 }
 
 /// The slot GRUB booted, from `berth.slot=` on the kernel command line.
@@ -86,8 +91,33 @@ pub fn mark(blocks: &BlockDevices, slot: Slot, mountpoint: &Path) -> Result<Mark
     result
 }
 
+/// Serialises read-modify-write of the boot state in `dir` between PID 1 (marking a boot
+/// good) and an update child: an exclusive `flock` on the first copy, held until dropped.
+/// With `wait` false a lock held elsewhere is [`BootGoodError::Busy`] at once (PID 1 never
+/// waits for it; an update holds it only while it rewrites grubenv).
+pub fn lock_boot_state(dir: &Path, wait: bool) -> Result<Flock<File>, BootGoodError> {
+    let path = dir.join(ENV_FILES[0]);
+    let file = File::open(&path).map_err(|source| BootGoodError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    Flock::lock(file, arg).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => BootGoodError::Busy,
+        source => BootGoodError::Io {
+            path: path.display().to_string(),
+            source: source.into(),
+        },
+    })
+}
+
 /// Marks `slot` good in the boot state kept in `dir` (the ESP's `/grub`).
 pub fn mark_in(dir: &Path, slot: Slot) -> Result<Marked, BootGoodError> {
+    let _lock = lock_boot_state(dir, false)?;
     let mut state = BootState::load(dir)?;
     if state.state(slot) == SlotState::Good {
         return Ok(Marked::Already);
@@ -116,6 +146,10 @@ mod tests {
         s.install(Slot::B, berth_image::grubenv::DEFAULT_TRIES);
         s.grub_boot();
         s.store(&dir).unwrap();
+        // While an update holds the boot state, PID 1 does not wait: it tries again later.
+        let held = lock_boot_state(&dir, true).unwrap();
+        assert!(matches!(mark_in(&dir, Slot::B), Err(BootGoodError::Busy)));
+        drop(held);
         assert_eq!(mark_in(&dir, Slot::B).unwrap(), Marked::Now);
         assert_eq!(mark_in(&dir, Slot::B).unwrap(), Marked::Already);
         let after = BootState::load(&dir).unwrap();

@@ -122,6 +122,10 @@ impl Platform {
             Ok(Marked::Already) => {
                 info!("boot of slot {slot} marked good (the slot already was: nothing written)")
             }
+            Err(bootgood::BootGoodError::Busy) => {
+                info!("boot state busy (an update is writing it); marking slot {slot} good later");
+                self.unmarked = Some(slot);
+            }
             Err(e) => error!("cannot mark the boot of slot {slot} good: {e}"),
         }
     }

@@ -177,10 +177,13 @@ pub fn apply<R: Read>(
 
     // The slot is about to be overwritten: GRUB must not pick it meanwhile.
     let grub_dir = target.esp.join("grub");
-    let mut state = BootState::load(&grub_dir)?;
-    if state.is_ok(target.slot) {
-        state.disable(target.slot);
-        state.store(&grub_dir)?;
+    {
+        let _lock = lock(&grub_dir)?;
+        let mut state = BootState::load(&grub_dir)?;
+        if state.is_ok(target.slot) {
+            state.disable(target.slot);
+            state.store(&grub_dir)?;
+        }
     }
 
     // Root: streamed into the slot, hashed on the way.
@@ -248,6 +251,7 @@ pub fn apply<R: Read>(
     sync_dir(&slot_dir)?;
 
     // Last: the new slot boots next.
+    let _lock = lock(&grub_dir)?;
     let mut state = BootState::load(&grub_dir)?;
     state.install(target.slot, policy.tries);
     state.store(&grub_dir)?;
@@ -256,6 +260,14 @@ pub fn apply<R: Read>(
         version: m.os_version.clone(),
         build_id: m.build_id.clone(),
         key_id: verified.key_id.clone(),
+    })
+}
+
+/// The boot state's lock, shared with PID 1's boot marking (held only around a rewrite).
+fn lock(grub_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, UpdateError> {
+    crate::platform::bootgood::lock_boot_state(grub_dir, true).map_err(|e| UpdateError::Io {
+        path: grub_dir.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
     })
 }
 
