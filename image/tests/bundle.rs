@@ -195,6 +195,7 @@ fn manifests_are_checked_field_by_field() {
             Box::new(|m| m.verity.root_hash = "abc".into()),
         ),
         ("payloads", Box::new(|m| m.payloads.reverse())),
+        ("payloads", Box::new(|m| m.payloads.clear())),
         ("payloads.size", Box::new(|m| m.payloads[0].size += 4096)),
         ("format", Box::new(|m| m.format = 9)),
     ];
@@ -204,6 +205,10 @@ fn manifests_are_checked_field_by_field() {
         let e = m.validate().unwrap_err();
         assert!(e.to_string().contains(field), "{field}: {e}");
     }
+    // An unvalidated manifest without payloads does not panic its readers.
+    let mut empty = good.clone();
+    empty.payloads.clear();
+    assert_eq!((empty.root().size, empty.kernel().size), (0, 0));
     // Unknown fields are refused too (strict JSON).
     let mut v = serde_json::to_value(&good).unwrap();
     v["surprise"] = serde_json::json!(1);

@@ -171,6 +171,13 @@ pub struct Manifest {
 
 pub const PAYLOAD_NAMES: [&str; 2] = ["root", "kernel"];
 
+/// What `root()` and `kernel()` give for a manifest that was not validated and lacks one.
+static NO_PAYLOAD: Payload = Payload {
+    name: String::new(),
+    size: 0,
+    sha256: String::new(),
+};
+
 impl Manifest {
     /// Checks everything a reader relies on, naming the first field that is wrong.
     pub fn validate(&self) -> Result<(), BundleError> {
@@ -240,13 +247,13 @@ impl Manifest {
         Ok(())
     }
 
-    /// The root payload (validated manifests have it first).
+    /// The root payload (validated manifests have it first; others may get an empty one).
     pub fn root(&self) -> &Payload {
-        &self.payloads[0]
+        self.payloads.first().unwrap_or(&NO_PAYLOAD)
     }
 
     pub fn kernel(&self) -> &Payload {
-        &self.payloads[1]
+        self.payloads.get(1).unwrap_or(&NO_PAYLOAD)
     }
 }
 
