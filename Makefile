@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build image run run-host test bench clean fmt lint
+.PHONY: all deps build image bundle run run-host test bench clean fmt lint
 
 all: build
 
@@ -18,6 +18,10 @@ build: deps
 # The bootable disk image and its conversions into out/.
 image: build
 	./scripts/build-image.sh
+
+# A signed update bundle of that image, out/berth.bundle (scripts/build-bundle.sh).
+bundle: image
+	./scripts/build-bundle.sh
 
 # Build what is missing and boot Berth with the demo container.
 run: deps

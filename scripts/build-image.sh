@@ -125,6 +125,7 @@ ASSEMBLE=(disk
     --version "$VERSION"
     --epoch "$EPOCH"
     --source-commit "$COMMIT"
+    --key "${BERTH_UPDATE_KEYS:-configs/keys/test-key.pub}"
     --input "kernel-config=$KERNEL_DIR/config"
     --input "kernel-fragment=configs/kernel/berth.config"
     --input "busybox-config=$BUSYBOX_DIR/config"

@@ -17,10 +17,11 @@ BUILD_PKGS="build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-uti
 IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
     grub-pc-bin grub-efi-amd64-bin grub-common qemu-utils busybox-static ca-certificates gdisk"
 # Run and test: QEMU with SeaBIOS and OVMF, OCI peers, a registry, network tools; kconfiglib
-# (the Buildroot defconfig test) and libfaketime (the reproducible-image test).
+# (the Buildroot defconfig test), libfaketime (the reproducible-image test) and grub-emu
+# (the boot script run against the A/B state model).
 TEST_PKGS="qemu-system-x86 ovmf swtpm runc crun skopeo umoci docker-registry hyperfine
     curl jq iproute2 nftables socat python3 util-linux procps openssl time
-    python3-kconfiglib faketime"
+    python3-kconfiglib faketime grub-emu"
 
 PKGS="$BUILD_PKGS $IMAGE_PKGS $TEST_PKGS"
 

@@ -13,7 +13,7 @@ use crate::esp::{EspContents, EspError, Stamp};
 use crate::ext4::{self, Ext4Error};
 use crate::gpt::{GptError, SECTOR};
 use crate::grub::{self, GrubError};
-use crate::grubenv::{BootState, GrubEnvError, Slot};
+use crate::grubenv::{BootState, GrubEnvError, Slot, ENV_FILES};
 use crate::guid::GuidError;
 use crate::layout::{Layout, Placed, Role};
 use crate::manifest::{Manifest, OutputEntry, PartitionEntry};
@@ -204,13 +204,21 @@ pub fn build(
     grub::mkimage_efi(&embed, &efi_img, &inputs.grub.efi)?;
     let slot_cfg = work_dir.join("A-boot.cfg");
     write(&slot_cfg, grub::slot_config(&dm_create, &args)?.as_bytes())?;
-    let grubenv = work_dir.join("grubenv");
-    write(&grubenv, &BootState::fresh().to_block()?)?;
+    // Both copies of the boot state (see grubenv): a power cut while one is rewritten
+    // leaves the other.
+    let mut grubenvs = Vec::new();
+    for (name, block) in ENV_FILES.iter().zip(BootState::fresh().initial_blocks()?) {
+        let path = work_dir.join(name);
+        write(&path, &block)?;
+        grubenvs.push((path, format!("/grub/{name}")));
+    }
 
     let mut esp = EspContents::default();
     esp.add(&efi_img, "/EFI/BOOT/BOOTX64.EFI")?;
     esp.add(&inputs.grub_cfg, "/grub/grub.cfg")?;
-    esp.add(&grubenv, "/grub/grubenv")?;
+    for (path, dest) in &grubenvs {
+        esp.add(path, dest)?;
+    }
     esp.add(&inputs.kernel, &format!("/{}/vmlinuz", Slot::A))?;
     esp.add(&slot_cfg, &format!("/{}/boot.cfg", Slot::A))?;
     esp.add_dir(&format!("/{}", Slot::B))?;

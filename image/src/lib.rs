@@ -6,6 +6,7 @@
 //! [`convert`], [`manifest`], [`assemble`] (which calls the distribution's mkfs tools).
 
 pub mod assemble;
+pub mod bundle;
 pub mod cidata;
 pub mod convert;
 pub mod derive;

@@ -15,6 +15,7 @@ const USAGE: &str = "usage:
       [--grub-pc-dir DIR] [--grub-efi-dir DIR] [--input NAME=FILE]... [--source-commit C]
   berth-image sbom --metadata CARGO_METADATA_JSON --version V --out FILE \
       [--epoch SECONDS] [--source-commit C] [--component NAME=VERSION=LICENSE]...
+      [--key A.pub,B.pub]
   berth-image cidata --user-data FILE --out FILE
   berth-image bios-install --disk FILE [--core core.img] [--boot boot.img]
       (points the MBR at GRUB's core image in the bios-boot partition of a finished disk)";
@@ -44,11 +45,14 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("bios-install") => bios_install(&args[1..]),
         Some("sbom") => sbom(&args[1..]),
+        Some("keygen") => berth_image::bundle::cli::keygen(&args[1..]),
+        Some("bundle") => berth_image::bundle::cli::bundle(&args[1..]),
+        Some("verify-bundle") => berth_image::bundle::cli::verify(&args[1..]),
         Some("-h" | "--help") => {
-            println!("{USAGE}");
+            println!("{USAGE}\n{}", berth_image::bundle::cli::USAGE);
             Ok(())
         }
-        _ => Err(USAGE.into()),
+        _ => Err(format!("{USAGE}\n{}", berth_image::bundle::cli::USAGE)),
     }
 }
 
@@ -104,6 +108,7 @@ fn disk(args: &[String]) -> Result<(), String> {
             "grub-efi-dir",
             "input",
             "source-commit",
+            "key",
         ],
     )?;
     let opts: HashMap<&str, &str> = multi
@@ -188,6 +193,19 @@ fn disk(args: &[String]) -> Result<(), String> {
     ] {
         if !Path::new(p).exists() {
             return Err(format!("{} does not exist", p.display()));
+        }
+    }
+    // Public keys the root trusts for update bundles.
+    if let Some(keys) = opts.get("key") {
+        match &inputs.root {
+            RootSource::Tree(tree) => berth_image::bundle::cli::embed_keys(tree, keys)?,
+            // A prebuilt root already holds what its own build put under /usr/share/berth/keys.
+            RootSource::Image(img) => {
+                return Err(format!(
+                    "--key needs --rootfs: {} is already built; put the keys into its tree",
+                    img.display()
+                ))
+            }
         }
     }
     let manifest = assemble::build(&inputs, &work, &out, &formats).map_err(|e| e.to_string())?;

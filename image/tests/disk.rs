@@ -134,6 +134,7 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
         "::/EFI/BOOT/BOOTX64.EFI",
         "::/grub/grub.cfg",
         "::/grub/grubenv",
+        "::/grub/grubenv2",
         "::/A/vmlinuz",
         "::/A/boot.cfg",
     ] {
@@ -144,7 +145,10 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
     }
     assert!(!listing.to_lowercase().contains("::/b/vmlinuz"));
     let env = run(Command::new("mtype").args(["-i", &img, "::/grub/grubenv"])).stdout;
-    let state = BootState::parse(&env).unwrap();
+    let env2 = run(Command::new("mtype").args(["-i", &img, "::/grub/grubenv2"])).stdout;
+    let (state, copy) = BootState::newest([Some(&env), Some(&env2)]).unwrap();
+    assert_eq!(copy, 0);
+    assert_eq!(BootState::parse(&env2).unwrap().order(), state.order());
     assert_eq!(state.next_boot(), Some(Slot::A));
     assert!(!state.is_ok(Slot::B));
     let slot_cfg = run(Command::new("mtype").args(["-i", &img, "::/A/boot.cfg"])).stdout;

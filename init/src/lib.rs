@@ -21,6 +21,7 @@ pub mod signals;
 pub mod supervisor;
 pub mod tomlfile;
 pub mod unit;
+pub mod update;
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -12,7 +12,9 @@ use berth_init::shutdown;
 const USAGE: &str = "usage: berth-init                 (as PID 1)
        berth-init --root-dir DIR  (host mode: units in DIR/units, state in DIR/state,
                                    control socket DIR/api.sock)
-       berth-init --version";
+       berth-init --version
+       berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR]
+                                  (writes a signed update bundle into the other slot)";
 
 fn parse_args() -> Result<Mode, String> {
     let mut args = std::env::args().skip(1);
@@ -47,6 +49,11 @@ fn parse_args() -> Result<Mode, String> {
 }
 
 fn main() {
+    // The update child (forked by the API, or run by hand): not the supervisor.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::process::id() != 1 && args.first().map(String::as_str) == Some("update-apply") {
+        std::process::exit(berth_init::update::machine::main(&args[1..]));
+    }
     let mode = match parse_args() {
         Ok(mode) => mode,
         Err(e) => {

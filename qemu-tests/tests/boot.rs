@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use berth_image::grubenv::{BootState, Slot};
+use berth_image::grubenv::{BootState, Slot, ENV_FILES};
 use berth_qemu_tests::{disk, disk_or_skip, http, Firmware, Fixture, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -28,21 +28,27 @@ fn boot(test: &str, firmware: Firmware) -> Option<(Fixture, Vm)> {
     Some((fx, vm))
 }
 
-/// The grubenv on the ESP of a stopped VM's disk (read with mtools at the partition offset).
+/// The boot state on the ESP of a stopped VM's disk: the newest valid of its two grubenv
+/// copies (read with mtools at the partition offset).
 fn grubenv_of(disk_path: &Path) -> BootState {
     let esp = disk::partition(disk_path, "berth-boot").unwrap();
-    let out = std::process::Command::new("mtype")
-        .arg("-i")
-        .arg(format!("{}@@{}", disk_path.display(), esp.offset()))
-        .arg("::/grub/grubenv")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    BootState::parse(&out.stdout).unwrap()
+    let copies = ENV_FILES.map(|name| {
+        let out = std::process::Command::new("mtype")
+            .arg("-i")
+            .arg(format!("{}@@{}", disk_path.display(), esp.offset()))
+            .arg(format!("::/grub/{name}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    });
+    BootState::newest([Some(&copies[0]), Some(&copies[1])])
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -52,6 +58,10 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     };
     vm.wait_for("berth: booting slot A", BOOT).unwrap();
     vm.wait_for_shell(BOOT).unwrap();
+    // GRUB read a valid boot state and found slot A good (no rescue boot).
+    let console = vm.transcript();
+    assert!(!console.contains("no valid boot state"), "{console}");
+    assert!(!console.contains("rescue boot"), "{console}");
     let counts = vm.wait_all_units_running(DEFAULT_UNITS, BOOT).unwrap();
     assert_eq!(counts.failed, 0);
 

@@ -1,10 +1,14 @@
-//! Marking the running slot's boot good (`X_TRY=0` in grubenv on the ESP), which berth-init
-//! does once every critical unit is healthy. Until then GRUB treats the boot as failed: after a
-//! panic, a PID 1 crash or a watchdog reset, the next boot falls back to the other slot.
+//! Marking the running slot's boot good (`X_NEW=0` in the boot state on the ESP), which
+//! berth-init does once every critical unit is healthy. Until then a newly installed slot uses
+//! up its boot attempts: after a panic, a PID 1 crash or a watchdog reset on its last attempt,
+//! GRUB retires it and boots the other slot. A slot already good is left alone (no write).
 
+use std::fs::File;
 use std::path::Path;
 
-use berth_image::grubenv::{BootState, GrubEnvError, Slot};
+use berth_image::grubenv::{BootState, GrubEnvError, Slot, SlotState, ENV_FILES};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::MsFlags;
 
 use crate::disk::blockdev::BlockDevices;
@@ -30,6 +34,8 @@ pub enum BootGoodError {
     },
     #[error(transparent)]
     GrubEnv(#[from] GrubEnvError),
+    #[error("the boot state is being rewritten by an update; trying again later")]
+    Busy,
 }
 
 /// The slot GRUB booted, from `berth.slot=` on the kernel command line.
@@ -56,7 +62,7 @@ pub enum Marked {
     Already,
 }
 
-/// Sets the slot's TRY=0 (and OK=1) in the grubenv of the ESP, mounted briefly on
+/// Marks the slot good in the boot state of the ESP, mounted briefly on
 /// `mountpoint` and synced before it is unmounted.
 pub fn mark(blocks: &BlockDevices, slot: Slot, mountpoint: &Path) -> Result<Marked, BootGoodError> {
     let part = blocks
@@ -79,20 +85,45 @@ pub fn mark(blocks: &BlockDevices, slot: Slot, mountpoint: &Path) -> Result<Mark
         target: mountpoint.display().to_string(),
         source,
     })?;
-    let result = mark_in(&mountpoint.join("grub/grubenv"), slot);
+    let result = mark_in(&mountpoint.join("grub"), slot);
     nix::unistd::sync();
     let _ = nix::mount::umount(mountpoint);
     result
 }
 
-/// Marks `slot` good in the grubenv file at `path`.
-pub fn mark_in(path: &Path, slot: Slot) -> Result<Marked, BootGoodError> {
-    let mut state = BootState::load(path)?;
-    if state.is_ok(slot) && !state.is_trying(slot) {
+/// Serialises read-modify-write of the boot state in `dir` between PID 1 (marking a boot
+/// good) and an update child: an exclusive `flock` on the first copy, held until dropped.
+/// With `wait` false a lock held elsewhere is [`BootGoodError::Busy`] at once (PID 1 never
+/// waits for it; an update holds it only while it rewrites grubenv).
+pub fn lock_boot_state(dir: &Path, wait: bool) -> Result<Flock<File>, BootGoodError> {
+    let path = dir.join(ENV_FILES[0]);
+    let file = File::open(&path).map_err(|source| BootGoodError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    Flock::lock(file, arg).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => BootGoodError::Busy,
+        source => BootGoodError::Io {
+            path: path.display().to_string(),
+            source: source.into(),
+        },
+    })
+}
+
+/// Marks `slot` good in the boot state kept in `dir` (the ESP's `/grub`).
+pub fn mark_in(dir: &Path, slot: Slot) -> Result<Marked, BootGoodError> {
+    let _lock = lock_boot_state(dir, false)?;
+    let mut state = BootState::load(dir)?;
+    if state.state(slot) == SlotState::Good {
         return Ok(Marked::Already);
     }
     state.mark_good(slot);
-    state.store(path)?;
+    state.store(dir)?;
     Ok(Marked::Now)
 }
 
@@ -108,16 +139,22 @@ mod tests {
     }
 
     #[test]
-    fn marking_clears_try_once() {
-        let path = std::env::temp_dir().join(format!("berth-bootgood-{}", std::process::id()));
+    fn marking_a_new_slot_good_once() {
+        let dir = std::env::temp_dir().join(format!("berth-bootgood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let mut s = BootState::fresh();
-        s.begin_try(Slot::A);
-        s.store(&path).unwrap();
-        assert_eq!(mark_in(&path, Slot::A).unwrap(), Marked::Now);
-        assert_eq!(mark_in(&path, Slot::A).unwrap(), Marked::Already);
-        let after = BootState::load(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        assert!(!after.is_trying(Slot::A));
-        assert_eq!(after.next_boot(), Some(Slot::A));
+        s.install(Slot::B, berth_image::grubenv::DEFAULT_TRIES);
+        s.grub_boot();
+        s.store(&dir).unwrap();
+        // While an update holds the boot state, PID 1 does not wait: it tries again later.
+        let held = lock_boot_state(&dir, true).unwrap();
+        assert!(matches!(mark_in(&dir, Slot::B), Err(BootGoodError::Busy)));
+        drop(held);
+        assert_eq!(mark_in(&dir, Slot::B).unwrap(), Marked::Now);
+        assert_eq!(mark_in(&dir, Slot::B).unwrap(), Marked::Already);
+        let after = BootState::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(after.state(Slot::B), SlotState::Good);
+        assert_eq!(after.next_boot(), Some(Slot::B));
     }
 }

@@ -119,7 +119,13 @@ impl Platform {
         self.unmarked = None;
         match bootgood::mark(&BlockDevices::system(), slot, Path::new(ESP_MOUNT)) {
             Ok(Marked::Now) => info!("boot of slot {slot} marked good"),
-            Ok(Marked::Already) => info!("boot of slot {slot} was already marked good"),
+            Ok(Marked::Already) => {
+                info!("boot of slot {slot} marked good (the slot already was: nothing written)")
+            }
+            Err(bootgood::BootGoodError::Busy) => {
+                info!("boot state busy (an update is writing it); marking slot {slot} good later");
+                self.unmarked = Some(slot);
+            }
             Err(e) => error!("cannot mark the boot of slot {slot} good: {e}"),
         }
     }

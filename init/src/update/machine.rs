@@ -1,0 +1,177 @@
+//! `berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR]`: the child process that
+//! applies a bundle on a Berth machine. It writes the slot that is not running, with the
+//! ESP mounted privately, reports progress as JSON lines on stdout
+//! (`{"phase":"root","done":N,"total":M}`) and exits 0 once the new slot boots next.
+
+use std::path::{Path, PathBuf};
+
+use berth_image::bundle::keys::TRUSTED_KEYS_DIR;
+use berth_image::gpt::Gpt;
+use berth_image::grubenv::{Slot, DEFAULT_TRIES};
+use nix::mount::MsFlags;
+
+use super::{apply, Applied, Policy, Target, UpdateError};
+use crate::disk::blockdev::BlockDevices;
+use crate::platform::bootgood::{booted_slot_of_this_machine, ESP_PARTITION};
+
+pub const USAGE: &str = "usage: berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR]";
+/// Where the ESP is mounted while an update writes it (not where boot marking mounts it).
+const ESP_MOUNT: &str = "/run/berth/update-esp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("not booted from a Berth disk (no berth.slot= on the kernel command line)")]
+    NotBerth,
+    #[error("no partition named {0:?}")]
+    NoPartition(String),
+    #[error("{path}: {problem}")]
+    Device { path: String, problem: String },
+    #[error("mount {device} on {target}: {source}")]
+    Mount {
+        device: String,
+        target: String,
+        source: nix::errno::Errno,
+    },
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+}
+
+struct Args {
+    bundle: String,
+    allow_downgrade: bool,
+    keys: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut bundle = None;
+    let mut allow_downgrade = false;
+    let mut keys = PathBuf::from(TRUSTED_KEYS_DIR);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--allow-downgrade" => allow_downgrade = true,
+            "--keys" => keys = PathBuf::from(it.next().ok_or("--keys needs a directory")?),
+            s if bundle.is_none() && (s == "-" || !s.starts_with('-')) => bundle = Some(s.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(Args {
+        bundle: bundle
+            .ok_or_else(|| format!("a bundle file (or - for stdin) is required\n{USAGE}"))?,
+        allow_downgrade,
+        keys,
+    })
+}
+
+/// The child's `main`: returns the exit code (0 applied, 1 refused or failed, 2 usage).
+pub fn main(args: &[String]) -> i32 {
+    let args = match parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth-init update-apply: {e}");
+            return 2;
+        }
+    };
+    match run(&args) {
+        Ok(a) => {
+            println!(
+                "{}",
+                serde_json::json!({"applied": {"slot": a.slot.name(), "version": a.version,
+                    "build_id": a.build_id, "key": a.key_id}})
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("berth-init update-apply: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<Applied, MachineError> {
+    let booted = booted_slot_of_this_machine().ok_or(MachineError::NotBerth)?;
+    let slot = booted.other();
+    let blocks = BlockDevices::system();
+    let (root_device, root_capacity, root_partuuid) = slot_partition(&blocks, slot)?;
+    let esp = blocks
+        .partition_named(ESP_PARTITION)
+        .ok_or_else(|| MachineError::NoPartition(ESP_PARTITION.into()))?;
+    let esp_dev = blocks.dev_path(&esp.name);
+    let mountpoint = Path::new(ESP_MOUNT);
+    std::fs::create_dir_all(mountpoint).map_err(|e| MachineError::Device {
+        path: ESP_MOUNT.into(),
+        problem: e.to_string(),
+    })?;
+    nix::mount::mount(
+        Some(&esp_dev),
+        mountpoint,
+        Some("vfat"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|source| MachineError::Mount {
+        device: esp_dev.display().to_string(),
+        target: ESP_MOUNT.into(),
+        source,
+    })?;
+    let target = Target {
+        slot,
+        root_device,
+        root_capacity,
+        root_partuuid,
+        esp: mountpoint.to_path_buf(),
+    };
+    let policy = Policy {
+        trusted_keys: args.keys.clone(),
+        running_version: crate::run::VERSION.into(),
+        allow_downgrade: args.allow_downgrade,
+        tries: DEFAULT_TRIES,
+    };
+    let mut report = |p: super::Progress| {
+        println!("{}", serde_json::to_string(&p).unwrap_or_default());
+    };
+    let result = if args.bundle == "-" {
+        apply(std::io::stdin().lock(), &target, &policy, &mut report)
+    } else {
+        let path = Path::new(&args.bundle);
+        std::fs::File::open(path)
+            .map_err(|source| UpdateError::Io {
+                path: args.bundle.clone(),
+                source,
+            })
+            .and_then(|f| apply(f, &target, &policy, &mut report))
+    };
+    nix::unistd::sync();
+    let _ = nix::mount::umount(mountpoint);
+    Ok(result?)
+}
+
+/// The slot's root partition: device, size in bytes, GPT unique GUID.
+fn slot_partition(
+    blocks: &BlockDevices,
+    slot: Slot,
+) -> Result<(PathBuf, u64, String), MachineError> {
+    let name = slot.partition_name();
+    let part = blocks
+        .partition_named(name)
+        .ok_or_else(|| MachineError::NoPartition(name.into()))?;
+    let dev = blocks.dev_path(&part.name);
+    let bad = |path: &Path, problem: String| MachineError::Device {
+        path: path.display().to_string(),
+        problem,
+    };
+    let size_file = Path::new("/sys/class/block").join(&part.name).join("size");
+    let sectors: u64 = std::fs::read_to_string(&size_file)
+        .map_err(|e| bad(&size_file, e.to_string()))?
+        .trim()
+        .parse()
+        .map_err(|_| bad(&size_file, "not a number".into()))?;
+    let disk_dev = blocks.dev_path(&part.disk);
+    let mut disk = std::fs::File::open(&disk_dev).map_err(|e| bad(&disk_dev, e.to_string()))?;
+    let gpt = Gpt::read(&mut disk).map_err(|e| bad(&disk_dev, e.to_string()))?;
+    let guid = gpt
+        .find(name)
+        .map(|p| p.guid.to_string())
+        .ok_or_else(|| bad(&disk_dev, format!("no GPT entry named {name:?}")))?;
+    Ok((dev, sectors * 512, guid))
+}
