@@ -116,12 +116,15 @@ stop_init
 T3=$(now_ms)
 
 # 3. Baseline: bash starts the same processes, unsupervised.
-B0=$(now_ms)
-pids=()
-for _ in $(seq "$N"); do sleep 3600 & pids+=($!); done
-B1=$(now_ms)
-kill -KILL "${pids[@]}" 2>/dev/null || true
-wait "${pids[@]}" 2>/dev/null || true
+# (bash's own "Killed" notices for them go nowhere.)
+{
+    B0=$(now_ms)
+    pids=()
+    for _ in $(seq "$N"); do sleep 3600 & pids+=($!); done
+    B1=$(now_ms)
+    kill -KILL "${pids[@]}" || true
+    wait "${pids[@]}" || true
+} 2>/dev/null
 
 STOP_MS=$((T3 - T2))
 BASE_MS=$((B1 - B0))

@@ -115,9 +115,10 @@ impl Slot {
 }
 
 /// Most units started in one turn of the loop, and the time one turn may spend starting them:
-/// the API and the other units are served between batches.
+/// the API and the other units are served between batches. A large answer (the unit list of
+/// thousands of units) leaves in one write per turn, so the slice bounds its latency too.
 const START_BATCH: usize = 256;
-const START_SLICE: Duration = Duration::from_millis(20);
+const START_SLICE: Duration = Duration::from_millis(5);
 
 /// What one `advance` may still start.
 struct Budget {
