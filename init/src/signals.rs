@@ -66,3 +66,23 @@ pub fn reset_in_child() -> io::Result<()> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     Ok(())
 }
+
+/// In a freshly forked child: SIGKILL when `parent` (the process that forked it) dies, so
+/// nothing berth-init started (image pulls, setup and cleanup tasks, the runtime commands those
+/// run) outlives it. Async-signal-safe: only raw syscalls.
+///
+/// The death signal follows the thread that forked, not the process: berth-init and its tasks
+/// fork only from their main thread, which lives as long as the process.
+pub fn die_with_parent(parent: nix::unistd::Pid) -> io::Result<()> {
+    // prctl(2) reads its arguments as unsigned longs: pass them as such.
+    let (sig, zero) = (libc::SIGKILL as libc::c_ulong, 0 as libc::c_ulong);
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, zero, zero, zero) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The parent died between the fork and the prctl: no signal will come.
+    if nix::unistd::getppid() != parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}

@@ -86,15 +86,21 @@ impl Drop for Dripper {
 
 /// berth-init in host mode whose machine config names `registry` as insecure, plus `limits`.
 fn host_for(tag: &str, registry: &str, limits: &str) -> Host {
+    host_with_units(tag, registry, limits, &[])
+}
+
+/// Like [`host_for`], with `units` installed.
+fn host_with_units(tag: &str, registry: &str, limits: &str, units: &[(&str, &str)]) -> Host {
     common::runtime_bin();
     let dir = temp_dir(tag);
     std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::create_dir_all(dir.join("units")).unwrap();
     std::fs::write(
         dir.join("state/machine.toml"),
         format!("[registries]\ninsecure = [\"{registry}\"]\n{limits}\n"),
     )
     .unwrap();
-    Host::start_in(dir, &[])
+    Host::start_in(dir, units)
 }
 
 /// (status, JSON body) of `method path` with a body.
@@ -223,6 +229,54 @@ fn pull_processes_die_with_berth_init() {
             start.elapsed() < DEADLINE,
             "pull {} outlived berth-init",
             pulls[0]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A container unit whose image is missing: its setup task pulls it. When berth-init dies,
+/// the setup task and its pull go too.
+#[test]
+fn a_container_units_setup_and_pull_die_with_berth_init() {
+    let registry = Dripper::start();
+    let unit = format!(
+        "[container]\nimage = \"{}/berth/unit-pull:1\"\ncommand = [\"true\"]\n",
+        registry.addr
+    );
+    let mut host = host_with_units(
+        "jobs-setup-pdeathsig",
+        &registry.addr,
+        "min_rate = \"0\"",
+        &[("app", &unit)],
+    );
+    // The setup task (a forked berth-init) and the pull it runs (berth-runtime).
+    let mut left = Vec::new();
+    host.wait_for("the unit's pull process", || {
+        left = children_of(host.pid)
+            .into_iter()
+            .filter(|(_, state, comm)| comm == "berth-init" && *state != 'Z')
+            .flat_map(|(task, _, _)| {
+                let pulls: Vec<i32> = children_of(task)
+                    .into_iter()
+                    .filter(|(_, state, comm)| comm == "berth-runtime" && *state != 'Z')
+                    .map(|(pid, _, _)| pid)
+                    .collect();
+                if pulls.is_empty() {
+                    Vec::new()
+                } else {
+                    [vec![task], pulls].concat()
+                }
+            })
+            .collect();
+        !left.is_empty()
+    });
+    host.signal(libc::SIGKILL);
+    host.wait_exit();
+    let start = Instant::now();
+    while let Some(pid) = left.iter().copied().find(|p| alive(*p)) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "process {pid} of the unit's setup outlived berth-init"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

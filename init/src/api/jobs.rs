@@ -390,19 +390,8 @@ fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> io::Result<(i32, OwnedFd)
     unsafe {
         cmd.pre_exec(move || {
             crate::signals::reset_in_child()?;
-            // The death signal follows the thread that forked, not the process: jobs are only
-            // started from the event loop, which is berth-init's main thread and lives as long
-            // as the process.
-            // prctl(2) reads its arguments as unsigned longs: pass them as such.
-            let (sig, zero) = (libc::SIGKILL as libc::c_ulong, 0 as libc::c_ulong);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig, zero, zero, zero) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // berth-init died between the fork and the prctl: no signal will come.
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
+            // Jobs are only started from the event loop, berth-init's main thread.
+            crate::signals::die_with_parent(parent)
         });
     }
     let child = cmd.spawn()?;

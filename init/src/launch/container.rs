@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -88,10 +89,23 @@ impl ContainerLauncher {
             .unwrap_or_default()
     }
 
+    /// A berth-runtime command run from a task: it dies with the task, which dies with
+    /// berth-init, so no pull or container command is left behind by a berth-init that died.
+    fn runtime_command(&self) -> Command {
+        let mut cmd = Command::new(&self.runtime_bin);
+        let task = nix::unistd::getpid();
+        // SAFETY: runs in the forked child before exec; only async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(move || crate::signals::die_with_parent(task));
+        }
+        cmd
+    }
+
     /// `berth-runtime image pull REF`, its output into the unit's log (this task's stdout and
     /// stderr). Runs in the preparation task.
     fn pull(&self, reference: &str) -> Result<(), LaunchError> {
-        let status = Command::new(&self.runtime_bin)
+        let status = self
+            .runtime_command()
             .arg("image")
             .arg("--store")
             .arg(self.state.join("images"))
@@ -287,7 +301,8 @@ impl ContainerLauncher {
             let dup = nix::unistd::dup(borrowed).map_err(|e| LaunchError::Pipe(e.into()))?;
             Ok(Stdio::from(dup))
         };
-        let status = Command::new(&self.runtime_bin)
+        let status = self
+            .runtime_command()
             .arg("--root")
             .arg(self.runtime.store().root())
             .arg("create")
@@ -396,7 +411,8 @@ impl ContainerLauncher {
         let result = (|| -> Result<i32, LaunchError> {
             if !berth_runtime::sealed::is_sealed() {
                 // As for `create`: the check's process must not be a copy of this executable.
-                let status = Command::new(&self.runtime_bin)
+                let status = self
+                    .runtime_command()
                     .arg("--root")
                     .arg(self.runtime.store().root())
                     .arg("exec")

@@ -24,12 +24,13 @@ use crate::reaper::ExitStatus;
 /// code `task` returns. Returns the child's pid; the caller (or the reaper) collects it.
 /// Tasks report on stderr (unbuffered): stdout is not flushed before `_exit`.
 pub fn fork_task(stdio: [RawFd; 3], task: impl FnOnce() -> i32) -> io::Result<i32> {
+    let parent = nix::unistd::getpid();
     // SAFETY: berth-init is single-threaded, so the child's copy of the heap and of every
     // lock is consistent; the child leaves through `_exit` only.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         ForkResult::Parent { child } => Ok(child.as_raw()),
         ForkResult::Child => {
-            let code = match prepare_child(stdio) {
+            let code = match prepare_child(stdio, parent) {
                 Ok(()) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(task))
                     .unwrap_or(TASK_PANICKED),
                 Err(e) => {
@@ -46,8 +47,10 @@ pub fn fork_task(stdio: [RawFd; 3], task: impl FnOnce() -> i32) -> io::Result<i3
 /// Exit code of a task whose code panicked (the panic itself is logged by the hook).
 const TASK_PANICKED: i32 = 101;
 
-fn prepare_child(stdio: [RawFd; 3]) -> io::Result<()> {
+fn prepare_child(stdio: [RawFd; 3], parent: Pid) -> io::Result<()> {
     crate::signals::reset_in_child()?;
+    // A task never outlives berth-init (in host mode berth-init can die; as PID 1 it cannot).
+    crate::signals::die_with_parent(parent)?;
     super::guard::close_in_child();
     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
     for (target, fd) in stdio.into_iter().enumerate() {
