@@ -27,6 +27,8 @@ const HOST_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 const KILL_ROUNDS: usize = 10;
 /// rmdir of a just-emptied cgroup can see EBUSY while the kernel finishes the exits.
 const REMOVE_ATTEMPTS: usize = 100;
+/// Polls of `cgroup.events` (1 ms apart) for a freeze to complete before it is an error.
+const FREEZE_POLLS: usize = 5000;
 
 /// Errors of the cgroups module.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum CgroupError {
     InvalidValue { field: String, reason: String },
     #[error("cgroup {path}: not found")]
     NotFound { path: PathBuf },
+    #[error("cgroup {path}: the freezer did not report `frozen {frozen}` in time")]
+    FreezeTimeout { path: PathBuf, frozen: u8 },
     #[error("cgroup {path}: processes {pids:?} survived the kill")]
     Survivors { path: PathBuf, pids: Vec<i32> },
     #[error("device rules cannot be enforced in {path}: {source}")]
@@ -470,6 +474,32 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
     pub fn is_populated(&self) -> Result<bool> {
         let events = self.read("cgroup.events")?;
         Ok(events.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// Whether the cgroup is frozen or freezing (`cgroup.freeze` is 1); false without a freezer.
+    pub fn is_frozen(&self) -> Result<bool> {
+        Ok(self
+            .read_optional("cgroup.freeze")?
+            .is_some_and(|s| s.trim() == "1"))
+    }
+
+    /// Freezes (or thaws) every process in this cgroup and below with the v2 freezer, and
+    /// waits until the kernel reports it done in `cgroup.events`.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let want = u8::from(frozen);
+        self.write("cgroup.freeze", &want.to_string())?;
+        let line = format!("frozen {want}");
+        for _ in 0..FREEZE_POLLS {
+            let events = self.read("cgroup.events")?;
+            if events.lines().any(|l| l.trim() == line) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(CgroupError::FreezeTimeout {
+            path: self.path.clone(),
+            frozen: want,
+        })
     }
 
     /// SIGKILLs every process in this cgroup and below: `cgroup.kill` (Linux 5.14+), else

@@ -7,6 +7,7 @@ mod delete;
 mod exec;
 mod kill;
 mod launch;
+mod pause;
 mod start;
 mod update;
 mod wait;
