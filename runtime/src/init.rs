@@ -140,8 +140,8 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     hooks::run(hooks, HookKind::CreateContainer, &state)?;
     if new_mnt {
         rootfs::pivot(&sys_, &cfg.bundle.rootfs, cfg.no_pivot)?;
-        rootfs::finish(&sys_, Path::new("/"), spec)?;
     }
+    // Before `finish`, which may make /proc/sys read-only (readonlyPaths).
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (key, value) in sysctl {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
@@ -150,6 +150,9 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
                 source,
             })?;
         }
+    }
+    if new_mnt {
+        rootfs::finish(&sys_, Path::new("/"), spec)?;
     }
     if let Some(sock) = &cfg.console {
         crate::console::attach(sock.as_fd(), proc_)?;

@@ -405,20 +405,31 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
     }
 
     /// Checks, without writing anything, that every controller `resources` needs is available.
+    /// Values that mean "no limit" need no controller.
     pub fn check(&self, resources: &Resources) -> Result<()> {
+        self.plan(resources).map(drop)
+    }
+
+    /// The writes that apply `resources` here: all of them, less the optional ones whose
+    /// controller is missing; a missing controller for any other is `Unavailable`.
+    fn plan(&self, resources: &Resources) -> Result<Vec<resources::Write>> {
         let writes = resources.writes()?;
         if writes.is_empty() {
-            return Ok(());
+            return Ok(writes);
         }
         let available = self.controllers()?;
-        for w in &writes {
-            if let Some(c) = w.controller {
-                if !available.contains(c) {
-                    return Err(self.unavailable(c, &available));
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            match w.controller {
+                Some(c) if !available.contains(c) => {
+                    if !w.optional {
+                        return Err(self.unavailable(c, &available));
+                    }
                 }
+                _ => out.push(w),
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Applies limits. Everything is validated and checked for availability before the first
@@ -426,8 +437,7 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
     /// kernel's support for their program is known only once it is loaded, and a new program
     /// replaces the one attached before.
     pub fn apply(&self, resources: &Resources) -> Result<()> {
-        self.check(resources)?;
-        let writes = resources.writes()?;
+        let writes = self.plan(resources)?;
         if let Some(devices) = &resources.devices {
             let program = devices.program().map_err(|e| CgroupError::InvalidValue {
                 field: "linux.resources.devices".into(),
