@@ -163,6 +163,9 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
         cfg.bundle.rootfs.as_path()
     };
     let program = process::Program::resolve(proc_, root)?;
+    // Limits the kernel refuses (a hard limit raised without CAP_SYS_RESOURCE) fail `create`,
+    // as with runc, instead of the process after `start`; exec sets the same values again.
+    process::set_rlimits(proc_)?;
 
     cfg.channel.send(&Message::Ready)?;
     *ready = true;

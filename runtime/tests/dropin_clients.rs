@@ -411,3 +411,381 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     daemon.stop();
     assert!(mounts_below(&t.0).is_empty(), "{:?}", mounts_below(&t.0));
 }
+
+/// A network namespace for a daemon and its containers: their bridge, veths and firewall rules
+/// live and die in it, and nothing reaches beyond the host's loopback.
+struct NetNs(String);
+
+impl NetNs {
+    fn new(prefix: &str) -> NetNs {
+        let name = unique(prefix);
+        ok("ip", &["netns", "add", &name]);
+        NetNs(name)
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// Host paths a client creates whatever its configuration says: removed after the test if
+/// they did not exist before it.
+struct MadeByClient(Vec<(PathBuf, bool)>);
+
+impl MadeByClient {
+    fn note(paths: &[&str]) -> MadeByClient {
+        MadeByClient(
+            paths
+                .iter()
+                .map(|p| (PathBuf::from(p), Path::new(p).exists()))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for MadeByClient {
+    fn drop(&mut self) {
+        // Deepest first, so a parent is empty by the time it comes.
+        for (path, existed) in self.0.iter().rev() {
+            if !existed && path.exists() {
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(path)
+                } else {
+                    std::fs::remove_file(path)
+                };
+            }
+        }
+    }
+}
+
+/// Every hierarchy's directory for cgroup `rel` (v1 controllers and v2).
+fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join(rel))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// The runtime's state directory is empty (or gone).
+fn assert_no_runtime_state(root: &Path) {
+    let left: Vec<_> = walk_files(root);
+    assert!(left.is_empty(), "runtime state left: {left:?}");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn docker_runs_busybox_with_berth_runtime() {
+    let made = MadeByClient::note(&[
+        "/run/containerd",
+        "/run/containerd/s",
+        "/run/docker",
+        "/run/docker/plugins",
+    ]);
+    let netns = NetNs::new("berth-dk");
+    let t = Scratch::new("berth-dk");
+    let parent = unique("berth-docker");
+    let _leftovers = Leftovers {
+        markers: vec![t.s("exec")],
+        cgroups: vec![cgroup2_root().join(&parent)],
+    };
+    let tar = busybox_image(&t);
+    let sock = t.path("docker.sock");
+    let host = format!("unix://{}", sock.display());
+    let runtime = format!("berth={BIN}");
+    let log = t.path("dockerd.log");
+    // Its own config file, so the daemon's key goes to the temp dir, not /etc/docker.
+    let config = serde_json::json!({ "deprecated-key-path": t.s("key.json") });
+    std::fs::write(t.path("daemon.json"), config.to_string()).unwrap();
+    // Default networking (bridge, iptables) inside the test's own network namespace.
+    let mut daemon = Daemon::start(
+        "dockerd",
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns.path()))
+            .arg("/usr/sbin/dockerd")
+            .args(["--data-root", &t.s("data"), "--exec-root", &t.s("exec")])
+            .args(["--pidfile", &t.s("docker.pid"), "-H", &host])
+            .args(["--add-runtime", &runtime])
+            .args(["--containerd-namespace", &parent])
+            .args([
+                "--containerd-plugins-namespace",
+                &format!("{parent}-plugins"),
+            ])
+            .args(["--cgroup-parent", &format!("/{parent}")])
+            .args(["--config-file", &t.s("daemon.json")]),
+        &log,
+    );
+    daemon.wait_socket(&sock, &log);
+    let docker = |args: &[&str]| -> Output {
+        let mut full = vec!["-H", host.as_str()];
+        full.extend_from_slice(args);
+        run("/usr/bin/docker", &full)
+    };
+    let docker_ok = |args: &[&str]| -> String {
+        let out = docker(args);
+        assert!(
+            out.status.success(),
+            "docker {}: {}{}\ndockerd log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    docker_ok(&["load", "-i", &tar]);
+    let out = docker_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth",
+        IMAGE,
+        "echo",
+        "hello from berth",
+    ]);
+    assert_eq!(out.trim(), "hello from berth");
+    docker_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "berth",
+        "--name",
+        "sleeper",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo logged; exec sleep 600",
+    ]);
+    let state = || {
+        docker_ok(&["inspect", "-f", "{{.State.Status}}", "sleeper"])
+            .trim()
+            .to_string()
+    };
+    wait_for("container running", DAEMON_WAIT, || state() == "running");
+    let out = docker_ok(&[
+        "exec",
+        "sleeper",
+        "sh",
+        "-c",
+        "echo exec beside $(cat /proc/1/comm)",
+    ]);
+    assert_eq!(out.trim(), "exec beside sleep");
+    wait_for("log line", DAEMON_WAIT, || {
+        docker_ok(&["logs", "sleeper"]).contains("logged")
+    });
+    // It has the default bridge network: an address besides loopback.
+    let out = docker_ok(&["exec", "sleeper", "cat", "/proc/net/dev"]);
+    assert!(out.contains("eth0"), "{out}");
+    docker_ok(&["pause", "sleeper"]);
+    assert_eq!(state(), "paused");
+    docker_ok(&["unpause", "sleeper"]);
+    assert_eq!(state(), "running");
+    docker_ok(&["stop", "-t", "1", "sleeper"]);
+    docker_ok(&["rm", "sleeper"]);
+    // A limit whose controller the host's v2 tree lacks is refused at create, by name.
+    let available = berth_runtime::cgroups::CgroupRoot::host()
+        .unwrap()
+        .controllers()
+        .unwrap();
+    if !available.contains(berth_runtime::cgroups::Controller::Memory) {
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "berth",
+            "-m",
+            "64m",
+            IMAGE,
+            "true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("controller `memory` is unavailable"), "{err}");
+    }
+    docker_ok(&["rmi", IMAGE]);
+    daemon.stop();
+
+    assert_no_runtime_state(&t.path("exec/runtime-berth"));
+    let v2 = cgroup2_root().join(&parent);
+    let left: Vec<_> = std::fs::read_dir(&v2)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "container cgroups left: {left:?}");
+    for dir in cgroup_dirs(&parent) {
+        remove_cgroup_tree(&dir);
+    }
+    assert!(mounts_below(&t.0).is_empty(), "{:?}", mounts_below(&t.0));
+    drop(made);
+}
+
+#[test]
+fn podman_runs_busybox_with_berth_runtime() {
+    let made = MadeByClient::note(&["/var/lib/cni"]);
+    let netns = NetNs::new("berth-pm");
+    let t = Scratch::new("berth-pm");
+    let parent = unique("berth-podman");
+    let _leftovers = Leftovers {
+        markers: vec![t.s("runroot")],
+        cgroups: vec![cgroup2_root().join(&parent)],
+    };
+    let tar = busybox_image(&t);
+    let net = format!("--net={}", netns.path());
+    let (root, runroot, tmp, netdir) = (t.s("root"), t.s("runroot"), t.s("tmp"), t.s("net"));
+    let podman = |args: &[&str]| -> Output {
+        let mut full = vec![
+            net.as_str(),
+            "podman",
+            "--root",
+            &root,
+            "--runroot",
+            &runroot,
+            "--tmpdir",
+            &tmp,
+            "--runtime",
+            BIN,
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--network-config-dir",
+            &netdir,
+        ];
+        full.extend_from_slice(args);
+        run("nsenter", &full)
+    };
+    let podman_ok = |args: &[&str]| -> String {
+        let out = podman(args);
+        assert!(
+            out.status.success(),
+            "podman {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    podman_ok(&["load", "-i", &tar]);
+    let cgroup_parent = format!("/{parent}");
+    let available = berth_runtime::cgroups::CgroupRoot::host()
+        .unwrap()
+        .controllers()
+        .unwrap();
+    if !available.contains(berth_runtime::cgroups::Controller::Pids) {
+        // Podman's default pids limit (2048) needs the pids controller: refused at create,
+        // by name, on a host whose v2 tree lacks it.
+        let out = podman(&[
+            "run",
+            "--rm",
+            "--cgroup-parent",
+            &cgroup_parent,
+            IMAGE,
+            "true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("controller `pids` is unavailable"), "{err}");
+    }
+    // No pids limit (0 means none); rlimits this host lets an unprivileged-bound root set
+    // (Podman's default nofile and nproc exceed the hard limits and need CAP_SYS_RESOURCE,
+    // which runc's create refuses the same way).
+    let base = [
+        "--cgroup-parent",
+        cgroup_parent.as_str(),
+        "--pids-limit",
+        "0",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        v.push(extra[0].to_string());
+        v.extend(base.iter().map(|s| s.to_string()));
+        v.extend(extra[1..].iter().map(|s| s.to_string()));
+        v
+    };
+    let args = with(&["run", "--rm", IMAGE, "echo", "hello from berth"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(podman_ok(&args).trim(), "hello from berth");
+    let args = with(&[
+        "run",
+        "-d",
+        "--name",
+        "sleeper",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo logged; exec sleep 600",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    podman_ok(&args);
+    let state = || {
+        podman_ok(&["inspect", "-f", "{{.State.Status}}", "sleeper"])
+            .trim()
+            .to_string()
+    };
+    wait_for("container running", DAEMON_WAIT, || state() == "running");
+    let out = podman_ok(&[
+        "exec",
+        "sleeper",
+        "sh",
+        "-c",
+        "echo exec beside $(cat /proc/1/comm)",
+    ]);
+    assert_eq!(out.trim(), "exec beside sleep");
+    wait_for("log line", DAEMON_WAIT, || {
+        podman_ok(&["logs", "sleeper"]).contains("logged")
+    });
+    let out = podman_ok(&["exec", "sleeper", "cat", "/proc/net/dev"]);
+    assert!(out.contains("eth0"), "default bridge network: {out}");
+    podman_ok(&["pause", "sleeper"]);
+    assert_eq!(state(), "paused");
+    podman_ok(&["unpause", "sleeper"]);
+    assert_eq!(state(), "running");
+    podman_ok(&["stop", "-t", "1", "sleeper"]);
+    podman_ok(&["rm", "sleeper"]);
+    podman_ok(&["rmi", IMAGE]);
+
+    assert_no_runtime_state(&t.path("runroot/runc"));
+    let v2 = cgroup2_root().join(&parent);
+    let left: Vec<_> = std::fs::read_dir(&v2)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "container cgroups left: {left:?}");
+    // Podman's own v1 cgroups for conmon under the same parent.
+    for dir in cgroup_dirs(&parent) {
+        remove_cgroup_tree(&dir);
+    }
+    assert!(mounts_below(&t.0).is_empty(), "{:?}", mounts_below(&t.0));
+    drop(made);
+}
