@@ -325,3 +325,24 @@ fn capabilities_the_kernel_refuses_fail_create() {
     );
     assert!(!f.root.join(&id).exists(), "nothing left");
 }
+
+/// An rlimit the kernel refuses (a hard limit above fs.nr_open, or raised without
+/// CAP_SYS_RESOURCE: Podman's defaults on a host whose limits are lower) fails `create`, as
+/// runc's does, instead of the process after `start`.
+#[test]
+fn rlimits_the_kernel_refuses_fail_create() {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut f = Fixture::new();
+    f.args(&["true"]);
+    f.config["process"]["rlimits"] =
+        json!([{"type": "RLIMIT_NOFILE", "hard": nr_open + 1, "soft": 1024}]);
+    let id = unique("rlimit");
+    let (success, err) = try_create(&f, &id);
+    assert!(!success, "create must fail");
+    assert!(err.contains("RLIMIT_NOFILE"), "{err}");
+    assert!(!f.root.join(&id).exists(), "nothing left");
+}
