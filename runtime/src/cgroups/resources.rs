@@ -82,6 +82,9 @@ pub struct Resources {
     pub cpu_max: Option<CpuMax>,
     /// 1..=10000 (default 100).
     pub cpu_weight: Option<u64>,
+    /// `cpu_weight` is the mapping of v1's default `cpu.shares` (1024): no particular weight
+    /// was asked for, so a missing cpu controller is no error.
+    pub cpu_weight_from_default_shares: bool,
     pub pids_max: Option<Limit>,
     /// 1..=10000 (default 100).
     pub io_weight: Option<u64>,
@@ -170,7 +173,8 @@ impl Resources {
             if !(1..=10_000).contains(&w) {
                 return Err(invalid("cpu.weight", format!("{w} is outside 1..=10000")));
             }
-            push(Cpu, "cpu.weight", w.to_string(), w == DEFAULT_WEIGHT);
+            let default = w == DEFAULT_WEIGHT || self.cpu_weight_from_default_shares;
+            push(Cpu, "cpu.weight", w.to_string(), default);
         }
         if let Some(v) = self.pids_max {
             push(Pids, "pids.max", v.to_string(), v == Limit::Max);
@@ -297,10 +301,8 @@ impl Resources {
                 });
             }
             if let Some(shares) = c.shares() {
-                if shares == DEFAULT_SHARES {
-                    // v1's default weight is v2's default weight.
-                    out.cpu_weight = Some(DEFAULT_WEIGHT);
-                } else if shares != 0 {
+                out.cpu_weight_from_default_shares = shares == DEFAULT_SHARES;
+                if shares != 0 {
                     // runc's mapping of v1 shares [2, 262144] onto v2 weight [1, 10000].
                     let s = shares.clamp(2, 262_144);
                     out.cpu_weight = Some(1 + ((s - 2) * 9999) / 262_142);
