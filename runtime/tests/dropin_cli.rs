@@ -346,3 +346,20 @@ fn rlimits_the_kernel_refuses_fail_create() {
     assert!(err.contains("RLIMIT_NOFILE"), "{err}");
     assert!(!f.root.join(&id).exists(), "nothing left");
 }
+
+/// `rootfsPropagation: "shared"` (runtime-tools): pivot_root refuses a shared root, so the
+/// root is made shared after it.
+#[test]
+fn shared_rootfs_propagation_is_applied_after_pivot() {
+    let mut f = Fixture::new();
+    f.args(&["cat", "/proc/self/mountinfo"]);
+    f.config["linux"]["rootfsPropagation"] = json!("shared");
+    let out = f.run(&unique("shared"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = stdout(&out);
+    let root = info
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap_or_else(|| panic!("no / in {info}"));
+    assert!(root.contains(" shared:"), "{root}");
+}
