@@ -18,7 +18,7 @@ IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
     grub-pc-bin grub-efi-amd64-bin grub-common qemu-utils busybox-static ca-certificates gdisk"
 # Run and test: QEMU with SeaBIOS and OVMF, OCI peers, a registry, network tools.
 TEST_PKGS="qemu-system-x86 ovmf swtpm runc crun skopeo umoci docker-registry hyperfine
-    containerd docker.io podman
+    containerd docker.io podman containernetworking-plugins iptables
     curl jq iproute2 nftables socat python3 util-linux procps openssl time"
 
 PKGS="$BUILD_PKGS $IMAGE_PKGS $TEST_PKGS"
