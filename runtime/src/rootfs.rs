@@ -207,8 +207,6 @@ const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
 impl RootfsSetup<'_> {
     /// Before pivot_root: propagation, the rootfs as a mount point, the spec's mounts, /dev.
     pub fn prepare(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
-        let linux = self.spec.linux().as_ref();
-        // Nothing mounted in the container may propagate back to the host.
         let root_prop = root_propagation(self.spec);
         // pivot_root refuses a shared root or new root: a shared root is made so after it
         // (`finish`), a slave of the host's until then.
