@@ -290,16 +290,11 @@ fn hugetlb_limits_are_applied() {
     let mut f = Fixture::new();
     f.args(&["sleep", "60"]);
     let id = unique("huge");
-    let rel = format!("/berth-test/{id}");
-    f.config["linux"]["cgroupsPath"] = json!(rel);
     f.config["linux"]["resources"] =
         json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]});
     f.create(&id);
     let root = CgroupRoot::host().unwrap();
-    let file = root
-        .path()
-        .join(rel.trim_start_matches('/'))
-        .join("hugetlb.2MB.max");
+    let file = root.path().join("berth").join(&id).join("hugetlb.2MB.max");
     assert_eq!(std::fs::read_to_string(file).unwrap().trim(), "4194304");
     ok(&f.cli(&["delete", "--force", &id]));
 }

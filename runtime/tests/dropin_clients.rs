@@ -226,10 +226,12 @@ fn pids_with(marker: &str) -> Vec<i32> {
 }
 
 /// After a failed test: SIGKILLs what the daemons left running (shims, conmon, containers in
-/// the test's cgroups) and removes those cgroups. On success there is nothing to do.
+/// the test's cgroups) and removes those cgroups, in every hierarchy (v1 ones are the
+/// clients'). On success there is nothing to do.
 struct Leftovers {
     markers: Vec<String>,
-    cgroups: Vec<PathBuf>,
+    /// cgroup paths relative to the hierarchies' roots.
+    cgroups: Vec<String>,
 }
 
 impl Drop for Leftovers {
@@ -242,11 +244,11 @@ impl Drop for Leftovers {
                 );
             }
         }
-        for cg in &self.cgroups {
+        for cg in self.cgroups.iter().flat_map(|rel| cgroup_dirs(rel)) {
             if cg.exists() {
                 let _ = std::fs::write(cg.join("cgroup.kill"), "1");
                 let start = Instant::now();
-                while remove_tree_quietly(cg).is_err() && start.elapsed() < DAEMON_WAIT {
+                while remove_tree_quietly(&cg).is_err() && start.elapsed() < DAEMON_WAIT {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -274,7 +276,7 @@ fn containerd_runs_busybox_through_the_runc_v2_shim() {
     // Dropped after the daemon (declared before it).
     let _leftovers = Leftovers {
         markers: vec![t.s("containerd.sock")],
-        cgroups: vec![cgroup2_root().join(&ns)],
+        cgroups: vec![ns.clone()],
     };
     let tar = busybox_image(&t);
     let sock = t.path("containerd.sock");
@@ -506,7 +508,7 @@ fn docker_runs_busybox_with_berth_runtime() {
     let parent = unique("berth-docker");
     let _leftovers = Leftovers {
         markers: vec![t.s("exec")],
-        cgroups: vec![cgroup2_root().join(&parent)],
+        cgroups: vec![parent.clone()],
     };
     let tar = busybox_image(&t);
     let sock = t.path("docker.sock");
@@ -650,7 +652,7 @@ fn podman_runs_busybox_with_berth_runtime() {
     let parent = unique("berth-podman");
     let _leftovers = Leftovers {
         markers: vec![t.s("runroot")],
-        cgroups: vec![cgroup2_root().join(&parent)],
+        cgroups: vec![parent.clone()],
     };
     let tar = busybox_image(&t);
     let net = format!("--net={}", netns.path());
