@@ -157,7 +157,13 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     if let Some(sock) = &cfg.console {
         crate::console::attach(sock.as_fd(), proc_)?;
     }
-    let root = if new_mnt {
+    // Without a mount namespace of its own or joined, the root is entered by chroot, as runc
+    // does.
+    if !cfg.plan.has(CloneFlags::CLONE_NEWNS) {
+        nix::unistd::chroot(&cfg.bundle.rootfs).map_err(sys("chroot into the root"))?;
+        nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    }
+    let root = if new_mnt || !cfg.plan.has(CloneFlags::CLONE_NEWNS) {
         Path::new("/")
     } else {
         cfg.bundle.rootfs.as_path()

@@ -367,3 +367,38 @@ fn shared_rootfs_propagation_is_applied_after_pivot() {
         .unwrap_or_else(|| panic!("no / in {info}"));
     assert!(root.contains(" shared:"), "{root}");
 }
+
+/// A spec without a mount namespace (allowed by the runtime spec): the process is chrooted
+/// into the root, as with runc; what would need mounts is refused by name.
+#[test]
+fn no_mount_namespace_runs_chrooted() {
+    let mut f = Fixture::new();
+    f.args(&["ls", "/"]);
+    let namespaces: Vec<Value> = f.config["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] != "mount")
+        .cloned()
+        .collect();
+    f.config["linux"]["namespaces"] = json!(namespaces);
+    let with_mounts = f.config.clone();
+    for key in ["maskedPaths", "readonlyPaths"] {
+        f.config["linux"].as_object_mut().unwrap().remove(key);
+    }
+    f.config["mounts"] = json!([]);
+    let out = f.run(&unique("nomnt"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = stdout(&out);
+    let mut names: Vec<&str> = listing.split_whitespace().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["bin", "etc", "out", "tmp"]);
+    f.config = with_mounts;
+    let out = f.run(&unique("nomnt"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("mounts") && stderr(&out).contains("needs a mount namespace"),
+        "{}",
+        stderr(&out)
+    );
+}
