@@ -418,8 +418,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 /// live and die in it, and nothing reaches beyond the host's loopback.
 struct NetNs(String);
 
+/// Whether /run/netns existed before the first test here made a namespace (ip(8) and Podman
+/// create it, as a bind mount onto itself).
+static RUN_NETNS_EXISTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 impl NetNs {
     fn new(prefix: &str) -> NetNs {
+        RUN_NETNS_EXISTED.get_or_init(|| Path::new("/run/netns").exists());
         let name = unique(prefix);
         ok("ip", &["netns", "add", &name]);
         NetNs(name)
@@ -434,6 +439,13 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.0])
             .status();
+        // The last test out removes /run/netns if the tests made it (another test's namespace
+        // keeps it non-empty until then).
+        let empty = std::fs::read_dir("/run/netns").is_ok_and(|mut d| d.next().is_none());
+        if RUN_NETNS_EXISTED.get() == Some(&false) && empty {
+            let _ = Command::new("umount").arg("/run/netns").status();
+            let _ = std::fs::remove_dir("/run/netns");
+        }
     }
 }
 
