@@ -20,6 +20,7 @@ IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
 # (the Buildroot defconfig test), libfaketime (the reproducible-image test) and grub-emu
 # (the boot script run against the A/B state model).
 TEST_PKGS="qemu-system-x86 ovmf swtpm runc crun skopeo umoci docker-registry hyperfine
+    containerd docker.io podman containernetworking-plugins iptables
     curl jq iproute2 nftables socat python3 util-linux procps openssl time
     python3-kconfiglib faketime grub-emu"
 

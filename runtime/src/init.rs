@@ -146,8 +146,8 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     hooks::run(hooks, HookKind::CreateContainer, &state)?;
     if new_mnt {
         rootfs::pivot(&sys_, &cfg.bundle.rootfs, cfg.no_pivot)?;
-        rootfs::finish(&sys_, Path::new("/"), spec)?;
     }
+    // Before `finish`, which may make /proc/sys read-only (readonlyPaths).
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (key, value) in sysctl {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
@@ -157,15 +157,27 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
             })?;
         }
     }
+    if new_mnt {
+        rootfs::finish(&sys_, Path::new("/"), spec)?;
+    }
     if let Some(sock) = &cfg.console {
         crate::console::attach(sock.as_fd(), proc_)?;
     }
-    let root = if new_mnt {
+    // Without a mount namespace of its own or joined, the root is entered by chroot, as runc
+    // does.
+    if !cfg.plan.has(CloneFlags::CLONE_NEWNS) {
+        nix::unistd::chroot(&cfg.bundle.rootfs).map_err(sys("chroot into the root"))?;
+        nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    }
+    let root = if new_mnt || !cfg.plan.has(CloneFlags::CLONE_NEWNS) {
         Path::new("/")
     } else {
         cfg.bundle.rootfs.as_path()
     };
     let program = process::Program::resolve(proc_, root)?;
+    // Limits the kernel refuses (a hard limit raised without CAP_SYS_RESOURCE) fail `create`,
+    // as with runc, instead of the process after `start`; exec sets the same values again.
+    process::set_rlimits(proc_)?;
 
     cfg.channel.send(&Message::Ready)?;
     *ready = true;

@@ -22,6 +22,15 @@ pub enum ProcessError {
     NotExecutable(String),
     #[error("process.capabilities: unknown capability {0}")]
     Capability(String),
+    #[error(
+        "process.capabilities: {cap} is in {set} but not in {missing}; the kernel refuses to \
+         raise it (EPERM)"
+    )]
+    CapabilityNotGrantable {
+        cap: String,
+        set: &'static str,
+        missing: &'static str,
+    },
     #[error("{0} contains a NUL byte")]
     Nul(String),
     #[error("process.cwd `{0}` leads outside the container's root")]
@@ -88,6 +97,34 @@ fn cap_index(c: &Capability) -> Result<u8, ProcessError> {
     name.parse::<caps::Capability>()
         .map(|c| c.index())
         .map_err(|_| ProcessError::Capability(name))
+}
+
+/// Checks the capability sets against the kernel's rules for raising them (an ambient
+/// capability must also be permitted and inheritable, an effective one permitted), so a set
+/// the init could never apply is an error at `create`, before anything runs.
+pub fn check_capabilities(p: &Process) -> Result<(), ProcessError> {
+    let Some(caps) = p.capabilities().as_ref() else {
+        return Ok(());
+    };
+    let permitted = mask(caps.permitted().as_ref())?;
+    let inheritable = mask(caps.inheritable().as_ref())?;
+    let rules: [(&Option<Capabilities>, &'static str, u64, &'static str); 3] = [
+        (caps.ambient(), "ambient", permitted, "permitted"),
+        (caps.ambient(), "ambient", inheritable, "inheritable"),
+        (caps.effective(), "effective", permitted, "permitted"),
+    ];
+    for (set, name, required, missing) in rules {
+        for c in set.iter().flatten() {
+            if required & (1 << cap_index(c)?) == 0 {
+                return Err(ProcessError::CapabilityNotGrantable {
+                    cap: format!("CAP_{c}"),
+                    set: name,
+                    missing,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[repr(C)]

@@ -112,6 +112,16 @@ impl MountOptions {
     }
 }
 
+/// `linux.rootfsPropagation` as mount(2) flags; rslave by default, so that nothing mounted in
+/// the container propagates back to the host.
+fn root_propagation(spec: &Spec) -> MsFlags {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation)
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC)
+}
+
 /// The mount(2) flags of a propagation name (`rslave`, `private`, ...).
 pub fn propagation(name: &str) -> Option<MsFlags> {
     Some(match name {
@@ -197,13 +207,15 @@ const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
 impl RootfsSetup<'_> {
     /// Before pivot_root: propagation, the rootfs as a mount point, the spec's mounts, /dev.
     pub fn prepare(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
-        let linux = self.spec.linux().as_ref();
-        // Nothing mounted in the container may propagate back to the host.
-        let root_prop = linux
-            .and_then(|l| l.rootfs_propagation().as_deref())
-            .and_then(propagation)
-            .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-        sys.mount(None, Path::new("/"), None, root_prop, None)
+        let root_prop = root_propagation(self.spec);
+        // pivot_root refuses a shared root or new root: a shared root is made so after it
+        // (`finish`), a slave of the host's until then.
+        let before_pivot = if root_prop.contains(MsFlags::MS_SHARED) {
+            MsFlags::MS_SLAVE | MsFlags::MS_REC
+        } else {
+            root_prop
+        };
+        sys.mount(None, Path::new("/"), None, before_pivot, None)
             .map_err(fail("make / ", Path::new("/")))?;
         sys.mount(
             Some(self.rootfs),
@@ -450,6 +462,11 @@ pub fn pivot(sys: &dyn Syscall, rootfs: &Path, no_pivot: bool) -> Result<(), Roo
 /// After pivot_root: masked and read-only paths, read-only root. `root` is "/" for real and a
 /// temp dir in tests (it is where existence is checked).
 pub fn finish(sys: &dyn Syscall, root: &Path, spec: &Spec) -> Result<(), RootfsError> {
+    let root_prop = root_propagation(spec);
+    if root_prop.contains(MsFlags::MS_SHARED) {
+        sys.mount(None, root, None, root_prop, None)
+            .map_err(fail("make / shared", root))?;
+    }
     let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     let linux = spec.linux().as_ref();
     for p in linux

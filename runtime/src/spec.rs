@@ -204,11 +204,37 @@ pub fn validate(path: &Path, spec: &Spec) -> Result<(), SpecError> {
         ));
     }
     if !seen.contains(&LinuxNamespaceType::Mount) {
-        return Err(invalid(
-            path,
-            "linux.namespaces",
-            "a mount namespace is required",
-        ));
+        // Allowed (the process is chrooted into the root), but nothing that needs mounts.
+        let root_readonly = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+        let needs_mounts = [
+            (
+                "mounts",
+                spec.mounts().as_ref().is_some_and(|m| !m.is_empty()),
+            ),
+            (
+                "linux.maskedPaths",
+                linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty()),
+            ),
+            (
+                "linux.readonlyPaths",
+                linux
+                    .readonly_paths()
+                    .as_ref()
+                    .is_some_and(|m| !m.is_empty()),
+            ),
+            (
+                "linux.rootfsPropagation",
+                linux.rootfs_propagation().is_some(),
+            ),
+            ("root.readonly", root_readonly),
+        ];
+        if let Some((field, _)) = needs_mounts.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                path,
+                field,
+                "needs a mount namespace (linux.namespaces has none)",
+            ));
+        }
     }
     Ok(())
 }

@@ -44,6 +44,8 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    /// Running, but frozen by the cgroup freezer (`pause`).
+    Paused,
     Stopped,
 }
 
@@ -53,6 +55,7 @@ impl Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -60,7 +63,13 @@ impl Status {
         self == Status::Created
     }
     pub fn can_kill(self) -> bool {
+        matches!(self, Status::Created | Status::Running | Status::Paused)
+    }
+    pub fn can_pause(self) -> bool {
         matches!(self, Status::Created | Status::Running)
+    }
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
     }
     /// Without `--force` only a stopped (or never started) container may be deleted.
     pub fn can_delete(self) -> bool {
@@ -70,7 +79,7 @@ impl Status {
         matches!(self, Status::Created | Status::Running)
     }
     pub fn can_update(self) -> bool {
-        matches!(self, Status::Created | Status::Running)
+        matches!(self, Status::Created | Status::Running | Status::Paused)
     }
 }
 
@@ -150,11 +159,24 @@ impl State {
                 .is_some_and(|(t, zombie)| t == self.pid_start_time && !zombie);
         self.status = if !alive {
             Status::Stopped
+        } else if self.frozen() {
+            Status::Paused
         } else if dir.join(EXEC_FIFO).exists() {
             Status::Created
         } else {
             Status::Running
         };
+    }
+
+    /// Whether the container's cgroup is frozen (`pause`).
+    fn frozen(&self) -> bool {
+        let Some(rel) = self.cgroup.as_deref() else {
+            return false;
+        };
+        crate::cgroups::CgroupRoot::host()
+            .and_then(|root| root.open(rel))
+            .and_then(|cg| cg.is_frozen())
+            .unwrap_or(false)
     }
 }
 

@@ -27,6 +27,8 @@ const HOST_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 const KILL_ROUNDS: usize = 10;
 /// rmdir of a just-emptied cgroup can see EBUSY while the kernel finishes the exits.
 const REMOVE_ATTEMPTS: usize = 100;
+/// Polls of `cgroup.events` (1 ms apart) for a freeze to complete before it is an error.
+const FREEZE_POLLS: usize = 5000;
 
 /// Errors of the cgroups module.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum CgroupError {
     InvalidValue { field: String, reason: String },
     #[error("cgroup {path}: not found")]
     NotFound { path: PathBuf },
+    #[error("cgroup {path}: the freezer did not report `frozen {frozen}` in time")]
+    FreezeTimeout { path: PathBuf, frozen: u8 },
     #[error("cgroup {path}: processes {pids:?} survived the kill")]
     Survivors { path: PathBuf, pids: Vec<i32> },
     #[error("device rules cannot be enforced in {path}: {source}")]
@@ -401,20 +405,31 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
     }
 
     /// Checks, without writing anything, that every controller `resources` needs is available.
+    /// Values that mean "no limit" need no controller.
     pub fn check(&self, resources: &Resources) -> Result<()> {
+        self.plan(resources).map(drop)
+    }
+
+    /// The writes that apply `resources` here: all of them, less the optional ones whose
+    /// controller is missing; a missing controller for any other is `Unavailable`.
+    fn plan(&self, resources: &Resources) -> Result<Vec<resources::Write>> {
         let writes = resources.writes()?;
         if writes.is_empty() {
-            return Ok(());
+            return Ok(writes);
         }
         let available = self.controllers()?;
-        for w in &writes {
-            if let Some(c) = w.controller {
-                if !available.contains(c) {
-                    return Err(self.unavailable(c, &available));
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            match w.controller {
+                Some(c) if !available.contains(c) => {
+                    if !w.optional {
+                        return Err(self.unavailable(c, &available));
+                    }
                 }
+                _ => out.push(w),
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Applies limits. Everything is validated and checked for availability before the first
@@ -422,8 +437,7 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
     /// kernel's support for their program is known only once it is loaded, and a new program
     /// replaces the one attached before.
     pub fn apply(&self, resources: &Resources) -> Result<()> {
-        self.check(resources)?;
-        let writes = resources.writes()?;
+        let writes = self.plan(resources)?;
         if let Some(devices) = &resources.devices {
             let program = devices.program().map_err(|e| CgroupError::InvalidValue {
                 field: "linux.resources.devices".into(),
@@ -470,6 +484,32 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
     pub fn is_populated(&self) -> Result<bool> {
         let events = self.read("cgroup.events")?;
         Ok(events.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// Whether the cgroup is frozen or freezing (`cgroup.freeze` is 1); false without a freezer.
+    pub fn is_frozen(&self) -> Result<bool> {
+        Ok(self
+            .read_optional("cgroup.freeze")?
+            .is_some_and(|s| s.trim() == "1"))
+    }
+
+    /// Freezes (or thaws) every process in this cgroup and below with the v2 freezer, and
+    /// waits until the kernel reports it done in `cgroup.events`.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let want = u8::from(frozen);
+        self.write("cgroup.freeze", &want.to_string())?;
+        let line = format!("frozen {want}");
+        for _ in 0..FREEZE_POLLS {
+            let events = self.read("cgroup.events")?;
+            if events.lines().any(|l| l.trim() == line) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(CgroupError::FreezeTimeout {
+            path: self.path.clone(),
+            frozen: want,
+        })
     }
 
     /// SIGKILLs every process in this cgroup and below: `cgroup.kill` (Linux 5.14+), else

@@ -67,6 +67,11 @@ pub struct IoMax {
     pub wiops: Option<u64>,
 }
 
+/// The default of `cpu.weight` and `io.weight`.
+const DEFAULT_WEIGHT: u64 = 100;
+/// The default of cgroup v1's `cpu.shares`, which means no particular weight.
+const DEFAULT_SHARES: u64 = 1024;
+
 /// Limits of one cgroup. `None` leaves the kernel's current value alone.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
@@ -77,12 +82,17 @@ pub struct Resources {
     pub cpu_max: Option<CpuMax>,
     /// 1..=10000 (default 100).
     pub cpu_weight: Option<u64>,
+    /// `cpu_weight` is the mapping of v1's default `cpu.shares` (1024): no particular weight
+    /// was asked for, so a missing cpu controller is no error.
+    pub cpu_weight_from_default_shares: bool,
     pub pids_max: Option<Limit>,
     /// 1..=10000 (default 100).
     pub io_weight: Option<u64>,
     pub io_max: Vec<IoMax>,
     pub cpuset_cpus: Option<String>,
     pub cpuset_mems: Option<String>,
+    /// `hugetlb.<size>.max` limits by page size (`2MB`, `1GB`).
+    pub hugetlb_max: BTreeMap<String, Limit>,
     /// Raw interface files (`linux.resources.unified`), written last.
     pub unified: BTreeMap<String, String>,
     /// Device access rules, enforced by an eBPF program on the cgroup; `None` attaches none.
@@ -95,6 +105,9 @@ pub struct Write {
     pub controller: Option<Controller>,
     pub file: String,
     pub value: String,
+    /// The value is "no limit" or the kernel's default: where the controller is missing it
+    /// is already in effect, so the write is skipped instead of failing.
+    pub optional: bool,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> CgroupError {
@@ -124,25 +137,26 @@ impl Resources {
     /// The writes that apply these limits, validated.
     pub fn writes(&self) -> Result<Vec<Write>> {
         let mut out = Vec::new();
-        let mut push = |controller, file: &str, value: String| {
+        let mut push = |controller, file: &str, value: String, optional: bool| {
             out.push(Write {
                 controller: Some(controller),
                 file: file.to_string(),
                 value,
+                optional,
             })
         };
         use Controller::*;
         if let Some(v) = self.memory_low {
-            push(Memory, "memory.low", v.to_string());
+            push(Memory, "memory.low", v.to_string(), v == Limit::Value(0));
         }
         if let Some(v) = self.memory_high {
-            push(Memory, "memory.high", v.to_string());
+            push(Memory, "memory.high", v.to_string(), v == Limit::Max);
         }
         if let Some(v) = self.memory_max {
-            push(Memory, "memory.max", v.to_string());
+            push(Memory, "memory.max", v.to_string(), v == Limit::Max);
         }
         if let Some(v) = self.memory_swap_max {
-            push(Memory, "memory.swap.max", v.to_string());
+            push(Memory, "memory.swap.max", v.to_string(), v == Limit::Max);
         }
         if let Some(CpuMax { quota, period }) = self.cpu_max {
             if !(1000..=1_000_000).contains(&period) {
@@ -151,23 +165,25 @@ impl Resources {
                     format!("{period} is outside 1000..=1000000 µs"),
                 ));
             }
+            let unlimited = quota.is_none();
             let quota = quota.map_or("max".to_string(), |q| q.to_string());
-            push(Cpu, "cpu.max", format!("{quota} {period}"));
+            push(Cpu, "cpu.max", format!("{quota} {period}"), unlimited);
         }
         if let Some(w) = self.cpu_weight {
             if !(1..=10_000).contains(&w) {
                 return Err(invalid("cpu.weight", format!("{w} is outside 1..=10000")));
             }
-            push(Cpu, "cpu.weight", w.to_string());
+            let default = w == DEFAULT_WEIGHT || self.cpu_weight_from_default_shares;
+            push(Cpu, "cpu.weight", w.to_string(), default);
         }
         if let Some(v) = self.pids_max {
-            push(Pids, "pids.max", v.to_string());
+            push(Pids, "pids.max", v.to_string(), v == Limit::Max);
         }
         if let Some(w) = self.io_weight {
             if !(1..=10_000).contains(&w) {
                 return Err(invalid("io.weight", format!("{w} is outside 1..=10000")));
             }
-            push(Io, "io.weight", format!("default {w}"));
+            push(Io, "io.weight", format!("default {w}"), w == DEFAULT_WEIGHT);
         }
         for m in &self.io_max {
             let mut line = format!("{}:{}", m.major, m.minor);
@@ -181,13 +197,23 @@ impl Resources {
                     line.push_str(&format!(" {key}={v}"));
                 }
             }
-            push(Io, "io.max", line);
+            push(Io, "io.max", line, false);
         }
         if let Some(v) = &self.cpuset_cpus {
-            push(Cpuset, "cpuset.cpus", cpuset_list("cpuset.cpus", v)?);
+            push(Cpuset, "cpuset.cpus", cpuset_list("cpuset.cpus", v)?, false);
         }
         if let Some(v) = &self.cpuset_mems {
-            push(Cpuset, "cpuset.mems", cpuset_list("cpuset.mems", v)?);
+            push(Cpuset, "cpuset.mems", cpuset_list("cpuset.mems", v)?, false);
+        }
+        for (size, limit) in &self.hugetlb_max {
+            if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(invalid(
+                    "linux.resources.hugepageLimits.pageSize",
+                    format!("`{size}` is not a page size like 2MB"),
+                ));
+            }
+            let file = format!("hugetlb.{size}.max");
+            push(Hugetlb, &file, limit.to_string(), *limit == Limit::Max);
         }
         for (file, value) in &self.unified {
             let prefix = file.split('.').next().unwrap_or_default();
@@ -213,6 +239,7 @@ impl Resources {
                 controller: Some(controller),
                 file: file.clone(),
                 value: value.clone(),
+                optional: false,
             });
         }
         Ok(out)
@@ -274,6 +301,7 @@ impl Resources {
                 });
             }
             if let Some(shares) = c.shares() {
+                out.cpu_weight_from_default_shares = shares == DEFAULT_SHARES;
                 if shares != 0 {
                     // runc's mapping of v1 shares [2, 262144] onto v2 weight [1, 10000].
                     let s = shares.clamp(2, 262_144);
@@ -334,11 +362,9 @@ impl Resources {
             }
             out.io_max = devices.into_values().collect();
         }
-        if r.hugepage_limits().as_ref().is_some_and(|l| !l.is_empty()) {
-            return Err(invalid(
-                "linux.resources.hugepageLimits",
-                "not supported by berth-runtime",
-            ));
+        for h in r.hugepage_limits().iter().flatten() {
+            out.hugetlb_max
+                .insert(h.page_size().clone(), Limit::from_oci(h.limit()));
         }
         if r.network().is_some() {
             return Err(invalid(

@@ -277,6 +277,70 @@ fn unavailable_controller_is_an_error_and_changes_nothing() {
 }
 
 #[test]
+fn no_limit_values_need_no_controller() {
+    // The hybrid host again: what Podman and Docker send for "no limit" is fine there.
+    let f = fixture("hugetlb", TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    for json in [
+        r#"{"pids": {"limit": 0}}"#,
+        r#"{"pids": {"limit": -1}}"#,
+        r#"{"cpu": {"shares": 1024}}"#,
+        r#"{"cpu": {"quota": -1, "period": 100000}}"#,
+        r#"{"memory": {"limit": -1, "reservation": 0, "swap": -1}}"#,
+        r#"{"blockIO": {"weight": 0}}"#,
+    ] {
+        let oci: LinuxResources = serde_json::from_str(json).unwrap();
+        let r = Resources::from_oci(&oci).unwrap();
+        cg.check(&r).unwrap_or_else(|e| panic!("{json}: {e}"));
+        cg.apply(&r).unwrap_or_else(|e| panic!("{json}: {e}"));
+    }
+    assert!(!cg.path().join("pids.max").exists() && !cg.path().join("cpu.weight").exists());
+    // A real limit still needs its controller; so does a weight other than the default.
+    for (json, controller) in [
+        (r#"{"pids": {"limit": 2048}}"#, Controller::Pids),
+        (r#"{"cpu": {"shares": 512}}"#, Controller::Cpu),
+        (r#"{"memory": {"limit": 67108864}}"#, Controller::Memory),
+    ] {
+        let oci: LinuxResources = serde_json::from_str(json).unwrap();
+        let r = Resources::from_oci(&oci).unwrap();
+        match cg.apply(&r) {
+            Err(CgroupError::Unavailable { controller: c, .. }) => assert_eq!(c, controller),
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+    // Where the controller is there, "no limit" is written (it may lift an earlier limit).
+    let f = fixture(ALL, TestFs::default());
+    let cg = f.root.create("c").unwrap();
+    let oci: LinuxResources = serde_json::from_str(r#"{"pids": {"limit": 0}}"#).unwrap();
+    cg.apply(&Resources::from_oci(&oci).unwrap()).unwrap();
+    assert_eq!(
+        fs::read_to_string(cg.path().join("pids.max")).unwrap(),
+        "max"
+    );
+}
+
+#[test]
+fn hugepage_limits_become_hugetlb_max() {
+    let oci: LinuxResources = serde_json::from_str(
+        r#"{"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}, {"pageSize": "1GB", "limit": -1}]}"#,
+    )
+    .unwrap();
+    let r = Resources::from_oci(&oci).unwrap();
+    let writes = r.writes().unwrap();
+    let files: Vec<(&str, &str)> = writes
+        .iter()
+        .map(|w| (w.file.as_str(), w.value.as_str()))
+        .collect();
+    assert_eq!(
+        files,
+        [("hugetlb.1GB.max", "max"), ("hugetlb.2MB.max", "4194304")]
+    );
+    let bad: LinuxResources =
+        serde_json::from_str(r#"{"hugepageLimits": [{"pageSize": "../x", "limit": 1}]}"#).unwrap();
+    assert!(Resources::from_oci(&bad).is_err());
+}
+
+#[test]
 fn device_rules_become_the_cgroup_device_program() {
     let fs_ = TestFs::default();
     let f = fixture(ALL, fs_.clone());

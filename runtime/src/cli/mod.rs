@@ -4,11 +4,15 @@
 
 mod create;
 mod delete;
+mod events;
 mod exec;
+mod features;
 pub mod image;
 mod kill;
 mod list;
+mod pause;
 mod ps;
+mod resume;
 mod run;
 mod spec;
 mod start;
@@ -82,6 +86,26 @@ const VERBS: &[Verb] = &[
         about: "run a process in a running container",
         run: exec::run,
         sealed: true,
+    },
+    Verb {
+        name: "pause",
+        about: "freeze every process of a container",
+        run: pause::run,
+    },
+    Verb {
+        name: "resume",
+        about: "thaw a paused container",
+        run: resume::run,
+    },
+    Verb {
+        name: "events",
+        about: "print resource usage (--stats once, else every --interval) and OOM events",
+        run: events::run,
+    },
+    Verb {
+        name: "features",
+        about: "print the runtime's features (OCI features document)",
+        run: features::run,
     },
     Verb {
         name: "spec",
@@ -262,11 +286,12 @@ fn usage() -> String {
 /// Runs the command line; returns the process exit code.
 pub fn main(argv: Vec<String>) -> i32 {
     let args = argv.get(1..).unwrap_or_default();
-    // Global flags come before the verb.
-    let verb_at = args
-        .iter()
-        .position(|a| VERBS.iter().any(|v| v.name == a))
-        .unwrap_or(args.len());
+    // Global flags come before the verb: the verb is the first argument that is neither a
+    // global flag nor the value of one.
+    let verb_at = match global_end(args) {
+        Ok(i) => i,
+        Err(e) => return fail(None, &e),
+    };
     let (global_args, rest) = args.split_at(verb_at);
     let global = match parse(global_args, GLOBAL_FLAGS, false) {
         Ok(g) => g,
@@ -281,6 +306,18 @@ pub fn main(argv: Vec<String>) -> i32 {
         log: global.get("log").map(PathBuf::from),
         log_json: global.get("log-format") == Some("json"),
     };
+    // Containers' cgroups are always created as cgroupfs paths; a client that manages them
+    // through systemd would find its `slice:prefix:name` paths misread.
+    if global.is_set("systemd-cgroup") {
+        return fail(
+            Some(&g),
+            &Usage(
+                "--systemd-cgroup is not supported: berth-runtime manages cgroups directly \
+                 (use the cgroupfs cgroup driver of the client)"
+                    .into(),
+            ),
+        );
+    }
     if global.is_set("version") {
         println!(
             "berth-runtime version {}\nspec: 1.2.0",
@@ -296,7 +333,10 @@ pub fn main(argv: Vec<String>) -> i32 {
         return fail(Some(&g), &Usage(format!("no command given\n{}", usage())));
     };
     let Some(verb) = VERBS.iter().find(|v| v.name == verb_name) else {
-        return fail(Some(&g), &Usage(format!("unknown command `{verb_name}`")));
+        return fail(
+            Some(&g),
+            &Usage(format!("unknown command `{verb_name}`\n{}", usage())),
+        );
     };
     if verb.sealed {
         if let Err(e) = berth_runtime::sealed::ensure_sealed() {
@@ -307,6 +347,30 @@ pub fn main(argv: Vec<String>) -> i32 {
         Ok(code) => code,
         Err(e) => fail(Some(&g), e.as_ref()),
     }
+}
+
+/// Index of the first argument after the global flags (and their values).
+fn global_end(args: &[String]) -> Result<usize, Usage> {
+    let mut i = 0;
+    while let Some(a) = args.get(i) {
+        let Some(name) = a
+            .strip_prefix("--")
+            .or_else(|| a.strip_prefix('-'))
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(i);
+        };
+        let (name, inline) = match name.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (name, false),
+        };
+        let f = GLOBAL_FLAGS
+            .iter()
+            .find(|f| f.names.contains(&name))
+            .ok_or_else(|| Usage(format!("unknown global flag `{a}`")))?;
+        i += if f.value && !inline { 2 } else { 1 };
+    }
+    Ok(args.len())
 }
 
 /// Reports an error on stderr and in the `--log` file; exit code 1.

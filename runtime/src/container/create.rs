@@ -121,6 +121,9 @@ impl Runtime {
             Some(s) => crate::seccomp::compile(s)?,
             None => Vec::new(),
         };
+        if let Some(p) = spec.process() {
+            crate::process::check_capabilities(p)?;
+        }
         let terminal = spec
             .process()
             .as_ref()

@@ -16,7 +16,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 impl Container {
     pub fn delete(mut self, force: bool) -> Result<()> {
         self.refresh();
-        if self.state.status == Status::Running && !force {
+        if matches!(self.state.status, Status::Running | Status::Paused) && !force {
             return Err(ContainerError::Running {
                 id: self.state.id.clone(),
             });

@@ -47,6 +47,7 @@ impl Container {
     /// caller) once it has exec'd.
     pub fn exec(&mut self, opts: &ExecOptions<'_>) -> Result<i32> {
         self.ready_to("exec in", Status::can_exec)?;
+        crate::process::check_capabilities(&opts.process)?;
         let pid = self.state.pid;
         let mut joins: Vec<(File, CloneFlags)> = Vec::new();
         for (name, flag) in NAMESPACES {

@@ -7,6 +7,7 @@ mod delete;
 mod exec;
 mod kill;
 mod launch;
+mod pause;
 mod start;
 mod update;
 mod wait;
@@ -75,6 +76,8 @@ pub enum ContainerError {
     Init(#[from] InitError),
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
 }
 
 pub type Result<T> = std::result::Result<T, ContainerError>;

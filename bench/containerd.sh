@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# `ctr run --rm` of busybox `true` through containerd's io.containerd.runc.v2 shim with
+# berth-runtime, runc and crun as the shim's runtime binary, side by side in one hyperfine run.
+# containerd runs with its state, root and socket in a temp dir; the image is built from the
+# host's static busybox (runtime/tests/busybox-image.sh). Root needed.
+#
+# Each run is what a client waits for: containerd creates the container, the shim starts and
+# calls the runtime's create and start, `true` exits, the shim calls delete, the container is
+# removed. On this hybrid host runc and crun put the container in v1 cgroups (cgroupfs),
+# berth-runtime in the v2 tree.
+set -euo pipefail
+. "$(dirname "$0")/../scripts/lib.sh"
+cd "$BERTH_ROOT"
+
+RUNS="${RUNS:-50}"
+BIN="$BERTH_OUT/bin/berth-runtime"
+if [ ! -x "$BIN" ]; then
+    log "building a static berth-runtime"
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        cargo build --release --locked --target "$BERTH_TARGET" -p berth-runtime --bin berth-runtime
+    BIN="$BERTH_ROOT/target/$BERTH_TARGET/release/berth-runtime"
+fi
+for t in hyperfine containerd ctr runc crun jq; do command -v "$t" > /dev/null || die "$t missing (make deps)"; done
+
+WORK=$(mktemp -d /tmp/berth-bench-ctd.XXXXXX)
+NS="bench$$"
+run_dir_existed=0
+[ -e /run/containerd ] && run_dir_existed=1
+cleanup() {
+    [ -n "${CTD_PID:-}" ] && kill "$CTD_PID" 2> /dev/null && wait "$CTD_PID" 2> /dev/null || true
+    for d in /sys/fs/cgroup/*/"$NS"; do [ -d "$d" ] && rmdir "$d" 2> /dev/null || true; done
+    if [ "$run_dir_existed" = 0 ]; then rmdir /run/containerd/s /run/containerd/fifo /run/containerd 2> /dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+sh runtime/tests/busybox-image.sh "$WORK/busybox.tar" berth.bench/busybox:latest
+cat > "$WORK/config.toml" <<EOF
+version = 2
+root = "$WORK/root"
+state = "$WORK/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$WORK/containerd.sock"
+[ttrpc]
+  address = "$WORK/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+EOF
+containerd --config "$WORK/config.toml" > "$WORK/containerd.log" 2>&1 &
+CTD_PID=$!
+for _ in $(seq 300); do [ -S "$WORK/containerd.sock" ] && break; sleep 0.1; done
+[ -S "$WORK/containerd.sock" ] || die "containerd did not start: $(cat "$WORK/containerd.log")"
+CTR="ctr --address $WORK/containerd.sock --namespace $NS"
+$CTR image import "$WORK/busybox.tar" > /dev/null
+
+cmd() { # runtime-binary name
+    echo "$CTR run --rm --runc-binary $1 --runc-root $WORK/runc-$2 --fifo-dir $WORK/fifo berth.bench/busybox:latest $2 true"
+}
+names=() cmds=()
+for r in "berth-runtime:$BIN" "runc:$(command -v runc)" "crun:$(command -v crun)"; do
+    name=${r%%:*} path=${r#*:}
+    # Only runtimes that run here take part (crun may refuse this host's cgroup layout).
+    if $(cmd "$path" "probe-$name") > "$WORK/probe-$name.log" 2>&1; then
+        names+=("$name") cmds+=("$(cmd "$path" "$name")")
+    else
+        log "$name does not run under containerd here: $(tail -1 "$WORK/probe-$name.log")"
+    fi
+done
+args=()
+for i in "${!names[@]}"; do args+=(-n "${names[$i]}" "${cmds[$i]}"); done
+hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$WORK/hyperfine.json" "${args[@]}" >&2
+
+echo
+echo "| runtime under containerd (\`ctr run --rm\` busybox true) | mean | median | min | max | vs runc |"
+echo "|---|---|---|---|---|---|"
+jq -r '
+  (.results[] | select(.command == "runc") | .median) as $runc
+  | .results[]
+  | "| \(.command) | \(.mean * 1000 | floor) ms | \(.median * 1000 | floor) ms | \(.min * 1000 | floor) ms | \(.max * 1000 | floor) ms | \((.median / $runc * 100 | floor) / 100)× |"
+' "$WORK/hyperfine.json"
