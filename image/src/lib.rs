@@ -5,6 +5,7 @@
 //! boot state), [`guid`]. Host-only: [`layout`], [`verity`], [`grub`], [`esp`], [`ext4`],
 //! [`convert`], [`manifest`], [`assemble`] (which calls the distribution's mkfs tools).
 
+pub mod args;
 pub mod assemble;
 pub mod bundle;
 pub mod cidata;

@@ -59,32 +59,14 @@ fn run(args: &[String]) -> Result<(), String> {
 /// Options that may be given more than once.
 const REPEATABLE: &[&str] = &["input", "component"];
 
-/// Parses `--key value` pairs; every key must be one of `known`. A repeatable key collects
-/// its values in order; any other key may appear once.
+/// `--key value` options of a command (see [`berth_image::args`]).
 fn options_multi(args: &[String], known: &[&str]) -> Result<HashMap<String, Vec<String>>, String> {
-    let mut map: HashMap<String, Vec<String>> = HashMap::new();
-    let mut it = args.iter();
-    while let Some(key) = it.next() {
-        let name = key
-            .strip_prefix("--")
-            .filter(|k| known.contains(k))
-            .ok_or_else(|| format!("unknown argument {key:?}\n{USAGE}"))?;
-        let value = it.next().ok_or_else(|| format!("{key} needs a value"))?;
-        let values = map.entry(name.to_string()).or_default();
-        if !values.is_empty() && !REPEATABLE.contains(&name) {
-            return Err(format!("{key} given twice"));
-        }
-        values.push(value.clone());
-    }
-    Ok(map)
+    berth_image::args::options_multi(args, known, REPEATABLE, USAGE)
 }
 
 /// Like [`options_multi`] for commands without repeatable options.
 fn options(args: &[String], known: &[&str]) -> Result<HashMap<String, String>, String> {
-    Ok(options_multi(args, known)?
-        .into_iter()
-        .filter_map(|(k, mut v)| v.pop().map(|v| (k, v)))
-        .collect())
+    berth_image::args::options(args, known, USAGE)
 }
 
 fn disk(args: &[String]) -> Result<(), String> {

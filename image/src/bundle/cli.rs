@@ -15,17 +15,7 @@ pub const USAGE: &str = "  berth-image keygen --out DIR [--name NAME]
   berth-image verify-bundle --keys DIR FILE";
 
 fn options(args: &[String], known: &[&str]) -> Result<HashMap<String, String>, String> {
-    let mut map = HashMap::new();
-    let mut it = args.iter();
-    while let Some(key) = it.next() {
-        let name = key
-            .strip_prefix("--")
-            .filter(|k| known.contains(k))
-            .ok_or_else(|| format!("unknown argument {key:?}\nusage:\n{USAGE}"))?;
-        let value = it.next().ok_or_else(|| format!("{key} needs a value"))?;
-        map.insert(name.to_string(), value.clone());
-    }
-    Ok(map)
+    crate::args::options(args, known, &format!("usage:\n{USAGE}"))
 }
 
 fn required<'a>(opts: &'a HashMap<String, String>, k: &str) -> Result<&'a str, String> {
