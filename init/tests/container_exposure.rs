@@ -11,9 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use berth_runtime::image::{archive, Store};
-use berth_runtime::registry::Reference;
-use common::{new_umoci_image, run, temp_dir, Host};
+use common::{import_layout, new_umoci_image, run, temp_dir, Host};
 
 const ATTACK: &str = r#"
 n=0
@@ -74,16 +72,7 @@ fn import_image(dir: &Path, bins: &[&Path]) {
     run(Command::new("umoci")
         .args(["repack", "--image", &image])
         .arg(&bundle));
-    let tar = dir.join("image.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    let store = Store::open(dir.join("state/images")).unwrap();
-    let tag = Reference::parse("berth.test/evil:1").unwrap();
-    archive::import(&store, std::fs::File::open(&tar).unwrap(), Some(&tag)).unwrap();
+    import_layout(dir, &layout, "berth.test/evil:1");
 }
 
 #[test]

@@ -14,9 +14,8 @@ mod registry;
 use std::path::Path;
 use std::process::Command;
 
-use berth_runtime::image::{archive, Store};
-use berth_runtime::registry::Reference;
-use common::{new_umoci_image, run, temp_dir, Host};
+use berth_runtime::image::Store;
+use common::{import_layout, new_umoci_image, run, temp_dir, Host};
 
 /// A busybox image tagged `berth.test/web:1`, imported into `DIR/state/images`.
 fn import_busybox_image(dir: &Path) {
@@ -52,16 +51,7 @@ fn import_busybox_image(dir: &Path) {
         "--config.cmd",
         "sh",
     ]));
-    let tar = dir.join("image.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    let store = Store::open(dir.join("state/images")).unwrap();
-    let tag = Reference::parse("berth.test/web:1").unwrap();
-    archive::import(&store, std::fs::File::open(&tar).unwrap(), Some(&tag)).unwrap();
+    import_layout(dir, &layout, "berth.test/web:1");
 }
 
 const WEB: &str = r#"

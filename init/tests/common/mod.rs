@@ -236,6 +236,23 @@ pub fn run(cmd: &mut Command) {
 
 /// A new OCI layout at `layout` holding an empty image tagged `1` (made with umoci), unpacked
 /// into `bundle` for editing; returns the image name for umoci (`LAYOUT:1`).
+/// Imports the OCI layout `layout` into `DIR/state/images` under `tag`, through an archive as
+/// `berth-runtime image import` takes it.
+pub fn import_layout(dir: &Path, layout: &Path, tag: &str) {
+    use berth_runtime::image::{archive, Store};
+    use berth_runtime::registry::Reference;
+    let tar = dir.join("image.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    let store = Store::open(dir.join("state/images")).unwrap();
+    let tag = Reference::parse(tag).unwrap();
+    archive::import(&store, std::fs::File::open(&tar).unwrap(), Some(&tag)).unwrap();
+}
+
 pub fn new_umoci_image(layout: &Path, bundle: &Path) -> String {
     let image = format!("{}:1", layout.display());
     run(Command::new("umoci")
