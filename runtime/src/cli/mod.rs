@@ -91,21 +91,25 @@ const VERBS: &[Verb] = &[
         name: "pause",
         about: "freeze every process of a container",
         run: pause::run,
+        sealed: false,
     },
     Verb {
         name: "resume",
         about: "thaw a paused container",
         run: resume::run,
+        sealed: false,
     },
     Verb {
         name: "events",
         about: "print resource usage (--stats once, else every --interval) and OOM events",
         run: events::run,
+        sealed: false,
     },
     Verb {
         name: "features",
         about: "print the runtime's features (OCI features document)",
         run: features::run,
+        sealed: false,
     },
     Verb {
         name: "spec",
