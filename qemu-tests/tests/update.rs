@@ -167,6 +167,13 @@ fn power_off(mut vm: Vm) {
     assert!(status.success(), "QEMU exited with {status}");
 }
 
+/// `GET /v1/update` through berthctl in the guest.
+fn update_status(vm: &mut Vm) -> serde_json::Value {
+    let out = vm.run_ok("berthctl --json update status", CMD).unwrap();
+    let start = out.find('{').unwrap_or(0);
+    serde_json::from_str(out[start..].trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 fn os_release_field(vm: &mut Vm, key: &str) -> String {
     let out = vm
         .run_ok(&format!("sed -n 's/^{key}=//p' /etc/os-release"), CMD)
@@ -198,6 +205,11 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
     vm.wait_for_shell(BOOT).unwrap();
     assert_eq!(os_release_field(&mut vm, "VERSION_ID"), running);
     wait_marked_good(&mut vm, "A");
+    let status = update_status(&mut vm);
+    assert_eq!(status["booted"], "A", "{status}");
+    assert_eq!(status["slots"][0]["state"], "good", "{status}");
+    assert_eq!(status["slots"][0]["version"], running.as_str(), "{status}");
+    assert_eq!(status["slots"][1]["state"], "empty", "{status}");
     vm.run_ok(
         "echo kept-across-updates > /var/lib/berth/update-marker && sync",
         CMD,
@@ -217,6 +229,12 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
         applied.contains(&format!("\"version\":\"{next}\"")),
         "{applied}"
     );
+    let status = update_status(&mut vm);
+    assert_eq!(status["next"], "B", "{status}");
+    assert_eq!(status["slots"][1]["state"], "new", "{status}");
+    assert_eq!(status["slots"][1]["attempts_left"], 3, "{status}");
+    assert_eq!(status["slots"][1]["version"], next.as_str(), "{status}");
+    assert_eq!(status["slots"][1]["build_id"], "update-test", "{status}");
     power_off(vm);
 
     let env = grubenv_of(&disk_path);
@@ -241,6 +259,12 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
         "kept-across-updates"
     );
     wait_marked_good(&mut vm, "B");
+    let status = update_status(&mut vm);
+    assert_eq!(status["booted"], "B", "{status}");
+    assert_eq!(status["next"], "B", "{status}");
+    assert_eq!(status["slots"][0]["state"], "good", "{status}");
+    assert_eq!(status["slots"][1]["state"], "good", "{status}");
+    assert_eq!(status["slots"][1]["version"], next.as_str(), "{status}");
     power_off(vm);
 
     let env = grubenv_of(&disk_path);
