@@ -263,6 +263,7 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
     assert_eq!(status["booted"], "B", "{status}");
     assert_eq!(status["next"], "B", "{status}");
     assert_eq!(status["slots"][0]["state"], "good", "{status}");
+    assert_eq!(status["slots"][0]["version"], running.as_str(), "{status}");
     assert_eq!(status["slots"][1]["state"], "good", "{status}");
     assert_eq!(status["slots"][1]["version"], next.as_str(), "{status}");
     power_off(vm);
