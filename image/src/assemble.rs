@@ -111,6 +111,27 @@ pub struct DiskInputs {
     pub source_commit: Option<String>,
 }
 
+/// The release record of the image's slot: its version, and the build id of the root tree's
+/// `/etc/os-release` (`unknown` for a prebuilt root image or a tree without one).
+pub fn slot_release(inputs: &DiskInputs) -> String {
+    let build_id = match &inputs.root {
+        RootSource::Tree(tree) => std::fs::read_to_string(tree.join("etc/os-release"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("BUILD_ID="))
+                    .map(|v| v.trim().trim_matches('"').to_string())
+            })
+            .filter(|v| !v.is_empty()),
+        RootSource::Image(_) => None,
+    };
+    serde_json::json!({
+        "version": inputs.version,
+        "build_id": build_id.unwrap_or_else(|| "unknown".into()),
+    })
+    .to_string()
+}
+
 /// Builds `out_dir/berth.img` (using `work_dir` for intermediate files), converts it into
 /// `formats`, and writes `out_dir/manifest.json`.
 ///
@@ -204,6 +225,9 @@ pub fn build(
     grub::mkimage_efi(&embed, &efi_img, &inputs.grub.efi)?;
     let slot_cfg = work_dir.join("A-boot.cfg");
     write(&slot_cfg, grub::slot_config(&dm_create, &args)?.as_bytes())?;
+    // What slot A holds, as an update records it for the slot it writes (`release.json`).
+    let release = work_dir.join("A-release.json");
+    write(&release, slot_release(inputs).as_bytes())?;
     // Both copies of the boot state (see grubenv): a power cut while one is rewritten
     // leaves the other.
     let mut grubenvs = Vec::new();
@@ -221,6 +245,7 @@ pub fn build(
     }
     esp.add(&inputs.kernel, &format!("/{}/vmlinuz", Slot::A))?;
     esp.add(&slot_cfg, &format!("/{}/boot.cfg", Slot::A))?;
+    esp.add(&release, &format!("/{}/release.json", Slot::A))?;
     esp.add_dir(&format!("/{}", Slot::B))?;
     let esp_img = work_dir.join("esp.img");
     let stamp = Stamp {

@@ -44,6 +44,8 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
     std::fs::create_dir_all(rootfs.join("sbin")).unwrap();
     std::fs::create_dir_all(state.join("units")).unwrap();
     std::fs::write(rootfs.join("sbin/init"), vec![0x7fu8; 3 * 4096 + 17]).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/os-release"), "NAME=Berth\nBUILD_ID=b1d\n").unwrap();
     let kernel = dir.join("bzImage");
     std::fs::write(&kernel, b"not really a kernel").unwrap();
 
@@ -137,6 +139,7 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
         "::/grub/grubenv2",
         "::/A/vmlinuz",
         "::/A/boot.cfg",
+        "::/A/release.json",
     ] {
         assert!(
             listing.lines().any(|l| l.eq_ignore_ascii_case(f)),
@@ -154,6 +157,12 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
     let slot_cfg = run(Command::new("mtype").args(["-i", &img, "::/A/boot.cfg"])).stdout;
     let slot_cfg = String::from_utf8_lossy(&slot_cfg);
     assert!(slot_cfg.contains(&manifest.root.root_hash), "{slot_cfg}");
+    let release = run(Command::new("mtype").args(["-i", &img, "::/A/release.json"])).stdout;
+    let release: serde_json::Value = serde_json::from_slice(&release).unwrap();
+    assert_eq!(
+        release,
+        serde_json::json!({"version": "0.0.0-test", "build_id": "b1d"})
+    );
 
     // BIOS: the MBR's boot code points at the core image in the bios-boot partition.
     let bios = gpt.find("bios-boot").unwrap();

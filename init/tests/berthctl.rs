@@ -130,6 +130,13 @@ fn every_command_with_tables_json_and_exit_codes() {
     assert_eq!(ok(ctl(&host, &["--json", "image", "ls"])).trim(), "[]");
     assert!(fails(ctl(&host, &["image", "rm", "nothing:1"]), 1).contains("unknown image"));
 
+    // berth-init in host mode did not boot from a Berth disk: no slots to show.
+    let update = fails(ctl(&host, &["update", "status"]), 1);
+    assert!(
+        update.contains("no A/B slots: not booted from a Berth disk"),
+        "{update}"
+    );
+
     // Usage errors are 2; an unreachable API is 1.
     fails(ctl(&host, &["frobnicate"]), 2);
     fails(ctl(&host, &["show"]), 2);

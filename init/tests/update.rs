@@ -155,6 +155,10 @@ fn a_good_bundle_lands_in_the_other_slot_and_boots_next() {
     assert!(cfg.contains("verity 1 PARTUUID="), "{cfg}");
     assert!(cfg.contains("console=ttyS0,115200 panic=5"), "{cfg}");
     assert!(!esp.join("B/vmlinuz.new").exists() && !esp.join("B/boot.cfg.new").exists());
+    // The release record the update status shows for the slot.
+    let release = berth_init::update::status::read_release(&esp.join("B")).unwrap();
+    assert_eq!(release.version, rig.opts.os_version);
+    assert_eq!(release.build_id, rig.opts.build_id);
     // Slot A untouched.
     assert_eq!(std::fs::read(esp.join("A/vmlinuz")).unwrap(), b"old kernel");
 

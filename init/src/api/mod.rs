@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod routes;
 pub mod tls;
 pub mod units;
+pub mod update;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

@@ -3,8 +3,7 @@
 //! new rows; `docs/api/openapi.yaml` documents every row (a test keeps the two in step).
 //!
 //! Layout: `/v1/system` (facts, reboot, poweroff), `/v1/metrics`, `/v1/units/...`,
-//! `/v1/images/...`. A/B updates come as `/v1/update` (status), `/v1/update/apply` and
-//! `/v1/update/rollback`.
+//! `/v1/images/...`, `/v1/update` (A/B update status).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use serde::Serialize;
 
 use super::http::{percent_decode, Request, Response};
 use super::jobs::Jobs;
-use super::{images, logs, metrics, units};
+use super::{images, logs, metrics, units, update};
 use crate::boot::Paths;
 use crate::event::Reactor;
 use crate::shutdown::PowerAction;
@@ -142,6 +141,7 @@ pub const ROUTES: &[Route] = &[
     route("DELETE", "/v1/images/jobs/{id}", images::cancel_job),
     route("GET", "/v1/images/{reference}", images::show),
     route("DELETE", "/v1/images/{reference}", images::remove),
+    route("GET", "/v1/update", update::status),
 ];
 
 /// Matches `path` against `pattern`, returning the decoded `{param}` values.

@@ -46,6 +46,7 @@ pub fn run(client: &Client, o: &Options) -> Result {
         ["image", "pull", reference] => image_pull(client, o, reference),
         ["image", "ls" | "list"] => image_list(client, o),
         ["image", "rm", reference] => image_remove(client, o, reference),
+        ["update", "status"] => update_status(client, o),
         [power @ ("reboot" | "poweroff")] => {
             let v = call(client, "POST", &format!("/v1/system/{power}"), None)?;
             print_or(o, &v, || format!("{power}: {}\n", cell(&v["detail"])));
@@ -537,6 +538,50 @@ fn image_list(client: &Client, o: &Options) -> Result {
     Ok(())
 }
 
+/// The rows of `berthctl update status`: one per slot.
+pub fn update_rows(v: &Value) -> Vec<Vec<String>> {
+    let flag = |b: &Value, text: &str| {
+        if b.as_bool() == Some(true) {
+            text.to_string()
+        } else {
+            String::new()
+        }
+    };
+    v["slots"]
+        .as_array()
+        .map(|slots| {
+            slots
+                .iter()
+                .map(|s| {
+                    let state = match s["attempts_left"].as_u64() {
+                        Some(n) => format!("{} ({n} attempts left)", cell(&s["state"])),
+                        None => cell(&s["state"]),
+                    };
+                    vec![
+                        cell(&s["slot"]),
+                        state,
+                        cell(&s["version"]),
+                        cell(&s["build_id"]),
+                        flag(&s["booted"], "booted"),
+                        flag(&s["next"], "next"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn update_status(client: &Client, o: &Options) -> Result {
+    let v = call(client, "GET", "/v1/update", None)?;
+    print_or(o, &v, || {
+        table(
+            &["SLOT", "STATE", "VERSION", "BUILD", "RUNNING", "BOOTS NEXT"],
+            &update_rows(&v),
+        )
+    });
+    Ok(())
+}
+
 fn image_remove(client: &Client, o: &Options, reference: &str) -> Result {
     let path = format!("/v1/images/{}", encode_segment(reference));
     let v = call(client, "DELETE", &path, None)?;
@@ -583,6 +628,21 @@ pub fn check(files: &[String]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_status_rows_show_state_attempts_and_flags() {
+        let v = json!({"booted": "A", "next": "B", "slots": [
+            {"slot": "A", "state": "good", "attempts_left": null, "version": "0.1.0",
+             "build_id": "abc", "booted": true, "next": false},
+            {"slot": "B", "state": "new", "attempts_left": 3, "version": "0.1.1",
+             "build_id": "def", "booted": false, "next": true}]});
+        let rows = update_rows(&v);
+        assert_eq!(rows[0], ["A", "good", "0.1.0", "abc", "booted", ""]);
+        assert_eq!(
+            rows[1],
+            ["B", "new (3 attempts left)", "0.1.1", "def", "", "next"]
+        );
+    }
 
     #[test]
     fn encodes_path_segments() {

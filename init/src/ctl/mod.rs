@@ -27,6 +27,7 @@ commands:
   logs [-f] [--tail N] UNIT   a unit's output (-f: keep following)
   metrics [UNIT]              Prometheus metrics (of one unit)
   image pull REF | image ls | image rm REF
+  update status               A/B slots: state, version, build, which runs, which boots next
   reboot | poweroff           ordered shutdown
   check FILE...               validate unit files (offline)
 options:

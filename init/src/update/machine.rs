@@ -175,3 +175,47 @@ fn slot_partition(
         .ok_or_else(|| bad(&disk_dev, format!("no GPT entry named {name:?}")))?;
     Ok((dev, sectors * 512, guid))
 }
+
+/// Where the ESP is mounted (read-only) while the update status is read.
+const STATUS_MOUNT: &str = "/run/berth/status-esp";
+
+/// The update status of this machine's slots (`GET /v1/update`): the ESP is mounted
+/// read-only for the moment it takes to read the boot state and the slots' release records.
+pub fn status_of_this_machine() -> Result<super::status::UpdateStatus, MachineError> {
+    let booted = booted_slot_of_this_machine().ok_or(MachineError::NotBerth)?;
+    let blocks = BlockDevices::system();
+    let esp = blocks
+        .partition_named(ESP_PARTITION)
+        .ok_or_else(|| MachineError::NoPartition(ESP_PARTITION.into()))?;
+    let esp_dev = blocks.dev_path(&esp.name);
+    let mountpoint = Path::new(STATUS_MOUNT);
+    std::fs::create_dir_all(mountpoint).map_err(|e| MachineError::Device {
+        path: STATUS_MOUNT.into(),
+        problem: e.to_string(),
+    })?;
+    nix::mount::mount(
+        Some(&esp_dev),
+        mountpoint,
+        Some("vfat"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|source| MachineError::Mount {
+        device: esp_dev.display().to_string(),
+        target: STATUS_MOUNT.into(),
+        source,
+    })?;
+    let running = super::status::Release {
+        version: crate::run::VERSION.into(),
+        build_id: std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|t| super::status::os_release_build_id(&t))
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    let result = super::status::status_in(mountpoint, booted, &running);
+    let _ = nix::mount::umount(mountpoint);
+    result.map_err(|e| MachineError::Device {
+        path: format!("{}/grub", esp_dev.display()),
+        problem: e.to_string(),
+    })
+}

@@ -13,6 +13,7 @@
 //! 5. only then grubenv: the slot becomes new (with its boot attempts) and first in ORDER.
 
 pub mod machine;
+pub mod status;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -244,6 +245,20 @@ pub fn apply<R: Read>(
     }
     let cfg_new = slot_dir.join("boot.cfg.new");
     write_synced(&cfg_new, boot_cfg.as_bytes())?;
+    // What the slot holds, for the update status (the slot is not bootable yet, so a stale
+    // record is never shown for a slot that boots).
+    let release = status::Release {
+        version: m.os_version.clone(),
+        build_id: m.build_id.clone(),
+    };
+    let release_json = serde_json::to_vec(&release).map_err(|e| UpdateError::Io {
+        path: status::RELEASE_FILE.into(),
+        source: std::io::Error::other(e),
+    })?;
+    let release_new = slot_dir.join("release.json.new");
+    write_synced(&release_new, &release_json)?;
+    let release_path = slot_dir.join(status::RELEASE_FILE);
+    std::fs::rename(&release_new, &release_path).map_err(io(&release_path))?;
     let kernel_path = slot_dir.join("vmlinuz");
     std::fs::rename(&kernel_new, &kernel_path).map_err(io(&kernel_path))?;
     let cfg_path = slot_dir.join("boot.cfg");

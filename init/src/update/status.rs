@@ -1,0 +1,188 @@
+//! The update status of both slots (`GET /v1/update`, `berthctl update status`): what each
+//! holds, from the boot state and the release record an update leaves beside the slot's
+//! kernel on the ESP (`SLOT/release.json`).
+
+use std::path::Path;
+
+use berth_image::grubenv::{BootState, Slot, SlotState};
+use serde::{Deserialize, Serialize};
+
+/// The record of what a slot holds, written by `update-apply` with the slot's kernel.
+pub const RELEASE_FILE: &str = "release.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub version: String,
+    pub build_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    pub slot: &'static str,
+    /// `good`, `new` (installed, not marked good yet), `retired` (holds a system GRUB will not
+    /// boot any more) or `empty`.
+    pub state: &'static str,
+    /// Boot attempts left while `new`.
+    pub attempts_left: Option<u8>,
+    pub version: Option<String>,
+    pub build_id: Option<String>,
+    pub booted: bool,
+    /// GRUB boots this slot next.
+    pub next: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateStatus {
+    pub booted: &'static str,
+    pub next: Option<&'static str>,
+    pub slots: Vec<SlotStatus>,
+}
+
+/// The release record in an ESP slot directory, if there is a readable one.
+pub fn read_release(slot_dir: &Path) -> Option<Release> {
+    let text = std::fs::read_to_string(slot_dir.join(RELEASE_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The status of both slots. `releases` are the records found on the ESP, and whether the
+/// slot has a kernel there; the booted slot without a record (the one a disk image was built
+/// with) is the running system, `running`.
+pub fn status(
+    state: &BootState,
+    booted: Slot,
+    running: &Release,
+    found: impl Fn(Slot) -> (Option<Release>, bool),
+) -> UpdateStatus {
+    let next = state.next_boot();
+    let slots = Slot::ALL
+        .iter()
+        .map(|&slot| {
+            let (release, has_kernel) = found(slot);
+            let release = release.or_else(|| (slot == booted).then(|| running.clone()));
+            let (name, attempts_left) = match state.state(slot) {
+                SlotState::Good => ("good", None),
+                SlotState::New { tries_left } => ("new", Some(tries_left)),
+                SlotState::Empty if has_kernel => ("retired", None),
+                SlotState::Empty => ("empty", None),
+            };
+            SlotStatus {
+                slot: slot.name(),
+                state: name,
+                attempts_left,
+                version: release.as_ref().map(|r| r.version.clone()),
+                build_id: release.map(|r| r.build_id),
+                booted: slot == booted,
+                next: next == Some(slot),
+            }
+        })
+        .collect();
+    UpdateStatus {
+        booted: booted.name(),
+        next: next.map(Slot::name),
+        slots,
+    }
+}
+
+/// The status from a mounted ESP (`esp`: its root, with `grub/` and the slot directories).
+pub fn status_in(
+    esp: &Path,
+    booted: Slot,
+    running: &Release,
+) -> Result<UpdateStatus, berth_image::grubenv::GrubEnvError> {
+    let state = BootState::load(&esp.join("grub"))?;
+    Ok(status(&state, booted, running, |slot| {
+        let dir = esp.join(slot.name());
+        (read_release(&dir), dir.join("vmlinuz").is_file())
+    }))
+}
+
+/// `BUILD_ID=` of an os-release file's text.
+pub fn os_release_build_id(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("BUILD_ID="))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> Release {
+        Release {
+            version: "0.1.0".into(),
+            build_id: "abc".into(),
+        }
+    }
+
+    #[test]
+    fn a_fresh_machine_runs_a_with_b_empty() {
+        let s = status(&BootState::fresh(), Slot::A, &running(), |_| (None, false));
+        assert_eq!((s.booted, s.next), ("A", Some("A")));
+        let a = &s.slots[0];
+        assert_eq!((a.state, a.booted, a.next), ("good", true, true));
+        assert_eq!(a.version.as_deref(), Some("0.1.0"));
+        assert_eq!(a.build_id.as_deref(), Some("abc"));
+        let b = &s.slots[1];
+        assert_eq!((b.state, b.booted, b.next), ("empty", false, false));
+        assert_eq!(b.version, None);
+    }
+
+    #[test]
+    fn an_installed_slot_is_new_and_next_with_its_release() {
+        let mut state = BootState::fresh();
+        state.install(Slot::B, 3);
+        let next = Release {
+            version: "0.2.0".into(),
+            build_id: "def".into(),
+        };
+        let s = status(&state, Slot::A, &running(), |slot| match slot {
+            Slot::B => (Some(next.clone()), true),
+            Slot::A => (None, true),
+        });
+        assert_eq!(s.next, Some("B"));
+        let b = &s.slots[1];
+        assert_eq!((b.state, b.attempts_left, b.next), ("new", Some(3), true));
+        assert_eq!(b.version.as_deref(), Some("0.2.0"));
+        // A retired slot still holds its kernel.
+        state.disable(Slot::B);
+        let s = status(&state, Slot::A, &running(), |_| (None, true));
+        assert_eq!(s.slots[1].state, "retired");
+        assert_eq!(s.next, Some("A"));
+    }
+
+    #[test]
+    fn status_reads_grubenv_and_release_records_from_an_esp_tree() {
+        let dir = std::env::temp_dir().join(format!("berth-update-status-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("grub")).unwrap();
+        std::fs::create_dir_all(dir.join("B")).unwrap();
+        let mut state = BootState::fresh();
+        for (name, block) in berth_image::grubenv::ENV_FILES
+            .iter()
+            .zip(state.initial_blocks().unwrap())
+        {
+            std::fs::write(dir.join("grub").join(name), block).unwrap();
+        }
+        state.install(Slot::B, 3);
+        state.store(&dir.join("grub")).unwrap();
+        std::fs::write(dir.join("B/vmlinuz"), b"k").unwrap();
+        std::fs::write(
+            dir.join("B").join(RELEASE_FILE),
+            br#"{"version":"0.2.0","build_id":"def"}"#,
+        )
+        .unwrap();
+        let s = status_in(&dir, Slot::A, &running()).unwrap();
+        assert_eq!(s.slots[1].state, "new");
+        assert_eq!(s.slots[1].build_id.as_deref(), Some("def"));
+        assert_eq!(s.slots[0].version.as_deref(), Some("0.1.0"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn build_id_comes_from_os_release() {
+        let text = "NAME=Berth\nBUILD_ID=8b4a0b3\nVERSION_ID=0.1.0\n";
+        assert_eq!(os_release_build_id(text).as_deref(), Some("8b4a0b3"));
+        assert_eq!(os_release_build_id("NAME=Berth\n"), None);
+    }
+}
