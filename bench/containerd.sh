@@ -120,6 +120,7 @@ state = "$WORK/cri-state"
 [metrics]
   address = ""
 [plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
   sandbox_image = "berth.bench/pause:latest"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"

@@ -254,6 +254,9 @@ state = "{state}"
 [metrics]
   address = ""
 [plugins."io.containerd.grpc.v1.cri"]
+  # Pods get no lower oom_score_adj than containerd's: without CAP_SYS_RESOURCE (a host that
+  # is itself a container) the -998 of a sandbox cannot be set.
+  restrict_oom_score_adj = true
   sandbox_image = "{pause}"
   # Streaming (exec/attach/port-forward URLs) on loopback only; ExecSync does not use it.
   stream_server_address = "127.0.0.1"

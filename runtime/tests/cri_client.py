@@ -59,7 +59,7 @@ class Cri:
         pb = self.pb
         return pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=name, uid=name + "-uid", namespace="berth-test", attempt=0),
-            hostname=name,
+            # No hostname: a host-network pod shares the host's UTS namespace too.
             log_directory=log_dir,
             labels={"berth.test": name},
             linux=pb.LinuxPodSandboxConfig(
@@ -181,9 +181,9 @@ def main():
         sys.exit(__doc__)
     proto, socket, mode = sys.argv[1:4]
     cri = Cri(proto, socket)
-    if mode == "lifecycle" and len(sys.argv) == 9:
-        lifecycle(cri, *sys.argv[4:9])
-    elif mode == "bench" and len(sys.argv) >= 10:
+    if mode == "lifecycle" and len(sys.argv) == 8:
+        lifecycle(cri, *sys.argv[4:8])
+    elif mode == "bench" and len(sys.argv) >= 9:
         bench(cri, int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8:])
     else:
         sys.exit(__doc__)
