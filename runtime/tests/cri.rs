@@ -239,8 +239,9 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// containerd 1.6's configuration with the CRI plugin on: `runc` runs `binary`, every
-/// directory is below `t`, the sandbox image is the offline pause image.
-fn cri_config(t: &Scratch, binary: &str) -> String {
+/// directory is below `t`, the sandbox image is the offline pause image. `disable_cgroup` is
+/// CRI's setting for hosts where pods cannot have cgroup limits: no cgroup path, no resources.
+fn cri_config(t: &Scratch, binary: &str, disable_cgroup: bool) -> String {
     format!(
         r#"version = 2
 root = "{root}"
@@ -257,6 +258,7 @@ state = "{state}"
   # Pods get no lower oom_score_adj than containerd's: without CAP_SYS_RESOURCE (a host that
   # is itself a container) the -998 of a sandbox cannot be set.
   restrict_oom_score_adj = true
+  disable_cgroup = {disable_cgroup}
   sandbox_image = "{pause}"
   # Streaming (exec/attach/port-forward URLs) on loopback only; ExecSync does not use it.
   stream_server_address = "127.0.0.1"
@@ -281,6 +283,58 @@ state = "{state}"
     )
 }
 
+/// Whether the v2 tree can hold what CRI asks of every pod (CPU shares, memory limits): true on
+/// a unified host such as Berth, false on a hybrid host whose v2 tree lacks those controllers.
+fn v2_has_pod_controllers() -> bool {
+    let root = berth_runtime::cgroups::CgroupRoot::host().expect("cgroup v2 mounted");
+    let list = std::fs::read_to_string(root.path().join("cgroup.controllers")).unwrap_or_default();
+    let have: Vec<&str> = list.split_whitespace().collect();
+    have.contains(&"cpu") && have.contains(&"memory")
+}
+
+/// containerd with the CRI plugin, `runc` being berth-runtime, its images imported.
+fn start_cri(t: &Scratch, disable_cgroup: bool) -> Daemon {
+    let log = t.path("containerd.log");
+    std::fs::write(t.path("config.toml"), cri_config(t, BIN, disable_cgroup)).unwrap();
+    let mut daemon = Daemon::start(&t.path("config.toml"), &log);
+    daemon.wait_socket(&t.path("containerd.sock"), &log);
+    for tar in ["busybox.tar", "pause.tar"] {
+        ok(
+            "ctr",
+            &[
+                "--address",
+                &t.s("containerd.sock"),
+                "--namespace",
+                "k8s.io",
+                "image",
+                "import",
+                &t.s(tar),
+            ],
+            &log,
+        );
+    }
+    daemon
+}
+
+/// Runs the CRI client; returns its stdout.
+fn client(t: &Scratch, proto: &str, mode: &str, cgroup_parent: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cri_client.py");
+    ok(
+        PYTHON,
+        &[
+            script,
+            proto,
+            &t.s("containerd.sock"),
+            mode,
+            "runc",
+            IMAGE,
+            cgroup_parent,
+            &t.s("pod-logs"),
+        ],
+        &t.path("containerd.log"),
+    )
+}
+
 #[test]
 fn cri_plugin_runs_a_pod_with_berth_runtime() {
     let proto = std::env::var("BERTH_CRI_API_PROTO").unwrap_or_else(|_| DEFAULT_PROTO.into());
@@ -298,7 +352,6 @@ fn cri_plugin_runs_a_pod_with_berth_runtime() {
     };
     std::fs::create_dir_all(t.path("cni/net.d")).unwrap();
     std::fs::create_dir_all(t.path("pod-logs")).unwrap();
-    std::fs::write(t.path("config.toml"), cri_config(&t, BIN)).unwrap();
     let log = t.path("containerd.log");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/busybox-image.sh");
     ok("sh", &[script, &t.s("busybox.tar"), IMAGE], &log);
@@ -307,42 +360,25 @@ fn cri_plugin_runs_a_pod_with_berth_runtime() {
         &[script, &t.s("pause.tar"), PAUSE_IMAGE, PAUSE_CMD],
         &log,
     );
+    let cgroup_parent = format!("/{parent}");
 
-    let sock = t.path("containerd.sock");
-    let mut daemon = Daemon::start(&t.path("config.toml"), &log);
-    daemon.wait_socket(&sock, &log);
-    let addr = t.s("containerd.sock");
-    for tar in ["busybox.tar", "pause.tar"] {
-        ok(
-            "ctr",
-            &[
-                "--address",
-                &addr,
-                "--namespace",
-                "k8s.io",
-                "image",
-                "import",
-                &t.s(tar),
-            ],
-            &log,
+    let full_v2 = v2_has_pod_controllers();
+    let mut daemon = start_cri(&t, false);
+    if !full_v2 {
+        // Every sandbox gets CPU shares 2 from CRI: berth-runtime refuses a limit it cannot
+        // apply, RunPodSandbox fails with that reason and leaves nothing behind.
+        let err = client(&t, &proto, "refused", &cgroup_parent);
+        assert!(
+            err.contains("cgroup v2 controller `cpu` is unavailable"),
+            "{err}"
         );
+        let left = walk_files(&t.path("runc"));
+        assert!(left.is_empty(), "runtime state left: {left:?}");
+        // So on this host the pods run as CRI runs them where it cannot manage cgroups.
+        daemon.stop();
+        daemon = start_cri(&t, true);
     }
-
-    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cri_client.py");
-    let out = ok(
-        PYTHON,
-        &[
-            client,
-            &proto,
-            &addr,
-            "lifecycle",
-            "runc",
-            IMAGE,
-            &format!("/{parent}"),
-            &t.s("pod-logs"),
-        ],
-        &log,
-    );
+    let out = client(&t, &proto, "lifecycle", &cgroup_parent);
     let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let (pod, cid) = (
         seen["pod"].as_str().unwrap(),
@@ -351,18 +387,30 @@ fn cri_plugin_runs_a_pod_with_berth_runtime() {
     assert_eq!(seen["exec"]["stdout"], "pid1 sh\n", "{seen}");
     assert_eq!(seen["exit_code"], 143, "{seen}");
 
-    // berth-runtime put the container in the v2 tree under the pod's parent (runc on this
-    // hybrid host uses the v1 hierarchies).
-    let v2 = seen["cgroup"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string);
-    assert_eq!(v2, Some(format!("/{parent}/{cid}")), "{seen}");
+    // berth-runtime, not runc, ran it: the container is in none of a hybrid host's v1
+    // hierarchies (runc puts it in all of them), and with cgroups managed it is in the v2
+    // tree under the pod's parent.
+    let cgroups = seen["cgroup"].as_str().unwrap();
+    let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    if full_v2 {
+        assert_eq!(v2, format!("{cgroup_parent}/{cid}"), "{seen}");
+    } else {
+        assert!(v2.ends_with(cid), "{seen}");
+        assert!(
+            cgroups
+                .lines()
+                .all(|l| l.starts_with("0::") || !l.contains(cid)),
+            "{seen}"
+        );
+    }
     // The shim deleted both containers: nothing of them in the runtime's root.
     let left = walk_files(&t.path("runc"));
     assert!(left.is_empty(), "runtime state left: {left:?}");
+    let v2_root = berth_runtime::cgroups::CgroupRoot::host()
+        .unwrap()
+        .path()
+        .to_path_buf();
+    assert!(!v2_root.join(v2.trim_start_matches('/')).exists(), "{v2} left");
     for id in [pod, cid] {
         let leftover: Vec<_> = cgroup_dirs(&parent)
             .into_iter()

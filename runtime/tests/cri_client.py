@@ -4,9 +4,11 @@ asserting every answer. Its gRPC stubs come from the CRI api.proto (runtime.v1),
 grpcio-tools into a temp dir at each run.
 
 usage: cri_client.py PROTO SOCKET lifecycle HANDLER IMAGE CGROUP_PARENT LOG_DIR
+       cri_client.py PROTO SOCKET refused HANDLER IMAGE CGROUP_PARENT LOG_DIR
        cri_client.py PROTO SOCKET bench RUNS IMAGE CGROUP_PARENT LOG_DIR HANDLER...
 
-lifecycle prints one JSON object with what it saw; bench prints, per runtime handler, the
+lifecycle prints one JSON object with what it saw; refused expects RunPodSandbox to fail and
+prints the error's details; bench prints, per runtime handler, the
 RunPodSandbox -> StartContainer answered times in seconds (runs interleaved across handlers).
 Pods use the host's network namespace (no CNI).
 """
@@ -165,6 +167,24 @@ def lifecycle(cri, handler, image, cgroup_parent, log_dir):
     print(json.dumps(seen))
 
 
+def refused(cri, handler, image, cgroup_parent, log_dir):
+    import grpc
+
+    pb = cri.pb
+    config = cri.pod_config("berth-refused", cgroup_parent, log_dir)
+    try:
+        pod = cri.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config, runtime_handler=handler),
+                                   timeout=RPC_TIMEOUT).pod_sandbox_id
+    except grpc.RpcError as e:
+        left = cri.rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=RPC_TIMEOUT).items
+        check(not left, "pods left after a refused RunPodSandbox: %s" % left)
+        print(e.details())
+        return
+    cri.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=RPC_TIMEOUT)
+    cri.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=RPC_TIMEOUT)
+    sys.exit("cri_client: RunPodSandbox succeeded")
+
+
 def bench(cri, runs, image, cgroup_parent, log_dir, handlers):
     times = {h: [] for h in handlers}
     for i in range(runs):
@@ -183,6 +203,8 @@ def main():
     cri = Cri(proto, socket)
     if mode == "lifecycle" and len(sys.argv) == 8:
         lifecycle(cri, *sys.argv[4:8])
+    elif mode == "refused" and len(sys.argv) == 8:
+        refused(cri, *sys.argv[4:8])
     elif mode == "bench" and len(sys.argv) >= 9:
         bench(cri, int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8:])
     else:
