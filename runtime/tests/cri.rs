@@ -20,7 +20,8 @@ const DAEMON_WAIT: Duration = Duration::from_secs(60);
 const IMAGE: &str = "berth.test/busybox:latest";
 const PAUSE_IMAGE: &str = "berth.test/pause:latest";
 /// The pause equivalent: sleeps until SIGTERM or SIGKILL.
-const PAUSE_CMD: &str = r#"["sh","-c","trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]"#;
+const PAUSE_CMD: &str =
+    r#"["sh","-c","trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]"#;
 /// Where scripts/install-deps.sh puts the CRI api.proto of containerd's Debian source package.
 const DEFAULT_PROTO: &str = "/usr/local/share/berth/cri-api/runtime/v1/api.proto";
 /// Debian's python3 (grpcio and grpcio-tools are its packages).
@@ -201,15 +202,26 @@ fn remove_tree_quietly(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(dir)
 }
 
-/// After a failed test: SIGKILLs what containerd left running (shims, pod processes) and
-/// removes the pod cgroups. On success there is nothing to do.
+/// After a failed test: force-deletes the containers berth-runtime still has in `runtime_root`
+/// (which kills their processes and removes their cgroups), SIGKILLs what containerd left
+/// running (shims) and removes the pod cgroups. On success there is nothing to do.
 struct Leftovers {
     marker: String,
     cgroup: String,
+    runtime_root: PathBuf,
 }
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
+        let root = self.runtime_root.join("k8s.io");
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let _ = Command::new(BIN)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .status();
+        }
         for pid in pids_with(&self.marker) {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
@@ -349,6 +361,7 @@ fn cri_plugin_runs_a_pod_with_berth_runtime() {
     let _leftovers = Leftovers {
         marker: t.s("containerd.sock"),
         cgroup: parent.clone(),
+        runtime_root: t.path("runc"),
     };
     std::fs::create_dir_all(t.path("cni/net.d")).unwrap();
     std::fs::create_dir_all(t.path("pod-logs")).unwrap();
@@ -380,6 +393,7 @@ fn cri_plugin_runs_a_pod_with_berth_runtime() {
     }
     let out = client(&t, &proto, "lifecycle", &cgroup_parent);
     let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    eprintln!("CRI client saw: {seen}");
     let (pod, cid) = (
         seen["pod"].as_str().unwrap(),
         seen["container"].as_str().unwrap(),
@@ -410,7 +424,10 @@ fn cri_plugin_runs_a_pod_with_berth_runtime() {
         .unwrap()
         .path()
         .to_path_buf();
-    assert!(!v2_root.join(v2.trim_start_matches('/')).exists(), "{v2} left");
+    assert!(
+        !v2_root.join(v2.trim_start_matches('/')).exists(),
+        "{v2} left"
+    );
     for id in [pod, cid] {
         let leftover: Vec<_> = cgroup_dirs(&parent)
             .into_iter()
