@@ -18,11 +18,12 @@ IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
     grub-pc-bin grub-efi-amd64-bin grub-common qemu-utils busybox-static ca-certificates gdisk"
 # Run and test: QEMU with SeaBIOS and OVMF, OCI peers, a registry, network tools; kconfiglib
 # (the Buildroot defconfig test), libfaketime (the reproducible-image test) and grub-emu
-# (the boot script run against the A/B state model).
+# (the boot script run against the A/B state model); grpcio and grpcio-tools for the CRI test's
+# client (Debian has no crictl).
 TEST_PKGS="qemu-system-x86 ovmf swtpm runc crun skopeo umoci docker-registry hyperfine
     containerd docker.io podman containernetworking-plugins iptables
     curl jq iproute2 nftables socat python3 util-linux procps openssl time
-    python3-kconfiglib faketime grub-emu"
+    python3-kconfiglib faketime grub-emu python3-grpcio python3-grpc-tools"
 
 PKGS="$BUILD_PKGS $IMAGE_PKGS $TEST_PKGS"
 
@@ -78,6 +79,28 @@ if [ -n "$missing" ]; then
     exit 1
 fi
 touch /var/lib/berth-deps.stamp
+
+# The CRI api.proto (runtime.v1) the CRI test compiles its client from: the copy vendored in
+# the source package of the containerd we run.
+CRI_PROTO=/usr/local/share/berth/cri-api/runtime/v1/api.proto
+if [ ! -f "$CRI_PROTO" ]; then
+    echo "install-deps: extracting the CRI api.proto from containerd's source package"
+    src=$(mktemp -d)
+    (cd "$src" && apt-get source -q containerd > "$src/log" 2>&1) || {
+        cat "$src/log" >&2
+        rm -rf "$src"
+        echo "install-deps: apt-get source containerd failed" >&2
+        exit 1
+    }
+    found=$(find "$src" -path '*/vendor/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto' | head -1)
+    if [ -z "$found" ]; then
+        rm -rf "$src"
+        echo "install-deps: no vendored k8s.io/cri-api runtime/v1 api.proto in containerd's source" >&2
+        exit 1
+    fi
+    install -D -m 0644 "$found" "$CRI_PROTO"
+    rm -rf "$src"
+fi
 
 # Rust: the toolchain comes with the machine (rustup); make sure the components we use are there.
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,10 +1,11 @@
 #!/bin/sh
 # Builds a one-layer image of the host's static busybox as a docker-archive tarball (the
 # format `docker load`, `podman load` and `ctr image import` all read), offline.
-# usage: busybox-image.sh OUT.tar REPO:TAG
+# usage: busybox-image.sh OUT.tar REPO:TAG [CMD-JSON-ARRAY]   (the default command is ["sh"])
 set -eu
 out=$1
 tag=$2
+cmd=${3:-'["sh"]'}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/root/bin" "$work/root/etc" "$work/root/tmp" "$work/img"
@@ -22,7 +23,7 @@ mkdir "$work/img/$layer"
 mv "$work/layer.tar" "$work/img/$layer/layer.tar"
 cat > "$work/config.json" <<JSON
 {"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z",
- "config":{"Cmd":["sh"],"Env":["PATH=/bin"],"WorkingDir":"/"},
+ "config":{"Cmd":$cmd,"Env":["PATH=/bin"],"WorkingDir":"/"},
  "rootfs":{"type":"layers","diff_ids":["sha256:$layer"]},
  "history":[{"created":"1970-01-01T00:00:00Z","created_by":"busybox-image.sh"}]}
 JSON

@@ -160,6 +160,27 @@ fn pause_freezes_and_resume_thaws_every_process() {
 }
 
 #[test]
+fn kill_all_of_a_stopped_container_succeeds() {
+    // containerd's shim runs `kill --all ID KILL` after the init of a container that shares
+    // its pod's pid namespace exits; runc signals what is left in the cgroup and succeeds.
+    let mut f = Fixture::new();
+    f.sh("exit 0");
+    let id = unique("killall");
+    f.create(&id);
+    ok(&f.cli(&["start", &id]));
+    f.wait_status(&id, "stopped");
+    ok(&f.cli(&["kill", "--all", &id, "KILL"]));
+    // A kill of the init alone stays an error once it is stopped, as with runc.
+    let single = f.cli(&["kill", &id, "KILL"]);
+    assert!(
+        !single.status.success() && stderr(&single).contains("stopped"),
+        "{}",
+        stderr(&single)
+    );
+    ok(&f.cli(&["delete", &id]));
+}
+
+#[test]
 fn events_stats_is_runc_json_of_the_container_cgroup() {
     let mut f = Fixture::new();
     f.sh("sleep 60 & exec sleep 60");

@@ -6,12 +6,23 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 impl Container {
+    /// `all` of a stopped container signals what is left in its cgroup, as runc does: the
+    /// runc shim sends it after the init of a container without its own pid namespace (a CRI
+    /// pod's) exits. The init's pid is never signalled once it is stopped (it may be reused).
     pub fn kill(&mut self, signal: Signal, all: bool) -> Result<()> {
-        self.ready_to("kill", Status::can_kill)?;
-        let pids = if all {
-            self.pids()?
+        self.refresh();
+        let pids = if all && self.state.status == Status::Stopped {
+            match self.cgroup() {
+                Some(cg) => cg.all_pids()?,
+                None => Vec::new(),
+            }
         } else {
-            vec![self.state.pid]
+            self.ready_to("kill", Status::can_kill)?;
+            if all {
+                self.pids()?
+            } else {
+                vec![self.state.pid]
+            }
         };
         for pid in pids {
             match kill(Pid::from_raw(pid), signal) {
