@@ -36,6 +36,8 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn the_image_store_is_root_only_and_an_existing_one_is_tightened() {
     let base = std::env::temp_dir().join(unique("berth-store-access"));
+    // A run that failed before may have left this name behind (pids are reused).
+    let _ = std::fs::remove_dir_all(&base);
     // An existing store of an earlier version, world-traversable.
     let root = base.join("images");
     std::fs::create_dir_all(root.join("layers")).unwrap();
