@@ -93,27 +93,8 @@ fn run(args: &Args) -> Result<Applied, MachineError> {
     let slot = booted.other();
     let blocks = BlockDevices::system();
     let (root_device, root_capacity, root_partuuid) = slot_partition(&blocks, slot)?;
-    let esp = blocks
-        .partition_named(ESP_PARTITION)
-        .ok_or_else(|| MachineError::NoPartition(ESP_PARTITION.into()))?;
-    let esp_dev = blocks.dev_path(&esp.name);
     let mountpoint = Path::new(ESP_MOUNT);
-    std::fs::create_dir_all(mountpoint).map_err(|e| MachineError::Device {
-        path: ESP_MOUNT.into(),
-        problem: e.to_string(),
-    })?;
-    nix::mount::mount(
-        Some(&esp_dev),
-        mountpoint,
-        Some("vfat"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|source| MachineError::Mount {
-        device: esp_dev.display().to_string(),
-        target: ESP_MOUNT.into(),
-        source,
-    })?;
+    mount_esp(&blocks, ESP_MOUNT, MsFlags::empty())?;
     let target = Target {
         slot,
         root_device,
@@ -176,6 +157,36 @@ fn slot_partition(
     Ok((dev, sectors * 512, guid))
 }
 
+/// Mounts this machine's ESP (vfat, never executable) at `mountpoint` with `extra` flags;
+/// returns the ESP's device.
+fn mount_esp(
+    blocks: &BlockDevices,
+    mountpoint: &str,
+    extra: MsFlags,
+) -> Result<std::path::PathBuf, MachineError> {
+    let esp = blocks
+        .partition_named(ESP_PARTITION)
+        .ok_or_else(|| MachineError::NoPartition(ESP_PARTITION.into()))?;
+    let esp_dev = blocks.dev_path(&esp.name);
+    std::fs::create_dir_all(mountpoint).map_err(|e| MachineError::Device {
+        path: mountpoint.into(),
+        problem: e.to_string(),
+    })?;
+    nix::mount::mount(
+        Some(&esp_dev),
+        mountpoint,
+        Some("vfat"),
+        extra | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|source| MachineError::Mount {
+        device: esp_dev.display().to_string(),
+        target: mountpoint.into(),
+        source,
+    })?;
+    Ok(esp_dev)
+}
+
 /// Where the ESP is mounted (read-only) while the update status is read.
 const STATUS_MOUNT: &str = "/run/berth/status-esp";
 
@@ -184,27 +195,8 @@ const STATUS_MOUNT: &str = "/run/berth/status-esp";
 pub fn status_of_this_machine() -> Result<super::status::UpdateStatus, MachineError> {
     let booted = booted_slot_of_this_machine().ok_or(MachineError::NotBerth)?;
     let blocks = BlockDevices::system();
-    let esp = blocks
-        .partition_named(ESP_PARTITION)
-        .ok_or_else(|| MachineError::NoPartition(ESP_PARTITION.into()))?;
-    let esp_dev = blocks.dev_path(&esp.name);
     let mountpoint = Path::new(STATUS_MOUNT);
-    std::fs::create_dir_all(mountpoint).map_err(|e| MachineError::Device {
-        path: STATUS_MOUNT.into(),
-        problem: e.to_string(),
-    })?;
-    nix::mount::mount(
-        Some(&esp_dev),
-        mountpoint,
-        Some("vfat"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|source| MachineError::Mount {
-        device: esp_dev.display().to_string(),
-        target: STATUS_MOUNT.into(),
-        source,
-    })?;
+    let esp_dev = mount_esp(&blocks, STATUS_MOUNT, MsFlags::MS_RDONLY)?;
     let running = super::status::Release {
         version: crate::run::VERSION.into(),
         build_id: std::fs::read_to_string("/etc/os-release")
