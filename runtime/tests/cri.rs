@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{unique, BIN};
+use common::{mounts_below, unique, Scratch, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -49,44 +49,6 @@ fn ok(prog: &str, args: &[&str], log: &Path) -> String {
         std::fs::read_to_string(log).unwrap_or_default()
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A scratch directory removed on drop (whatever a failed test left mounted below it first).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(unique(prefix));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn s(&self, rel: &str) -> String {
-        self.path(rel).to_str().unwrap().to_string()
-    }
-}
-
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = dir.to_str().unwrap();
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let mut left = mounts_below(&self.0);
-        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in left {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// containerd: SIGTERM on drop, SIGKILL if it does not exit in time.

@@ -224,3 +224,43 @@ pub fn wait_file(path: &Path) -> String {
     }
     panic!("{} never appeared", path.display());
 }
+
+/// A scratch directory removed on drop (whatever a failed test left mounted below it first).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    pub fn s(&self, rel: &str) -> String {
+        self.path(rel).to_str().unwrap().to_string()
+    }
+}
+
+/// Mount points at or below `dir` in this mount namespace.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.to_str().unwrap();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Whatever a failed test left mounted goes first, so the directory can go.
+        let mut left = mounts_below(&self.0);
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
