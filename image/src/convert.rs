@@ -107,17 +107,47 @@ pub fn convert(raw: &Path, out: &Path, format: Format, seed: &Seed) -> Result<()
             let mut head = vec![0u8; 64 * 1024];
             let n = f.read(&mut head).map_err(io)?;
             head.truncate(n);
-            let at = find(&head, b"\nCID=").ok_or(ConvertError::Malformed {
-                path: out.display().to_string(),
-                problem: "no CID= line in the VMDK descriptor",
-            })? + 5;
             let cid = format!("{:08x}", seed.u32("vmdk cid"));
-            f.seek(SeekFrom::Start(at as u64)).map_err(io)?;
-            f.write_all(cid.as_bytes()).map_err(io)?;
+            patch_vmdk_cid(&mut head, &cid).ok_or(ConvertError::Malformed {
+                path: out.display().to_string(),
+                problem: "no CID= line with room to rewrite it in the VMDK descriptor",
+            })?;
+            f.seek(SeekFrom::Start(0)).map_err(io)?;
+            f.write_all(&head).map_err(io)?;
         }
         Format::Raw | Format::Qcow2 => {}
     }
     Ok(())
+}
+
+/// Sets the `CID=` value of the VMDK descriptor in `head` (the file's first bytes) to `cid`.
+/// qemu-img prints its random CID without leading zeros, so the old value may be shorter: the
+/// rest of the descriptor moves into the zeros that fill its sectors. None without a sparse
+/// header, a descriptor with a CID line, or that room.
+fn patch_vmdk_cid(head: &mut [u8], cid: &str) -> Option<()> {
+    if head.get(0..4)? != b"KDMV" {
+        return None;
+    }
+    // The sparse extent header names the descriptor's sectors: offset at byte 28, count at 36.
+    let bytes_at = |at: usize| -> Option<usize> {
+        let raw: [u8; 8] = head.get(at..at + 8)?.try_into().ok()?;
+        usize::try_from(u64::from_le_bytes(raw))
+            .ok()?
+            .checked_mul(512)
+    };
+    let area_start = bytes_at(28)?;
+    let area_end = area_start.checked_add(bytes_at(36)?)?;
+    let area = head.get_mut(area_start..area_end)?;
+    let start = find(area, b"\nCID=")? + 5;
+    let end = start + area[start..].iter().position(|&b| b == b'\n')?;
+    let used = area.iter().rposition(|&b| b != 0)? + 1;
+    let grow = cid.len().checked_sub(end - start)?;
+    if used + grow > area.len() {
+        return None;
+    }
+    area.copy_within(end..used, end + grow);
+    area[start..start + cid.len()].copy_from_slice(cid.as_bytes());
+    Some(())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -145,6 +175,37 @@ fn patch_vhd_footer(footer: &mut [u8; 512], guid_hex: &str) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vmdk_cid_of_any_width_becomes_the_same_descriptor() {
+        // A sparse header whose descriptor is sector 1, one sector long, as qemu-img lays it
+        // out (text, a NUL, a newline, zeros).
+        let vmdk = |cid: &str, sectors: u64| {
+            let mut head = vec![0u8; 512 * (1 + sectors as usize)];
+            head[0..4].copy_from_slice(b"KDMV");
+            head[28..36].copy_from_slice(&1u64.to_le_bytes());
+            head[36..44].copy_from_slice(&sectors.to_le_bytes());
+            let text = format!(
+                "# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\n\
+                 createType=\"monolithicSparse\"\n\0\n"
+            );
+            head[512..512 + text.len()].copy_from_slice(text.as_bytes());
+            head
+        };
+        let want = vmdk("0badc0de", 1);
+        for old in ["6bce8195", "bce8195", "9c1712", "5", "0badc0de"] {
+            let mut head = vmdk(old, 1);
+            assert_eq!(patch_vmdk_cid(&mut head, "0badc0de"), Some(()), "{old}");
+            assert_eq!(head, want, "from CID={old}");
+        }
+        // No room left in the descriptor's sectors, or no sparse header: refused, unchanged.
+        let mut full = vmdk("5", 1);
+        full[1020..1024].fill(b'#');
+        let before = full.clone();
+        assert_eq!(patch_vmdk_cid(&mut full, "0badc0de"), None);
+        assert_eq!(full, before);
+        assert_eq!(patch_vmdk_cid(&mut [0u8; 64], "0badc0de"), None);
+    }
 
     #[test]
     fn formats_parse_by_name_or_extension() {
