@@ -122,3 +122,29 @@ pub fn ext4_state(disk: &Path, part: &Partition) -> Result<Ext4State> {
         block_size: 1024 << le32(0x18),
     })
 }
+
+/// The boot state on the ESP of a stopped VM's disk: the newest valid of its two grubenv
+/// copies, read with mtools at the ESP's offset.
+pub fn boot_state(disk: &Path) -> Result<berth_image::grubenv::BootState> {
+    use berth_image::grubenv::{BootState, ENV_FILES};
+    let esp = partition(disk, "berth-boot")?;
+    let mut copies: [Vec<u8>; 2] = Default::default();
+    for (copy, name) in copies.iter_mut().zip(ENV_FILES) {
+        let out = Command::new("mtype")
+            .arg("-i")
+            .arg(format!("{}@@{}", disk.display(), esp.offset()))
+            .arg(format!("::/grub/{name}"))
+            .output()
+            .map_err(io_err("mtype"))?;
+        if !out.status.success() {
+            return Err(HarnessError::Setup(format!(
+                "mtype ::/grub/{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        *copy = out.stdout;
+    }
+    BootState::newest([Some(&copies[0]), Some(&copies[1])])
+        .map(|(state, _)| state)
+        .map_err(|e| HarnessError::Setup(format!("boot state of {}: {e}", disk.display())))
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_image::grubenv::{BootState, Slot, ENV_FILES};
+use berth_image::grubenv::{BootState, Slot};
 use berth_qemu_tests::{disk, disk_or_skip, fixture, Firmware, Fixture, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -19,26 +19,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The boot state on the ESP of a stopped VM's disk: the newest valid of its two copies.
+/// The boot state on the ESP of a stopped VM's disk.
 fn grubenv_of(disk_path: &Path) -> BootState {
-    let esp = disk::partition(disk_path, "berth-boot").unwrap();
-    let copies = ENV_FILES.map(|name| {
-        let out = Command::new("mtype")
-            .arg("-i")
-            .arg(format!("{}@@{}", disk_path.display(), esp.offset()))
-            .arg(format!("::/grub/{name}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    });
-    BootState::newest([Some(&copies[0]), Some(&copies[1])])
-        .unwrap()
-        .0
+    disk::boot_state(disk_path).unwrap()
 }
 
 fn run_tool(cmd: &mut Command) {
