@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{mounts_below, unique, Scratch, BIN};
+use common::{mounts_below, pids_with, unique, RunContainerd, Scratch, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -104,38 +104,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Empty directories under /run/containerd that containerd and its shim create whatever
-/// their configuration says: removed if this test made them.
-struct RunContainerd(bool);
-
-impl Drop for RunContainerd {
-    fn drop(&mut self) {
-        if !self.0 {
-            for d in [
-                "/run/containerd/s",
-                "/run/containerd/fifo",
-                "/run/containerd",
-            ] {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-    }
-}
-
-fn pids_with(marker: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(marker) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// `rel` in every mounted cgroup hierarchy (v2 and the hybrid host's v1 ones).
@@ -316,7 +284,7 @@ fn cri_plugin_runs_a_pod_with_berth_runtime() {
         Path::new(&proto).exists(),
         "{proto} missing (scripts/install-deps.sh extracts it from containerd's source package)"
     );
-    let _run_dir = RunContainerd(Path::new("/run/containerd").exists());
+    let _run_dir = RunContainerd::note();
     let t = Scratch::new("berth-cri");
     let parent = unique("berthcri");
     // Dropped after the daemon (declared before it).

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{mounts_below, unique, Scratch, BIN};
+use common::{mounts_below, pids_with, unique, RunContainerd, Scratch, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -140,49 +140,6 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     std::fs::remove_dir(dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
-}
-
-/// Empty directories under /run/containerd that containerd and its shim create whatever
-/// their configuration says (shim sockets in `s`): removed if this test made them.
-struct RunContainerd {
-    existed: bool,
-}
-
-impl RunContainerd {
-    fn note() -> RunContainerd {
-        RunContainerd {
-            existed: Path::new("/run/containerd").exists(),
-        }
-    }
-}
-
-impl Drop for RunContainerd {
-    fn drop(&mut self) {
-        if !self.existed {
-            for d in [
-                "/run/containerd/s",
-                "/run/containerd/fifo",
-                "/run/containerd",
-            ] {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-    }
-}
-
-/// Processes whose command line contains `marker` (a unique temp path or namespace).
-fn pids_with(marker: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(marker) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// After a failed test: SIGKILLs what the daemons left running (shims, conmon, containers in

@@ -264,3 +264,46 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Empty directories under /run/containerd that containerd and its shim create whatever
+/// their configuration says (shim sockets in `s`): removed on drop if the test made them.
+pub struct RunContainerd {
+    existed: bool,
+}
+
+impl RunContainerd {
+    pub fn note() -> RunContainerd {
+        RunContainerd {
+            existed: Path::new("/run/containerd").exists(),
+        }
+    }
+}
+
+impl Drop for RunContainerd {
+    fn drop(&mut self) {
+        if !self.existed {
+            for d in [
+                "/run/containerd/s",
+                "/run/containerd/fifo",
+                "/run/containerd",
+            ] {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+/// Processes whose command line contains `marker` (a unique temp path or namespace).
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(marker) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
