@@ -82,6 +82,8 @@ pub enum Timer {
     Job(u64),
     /// The supervisor's next batch of unit starts.
     StartUnits,
+    /// A new slot's critical units had until now to become healthy.
+    HealthDeadline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,10 @@
 //! server = "udp://10.0.0.2:514"   # or tcp://IP:PORT (RFC 5424; octet-counted over TCP)
 //! units = true                 # also forward unit output, one message per line
 //!
+//! [update]
+//! health_deadline = "5m"       # a new slot's critical units must be healthy this soon after
+//!                              # PID 1 starts, or it is retired and the other slot boots
+//!
 //! [registries]                 # read by berth-runtime for image pulls
 //! pull_timeout = "1h"          # also bounds image jobs (plus a grace): see `api::jobs`
 //! min_rate = "1K"
@@ -22,7 +26,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use berth_runtime::registry::config::ConfigDuration;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -34,6 +40,7 @@ struct MachineFile {
     hostname: Option<Spanned<String>>,
     api: Option<ApiSection>,
     syslog: Option<SyslogSection>,
+    update: Option<UpdateSection>,
     /// Checked here so a mistake shows at boot; berth-runtime reads it for pulls.
     #[allow(dead_code)]
     registries: Option<berth_runtime::registry::RegistriesConfig>,
@@ -55,11 +62,36 @@ struct SyslogSection {
     units: Option<bool>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateSection {
+    health_deadline: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MachineConfig {
     pub hostname: Option<String>,
     pub remote_api: Option<RemoteApi>,
     pub syslog: Option<SyslogTarget>,
+    pub update: UpdateSettings,
+}
+
+/// `[update]`: how a newly installed slot proves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateSettings {
+    /// Time from PID 1's start within which every critical unit must be healthy on a new
+    /// slot's boot; past it the slot is retired and the machine reboots into the other one.
+    pub health_deadline: Duration,
+}
+
+pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(5 * 60);
+
+impl Default for UpdateSettings {
+    fn default() -> Self {
+        UpdateSettings {
+            health_deadline: DEFAULT_HEALTH_DEADLINE,
+        }
+    }
 }
 
 /// PEM data: a file (relative paths are taken from the machine config's directory) or the
@@ -182,6 +214,13 @@ pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
                 None
             }
         });
+    let mut update = UpdateSettings::default();
+    if let Some(d) = raw.update.and_then(|u| u.health_deadline) {
+        match ConfigDuration::parse(d.get_ref()) {
+            Ok(ConfigDuration(v)) => update.health_deadline = v,
+            Err(msg) => errors.push(src.diagnostic(Some(d.span()), "update.health_deadline", msg)),
+        }
+    }
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -189,6 +228,7 @@ pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
         hostname: raw.hostname.map(Spanned::into_inner),
         remote_api,
         syslog,
+        update,
     })
 }
 
@@ -244,10 +284,27 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "m.toml:2:1: key `flavour`: unknown field `flavour`, expected one of `hostname`, `api`, `syslog`, `registries`"
+            "m.toml:2:1: key `flavour`: unknown field `flavour`, expected one of `hostname`, `api`, `syslog`, `update`, `registries`"
         );
         let err = parse("m.toml", "hostname = \"-bad\"\n").unwrap_err().0;
         assert_eq!((err[0].line, err[0].key.as_str()), (1, "hostname"));
+    }
+
+    #[test]
+    fn update_health_deadline() {
+        assert_eq!(
+            parse("m", "").unwrap().update.health_deadline,
+            DEFAULT_HEALTH_DEADLINE
+        );
+        let c = parse("m", "[update]\nhealth_deadline = \"45s\"\n").unwrap();
+        assert_eq!(c.update.health_deadline, Duration::from_secs(45));
+        let err = parse("m.toml", "[update]\nhealth_deadline = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:2:19: key `update.health_deadline`: duration \"0s\""),
+            "{err}"
+        );
     }
 
     #[test]

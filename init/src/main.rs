@@ -115,6 +115,8 @@ fn main() {
 /// A fatal boot error: PID 1 drops to an emergency shell, host mode exits.
 fn fail(pid1: bool, reason: &str) -> ! {
     if pid1 {
+        // A new slot's attempt ends in a reboot (GRUB counts it), not in a shell.
+        berth_init::platform::end_failed_attempt(reason);
         emergency::run_forever(reason);
     }
     log::error!("{reason}");

@@ -113,7 +113,7 @@ impl Init {
             &boot.paths.machine_config,
         );
         let mut platform = match boot.mode {
-            Mode::Pid1 => Platform::for_pid1(),
+            Mode::Pid1 => Platform::for_pid1(boot.machine.update),
             Mode::Host { .. } => Platform::none(),
         };
         platform.attach(Instant::now(), &mut events);
@@ -205,6 +205,15 @@ impl Init {
                 Event::Timer(Timer::Job(id)) => self.jobs.on_deadline(id),
                 Event::Timer(Timer::StartUnits) => {
                     self.supervisor.on_start_timer(now, &mut self.events)
+                }
+                Event::Timer(Timer::HealthDeadline) => {
+                    let statuses = self.supervisor.statuses();
+                    if self
+                        .platform
+                        .on_health_deadline(&statuses, now, &mut self.events)
+                    {
+                        self.begin_shutdown(PowerAction::Reboot, "new slot unhealthy", now);
+                    }
                 }
             }
         }

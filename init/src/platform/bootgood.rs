@@ -12,6 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::mount::MsFlags;
 
 use crate::disk::blockdev::BlockDevices;
+use crate::update::failure::{self, Failure};
 
 /// GPT name of the ESP.
 pub const ESP_PARTITION: &str = "berth-boot";
@@ -65,6 +66,16 @@ pub enum Marked {
 /// Marks the slot good in the boot state of the ESP, mounted briefly on
 /// `mountpoint` and synced before it is unmounted.
 pub fn mark(blocks: &BlockDevices, slot: Slot, mountpoint: &Path) -> Result<Marked, BootGoodError> {
+    with_esp(blocks, mountpoint, |esp| mark_in(&esp.join("grub"), slot))
+}
+
+/// Runs `f` with this machine's ESP mounted (synchronously) on `mountpoint`; syncs and
+/// unmounts it afterwards.
+pub fn with_esp<T>(
+    blocks: &BlockDevices,
+    mountpoint: &Path,
+    f: impl FnOnce(&Path) -> Result<T, BootGoodError>,
+) -> Result<T, BootGoodError> {
     let part = blocks
         .partition_named(ESP_PARTITION)
         .ok_or(BootGoodError::NoEsp)?;
@@ -85,7 +96,7 @@ pub fn mark(blocks: &BlockDevices, slot: Slot, mountpoint: &Path) -> Result<Mark
         target: mountpoint.display().to_string(),
         source,
     })?;
-    let result = mark_in(&mountpoint.join("grub"), slot);
+    let result = f(mountpoint);
     nix::unistd::sync();
     let _ = nix::mount::umount(mountpoint);
     result
@@ -115,6 +126,48 @@ pub fn lock_boot_state(dir: &Path, wait: bool) -> Result<Flock<File>, BootGoodEr
     })
 }
 
+/// Whether this boot is an attempt of a new slot (GRUB adds `berth.trying=1`): until it is
+/// marked good, a fatal boot error or unhealthy critical units end it with a reboot.
+pub fn trying_boot(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == "berth.trying=1")
+}
+
+/// What retiring found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retired {
+    /// The slot will not boot again; the other one boots next.
+    Now,
+    /// The slot was not new (already good, or retired): nothing changed.
+    NotNew,
+}
+
+/// Gives up the running new `slot` in the boot state of the ESP mounted at `esp`: records
+/// `failure` beside its kernel, then retires it (the failure record first, so a power cut in
+/// between leaves a slot that is still counted down by GRUB, never an unexplained retirement).
+pub fn retire_in(esp: &Path, slot: Slot, failure: &Failure) -> Result<Retired, BootGoodError> {
+    let dir = esp.join("grub");
+    let _lock = lock_boot_state(&dir, false)?;
+    let mut state = BootState::load(&dir)?;
+    if !state.is_trying(slot) {
+        return Ok(Retired::NotNew);
+    }
+    record_in(esp, slot, failure)?;
+    state.disable(slot);
+    state.store(&dir)?;
+    Ok(Retired::Now)
+}
+
+/// Records why an attempt of the running new `slot` ended (a fatal boot error), without
+/// retiring it: GRUB counts the attempt, and the record explains a retirement if it was the
+/// last.
+pub fn record_in(esp: &Path, slot: Slot, failure: &Failure) -> Result<(), BootGoodError> {
+    let slot_dir = esp.join(slot.name());
+    failure::write(&slot_dir, failure).map_err(|source| BootGoodError::Io {
+        path: slot_dir.join(failure::FAILURE_FILE).display().to_string(),
+        source,
+    })
+}
+
 /// Marks `slot` good in the boot state kept in `dir` (the ESP's `/grub`).
 pub fn mark_in(dir: &Path, slot: Slot) -> Result<Marked, BootGoodError> {
     let _lock = lock_boot_state(dir, false)?;
@@ -136,6 +189,38 @@ mod tests {
         assert_eq!(booted_slot("ro berth.slot=B quiet"), Some(Slot::B));
         assert_eq!(booted_slot("ro quiet"), None);
         assert_eq!(booted_slot("berth.slot=C"), None);
+    }
+
+    #[test]
+    fn a_trying_boot_is_flagged_by_grub() {
+        assert!(trying_boot("ro berth.slot=B berth.trying=1"));
+        assert!(!trying_boot("ro berth.slot=B"));
+        assert!(!trying_boot("berth.trying=0"));
+    }
+
+    #[test]
+    fn retiring_a_new_slot_records_why_and_boots_the_other() {
+        let esp = crate::testutil::scratch_dir("bootgood-retire");
+        let dir = esp.join("grub");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(esp.join("B")).unwrap();
+        let mut s = BootState::fresh();
+        s.install(Slot::B, berth_image::grubenv::DEFAULT_TRIES);
+        assert_eq!(s.grub_boot(), Some(Slot::B));
+        s.store(&dir).unwrap();
+        let why = Failure {
+            version: "0.2.0".into(),
+            reason: "critical units not healthy within 5m: web".into(),
+        };
+        assert_eq!(retire_in(&esp, Slot::B, &why).unwrap(), Retired::Now);
+        let after = BootState::load(&dir).unwrap();
+        assert_eq!(after.state(Slot::B), SlotState::Empty);
+        assert_eq!(after.next_boot(), Some(Slot::A));
+        assert_eq!(failure::read(&esp.join("B")), Some(why.clone()));
+        // A good slot is never retired by its own health check.
+        assert_eq!(retire_in(&esp, Slot::A, &why).unwrap(), Retired::NotNew);
+        assert_eq!(BootState::load(&dir).unwrap().state(Slot::A), SlotState::Good);
+        std::fs::remove_dir_all(&esp).unwrap();
     }
 
     #[test]

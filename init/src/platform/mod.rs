@@ -1,6 +1,8 @@
 //! PID 1's hooks into the machine, driven by the event loop: the ACPI power button (a press
 //! is an ordered poweroff), the hardware watchdog (fed on a timer), and marking the boot good
-//! in grubenv once every critical unit is healthy.
+//! in grubenv once every critical unit is healthy. On an attempt of a newly installed slot
+//! (`berth.trying=1`), critical units still unhealthy at the machine config's
+//! `update.health_deadline` retire the slot and reboot into the other one.
 
 pub mod bootgood;
 pub mod powerbutton;
@@ -15,7 +17,9 @@ use log::{error, info, warn};
 use crate::disk::blockdev::BlockDevices;
 use crate::event::{after, Key, Reactor, Timer};
 use crate::supervisor::state::{State, UnitStatus};
-use bootgood::Marked;
+use crate::machine::UpdateSettings;
+use crate::update::failure::Failure;
+use bootgood::{Marked, Retired};
 use powerbutton::PowerButton;
 use watchdog::Watchdog;
 
@@ -31,6 +35,13 @@ pub struct Platform {
     /// The slot to mark good once critical units are healthy; `None` once done (or when the
     /// machine was not booted by Berth's GRUB).
     unmarked: Option<Slot>,
+    /// This boot is an attempt of a new slot (GRUB's `berth.trying=1`).
+    trying: bool,
+    health_deadline: Duration,
+    /// `berth.fault=hang`: fault injection for rollback tests (a kernel argument, so only a
+    /// signed bundle's boot arguments can set it): PID 1 stops right after arming the
+    /// watchdog, as a hung PID 1 would.
+    hang: bool,
 }
 
 impl Platform {
@@ -41,8 +52,9 @@ impl Platform {
 
     /// PID 1 on a machine booted from a Berth disk: finds the power button and the watchdog,
     /// and the slot GRUB booted. Elsewhere (PID 1 in a test's namespaces) it drives nothing.
-    pub fn for_pid1() -> Platform {
-        let Some(slot) = bootgood::booted_slot_of_this_machine() else {
+    pub fn for_pid1(update: UpdateSettings) -> Platform {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let Some(slot) = bootgood::booted_slot(&cmdline) else {
             info!("not booted from a Berth disk: no power button, watchdog or boot marking");
             return Platform::none();
         };
@@ -72,10 +84,20 @@ impl Platform {
                 None
             }
         };
+        let trying = bootgood::trying_boot(&cmdline);
+        if trying {
+            info!(
+                "slot {slot} is new: its critical units have {}s to become healthy",
+                update.health_deadline.as_secs()
+            );
+        }
         Platform {
             power_button,
             watchdog,
             unmarked: Some(slot),
+            trying,
+            health_deadline: update.health_deadline,
+            hang: cmdline.split_whitespace().any(|w| w == "berth.fault=hang"),
         }
     }
 
@@ -87,6 +109,15 @@ impl Platform {
             }
         }
         self.on_watchdog(now, r);
+        if self.trying {
+            r.schedule(after(now, self.health_deadline), Timer::HealthDeadline);
+        }
+        if self.hang {
+            error!("berth.fault=hang: PID 1 stops here with the watchdog armed");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
     }
 
     /// True when the power button was pressed.
@@ -131,12 +162,95 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// The health deadline of a new slot's boot: if the boot is still not good, the slot is
+    /// retired (with the unhealthy units recorded as the reason) and `true` asks for a
+    /// reboot now. A good slot is never rolled back by this; it only complains.
+    pub fn on_health_deadline(
+        &mut self,
+        statuses: &[UnitStatus],
+        now: Instant,
+        r: &mut dyn Reactor,
+    ) -> bool {
+        let Some(slot) = self.unmarked else {
+            return false;
+        };
+        let unhealthy: Vec<&str> = statuses
+            .iter()
+            .filter(|s| s.critical && !unit_healthy(s))
+            .map(|s| s.name.as_str())
+            .collect();
+        let failure = Failure {
+            version: crate::update::status::running_release().version,
+            reason: format!(
+                "critical units not healthy within {}s: {}",
+                self.health_deadline.as_secs(),
+                unhealthy.join(", ")
+            ),
+        };
+        let retired = bootgood::with_esp(&BlockDevices::system(), Path::new(ESP_MOUNT), |esp| {
+            bootgood::retire_in(esp, slot, &failure)
+        });
+        match retired {
+            Ok(Retired::Now) => {
+                error!(
+                    "slot {slot} retired: {}; rebooting into slot {}",
+                    failure.reason,
+                    slot.other()
+                );
+                self.unmarked = None;
+                true
+            }
+            Ok(Retired::NotNew) => {
+                warn!("{}; slot {slot} is not new, so it stays", failure.reason);
+                false
+            }
+            Err(bootgood::BootGoodError::Busy) => {
+                // An update holds the boot state for a moment: ask again shortly.
+                r.schedule(after(now, Duration::from_secs(5)), Timer::HealthDeadline);
+                false
+            }
+            Err(e) => {
+                // The boot state cannot be changed: the watchdog and GRUB's counting remain.
+                error!("cannot retire slot {slot} ({}): {e}; rebooting", failure.reason);
+                true
+            }
+        }
+    }
+}
+
+/// A fatal boot error on an attempt of a new slot: records why on the ESP and reboots, so
+/// that GRUB counts the attempt (and falls back once they are used up) rather than leaving
+/// the machine in an emergency shell. Returns only when this boot is not such an attempt.
+pub fn end_failed_attempt(reason: &str) {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let Some(slot) = bootgood::booted_slot(&cmdline) else {
+        return;
+    };
+    if !bootgood::trying_boot(&cmdline) {
+        return;
+    }
+    let failure = Failure {
+        version: crate::update::status::running_release().version,
+        reason: format!("boot failed: {reason}"),
+    };
+    if let Err(e) = bootgood::with_esp(&BlockDevices::system(), Path::new(ESP_MOUNT), |esp| {
+        bootgood::record_in(esp, slot, &failure)
+    }) {
+        error!("cannot record the failed boot of slot {slot}: {e}");
+    }
+    error!("boot of new slot {slot} failed: {reason}; rebooting (GRUB counts the attempt)");
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+}
+
+fn unit_healthy(s: &UnitStatus) -> bool {
+    match s.health {
+        Some(_) => s.state == State::Healthy,
+        None => matches!(s.state, State::Running | State::Healthy),
+    }
+}
+
 pub fn critical_units_healthy(statuses: &[UnitStatus]) -> bool {
-    statuses
-        .iter()
-        .filter(|s| s.critical)
-        .all(|s| match s.health {
-            Some(_) => s.state == State::Healthy,
-            None => matches!(s.state, State::Running | State::Healthy),
-        })
+    statuses.iter().filter(|s| s.critical).all(unit_healthy)
 }

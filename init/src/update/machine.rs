@@ -104,7 +104,7 @@ fn run(args: &Args) -> Result<Applied, MachineError> {
     };
     let policy = Policy {
         trusted_keys: args.keys.clone(),
-        running_version: crate::run::VERSION.into(),
+        running_version: super::status::running_release().version,
         allow_downgrade: args.allow_downgrade,
         tries: DEFAULT_TRIES,
     };
@@ -197,13 +197,7 @@ pub fn status_of_this_machine() -> Result<super::status::UpdateStatus, MachineEr
     let blocks = BlockDevices::system();
     let mountpoint = Path::new(STATUS_MOUNT);
     let esp_dev = mount_esp(&blocks, STATUS_MOUNT, MsFlags::MS_RDONLY)?;
-    let running = super::status::Release {
-        version: crate::run::VERSION.into(),
-        build_id: std::fs::read_to_string("/etc/os-release")
-            .ok()
-            .and_then(|t| super::status::os_release_build_id(&t))
-            .unwrap_or_else(|| "unknown".into()),
-    };
+    let running = super::status::running_release();
     let result = super::status::status_in(mountpoint, booted, &running);
     let _ = nix::mount::umount(mountpoint);
     result.map_err(|e| MachineError::Device {

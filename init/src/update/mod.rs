@@ -12,6 +12,7 @@
 //!    arguments into `SLOT/boot.cfg.new`, both synced, then renamed into place;
 //! 5. only then grubenv: the slot becomes new (with its boot attempts) and first in ORDER.
 
+pub mod failure;
 pub mod machine;
 pub mod status;
 
@@ -186,6 +187,11 @@ pub fn apply<R: Read>(
             state.store(&grub_dir)?;
         }
     }
+    // What the slot's last system failed of is history once another is written there.
+    let slot_dir = target.esp.join(target.slot.name());
+    if slot_dir.is_dir() {
+        failure::clear(&slot_dir).map_err(io(&slot_dir))?;
+    }
 
     // Root: streamed into the slot, hashed on the way.
     let root = m.root().clone();
@@ -216,7 +222,6 @@ pub fn apply<R: Read>(
     tree.finish()?;
 
     // Kernel and boot arguments: new files, synced, then renamed over the old ones.
-    let slot_dir = target.esp.join(target.slot.name());
     std::fs::create_dir_all(&slot_dir).map_err(io(&slot_dir))?;
     let kernel = m.kernel().clone();
     let kernel_new = slot_dir.join("vmlinuz.new");

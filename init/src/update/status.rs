@@ -7,6 +7,8 @@ use std::path::Path;
 use berth_image::grubenv::{BootState, Slot, SlotState};
 use serde::{Deserialize, Serialize};
 
+use super::failure::{self, Failure};
+
 /// The record of what a slot holds, written by `update-apply` with the slot's kernel.
 pub const RELEASE_FILE: &str = "release.json";
 
@@ -29,6 +31,16 @@ pub struct SlotStatus {
     pub booted: bool,
     /// GRUB boots this slot next.
     pub next: bool,
+    /// Why the system in a retired slot was given up, as far as it is known.
+    pub failure: Option<Failure>,
+}
+
+/// What the ESP holds for a slot besides the boot state.
+#[derive(Debug, Clone, Default)]
+pub struct SlotFiles {
+    pub release: Option<Release>,
+    pub has_kernel: bool,
+    pub failure: Option<Failure>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,13 +63,17 @@ pub fn status(
     state: &BootState,
     booted: Slot,
     running: &Release,
-    found: impl Fn(Slot) -> (Option<Release>, bool),
+    found: impl Fn(Slot) -> SlotFiles,
 ) -> UpdateStatus {
     let next = state.next_boot();
     let slots = Slot::ALL
         .iter()
         .map(|&slot| {
-            let (release, has_kernel) = found(slot);
+            let SlotFiles {
+                release,
+                has_kernel,
+                failure: recorded,
+            } = found(slot);
             let release = release.or_else(|| (slot == booted).then(|| running.clone()));
             let (name, attempts_left) = match state.state(slot) {
                 SlotState::Good => ("good", None),
@@ -65,9 +81,16 @@ pub fn status(
                 SlotState::Empty if has_kernel => ("retired", None),
                 SlotState::Empty => ("empty", None),
             };
+            let failure = (name == "retired").then(|| {
+                recorded.unwrap_or_else(|| {
+                    let version = release.as_ref().map_or("unknown", |r| r.version.as_str());
+                    failure::unrecorded(version)
+                })
+            });
             SlotStatus {
                 slot: slot.name(),
                 state: name,
+                failure,
                 attempts_left,
                 version: release.as_ref().map(|r| r.version.clone()),
                 build_id: release.map(|r| r.build_id),
@@ -92,16 +115,39 @@ pub fn status_in(
     let state = BootState::load(&esp.join("grub"))?;
     Ok(status(&state, booted, running, |slot| {
         let dir = esp.join(slot.name());
-        (read_release(&dir), dir.join("vmlinuz").is_file())
+        SlotFiles {
+            release: read_release(&dir),
+            has_kernel: dir.join("vmlinuz").is_file(),
+            failure: failure::read(&dir),
+        }
     }))
 }
 
 /// `BUILD_ID=` of an os-release file's text.
 pub fn os_release_build_id(text: &str) -> Option<String> {
+    os_release_field(text, "BUILD_ID")
+}
+
+fn os_release_field(text: &str, key: &str) -> Option<String> {
     text.lines()
-        .find_map(|l| l.strip_prefix("BUILD_ID="))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .map(|v| v.trim().trim_matches('"').to_string())
         .filter(|v| !v.is_empty())
+}
+
+/// The system running now, from its os-release text: the version an update installed
+/// (`VERSION_ID`, which the bundle's manifest names), else berth-init's own version.
+pub fn running_release_from(os_release: &str) -> Release {
+    Release {
+        version: os_release_field(os_release, "VERSION_ID")
+            .unwrap_or_else(|| crate::run::VERSION.to_string()),
+        build_id: os_release_build_id(os_release).unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// The running system's release (`/etc/os-release`).
+pub fn running_release() -> Release {
+    running_release_from(&std::fs::read_to_string("/etc/os-release").unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -117,7 +163,9 @@ mod tests {
 
     #[test]
     fn a_fresh_machine_runs_a_with_b_empty() {
-        let s = status(&BootState::fresh(), Slot::A, &running(), |_| (None, false));
+        let s = status(&BootState::fresh(), Slot::A, &running(), |_| {
+            SlotFiles::default()
+        });
         assert_eq!((s.booted, s.next), ("A", Some("A")));
         let a = &s.slots[0];
         assert_eq!((a.state, a.booted, a.next), ("good", true, true));
@@ -136,19 +184,37 @@ mod tests {
             version: "0.2.0".into(),
             build_id: "def".into(),
         };
-        let s = status(&state, Slot::A, &running(), |slot| match slot {
-            Slot::B => (Some(next.clone()), true),
-            Slot::A => (None, true),
+        let s = status(&state, Slot::A, &running(), |slot| SlotFiles {
+            release: (slot == Slot::B).then(|| next.clone()),
+            has_kernel: true,
+            failure: None,
         });
         assert_eq!(s.next, Some("B"));
         let b = &s.slots[1];
         assert_eq!((b.state, b.attempts_left, b.next), ("new", Some(3), true));
         assert_eq!(b.version.as_deref(), Some("0.2.0"));
-        // A retired slot still holds its kernel.
+        assert_eq!(b.failure, None);
+        // A retired slot still holds its kernel, and says why it was given up: the record
+        // berth-init left, or what GRUB's counting tells.
         state.disable(Slot::B);
-        let s = status(&state, Slot::A, &running(), |_| (None, true));
+        let files = |failure: Option<Failure>| SlotFiles {
+            release: Some(next.clone()),
+            has_kernel: true,
+            failure,
+        };
+        let s = status(&state, Slot::A, &running(), |_| files(None));
         assert_eq!(s.slots[1].state, "retired");
         assert_eq!(s.next, Some("A"));
+        let f = s.slots[1].failure.clone().unwrap();
+        assert_eq!(f.version, "0.2.0");
+        assert!(f.reason.contains("boot attempts ran out"), "{f:?}");
+        let why = Failure {
+            version: "0.2.0".into(),
+            reason: "critical units not healthy within 5m0s: web".into(),
+        };
+        let s = status(&state, Slot::A, &running(), |_| files(Some(why.clone())));
+        assert_eq!(s.slots[1].failure, Some(why.clone()));
+        assert_eq!(s.slots[0].failure, None);
     }
 
     #[test]
@@ -184,5 +250,9 @@ mod tests {
         let text = "NAME=Berth\nBUILD_ID=8b4a0b3\nVERSION_ID=0.1.0\n";
         assert_eq!(os_release_build_id(text).as_deref(), Some("8b4a0b3"));
         assert_eq!(os_release_build_id("NAME=Berth\n"), None);
+        let r = running_release_from(text);
+        assert_eq!((r.version.as_str(), r.build_id.as_str()), ("0.1.0", "8b4a0b3"));
+        let r = running_release_from("VERSION_ID=\"0.3.1\"\nBUILD_ID_X=1\n");
+        assert_eq!((r.version.as_str(), r.build_id.as_str()), ("0.3.1", "unknown"));
     }
 }
