@@ -383,20 +383,33 @@ impl BootState {
     /// place (GRUB needs the file's sectors to stay where they are), with the next sequence
     /// number, synced. A power cut during the write leaves the other copy in charge.
     pub fn store(&mut self, dir: &Path) -> Result<(), GrubEnvError> {
+        let pending = self.prepare_store(dir)?;
+        self.commit(pending)
+    }
+
+    /// The first half of [`BootState::store`]: which copy gets which block (when neither copy
+    /// is valid, copy 0 is rewritten first so that the new state has an older one to follow).
+    pub fn prepare_store(&self, dir: &Path) -> Result<PendingStore, GrubEnvError> {
         let blocks = ENV_FILES.map(|name| std::fs::read(dir.join(name)).ok());
         let (target, seq) = match BootState::newest([blocks[0].as_deref(), blocks[1].as_deref()]) {
             Ok((current, i)) => (1 - i, (current.seq + 1) % 3),
-            // Neither copy is valid: write both, the second one newer.
             Err(_) => {
                 let path = dir.join(ENV_FILES[0]);
                 write_block(&path, &self.to_block_with_seq(0)?)?;
                 (1, 1)
             }
         };
-        let path = dir.join(ENV_FILES[target]);
-        let block = self.to_block_with_seq(seq)?;
-        write_block(&path, &block)?;
-        self.seq = seq;
+        Ok(PendingStore {
+            path: dir.join(ENV_FILES[target]),
+            block: self.to_block_with_seq(seq)?,
+            seq,
+        })
+    }
+
+    /// The second half of [`BootState::store`]: the block written over its copy, synced.
+    pub fn commit(&mut self, pending: PendingStore) -> Result<(), GrubEnvError> {
+        write_block(&pending.path, &pending.block)?;
+        self.seq = pending.seq;
         Ok(())
     }
 
@@ -481,6 +494,14 @@ impl BootState {
     pub fn disable(&mut self, slot: Slot) {
         self.set_state(slot, SlotState::Empty);
     }
+}
+
+/// A store decided but not written: the copy's path and the block that goes there.
+#[derive(Debug, Clone)]
+pub struct PendingStore {
+    pub path: std::path::PathBuf,
+    pub block: [u8; BLOCK_SIZE],
+    seq: u8,
 }
 
 /// Rewrites a block file in place (no truncation) and syncs it.

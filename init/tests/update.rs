@@ -60,6 +60,7 @@ fn rig(name: &str) -> Option<Rig> {
             running_version: "0.1.0".into(),
             allow_downgrade: false,
             tries: DEFAULT_TRIES,
+            stop_at: None,
         },
         opts: CreateOptions {
             key: dir.join("trusted/test.key"),

@@ -14,6 +14,7 @@ pub mod http;
 pub mod pki;
 pub mod qmp;
 pub mod tpm;
+pub mod update;
 pub mod vm;
 
 pub use fixture::{disk_or_skip, image_or_skip, Fixture};

@@ -316,6 +316,22 @@ impl Vm {
         qmp.execute("system_powerdown").map(|_| ())
     }
 
+    /// Types `command` into the admin shell without waiting for it to end (a command that
+    /// never ends, to cut the power under it).
+    pub fn send(&mut self, command: &str) -> Result<()> {
+        self.type_line(command)
+    }
+
+    /// Cuts the power: QEMU is killed at once, with whatever the guest had not written lost.
+    pub fn power_cut(&mut self) -> Result<()> {
+        if self.exit.is_none() {
+            self.child.kill().map_err(io_err("kill qemu"))?;
+            self.exit = Some(self.child.wait().map_err(io_err("wait for qemu"))?);
+            self.console.finish(Duration::from_secs(2));
+        }
+        Ok(())
+    }
+
     /// Waits for QEMU to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;

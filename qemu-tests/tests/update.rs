@@ -3,165 +3,18 @@
 //! it good, and keeps slot A good and the state partition as it was.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use berth_image::grubenv::{BootState, Slot};
-use berth_qemu_tests::{disk, disk_or_skip, fixture, Firmware, Fixture, Vm, VmConfig};
-
-const BOOT: Duration = Duration::from_secs(300);
-const CMD: Duration = Duration::from_secs(60);
-const APPLY: Duration = Duration::from_secs(600);
-const DISK_SIZE: u64 = 1 << 30;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use berth_qemu_tests::update::{
+    apply_command, later_version, os_release_field, power_off, running_version, update_status,
+    wait_marked_good, OtherBuild, APPLY, BOOT, CMD, DISK_SIZE,
+};
+use berth_qemu_tests::{disk, disk_or_skip, fixture, Firmware, Vm, VmConfig};
 
 /// The boot state on the ESP of a stopped VM's disk.
 fn grubenv_of(disk_path: &Path) -> BootState {
     disk::boot_state(disk_path).unwrap()
-}
-
-fn run_tool(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The running version with its patch number one higher ("0.1.0" gives "0.1.1").
-fn next_version(v: &str) -> String {
-    let mut parts: Vec<u64> = v.split('.').map(|p| p.parse().unwrap()).collect();
-    *parts.last_mut().unwrap() += 1;
-    parts
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// A bundle of another build: the image build's root tree with `version` in its os-release,
-/// assembled again the way `make image` recorded it (out/assemble.args), signed with the test
-/// key. Returned padded to whole sectors (to attach as a disk) with its real length.
-fn other_build_bundle(fx: &Fixture, image: &Path, version: &str) -> (PathBuf, u64) {
-    let out_dir = image.parent().unwrap();
-    let recorded = std::fs::read_to_string(out_dir.join("assemble.args"))
-        .expect("assemble.args (written by make image)");
-    let mut args: Vec<String> = recorded.lines().map(str::to_string).collect();
-    let rootfs = fx.path("rootfs");
-    let value = |args: &[String], k: &str| {
-        let i = args.iter().position(|a| a == k).unwrap();
-        args[i + 1].clone()
-    };
-    run_tool(
-        Command::new("cp")
-            .arg("-a")
-            .arg(value(&args, "--rootfs"))
-            .arg(&rootfs),
-    );
-    let os_release = rootfs.join("etc/os-release");
-    let text = std::fs::read_to_string(&os_release).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("VERSION_ID=") {
-                format!("VERSION_ID={version}\n")
-            } else if l.starts_with("BUILD_ID=") {
-                "BUILD_ID=update-test\n".to_string()
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&os_release, text).unwrap();
-    let set = |args: &mut Vec<String>, k: &str, v: &str| match args.iter().position(|a| a == k) {
-        Some(i) => args[i + 1] = v.to_string(),
-        None => {
-            args.push(k.to_string());
-            args.push(v.to_string());
-        }
-    };
-    let work = fx.path("work");
-    let out = fx.path("out");
-    set(&mut args, "--rootfs", &rootfs.display().to_string());
-    set(&mut args, "--version", version);
-    set(&mut args, "--work", &work.display().to_string());
-    set(&mut args, "--out", &out.display().to_string());
-    set(&mut args, "--formats", "raw");
-    let tool = out_dir.join("bin/berth-image");
-    run_tool(Command::new(&tool).args(&args).current_dir(repo()));
-    let bundle = fx.path("next.bundle");
-    run_tool(
-        Command::new(&tool)
-            .arg("bundle")
-            .arg("--key")
-            .arg(repo().join("configs/keys/test-key.key"))
-            .arg("--root")
-            .arg(work.join("root-a.img"))
-            .arg("--kernel")
-            .arg(value(&args, "--kernel"))
-            .arg("--manifest")
-            .arg(out.join("manifest.json"))
-            .arg("--cmdline")
-            .arg(repo().join("configs/grub/cmdline"))
-            .args(["--build-id", "update-test", "--version", version])
-            .arg("--out")
-            .arg(&bundle)
-            .current_dir(repo()),
-    );
-    // Only the bundle is needed from here on; the assembled disk is large.
-    let _ = std::fs::remove_dir_all(&out);
-    let _ = std::fs::remove_dir_all(&work);
-    let _ = std::fs::remove_dir_all(&rootfs);
-    let len = std::fs::metadata(&bundle).unwrap().len();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&bundle)
-        .unwrap();
-    f.set_len(len.div_ceil(512) * 512).unwrap();
-    (bundle, len)
-}
-
-fn wait_marked_good(vm: &mut Vm, slot: &str) {
-    let deadline = Instant::now() + BOOT;
-    let want = format!("boot of slot {slot} marked good");
-    while !vm
-        .run("dmesg | grep 'marked good'", CMD)
-        .unwrap()
-        .1
-        .contains(&want)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "boot of {slot} never marked good"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn power_off(mut vm: Vm) {
-    vm.power_button().unwrap();
-    let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
-    assert!(status.success(), "QEMU exited with {status}");
-}
-
-/// `GET /v1/update` through berthctl in the guest.
-fn update_status(vm: &mut Vm) -> serde_json::Value {
-    let out = vm.run_ok("berthctl --json update status", CMD).unwrap();
-    let start = out.find('{').unwrap_or(0);
-    serde_json::from_str(out[start..].trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn os_release_field(vm: &mut Vm, key: &str) -> String {
-    let out = vm
-        .run_ok(&format!("sed -n 's/^{key}=//p' /etc/os-release"), CMD)
-        .unwrap();
-    out.trim().to_string()
 }
 
 #[test]
@@ -171,14 +24,10 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
         return;
     };
     let image = fixture::default_image();
-    let running = std::fs::read_to_string(repo().join("Cargo.toml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .unwrap();
-    let next = next_version(&running);
-    let (bundle, bundle_len) = other_build_bundle(&fx, &image, &next);
+    let running = running_version();
+    let next = later_version(&running, 1);
+    let build = OtherBuild::assemble(&fx.path("next"), &image, &next, "update-test").unwrap();
+    let (bundle, bundle_len) = build.bundle("next", str::to_string).unwrap();
 
     let mut cfg = VmConfig::new(Firmware::Bios, disk_path.clone());
     // Only extra drive: the guest sees it as vdb.
@@ -186,9 +35,9 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
     let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
     vm.wait_for("berth: booting slot A", BOOT).unwrap();
     vm.wait_for_shell(BOOT).unwrap();
-    assert_eq!(os_release_field(&mut vm, "VERSION_ID"), running);
-    wait_marked_good(&mut vm, "A");
-    let status = update_status(&mut vm);
+    assert_eq!(os_release_field(&mut vm, "VERSION_ID").unwrap(), running);
+    wait_marked_good(&mut vm, "A").unwrap();
+    let status = update_status(&mut vm).unwrap();
     assert_eq!(status["booted"], "A", "{status}");
     assert_eq!(status["slots"][0]["state"], "good", "{status}");
     assert_eq!(status["slots"][0]["version"], running.as_str(), "{status}");
@@ -201,10 +50,7 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
 
     // The bundle streams from the disk into the child process, exactly its length.
     let applied = vm
-        .run_ok(
-            &format!("head -c {bundle_len} /dev/vdb | /sbin/init update-apply -"),
-            APPLY,
-        )
+        .run_ok(&apply_command("/dev/vdb", bundle_len, ""), APPLY)
         .unwrap();
     assert!(applied.contains("\"applied\""), "{applied}");
     assert!(applied.contains("\"slot\":\"B\""), "{applied}");
@@ -212,13 +58,13 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
         applied.contains(&format!("\"version\":\"{next}\"")),
         "{applied}"
     );
-    let status = update_status(&mut vm);
+    let status = update_status(&mut vm).unwrap();
     assert_eq!(status["next"], "B", "{status}");
     assert_eq!(status["slots"][1]["state"], "new", "{status}");
     assert_eq!(status["slots"][1]["attempts_left"], 3, "{status}");
     assert_eq!(status["slots"][1]["version"], next.as_str(), "{status}");
     assert_eq!(status["slots"][1]["build_id"], "update-test", "{status}");
-    power_off(vm);
+    power_off(&mut vm).unwrap();
 
     let env = grubenv_of(&disk_path);
     assert!(env.is_trying(Slot::B), "{env:?}");
@@ -233,23 +79,26 @@ fn bundle_of_another_build_boots_in_slot_b_and_is_marked_good() {
     let root_b = disk::partition(&disk_path, "berth-root-b").unwrap();
     let slaves = vm.run_ok("ls /sys/block/dm-0/slaves", CMD).unwrap();
     assert_eq!(slaves.trim(), format!("vda{}", root_b.number));
-    assert_eq!(os_release_field(&mut vm, "VERSION_ID"), next);
-    assert_eq!(os_release_field(&mut vm, "BUILD_ID"), "update-test");
+    assert_eq!(os_release_field(&mut vm, "VERSION_ID").unwrap(), next);
+    assert_eq!(
+        os_release_field(&mut vm, "BUILD_ID").unwrap(),
+        "update-test"
+    );
     assert_eq!(
         vm.run_ok("cat /var/lib/berth/update-marker", CMD)
             .unwrap()
             .trim(),
         "kept-across-updates"
     );
-    wait_marked_good(&mut vm, "B");
-    let status = update_status(&mut vm);
+    wait_marked_good(&mut vm, "B").unwrap();
+    let status = update_status(&mut vm).unwrap();
     assert_eq!(status["booted"], "B", "{status}");
     assert_eq!(status["next"], "B", "{status}");
     assert_eq!(status["slots"][0]["state"], "good", "{status}");
     assert_eq!(status["slots"][0]["version"], running.as_str(), "{status}");
     assert_eq!(status["slots"][1]["state"], "good", "{status}");
     assert_eq!(status["slots"][1]["version"], next.as_str(), "{status}");
-    power_off(vm);
+    power_off(&mut vm).unwrap();
 
     let env = grubenv_of(&disk_path);
     assert!(env.is_ok(Slot::B) && !env.is_trying(Slot::B), "{env:?}");

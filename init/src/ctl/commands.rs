@@ -571,13 +571,32 @@ pub fn update_rows(v: &Value) -> Vec<Vec<String>> {
         .unwrap_or_default()
 }
 
+/// One line per retired slot: which version failed and why.
+pub fn update_failures(v: &Value) -> String {
+    let mut out = String::new();
+    for s in v["slots"].as_array().into_iter().flatten() {
+        let f = &s["failure"];
+        if f.is_object() {
+            out.push_str(&format!(
+                "slot {} ({}) failed: {}\n",
+                cell(&s["slot"]),
+                cell(&f["version"]),
+                cell(&f["reason"])
+            ));
+        }
+    }
+    out
+}
+
 fn update_status(client: &Client, o: &Options) -> Result {
     let v = call(client, "GET", "/v1/update", None)?;
     print_or(o, &v, || {
-        table(
+        let mut out = table(
             &["SLOT", "STATE", "VERSION", "BUILD", "RUNNING", "BOOTS NEXT"],
             &update_rows(&v),
-        )
+        );
+        out.push_str(&update_failures(&v));
+        out
     });
     Ok(())
 }
@@ -641,6 +660,15 @@ mod tests {
         assert_eq!(
             rows[1],
             ["B", "new (3 attempts left)", "0.1.1", "def", "", "next"]
+        );
+        assert_eq!(update_failures(&v), "");
+        let v = json!({"booted": "A", "next": "A", "slots": [
+            {"slot": "A", "state": "good", "failure": null},
+            {"slot": "B", "state": "retired",
+             "failure": {"version": "0.1.1", "reason": "critical units not healthy within 60s: web"}}]});
+        assert_eq!(
+            update_failures(&v),
+            "slot B (0.1.1) failed: critical units not healthy within 60s: web\n"
         );
     }
 

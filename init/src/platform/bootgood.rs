@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(failure::read(&esp.join("B")), Some(why.clone()));
         // A good slot is never retired by its own health check.
         assert_eq!(retire_in(&esp, Slot::A, &why).unwrap(), Retired::NotNew);
-        assert_eq!(BootState::load(&dir).unwrap().state(Slot::A), SlotState::Good);
+        assert_eq!(
+            BootState::load(&dir).unwrap().state(Slot::A),
+            SlotState::Good
+        );
         std::fs::remove_dir_all(&esp).unwrap();
     }
 

@@ -16,8 +16,8 @@ use log::{error, info, warn};
 
 use crate::disk::blockdev::BlockDevices;
 use crate::event::{after, Key, Reactor, Timer};
-use crate::supervisor::state::{State, UnitStatus};
 use crate::machine::UpdateSettings;
+use crate::supervisor::state::{State, UnitStatus};
 use crate::update::failure::Failure;
 use bootgood::{Marked, Retired};
 use powerbutton::PowerButton;
@@ -111,6 +111,7 @@ impl Platform {
         self.on_watchdog(now, r);
         if self.trying {
             r.schedule(after(now, self.health_deadline), Timer::HealthDeadline);
+            self.record_attempt();
         }
         if self.hang {
             error!("berth.fault=hang: PID 1 stops here with the watchdog armed");
@@ -163,6 +164,25 @@ impl Platform {
 }
 
 impl Platform {
+    /// On an attempt of a new slot, records that PID 1 got this far: if the slot is retired
+    /// later without a better reason, this one tells that the kernel and root were fine and
+    /// the boot stopped afterwards. (A new slot's boot only: it costs a write to the ESP.)
+    fn record_attempt(&self) {
+        let Some(slot) = self.unmarked else { return };
+        let failure = Failure {
+            version: crate::update::status::running_release().version,
+            reason: "Berth's PID 1 started, but the boot stopped before it was marked good \
+                     (PID 1 hung and the watchdog reset the machine, crashed, or the power \
+                     was lost)"
+                .into(),
+        };
+        if let Err(e) = bootgood::with_esp(&BlockDevices::system(), Path::new(ESP_MOUNT), |esp| {
+            bootgood::record_in(esp, slot, &failure)
+        }) {
+            warn!("cannot record the attempt of slot {slot}: {e}");
+        }
+    }
+
     /// The health deadline of a new slot's boot: if the boot is still not good, the slot is
     /// retired (with the unhealthy units recorded as the reason) and `true` asks for a
     /// reboot now. A good slot is never rolled back by this; it only complains.
@@ -212,7 +232,10 @@ impl Platform {
             }
             Err(e) => {
                 // The boot state cannot be changed: the watchdog and GRUB's counting remain.
-                error!("cannot retire slot {slot} ({}): {e}; rebooting", failure.reason);
+                error!(
+                    "cannot retire slot {slot} ({}): {e}; rebooting",
+                    failure.reason
+                );
                 true
             }
         }

@@ -1,8 +1,8 @@
 //! Why a new slot was given up: `SLOT/failure.json` on the ESP, written by berth-init when it
 //! retires the slot it runs (critical units unhealthy past the deadline) or when a fatal boot
-//! error ends an attempt, and read by the update status of the slot that took over. When GRUB
-//! retired the slot (every attempt ended in a kernel panic, an exit of PID 1 or a watchdog
-//! reset before anything could be written), the status says so without a record.
+//! error ends an attempt, and read by the update status of the slot that took over. Every
+//! attempt first records that PID 1 started; when GRUB retired a slot that left no record
+//! at all, its attempts ended before that (the kernel or the root failed).
 
 use std::io::Write;
 use std::path::Path;
@@ -21,8 +21,8 @@ pub struct Failure {
 pub fn unrecorded(version: &str) -> Failure {
     Failure {
         version: version.to_string(),
-        reason: "its boot attempts ran out before it was marked good (kernel panic, PID 1 exit, \
-                 hang reset by the watchdog, or power lost)"
+        reason: "its boot attempts ran out before Berth's PID 1 started (a kernel panic, a root \
+                 that failed verification, or an init that could not run)"
             .into(),
     }
 }

@@ -7,14 +7,17 @@ use std::path::{Path, PathBuf};
 
 use berth_image::bundle::keys::TRUSTED_KEYS_DIR;
 use berth_image::gpt::Gpt;
-use berth_image::grubenv::{Slot, DEFAULT_TRIES};
+use berth_image::grubenv::{Slot, DEFAULT_TRIES, MAX_TRIES};
 use nix::mount::MsFlags;
 
-use super::{apply, Applied, Policy, Target, UpdateError};
+use super::{apply, Applied, Policy, StopPoint, Target, UpdateError};
 use crate::disk::blockdev::BlockDevices;
 use crate::platform::bootgood::{booted_slot_of_this_machine, ESP_PARTITION};
 
-pub const USAGE: &str = "usage: berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR]";
+pub const USAGE: &str =
+    "usage: berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR] [--tries N]
+       (testing: --stop-at before-write|mid-root|after-root|mid-kernel|mid-grubenv stops there,
+        synced, as if the power were cut)";
 /// Where the ESP is mounted while an update writes it (not where boot marking mounts it).
 const ESP_MOUNT: &str = "/run/berth/update-esp";
 
@@ -40,17 +43,33 @@ struct Args {
     bundle: String,
     allow_downgrade: bool,
     keys: PathBuf,
+    tries: u8,
+    stop_at: Option<StopPoint>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
     let mut bundle = None;
     let mut allow_downgrade = false;
     let mut keys = PathBuf::from(TRUSTED_KEYS_DIR);
+    let mut tries = DEFAULT_TRIES;
+    let mut stop_at = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--allow-downgrade" => allow_downgrade = true,
             "--keys" => keys = PathBuf::from(it.next().ok_or("--keys needs a directory")?),
+            "--tries" => {
+                tries = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=MAX_TRIES).contains(n))
+                    .ok_or(format!("--tries needs a number from 1 to {MAX_TRIES}"))?
+            }
+            "--stop-at" => {
+                let name = it.next().ok_or("--stop-at needs a point")?;
+                stop_at =
+                    Some(StopPoint::parse(name).ok_or(format!("unknown stop point {name:?}"))?);
+            }
             s if bundle.is_none() && (s == "-" || !s.starts_with('-')) => bundle = Some(s.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -60,6 +79,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
             .ok_or_else(|| format!("a bundle file (or - for stdin) is required\n{USAGE}"))?,
         allow_downgrade,
         keys,
+        tries,
+        stop_at,
     })
 }
 
@@ -106,7 +127,8 @@ fn run(args: &Args) -> Result<Applied, MachineError> {
         trusted_keys: args.keys.clone(),
         running_version: super::status::running_release().version,
         allow_downgrade: args.allow_downgrade,
-        tries: DEFAULT_TRIES,
+        tries: args.tries,
+        stop_at: args.stop_at,
     };
     let mut report = |p: super::Progress| {
         println!("{}", serde_json::to_string(&p).unwrap_or_default());

@@ -84,6 +84,57 @@ pub struct Policy {
     pub allow_downgrade: bool,
     /// Boot attempts the new slot gets before it is retired.
     pub tries: u8,
+    /// Testing: stop at this point as if the power were cut there (see [`StopPoint`]).
+    pub stop_at: Option<StopPoint>,
+}
+
+/// Points where `update-apply --stop-at` stops, everything written so far synced, so that a
+/// test can cut the power there: the writes an update must survive being interrupted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopPoint {
+    /// Verified, nothing written yet.
+    BeforeWrite,
+    /// Half the root written into the slot.
+    MidRoot,
+    /// The root written and checked, the kernel not started.
+    AfterRoot,
+    /// Half the kernel written (as `vmlinuz.new`).
+    MidKernel,
+    /// Half of the new boot state block written over its copy (a torn write).
+    MidGrubenv,
+}
+
+impl StopPoint {
+    pub const ALL: [(&'static str, StopPoint); 5] = [
+        ("before-write", StopPoint::BeforeWrite),
+        ("mid-root", StopPoint::MidRoot),
+        ("after-root", StopPoint::AfterRoot),
+        ("mid-kernel", StopPoint::MidKernel),
+        ("mid-grubenv", StopPoint::MidGrubenv),
+    ];
+
+    pub fn parse(name: &str) -> Option<StopPoint> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|&(_, p)| p)
+    }
+
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// Syncs what was written and waits for the power to be cut (never returns).
+fn stop_here(policy: &Policy, point: StopPoint) {
+    if policy.stop_at != Some(point) {
+        return;
+    }
+    nix::unistd::sync();
+    eprintln!("update-apply: stopped at {}", point.name());
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }
 
 /// The stage progress is reported for.
@@ -176,6 +227,7 @@ pub fn apply<R: Read>(
     let m = &verified.manifest;
     check_policy(m, target, policy)?;
     let boot_cfg = slot_boot_config(m, target)?;
+    stop_here(policy, StopPoint::BeforeWrite);
 
     // The slot is about to be overwritten: GRUB must not pick it meanwhile.
     let grub_dir = target.esp.join("grub");
@@ -214,12 +266,16 @@ pub fn apply<R: Read>(
                 phase: Phase::Root,
                 done,
                 total: root.size,
-            })
+            });
+            if done * 2 >= root.size {
+                stop_here(policy, StopPoint::MidRoot);
+            }
         },
     )?;
     slot_file.sync_all().map_err(io(dev))?;
     drop(slot_file);
     tree.finish()?;
+    stop_here(policy, StopPoint::AfterRoot);
 
     // Kernel and boot arguments: new files, synced, then renamed over the old ones.
     std::fs::create_dir_all(&slot_dir).map_err(io(&slot_dir))?;
@@ -236,7 +292,10 @@ pub fn apply<R: Read>(
                 phase: Phase::Kernel,
                 done,
                 total: kernel.size,
-            })
+            });
+            if done * 2 >= kernel.size {
+                stop_here(policy, StopPoint::MidKernel);
+            }
         },
     )
     .map_err(UpdateError::from)
@@ -274,13 +333,32 @@ pub fn apply<R: Read>(
     let _lock = lock(&grub_dir)?;
     let mut state = BootState::load(&grub_dir)?;
     state.install(target.slot, policy.tries);
-    state.store(&grub_dir)?;
+    let pending = state.prepare_store(&grub_dir)?;
+    if policy.stop_at == Some(StopPoint::MidGrubenv) {
+        tear(&pending)?;
+        stop_here(policy, StopPoint::MidGrubenv);
+    }
+    state.commit(pending)?;
     Ok(Applied {
         slot: target.slot,
         version: m.os_version.clone(),
         build_id: m.build_id.clone(),
         key_id: verified.key_id.clone(),
     })
+}
+
+/// Writes the first half of a boot state block over its copy, as a power cut in the middle
+/// of the write would leave it.
+fn tear(pending: &berth_image::grubenv::PendingStore) -> Result<(), UpdateError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pending.path)
+        .map_err(io(&pending.path))?;
+    let half = pending.block.len() / 2;
+    f.write_all_at(&pending.block[..half], 0)
+        .and_then(|()| f.sync_all())
+        .map_err(io(&pending.path))
 }
 
 /// The boot state's lock, shared with PID 1's boot marking (held only around a rewrite).
