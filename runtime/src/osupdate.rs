@@ -232,7 +232,10 @@ fn copy_resumable(
                 ) {
                     return Err(e.into());
                 }
-                e.to_string()
+                match e {
+                    registry::Error::BadResponse { reason, .. } => reason,
+                    other => other.to_string(),
+                }
             }
         };
         if progressed {

@@ -54,7 +54,7 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     };
     let failed = |e: &dyn std::error::Error| FetchFailed {
         source_text: text.clone(),
-        reason: one_line(e),
+        reason: without_prefix(one_line(e), &text),
     };
     let source = match Source::parse(&text) {
         Ok(s) => s,
@@ -78,4 +78,14 @@ fn one_line(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text.replace('\n', " ")
+}
+
+/// `reason` without leading repetitions of `source` (the CLI names it once).
+fn without_prefix(reason: String, source: &str) -> String {
+    let prefix = format!("{source}: ");
+    let mut rest = reason.as_str();
+    while let Some(r) = rest.strip_prefix(&prefix) {
+        rest = r;
+    }
+    rest.to_string()
 }
