@@ -14,7 +14,7 @@
 //! server = "udp://10.0.0.2:514"   # or tcp://IP:PORT (RFC 5424; octet-counted over TCP)
 //! units = true                 # also forward unit output, one message per line
 //!
-//! [registries]                 # read by berth-runtime for image pulls
+//! [registries]                 # read by berth-runtime for image pulls and update fetches
 //! pull_timeout = "1h"          # also bounds image jobs (plus a grace): see `api::jobs`
 //! min_rate = "1K"
 //! min_rate_window = "30s"

@@ -509,3 +509,26 @@ fn a_fetch_that_fails_after_the_last_byte_fails_the_apply_before_the_slot_boots(
     assert_eq!(before.1, rig.snapshot().1, "ESP slot files changed: {text}");
     assert_eq!(rig.state().next_boot(), Some(Slot::A));
 }
+
+#[test]
+fn a_fetched_bundle_refused_by_apply_reports_only_apply_s_reason() {
+    let Some(rig) = rig("http-unknown-key") else {
+        eprintln!("veritysetup not installed; skipping");
+        return;
+    };
+    keys::generate(&rig.dir.join("elsewhere"), "other").unwrap();
+    let bundle =
+        std::fs::read(rig.bundle(|o| o.key = rig.dir.join("elsewhere/other.key"))).unwrap();
+    let server = HttpServer::start(move |_| ok_answer(&bundle, bundle.len()));
+    let before = rig.snapshot();
+    // Refused at the header, while the fetch may still be streaming: it is stopped, and its
+    // end is no reason of its own.
+    let err = rig
+        .apply_from(&server.url(), &rig.fetcher(&server))
+        .unwrap_err();
+    assert!(
+        matches!(err, UpdateError::Bundle(BundleError::UnknownKey { .. })),
+        "{err}"
+    );
+    assert_eq!(before, rig.snapshot());
+}

@@ -165,13 +165,19 @@ impl FetchChild {
     }
 
     /// Ends the child (killed if still running) and reaps it; the reason it failed (its last
-    /// stderr line, or its exit status) unless it succeeded.
+    /// stderr line, or its exit status) unless it succeeded or was stopped here (apply gave
+    /// up first: its reason is the one that counts).
     fn finish(&mut self) -> Option<String> {
         if self.status.is_none() {
-            if let Ok(None) = self.child.try_wait() {
+            let running = matches!(self.child.try_wait(), Ok(None));
+            if running {
                 let _ = self.child.kill();
             }
             self.status = self.child.wait().ok();
+            if running {
+                let _ = self.stderr.take().map(JoinHandle::join);
+                return None;
+            }
         }
         let tail = self
             .stderr
