@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use support::http::{Request, Response, Server};
-use support::{berth_runtime, digest, write_file, Registry, TempDir};
+use support::{berth_runtime, digest, make_certs, write_file, Registry, TempDir};
 
 const ETAG: &str = "\"berth-bundle-1\"";
 
@@ -298,4 +298,50 @@ fn a_blob_that_does_not_match_its_digest_fails() {
     let out = fetch(&cfg, &format!("{}/berth/os:1", server.host()));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("digest mismatch"), "{}", stderr(&out));
+}
+
+#[test]
+fn over_https_the_configured_ca_bundle_is_trusted_for_pushes_references_and_urls() {
+    let dir = TempDir::new("fetch-tls");
+    let (ca, cert, key) = make_certs(&dir);
+    let reg = Registry::start_with_tls(Some((&cert, &key)));
+    let cfg = write_file(
+        &dir,
+        "machine.toml",
+        &format!("[registries]\nca_bundle = \"{}\"\n", ca.display()),
+    );
+    let data = bundle_bytes(300_000);
+    let file = dir.join("update.bundle");
+    std::fs::write(&file, &data).unwrap();
+    let reference = format!("{}/berth/os:1", reg.addr);
+    let push = berth_runtime()
+        .arg("image")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("push-bundle")
+        .arg(&file)
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", stderr(&push));
+    let out = fetch(&cfg, &reference);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data, "fetched bundle differs");
+    // The blob as a plain URL: the same CA bundle applies.
+    let url = format!("https://{}/v2/berth/os/blobs/{}", reg.addr, digest(&data));
+    let out = fetch(&cfg, &url);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data, "fetched bundle differs");
+    // Without the test CA the server is not trusted.
+    let other = TempDir::new("fetch-tls-other");
+    let (other_ca, _, _) = make_certs(&other);
+    let untrusting = write_file(
+        &dir,
+        "other.toml",
+        &format!("[registries]\nca_bundle = \"{}\"\n", other_ca.display()),
+    );
+    let out = fetch(&untrusting, &url);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains(&url), "{}", stderr(&out));
 }
