@@ -18,7 +18,7 @@
 //! health_deadline = "5m"       # a new slot's critical units must be healthy this soon after
 //!                              # PID 1 starts, or it is retired and the other slot boots
 //!
-//! [registries]                 # read by berth-runtime for image pulls
+//! [registries]                 # read by berth-runtime for image pulls and update fetches
 //! pull_timeout = "1h"          # also bounds image jobs (plus a grace): see `api::jobs`
 //! min_rate = "1K"
 //! min_rate_window = "30s"

@@ -13,8 +13,10 @@ const USAGE: &str = "usage: berth-init                 (as PID 1)
        berth-init --root-dir DIR  (host mode: units in DIR/units, state in DIR/state,
                                    control socket DIR/api.sock)
        berth-init --version
-       berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR]
-                                  (writes a signed update bundle into the other slot)";
+       berth-init update-apply SOURCE [--allow-downgrade] [--keys DIR]
+                                  (writes a signed update bundle into the other slot;
+                                   SOURCE: a file, - for stdin, an http(s):// URL, or an
+                                   OCI reference, fetched by berth-runtime)";
 
 fn parse_args() -> Result<Mode, String> {
     let mut args = std::env::args().skip(1);

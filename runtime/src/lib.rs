@@ -15,6 +15,7 @@ pub mod image;
 pub mod init;
 pub mod namespaces;
 pub mod net;
+pub mod osupdate;
 pub mod process;
 pub mod procfs;
 pub mod registry;

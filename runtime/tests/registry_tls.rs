@@ -4,61 +4,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use berth_runtime::image::pull::{self, PullOptions};
 use berth_runtime::image::{Error, Image, Result, Store};
 use berth_runtime::registry::{self, Client, Reference, RegistriesConfig};
-use support::{push, run, ImageBuilder, Registry, TempDir};
-
-/// A CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key).
-fn make_certs(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |n: &str| dir.join(n);
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(Command::new("openssl")
-        .args(["req", "-x509"])
-        .args(ec)
-        .args(["-days", "2", "-subj", "/CN=Berth Test CA"])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-keyout")
-        .arg(p("ca.key"))
-        .arg("-out")
-        .arg(p("ca.crt")));
-    run(Command::new("openssl")
-        .arg("req")
-        .args(ec)
-        .args(["-subj", "/CN=127.0.0.1"])
-        .arg("-keyout")
-        .arg(p("server.key"))
-        .arg("-out")
-        .arg(p("server.csr")));
-    std::fs::write(
-        p("ext.cnf"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-        .arg("-in")
-        .arg(p("server.csr"))
-        .arg("-CA")
-        .arg(p("ca.crt"))
-        .arg("-CAkey")
-        .arg(p("ca.key"))
-        .arg("-extfile")
-        .arg(p("ext.cnf"))
-        .arg("-out")
-        .arg(p("server.crt")));
-    (p("ca.crt"), p("server.crt"), p("server.key"))
-}
+use support::{make_certs, push, ImageBuilder, Registry, TempDir};
 
 fn pull_with(store: &Store, registry: &str, config: RegistriesConfig) -> Result<Image> {
     pull::pull(

@@ -1,5 +1,7 @@
-//! `berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR]`: the child process that
-//! applies a bundle on a Berth machine. It writes the slot that is not running, with the
+//! `berth-init update-apply SOURCE [--allow-downgrade] [--keys DIR]`: the child process that
+//! applies a bundle on a Berth machine. SOURCE is a file, `-` (stdin), an `http(s)://` URL or
+//! the OCI reference of a bundle pushed with `berth-runtime image push-bundle` (see
+//! [`Source::classify`]); URLs and references are fetched by `berth-runtime fetch`. It writes the slot that is not running, with the
 //! ESP mounted privately, reports progress as JSON lines on stdout
 //! (`{"phase":"root","done":N,"total":M}`) and exits 0 once the new slot boots next.
 
@@ -10,14 +12,20 @@ use berth_image::gpt::Gpt;
 use berth_image::grubenv::{Slot, DEFAULT_TRIES, MAX_TRIES};
 use nix::mount::MsFlags;
 
-use super::{apply, Applied, Policy, StopPoint, Target, UpdateError};
+use super::source::{apply_from, Fetcher, Source};
+use super::{Applied, Policy, StopPoint, Target, UpdateError};
 use crate::disk::blockdev::BlockDevices;
 use crate::platform::bootgood::{booted_slot_of_this_machine, ESP_PARTITION};
 
 pub const USAGE: &str =
-    "usage: berth-init update-apply BUNDLE|- [--allow-downgrade] [--keys DIR] [--tries N]
-       (testing: --stop-at before-write|mid-root|after-root|mid-kernel|mid-grubenv stops there,
-        synced, as if the power were cut)";
+    "usage: berth-init update-apply SOURCE [--allow-downgrade] [--keys DIR] [--tries N]
+  SOURCE: - (stdin), a file (absolute, ./ or ../, or any existing path), an http:// or
+  https:// URL, or else an OCI reference (registry/repo:tag or @sha256:...) of a bundle
+  pushed with `berth-runtime image push-bundle`. URLs and references are fetched by
+  `berth-runtime fetch` with the [registries] settings of /var/lib/berth/machine.toml.
+  --tries N: boot attempts the new slot gets (default 3).
+  Testing: --stop-at before-write|mid-root|after-root|mid-kernel|mid-grubenv stops there,
+  everything synced, as if the power were cut.";
 /// Where the ESP is mounted while an update writes it (not where boot marking mounts it).
 const ESP_MOUNT: &str = "/run/berth/update-esp";
 
@@ -40,7 +48,7 @@ pub enum MachineError {
 }
 
 struct Args {
-    bundle: String,
+    bundle: Source,
     allow_downgrade: bool,
     keys: PathBuf,
     tries: u8,
@@ -74,9 +82,9 @@ fn parse(args: &[String]) -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
+    let bundle: String = bundle.ok_or_else(|| format!("a bundle source is required\n{USAGE}"))?;
     Ok(Args {
-        bundle: bundle
-            .ok_or_else(|| format!("a bundle file (or - for stdin) is required\n{USAGE}"))?,
+        bundle: Source::classify(&bundle).map_err(|e| format!("{e}\n{USAGE}"))?,
         allow_downgrade,
         keys,
         tries,
@@ -133,17 +141,13 @@ fn run(args: &Args) -> Result<Applied, MachineError> {
     let mut report = |p: super::Progress| {
         println!("{}", serde_json::to_string(&p).unwrap_or_default());
     };
-    let result = if args.bundle == "-" {
-        apply(std::io::stdin().lock(), &target, &policy, &mut report)
-    } else {
-        let path = Path::new(&args.bundle);
-        std::fs::File::open(path)
-            .map_err(|source| UpdateError::Io {
-                path: args.bundle.clone(),
-                source,
-            })
-            .and_then(|f| apply(f, &target, &policy, &mut report))
-    };
+    let result = apply_from(
+        &args.bundle,
+        &Fetcher::of_this_machine(),
+        &target,
+        &policy,
+        &mut report,
+    );
     nix::unistd::sync();
     let _ = nix::mount::umount(mountpoint);
     Ok(result?)

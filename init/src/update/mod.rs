@@ -14,6 +14,7 @@
 
 pub mod failure;
 pub mod machine;
+pub mod source;
 pub mod status;
 
 use std::io::{Read, Write};
@@ -46,6 +47,17 @@ pub enum UpdateError {
     GrubEnv(#[from] GrubEnvError),
     #[error("slot {slot} boot configuration: {problem}")]
     BootConfig { slot: Slot, problem: String },
+    /// Applying a fetched bundle failed, and so did the fetch (its reason).
+    #[error("{error}; {fetch}")]
+    Fetch {
+        error: Box<UpdateError>,
+        fetch: String,
+    },
+    #[error("starting {command}: {error}")]
+    FetchSpawn {
+        command: String,
+        error: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,

@@ -3,10 +3,11 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use berth_runtime::image::archive::{self, ArchiveFormat};
 use berth_runtime::image::{gc, pull, Image, Store};
+use berth_runtime::osupdate;
 use berth_runtime::registry::{Client, Reference, RegistriesConfig};
 
 const USAGE: &str = "usage: berth-runtime image [--store DIR] [--config FILE] COMMAND
@@ -18,6 +19,8 @@ commands:
   import FILE|- [--tag REF] [--json]  import a docker-save or OCI archive
   export REF FILE|- [--format oci|docker]
   prune [--json]                      remove unreferenced blobs, layers and leftovers
+  push-bundle FILE REF                publish an OS update bundle as an OCI artifact
+                                      (`berth-runtime fetch REF` streams it back)
 defaults: --store /var/lib/berth/images, --config /var/lib/berth/machine.toml";
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -108,6 +111,17 @@ fn run(args: &[String]) -> CliResult {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/berth/machine.toml"));
+    if command == "push-bundle" {
+        // No image store involved.
+        let [file, name] = a.positional.as_slice() else {
+            return Err("push-bundle takes a bundle file and a reference".into());
+        };
+        let reference = Reference::parse(name)?;
+        let client = Client::new(RegistriesConfig::load(&config_path)?);
+        let digest = osupdate::push_bundle(&client, Path::new(file), &reference)?;
+        println!("pushed {reference} ({digest})");
+        return Ok(());
+    }
     let store = Store::open(store_dir)?;
     match command.as_str() {
         "pull" => {

@@ -7,6 +7,7 @@ mod delete;
 mod events;
 mod exec;
 mod features;
+mod fetch;
 pub mod image;
 mod kill;
 mod list;
@@ -130,8 +131,14 @@ const VERBS: &[Verb] = &[
         sealed: false,
     },
     Verb {
+        name: "fetch",
+        about: "stream an OS update bundle from a URL or a registry to stdout",
+        run: fetch::run,
+        sealed: false,
+    },
+    Verb {
         name: "image",
-        about: "manage images: pull, ls, inspect, rm, import, export, prune",
+        about: "manage images: pull, ls, inspect, rm, import, export, prune, push-bundle",
         run: image_verb,
         sealed: false,
     },

@@ -6,12 +6,14 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ureq::http::Response;
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
-use ureq::{Agent, Body};
+use ureq::typestate::WithBody;
+use ureq::{Agent, Body, RequestBuilder};
 
 use super::auth::{self, Challenge};
 use super::config::RegistriesConfig;
@@ -84,6 +86,34 @@ pub struct BlobResponse {
     /// Byte offset of the first byte of `body`: the requested offset, or 0 when the server
     /// ignored the range and sends the whole blob.
     pub offset: u64,
+}
+
+/// The HTTP methods Berth uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+}
+
+/// A request body.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// Streamed from the file (opened again if the request is repeated after a challenge).
+    File(&'a Path),
+}
+
+/// One request to a registry.
+struct Call<'a> {
+    method: Method,
+    url: &'a str,
+    /// The token scope (`repository:NAME:pull`).
+    scope: String,
+    headers: &'a [(&'a str, String)],
+    payload: Payload<'a>,
 }
 
 /// Where requests for one registry go: its mirrors first, then itself.
@@ -251,6 +281,185 @@ impl Client {
         })
     }
 
+    /// GET of a plain URL (no registry authentication), under the same TLS settings and
+    /// deadline as registry requests. Any status is returned; the caller reads the body
+    /// through [`Client::body`].
+    pub fn get_url(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        deadline: &Deadline,
+    ) -> Result<Response<Body>> {
+        if url.starts_with("https://") {
+            if let Some(problem) = &self.tls_problem {
+                return Err(Error::CaBundle {
+                    path: self.config.ca_bundle().to_path_buf(),
+                    reason: format!("needed for {url}: {problem}"),
+                });
+            }
+        }
+        self.send_get(url, headers, None, deadline)
+    }
+
+    /// `response`'s body under the deadline and the minimum rate.
+    pub fn body(&self, response: Response<Body>, url: &str, deadline: &Deadline) -> Transfer {
+        self.transfer(response, url, deadline)
+    }
+
+    /// The endpoint pushes go to: the registry itself (mirrors are for pulls).
+    fn push_endpoint(&self, registry: &str) -> Endpoint {
+        let api_host = if registry == DEFAULT_REGISTRY {
+            DOCKER_HUB_API
+        } else {
+            registry
+        };
+        self.endpoint(api_host)
+    }
+
+    /// A push request to `reference`'s registry; `ok` are the statuses that mean success.
+    fn push_call(
+        &self,
+        reference: &Reference,
+        call: &Call<'_>,
+        ok: &[u16],
+        deadline: &Deadline,
+    ) -> Result<Response<Body>> {
+        let endpoint = self.push_endpoint(&reference.registry);
+        let response = self.call_at(&endpoint, call, deadline)?;
+        let status = response.status().as_u16();
+        if ok.contains(&status) {
+            Ok(response)
+        } else {
+            Err(self.status_error(response, call.url, deadline, status))
+        }
+    }
+
+    /// Whether `reference`'s repository has blob `digest` already.
+    pub fn has_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        deadline: &Deadline,
+    ) -> Result<bool> {
+        let base = self.push_endpoint(&reference.registry).base;
+        let url = format!("{base}/v2/{}/blobs/{digest}", reference.repository);
+        match self.push_call(
+            reference,
+            &Call {
+                method: Method::Head,
+                url: &url,
+                scope: push_scope(reference),
+                headers: &[],
+                payload: Payload::Empty,
+            },
+            &[200],
+            deadline,
+        ) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads blob `digest` into `reference`'s repository: a POST that opens the upload,
+    /// then one PUT that streams `payload` and closes it with the digest (the registry checks
+    /// it).
+    pub fn upload_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        payload: Payload<'_>,
+        deadline: &Deadline,
+    ) -> Result<()> {
+        let base = self.push_endpoint(&reference.registry).base;
+        let start = format!("{base}/v2/{}/blobs/uploads/", reference.repository);
+        let response = self.push_call(
+            reference,
+            &Call {
+                method: Method::Post,
+                url: &start,
+                scope: push_scope(reference),
+                headers: &[],
+                payload: Payload::Empty,
+            },
+            &[202],
+            deadline,
+        )?;
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::BadResponse {
+                url: start.clone(),
+                reason: "upload started without a Location".into(),
+            })?;
+        let mut url = if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            return Err(Error::BadResponse {
+                url: start,
+                reason: format!("unusable upload Location {location:?}"),
+            });
+        };
+        if base.starts_with("https://") && !url.starts_with("https://") {
+            return Err(Error::Redirect {
+                url: start,
+                reason: format!("upload Location {location:?} leaves HTTPS"),
+            });
+        }
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("digest={digest}"));
+        self.push_call(
+            reference,
+            &Call {
+                method: Method::Put,
+                url: &url,
+                scope: push_scope(reference),
+                headers: &[("Content-Type", "application/octet-stream".to_string())],
+                payload,
+            },
+            &[201],
+            deadline,
+        )?;
+        Ok(())
+    }
+
+    /// Stores `body` as manifest `tag_or_digest` of `reference`'s repository; returns the
+    /// digest the registry reports.
+    pub fn put_manifest(
+        &self,
+        reference: &Reference,
+        tag_or_digest: &str,
+        media_type: &str,
+        body: &[u8],
+        deadline: &Deadline,
+    ) -> Result<Option<String>> {
+        let base = self.push_endpoint(&reference.registry).base;
+        let url = format!(
+            "{base}/v2/{}/manifests/{tag_or_digest}",
+            reference.repository
+        );
+        let response = self.push_call(
+            reference,
+            &Call {
+                method: Method::Put,
+                url: &url,
+                scope: push_scope(reference),
+                headers: &[("Content-Type", media_type.to_string())],
+                payload: Payload::Bytes(body),
+            },
+            &[200, 201],
+            deadline,
+        )?;
+        Ok(response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
+    }
+
     /// GET `/v2/<repository>/<path>` on the first endpoint that answers it.
     fn get(
         &self,
@@ -288,6 +497,29 @@ impl Client {
         headers: &[(&str, String)],
         deadline: &Deadline,
     ) -> Result<Response<Body>> {
+        let call = Call {
+            method: Method::Get,
+            url,
+            scope: format!("repository:{repository}:pull"),
+            headers,
+            payload: Payload::Empty,
+        };
+        let response = self.call_at(endpoint, &call, deadline)?;
+        match response.status().as_u16() {
+            200 | 206 => Ok(response),
+            status => Err(self.status_error(response, url, deadline, status)),
+        }
+    }
+
+    /// Sends `call` to `endpoint`, answering one authentication challenge (basic credentials
+    /// or a bearer token for the call's scope). Any status is returned but a second `401`.
+    fn call_at(
+        &self,
+        endpoint: &Endpoint,
+        call: &Call<'_>,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>> {
+        let url = call.url;
         if endpoint.base.starts_with("https://") {
             if let Some(problem) = &self.tls_problem {
                 return Err(Error::CaBundle {
@@ -296,74 +528,124 @@ impl Client {
                 });
             }
         }
-        let scope = format!("repository:{repository}:pull");
-        let key = format!("{}|{scope}", endpoint.host);
-        let cached = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
-        let mut response = self.send(url, headers, cached.as_deref(), deadline)?;
-        if response.status().as_u16() == 401 {
+        // Credentials and tokens go only to the endpoint they are for (an upload location
+        // may be elsewhere, e.g. object storage).
+        let own = url == endpoint.base
+            || url
+                .strip_prefix(endpoint.base.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        let key = format!("{}|{}", endpoint.host, call.scope);
+        let cached = if own {
+            self.tokens.lock().ok().and_then(|t| t.get(&key).cloned())
+        } else {
+            None
+        };
+        let mut response = self.send(call, cached.as_deref(), deadline)?;
+        if response.status().as_u16() == 401 && own {
             let header = response
                 .headers()
                 .get("www-authenticate")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            let authorization = self.authorize(endpoint, url, &header, &scope, deadline)?;
-            response = self.send(url, headers, Some(&authorization), deadline)?;
-            if response.status().as_u16() == 401 {
-                return Err(Error::Unauthorized {
-                    url: url.to_string(),
-                    reason: "credentials or token refused".into(),
-                });
-            }
-            if let Ok(mut tokens) = self.tokens.lock() {
-                tokens.insert(key, authorization);
+            let authorization = self.authorize(endpoint, url, &header, &call.scope, deadline)?;
+            response = self.send(call, Some(&authorization), deadline)?;
+            if response.status().as_u16() != 401 {
+                if let Ok(mut tokens) = self.tokens.lock() {
+                    tokens.insert(key, authorization);
+                }
             }
         }
-        match response.status().as_u16() {
-            200 | 206 => Ok(response),
-            404 => Err(Error::NotFound {
+        if response.status().as_u16() == 401 {
+            return Err(Error::Unauthorized {
                 url: url.to_string(),
-            }),
-            status => Err(Error::Status {
+                reason: "credentials or token refused".into(),
+            });
+        }
+        Ok(response)
+    }
+
+    /// The error for an answer with an unexpected `status`.
+    fn status_error(
+        &self,
+        response: Response<Body>,
+        url: &str,
+        deadline: &Deadline,
+        status: u16,
+    ) -> Error {
+        match status {
+            404 => Error::NotFound {
+                url: url.to_string(),
+            },
+            status => Error::Status {
                 url: url.to_string(),
                 status,
                 message: self.error_message(response, url, deadline),
-            }),
+            },
         }
     }
 
-    fn send(
+    /// A GET without registry authentication (token servers, plain URLs).
+    fn send_get(
         &self,
         url: &str,
         headers: &[(&str, String)],
         authorization: Option<&str>,
         deadline: &Deadline,
     ) -> Result<Response<Body>> {
+        let call = Call {
+            method: Method::Get,
+            url,
+            scope: String::new(),
+            headers,
+            payload: Payload::Empty,
+        };
+        self.send(&call, authorization, deadline)
+    }
+
+    fn send(
+        &self,
+        call: &Call<'_>,
+        authorization: Option<&str>,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>> {
+        let url = call.url;
         let remaining = deadline.remaining().ok_or_else(|| deadline.error(url))?;
         // A read that waits a whole rate window has seen less than any positive rate.
         let per_read = match self.min_rate {
             Some((_, window)) => window.min(READ_TIMEOUT),
             None => READ_TIMEOUT,
         };
-        let mut request = self
-            .agent
-            .get(url)
-            .config()
-            // Bounds everything ureq does for this request, the body included: a read blocked
-            // on a silent registry returns when the pull's deadline comes.
-            .timeout_global(Some(remaining))
-            .timeout_per_read(Some(per_read))
-            .timeout_recv_response(Some(HEAD_TIMEOUT))
-            // Once on HTTPS, a redirect cannot take the request to plain HTTP.
-            .https_only(url.starts_with("https://"))
-            .build();
-        for (name, value) in headers {
-            request = request.header(*name, value);
+        let headers = call
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .chain(authorization.map(|a| ("Authorization", a)));
+        // Every request: bounded by what is left of the deadline (the body included: a read
+        // blocked on a silent server returns when the deadline comes), and once on HTTPS a
+        // redirect cannot take it to plain HTTP.
+        macro_rules! prepare {
+            ($builder:expr) => {{
+                let mut request = $builder
+                    .config()
+                    .timeout_global(Some(remaining))
+                    .timeout_per_read(Some(per_read))
+                    .timeout_recv_response(Some(HEAD_TIMEOUT))
+                    .https_only(url.starts_with("https://"))
+                    .build();
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                request
+            }};
         }
-        if let Some(a) = authorization {
-            request = request.header("Authorization", a);
-        }
-        request.call().map_err(|e| match e {
+        let result = match (call.method, &call.payload) {
+            (Method::Get, _) => prepare!(self.agent.get(url)).call(),
+            (Method::Head, _) => prepare!(self.agent.head(url)).call(),
+            (Method::Post, payload) => send_payload(prepare!(self.agent.post(url)), payload, url)?,
+            (Method::Put, payload) => send_payload(prepare!(self.agent.put(url)), payload, url)?,
+        };
+        result.map_err(|e| match e {
             ureq::Error::Timeout(ureq::Timeout::Global) => deadline.error(url),
             ureq::Error::RequireHttpsOnly(to) => Error::Redirect {
                 url: url.to_string(),
@@ -443,7 +725,7 @@ impl Client {
                     });
                 }
                 let basic = credentials.map(auth::basic_header);
-                let response = self.send(&token_url, &[], basic.as_deref(), deadline)?;
+                let response = self.send_get(&token_url, &[], basic.as_deref(), deadline)?;
                 let status = response.status().as_u16();
                 if status != 200 {
                     return Err(Error::Token {
@@ -467,6 +749,32 @@ impl Client {
             }),
         }
     }
+}
+
+/// Sends `request` with `payload` as its body.
+fn send_payload(
+    request: RequestBuilder<WithBody>,
+    payload: &Payload<'_>,
+    url: &str,
+) -> Result<std::result::Result<Response<Body>, ureq::Error>> {
+    Ok(match payload {
+        Payload::Empty => request.send_empty(),
+        Payload::Bytes(data) => request.send(*data),
+        Payload::File(path) => {
+            let file = std::fs::File::open(path).map_err(|source| Error::File {
+                path: path.to_path_buf(),
+                what: format!("uploading to {url}"),
+                source,
+            })?;
+            // A File body is sent with its length (Content-Length), read in chunks.
+            request.send(file)
+        }
+    })
+}
+
+/// The token scope of a push to `reference`'s repository.
+fn push_scope(reference: &Reference) -> String {
+    format!("repository:{}:pull,push", reference.repository)
 }
 
 /// Reads all of `body`, refusing more than `limit` bytes.

@@ -1,4 +1,7 @@
-//! Registry settings from the machine config (`/var/lib/berth/machine.toml`).
+//! Registry settings from the machine config (`/var/lib/berth/machine.toml`). They apply to
+//! image pulls and to OS update fetches alike (`berth-runtime fetch`, see
+//! [`crate::osupdate`]): for an update URL, `insecure` lists the hosts that may be reached over
+//! plain HTTP and `ca_bundle`, `pull_timeout` and `min_rate` apply as to registries.
 //!
 //! Proposed `[registries]` section (every key optional):
 //!

@@ -64,6 +64,13 @@ pub enum Error {
     Redirect { url: String, reason: String },
     #[error("CA bundle {}: {reason}", path.display())]
     CaBundle { path: PathBuf, reason: String },
+    #[error("{}: {what}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("machine config {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
 }

@@ -1,0 +1,91 @@
+//! `berth-runtime fetch [--config MACHINE_TOML] SOURCE`: streams an OS update bundle from an
+//! HTTP(S) URL or an OCI registry to stdout, for `berth-init update-apply`, with the machine
+//! config's `[registries]` settings (as `image pull`).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use berth_runtime::osupdate::{self, Source};
+use berth_runtime::registry::{Client, RegistriesConfig};
+
+use super::{CliResult, Global};
+
+const USAGE: &str = "usage: berth-runtime fetch [--config FILE] SOURCE
+  SOURCE: an http:// or https:// URL, or an OCI reference (registry/repo:tag or @digest) of an
+  update pushed with `berth-runtime image push-bundle`; the bundle goes to stdout.
+defaults: --config /var/lib/berth/machine.toml";
+
+/// Failed fetch: the source and the reason, on one line.
+#[derive(Debug, thiserror::Error)]
+#[error("fetch {source_text}: {reason}")]
+struct FetchFailed {
+    source_text: String,
+    reason: String,
+}
+
+pub fn run(g: &Global, args: &[String]) -> CliResult {
+    let mut config = PathBuf::from("/var/lib/berth/machine.toml");
+    let mut source = None;
+    let mut it = args.iter();
+    let usage = |problem: &str| {
+        let _ = writeln!(io::stderr(), "berth-runtime fetch: {problem}\n{USAGE}");
+        Ok(2)
+    };
+    if g.root_given {
+        return usage("`--root` does not apply to fetch");
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => match it.next() {
+                Some(v) => config = PathBuf::from(v),
+                None => return usage("--config needs a file"),
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(0);
+            }
+            flag if flag.starts_with('-') => return usage(&format!("unknown option {flag}")),
+            s if source.is_none() => source = Some(s.to_string()),
+            extra => return usage(&format!("unexpected argument {extra:?}")),
+        }
+    }
+    let Some(text) = source else {
+        return usage("a SOURCE is required");
+    };
+    let failed = |e: &dyn std::error::Error| FetchFailed {
+        source_text: text.clone(),
+        reason: without_prefix(one_line(e), &text),
+    };
+    let source = match Source::parse(&text) {
+        Ok(s) => s,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let client = Client::new(RegistriesConfig::load(&config).map_err(|e| failed(&e))?);
+    let mut out = io::stdout().lock();
+    osupdate::fetch(&client, &source, &mut out).map_err(|e| failed(&e))?;
+    Ok(0)
+}
+
+/// An error and its causes, each said once.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(&format!(": {cause}"));
+        }
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
+/// `reason` without leading repetitions of `source` (the CLI names it once).
+fn without_prefix(reason: String, source: &str) -> String {
+    let prefix = format!("{source}: ");
+    let mut rest = reason.as_str();
+    while let Some(r) = rest.strip_prefix(&prefix) {
+        rest = r;
+    }
+    rest.to_string()
+}
