@@ -71,6 +71,11 @@ impl Installed {
     fn reboot_and_expect_rollback(&mut self, patience: Duration) -> serde_json::Value {
         // SIGUSR1: PID 1's ordered reboot.
         self.vm.send("kill -USR1 1").unwrap();
+        self.expect_rollback(patience)
+    }
+
+    /// Waits for the boot of B, then for A to run again; returns A's update status.
+    fn expect_rollback(&mut self, patience: Duration) -> serde_json::Value {
         self.vm.wait_for("berth: booting slot B", BOOT).unwrap();
         self.vm.wait_for("berth: booting slot A", patience).unwrap();
         self.vm.wait_for_shell(BOOT).unwrap();
@@ -164,10 +169,7 @@ fn a_root_that_fails_verification_ends_on_slot_a() {
     let part = disk::partition(&m.disk, "berth-root-b").unwrap();
     disk::flip_byte(&m.disk, part.first_lba * 512 + 1024 + 8).unwrap();
     m.vm = Vm::start(&m.cfg, &m.fx.dir).unwrap();
-    m.vm.wait_for("berth: booting slot A", BOOT).unwrap();
-    m.vm.wait_for_shell(BOOT).unwrap();
-    wait_marked_good(&mut m.vm, "A").unwrap();
-    let status = m.reboot_and_expect_rollback(BOOT);
+    let status = m.expect_rollback(BOOT);
     let console = m.vm.transcript();
     assert!(console.contains("verity"), "no verity error on the console");
     assert!(
