@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use super::http;
 use super::logs::{LogCursor, Next, BLOCK};
 use super::tls::TlsStream;
+use super::upload::Upload;
 
 pub enum Stream {
     Unix(UnixStream),
@@ -85,6 +86,11 @@ pub enum Phase {
         cursor: Box<LogCursor>,
         remaining: u64,
     },
+    /// Streaming the request body into an update job's stdin.
+    Upload(Box<Upload>),
+    /// The job stopped reading the body before its end: waiting for the job to end, to
+    /// answer with its error. The socket is not read meanwhile.
+    AwaitJob { job: u64 },
 }
 
 impl Phase {

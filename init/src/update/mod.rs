@@ -13,6 +13,7 @@
 //! 5. only then grubenv: the slot becomes new (with its boot attempts) and first in ORDER.
 
 pub mod machine;
+pub mod rollback;
 pub mod status;
 
 use std::io::{Read, Write};
