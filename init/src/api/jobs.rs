@@ -724,6 +724,75 @@ mod tests {
     }
 
     #[test]
+    fn update_progress_and_result_lines_become_fields() {
+        let mut j = job();
+        j.kind = JobKind::Update;
+        j.take_output(b"{\"phase\":\"root\",\"done\":5,\"total\":10}\n");
+        j.take_output(b"{\"phase\":\"kernel\",\"done\":1,\"total\":2}\n");
+        let want = JobProgress {
+            phase: "kernel".into(),
+            done: 1,
+            total: 2,
+        };
+        assert_eq!(j.progress.as_ref(), Some(&want));
+        j.take_output(b"{\"applied\":{\"slot\":\"B\"}}\nberth-init update-apply: oops\n");
+        assert_eq!(j.applied, Some(serde_json::json!({"slot": "B"})));
+        assert_eq!(j.output, ["berth-init update-apply: oops"]);
+        // Other JSON stays output; a pull keeps progress-like lines as output.
+        j.take_output(b"{\"phase\":\"root\"}\n");
+        assert_eq!(j.output.len(), 2);
+        let mut pull = job();
+        pull.take_output(b"{\"phase\":\"root\",\"done\":5,\"total\":10}\n");
+        assert_eq!((pull.progress, pull.output.len()), (None, 1));
+    }
+
+    /// A reactor that ignores everything (the jobs' pipes are never polled here).
+    struct Deaf;
+
+    impl Reactor for Deaf {
+        fn watch(&mut self, _: std::os::fd::BorrowedFd<'_>, _: Key, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+        fn unwatch(&mut self, _: std::os::fd::BorrowedFd<'_>) {}
+        fn schedule(&mut self, _: Instant, _: Timer) {}
+    }
+
+    #[test]
+    fn one_update_at_a_time_and_a_reboot_only_after_it_succeeded() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let refused = jobs.start_update(UpdateSource::Named("x"), false, true, &mut Deaf);
+        assert!(matches!(refused, Err(JobError::NoUpdater)));
+        // `true update-apply -`: a real child; the test reports its exit.
+        let mut jobs = jobs.with_updater(Some("/bin/true".into()));
+        let (job, stdin) = jobs
+            .start_update(UpdateSource::Upload, false, true, &mut Deaf)
+            .unwrap();
+        let (id, pid) = (job.id, job.pid.unwrap());
+        assert_eq!((job.target.as_str(), job.uploaded), ("upload", Some(0)));
+        assert!(stdin.is_some());
+        let second = jobs.start_update(UpdateSource::Named("y"), false, false, &mut Deaf);
+        assert!(matches!(second, Err(JobError::UpdateRunning(i)) if i == id));
+        assert_eq!(jobs.running_update(), Some(id));
+        use nix::sys::wait::waitpid;
+        waitpid(Pid::from_raw(pid), None).unwrap();
+        assert!(!jobs.take_reboot());
+        assert!(jobs.on_exit(pid, ExitStatus::Exited(0)));
+        assert!(jobs.take_reboot());
+        assert!(!jobs.take_reboot());
+        assert_eq!(jobs.running_update(), None);
+        // A failed update never reboots.
+        let (job, _) = jobs
+            .start_update(UpdateSource::Named("z"), true, true, &mut Deaf)
+            .unwrap();
+        let pid = job.pid.unwrap();
+        waitpid(Pid::from_raw(pid), None).unwrap();
+        assert!(jobs.on_exit(pid, ExitStatus::Exited(1)));
+        assert!(!jobs.take_reboot());
+        assert_eq!(jobs.list_of(true).len(), 2);
+        assert!(jobs.list_of(false).is_empty());
+    }
+
+    #[test]
     fn default_time_limit_is_the_pull_timeout_and_a_grace() {
         let jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
         assert_eq!(
