@@ -57,7 +57,10 @@ echo '{"applied":{"slot":"B","version":"9.9.9","build_id":"fake","key":"test"}}'
 
 /// berth-init in host mode whose update program is [`UPDATER`].
 fn fake_host(tag: &str) -> Host {
-    let dir = temp_dir(tag);
+    fake_host_in(temp_dir(tag))
+}
+
+fn fake_host_in(dir: PathBuf) -> Host {
     let updater = dir.join("updater");
     std::fs::write(
         &updater,
@@ -607,4 +610,51 @@ fn berthctl_applies_follows_and_cancels_updates() {
     host.wait_for("the cancelled update to go", || {
         common::children_of(host.pid).is_empty()
     });
+}
+
+#[test]
+fn berthctl_streams_a_bundle_over_mutual_tls() {
+    let dir = temp_dir("update-tls");
+    let tls = dir.join("state/tls");
+    berth_qemu_tests::pki::Pki::create(&tls).unwrap();
+    std::fs::write(
+        dir.join("state/machine.toml"),
+        "[api]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.crt\"\nkey = \"tls/server.key\"\n\
+         client_ca = \"tls/ca.crt\"\n",
+    )
+    .unwrap();
+    let host = fake_host_in(dir);
+    let addr = host.try_get("/v1/system").unwrap()["remote_api"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no remote API:\n{}", host.log()))
+        .to_string();
+    let remote = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_berthctl"))
+            .args(["--host", &addr])
+            .arg("--ca")
+            .arg(tls.join("ca.crt"))
+            .arg("--cert")
+            .arg(tls.join("client.crt"))
+            .arg("--key")
+            .arg(tls.join("client.key"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bundle = host.dir.join("bundle");
+    let size = 24usize << 20;
+    write_pattern(&bundle, size);
+    std::fs::write(host.dir.join("expect"), size.to_string()).unwrap();
+    let o = remote(&["update", "apply", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "{}\n{}", text(&o), host.log());
+    assert_eq!(host.read("sum").trim(), sha256_of(&bundle));
+    // An update that stops reading early: its error still reaches the client over TCP.
+    std::fs::write(host.dir.join("mode"), "die").unwrap();
+    let o = remote(&["update", "apply", bundle.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bundle signature"),
+        "{}",
+        text(&o)
+    );
 }

@@ -315,6 +315,11 @@ impl ApiServer {
             Phase::Upload(_) => self.pump_upload(id, ctx),
             // The socket is not watched meanwhile.
             Phase::AwaitJob { .. } => {}
+            Phase::Linger => {
+                if conn.stream.drop_input() {
+                    self.close(id, ctx.reactor);
+                }
+            }
             Phase::Responding | Phase::Log { .. } => {
                 if (ready.readable || ready.hangup) && conn.discard_input() {
                     // The peer half-closed: only the answer is left to write.
@@ -489,8 +494,16 @@ impl ApiServer {
                 Flushed::Done => {}
             }
             match conn.phase {
+                Phase::Responding if conn.linger && conn.stream.resets_on_close() => {
+                    conn.stream.shut_write();
+                    conn.phase = Phase::Linger;
+                    break false;
+                }
                 Phase::Responding => return self.close(id, r),
-                Phase::Reading { .. } | Phase::Upload(_) | Phase::AwaitJob { .. } => break false,
+                Phase::Reading { .. }
+                | Phase::Upload(_)
+                | Phase::AwaitJob { .. }
+                | Phase::Linger => break false,
                 Phase::Log { .. } if budget == 0 => break true,
                 Phase::Log { .. } => {}
             }
@@ -552,6 +565,8 @@ impl ApiServer {
             "api: {} {} (streamed body)",
             head.request.method, head.request.path
         );
+        // Answered before its body is read, unless the body is all consumed.
+        conn.linger = true;
         let (job, pipe) = match update::start_upload(&head.request, ctx) {
             Ok(started) => started,
             Err(resp) => return self.respond(id, resp, ctx.now, ctx.reactor),
@@ -602,6 +617,7 @@ impl ApiServer {
                 ctx.reactor.schedule(ctx.now, Timer::ApiConn(id));
             }
             Pumped::Done => {
+                conn.linger = false;
                 self.end_upload(id, ctx.reactor);
                 let resp = update::upload_answer(ctx.jobs.get(job));
                 self.respond(id, resp, ctx.now, ctx.reactor);

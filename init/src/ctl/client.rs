@@ -86,12 +86,45 @@ trait Transport: Read + Write {
     fn plain_refusal(&mut self) -> Option<Vec<u8>> {
         None
     }
+
+    /// The server has sent something (checked without waiting): while a body is still
+    /// being sent, that is an early answer.
+    fn answered(&mut self) -> bool {
+        false
+    }
 }
 
-impl Transport for UnixStream {}
+/// `fd` has input (or an error or hangup) waiting, checked without waiting.
+fn readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+impl Transport for UnixStream {
+    fn answered(&mut self) -> bool {
+        readable(std::os::fd::AsFd::as_fd(self))
+    }
+}
 impl Transport for io::Cursor<Vec<u8>> {}
 
 impl Transport for StreamOwned<ClientConnection, Recorder> {
+    /// Records the server sends unasked (TLS 1.3 session tickets) are not an answer: only
+    /// plaintext, a close or an error is.
+    fn answered(&mut self) -> bool {
+        if !readable(std::os::fd::AsFd::as_fd(&self.sock.tcp)) {
+            return false;
+        }
+        match self.conn.read_tls(&mut self.sock) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+        match self.conn.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            Err(_) => true,
+        }
+    }
+
     fn plain_refusal(&mut self) -> Option<Vec<u8>> {
         if !self.sock.first.starts_with(b"HTTP/1.") {
             return None;
@@ -284,7 +317,8 @@ impl Client {
     /// `method path` with a body of `len` bytes of `content_type` read from `body` as it is
     /// sent, a block at a time (never whole in memory). `sent` hears the bytes sent so far
     /// and stops the upload by returning false. A server that answers before the whole
-    /// body is in (it refused it, or what consumed it failed): that answer.
+    /// body is in (it refused it, or what consumed it failed): that answer, and the rest of
+    /// the body is not sent.
     pub fn request_streaming(
         &self,
         method: &str,
@@ -304,6 +338,12 @@ impl Client {
             let mut buf = vec![0u8; STREAM_BLOCK];
             let mut done = 0u64;
             while done < len {
+                // Stop sending once the server answered (it refused the body, or what
+                // consumed it failed): over TLS, a write that fails first would hide the
+                // answer.
+                if s.answered() {
+                    return Ok(());
+                }
                 let want = usize::try_from(len - done).map_or(buf.len(), |l| l.min(buf.len()));
                 let n = match body.read(&mut buf[..want]) {
                     Ok(0) => {
