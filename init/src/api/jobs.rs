@@ -65,9 +65,9 @@ impl JobKind {
     }
 }
 
-/// An update's last progress line: `{"phase":"root","done":N,"total":M}`.
+/// An update's last progress line: `{"phase":"root","done":N,"total":M}` (more fields are
+/// left out, so a later update program may add some).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct JobProgress {
     pub phase: String,
     pub done: u64,
