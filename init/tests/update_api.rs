@@ -20,7 +20,7 @@ use serde_json::Value;
 
 /// The stand-in update program. A streamed bundle (`-`) is hashed and counted: the hash goes
 /// to `sum`, a count other than `expect` fails like a truncated bundle. `mode` = `die` makes
-/// it read a little and fail. A named source `slow:…` runs until killed, `fail:…` fails,
+/// it read a little and fail, `stall` read nothing until the file `go` exists. A named source `slow:…` runs until killed, `fail:…` fails,
 /// anything else succeeds. Its arguments go to `args`.
 const UPDATER: &str = r#"#!/bin/sh
 dir=@DIR@
@@ -31,6 +31,11 @@ case "$2" in
         head -c 1000 > /dev/null
         echo "berth-init update-apply: bundle signature: no trusted key signed it" >&2
         exit 1
+    fi
+    if [ "$(cat "$dir/mode" 2>/dev/null)" = stall ]; then
+        # Reads nothing until the test says go (a minute at most).
+        i=0
+        while [ ! -e "$dir/go" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
     fi
     echo '{"phase":"root","done":0,"total":1}'
     sum=$(dd bs=65536 2> "$dir/dd.log" | sha256sum | cut -d' ' -f1)
@@ -657,4 +662,51 @@ fn berthctl_streams_a_bundle_over_mutual_tls() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn a_stalled_update_stops_the_reading_of_the_body() {
+    let host = fake_host("update-stall");
+    std::fs::write(host.dir.join("mode"), "stall").unwrap();
+    let size: u64 = 64 << 20;
+    std::fs::write(host.dir.join("expect"), size.to_string()).unwrap();
+    let before = peak_rss(host.pid);
+    let mut s = connect(&host);
+    let mut writer = s.try_clone().unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(stream_head("", size).as_bytes()).unwrap();
+        let block = vec![5u8; 1 << 16];
+        for _ in 0..size / block.len() as u64 {
+            writer.write_all(&block).unwrap();
+            counter.fetch_add(block.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // The pipe fills (the update reads nothing), then berth-init stops reading the socket:
+    // what it took is bounded by the pipe, and the client is held back.
+    host.wait_for("the pipe to fill", || {
+        let jobs = host.try_get("/v1/update/jobs").unwrap_or_default();
+        jobs[0]["uploaded"].as_u64().unwrap_or(0) >= 64 << 10
+    });
+    let max_pipe: u64 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .map_or(1 << 20, |t| t.trim().parse().unwrap());
+    for _ in 0..100 {
+        let uploaded = only_job(&host)["uploaded"].as_u64().unwrap();
+        assert!(
+            uploaded <= max_pipe,
+            "{uploaded} bytes in a pipe of at most {max_pipe}"
+        );
+        assert!(sent.load(std::sync::atomic::Ordering::SeqCst) < size / 2);
+    }
+    assert!(peak_rss(host.pid).saturating_sub(before) < 8 << 20);
+    // Going on: the whole body arrives, unchanged.
+    std::fs::write(host.dir.join("go"), "").unwrap();
+    sender.join().unwrap();
+    let (status, v) = answer(&mut s);
+    assert_eq!(status, 202, "{v}");
+    let done = finished(&host, v["id"].as_u64().unwrap());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["uploaded"].as_u64(), Some(size));
+    assert!(peak_rss(host.pid).saturating_sub(before) < 8 << 20);
 }
