@@ -494,6 +494,21 @@ impl BootState {
     pub fn disable(&mut self, slot: Slot) {
         self.set_state(slot, SlotState::Empty);
     }
+
+    /// A rollback to `slot`: it boots next, only when it holds a good system (a slot that is
+    /// new was never marked good, an empty one holds nothing GRUB boots). `Ok(false)` when
+    /// it boots next already (nothing to write); otherwise the state that refuses it.
+    pub fn roll_back_to(&mut self, slot: Slot) -> Result<bool, SlotState> {
+        match self.state(slot) {
+            SlotState::Good => {}
+            other => return Err(other),
+        }
+        if self.next_boot() == Some(slot) {
+            return Ok(false);
+        }
+        self.prefer(slot);
+        Ok(true)
+    }
 }
 
 /// A store decided but not written: the copy's path and the block that goes there.
@@ -607,6 +622,58 @@ mod tests {
         s.disable(Slot::A);
         s.disable(Slot::B);
         assert_eq!(s.next_boot(), None);
+    }
+
+    #[test]
+    fn roll_back_only_to_a_good_slot() {
+        // B installed and not marked good yet: A (good) can be made next, B cannot.
+        let mut s = BootState::fresh();
+        s.install(Slot::B, DEFAULT_TRIES);
+        assert_eq!(s.next_boot(), Some(Slot::B));
+        assert_eq!(s.roll_back_to(Slot::A), Ok(true));
+        assert_eq!(
+            (s.order(), s.next_boot()),
+            ([Slot::A, Slot::B], Some(Slot::A))
+        );
+        // B keeps its state: only the order changed.
+        assert_eq!(s.state(Slot::B), SlotState::New { tries_left: 3 });
+        assert_eq!(s.roll_back_to(Slot::A), Ok(false));
+        assert_eq!(
+            s.roll_back_to(Slot::B),
+            Err(SlotState::New { tries_left: 3 })
+        );
+        // Both good (B was marked good after its update): either way round.
+        s.install(Slot::B, DEFAULT_TRIES);
+        s.mark_good(Slot::B);
+        assert_eq!(s.roll_back_to(Slot::A), Ok(true));
+        assert_eq!(s.next_boot(), Some(Slot::A));
+        assert_eq!(s.roll_back_to(Slot::B), Ok(true));
+        assert_eq!(s.next_boot(), Some(Slot::B));
+        // Empty or retired: refused, nothing changes.
+        s.disable(Slot::A);
+        let before = s.clone();
+        assert_eq!(s.roll_back_to(Slot::A), Err(SlotState::Empty));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_rollback_is_stored_and_read_back() {
+        let dir = scratch("rollback");
+        let [c0, c1] = BootState::fresh().initial_blocks().unwrap();
+        std::fs::write(dir.join(ENV_FILES[0]), c0).unwrap();
+        std::fs::write(dir.join(ENV_FILES[1]), c1).unwrap();
+        let mut s = BootState::load(&dir).unwrap();
+        s.install(Slot::B, DEFAULT_TRIES);
+        s.mark_good(Slot::B);
+        s.store(&dir).unwrap();
+        let mut s = BootState::load(&dir).unwrap();
+        assert_eq!(s.roll_back_to(Slot::A), Ok(true));
+        s.store(&dir).unwrap();
+        let read = BootState::load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read.order(), [Slot::A, Slot::B]);
+        assert_eq!(read.next_boot(), Some(Slot::A));
+        assert_eq!(read.state(Slot::B), SlotState::Good);
     }
 
     #[test]

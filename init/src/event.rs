@@ -31,6 +31,8 @@ pub enum Key {
     ApiRemoteListener,
     /// The output pipe of a job the API started (an image pull).
     JobOutput(u64),
+    /// The pipe into an update job's stdin, fed by API connection `id` (watched while full).
+    UploadPipe(u64),
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -46,6 +48,7 @@ impl Key {
             Key::PowerButton => 4 << KIND_SHIFT,
             Key::ApiRemoteListener => 5 << KIND_SHIFT,
             Key::JobOutput(id) => (6 << KIND_SHIFT) | (id & ID_MASK),
+            Key::UploadPipe(id) => (7 << KIND_SHIFT) | (id & ID_MASK),
         }
     }
 
@@ -59,6 +62,7 @@ impl Key {
             4 => Some(Key::PowerButton),
             5 => Some(Key::ApiRemoteListener),
             6 => Some(Key::JobOutput(id)),
+            7 => Some(Key::UploadPipe(id)),
             _ => None,
         }
     }
@@ -239,6 +243,7 @@ mod tests {
             Key::UnitOutput(ID_MASK),
             Key::ApiRemoteListener,
             Key::JobOutput(9),
+            Key::UploadPipe(4),
         ] {
             assert_eq!(Key::decode(k.encode()), Some(k));
         }

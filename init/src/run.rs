@@ -111,7 +111,8 @@ impl Init {
             boot.paths.runtime_bin.clone(),
             &boot.paths.state.join("images"),
             &boot.paths.machine_config,
-        );
+        )
+        .with_updater(boot.paths.updater.clone());
         let mut platform = match boot.mode {
             Mode::Pid1 => Platform::for_pid1(boot.machine.update),
             Mode::Host { .. } => Platform::none(),
@@ -179,14 +180,15 @@ impl Init {
                 Event::Ready(Key::ApiConn(id), ready) => {
                     self.with_api(now, |api, ctx| api.on_ready(id, ready, ctx))
                 }
+                Event::Ready(Key::UploadPipe(id), _) => {
+                    self.with_api(now, |api, ctx| api.on_upload_pipe(id, ctx))
+                }
                 Event::Timer(Timer::Unit { unit, generation }) => {
                     self.supervisor
                         .on_timer(unit, generation, now, &mut self.events)
                 }
                 Event::Timer(Timer::ApiConn(id)) => {
-                    if let Some(api) = &mut self.api {
-                        api.on_timeout(id, now, &mut self.events);
-                    }
+                    self.with_api(now, |api, ctx| api.on_timeout(id, ctx))
                 }
                 Event::Timer(Timer::Shutdown) => self.on_shutdown_deadline(now),
                 Event::Ready(Key::PowerButton, _) => {
@@ -225,6 +227,9 @@ impl Init {
         self.with_api(now, |api, ctx| api.after_events(ctx));
         if let Some(action) = self.power.take() {
             self.begin_shutdown(action, "API request", now);
+        }
+        if self.jobs.take_reboot() {
+            self.begin_shutdown(PowerAction::Reboot, "update applied", now);
         }
         crate::log::flush_forwarding();
         match self.shutdown {

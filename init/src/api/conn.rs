@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use super::http;
 use super::logs::{LogCursor, Next, BLOCK};
 use super::tls::TlsStream;
+use super::upload::Upload;
 
 pub enum Stream {
     Unix(UnixStream),
@@ -61,6 +62,39 @@ impl Stream {
             s.close();
         }
     }
+
+    /// A TCP stream: closing it with unread input resets the connection, and can take the
+    /// answer still on its way with it.
+    pub fn resets_on_close(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// Ends our side (close_notify, then FIN), keeping the reading side open.
+    pub fn shut_write(&mut self) {
+        if let Stream::Tls(s) = self {
+            s.close();
+            let _ = s.tcp().shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    /// Reads and drops what the peer sends, below TLS (nothing of it matters any more), a
+    /// bounded amount per call. True when the peer closed or failed.
+    pub fn drop_input(&mut self) -> bool {
+        let Stream::Tls(s) = self else {
+            return true;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        for _ in 0..64 {
+            match (&mut s.tcp()).read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+        false
+    }
 }
 
 impl AsFd for Stream {
@@ -85,6 +119,15 @@ pub enum Phase {
         cursor: Box<LogCursor>,
         remaining: u64,
     },
+    /// Streaming the request body into an update job's stdin.
+    Upload(Box<Upload>),
+    /// The job stopped reading the body before its end: waiting for the job to end, to
+    /// answer with its error. The socket is not read meanwhile.
+    AwaitJob { job: u64 },
+    /// Answered (TCP) with part of the request unread: our side is shut, what the peer
+    /// still sends is dropped until it closes (or the deadline). A close with unread input
+    /// would reset the connection and could take the answer with it.
+    Linger,
 }
 
 impl Phase {
@@ -118,6 +161,8 @@ pub struct Conn {
     pub phase: Phase,
     /// When the connection is closed unless it has moved on (reading) or finished (writing).
     pub deadline: Option<Instant>,
+    /// Its answer may leave part of the request unread (an upload answered early).
+    pub linger: bool,
 }
 
 fn gap_note(lost: u64, out: &mut Vec<u8>) {
@@ -163,6 +208,7 @@ impl Conn {
                 continue_sent: false,
             },
             deadline: Some(deadline),
+            linger: false,
         }
     }
 

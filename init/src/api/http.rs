@@ -116,22 +116,48 @@ pub enum Parsed {
     Invalid(Response),
 }
 
-/// Parses one request. Anything that could be framed more than one way (two lengths, a
-/// length and a transfer coding, a signed or listed length), folded or malformed header
-/// lines, too many or too large headers: a 4xx as soon as the head is in, never a wait for a
-/// body that may not come.
-pub fn parse(buf: &[u8]) -> Parsed {
+/// How a request's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` bytes (0 without the header).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A complete request head: the request without its body, the head's length in the buffer
+/// and how the body that follows is framed.
+#[derive(Debug)]
+pub struct Head {
+    pub request: Request,
+    pub len: usize,
+    pub framing: Framing,
+}
+
+#[derive(Debug)]
+pub enum ParsedHead {
+    Incomplete,
+    Complete(Head),
+    Invalid(Response),
+}
+
+/// Parses one request head. Anything that could be framed more than one way (two lengths, a
+/// length and a transfer coding, a signed or listed length), a transfer coding other than
+/// `chunked` alone, folded or malformed header lines, too many or too large headers: a 4xx
+/// as soon as the head is in, never a wait for a body that may not come. The body's size is
+/// not limited here: see [`parse`].
+pub fn parse_head(buf: &[u8]) -> ParsedHead {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Parsed::Invalid(Response::error(431, "request head too large", ""));
+            return ParsedHead::Invalid(Response::error(431, "request head too large", ""));
         }
-        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+        Ok(httparse::Status::Partial) => return ParsedHead::Incomplete,
         Err(httparse::Error::TooManyHeaders) => {
             let detail = format!("at most {MAX_HEADERS}");
-            return Parsed::Invalid(Response::error(431, "too many headers", &detail));
+            return ParsedHead::Invalid(Response::error(431, "too many headers", &detail));
         }
         Err(e) => {
             let detail = match e {
@@ -141,11 +167,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
                 }
                 other => other.to_string(),
             };
-            return Parsed::Invalid(Response::error(400, "malformed request", &detail));
+            return ParsedHead::Invalid(Response::error(400, "malformed request", &detail));
         }
     };
     if head_len > MAX_HEAD {
-        return Parsed::Invalid(Response::error(431, "request head too large", ""));
+        return ParsedHead::Invalid(Response::error(431, "request head too large", ""));
     }
     let headers: Vec<(String, String)> = req
         .headers
@@ -163,46 +189,91 @@ pub fn parse(buf: &[u8]) -> Parsed {
             .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
-    let bad = |detail: &str| Parsed::Invalid(Response::error(400, "bad request framing", detail));
+    let bad =
+        |detail: &str| ParsedHead::Invalid(Response::error(400, "bad request framing", detail));
     let lengths: Vec<&str> = all("content-length").collect();
-    if all("transfer-encoding").next().is_some() {
+    let codings: Vec<&str> = all("transfer-encoding").collect();
+    let framing = if !codings.is_empty() {
         if !lengths.is_empty() {
             return bad("both Transfer-Encoding and Content-Length");
         }
-        return Parsed::Invalid(Response::error(
-            411,
-            "chunked bodies are not supported",
-            "send Content-Length",
-        ));
-    }
-    let body_len = match lengths.as_slice() {
-        [] => 0,
-        [one] => match content_length(one) {
-            Ok(n) => n,
-            Err(resp) => return Parsed::Invalid(resp),
-        },
-        _ => return bad("more than one Content-Length"),
+        match codings.as_slice() {
+            [one] if one.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => {
+                return ParsedHead::Invalid(Response::error(
+                    411,
+                    "transfer coding not supported",
+                    "send Content-Length (or chunked alone where a route streams its body)",
+                ))
+            }
+        }
+    } else {
+        match lengths.as_slice() {
+            [] => Framing::Length(0),
+            [one] => match content_length(one) {
+                Ok(n) => Framing::Length(n),
+                Err(resp) => return ParsedHead::Invalid(resp),
+            },
+            _ => return bad("more than one Content-Length"),
+        }
     };
     let target = req.path.unwrap_or("/");
     if !target.starts_with('/') {
         return bad("the request target must be a path (`/v1/...`)");
     }
-    let Some(body) = buf.get(head_len..head_len + body_len) else {
-        return Parsed::Incomplete;
-    };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Parsed::Complete(Request {
-        method: req.method.unwrap_or("GET").to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body: body.to_vec(),
+    ParsedHead::Complete(Head {
+        request: Request {
+            method: req.method.unwrap_or("GET").to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            headers,
+            body: Vec::new(),
+        },
+        len: head_len,
+        framing,
     })
 }
 
-/// A Content-Length value: decimal digits only (no sign, list or white space inside), at
-/// most [`MAX_BODY`].
-fn content_length(value: &str) -> Result<usize, Response> {
+/// Parses one whole request: its head (see [`parse_head`]) and a body of at most
+/// [`MAX_BODY`] bytes, framed by `Content-Length`.
+pub fn parse(buf: &[u8]) -> Parsed {
+    let head = match parse_head(buf) {
+        ParsedHead::Incomplete => return Parsed::Incomplete,
+        ParsedHead::Invalid(resp) => return Parsed::Invalid(resp),
+        ParsedHead::Complete(head) => head,
+    };
+    let body_len = match head.framing {
+        Framing::Chunked => {
+            return Parsed::Invalid(Response::error(
+                411,
+                "chunked bodies are not supported",
+                "send Content-Length",
+            ))
+        }
+        Framing::Length(n) => match usize::try_from(n) {
+            Ok(n) if n <= MAX_BODY => n,
+            _ => return Parsed::Invalid(too_large()),
+        },
+    };
+    let Some(body) = buf.get(head.len..head.len + body_len) else {
+        return Parsed::Incomplete;
+    };
+    let mut request = head.request;
+    request.body = body.to_vec();
+    Parsed::Complete(request)
+}
+
+fn too_large() -> Response {
+    Response::error(
+        413,
+        "request body too large",
+        &format!("at most {MAX_BODY} bytes"),
+    )
+}
+
+/// A Content-Length value: decimal digits only (no sign, list or white space inside).
+fn content_length(value: &str) -> Result<u64, Response> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         let detail = format!(
             "Content-Length `{}`: not a number of bytes",
@@ -210,15 +281,8 @@ fn content_length(value: &str) -> Result<usize, Response> {
         );
         return Err(Response::error(400, "bad request framing", &detail));
     }
-    match value.parse::<usize>() {
-        Ok(n) if n <= MAX_BODY => Ok(n),
-        // Only digits: too large for usize, or over the limit.
-        _ => Err(Response::error(
-            413,
-            "request body too large",
-            &format!("at most {MAX_BODY} bytes"),
-        )),
-    }
+    // Only digits: an error is a number too large for u64.
+    value.parse::<u64>().map_err(|_| too_large())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

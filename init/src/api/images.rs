@@ -154,15 +154,25 @@ pub fn bad_json(e: &serde_json::Error) -> Reply {
     Response::error(400, "bad JSON", &e.to_string()).into()
 }
 
+/// Image jobs (pulls and prunes; updates are under `/v1/update/jobs`).
 pub fn jobs(_: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
-    Response::json(200, &ctx.jobs.list()).into()
+    Response::json(200, &ctx.jobs.list_of(false)).into()
+}
+
+/// The image job `{id}`.
+fn image_job(params: &Params, ctx: &ApiContext<'_>) -> Option<u64> {
+    param(params, "id")
+        .parse()
+        .ok()
+        .and_then(|id| ctx.jobs.get(id))
+        .filter(|j| j.kind != JobKind::Update)
+        .map(|j| j.id)
 }
 
 pub fn job(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
-    let id = param(params, "id");
-    match id.parse().ok().and_then(|id| ctx.jobs.get(id)) {
+    match image_job(params, ctx).and_then(|id| ctx.jobs.get(id)) {
         Some(job) => Response::json(200, job).into(),
-        None => Response::error(404, "unknown job", id).into(),
+        None => Response::error(404, "unknown job", param(params, "id")).into(),
     }
 }
 
@@ -170,7 +180,7 @@ pub fn job(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
 /// `409` when it has finished already.
 pub fn cancel_job(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
     let id = param(params, "id");
-    match id.parse().ok().and_then(|id| ctx.jobs.cancel(id)) {
+    match image_job(params, ctx).and_then(|id| ctx.jobs.cancel(id)) {
         Some(Ok(job)) => Response::json(200, job).into(),
         Some(Err(e)) => Response::error(409, "job finished", &e.to_string()).into(),
         None => Response::error(404, "unknown job", id).into(),

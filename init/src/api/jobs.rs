@@ -1,7 +1,8 @@
-//! Long image operations run as child processes (`berth-runtime image pull …`, `… prune`),
-//! never inside PID 1: the event loop reads their output pipe and the reaper reports their
-//! exit. A bounded number run at once and a bounded history is kept, each with the last lines
-//! of its output.
+//! Long operations run as child processes, never inside PID 1: image pulls and prunes
+//! (`berth-runtime image pull …`, `… prune`) and updates (`berth-init update-apply SOURCE`).
+//! The event loop reads their output pipe and the reaper reports their exit. A bounded
+//! number run at once (one update at most) and a bounded history is kept, each with the last
+//! lines of its output; an update's progress lines become its `progress`.
 //!
 //! No job can hold a slot forever: each has a deadline (the machine config's
 //! `registries.pull_timeout` plus a grace) after which its process group is killed, a client
@@ -21,7 +22,7 @@ use log::{info, warn};
 use nix::fcntl::OFlag;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{after, Key, Reactor, Timer};
 use crate::launch::process::{set_nonblocking, DEFAULT_PATH};
@@ -43,6 +44,43 @@ const MAX_GRACE: Duration = Duration::from_secs(60);
 pub enum JobKind {
     Pull,
     Prune,
+    Update,
+}
+
+impl JobKind {
+    fn describe(self) -> &'static str {
+        match self {
+            JobKind::Pull => "image pull",
+            JobKind::Prune => "image prune",
+            JobKind::Update => "update",
+        }
+    }
+
+    /// The program the job runs, for messages.
+    fn program(self) -> &'static str {
+        match self {
+            JobKind::Update => "update-apply",
+            _ => "berth-runtime",
+        }
+    }
+}
+
+/// An update's last progress line: `{"phase":"root","done":N,"total":M}` (more fields are
+/// left out, so a later update program may add some).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub phase: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Where an update job reads its bundle.
+#[derive(Debug, Clone, Copy)]
+pub enum UpdateSource<'a> {
+    /// A URL, registry reference or path on the machine, passed on as it is.
+    Named(&'a str),
+    /// The request body, streamed into the child's stdin.
+    Upload,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,7 +89,7 @@ pub enum JobState {
     Running,
     Succeeded,
     Failed,
-    /// Stopped by a client (`DELETE /v1/images/jobs/{id}`).
+    /// Stopped by a client (`DELETE /v1/images/jobs/{id}`, `DELETE /v1/update/jobs/{id}`).
     Cancelled,
 }
 
@@ -60,14 +98,27 @@ pub enum JobState {
 pub struct Job {
     pub id: u64,
     pub kind: JobKind,
-    /// The image reference (pulls).
+    /// The image reference (pulls), the source (updates: `upload` for a streamed body).
     pub target: String,
     pub state: JobState,
     pub exit_code: Option<i32>,
     /// The last line of output of a failed job.
     pub error: Option<String>,
-    /// The last lines of output (progress, then the result or error).
+    /// The last lines of output (progress, then the result or error; an update's progress
+    /// and result lines are in `progress` and `applied` instead).
     pub output: VecDeque<String>,
+    /// Updates: the last progress line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+    /// Updates: what was applied (slot, version, build id, key), once it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<serde_json::Value>,
+    /// Updates streamed in the request body: bytes handed to the update so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<u64>,
+    /// Updates: the machine reboots once the update succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<bool>,
     /// The process (and its group), until reaped; it may outlive `Running` once killed.
     #[serde(skip)]
     pid: Option<i32>,
@@ -88,14 +139,22 @@ pub enum JobError {
     Spawn { program: String, source: io::Error },
     #[error("job {0} has finished already")]
     Finished(u64),
+    #[error("update job {0} is running; one update at a time")]
+    UpdateRunning(u64),
+    #[error("this berth-init has no update program (it did not boot from a Berth disk)")]
+    NoUpdater,
 }
 
 pub struct Jobs {
     runtime: PathBuf,
     store: PathBuf,
     config: PathBuf,
+    /// The program run as `PROGRAM update-apply SOURCE …` (berth-init itself).
+    updater: Option<PathBuf>,
     jobs: BTreeMap<u64, Job>,
     next: u64,
+    /// An update asked for a reboot and succeeded: the main loop takes it.
+    reboot_due: bool,
 }
 
 impl Jobs {
@@ -105,9 +164,21 @@ impl Jobs {
             runtime,
             store: store.to_path_buf(),
             config: config.to_path_buf(),
+            updater: None,
             jobs: BTreeMap::new(),
             next: 1,
+            reboot_due: false,
         }
+    }
+
+    /// Update jobs run `updater update-apply SOURCE …`.
+    pub fn with_updater(mut self, updater: Option<PathBuf>) -> Jobs {
+        self.updater = updater;
+        self
+    }
+
+    pub fn has_updater(&self) -> bool {
+        self.updater.is_some()
     }
 
     pub fn store(&self) -> &Path {
@@ -116,6 +187,41 @@ impl Jobs {
 
     pub fn list(&self) -> Vec<&Job> {
         self.jobs.values().collect()
+    }
+
+    /// Update jobs (`update`) or image jobs (the others).
+    pub fn list_of(&self, update: bool) -> Vec<&Job> {
+        self.jobs
+            .values()
+            .filter(|j| (j.kind == JobKind::Update) == update)
+            .collect()
+    }
+
+    /// The running update job, if any.
+    pub fn running_update(&self) -> Option<u64> {
+        self.jobs
+            .values()
+            .find(|j| j.kind == JobKind::Update && j.state == JobState::Running)
+            .map(|j| j.id)
+    }
+
+    /// The job has ended and all its output is in (`None`: no such job).
+    pub fn settled(&self, id: u64) -> Option<bool> {
+        self.jobs
+            .get(&id)
+            .map(|j| j.state != JobState::Running && j.pipe.is_none())
+    }
+
+    /// Records the bytes of a streamed body handed to the job so far.
+    pub fn set_uploaded(&mut self, id: u64, bytes: u64) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.uploaded = Some(bytes);
+        }
+    }
+
+    /// True once after an update that asked for a reboot succeeded.
+    pub fn take_reboot(&mut self) -> bool {
+        std::mem::take(&mut self.reboot_due)
     }
 
     pub fn get(&self, id: u64) -> Option<&Job> {
@@ -145,24 +251,70 @@ impl Jobs {
         let running = self
             .jobs
             .values()
-            .filter(|j| j.state == JobState::Running)
+            .filter(|j| j.state == JobState::Running && j.kind != JobKind::Update)
             .count();
         if running >= MAX_RUNNING {
             return Err(JobError::Busy);
         }
+        let (store, config) = (self.store.clone(), self.config.clone());
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "image".as_ref(),
             "--store".as_ref(),
-            self.store.as_os_str(),
+            store.as_os_str(),
             "--config".as_ref(),
-            self.config.as_os_str(),
+            config.as_os_str(),
         ];
         match kind {
             JobKind::Pull => args.extend(["pull", target].map(std::ffi::OsStr::new)),
             JobKind::Prune => args.push(std::ffi::OsStr::new("prune")),
+            JobKind::Update => {}
         }
-        let (pid, pipe) = spawn(&self.runtime, &args).map_err(|source| JobError::Spawn {
-            program: self.runtime.display().to_string(),
+        let runtime = self.runtime.clone();
+        let (id, _) = self.launch(kind, target, &runtime, &args, false, r)?;
+        self.jobs.get(&id).ok_or(JobError::Busy)
+    }
+
+    /// Starts `updater update-apply SOURCE [--allow-downgrade]`; at most one at a time. For
+    /// an upload, also returns the write end (non-blocking) of the child's stdin.
+    pub fn start_update(
+        &mut self,
+        source: UpdateSource<'_>,
+        allow_downgrade: bool,
+        reboot: bool,
+        r: &mut dyn Reactor,
+    ) -> Result<(&Job, Option<OwnedFd>), JobError> {
+        let program = self.updater.clone().ok_or(JobError::NoUpdater)?;
+        if let Some(id) = self.running_update() {
+            return Err(JobError::UpdateRunning(id));
+        }
+        let (target, arg) = match source {
+            UpdateSource::Named(s) => (s, s),
+            UpdateSource::Upload => ("upload", "-"),
+        };
+        let mut args: Vec<&std::ffi::OsStr> = vec!["update-apply".as_ref(), arg.as_ref()];
+        if allow_downgrade {
+            args.push("--allow-downgrade".as_ref());
+        }
+        let upload = matches!(source, UpdateSource::Upload);
+        let (id, stdin) = self.launch(JobKind::Update, target, &program, &args, upload, r)?;
+        let job = self.jobs.get_mut(&id).ok_or(JobError::Busy)?;
+        job.reboot = Some(reboot);
+        job.uploaded = upload.then_some(0);
+        Ok((job, stdin))
+    }
+
+    /// Spawns a job's process, watches its output and schedules its deadline.
+    fn launch(
+        &mut self,
+        kind: JobKind,
+        target: &str,
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        stdin: bool,
+        r: &mut dyn Reactor,
+    ) -> Result<(u64, Option<OwnedFd>), JobError> {
+        let (pid, pipe, input) = spawn(program, args, stdin).map_err(|source| JobError::Spawn {
+            program: program.display().to_string(),
             source,
         })?;
         let id = self.next;
@@ -172,7 +324,7 @@ impl Jobs {
         }
         let limit = self.time_limit();
         r.schedule(after(Instant::now(), limit), Timer::Job(id));
-        info!("job {id}: image {kind:?} {target} started, pid {pid}");
+        info!("job {id}: {} {target} started, pid {pid}", kind.describe());
         self.jobs.insert(
             id,
             Job {
@@ -183,6 +335,10 @@ impl Jobs {
                 exit_code: None,
                 error: None,
                 output: VecDeque::new(),
+                progress: None,
+                applied: None,
+                uploaded: None,
+                reboot: None,
                 pid: Some(pid),
                 pipe: Some(pipe),
                 partial: Vec::new(),
@@ -190,7 +346,7 @@ impl Jobs {
             },
         );
         self.forget_old();
-        self.jobs.get(&id).ok_or(JobError::Busy)
+        Ok((id, input))
     }
 
     fn forget_old(&mut self) {
@@ -248,8 +404,8 @@ impl Jobs {
         }
     }
 
-    /// `DELETE /v1/images/jobs/{id}`: kills a running job; it is `cancelled` at once and its
-    /// slot is free. `None` for an unknown job.
+    /// `DELETE /v1/images/jobs/{id}` (or `/v1/update/jobs/{id}`): kills a running job; it is
+    /// `cancelled` at once and its slot is free. `None` for an unknown job.
     pub fn cancel(&mut self, id: u64) -> Option<Result<&Job, JobError>> {
         let job = self.jobs.get_mut(&id)?;
         if job.state != JobState::Running {
@@ -258,7 +414,11 @@ impl Jobs {
         job.kill();
         job.state = JobState::Cancelled;
         job.error = Some("cancelled".to_string());
-        info!("job {id}: image {:?} {}: cancelled", job.kind, job.target);
+        info!(
+            "job {id}: {} {}: cancelled",
+            job.kind.describe(),
+            job.target
+        );
         Some(Ok(job))
     }
 
@@ -277,8 +437,9 @@ impl Jobs {
             "killed: still running after {limit:.1} s (registries.pull_timeout and a grace)"
         ));
         warn!(
-            "job {id}: image {:?} {}: killed after {limit:.1} s",
-            job.kind, job.target
+            "job {id}: {} {}: killed after {limit:.1} s",
+            job.kind.describe(),
+            job.target
         );
     }
 
@@ -308,9 +469,17 @@ impl Jobs {
             };
         }
         job.settle_error();
+        if job.kind == JobKind::Update
+            && job.state == JobState::Succeeded
+            && job.reboot == Some(true)
+        {
+            self.reboot_due = true;
+        }
         info!(
-            "job {}: image {:?} {}: {status}",
-            job.id, job.kind, job.target
+            "job {}: {} {}: {status}",
+            job.id,
+            job.kind.describe(),
+            job.target
         );
         true
     }
@@ -346,6 +515,9 @@ impl Job {
         if text.is_empty() {
             return;
         }
+        if self.kind == JobKind::Update && self.take_update_line(&text) {
+            return;
+        }
         if text.len() > MAX_LINE {
             let mut end = MAX_LINE;
             while !text.is_char_boundary(end) {
@@ -359,29 +531,63 @@ impl Job {
         self.output.push_back(text);
     }
 
+    /// An update's progress or result line (JSON): kept as `progress` or `applied` rather
+    /// than in the output, which it would flood. True when it was one.
+    fn take_update_line(&mut self, text: &str) -> bool {
+        if !text.starts_with('{') {
+            return false;
+        }
+        if let Ok(p) = serde_json::from_str::<JobProgress>(text) {
+            self.progress = Some(p);
+            return true;
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(mut o)) if o.len() == 1 && o.contains_key("applied") => {
+                self.applied = o.remove("applied");
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A failed job's error is its last line of output (unless it was killed: that says why).
     fn settle_error(&mut self) {
         if self.state == JobState::Failed && self.error.is_none() {
+            let program = self.kind.program();
             self.error = self.output.back().cloned().or_else(|| {
                 self.exit_code
-                    .map(|c| format!("berth-runtime exited with status {c}"))
+                    .map(|c| format!("{program} exited with status {c}"))
             });
         }
     }
 }
 
 /// Starts `program args` in its own process group with stdout and stderr on a non-blocking
-/// pipe; the reaper collects it. The child gets SIGKILL when berth-init dies.
-fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> io::Result<(i32, OwnedFd)> {
+/// pipe; the reaper collects it. The child gets SIGKILL when berth-init dies. With `stdin`
+/// its stdin is a pipe too, whose write end (non-blocking) is returned.
+fn spawn(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    stdin: bool,
+) -> io::Result<(i32, OwnedFd, Option<OwnedFd>)> {
     let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     set_nonblocking(&reader)?;
     let err = writer.try_clone()?;
+    let (child_stdin, input) = if stdin {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        set_nonblocking(&w)?;
+        // Larger than the default 64 KiB: fewer wake-ups per MiB (kernel memory, best effort).
+        let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        (Stdio::from(r), Some(w))
+    } else {
+        (Stdio::null(), None)
+    };
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .current_dir("/")
-        .stdin(Stdio::null())
+        .stdin(child_stdin)
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(err))
         .process_group(0);
@@ -398,7 +604,7 @@ fn spawn(program: &Path, args: &[&std::ffi::OsStr]) -> io::Result<(i32, OwnedFd)
     // Reaped by the supervisor's reaper, never through `Child::wait`.
     let pid = child.id() as i32;
     drop(child);
-    Ok((pid, reader))
+    Ok((pid, reader, input))
 }
 
 #[cfg(test)]
@@ -414,6 +620,10 @@ mod tests {
             exit_code: None,
             error: None,
             output: VecDeque::new(),
+            progress: None,
+            applied: None,
+            uploaded: None,
+            reboot: None,
             pid: Some(5),
             pipe: None,
             partial: Vec::new(),
@@ -453,7 +663,12 @@ mod tests {
     /// A job around a real child (`sleep`) started the way jobs are; never a made-up pid, so
     /// a kill cannot reach anything else.
     fn sleeping_job(id: u64) -> (Job, i32) {
-        let (pid, pipe) = spawn(Path::new("/bin/sleep"), &[std::ffi::OsStr::new("60")]).unwrap();
+        let (pid, pipe, _) = spawn(
+            Path::new("/bin/sleep"),
+            &[std::ffi::OsStr::new("60")],
+            false,
+        )
+        .unwrap();
         let mut j = job();
         j.id = id;
         j.pid = Some(pid);
@@ -506,6 +721,75 @@ mod tests {
         // A stale deadline of a finished job changes nothing.
         jobs.on_deadline(3);
         assert_eq!(jobs.get(3).unwrap().state, JobState::Failed);
+    }
+
+    #[test]
+    fn update_progress_and_result_lines_become_fields() {
+        let mut j = job();
+        j.kind = JobKind::Update;
+        j.take_output(b"{\"phase\":\"root\",\"done\":5,\"total\":10}\n");
+        j.take_output(b"{\"phase\":\"kernel\",\"done\":1,\"total\":2}\n");
+        let want = JobProgress {
+            phase: "kernel".into(),
+            done: 1,
+            total: 2,
+        };
+        assert_eq!(j.progress.as_ref(), Some(&want));
+        j.take_output(b"{\"applied\":{\"slot\":\"B\"}}\nberth-init update-apply: oops\n");
+        assert_eq!(j.applied, Some(serde_json::json!({"slot": "B"})));
+        assert_eq!(j.output, ["berth-init update-apply: oops"]);
+        // Other JSON stays output; a pull keeps progress-like lines as output.
+        j.take_output(b"{\"phase\":\"root\"}\n");
+        assert_eq!(j.output.len(), 2);
+        let mut pull = job();
+        pull.take_output(b"{\"phase\":\"root\",\"done\":5,\"total\":10}\n");
+        assert_eq!((pull.progress, pull.output.len()), (None, 1));
+    }
+
+    /// A reactor that ignores everything (the jobs' pipes are never polled here).
+    struct Deaf;
+
+    impl Reactor for Deaf {
+        fn watch(&mut self, _: std::os::fd::BorrowedFd<'_>, _: Key, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+        fn unwatch(&mut self, _: std::os::fd::BorrowedFd<'_>) {}
+        fn schedule(&mut self, _: Instant, _: Timer) {}
+    }
+
+    #[test]
+    fn one_update_at_a_time_and_a_reboot_only_after_it_succeeded() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let refused = jobs.start_update(UpdateSource::Named("x"), false, true, &mut Deaf);
+        assert!(matches!(refused, Err(JobError::NoUpdater)));
+        // `true update-apply -`: a real child; the test reports its exit.
+        let mut jobs = jobs.with_updater(Some("/bin/true".into()));
+        let (job, stdin) = jobs
+            .start_update(UpdateSource::Upload, false, true, &mut Deaf)
+            .unwrap();
+        let (id, pid) = (job.id, job.pid.unwrap());
+        assert_eq!((job.target.as_str(), job.uploaded), ("upload", Some(0)));
+        assert!(stdin.is_some());
+        let second = jobs.start_update(UpdateSource::Named("y"), false, false, &mut Deaf);
+        assert!(matches!(second, Err(JobError::UpdateRunning(i)) if i == id));
+        assert_eq!(jobs.running_update(), Some(id));
+        use nix::sys::wait::waitpid;
+        waitpid(Pid::from_raw(pid), None).unwrap();
+        assert!(!jobs.take_reboot());
+        assert!(jobs.on_exit(pid, ExitStatus::Exited(0)));
+        assert!(jobs.take_reboot());
+        assert!(!jobs.take_reboot());
+        assert_eq!(jobs.running_update(), None);
+        // A failed update never reboots.
+        let (job, _) = jobs
+            .start_update(UpdateSource::Named("z"), true, true, &mut Deaf)
+            .unwrap();
+        let pid = job.pid.unwrap();
+        waitpid(Pid::from_raw(pid), None).unwrap();
+        assert!(jobs.on_exit(pid, ExitStatus::Exited(1)));
+        assert!(!jobs.take_reboot());
+        assert_eq!(jobs.list_of(true).len(), 2);
+        assert!(jobs.list_of(false).is_empty());
     }
 
     #[test]

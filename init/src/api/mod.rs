@@ -9,7 +9,8 @@
 //!
 //! Modules: [`http`] (parsing, responses), [`conn`] (one connection), [`tls`] (mutual TLS),
 //! [`routes`] (the route table), and one module per resource: [`units`], [`logs`],
-//! [`images`] with its [`jobs`], [`metrics`].
+//! [`images`] with its [`jobs`], [`metrics`], [`update`] with [`upload`] (a request body
+//! streamed into an update job).
 
 pub mod conn;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod routes;
 pub mod tls;
 pub mod units;
 pub mod update;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -36,9 +38,10 @@ use log::{debug, info, warn};
 
 use crate::event::{after, Key, Reactor, Readiness, Timer};
 use conn::{Conn, Flushed, Origin, Phase, Refill, Stream};
-use http::{Parsed, Response};
+use http::{Parsed, ParsedHead, Response};
 use logs::LogCursor;
 pub use routes::{ApiContext, Reply, SystemInfo};
+use upload::{Pumped, Upload};
 
 /// Time a client has to send its whole request (after the TLS handshake, over TCP).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +59,8 @@ pub const MAX_REMOTE_PER_PEER: usize = 8;
 /// Most bytes of log one connection sends per round of the event loop, so that a fast
 /// reader of a large log does not hold up the others.
 const STREAM_BUDGET: usize = 256 * 1024;
+/// Time an upload may go without a byte moving (from the client, or into the update).
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
 struct Remote {
     listener: TcpListener,
@@ -258,13 +263,22 @@ impl ApiServer {
         match conn.phase {
             Phase::Reading { continue_sent } => {
                 let limit = http::MAX_HEAD + http::MAX_BODY;
-                let closed = conn.fill(limit);
+                // The head first: a body streamed into an update is never read into `input`.
+                let mut closed = conn.fill(http::MAX_HEAD);
                 if conn.handshaking && !conn.stream.handshaking() && !closed {
                     // Authenticated: now the request's own deadline.
                     conn.handshaking = false;
                     let deadline = after(ctx.now, READ_TIMEOUT);
                     conn.deadline = Some(deadline);
                     ctx.reactor.schedule(deadline, Timer::ApiConn(id));
+                }
+                if let ParsedHead::Complete(head) = http::parse_head(&conn.input) {
+                    if update::is_upload(&head.request) {
+                        return self.start_upload(id, head, ctx);
+                    }
+                    if !closed {
+                        closed = conn.fill(limit);
+                    }
                 }
                 let reply = match http::parse(&conn.input) {
                     Parsed::Incomplete if closed => return self.close(id, ctx.reactor),
@@ -298,6 +312,14 @@ impl ApiServer {
                 }
                 self.after_io(id, ctx.reactor);
             }
+            Phase::Upload(_) => self.pump_upload(id, ctx),
+            // The socket is not watched meanwhile.
+            Phase::AwaitJob { .. } => {}
+            Phase::Linger => {
+                if conn.stream.drop_input() {
+                    self.close(id, ctx.reactor);
+                }
+            }
             Phase::Responding | Phase::Log { .. } => {
                 if (ready.readable || ready.hangup) && conn.discard_input() {
                     // The peer half-closed: only the answer is left to write.
@@ -315,11 +337,28 @@ impl ApiServer {
         }
     }
 
-    /// A connection's deadline may have passed.
-    pub fn on_timeout(&mut self, id: u64, now: Instant, r: &mut dyn Reactor) {
-        let Some(conn) = self.conns.get(&id) else {
+    /// A connection's deadline may have passed (or an upload's next round is due).
+    pub fn on_timeout(&mut self, id: u64, ctx: &mut ApiContext<'_>) {
+        let (now, r) = (ctx.now, &mut *ctx.reactor);
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        match &conn.phase {
+            Phase::Upload(_) => return self.upload_timer(id, ctx),
+            Phase::AwaitJob { job } if conn.deadline.is_some_and(|d| now >= d) => {
+                let job = *job;
+                let resp = match ctx.jobs.get(job) {
+                    Some(j) if j.state == jobs::JobState::Running => {
+                        update::failed(j, "the update stopped reading the bundle")
+                    }
+                    other => update::upload_answer(other),
+                };
+                self.watch_socket(id, r);
+                return self.respond(id, resp, now, r);
+            }
+            Phase::AwaitJob { .. } => return,
+            _ => {}
+        }
         match conn.deadline {
             Some(deadline) if now >= deadline => {}
             // A later deadline has its own timer; followers have none.
@@ -358,8 +397,22 @@ impl ApiServer {
     }
 
     /// Runs after each round of events: completes unit removals (the unit file goes, log
-    /// streams end, a built-in unit the removed one overrode comes back).
+    /// streams end, a built-in unit the removed one overrode comes back), answers uploads
+    /// whose update ended before their body did.
     pub fn after_events(&mut self, ctx: &mut ApiContext<'_>) {
+        let settled: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| match c.phase {
+                Phase::AwaitJob { job } if ctx.jobs.settled(job) != Some(false) => Some((*id, job)),
+                _ => None,
+            })
+            .collect();
+        for (id, job) in settled {
+            let resp = update::upload_answer(ctx.jobs.get(job));
+            self.watch_socket(id, ctx.reactor);
+            self.respond(id, resp, ctx.now, ctx.reactor);
+        }
         for removed in ctx.supervisor.take_removed() {
             units::finish_removal(&removed, ctx);
             let followers: Vec<u64> = self
@@ -441,8 +494,16 @@ impl ApiServer {
                 Flushed::Done => {}
             }
             match conn.phase {
+                Phase::Responding if conn.linger && conn.stream.resets_on_close() => {
+                    conn.stream.shut_write();
+                    conn.phase = Phase::Linger;
+                    break false;
+                }
                 Phase::Responding => return self.close(id, r),
-                Phase::Reading { .. } => break false,
+                Phase::Reading { .. }
+                | Phase::Upload(_)
+                | Phase::AwaitJob { .. }
+                | Phase::Linger => break false,
                 Phase::Log { .. } if budget == 0 => break true,
                 Phase::Log { .. } => {}
             }
@@ -466,6 +527,12 @@ impl ApiServer {
     fn close(&mut self, id: u64, r: &mut dyn Reactor) {
         self.writing.remove(&id);
         if let Some(mut conn) = self.conns.remove(&id) {
+            if let Phase::Upload(up) = &mut conn.phase {
+                // The update reads EOF: a truncated bundle, which it refuses.
+                if let Some(pipe) = up.close_pipe() {
+                    r.unwatch(pipe.as_fd());
+                }
+            }
             // A TLS peer that never completed its handshake gets no close_notify either.
             if !conn.handshaking {
                 conn.stream.close();
@@ -483,6 +550,187 @@ impl ApiServer {
                     }
                 }
             }
+        }
+    }
+
+    /// A head of `POST /v1/update` with the bundle as its body: starts the update job and
+    /// streams the body into it.
+    fn start_upload(&mut self, id: u64, head: http::Head, ctx: &mut ApiContext<'_>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let rest = conn.input.split_off(head.len.min(conn.input.len()));
+        conn.input = Vec::new();
+        debug!(
+            "api: {} {} (streamed body)",
+            head.request.method, head.request.path
+        );
+        // Answered before its body is read, unless the body is all consumed.
+        conn.linger = true;
+        let (job, pipe) = match update::start_upload(&head.request, ctx) {
+            Ok(started) => started,
+            Err(resp) => return self.respond(id, resp, ctx.now, ctx.reactor),
+        };
+        let mut up = Upload::new(job, pipe, head.framing, ctx.now);
+        if let Err(e) = up.feed(&rest) {
+            up.close_pipe();
+            let resp = Response::error(400, "bad request body", &e);
+            return self.respond(id, resp, ctx.now, ctx.reactor);
+        }
+        let expects_continue = head
+            .request
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if expects_continue {
+            // A few bytes into a fresh socket: they go at once or the peer is gone.
+            conn.push(http::CONTINUE);
+            if conn.flush() != Flushed::Done {
+                up.close_pipe();
+                return self.close(id, ctx.reactor);
+            }
+        }
+        let deadline = after(ctx.now, UPLOAD_IDLE);
+        conn.deadline = Some(deadline);
+        ctx.reactor.schedule(deadline, Timer::ApiConn(id));
+        conn.phase = Phase::Upload(Box::new(up));
+        self.pump_upload(id, ctx);
+    }
+
+    /// Moves an upload's bytes on, then watches what it waits for, or answers.
+    fn pump_upload(&mut self, id: u64, ctx: &mut ApiContext<'_>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Conn { stream, phase, .. } = conn;
+        let Phase::Upload(up) = phase else {
+            return;
+        };
+        let outcome = up.pump(stream, ctx.now);
+        let job = up.job;
+        ctx.jobs.set_uploaded(job, up.delivered);
+        match outcome {
+            Pumped::WaitClient => self.upload_watch(id, false, ctx.reactor),
+            Pumped::WaitPipe => self.upload_watch(id, true, ctx.reactor),
+            Pumped::Yield => {
+                // Next round (also reads what TLS holds decrypted already).
+                self.upload_watch(id, false, ctx.reactor);
+                ctx.reactor.schedule(ctx.now, Timer::ApiConn(id));
+            }
+            Pumped::Done => {
+                conn.linger = false;
+                self.end_upload(id, ctx.reactor);
+                let resp = update::upload_answer(ctx.jobs.get(job));
+                self.respond(id, resp, ctx.now, ctx.reactor);
+            }
+            Pumped::ChildGone => {
+                // Stop reading; answer with the job's error once it has ended.
+                self.end_upload(id, ctx.reactor);
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    ctx.reactor.unwatch(conn.stream.as_fd());
+                    conn.phase = Phase::AwaitJob { job };
+                    let deadline = after(ctx.now, WRITE_TIMEOUT);
+                    conn.deadline = Some(deadline);
+                    ctx.reactor.schedule(deadline, Timer::ApiConn(id));
+                }
+            }
+            Pumped::ClientGone => {
+                info!("api: update job {job}: the client went before the end of the bundle");
+                self.close(id, ctx.reactor);
+            }
+            Pumped::BadBody(e) => {
+                self.end_upload(id, ctx.reactor);
+                let resp = Response::error(400, "bad request body", &e);
+                self.respond(id, resp, ctx.now, ctx.reactor);
+            }
+        }
+    }
+
+    /// An upload's pipe has room again.
+    pub fn on_upload_pipe(&mut self, id: u64, ctx: &mut ApiContext<'_>) {
+        self.pump_upload(id, ctx);
+    }
+
+    /// An upload's timer: its next round, or its idle deadline.
+    fn upload_timer(&mut self, id: u64, ctx: &mut ApiContext<'_>) {
+        self.pump_upload(id, ctx);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Upload(up) = &conn.phase else {
+            return;
+        };
+        let due = after(up.last_progress, UPLOAD_IDLE);
+        if ctx.now >= due {
+            let job = up.job;
+            warn!(
+                "api: update job {job}: no bytes of the bundle moved for {}s",
+                UPLOAD_IDLE.as_secs()
+            );
+            self.end_upload(id, ctx.reactor);
+            let detail = format!(
+                "no bytes of the body for {}s; the update reads a truncated bundle",
+                UPLOAD_IDLE.as_secs()
+            );
+            let resp = Response::error(408, "request timeout", &detail);
+            return self.respond(id, resp, ctx.now, ctx.reactor);
+        }
+        if conn.deadline.is_none_or(|d| d <= ctx.now) {
+            conn.deadline = Some(due);
+            ctx.reactor.schedule(due, Timer::ApiConn(id));
+        }
+    }
+
+    /// Watches an upload's pipe (full) or its socket (waiting for the client), not both.
+    fn upload_watch(&mut self, id: u64, pipe: bool, r: &mut dyn Reactor) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Upload(up) = &mut conn.phase else {
+            return;
+        };
+        if up.watching_pipe != pipe {
+            if let Some(fd) = up.pipe_fd() {
+                if pipe {
+                    if let Err(e) = r.watch_write_only(fd, Key::UploadPipe(id)) {
+                        warn!("api: cannot watch an update's input: {e}");
+                    }
+                } else {
+                    r.unwatch(fd);
+                }
+            }
+            up.watching_pipe = pipe;
+        }
+        if up.watching_socket == pipe {
+            if pipe {
+                r.unwatch(conn.stream.as_fd());
+            } else if let Err(e) = r.watch(conn.stream.as_fd(), Key::ApiConn(id), false) {
+                warn!("api: cannot watch connection: {e}");
+            }
+            up.watching_socket = !pipe;
+        }
+    }
+
+    /// Closes an upload's pipe (the update reads EOF) and watches the socket again for the
+    /// answer (the phase changes with it).
+    fn end_upload(&mut self, id: u64, r: &mut dyn Reactor) {
+        self.upload_watch(id, false, r);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            if let Phase::Upload(up) = &mut conn.phase {
+                up.close_pipe();
+            }
+        }
+        self.writing.insert(id, false);
+    }
+
+    /// Watches a connection's socket for reading again (after an upload unwatched it).
+    fn watch_socket(&mut self, id: u64, r: &mut dyn Reactor) {
+        if let Some(conn) = self.conns.get(&id) {
+            if r.watch(conn.stream.as_fd(), Key::ApiConn(id), false)
+                .is_err()
+            {
+                return self.close(id, r);
+            }
+            self.writing.insert(id, false);
         }
     }
 

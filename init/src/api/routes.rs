@@ -3,7 +3,9 @@
 //! new rows; `docs/api/openapi.yaml` documents every row (a test keeps the two in step).
 //!
 //! Layout: `/v1/system` (facts, reboot, poweroff), `/v1/metrics`, `/v1/units/...`,
-//! `/v1/images/...`, `/v1/update` (A/B update status).
+//! `/v1/images/...`, `/v1/update/...` (A/B update status, apply, jobs, rollback). A bundle
+//! streamed in the body of `POST /v1/update` is taken before dispatch (see
+//! [`super::update::is_upload`]): the table sees only requests with their whole body.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -142,6 +144,11 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/images/{reference}", images::show),
     route("DELETE", "/v1/images/{reference}", images::remove),
     route("GET", "/v1/update", update::status),
+    route("POST", "/v1/update", update::start),
+    route("POST", "/v1/update/rollback", update::rollback),
+    route("GET", "/v1/update/jobs", update::jobs),
+    route("GET", "/v1/update/jobs/{id}", update::job),
+    route("DELETE", "/v1/update/jobs/{id}", update::cancel_job),
 ];
 
 /// Matches `path` against `pattern`, returning the decoded `{param}` values.

@@ -60,6 +60,10 @@ pub struct Paths {
     pub machine_config: PathBuf,
     /// The berth-runtime binary (image pulls, prunes).
     pub runtime_bin: PathBuf,
+    /// The program update jobs run as `PROGRAM update-apply SOURCE …`: berth-init itself in
+    /// PID 1; in host mode only `$BERTH_UPDATER` (a stand-in for development and tests),
+    /// else none and updates are refused.
+    pub updater: Option<PathBuf>,
 }
 
 impl Paths {
@@ -73,6 +77,8 @@ impl Paths {
                     machine_config: state.join("machine.toml"),
                     api_socket: "/run/berth/api.sock".into(),
                     runtime_bin: "/usr/bin/berth-runtime".into(),
+                    // Re-executes the running binary (resolved by the kernel at exec).
+                    updater: Some("/proc/self/exe".into()),
                     state,
                 }
             }
@@ -84,6 +90,9 @@ impl Paths {
                     machine_config: state.join("machine.toml"),
                     api_socket: root.join("api.sock"),
                     runtime_bin: host_runtime_bin(),
+                    updater: std::env::var_os("BERTH_UPDATER")
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from),
                     state,
                 }
             }

@@ -15,6 +15,8 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response head read.
 const MAX_HEAD: usize = 64 * 1024;
+/// Bytes of a streamed request body read and sent at a time.
+const STREAM_BLOCK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,6 +30,13 @@ pub enum ClientError {
     Tls(#[from] crate::api::tls::TlsError),
     #[error("bad TLS server name `{0}`")]
     ServerName(String),
+}
+
+impl ClientError {
+    /// A streamed upload stopped by its caller.
+    pub fn interrupted(&self) -> bool {
+        matches!(self, ClientError::Io { source, .. } if source.kind() == io::ErrorKind::Interrupted)
+    }
 }
 
 /// Where the API is.
@@ -77,12 +86,45 @@ trait Transport: Read + Write {
     fn plain_refusal(&mut self) -> Option<Vec<u8>> {
         None
     }
+
+    /// The server has sent something (checked without waiting): while a body is still
+    /// being sent, that is an early answer.
+    fn answered(&mut self) -> bool {
+        false
+    }
 }
 
-impl Transport for UnixStream {}
+/// `fd` has input (or an error or hangup) waiting, checked without waiting.
+fn readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+impl Transport for UnixStream {
+    fn answered(&mut self) -> bool {
+        readable(std::os::fd::AsFd::as_fd(self))
+    }
+}
 impl Transport for io::Cursor<Vec<u8>> {}
 
 impl Transport for StreamOwned<ClientConnection, Recorder> {
+    /// Records the server sends unasked (TLS 1.3 session tickets) are not an answer: only
+    /// plaintext, a close or an error is.
+    fn answered(&mut self) -> bool {
+        if !readable(std::os::fd::AsFd::as_fd(&self.sock.tcp)) {
+            return false;
+        }
+        match self.conn.read_tls(&mut self.sock) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+        match self.conn.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            Err(_) => true,
+        }
+    }
+
     fn plain_refusal(&mut self) -> Option<Vec<u8>> {
         if !self.sock.first.starts_with(b"HTTP/1.") {
             return None;
@@ -268,7 +310,76 @@ impl Client {
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<Reply, ClientError> {
-        let (mut s, head) = self.send(method, path, body, Some(TIMEOUT))?;
+        let (s, head) = self.send(method, path, body, Some(TIMEOUT))?;
+        self.read_reply(s, head)
+    }
+
+    /// `method path` with a body of `len` bytes of `content_type` read from `body` as it is
+    /// sent, a block at a time (never whole in memory). `sent` hears the bytes sent so far
+    /// and stops the upload by returning false. A server that answers before the whole
+    /// body is in (it refused it, or what consumed it failed): that answer, and the rest of
+    /// the body is not sent.
+    pub fn request_streaming(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &mut dyn Read,
+        len: u64,
+        sent: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<Reply, ClientError> {
+        let mut s = self.connect(Some(TIMEOUT))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let written = s.write_all(head.as_bytes()).map_err(self.io_err());
+        let written = written.and_then(|()| {
+            let mut buf = vec![0u8; STREAM_BLOCK];
+            let mut done = 0u64;
+            while done < len {
+                // Stop sending once the server answered (it refused the body, or what
+                // consumed it failed): over TLS, a write that fails first would hide the
+                // answer.
+                if s.answered() {
+                    return Ok(());
+                }
+                let want = usize::try_from(len - done).map_or(buf.len(), |l| l.min(buf.len()));
+                let n = match body.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        return Err(
+                            self.malformed(&format!("the body ended after {done} of {len} bytes"))
+                        )
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.io_err()(e)),
+                };
+                s.write_all(&buf[..n]).map_err(self.io_err())?;
+                done += n as u64;
+                if !sent(done) {
+                    return Err(self.io_err()(io::ErrorKind::Interrupted.into()));
+                }
+            }
+            s.flush().map_err(self.io_err())
+        });
+        match written {
+            Ok(()) => {
+                let head = self.read_head(&mut s)?;
+                self.read_reply(s, head)
+            }
+            // Stopped by the caller: nothing to wait for.
+            Err(e @ ClientError::Io { .. }) if e.interrupted() => Err(e),
+            // The server may have answered and closed: its answer says why.
+            Err(e) => match self.read_head(&mut s) {
+                Ok(head) => self.read_reply(s, head),
+                Err(_) => Err(e),
+            },
+        }
+    }
+
+    /// The body of a response whose head was read.
+    fn read_reply(&self, mut s: Box<dyn Transport>, head: Head) -> Result<Reply, ClientError> {
         let mut body = head.rest.clone();
         if head.chunked {
             let mut out = Vec::new();

@@ -1,7 +1,7 @@
 //! Each berthctl command as API calls. Actions wait (bounded by `--timeout`) until the unit
 //! or job has settled, so scripts can rely on the exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ pub fn run(client: &Client, o: &Options) -> Result {
         ["image", "ls" | "list"] => image_list(client, o),
         ["image", "rm", reference] => image_remove(client, o, reference),
         ["update", "status"] => update_status(client, o),
+        ["update", "apply", source] => update_apply(client, o, source),
+        ["update", "rollback"] => update_rollback(client, o),
         [power @ ("reboot" | "poweroff")] => {
             let v = call(client, "POST", &format!("/v1/system/{power}"), None)?;
             print_or(o, &v, || format!("{power}: {}\n", cell(&v["detail"])));
@@ -597,6 +599,277 @@ fn update_status(client: &Client, o: &Options) -> Result {
         );
         out.push_str(&update_failures(&v));
         out
+    });
+    Ok(())
+}
+
+/// How long `update apply` follows its job by default.
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `update apply FILE|URL|REF`: a file on this machine is streamed as the request body;
+/// anything else is a source the Berth machine fetches (URL, registry reference, or a path
+/// on it). Then follows the job until it ends; Ctrl-C cancels it.
+fn update_apply(client: &Client, o: &Options, source: &str) -> Result {
+    let interrupts = Interrupts::block()?;
+    let bar = Bar::new(!o.json && std::io::stderr().is_terminal());
+    let local = Path::new(source);
+    let job = if local.is_file() {
+        upload_bundle(client, o, local, &interrupts, &bar)?
+    } else {
+        let body = json!({ "source": source, "allow_downgrade": o.allow_downgrade,
+            "reboot": o.reboot })
+        .to_string();
+        call(
+            client,
+            "POST",
+            "/v1/update",
+            Some(("application/json", body.as_bytes())),
+        )?
+    };
+    let id = job["id"].as_u64().unwrap_or(0);
+    if o.no_wait {
+        print_or(o, &job, || {
+            format!(
+                "update job {id} started
+"
+            )
+        });
+        return Ok(());
+    }
+    follow_update(client, o, id, &interrupts, &bar)
+}
+
+/// Streams the bundle file as the body of `POST /v1/update`; the job it started.
+fn upload_bundle(
+    client: &Client,
+    o: &Options,
+    file: &Path,
+    interrupts: &Interrupts,
+    bar: &Bar,
+) -> Result<Value> {
+    let open_err = |e: std::io::Error| failed(format!("{}: {e}", file.display()));
+    let mut f = std::fs::File::open(file).map_err(open_err)?;
+    let len = f.metadata().map_err(open_err)?.len();
+    let mut query = Vec::new();
+    if o.reboot {
+        query.push("reboot=1");
+    }
+    if o.allow_downgrade {
+        query.push("allow_downgrade=1");
+    }
+    let path = if query.is_empty() {
+        "/v1/update".to_string()
+    } else {
+        format!("/v1/update?{}", query.join("&"))
+    };
+    let mut stopped = false;
+    let mut sent = |done: u64| {
+        bar.show("upload", done, len);
+        stopped = interrupts.wait(Duration::ZERO);
+        !stopped
+    };
+    let reply = client.request_streaming(
+        "POST",
+        &path,
+        "application/octet-stream",
+        &mut f,
+        len,
+        &mut sent,
+    );
+    bar.clear();
+    let reply = match reply {
+        Ok(r) => r,
+        // The server sees the body end early: the update reads a truncated bundle and stops.
+        Err(e) if e.interrupted() || stopped => {
+            return Err(failed(format!(
+                "update interrupted while sending {}",
+                file.display()
+            )))
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    if !reply.ok() {
+        if o.json {
+            print_or(o, &reply.json(), String::new);
+        }
+        return Err(api_error(&reply));
+    }
+    Ok(reply.json())
+}
+
+/// Polls update job `id` until it ends, with its progress (a bar on a terminal, lines
+/// otherwise); Ctrl-C cancels it.
+fn follow_update(
+    client: &Client,
+    o: &Options,
+    id: u64,
+    interrupts: &Interrupts,
+    bar: &Bar,
+) -> Result {
+    let limit = o.timeout.map_or(UPDATE_TIMEOUT, Duration::from_secs);
+    let start = Instant::now();
+    let mut wait = Duration::ZERO;
+    let mut seen: Vec<String> = Vec::new();
+    let mut last_step: Option<(String, u64)> = None;
+    let mut almost_done = false;
+    let path = format!("/v1/update/jobs/{id}");
+    loop {
+        if interrupts.wait(wait) {
+            bar.clear();
+            let job = call(client, "DELETE", &path, None)?;
+            print_or(o, &job, String::new);
+            return Err(failed(format!(
+                "update interrupted: job {id} {}",
+                cell(&job["state"])
+            )));
+        }
+        wait = POLL * 2;
+        let job = match client.request("GET", &path, None) {
+            Ok(reply) if reply.ok() => reply.json(),
+            Ok(reply) => return Err(api_error(&reply)),
+            // Rebooting into the update takes the API down with it.
+            Err(_) if o.reboot && almost_done => {
+                bar.clear();
+                if !o.json {
+                    println!("update job {id}: applied; the machine is rebooting");
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        let p = &job["progress"];
+        if let (Some(phase), Some(done), Some(total)) =
+            (p["phase"].as_str(), p["done"].as_u64(), p["total"].as_u64())
+        {
+            almost_done = phase == "kernel" && done >= total;
+            if bar.on {
+                bar.show(phase, done, total);
+            } else if !o.json {
+                // Plain lines: one per phase and tenth.
+                let step = (phase.to_string(), done.saturating_mul(10) / total.max(1));
+                if last_step.as_ref() != Some(&step) {
+                    println!(
+                        "update job {id}: {phase} {}% ({} of {})",
+                        step.1 * 10,
+                        human_size(done),
+                        human_size(total)
+                    );
+                    last_step = Some(step);
+                }
+            }
+        }
+        let lines: Vec<String> = job["output"]
+            .as_array()
+            .map(|l| l.iter().map(cell).collect())
+            .unwrap_or_default();
+        if !o.json {
+            let new = &lines[first_new(&seen, &lines)..];
+            if !new.is_empty() {
+                bar.clear();
+            }
+            for line in new {
+                eprintln!("{}", escape_control(line));
+            }
+        }
+        seen = lines;
+        match job["state"].as_str() {
+            Some("running") if start.elapsed() < limit => {}
+            Some("running") => {
+                bar.clear();
+                return Err(failed(format!(
+                    "update still running after {}s (job {id})",
+                    limit.as_secs()
+                )));
+            }
+            Some("succeeded") => {
+                bar.clear();
+                let a = &job["applied"];
+                print_or(o, &job, || {
+                    let reboot = if o.reboot {
+                        "; rebooting into it"
+                    } else {
+                        "; reboot to run it"
+                    };
+                    format!(
+                        "update job {id}: Berth {} (build {}) applied to slot {}{reboot}\n",
+                        cell(&a["version"]),
+                        cell(&a["build_id"]),
+                        cell(&a["slot"])
+                    )
+                });
+                return Ok(());
+            }
+            _ => {
+                bar.clear();
+                if o.json {
+                    print_or(o, &job, String::new);
+                }
+                return Err(failed(format!("update failed: {}", cell(&job["error"]))));
+            }
+        }
+    }
+}
+
+/// A one-line progress bar on stderr (only on a terminal).
+struct Bar {
+    on: bool,
+}
+
+impl Bar {
+    fn new(on: bool) -> Bar {
+        Bar { on }
+    }
+
+    fn show(&self, what: &str, done: u64, total: u64) {
+        if !self.on {
+            return;
+        }
+        const WIDTH: u64 = 30;
+        let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(0);
+        let pct = (done.min(total) * 100).checked_div(total).unwrap_or(0);
+        let bar: String = (0..WIDTH)
+            .map(|i| if i < filled { '#' } else { '.' })
+            .collect();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[K{what:<7} [{bar}] {pct:>3}% {} of {}",
+            human_size(done),
+            human_size(total)
+        );
+        let _ = err.flush();
+    }
+
+    fn clear(&self) {
+        if self.on {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+        }
+    }
+}
+
+/// `update rollback`: the other slot boots next (when it is good).
+fn update_rollback(client: &Client, o: &Options) -> Result {
+    let body = json!({ "reboot": o.reboot }).to_string();
+    let v = call(
+        client,
+        "POST",
+        "/v1/update/rollback",
+        Some(("application/json", body.as_bytes())),
+    )?;
+    print_or(o, &v, || {
+        let next = cell(&v["next"]);
+        let what = if v["changed"].as_bool() == Some(true) {
+            format!("slot {next} boots next")
+        } else {
+            format!("slot {next} boots next already")
+        };
+        if v["rebooting"].as_bool() == Some(true) {
+            format!("{what}; rebooting\n")
+        } else {
+            format!("{what}\n")
+        }
     });
     Ok(())
 }

@@ -28,6 +28,10 @@ commands:
   metrics [UNIT]              Prometheus metrics (of one unit)
   image pull REF | image ls | image rm REF
   update status               A/B slots: state, version, build, which runs, which boots next
+  update apply FILE|URL|REF [--reboot] [--allow-downgrade] [--no-wait]
+                              apply an update bundle: a local FILE is sent, a URL or
+                              registry reference is fetched by the machine
+  update rollback [--reboot]  boot the other slot next (only when it is good)
   reboot | poweroff           ordered shutdown
   check FILE...               validate unit files (offline)
 options:
@@ -37,7 +41,8 @@ options:
     --cert FILE --key FILE    client certificate and key (env BERTH_CERT, BERTH_KEY)
     --ca FILE                 CA of the server certificate (env BERTH_CA)
     --tls-name NAME           name the server certificate must carry (default: HOST)
-  --timeout SECONDS           how long start/stop/restart/rm/pull wait (default 60)";
+  --timeout SECONDS           how long start/stop/restart/rm/pull wait (default 60;
+                              update apply: 3600)";
 
 /// Options before or after the command.
 #[derive(Debug, Default)]
@@ -53,6 +58,8 @@ pub struct Options {
     pub tail: Option<String>,
     pub no_wait: bool,
     pub no_start: bool,
+    pub reboot: bool,
+    pub allow_downgrade: bool,
     pub timeout: Option<u64>,
     /// The command and its arguments.
     pub words: Vec<String>,
@@ -73,6 +80,8 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "-f" | "--follow" => o.follow = true,
             "--no-wait" => o.no_wait = true,
             "--no-start" => o.no_start = true,
+            "--reboot" => o.reboot = true,
+            "--allow-downgrade" => o.allow_downgrade = true,
             "--socket" => o.socket = Some(value(arg)?),
             "--host" => o.host = Some(value(arg)?),
             "--cert" => o.cert = Some(value(arg)?),

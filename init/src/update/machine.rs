@@ -185,7 +185,7 @@ fn slot_partition(
 
 /// Mounts this machine's ESP (vfat, never executable) at `mountpoint` with `extra` flags;
 /// returns the ESP's device.
-fn mount_esp(
+pub(super) fn mount_esp(
     blocks: &BlockDevices,
     mountpoint: &str,
     extra: MsFlags,

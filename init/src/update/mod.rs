@@ -14,6 +14,7 @@
 
 pub mod failure;
 pub mod machine;
+pub mod rollback;
 pub mod source;
 pub mod status;
 

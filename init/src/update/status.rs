@@ -75,12 +75,7 @@ pub fn status(
                 failure: recorded,
             } = found(slot);
             let release = release.or_else(|| (slot == booted).then(|| running.clone()));
-            let (name, attempts_left) = match state.state(slot) {
-                SlotState::Good => ("good", None),
-                SlotState::New { tries_left } => ("new", Some(tries_left)),
-                SlotState::Empty if has_kernel => ("retired", None),
-                SlotState::Empty => ("empty", None),
-            };
+            let (name, attempts_left) = state_name(state.state(slot), has_kernel);
             let failure = (name == "retired").then(|| {
                 recorded.unwrap_or_else(|| {
                     let version = release.as_ref().map_or("unknown", |r| r.version.as_str());
@@ -103,6 +98,17 @@ pub fn status(
         booted: booted.name(),
         next: next.map(Slot::name),
         slots,
+    }
+}
+
+/// A slot's state as the API names it, with its boot attempts left while new. An empty slot
+/// that still has a kernel on the ESP was retired (or is being written).
+pub fn state_name(state: SlotState, has_kernel: bool) -> (&'static str, Option<u8>) {
+    match state {
+        SlotState::Good => ("good", None),
+        SlotState::New { tries_left } => ("new", Some(tries_left)),
+        SlotState::Empty if has_kernel => ("retired", None),
+        SlotState::Empty => ("empty", None),
     }
 }
 

@@ -39,6 +39,11 @@ impl Host {
 
     /// Like `start`, in a directory the test prepared (from `temp_dir`).
     pub fn start_in(dir: PathBuf, units: &[(&str, &str)]) -> Host {
+        Host::start_with_env(dir, units, &[])
+    }
+
+    /// Like `start_in`, with more environment variables for berth-init.
+    pub fn start_with_env(dir: PathBuf, units: &[(&str, &str)], env: &[(&str, &Path)]) -> Host {
         for (name, text) in units {
             let text = text.replace("{dir}", &dir.display().to_string());
             std::fs::write(dir.join("units").join(format!("{name}.toml")), text).unwrap();
@@ -48,6 +53,7 @@ impl Host {
             .arg("--root-dir")
             .arg(&dir)
             .env("BERTH_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
