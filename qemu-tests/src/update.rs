@@ -136,6 +136,16 @@ impl OtherBuild {
         })
     }
 
+    /// The kernel the build boots.
+    pub fn kernel(&self) -> &Path {
+        Path::new(&self.kernel)
+    }
+
+    /// The build's root payload (erofs + verity hash tree), as a slot holds it.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("work/root-a.img")
+    }
+
     /// A signed bundle of the build whose kernel arguments are the image's with `edit`
     /// applied to them (the identity for a normal update). Padded to whole sectors, to be
     /// attached as a disk; returns the path and the bundle's real length.

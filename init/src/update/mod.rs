@@ -113,7 +113,8 @@ pub enum StopPoint {
     AfterRoot,
     /// Half the kernel written (as `vmlinuz.new`).
     MidKernel,
-    /// Half of the new boot state block written over its copy (a torn write).
+    /// The new boot state block written over its copy up to its end marker (a write torn
+    /// after every variable but before `END`, the worst place for it).
     MidGrubenv,
 }
 
@@ -360,16 +361,20 @@ pub fn apply<R: Read>(
     })
 }
 
-/// Writes the first half of a boot state block over its copy, as a power cut in the middle
-/// of the write would leave it.
+/// Writes a boot state block over its copy up to its `END` variable, as a power cut in the
+/// middle of the write could leave it.
 fn tear(pending: &berth_image::grubenv::PendingStore) -> Result<(), UpdateError> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&pending.path)
         .map_err(io(&pending.path))?;
-    let half = pending.block.len() / 2;
-    f.write_all_at(&pending.block[..half], 0)
+    let cut = pending
+        .block
+        .windows(4)
+        .position(|w| w == b"END=")
+        .unwrap_or(pending.block.len() / 2);
+    f.write_all_at(&pending.block[..cut], 0)
         .and_then(|()| f.sync_all())
         .map_err(io(&pending.path))
 }
