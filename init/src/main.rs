@@ -96,7 +96,13 @@ fn main() {
         boot::host_phases()
     };
     if let Err((phase, e)) = boot::run_phases(&phases, &mut boot) {
-        fail(pid1, &format!("{phase}: {e}"));
+        let reason = format!("{phase}: {e}");
+        if pid1 {
+            // A new slot's attempt ends in a reboot (GRUB counts it), not in a shell.
+            berth_init::platform::end_failed_attempt(&reason);
+        }
+        boot.disarm_watchdog();
+        fail(pid1, &reason);
     }
     let launchers: Vec<Box<dyn berth_init::launch::Launcher>> =
         vec![Box::new(container_launcher(&boot))];
@@ -117,7 +123,6 @@ fn main() {
 /// A fatal boot error: PID 1 drops to an emergency shell, host mode exits.
 fn fail(pid1: bool, reason: &str) -> ! {
     if pid1 {
-        // A new slot's attempt ends in a reboot (GRUB counts it), not in a shell.
         berth_init::platform::end_failed_attempt(reason);
         emergency::run_forever(reason);
     }

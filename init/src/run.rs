@@ -61,12 +61,15 @@ pub struct Init {
 impl Init {
     /// Sets up the loop, loads and starts the units, binds the API. `launchers` come first
     /// (e.g. the container launcher); the process launcher for system units is added last.
-    pub fn start(boot: Boot, mut launchers: Vec<Box<dyn Launcher>>) -> Result<Init, RunError> {
-        let mut events = EventLoop::new().map_err(RunError::EventLoop)?;
-        let signals = Signals::new().map_err(RunError::Signals)?;
-        events
-            .watch(std::os::fd::AsFd::as_fd(&signals), Key::Signals, false)
-            .map_err(RunError::Signals)?;
+    pub fn start(mut boot: Boot, mut launchers: Vec<Box<dyn Launcher>>) -> Result<Init, RunError> {
+        let (mut events, signals) = match Self::event_sources() {
+            Ok(sources) => sources,
+            Err(e) => {
+                // PID 1 goes to its emergency shell: nothing will feed the watchdog.
+                boot.disarm_watchdog();
+                return Err(e);
+            }
+        };
 
         let cgroups: Box<dyn Cgroups> = match boot.cgroups {
             Some(cg) => Box::new(cg),
@@ -114,7 +117,7 @@ impl Init {
         )
         .with_updater(boot.paths.updater.clone());
         let mut platform = match boot.mode {
-            Mode::Pid1 => Platform::for_pid1(boot.machine.update),
+            Mode::Pid1 => Platform::for_pid1(boot.machine.update, boot.watchdog.take()),
             Mode::Host { .. } => Platform::none(),
         };
         platform.attach(Instant::now(), &mut events);
@@ -137,6 +140,15 @@ impl Init {
             shutdown: None,
             buffer: Vec::new(),
         })
+    }
+
+    fn event_sources() -> Result<(EventLoop, Signals), RunError> {
+        let mut events = EventLoop::new().map_err(RunError::EventLoop)?;
+        let signals = Signals::new().map_err(RunError::Signals)?;
+        events
+            .watch(std::os::fd::AsFd::as_fd(&signals), Key::Signals, false)
+            .map_err(RunError::Signals)?;
+        Ok((events, signals))
     }
 
     /// Runs until every unit is stopped after a shutdown request; returns what to do next.

@@ -162,7 +162,11 @@ fn power_cuts_after_the_flip_and_while_booting_never_lose_a_good_slot() {
     assert!(applied.contains("\"slot\":\"B\""), "{applied}");
     vm.power_cut().unwrap();
     let env = disk::boot_state(&m.disk).unwrap();
-    assert_eq!(env.state(Slot::B), SlotState::New { tries_left: 3 }, "{env:?}");
+    assert_eq!(
+        env.state(Slot::B),
+        SlotState::New { tries_left: 3 },
+        "{env:?}"
+    );
 
     // The first boot of the new slot, cut while PID 1 starts its units (before it is good).
     let mut vm = Vm::start(&m.cfg, &m.fx.dir).unwrap();
@@ -170,7 +174,11 @@ fn power_cuts_after_the_flip_and_while_booting_never_lose_a_good_slot() {
     vm.wait_for("berth-init: control API on", BOOT).unwrap();
     vm.power_cut().unwrap();
     let env = disk::boot_state(&m.disk).unwrap();
-    assert_eq!(env.state(Slot::B), SlotState::New { tries_left: 2 }, "{env:?}");
+    assert_eq!(
+        env.state(Slot::B),
+        SlotState::New { tries_left: 2 },
+        "{env:?}"
+    );
     assert_eq!(env.state(Slot::A), SlotState::Good, "{env:?}");
 
     // The next attempt comes up and is marked good.

@@ -17,6 +17,7 @@ use nix::errno::Errno;
 
 use crate::launch::cgroup::FsCgroups;
 use crate::machine::{self, MachineConfig};
+use crate::platform::watchdog::{Watchdog, WATCHDOG_DEVICE, WATCHDOG_TIMEOUT};
 use crate::tomlfile::Diagnostics;
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,9 @@ pub struct Boot {
     pub machine: MachineConfig,
     pub cgroups: Option<FsCgroups>,
     pub hostname: String,
+    /// Armed by the second boot phase on a machine booted from a Berth disk; fed by the
+    /// event loop from then on (`crate::platform`).
+    pub watchdog: Option<Watchdog>,
 }
 
 impl Boot {
@@ -129,6 +133,7 @@ impl Boot {
             machine: MachineConfig::default(),
             cgroups: None,
             hostname: String::new(),
+            watchdog: None,
         }
     }
 }
@@ -152,6 +157,7 @@ const fn phase(
 pub fn pid1_phases() -> Vec<Phase> {
     vec![
         phase("mount-kernel-filesystems", true, mount_kernel_filesystems),
+        phase("arm-watchdog", false, arm_watchdog),
         phase("enable-cgroup-controllers", false, enable_cgroups),
         phase("disable-ctrl-alt-del", false, disable_ctrl_alt_del),
         phase("raise-fd-limit", false, raise_fd_limit),
@@ -177,6 +183,34 @@ pub fn host_phases() -> Vec<Phase> {
         phase("read-hostname", false, read_hostname),
         phase("forward-logs", false, forward_logs),
     ]
+}
+
+/// The hardware watchdog is armed first thing (as soon as /dev is there), so that a boot that
+/// hangs anywhere after it resets the machine; only on a Berth disk (a PID 1 in a test's
+/// namespaces must not arm the host's watchdog).
+fn arm_watchdog(boot: &mut Boot) -> Result<(), BootError> {
+    if crate::platform::bootgood::booted_slot_of_this_machine().is_none() {
+        return Ok(());
+    }
+    match Watchdog::open(Path::new(WATCHDOG_DEVICE), WATCHDOG_TIMEOUT) {
+        Ok(Some(w)) => {
+            info!("watchdog armed: {}s", w.timeout.as_secs());
+            boot.watchdog = Some(w);
+        }
+        Ok(None) => info!("no hardware watchdog"),
+        Err(e) => warn!("watchdog: {e}"),
+    }
+    Ok(())
+}
+
+impl Boot {
+    /// Stops the watchdog before PID 1 settles in the emergency shell (a person at the
+    /// console must not be reset every 30 s).
+    pub fn disarm_watchdog(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.disarm();
+        }
+    }
 }
 
 /// Runs `phases` in order. Returns the first fatal failure with its phase name.

@@ -23,8 +23,6 @@ use bootgood::{Marked, Retired};
 use powerbutton::PowerButton;
 use watchdog::Watchdog;
 
-/// The watchdog resets the machine when PID 1 has not fed it for this long.
-const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the ESP is mounted while grubenv is rewritten.
 const ESP_MOUNT: &str = "/run/berth/boot";
 
@@ -52,7 +50,7 @@ impl Platform {
 
     /// PID 1 on a machine booted from a Berth disk: finds the power button and the watchdog,
     /// and the slot GRUB booted. Elsewhere (PID 1 in a test's namespaces) it drives nothing.
-    pub fn for_pid1(update: UpdateSettings) -> Platform {
+    pub fn for_pid1(update: UpdateSettings, watchdog: Option<Watchdog>) -> Platform {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let Some(slot) = bootgood::booted_slot(&cmdline) else {
             info!("not booted from a Berth disk: no power button, watchdog or boot marking");
@@ -73,17 +71,6 @@ impl Platform {
                     None
                 }
             };
-        let watchdog = match Watchdog::open(Path::new("/dev/watchdog"), WATCHDOG_TIMEOUT) {
-            Ok(Some(w)) => {
-                info!("watchdog armed: {}s", w.timeout.as_secs());
-                Some(w)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                warn!("watchdog: {e}");
-                None
-            }
-        };
         let trying = bootgood::trying_boot(&cmdline);
         if trying {
             info!(

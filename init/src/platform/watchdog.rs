@@ -8,6 +8,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
+pub const WATCHDOG_DEVICE: &str = "/dev/watchdog";
+/// The watchdog resets the machine when PID 1 has not fed it for this long.
+pub const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `_IOWR('W', 6, int)`
 const WDIOC_SETTIMEOUT: libc::c_ulong = 0xc004_5706;
 

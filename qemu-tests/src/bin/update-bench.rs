@@ -48,7 +48,8 @@ fn run(runs: usize) -> Result<(), String> {
     let disk_path = fx.path("disk.img");
     disk::copy_raw(&image, &disk_path, Some(1 << 30)).map_err(e)?;
     let version = later_version(&running_version(), 1);
-    let build = OtherBuild::assemble(&fx.path("next"), &image, &version, "update-bench").map_err(e)?;
+    let build =
+        OtherBuild::assemble(&fx.path("next"), &image, &version, "update-bench").map_err(e)?;
     let (bundle, len) = build.bundle("bench", str::to_string).map_err(e)?;
     let root_b = disk::partition(&disk_path, "berth-root-b").map_err(e)?;
 
