@@ -46,6 +46,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Exit instead of rebooting (a kernel panic ends the VM).
     pub no_reboot: bool,
+    /// QEMU's CPU model (`-cpu`); QEMU's default when `None`.
+    pub cpu_model: Option<String>,
 }
 
 impl VmConfig {
@@ -58,6 +60,7 @@ impl VmConfig {
             memory_mib: 512,
             cpus: 1,
             no_reboot: true,
+            cpu_model: None,
         }
     }
 }
@@ -84,8 +87,11 @@ impl Vm {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-machine", MACHINE, "-nodefaults"])
             .args(["-m", &cfg.memory_mib.to_string()])
-            .args(["-smp", &cfg.cpus.to_string()])
-            .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+            .args(["-smp", &cfg.cpus.to_string()]);
+        if let Some(model) = &cfg.cpu_model {
+            cmd.args(["-cpu", model]);
+        }
+        cmd.args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
             .arg("-drive")
