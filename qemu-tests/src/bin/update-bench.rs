@@ -1,7 +1,8 @@
 //! A/B update costs under QEMU (TCG), for bench/update.sh: inside the guest, the time to apply
 //! a bundle against `dd` of the same bytes from the same source to the same partition
 //! (alternating, `RUNS` each); then the wall time from `berthctl update apply --reboot` to the
-//! new system serving the demo; and the bundle's size. Usage: update-bench [RUNS] (default 3).
+//! new system serving the demo; and the bundle's size; with 1 and 2 vCPUs. Usage: update-bench
+//! [RUNS] (default 3).
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
 
-fn run(runs: usize, cpu_model: Option<&str>) -> Result<(), String> {
+fn run(runs: usize, cpus: u32) -> Result<(), String> {
     let e = |e: berth_qemu_tests::HarnessError| e.to_string();
     let image = fixture::default_image();
     let fx = Fixture::new("update-bench").map_err(e)?;
@@ -54,7 +55,7 @@ fn run(runs: usize, cpu_model: Option<&str>) -> Result<(), String> {
     let root_b = disk::partition(&disk_path, "berth-root-b").map_err(e)?;
 
     let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
-    cfg.cpu_model = cpu_model.map(str::to_string);
+    cfg.cpus = cpus;
     cfg.no_reboot = false;
     cfg.forward.push(80);
     cfg.extra_drives.push(bundle);
@@ -134,11 +135,12 @@ fn main() -> std::process::ExitCode {
         .and_then(|a| a.parse().ok())
         .unwrap_or(3)
         .max(1);
-    // QEMU's default CPU, as the tests boot, and `-cpu max`, whose SHA instructions the
-    // update's hashing uses where a real CPU has them.
-    for cpu in [None, Some("max")] {
-        println!("== CPU model: {}", cpu.unwrap_or("QEMU default (qemu64)"));
-        if let Err(err) = run(runs, cpu) {
+    // One vCPU as the tests boot, two as `make run` does (the update's hashing then runs
+    // beside the process feeding it). `-cpu max` was tried: its emulated SHA instructions
+    // made the update slower (bench/RESULTS.md).
+    for cpus in [1, 2] {
+        println!("== {cpus} vCPU");
+        if let Err(err) = run(runs, cpus) {
             eprintln!("update-bench: {err}");
             return std::process::ExitCode::FAILURE;
         }
