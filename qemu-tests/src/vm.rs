@@ -136,6 +136,20 @@ impl Vm {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
             forwards.push((guest, host));
         }
+        if !cfg.guest_forwards.is_empty() {
+            // QEMU starts the relay only when the guest connects: a missing one would show
+            // as a reset connection in the guest.
+            let socat = Command::new("socat")
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !socat.is_ok_and(|s| s.success()) {
+                return Err(HarnessError::Setup(
+                    "guest forwards need socat (scripts/install-deps.sh installs it)".into(),
+                ));
+            }
+        }
         for f in &cfg.guest_forwards {
             netdev.push_str(&f.netdev_option());
         }

@@ -265,8 +265,8 @@ fn flipped(bytes: &[u8], at: u64) -> Vec<u8> {
 fn esp_digests(vm: &mut Vm, esp_dev: &str) -> String {
     vm.run_ok(
         &format!(
-            "mkdir -p /tmp/esp && mount -t vfat -o ro {esp_dev} /tmp/esp && \
-             (cd /tmp/esp && find . -type f | sort | xargs md5sum); r=$?; umount /tmp/esp; exit $r"
+            "(mkdir -p /tmp/esp && mount -t vfat -o ro {esp_dev} /tmp/esp && \
+             (cd /tmp/esp && find . -type f | sort | xargs md5sum); r=$?; umount /tmp/esp; exit $r)"
         ),
         CMD,
     )
@@ -409,7 +409,7 @@ fn refused_bundles_change_nothing() {
             APPLY,
         )
         .unwrap();
-        let size = vm.run_ok(&format!("stat -c %s {file}"), CMD).unwrap();
+        let size = vm.run_ok(&format!("wc -c < {file}"), CMD).unwrap();
         assert_eq!(size.trim(), b.file_len.to_string(), "{}", b.what);
         let (code, out) = vm
             .run(&format!("berthctl update apply {file}"), APPLY)
@@ -420,6 +420,11 @@ fn refused_bundles_change_nothing() {
             "{}: the error does not say {:?}:\n{out}",
             b.what,
             b.reason
+        );
+        eprintln!(
+            "{}: {}",
+            b.what,
+            out.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("")
         );
         let status = update_status(&mut vm).unwrap();
         assert_eq!(status, status_before, "{}", b.what);
