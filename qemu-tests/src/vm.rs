@@ -43,8 +43,9 @@ pub struct GuestForward {
 }
 
 impl GuestForward {
-    /// The `-netdev user` option. A `tcp:` chardev target would be one connection, opened
-    /// when QEMU starts and never again; `cmd:` spawns a relay for each guest connection.
+    /// The `-netdev user` option. A `tcp:` chardev target is a single connection, opened when
+    /// QEMU starts: a second guest connection, or a server that gave up the idle connection
+    /// before the guest used it, finds nothing. `cmd:` spawns a relay per guest connection.
     fn netdev_option(&self) -> String {
         format!(
             ",guestfwd=tcp:{}:{}-cmd:socat - TCP:127.0.0.1:{}",

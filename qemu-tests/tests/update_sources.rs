@@ -192,6 +192,23 @@ fn through_the_api_then_from_a_registry_then_from_a_url() {
     assert_eq!(web.served(), vec!["GET /v3.bundle".to_string()]);
     let via_url = started.elapsed();
 
+    // Only the forwards lead out: the same server at the host's user-network address is out
+    // of reach (the user network is restricted).
+    let (code, out) = vm
+        .run(
+            &format!(
+                "timeout 10 wget -q -T 5 -O /dev/null http://10.0.2.2:{}/v3.bundle",
+                web.port
+            ),
+            CMD,
+        )
+        .unwrap();
+    assert!(
+        code != 0 && code != 127,
+        "the guest reached the host: {code} {out}"
+    );
+    assert_eq!(web.served().len(), 1, "{:?}", web.served());
+
     assert_eq!(
         vm.run_ok(&format!("cat {STATE_FILE}"), CMD).unwrap().trim(),
         "kept"
@@ -424,7 +441,9 @@ fn refused_bundles_change_nothing() {
         eprintln!(
             "{}: {}",
             b.what,
-            out.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("")
+            out.lines()
+                .find(|l| l.contains(b.reason))
+                .map_or("", |l| l.trim_start_matches("\x1b[K"))
         );
         let status = update_status(&mut vm).unwrap();
         assert_eq!(status, status_before, "{}", b.what);
