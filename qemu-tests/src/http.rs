@@ -161,3 +161,28 @@ impl Drop for FileServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_server_serves_its_directory_only() {
+        let dir = std::env::temp_dir().join(format!("berth-fileserver-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.bin"), b"bundle bytes").unwrap();
+        std::fs::write(dir.join("sub/b.bin"), b"hidden").unwrap();
+        let server = FileServer::start(&dir).unwrap();
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            get(server.port, "/a.bin", t).unwrap(),
+            (200, "bundle bytes".to_string())
+        );
+        assert_eq!(get(server.port, "/missing", t).unwrap().0, 404);
+        assert_eq!(get(server.port, "/sub/b.bin", t).unwrap().0, 404);
+        assert_eq!(get(server.port, "/../etc/passwd", t).unwrap().0, 404);
+        assert_eq!(server.served(), vec!["GET /a.bin".to_string()]);
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -422,3 +422,17 @@ pub fn os_release_field(vm: &mut Vm, key: &str) -> Result<String> {
     let out = vm.run_ok(&format!("sed -n 's/^{key}=//p' /etc/os-release"), CMD)?;
     Ok(out.trim().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_go_up_and_down() {
+        assert_eq!(later_version("0.1.0", 2), "0.1.2");
+        assert_eq!(earlier_version("0.1.0").as_deref(), Some("0.0.0"));
+        assert_eq!(earlier_version("1.0.3").as_deref(), Some("1.0.2"));
+        assert_eq!(earlier_version("0.0.0"), None);
+        assert_eq!(earlier_version("x.1"), None);
+    }
+}
