@@ -443,7 +443,8 @@ fn refused_bundles_change_nothing() {
             b.what,
             out.lines()
                 .find(|l| l.contains(b.reason))
-                .map_or("", |l| l.trim_start_matches("\x1b[K"))
+                .and_then(|l| l.rsplit("\x1b[K").next())
+                .unwrap_or("")
         );
         let status = update_status(&mut vm).unwrap();
         assert_eq!(status, status_before, "{}", b.what);
