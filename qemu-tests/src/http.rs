@@ -1,7 +1,12 @@
-//! A tiny HTTP/1.0 client for the forwarded ports (loopback only).
+//! A tiny HTTP/1.0 client for the forwarded ports, and a static file server for the guest
+//! to download from (loopback only).
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::{io_err, HarnessError, Result};
@@ -50,4 +55,134 @@ pub fn wait_for_200(port: u16, path: &str, timeout: Duration) -> Result<String> 
         waited: timeout,
         tail: last,
     })
+}
+
+/// Serves the files of one directory over HTTP/1.1 (`GET`, `HEAD`; one request per
+/// connection) on 127.0.0.1 with a kernel-chosen port, until dropped.
+pub struct FileServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    served: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long a connection may stay silent before the server gives it up.
+const IDLE: Duration = Duration::from_secs(60);
+
+impl FileServer {
+    pub fn start(root: &Path) -> Result<FileServer> {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("bind 127.0.0.1:0"))?;
+        let port = listener.local_addr().map_err(io_err("local_addr"))?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let root = root.to_path_buf();
+        let (stop2, served2) = (stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (root, served) = (root.clone(), served2.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_one(conn, &root, &served);
+                });
+            }
+        });
+        Ok(FileServer {
+            port,
+            stop,
+            served,
+            thread: Some(thread),
+        })
+    }
+
+    /// The request lines answered with 200 so far (`GET /x.bundle`).
+    pub fn served(&self) -> Vec<String> {
+        self.served.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+fn serve_one(conn: TcpStream, root: &Path, served: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(IDLE))?;
+    conn.set_write_timeout(Some(IDLE))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // The head ends with an empty line; its fields do not matter here.
+    for _ in 0..100 {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+    }
+    let mut conn = conn;
+    let mut words = request.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let file: Option<PathBuf> = target
+        .strip_prefix('/')
+        .filter(|name| !name.is_empty() && !name.contains(['/', '\\']) && *name != "..")
+        .map(|name| root.join(name))
+        .filter(|p| p.is_file());
+    let Some(path) = file.filter(|_| method == "GET" || method == "HEAD") else {
+        return conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    };
+    let mut f = std::fs::File::open(&path)?;
+    let len = f.metadata()?.len();
+    conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    if method == "GET" {
+        std::io::copy(&mut f, &mut conn)?;
+    }
+    conn.flush()?;
+    if let Ok(mut s) = served.lock() {
+        s.push(format!("{method} {target}"));
+    }
+    Ok(())
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+            Duration::from_secs(5),
+        );
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_server_serves_its_directory_only() {
+        let dir = std::env::temp_dir().join(format!("berth-fileserver-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.bin"), b"bundle bytes").unwrap();
+        std::fs::write(dir.join("sub/b.bin"), b"hidden").unwrap();
+        let server = FileServer::start(&dir).unwrap();
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            get(server.port, "/a.bin", t).unwrap(),
+            (200, "bundle bytes".to_string())
+        );
+        assert_eq!(get(server.port, "/missing", t).unwrap().0, 404);
+        assert_eq!(get(server.port, "/sub/b.bin", t).unwrap().0, 404);
+        assert_eq!(get(server.port, "/../etc/passwd", t).unwrap().0, 404);
+        assert_eq!(server.served(), vec!["GET /a.bin".to_string()]);
+        drop(server);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -13,12 +13,13 @@ pub mod guest;
 pub mod http;
 pub mod pki;
 pub mod qmp;
+pub mod registry;
 pub mod tpm;
 pub mod update;
 pub mod vm;
 
 pub use fixture::{disk_or_skip, image_or_skip, Fixture};
-pub use vm::{Firmware, Vm, VmConfig};
+pub use vm::{Firmware, GuestForward, Vm, VmConfig};
 
 use std::time::Duration;
 

@@ -150,6 +150,82 @@ impl OtherBuild {
     /// applied to them (the identity for a normal update). Padded to whole sectors, to be
     /// attached as a disk; returns the path and the bundle's real length.
     pub fn bundle(&self, name: &str, edit: impl Fn(&str) -> String) -> Result<(PathBuf, u64)> {
+        let key = repo().join("configs/keys/test-key.key");
+        let root = self.dir.join("work/root-a.img");
+        self.bundle_of(name, &key, &root, &self.version, edit)
+    }
+
+    /// A bundle of the build signed with `key` and claiming `version`, unpadded; returns its
+    /// path.
+    pub fn bundle_signed(&self, name: &str, key: &Path, version: &str) -> Result<PathBuf> {
+        let root = self.dir.join("work/root-a.img");
+        let (path, len) = self.bundle_of(name, key, &root, version, str::to_string)?;
+        truncate(&path, len)?;
+        Ok(path)
+    }
+
+    /// A validly signed bundle whose root payload (an empty filesystem of `data_bytes`, with
+    /// its verity tree) is larger than the build's; unpadded. Only its header and manifest
+    /// matter to an update that refuses it for its size.
+    pub fn bundle_with_root_of(&self, name: &str, data_bytes: u64) -> Result<PathBuf> {
+        let root = self.dir.join(format!("{name}.root"));
+        let data_blocks = data_bytes.div_ceil(4096);
+        // Sparse: the data is all zeros, and only the tree is written.
+        let f = std::fs::File::create(&root).map_err(crate::io_err("create root"))?;
+        f.set_len(data_blocks * 4096)
+            .map_err(crate::io_err("size root"))?;
+        drop(f);
+        let out = Command::new("veritysetup")
+            .arg("format")
+            .arg(format!("--hash={}", berth_image::verity::HASH))
+            .arg(format!("--data-blocks={data_blocks}"))
+            .arg(format!("--hash-offset={}", data_blocks * 4096))
+            .arg(&root)
+            .arg(&root)
+            .output()
+            .map_err(crate::io_err("veritysetup"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                .ok_or_else(|| {
+                    HarnessError::Setup(format!("veritysetup format: no {name} in {text}"))
+                })
+        };
+        let built: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir.join("out/manifest.json"))
+                .map_err(crate::io_err("manifest.json"))?,
+        )
+        .map_err(|e| HarnessError::Setup(format!("manifest.json: {e}")))?;
+        let manifest = serde_json::json!({
+            "version": self.version,
+            "kernel_release": built["kernel_release"],
+            "root": {
+                "data_blocks": data_blocks,
+                "hash_offset_blocks": data_blocks,
+                "root_hash": field("Root hash:")?,
+                "salt": field("Salt:")?,
+            },
+        });
+        let manifest_path = self.dir.join(format!("{name}.manifest.json"));
+        std::fs::write(&manifest_path, manifest.to_string())
+            .map_err(crate::io_err("write manifest"))?;
+        let key = repo().join("configs/keys/test-key.key");
+        let bundle = self.dir.join(format!("{name}.bundle"));
+        self.run_bundle(
+            &key,
+            &root,
+            &manifest_path,
+            &self.cmdline(name, str::to_string)?,
+            &self.version,
+            &bundle,
+        )?;
+        let _ = std::fs::remove_file(&root);
+        Ok(bundle)
+    }
+
+    /// The image's kernel arguments with `edit` applied, in a file.
+    fn cmdline(&self, name: &str, edit: impl Fn(&str) -> String) -> Result<PathBuf> {
         let cmdline = std::fs::read_to_string(repo().join("configs/grub/cmdline"))
             .map_err(crate::io_err("configs/grub/cmdline"))?;
         let edited: String = cmdline
@@ -164,36 +240,150 @@ impl OtherBuild {
             .collect();
         let cmdline_file = self.dir.join(format!("{name}.cmdline"));
         std::fs::write(&cmdline_file, edited).map_err(crate::io_err("write cmdline"))?;
-        let bundle = self.dir.join(format!("{name}.bundle"));
+        Ok(cmdline_file)
+    }
+
+    fn run_bundle(
+        &self,
+        key: &Path,
+        root: &Path,
+        manifest: &Path,
+        cmdline: &Path,
+        version: &str,
+        out: &Path,
+    ) -> Result<()> {
         run_tool(
             Command::new(&self.tool)
                 .arg("bundle")
                 .arg("--key")
-                .arg(repo().join("configs/keys/test-key.key"))
+                .arg(key)
                 .arg("--root")
-                .arg(self.dir.join("work/root-a.img"))
+                .arg(root)
                 .arg("--kernel")
                 .arg(&self.kernel)
                 .arg("--manifest")
-                .arg(self.dir.join("out/manifest.json"))
+                .arg(manifest)
                 .arg("--cmdline")
-                .arg(&cmdline_file)
-                .args(["--build-id", &self.build_id, "--version", &self.version])
+                .arg(cmdline)
+                .args(["--build-id", &self.build_id, "--version", version])
                 .arg("--out")
-                .arg(&bundle)
+                .arg(out)
                 .current_dir(repo()),
+        )
+    }
+
+    fn bundle_of(
+        &self,
+        name: &str,
+        key: &Path,
+        root: &Path,
+        version: &str,
+        edit: impl Fn(&str) -> String,
+    ) -> Result<(PathBuf, u64)> {
+        let cmdline_file = self.cmdline(name, edit)?;
+        let bundle = self.dir.join(format!("{name}.bundle"));
+        self.run_bundle(
+            key,
+            root,
+            &self.dir.join("out/manifest.json"),
+            &cmdline_file,
+            version,
+            &bundle,
         )?;
         let len = std::fs::metadata(&bundle)
             .map_err(crate::io_err("bundle"))?
             .len();
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&bundle)
-            .map_err(crate::io_err("bundle"))?;
-        f.set_len(len.div_ceil(512) * 512)
-            .map_err(crate::io_err("pad bundle"))?;
+        truncate(&bundle, len.div_ceil(512) * 512)?;
         Ok((bundle, len))
     }
+}
+
+fn truncate(path: &Path, len: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(crate::io_err(path.display().to_string()))?;
+    f.set_len(len)
+        .map_err(crate::io_err(format!("size {}", path.display())))
+}
+
+/// Where the parts of a bundle file are (see berth_image::bundle): the manifest's bytes and
+/// the payloads' offsets and sizes.
+#[derive(Debug, Clone)]
+pub struct BundleLayout {
+    pub manifest_offset: u64,
+    pub manifest: Vec<u8>,
+    pub root_offset: u64,
+    pub root_size: u64,
+    pub kernel_offset: u64,
+    pub kernel_size: u64,
+}
+
+impl BundleLayout {
+    pub fn read(path: &Path) -> Result<BundleLayout> {
+        use berth_image::bundle::{Manifest, HEADER_LEN};
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(crate::io_err(path.display().to_string()))?;
+        let mut header = [0u8; HEADER_LEN];
+        f.read_exact(&mut header)
+            .map_err(crate::io_err("bundle header"))?;
+        let len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]) as usize;
+        let mut manifest = vec![0u8; len];
+        f.read_exact(&mut manifest)
+            .map_err(crate::io_err("bundle manifest"))?;
+        let parsed: Manifest = serde_json::from_slice(&manifest)
+            .map_err(|e| HarnessError::Setup(format!("bundle manifest: {e}")))?;
+        let root_offset = (HEADER_LEN + len) as u64;
+        Ok(BundleLayout {
+            manifest_offset: HEADER_LEN as u64,
+            manifest,
+            root_offset,
+            root_size: parsed.root().size,
+            kernel_offset: root_offset + parsed.root().size,
+            kernel_size: parsed.kernel().size,
+        })
+    }
+}
+
+/// `v` made older: its last non-zero component lowered by one ("0.1.0" gives "0.0.0").
+pub fn earlier_version(v: &str) -> Option<String> {
+    let mut parts: Vec<u64> = v
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let last = parts.iter().rposition(|&p| p > 0)?;
+    parts[last] -= 1;
+    Some(
+        parts
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
+/// Publishes `bundle` as `reference` in a registry with `berth-runtime image push-bundle`,
+/// speaking plain HTTP to `insecure` (host:port).
+pub fn push_bundle(bundle: &Path, insecure: &str, reference: &str, scratch: &Path) -> Result<()> {
+    let config = scratch.join("push.toml");
+    std::fs::write(
+        &config,
+        format!("[registries]\ninsecure = [\"{insecure}\"]\n"),
+    )
+    .map_err(crate::io_err("write push config"))?;
+    let tool = crate::fixture::default_image()
+        .parent()
+        .map(|d| d.join("bin/berth-runtime"))
+        .ok_or_else(|| HarnessError::Setup("image has no directory".into()))?;
+    run_tool(
+        Command::new(tool)
+            .arg("image")
+            .arg("--config")
+            .arg(&config)
+            .arg("push-bundle")
+            .arg(bundle)
+            .arg(reference),
+    )
 }
 
 /// The guest command that applies a bundle attached as `device` (exactly `len` bytes of it)
@@ -241,4 +431,18 @@ pub fn update_status(vm: &mut Vm) -> Result<serde_json::Value> {
 pub fn os_release_field(vm: &mut Vm, key: &str) -> Result<String> {
     let out = vm.run_ok(&format!("sed -n 's/^{key}=//p' /etc/os-release"), CMD)?;
     Ok(out.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_go_up_and_down() {
+        assert_eq!(later_version("0.1.0", 2), "0.1.2");
+        assert_eq!(earlier_version("0.1.0").as_deref(), Some("0.0.0"));
+        assert_eq!(earlier_version("1.0.3").as_deref(), Some("1.0.2"));
+        assert_eq!(earlier_version("0.0.0"), None);
+        assert_eq!(earlier_version("x.1"), None);
+    }
 }

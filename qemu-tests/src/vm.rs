@@ -1,5 +1,6 @@
 //! One QEMU virtual machine running a Berth disk.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +34,26 @@ pub enum Firmware {
     Uefi,
 }
 
+/// A guest connection to `addr`:`port` goes to 127.0.0.1:`host_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestForward {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub host_port: u16,
+}
+
+impl GuestForward {
+    /// The `-netdev user` option. A `tcp:` chardev target is a single connection, opened when
+    /// QEMU starts: a second guest connection, or a server that gave up the idle connection
+    /// before the guest used it, finds nothing. `cmd:` spawns a relay per guest connection.
+    fn netdev_option(&self) -> String {
+        format!(
+            ",guestfwd=tcp:{}:{}-cmd:socat - TCP:127.0.0.1:{}",
+            self.addr, self.port, self.host_port
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub firmware: Firmware,
@@ -42,6 +63,9 @@ pub struct VmConfig {
     pub extra_drives: Vec<PathBuf>,
     /// Guest TCP ports to forward from 127.0.0.1:<free port>.
     pub forward: Vec<u16>,
+    /// Addresses the guest may connect to, each leading to a port on the host's loopback;
+    /// the user network reaches nothing else.
+    pub guest_forwards: Vec<GuestForward>,
     pub memory_mib: u32,
     pub cpus: u32,
     /// Exit instead of rebooting (a kernel panic ends the VM).
@@ -57,6 +81,7 @@ impl VmConfig {
             disk,
             extra_drives: Vec::new(),
             forward: Vec::new(),
+            guest_forwards: Vec::new(),
             memory_mib: 512,
             cpus: 1,
             no_reboot: true,
@@ -117,6 +142,23 @@ impl Vm {
             let host = free_port()?;
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
             forwards.push((guest, host));
+        }
+        if !cfg.guest_forwards.is_empty() {
+            // QEMU starts the relay only when the guest connects: a missing one would show
+            // as a reset connection in the guest.
+            let socat = Command::new("socat")
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !socat.is_ok_and(|s| s.success()) {
+                return Err(HarnessError::Setup(
+                    "guest forwards need socat (scripts/install-deps.sh installs it)".into(),
+                ));
+            }
+        }
+        for f in &cfg.guest_forwards {
+            netdev.push_str(&f.netdev_option());
         }
         cmd.arg("-netdev")
             .arg(netdev)
@@ -199,6 +241,21 @@ impl Vm {
             Some(_) => Ok(self.elapsed()),
             None => Err(self.timeout_error(format!("{marker:?}"), timeout)),
         }
+    }
+
+    /// Waits for the first of `markers` to appear on the console; returns its index.
+    pub fn wait_for_any(&mut self, markers: &[&str], timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let find = |s: &str| {
+            markers
+                .iter()
+                .filter_map(|m| s.find(m).map(|i| (i, i + m.len())))
+                .min()
+        };
+        let Some((_, found)) = self.console.wait_match(deadline, &find) else {
+            return Err(self.timeout_error(format!("one of {markers:?}"), timeout));
+        };
+        Ok(markers.iter().position(|m| *m == found).unwrap_or(0))
     }
 
     /// Like [`Vm::wait_for`], but also returns the kernel timestamp (seconds) of the console
