@@ -6,8 +6,8 @@
 //!    the slot (nothing written yet; a refused bundle leaves every byte as it was);
 //! 2. the target slot is marked unbootable in grubenv if it was bootable (its root is about
 //!    to be overwritten);
-//! 3. the root payload streams into the slot while its SHA-256 and verity tree are computed;
-//!    then fsync;
+//! 3. the root payload streams into the slot while its SHA-256 and (on a second thread) its
+//!    verity tree are computed; then fsync;
 //! 4. the kernel streams into `SLOT/vmlinuz.new` on the ESP (SHA-256 checked), the slot's boot
 //!    arguments into `SLOT/boot.cfg.new`, both synced, then renamed into place;
 //! 5. only then grubenv: the slot becomes new (with its boot attempts) and first in ORDER.
@@ -266,29 +266,53 @@ pub fn apply<R: Read>(
         .write(true)
         .open(dev)
         .map_err(io(dev))?;
-    let mut tree = TreeCheck::new(m.verity.tree_params()?);
-    bundle::copy_payload(
-        &mut r,
-        &root,
-        verified.payload_offset,
-        |chunk| {
-            tree.update(chunk);
-            slot_file.write_all(chunk)
-        },
-        |done| {
-            progress(Progress {
-                phase: Phase::Root,
-                done,
-                total: root.size,
-            });
-            if done * 2 >= root.size {
-                stop_here(policy, StopPoint::MidRoot);
+    // The verity tree is recomputed on a second thread, fed the chunks as they are written:
+    // with more than one CPU the two hashes (SHA-256 here, the tree there) run side by side.
+    let params = m.verity.tree_params()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (copied, checked) = std::thread::scope(|s| {
+        let checker = s.spawn(move || {
+            let mut tree = TreeCheck::new(params);
+            for chunk in rx {
+                tree.update(&chunk);
             }
-        },
-    )?;
+            tree.finish()
+        });
+        let copied = bundle::copy_payload(
+            &mut r,
+            &root,
+            verified.payload_offset,
+            |chunk| {
+                tx.send(chunk.to_vec())
+                    .map_err(|_| std::io::Error::other("the verity check stopped"))?;
+                slot_file.write_all(chunk)
+            },
+            |done| {
+                progress(Progress {
+                    phase: Phase::Root,
+                    done,
+                    total: root.size,
+                });
+                if done * 2 >= root.size {
+                    stop_here(policy, StopPoint::MidRoot);
+                }
+            },
+        );
+        drop(tx);
+        (copied, checker.join())
+    });
+    copied?;
     slot_file.sync_all().map_err(io(dev))?;
     drop(slot_file);
-    tree.finish()?;
+    match checked {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(UpdateError::Io {
+                path: "verity check".into(),
+                source: std::io::Error::other("the verity check thread panicked"),
+            })
+        }
+    }
     stop_here(policy, StopPoint::AfterRoot);
 
     // Kernel and boot arguments: new files, synced, then renamed over the old ones.
