@@ -287,16 +287,7 @@ pub fn apply<R: Read>(
                     .map_err(|_| std::io::Error::other("the verity check stopped"))?;
                 slot_file.write_all(chunk)
             },
-            |done| {
-                progress(Progress {
-                    phase: Phase::Root,
-                    done,
-                    total: root.size,
-                });
-                if done * 2 >= root.size {
-                    stop_here(policy, StopPoint::MidRoot);
-                }
-            },
+            |done| report(progress, policy, Phase::Root, done, root.size),
         );
         drop(tx);
         (copied, checker.join())
@@ -325,16 +316,7 @@ pub fn apply<R: Read>(
         &kernel,
         verified.payload_offset + root.size,
         |chunk| kf.write_all(chunk),
-        |done| {
-            progress(Progress {
-                phase: Phase::Kernel,
-                done,
-                total: kernel.size,
-            });
-            if done * 2 >= kernel.size {
-                stop_here(policy, StopPoint::MidKernel);
-            }
-        },
+        |done| report(progress, policy, Phase::Kernel, done, kernel.size),
     )
     .map_err(UpdateError::from)
     .and_then(|()| kf.sync_all().map_err(io(&kernel_new)))
@@ -383,6 +365,24 @@ pub fn apply<R: Read>(
         build_id: m.build_id.clone(),
         key_id: verified.key_id.clone(),
     })
+}
+
+/// Reports a payload's progress; halfway through it, the payload's stop point.
+fn report(
+    progress: &mut dyn FnMut(Progress),
+    policy: &Policy,
+    phase: Phase,
+    done: u64,
+    total: u64,
+) {
+    progress(Progress { phase, done, total });
+    if done * 2 >= total {
+        let point = match phase {
+            Phase::Root => StopPoint::MidRoot,
+            Phase::Kernel => StopPoint::MidKernel,
+        };
+        stop_here(policy, point);
+    }
 }
 
 /// Writes a boot state block over its copy up to its `END` variable, as a power cut in the

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use berth_qemu_tests::{disk, fixture, http, Firmware, Fixture, Vm, VmConfig};
+use berth_qemu_tests::{disk, fixture, http, median, Firmware, Fixture, Vm, VmConfig};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -92,11 +92,6 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
         http_wall,
         memory,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() -> std::process::ExitCode {

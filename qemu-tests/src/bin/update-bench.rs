@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use berth_qemu_tests::update::{
     later_version, running_version, wait_marked_good, OtherBuild, APPLY, BOOT, CMD,
 };
-use berth_qemu_tests::{disk, fixture, http, Firmware, Fixture, Vm, VmConfig};
+use berth_qemu_tests::{disk, fixture, http, median, Firmware, Fixture, Vm, VmConfig};
 
 /// Guest seconds a shell command takes (from /proc/uptime, 10 ms resolution).
 fn timed(vm: &mut Vm, command: &str) -> Result<f64, String> {
@@ -31,11 +31,6 @@ fn timed(vm: &mut Vm, command: &str) -> Result<f64, String> {
         (Some(Ok(a)), Some(Ok(b))) => Ok(b - a),
         _ => Err(format!("bad timing line {line:?}")),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn mib(bytes: u64) -> f64 {
