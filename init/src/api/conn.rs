@@ -84,16 +84,7 @@ impl Stream {
             return true;
         };
         let mut buf = [0u8; 16 * 1024];
-        for _ in 0..64 {
-            match (&mut s.tcp()).read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
-            }
-        }
-        false
+        drain(|b| (&mut s.tcp()).read(b), &mut buf, 64)
     }
 }
 
@@ -104,6 +95,25 @@ impl AsFd for Stream {
             Stream::Tls(s) => s.tcp().as_fd(),
         }
     }
+}
+
+/// Reads and drops input with `read` into `buf`, at most `rounds` reads. True when the peer
+/// closed or failed; false when nothing more is there for now (or the rounds ran out).
+fn drain(
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    buf: &mut [u8],
+    rounds: usize,
+) -> bool {
+    for _ in 0..rounds {
+        match read(buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// Where a connection is in its life.
@@ -239,16 +249,7 @@ impl Conn {
     pub fn discard_input(&mut self) -> bool {
         let mut buf = [0u8; 4096];
         // Bounded: a client flooding us yields to the others after 64 KiB.
-        for _ in 0..16 {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
-            }
-        }
-        false
+        drain(|b| self.stream.read(b), &mut buf, 16)
     }
 
     pub fn pending(&self) -> usize {
