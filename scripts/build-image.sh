@@ -22,6 +22,24 @@ EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 export SOURCE_DATE_EPOCH="$EPOCH"
 CREATED="$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)"
 
+# Nothing to do when every input is what the last assembly used (`make run` starts QEMU at
+# once): the binaries, kernel, busybox, every file under configs/, this script, the host files
+# copied into the image and the host's package list (the tools that assemble it), and the
+# values stamped into it.
+IMAGE_KEY="$(inputs_hash "$BERTH_OUT"/bin/berth-{init,runtime,image} "$BERTH_OUT/bin/berthctl" \
+    "$KERNEL" "$BUSYBOX" "$0" /bin/busybox /etc/ssl/certs/ca-certificates.crt /var/lib/dpkg/status \
+    $(find configs -type f | LC_ALL=C sort) \
+    "version=$VERSION" "build=$BUILD_ID" "commit=$COMMIT" "epoch=$EPOCH" \
+    "keys=${BERTH_UPDATE_KEYS:-configs/keys/test-key.pub}")"
+IMAGE_STAMP="$BERTH_OUT/image.inputs"
+if [ -f "$IMAGE_STAMP" ] && [ "$(cat "$IMAGE_STAMP")" = "$IMAGE_KEY" ] \
+    && [ -f "$BERTH_OUT/berth.img" ] && [ -f "$BERTH_OUT/berth.qcow2" ] \
+    && [ -f "$BERTH_OUT/sbom.spdx.json" ]; then
+    log "image: up to date ($BERTH_OUT/berth.img)"
+    exit 0
+fi
+rm -f "$IMAGE_STAMP"
+
 # --- Root filesystem tree ------------------------------------------------------------
 ROOTFS="$BERTH_OUT/rootfs"
 log "image: staging root filesystem in $ROOTFS"
@@ -150,4 +168,5 @@ KERNEL_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
     --component "busybox=$(cat "$BUSYBOX_DIR/version")=GPL-2.0-only" \
     --component "grub=$(dpkg-query -W -f='${Version}' grub-pc-bin)=GPL-3.0-or-later" \
     --out "$BERTH_OUT/sbom.spdx.json"
+echo "$IMAGE_KEY" > "$IMAGE_STAMP"
 log "image: done ($BERTH_OUT/berth.img, manifest $BERTH_OUT/manifest.json, SBOM $BERTH_OUT/sbom.spdx.json)"
