@@ -311,16 +311,12 @@ fn second_pull_skips_present_blobs_and_digest_references_work() {
         first.id()
     );
 
-    // ensure() does not touch the registry when the image is there.
+    // What berth-init looks up before it decides to pull: the unit's typed reference,
+    // found without the registry.
     drop(reg);
-    let again = pull::ensure(
-        &store,
-        &client,
-        &Reference::parse(&name).unwrap(),
-        &PullOptions::default(),
-        &|_: &str| {},
-    )
-    .unwrap();
+    let again = store
+        .resolve_reference(&Reference::parse(&name).unwrap())
+        .unwrap();
     assert_eq!(again.manifest_digest, first.manifest_digest);
 }
 

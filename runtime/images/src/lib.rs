@@ -5,9 +5,9 @@
 //!
 //! # Library API
 //!
-//! berth-init never pulls in its own process (a pull starts threads): it runs
-//! `berth-runtime image pull` and reads the store with [`Store::resolve`]. In one process,
-//! as the `berth-runtime` binary and the tests do:
+//! berth-init never pulls in its own process (a pull starts threads): it looks the unit's
+//! image up with [`Store::resolve_reference`] and, when missing, runs
+//! `berth-runtime image pull`, which does this:
 //!
 //! ```no_run
 //! use berth_images::{pull, Store};
@@ -16,10 +16,9 @@
 //! let store = Store::open("/var/lib/berth/images")?;
 //! let config = RegistriesConfig::load("/var/lib/berth/machine.toml".as_ref())?;
 //! let reference = Reference::parse("nginx:alpine")?; // docker.io/library/nginx:alpine
-//! // Pull if missing (run this in a child process, never in PID 1: it starts threads).
-//! let image = pull::ensure(&store, &Client::new(config), &reference, &Default::default(),
-//!                          &|line: &str| println!("{line}"))?;
-//! // Or, when the image is known to be there: let image = store.resolve("nginx:alpine")?;
+//! let image = pull::pull(&store, &Client::new(config), &reference, &Default::default(),
+//!                        &|line: &str| println!("{line}"))?;
+//! // When the image is known to be there: let image = store.resolve_reference(&reference)?;
 //! let cfg = &image.config.config;       // Entrypoint, Cmd, Env, User, WorkingDir, ExposedPorts
 //! let lower = image.lowerdir();          // "layers/<top>:…:layers/<bottom>" for overlayfs
 //! store.lease("web", &image)?;           // GC keeps this image's layers while "web" exists

@@ -140,22 +140,6 @@ pub fn pull(
     store.load(&name, &manifest_desc)
 }
 
-/// Pulls `reference` only when the store does not have it yet: what the supervisor calls
-/// before starting a unit.
-pub fn ensure(
-    store: &Store,
-    client: &Client,
-    reference: &Reference,
-    options: &PullOptions,
-    progress: &dyn Progress,
-) -> Result<Image> {
-    match store.resolve(&reference.to_string()) {
-        Ok(image) => Ok(image),
-        Err(Error::NotFound(_)) => pull(store, client, reference, options, progress),
-        Err(e) => Err(e),
-    }
-}
-
 /// Checks a fetched manifest against the digest it must have and tells what it is: its
 /// digest, kind and media type. Public so that its handling of hostile input can be tested
 /// from outside.
