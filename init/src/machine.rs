@@ -18,7 +18,7 @@
 //! health_deadline = "5m"       # a new slot's critical units must be healthy this soon after
 //!                              # PID 1 starts, or it is retired and the other slot boots
 //!
-//! [registries]                 # read by berth-runtime for image pulls and update fetches
+//! [registries]                 # image pulls and update fetches (read by berth-runtime too)
 //! pull_timeout = "1h"          # also bounds image jobs (plus a grace): see `api::jobs`
 //! min_rate = "1K"
 //! min_rate_window = "30s"
@@ -28,7 +28,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_runtime::registry::config::ConfigDuration;
+use berth_images::registry::config::ConfigDuration;
+use berth_images::registry::RegistriesConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -41,9 +42,7 @@ struct MachineFile {
     api: Option<ApiSection>,
     syslog: Option<SyslogSection>,
     update: Option<UpdateSection>,
-    /// Checked here so a mistake shows at boot; berth-runtime reads it for pulls.
-    #[allow(dead_code)]
-    registries: Option<berth_runtime::registry::RegistriesConfig>,
+    registries: Option<RegistriesConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +73,9 @@ pub struct MachineConfig {
     pub remote_api: Option<RemoteApi>,
     pub syslog: Option<SyslogTarget>,
     pub update: UpdateSettings,
+    /// `[registries]`: berth-init bounds image jobs with its `pull_timeout`; the pulls and
+    /// update fetches, berth-runtime processes, read the section from the file themselves.
+    pub registries: RegistriesConfig,
 }
 
 /// `[update]`: how a newly installed slot proves itself.
@@ -229,6 +231,7 @@ pub fn parse(file: &str, text: &str) -> Result<MachineConfig, Diagnostics> {
         remote_api,
         syslog,
         update,
+        registries: raw.registries.unwrap_or_default(),
     })
 }
 
@@ -309,11 +312,17 @@ mod tests {
 
     #[test]
     fn registry_limits_are_checked_at_boot() {
-        parse(
+        let config = parse(
             "m",
             "[registries]\npull_timeout = \"10m\"\nmin_rate = \"4K\"\nmin_rate_window = \"1m\"\n",
         )
         .unwrap();
+        // Kept for berth-init's image jobs, which need not read the file again.
+        assert_eq!(config.registries.pull_timeout(), Duration::from_secs(600));
+        assert_eq!(
+            config.registries.min_rate(),
+            Some((4096, Duration::from_secs(60)))
+        );
         let err = parse("m.toml", "[registries]\npull_timeout = \"soon\"\n")
             .unwrap_err()
             .to_string();

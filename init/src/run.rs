@@ -115,6 +115,7 @@ impl Init {
             &boot.paths.state.join("images"),
             &boot.paths.machine_config,
         )
+        .with_registries(&boot.machine.registries)
         .with_updater(boot.paths.updater.clone());
         let mut platform = match boot.mode {
             Mode::Pid1 => Platform::for_pid1(boot.machine.update, boot.watchdog.take()),

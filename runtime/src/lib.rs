@@ -1,24 +1,20 @@
 //! berth-runtime: Berth's OCI container runtime library.
 //!
-//! The supervisor (berth-init) and the runc-compatible CLI share it. Mechanism lives here; the
+//! The supervisor (berth-init, through its engine) and the runc-compatible CLI share it; it
+//! knows nothing of images, registries or networks. Mechanism lives here; the
 //! CLI only parses arguments. Kernel calls that set up mounts go through [`syscall::Syscall`]
 //! so that the logic is unit-tested without root.
 
 pub mod bpf;
-pub mod builder;
 pub mod cgroups;
 pub mod channel;
 pub mod console;
 pub mod container;
 pub mod hooks;
-pub mod image;
 pub mod init;
 pub mod namespaces;
-pub mod net;
-pub mod osupdate;
 pub mod process;
 pub mod procfs;
-pub mod registry;
 pub mod rootfs;
 pub mod sealed;
 pub mod seccomp;

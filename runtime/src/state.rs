@@ -233,7 +233,7 @@ impl StateStore {
         };
         // Root only: state.json holds each container's whole config (its environment too),
         // and a container's directory leads to its exec FIFO.
-        crate::image::fsutil::private_dir(&self.root).map_err(io("mkdir"))?;
+        private_dir(&self.root).map_err(io("mkdir"))?;
         let dir = self.dir(id);
         // Search but no listing for others: the init of a container with a user namespace
         // runs as an unprivileged host uid and opens its exec FIFO in here.
@@ -353,6 +353,23 @@ pub fn now_rfc3339() -> String {
         rem % 60,
         now.subsec_nanos()
     )
+}
+
+/// Creates `dir` (and missing parents) reachable by root only, and takes group and other
+/// access away from an existing one. The image store keeps its own copy of this rule
+/// (berth-images does not depend on the runtime, nor the runtime on it).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // Created 0700 (the umask can only take more away), never wider for a moment.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,16 +1,35 @@
-//! The library API berth-init uses: a spec from unit settings, launch with caller-owned
-//! stdio, wait on the init as a child, exec a health check, stats, kill, delete. One test
+//! The library API berth-init uses: create with caller-owned stdio and start over the
+//! channel, wait on the init as a child, exec a health check, stats, kill, delete. One test
 //! only: cloning needs a single-threaded caller, so nothing else may run in this process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig};
 use berth_runtime::cgroups::CgroupRoot;
-use berth_runtime::{Bundle, ExecOptions, Runtime};
+use berth_runtime::{Bundle, Container, CreateOptions, ExecOptions, Runtime, StartMode};
 use common::*;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
-use std::os::fd::AsRawFd;
+use serde_json::json;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// Creates container `id` with `stdio`, checks its init is a child of ours, and starts it.
+fn create_and_start(runtime: &Runtime, f: &Fixture, id: &str, stdio: [RawFd; 3]) -> Container {
+    f.write_config();
+    f.track(id);
+    let bundle = Bundle::load(&f.bundle).unwrap();
+    let opts = CreateOptions {
+        id,
+        console_socket: None,
+        pid_file: None,
+        no_pivot: false,
+        stdio: Some(stdio),
+        start: StartMode::Channel,
+    };
+    let mut c = runtime.create(&bundle, &opts).unwrap();
+    assert!(c.pid() > 0);
+    c.start().unwrap();
+    c
+}
 
 fn wait(pid: i32) -> i32 {
     match waitpid(Pid::from_raw(pid), None).unwrap() {
@@ -21,7 +40,7 @@ fn wait(pid: i32) -> i32 {
 
 #[test]
 fn supervisor_api_end_to_end() {
-    let f = Fixture::new();
+    let mut f = Fixture::new();
     let runtime = Runtime::new(&f.root);
     let log = f.dir.join("unit.log");
     let out = std::fs::File::create(&log).unwrap();
@@ -29,36 +48,13 @@ fn supervisor_api_end_to_end() {
     let stdio = [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()];
 
     // A one-shot container: output to the caller's file, exit code through waitpid.
-    let settings = ContainerSettings {
-        hostname: "unit".into(),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            "echo hello from $(hostname) as $(id -u):$(id -g) $GREETING; exit 4".into(),
-        ],
-        env: [("GREETING".to_string(), "hi".to_string())]
-            .into_iter()
-            .collect(),
-        user: Some("user".into()),
-        image: ImageConfig {
-            env: vec!["PATH=/bin".into()],
-            ..ImageConfig::default()
-        },
-        cgroup: Some(format!("/berth-test/{}", unique("lib"))),
-        ..ContainerSettings::default()
-    };
-    let spec = build_spec(&settings, &f.rootfs()).unwrap();
-    let bundle = Bundle::from_spec(&f.bundle, spec).unwrap();
+    f.sh("echo hello from $(hostname) as $(id -u):$(id -g) $GREETING; exit 4");
+    f.config["hostname"] = json!("unit");
+    f.config["process"]["env"] = json!(["PATH=/bin", "GREETING=hi"]);
+    f.config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    f.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{}", unique("lib")));
     let id = unique("oneshot");
-    f.track(&id);
-    let mut seen_pid = 0;
-    let c = runtime
-        .launch(&id, &bundle, stdio, |c| {
-            seen_pid = c.pid();
-            Ok(())
-        })
-        .unwrap();
-    assert_eq!(c.pid(), seen_pid);
+    let c = create_and_start(&runtime, &f, &id, stdio);
     assert_eq!(wait(c.pid()), 4);
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
@@ -67,15 +63,12 @@ fn supervisor_api_end_to_end() {
     runtime.load(&id).unwrap().delete(false).unwrap();
 
     // A service: health check by exec, stats from its cgroup, then kill and delete.
-    let mut settings = settings.clone();
-    settings.command = vec!["sleep".into(), "60".into()];
-    settings.user = None;
+    f.args(&["sleep", "60"]);
+    f.config["process"]["user"] = json!({"uid": 0, "gid": 0});
     let cgroup_rel = format!("/berth-test/{}", unique("svc"));
-    settings.cgroup = Some(cgroup_rel.clone());
-    let bundle = Bundle::from_spec(&f.bundle, build_spec(&settings, &f.rootfs()).unwrap()).unwrap();
+    f.config["linux"]["cgroupsPath"] = json!(cgroup_rel);
     let id = unique("service");
-    f.track(&id);
-    let mut c = runtime.launch(&id, &bundle, stdio, |_| Ok(())).unwrap();
+    let mut c = create_and_start(&runtime, &f, &id, stdio);
     let mut check = c.state().config.process().clone().unwrap();
     check.set_args(Some(vec![
         "sh".into(),

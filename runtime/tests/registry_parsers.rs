@@ -6,11 +6,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use berth_runtime::image::pull::verify_manifest;
-use berth_runtime::image::spec::{Index, Manifest, Platform};
-use berth_runtime::image::Digest;
-use berth_runtime::registry::auth::{token_from_json, token_url, Challenge};
-use berth_runtime::registry::client::ManifestResponse;
+use berth_images::pull::verify_manifest;
+use berth_images::registry::auth::{token_from_json, token_url, Challenge};
+use berth_images::registry::client::ManifestResponse;
+use berth_images::spec::{Index, Manifest, Platform};
+use berth_images::Digest;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use std::sync::Mutex;
 
-use berth_runtime::image::pull::{self, PullOptions};
-use berth_runtime::image::{Error, Store};
-use berth_runtime::registry::{Client, Reference, RegistriesConfig};
+use berth_images::pull::{self, PullOptions};
+use berth_images::registry::{Client, Reference, RegistriesConfig};
+use berth_images::{Error, Store};
 use support::{multilayer_image, push, run_in_overlay, ImageBuilder, Registry, TempDir};
 
 fn client_for(registry: &str) -> Client {
@@ -28,10 +28,7 @@ fn pull_lines(
     store: &Store,
     client: &Client,
     reference: &str,
-) -> (
-    berth_runtime::image::Result<berth_runtime::image::Image>,
-    Vec<String>,
-) {
+) -> (berth_images::Result<berth_images::Image>, Vec<String>) {
     let lines = Mutex::new(Vec::new());
     let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
     let r = pull::pull(
@@ -314,16 +311,12 @@ fn second_pull_skips_present_blobs_and_digest_references_work() {
         first.id()
     );
 
-    // ensure() does not touch the registry when the image is there.
+    // What berth-init looks up before it decides to pull: the unit's typed reference,
+    // found without the registry.
     drop(reg);
-    let again = pull::ensure(
-        &store,
-        &client,
-        &Reference::parse(&name).unwrap(),
-        &PullOptions::default(),
-        &|_: &str| {},
-    )
-    .unwrap();
+    let again = store
+        .resolve_reference(&Reference::parse(&name).unwrap())
+        .unwrap();
     assert_eq!(again.manifest_digest, first.manifest_digest);
 }
 

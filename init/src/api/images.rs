@@ -1,12 +1,12 @@
 //! `/v1/images`: the image store. Listing, showing and untagging go through the
-//! `berth_runtime::image` library (small reads and one index update); pulls and the space
+//! `berth_images` library (small reads and one index update); pulls and the space
 //! reclaiming after a removal run as `berth-runtime image` child processes ([`super::jobs`]),
 //! so PID 1 never waits on a registry or a big directory tree.
 
 use serde::{Deserialize, Serialize};
 
-use berth_runtime::image::{Error as ImageError, Image, Store};
-use berth_runtime::registry::Reference;
+use berth_images::registry::Reference;
+use berth_images::{Error as ImageError, Image, Store};
 
 use super::http::{Request, Response};
 use super::jobs::{JobError, JobKind};
@@ -108,7 +108,7 @@ pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
     if let Err(e) = store.untag(&image.reference) {
         return image_error(&e);
     }
-    let prune = match ctx.jobs.start(JobKind::Prune, "", ctx.reactor) {
+    let prune = match ctx.jobs.prune(ctx.reactor) {
         Ok(job) => Some(job.id),
         Err(e) => {
             log::warn!(
@@ -138,10 +138,10 @@ pub fn pull(req: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
         Err(e) => return bad_json(&e),
     };
     let reference = match Reference::parse(&body.reference) {
-        Ok(r) => r.to_string(),
+        Ok(r) => r,
         Err(e) => return Response::error(400, "bad image reference", &e.to_string()).into(),
     };
-    match ctx.jobs.start(JobKind::Pull, &reference, ctx.reactor) {
+    match ctx.jobs.pull(&reference, ctx.reactor) {
         Ok(job) => Response::json(202, job).into(),
         Err(e @ JobError::Busy) => Response::error(503, "busy", &e.to_string()).into(),
         Err(e) => Response::error(500, "cannot start the pull", &e.to_string()).into(),

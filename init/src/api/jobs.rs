@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_runtime::registry::RegistriesConfig;
+use berth_images::registry::{Reference, RegistriesConfig};
 use log::{info, warn};
 use nix::fcntl::OFlag;
 use nix::sys::signal::{killpg, Signal};
@@ -25,7 +25,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{after, Key, Reactor, Timer};
-use crate::launch::process::{set_nonblocking, DEFAULT_PATH};
+use crate::launch::process::set_nonblocking;
+use crate::launch::pull::{clean_command, image_command, pull_command};
 use crate::reaper::ExitStatus;
 
 /// Jobs running at once.
@@ -149,6 +150,8 @@ pub struct Jobs {
     runtime: PathBuf,
     store: PathBuf,
     config: PathBuf,
+    /// `registries.pull_timeout` as berth-init parsed it at boot.
+    pull_timeout: Duration,
     /// The program run as `PROGRAM update-apply SOURCE …` (berth-init itself).
     updater: Option<PathBuf>,
     jobs: BTreeMap<u64, Job>,
@@ -164,11 +167,19 @@ impl Jobs {
             runtime,
             store: store.to_path_buf(),
             config: config.to_path_buf(),
+            pull_timeout: RegistriesConfig::default().pull_timeout(),
             updater: None,
             jobs: BTreeMap::new(),
             next: 1,
             reboot_due: false,
         }
+    }
+
+    /// The registry settings berth-init parsed from the machine config: they bound each
+    /// job's time (the pull process reads the same file for itself).
+    pub fn with_registries(mut self, registries: &RegistriesConfig) -> Jobs {
+        self.pull_timeout = registries.pull_timeout();
+        self
     }
 
     /// Update jobs run `updater update-apply SOURCE …`.
@@ -228,24 +239,30 @@ impl Jobs {
         self.jobs.get(&id)
     }
 
-    /// How long a job may run: the pull timeout of the machine config as it is now (the
-    /// pull reads the same file), plus a grace.
+    /// How long a job may run: the pull timeout of the machine config plus a grace.
     fn time_limit(&self) -> Duration {
-        let timeout = match RegistriesConfig::load(&self.config) {
-            Ok(c) => c.pull_timeout(),
-            Err(e) => {
-                warn!("{e}; image jobs get the default pull timeout");
-                RegistriesConfig::default().pull_timeout()
-            }
-        };
+        let timeout = self.pull_timeout;
         timeout + timeout.min(MAX_GRACE)
     }
 
-    /// Starts `berth-runtime image <kind> [target]` on the store.
-    pub fn start(
+    /// Starts `berth-runtime image … pull REFERENCE` on the store.
+    pub fn pull(&mut self, reference: &Reference, r: &mut dyn Reactor) -> Result<&Job, JobError> {
+        let cmd = pull_command(&self.runtime, &self.store, &self.config, reference);
+        self.start_image(JobKind::Pull, &reference.to_string(), cmd, r)
+    }
+
+    /// Starts `berth-runtime image … prune` on the store.
+    pub fn prune(&mut self, r: &mut dyn Reactor) -> Result<&Job, JobError> {
+        let mut cmd = image_command(&self.runtime, &self.store, &self.config);
+        cmd.arg("prune");
+        self.start_image(JobKind::Prune, "", cmd, r)
+    }
+
+    fn start_image(
         &mut self,
         kind: JobKind,
         target: &str,
+        cmd: Command,
         r: &mut dyn Reactor,
     ) -> Result<&Job, JobError> {
         let running = self
@@ -256,21 +273,7 @@ impl Jobs {
         if running >= MAX_RUNNING {
             return Err(JobError::Busy);
         }
-        let (store, config) = (self.store.clone(), self.config.clone());
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "image".as_ref(),
-            "--store".as_ref(),
-            store.as_os_str(),
-            "--config".as_ref(),
-            config.as_os_str(),
-        ];
-        match kind {
-            JobKind::Pull => args.extend(["pull", target].map(std::ffi::OsStr::new)),
-            JobKind::Prune => args.push(std::ffi::OsStr::new("prune")),
-            JobKind::Update => {}
-        }
-        let runtime = self.runtime.clone();
-        let (id, _) = self.launch(kind, target, &runtime, &args, false, r)?;
+        let (id, _) = self.launch(kind, target, cmd, false, r)?;
         self.jobs.get(&id).ok_or(JobError::Busy)
     }
 
@@ -291,12 +294,13 @@ impl Jobs {
             UpdateSource::Named(s) => (s, s),
             UpdateSource::Upload => ("upload", "-"),
         };
-        let mut args: Vec<&std::ffi::OsStr> = vec!["update-apply".as_ref(), arg.as_ref()];
+        let mut cmd = clean_command(&program);
+        cmd.args(["update-apply", arg]);
         if allow_downgrade {
-            args.push("--allow-downgrade".as_ref());
+            cmd.arg("--allow-downgrade");
         }
         let upload = matches!(source, UpdateSource::Upload);
-        let (id, stdin) = self.launch(JobKind::Update, target, &program, &args, upload, r)?;
+        let (id, stdin) = self.launch(JobKind::Update, target, cmd, upload, r)?;
         let job = self.jobs.get_mut(&id).ok_or(JobError::Busy)?;
         job.reboot = Some(reboot);
         job.uploaded = upload.then_some(0);
@@ -308,15 +312,13 @@ impl Jobs {
         &mut self,
         kind: JobKind,
         target: &str,
-        program: &Path,
-        args: &[&std::ffi::OsStr],
+        cmd: Command,
         stdin: bool,
         r: &mut dyn Reactor,
     ) -> Result<(u64, Option<OwnedFd>), JobError> {
-        let (pid, pipe, input) = spawn(program, args, stdin).map_err(|source| JobError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })?;
+        let program = Path::new(cmd.get_program()).display().to_string();
+        let (pid, pipe, input) =
+            spawn(cmd, stdin).map_err(|source| JobError::Spawn { program, source })?;
         let id = self.next;
         self.next += 1;
         if let Err(e) = r.watch(pipe.as_fd(), Key::JobOutput(id), false) {
@@ -562,14 +564,11 @@ impl Job {
     }
 }
 
-/// Starts `program args` in its own process group with stdout and stderr on a non-blocking
-/// pipe; the reaper collects it. The child gets SIGKILL when berth-init dies. With `stdin`
-/// its stdin is a pipe too, whose write end (non-blocking) is returned.
-fn spawn(
-    program: &Path,
-    args: &[&std::ffi::OsStr],
-    stdin: bool,
-) -> io::Result<(i32, OwnedFd, Option<OwnedFd>)> {
+/// Starts `cmd` (built by [`clean_command`] and its kin) in its own process group with
+/// stdout and stderr on a non-blocking pipe; the reaper collects it. The child gets SIGKILL
+/// when berth-init dies. With `stdin` its stdin is a pipe too, whose write end
+/// (non-blocking) is returned.
+fn spawn(mut cmd: Command, stdin: bool) -> io::Result<(i32, OwnedFd, Option<OwnedFd>)> {
     let (reader, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     set_nonblocking(&reader)?;
     let err = writer.try_clone()?;
@@ -582,12 +581,7 @@ fn spawn(
     } else {
         (Stdio::null(), None)
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .current_dir("/")
-        .stdin(child_stdin)
+    cmd.stdin(child_stdin)
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(err))
         .process_group(0);
@@ -663,12 +657,9 @@ mod tests {
     /// A job around a real child (`sleep`) started the way jobs are; never a made-up pid, so
     /// a kill cannot reach anything else.
     fn sleeping_job(id: u64) -> (Job, i32) {
-        let (pid, pipe, _) = spawn(
-            Path::new("/bin/sleep"),
-            &[std::ffi::OsStr::new("60")],
-            false,
-        )
-        .unwrap();
+        let mut sleep = clean_command(Path::new("/bin/sleep"));
+        sleep.arg("60");
+        let (pid, pipe, _) = spawn(sleep, false).unwrap();
         let mut j = job();
         j.id = id;
         j.pid = Some(pid);
@@ -797,7 +788,23 @@ mod tests {
         let jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
         assert_eq!(
             jobs.time_limit(),
-            berth_runtime::registry::config::DEFAULT_PULL_TIMEOUT + MAX_GRACE
+            berth_images::registry::config::DEFAULT_PULL_TIMEOUT + MAX_GRACE
+        );
+    }
+
+    #[test]
+    fn the_time_limit_follows_the_parsed_pull_timeout() {
+        let registries = RegistriesConfig::parse("[registries]\npull_timeout = \"2m\"\n").unwrap();
+        // The config path is never read: the limit comes from what berth-init parsed.
+        let jobs = Jobs::new(
+            "/nonexistent".into(),
+            Path::new("/s"),
+            Path::new("/nonexistent"),
+        )
+        .with_registries(&registries);
+        assert_eq!(
+            jobs.time_limit(),
+            Duration::from_secs(120) + Duration::from_secs(120).min(MAX_GRACE)
         );
     }
 }

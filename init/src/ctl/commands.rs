@@ -13,7 +13,7 @@ use super::table::{cell, duration, pairs, table};
 use super::Options;
 use crate::log::escape_control;
 use crate::unit;
-use berth_runtime::image::pull::human_size;
+use berth_images::pull::human_size;
 
 pub enum Failure {
     /// Wrong command line: usage is printed, exit code 2.

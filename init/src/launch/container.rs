@@ -17,11 +17,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
+use berth_engine::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
+use berth_engine::net::{self, Network as Bridge};
+use berth_images::fsutil::private_dir;
+use berth_images::registry::Reference;
+use berth_images::Store;
 use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
-use berth_runtime::image::fsutil::private_dir;
-use berth_runtime::image::Store;
-use berth_runtime::net::{self, Network as Bridge};
 use berth_runtime::state::EXEC_FIFO;
 use berth_runtime::{Bundle, CreateOptions, ExecOptions, Runtime, StartMode};
 use nix::fcntl::OFlag;
@@ -29,6 +30,7 @@ use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
 
 use super::process::{set_nonblocking, signal_pid};
+use super::pull::pull_command;
 use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::Network;
@@ -81,37 +83,27 @@ impl ContainerLauncher {
         self.state.join("containers").join(&unit.name)
     }
 
-    fn reference(unit: &Unit) -> String {
+    /// The unit's image, parsed once when the unit file was validated.
+    fn reference(unit: &Unit) -> Result<&Reference, LaunchError> {
         unit.container
             .image
             .as_ref()
-            .map(|i| i.to_string())
-            .unwrap_or_default()
+            .map(|i| &i.0)
+            .ok_or_else(|| err("the unit has no image"))
     }
 
     /// A berth-runtime command run from a task: it dies with the task, which dies with
     /// berth-init, so no pull or container command is left behind by a berth-init that died.
     fn runtime_command(&self) -> Command {
-        let mut cmd = Command::new(&self.runtime_bin);
-        let task = nix::unistd::getpid();
-        // SAFETY: runs in the forked child before exec; only async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || crate::signals::die_with_parent(task));
-        }
-        cmd
+        dies_with_task(Command::new(&self.runtime_bin))
     }
 
     /// `berth-runtime image pull REF`, its output into the unit's log (this task's stdout and
-    /// stderr). Runs in the preparation task.
-    fn pull(&self, reference: &str) -> Result<(), LaunchError> {
-        let status = self
-            .runtime_command()
-            .arg("image")
-            .arg("--store")
-            .arg(self.state.join("images"))
-            .arg("--config")
-            .arg(&self.machine_config)
-            .args(["pull", reference])
+    /// stderr). Runs in the preparation task, and dies with it.
+    fn pull(&self, reference: &Reference) -> Result<(), LaunchError> {
+        let store = self.state.join("images");
+        let cmd = pull_command(&self.runtime_bin, &store, &self.machine_config, reference);
+        let status = dies_with_task(cmd)
             .stdin(Stdio::null())
             .status()
             .map_err(|source| LaunchError::Spawn {
@@ -126,11 +118,7 @@ impl ContainerLauncher {
     }
 
     /// Mounts the overlay root: the image's layers under the container's upper directory.
-    fn mount_root(
-        &self,
-        unit: &Unit,
-        image: &berth_runtime::image::Image,
-    ) -> Result<PathBuf, LaunchError> {
+    fn mount_root(&self, unit: &Unit, image: &berth_images::Image) -> Result<PathBuf, LaunchError> {
         let dir = self.dir(unit);
         let rootfs = dir.join("rootfs");
         // A mount left by a crash is replaced.
@@ -144,7 +132,7 @@ impl ContainerLauncher {
     fn settings(
         &self,
         unit: &Unit,
-        image: &berth_runtime::image::Image,
+        image: &berth_images::Image,
     ) -> Result<ContainerSettings, LaunchError> {
         let c = &unit.container;
         let cfg = &image.config.config;
@@ -238,13 +226,13 @@ impl ContainerLauncher {
         // A container of the same name left by a crash (or a killed cleanup) goes first.
         self.remove(unit);
         let store = self.store()?;
-        let reference = Self::reference(unit);
-        let image = match store.resolve(&reference) {
+        let reference = Self::reference(unit)?;
+        let image = match store.resolve_reference(reference) {
             Ok(image) => image,
             Err(_) => {
-                self.pull(&reference)?;
+                self.pull(reference)?;
                 store
-                    .resolve(&reference)
+                    .resolve_reference(reference)
                     .map_err(|e| err(format!("image {reference}: {e}")))?
             }
         };
@@ -558,6 +546,16 @@ impl Launcher for ContainerLauncher {
             }
         }
     }
+}
+
+/// `cmd`, to be run from a task, gets SIGKILL when the task (the caller) dies.
+fn dies_with_task(mut cmd: Command) -> Command {
+    let task = nix::unistd::getpid();
+    // SAFETY: runs in the forked child before exec; only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || crate::signals::die_with_parent(task));
+    }
+    cmd
 }
 
 #[cfg(test)]

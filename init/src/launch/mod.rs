@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod container;
 pub mod guard;
 pub mod process;
+pub mod pull;
 pub mod sweep;
 pub mod task;
 

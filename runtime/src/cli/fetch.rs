@@ -5,8 +5,8 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use berth_runtime::osupdate::{self, Source};
-use berth_runtime::registry::{Client, RegistriesConfig};
+use berth_images::osupdate::{self, Source};
+use berth_images::registry::{Client, RegistriesConfig};
 
 use super::{CliResult, Global};
 

@@ -6,7 +6,6 @@ mod create;
 mod delete;
 mod exec;
 mod kill;
-mod launch;
 mod pause;
 mod start;
 mod update;
@@ -74,8 +73,6 @@ pub enum ContainerError {
     Channel(#[from] ChannelError),
     #[error(transparent)]
     Init(#[from] InitError),
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
 }

@@ -7,7 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
+/// The berth-runtime binary: this package's, or for berth-engine's tests (which share these
+/// fixtures) the one `cargo build -p berth-runtime` left in the workspace's target directory.
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_berth-runtime") {
+    Some(bin) => bin,
+    None => concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/debug/berth-runtime"
+    ),
+};
 const APPLETS: &[&str] = &[
     "sh", "true", "false", "echo", "cat", "id", "hostname", "ls", "mkdir", "touch", "sleep",
     "grep", "readlink", "wc", "test", "env", "pwd",

@@ -153,7 +153,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// sha256 digest string of `data`.
 pub fn digest(data: &[u8]) -> String {
-    berth_runtime::image::Digest::of_bytes(data).to_string()
+    berth_images::Digest::of_bytes(data).to_string()
 }
 
 /// Runs `script` with busybox sh inside the overlay of `lowerdir`, in a private mount
@@ -177,9 +177,17 @@ pub fn run_in_overlay(lowerdir: &str, script: &str) -> String {
         .arg(script))
 }
 
-/// The berth-runtime binary built for this test run.
+/// The berth-runtime binary: built for this test run in its own package.
 pub fn berth_runtime() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_berth-runtime"))
+    // For berth-engine's tests, which share this module: the binary `cargo build -p
+    // berth-runtime` left in the workspace's target directory.
+    Command::new(match option_env!("CARGO_BIN_EXE_berth-runtime") {
+        Some(bin) => bin,
+        None => concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/debug/berth-runtime"
+        ),
+    })
 }
 
 /// Writes `text` to a fresh file in `dir` and returns its path.

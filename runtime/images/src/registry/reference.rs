@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::image::digest::Digest;
+use crate::digest::Digest;
 
 /// The registry Docker uses when a reference names none.
 pub const DEFAULT_REGISTRY: &str = "docker.io";

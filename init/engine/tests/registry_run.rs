@@ -5,12 +5,14 @@
 //! supervisor mounts it). The container reports the tree it sees.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// The runtime's host test fixtures, shared: these tests run its binary.
+#[path = "../../../runtime/tests/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;
 
-use berth_runtime::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode};
-use berth_runtime::image::Store;
+use berth_engine::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode};
+use berth_images::Store;
 use support::{berth_runtime, multilayer_image, push, run, write_file, Registry, TempDir};
 
 /// Unmounts the container's root when dropped.

@@ -19,8 +19,8 @@ use super::auth::{self, Challenge};
 use super::config::RegistriesConfig;
 use super::reference::{Reference, DEFAULT_REGISTRY};
 use super::{Error, Result};
-use crate::image::digest::Digest;
-use crate::image::spec::media;
+use crate::digest::Digest;
+use crate::spec::media;
 
 /// The registry API host behind `docker.io` references.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";

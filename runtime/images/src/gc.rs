@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
-use super::digest::Digest;
-use super::error::{Error, Result};
-use super::spec::{ImageConfig, Index, Manifest, ManifestKind};
-use super::store::Store;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::spec::{ImageConfig, Index, Manifest, ManifestKind};
+use crate::store::Store;
 
 /// What a prune removed.
 #[derive(Debug, Default, Clone, serde::Serialize, PartialEq, Eq)]

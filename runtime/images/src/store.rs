@@ -18,14 +18,14 @@ use std::io::{self, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::digest::{Digest, HashingReader};
-use super::error::{Error, Result};
-use super::fsutil::{self, FileLock};
-use super::spec::{
+use crate::digest::{Digest, HashingReader};
+use crate::error::{Error, Result};
+use crate::fsutil::{self, FileLock};
+use crate::registry::reference::Reference;
+use crate::spec::{
     media, Compression, Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME,
 };
-use super::unpack::{self, UnpackStats};
-use crate::registry::reference::Reference;
+use crate::unpack::{self, UnpackStats};
 
 /// Manifests and configs are small; refuse to load anything bigger as JSON.
 const MAX_JSON_BLOB: u64 = 16 << 20;
@@ -467,24 +467,9 @@ impl Store {
     /// image ID (config digest) or a prefix of at least 6 hex digits of it.
     pub fn resolve(&self, name: &str) -> Result<Image> {
         let index = self.index()?;
-        let named = |r: &str| index.manifests.iter().find(|d| ref_name(d) == Some(r));
         if let Ok(reference) = Reference::parse(name) {
-            let key = reference.to_string();
-            if let Some(d) = named(&key) {
-                return self.load(&key, d);
-            }
-            if let Some(digest) = &reference.digest {
-                if let Some(d) = index.manifests.iter().find(|d| {
-                    &d.digest == digest
-                        && ref_name(d)
-                            .and_then(|r| Reference::parse(r).ok())
-                            .is_some_and(|r| {
-                                r.registry == reference.registry
-                                    && r.repository == reference.repository
-                            })
-                }) {
-                    return self.load(&key, d);
-                }
+            if let Some(d) = find_reference(&index, &reference) {
+                return self.load(&reference.to_string(), d);
             }
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
@@ -502,6 +487,16 @@ impl Store {
         }
         let shown = Reference::parse(name).map_or(name.to_string(), |r| r.to_string());
         Err(Error::NotFound(shown))
+    }
+
+    /// Finds the image a parsed reference names (`name:tag`, or `name@digest` under any tag
+    /// of that repository): for callers that hold a typed [`Reference`] already.
+    pub fn resolve_reference(&self, reference: &Reference) -> Result<Image> {
+        let index = self.index()?;
+        match find_reference(&index, reference) {
+            Some(d) => self.load(&reference.to_string(), d),
+            None => Err(Error::NotFound(reference.to_string())),
+        }
     }
 
     /// Loads the image `manifest` points at; every layer must be unpacked.
@@ -621,6 +616,28 @@ impl Store {
 }
 
 /// The reference an `index.json` entry is stored under.
+/// The index entry of `reference`: by its name, or for `name@digest` by the digest under any
+/// name of the same repository.
+fn find_reference<'a>(index: &'a Index, reference: &Reference) -> Option<&'a Descriptor> {
+    let key = reference.to_string();
+    if let Some(d) = index
+        .manifests
+        .iter()
+        .find(|d| ref_name(d) == Some(key.as_str()))
+    {
+        return Some(d);
+    }
+    let digest = reference.digest.as_ref()?;
+    index.manifests.iter().find(|d| {
+        &d.digest == digest
+            && ref_name(d)
+                .and_then(|r| Reference::parse(r).ok())
+                .is_some_and(|r| {
+                    r.registry == reference.registry && r.repository == reference.repository
+                })
+    })
+}
+
 pub(crate) fn ref_name(d: &Descriptor) -> Option<&str> {
     d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str)
 }

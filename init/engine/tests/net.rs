@@ -3,8 +3,10 @@
 //! leaves these namespaces.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// The runtime's host test fixtures, shared: these tests run its binary.
+#[path = "../../../runtime/tests/common/mod.rs"]
 mod common;
-use berth_runtime::net::{host_ifname, link, Network, PortMapping};
+use berth_engine::net::{host_ifname, link, Network, PortMapping};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

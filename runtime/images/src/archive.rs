@@ -12,15 +12,15 @@ use std::io::{self, BufReader, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::{Digest, HashingReader};
-use super::error::{Error, Result};
-use super::fsutil;
-use super::spec::{
+use crate::digest::{Digest, HashingReader};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::registry::Reference;
+use crate::spec::{
     media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform, ANNOTATION_REF_NAME,
 };
-use super::store::{check_blob, Image, Store};
-use super::unpack;
-use crate::registry::Reference;
+use crate::store::{check_blob, Image, Store};
+use crate::unpack;
 
 /// containerd's (and Docker's) annotation with the full image name.
 const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";

@@ -52,7 +52,7 @@ pub const DEFAULT_MIN_RATE: u64 = 1024;
 /// Default of `min_rate_window`.
 pub const DEFAULT_MIN_RATE_WINDOW: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistriesConfig {
     /// Hosts (with port) that are spoken to over plain HTTP.
@@ -152,7 +152,7 @@ impl<'de> Deserialize<'de> for ConfigSize {
     }
 }
 
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     pub username: String,

@@ -8,7 +8,7 @@
 //!   manifests and blobs, with ranged requests for resuming downloads.
 //!
 //! The pull itself (platform selection, verification, concurrent layer downloads, unpacking
-//! into the store) is [`crate::image::pull`].
+//! into the store) is [`crate::pull`].
 
 pub mod auth;
 pub mod client;

@@ -2,8 +2,8 @@
 //! spec with Berth's defaults: Docker's default capabilities, seccomp profile and device
 //! rules, the usual mounts, masked and read-only kernel paths, namespaces by network mode.
 
-use crate::cgroups::{DeviceRules, Resources};
-use crate::seccomp::default_profile;
+use berth_runtime::cgroups::{DeviceRules, Resources};
+use berth_runtime::seccomp::default_profile;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
     LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
@@ -215,7 +215,10 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
         env.push((k.clone(), v.clone()));
     }
     if !env.iter().any(|(k, _)| k == "PATH") {
-        env.insert(0, ("PATH".into(), crate::process::DEFAULT_PATH.into()));
+        env.insert(
+            0,
+            ("PATH".into(), berth_runtime::process::DEFAULT_PATH.into()),
+        );
     }
     let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let user = s
@@ -399,7 +402,7 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroups::Limit;
+    use berth_runtime::cgroups::Limit;
 
     fn rootfs() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

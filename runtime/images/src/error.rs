@@ -3,10 +3,10 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::digest::{Digest, DigestError};
-use super::unpack::UnpackError;
+use crate::digest::{Digest, DigestError};
 use crate::registry;
 use crate::registry::reference::ReferenceError;
+use crate::unpack::UnpackError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -17,14 +17,14 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::digest::{Digest, Hasher};
-use super::error::{Error, Result};
-use super::fsutil::FileLock;
-use super::spec::{media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform};
-use super::store::{check_blob, Image, Store};
-use super::unpack::UnpackStats;
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::fsutil::FileLock;
 use crate::registry::client::{Deadline, ManifestResponse};
 use crate::registry::{Client, Reference};
+use crate::spec::{media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform};
+use crate::store::{check_blob, Image, Store};
+use crate::unpack::UnpackStats;
 
 /// Where progress lines go (a unit's log, the terminal).
 pub trait Progress: Sync {
@@ -138,22 +138,6 @@ pub fn pull(
     store.tag(&name, &manifest_desc)?;
     say(format!("done, image {}", config_desc.digest));
     store.load(&name, &manifest_desc)
-}
-
-/// Pulls `reference` only when the store does not have it yet: what the supervisor calls
-/// before starting a unit.
-pub fn ensure(
-    store: &Store,
-    client: &Client,
-    reference: &Reference,
-    options: &PullOptions,
-    progress: &dyn Progress,
-) -> Result<Image> {
-    match store.resolve(&reference.to_string()) {
-        Ok(image) => Ok(image),
-        Err(Error::NotFound(_)) => pull(store, client, reference, options, progress),
-        Err(e) => Err(e),
-    }
 }
 
 /// Checks a fetched manifest against the digest it must have and tells what it is: its

@@ -15,12 +15,12 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::image::digest::{Digest, Hasher};
-use crate::image::pull::verify_manifest;
-use crate::image::spec::media;
-use crate::image::spec::ManifestKind;
+use crate::digest::{Digest, Hasher};
+use crate::pull::verify_manifest;
 use crate::registry::client::{Deadline, Payload};
 use crate::registry::{self, Client, Reference};
+use crate::spec::media;
+use crate::spec::ManifestKind;
 
 /// `artifactType` of a Berth update (also accepted as the config's media type).
 pub const ARTIFACT_TYPE: &str = "application/vnd.berth.update.v1";
@@ -41,7 +41,7 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] registry::Error),
     #[error(transparent)]
-    Image(#[from] crate::image::Error),
+    Image(#[from] crate::Error),
     #[error(transparent)]
     Reference(#[from] registry::reference::ReferenceError),
     /// The source answered something Berth will not use.
