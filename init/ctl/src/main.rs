@@ -1,6 +1,6 @@
-//! berthctl: the command-line client of Berth (see `berth_init::ctl`).
+//! berthctl: the command-line client of Berth (see the `berthctl` library).
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    berth_init::ctl::main(&args)
+    berthctl::main(&args)
 }
