@@ -477,3 +477,130 @@ pub fn verify_file(path: &Path, keys: &TrustedKeys) -> Result<Manifest, BundleEr
     expect_end(&mut f)?;
     Ok(v.manifest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            os_version: "1.2.0".into(),
+            build_id: "b1".into(),
+            min_from_version: "1.0".into(),
+            kernel_release: "6.12.57-berth".into(),
+            // One data block: a superblock after it and no tree levels.
+            verity: VerityInfo {
+                hash: "sha256".into(),
+                data_blocks: 1,
+                hash_offset_blocks: 1,
+                root_hash: "ab".repeat(32),
+                salt: "01".into(),
+            },
+            boot_args: "ro quiet".into(),
+            payloads: vec![
+                Payload {
+                    name: "root".into(),
+                    size: 2 * tree::BLOCK,
+                    sha256: "00".repeat(32),
+                },
+                Payload {
+                    name: "kernel".into(),
+                    size: 3,
+                    sha256: hex(&Sha256::digest(b"bzI")),
+                },
+            ],
+        }
+    }
+
+    /// A bundle signed the way berth-image signs, without the payloads.
+    fn signed(key: &SigningKey, json: &[u8]) -> Vec<u8> {
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..10].copy_from_slice(&FORMAT.to_le_bytes());
+        header[12..16].copy_from_slice(&(json.len() as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&keys::key_id(&key.verifying_key()));
+        let sig = key.sign(&signed_message(&header[..24], json));
+        header[24..88].copy_from_slice(&sig.to_bytes());
+        let mut bundle = header.to_vec();
+        bundle.extend_from_slice(json);
+        bundle
+    }
+
+    #[test]
+    fn reads_a_signed_header_and_refuses_changes_and_strangers() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let trusted = TrustedKeys {
+            dir: PathBuf::from("/keys"),
+            keys: vec![keys::TrustedKey {
+                key: key.verifying_key(),
+                id: keys::key_id(&key.verifying_key()),
+                path: PathBuf::from("/keys/k.pub"),
+            }],
+        };
+        let json = serde_json::to_vec(&manifest()).unwrap();
+        let bundle = signed(&key, &json);
+        let mut r = &bundle[..];
+        let v = read_verified(&mut r, &trusted).unwrap();
+        assert_eq!(v.manifest, manifest());
+        assert_eq!(v.payload_offset, bundle.len() as u64);
+        assert!(r.is_empty());
+
+        let mut changed = bundle.clone();
+        let last = changed.len() - 2;
+        changed[last] ^= 1;
+        assert!(matches!(
+            read_verified(&mut &changed[..], &trusted),
+            Err(BundleError::BadSignature { .. })
+        ));
+        let stranger = signed(&SigningKey::from_bytes(&[4u8; 32]), &json);
+        assert!(matches!(
+            read_verified(&mut &stranger[..], &trusted),
+            Err(BundleError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            read_verified(&mut &bundle[..40], &trusted),
+            Err(BundleError::Truncated { .. })
+        ));
+        assert!(matches!(
+            read_verified(&mut &b"NOTABUNDLE"[..], &trusted),
+            Err(BundleError::BadMagic)
+        ));
+    }
+
+    #[test]
+    fn payloads_are_checked_against_size_and_digest() {
+        let m = manifest();
+        let kernel = m.kernel().clone();
+        let mut out = Vec::new();
+        copy_payload(
+            &mut &b"bzI"[..],
+            &kernel,
+            0,
+            |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(out, b"bzI");
+        assert!(matches!(
+            copy_payload(&mut &b"bzX"[..], &kernel, 0, |_| Ok(()), |_| {}),
+            Err(BundleError::PayloadHash { .. })
+        ));
+        assert!(matches!(
+            copy_payload(&mut &b"bz"[..], &kernel, 0, |_| Ok(()), |_| {}),
+            Err(BundleError::Truncated { .. })
+        ));
+        assert!(expect_end(&mut &b""[..]).is_ok());
+        assert!(matches!(
+            expect_end(&mut &b"x"[..]),
+            Err(BundleError::TrailingData)
+        ));
+        assert_eq!(compare_versions("1.2", "1.2.0"), Some(Ordering::Equal));
+        assert_eq!(compare_versions("1.10", "1.9"), Some(Ordering::Greater));
+        assert_eq!(compare_versions("1.x", "1"), None);
+    }
+}
