@@ -9,6 +9,15 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 pub use berth_formats::bundle::keys::*;
 
+/// Why a new key pair was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{path} exists; refusing to overwrite a key")]
+    Exists { path: String },
+}
+
 /// A secret key read from a `.key` file.
 pub struct SecretKey {
     key: SigningKey,
@@ -32,7 +41,7 @@ impl SecretKey {
 
 /// Makes a new key pair `DIR/NAME.key` (mode 0600) and `DIR/NAME.pub` from the kernel's
 /// random numbers; never overwrites a key.
-pub fn generate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), KeyError> {
+pub fn generate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), GenerateError> {
     use std::io::{Read, Write};
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -40,7 +49,7 @@ pub fn generate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), KeyError> 
     let public_path = dir.join(format!("{name}.pub"));
     for p in [&secret_path, &public_path] {
         if p.exists() {
-            return Err(KeyError::Exists {
+            return Err(GenerateError::Exists {
                 path: p.display().to_string(),
             });
         }
@@ -75,7 +84,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("berth-keys-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (secret, public) = generate(&dir, "k1").unwrap();
-        assert!(matches!(generate(&dir, "k1"), Err(KeyError::Exists { .. })));
+        assert!(matches!(
+            generate(&dir, "k1"),
+            Err(GenerateError::Exists { .. })
+        ));
         generate(&dir, "k2").unwrap();
         let sk = SecretKey::load(&secret).unwrap();
         let trusted = TrustedKeys::load(&dir).unwrap();

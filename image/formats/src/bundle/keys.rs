@@ -25,8 +25,6 @@ pub enum KeyError {
     BadPublicKey { path: String },
     #[error("no trusted public keys (*.pub) in {dir}")]
     NoTrustedKeys { dir: String },
-    #[error("{path} exists; refusing to overwrite a key")]
-    Exists { path: String },
 }
 
 /// Maps an I/O error on `path` to a [`KeyError`].
