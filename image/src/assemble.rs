@@ -15,9 +15,9 @@ use crate::gpt::{GptError, SECTOR};
 use crate::grub::{self, GrubError};
 use crate::grubenv::{BootState, GrubEnvError, Slot, ENV_FILES};
 use crate::guid::GuidError;
+use crate::host::HostError;
 use crate::layout::{Layout, Placed, Role};
 use crate::manifest::{Manifest, OutputEntry, PartitionEntry};
-use crate::tool::ToolError;
 use crate::verity::{self, VerityError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,17 +35,11 @@ pub enum AssembleError {
     #[error(transparent)]
     Verity(#[from] VerityError),
     #[error(transparent)]
-    Tool(#[from] ToolError),
+    Host(#[from] HostError),
     #[error(transparent)]
     Ext4(#[from] Ext4Error),
     #[error(transparent)]
     Convert(#[from] ConvertError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{what} is {size} bytes; partition {partition:?} holds {room}")]
     TooBig {
         what: String,
@@ -56,10 +50,7 @@ pub enum AssembleError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssembleError + '_ {
-    move |source| AssembleError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| HostError::io(path)(source).into()
 }
 
 /// The root filesystem of slot A.
@@ -224,7 +215,12 @@ pub fn build(
     let efi_img = work_dir.join("BOOTX64.EFI");
     grub::mkimage_efi(&embed, &efi_img, &inputs.grub.efi)?;
     let slot_cfg = work_dir.join("A-boot.cfg");
-    write(&slot_cfg, grub::slot_config(&dm_create, &args)?.as_bytes())?;
+    write(
+        &slot_cfg,
+        grub::slot_config(&dm_create, &args)
+            .map_err(GrubError::from)?
+            .as_bytes(),
+    )?;
     // What slot A holds, as an update records it for the slot it writes (`release.json`).
     let release = work_dir.join("A-release.json");
     write(&release, slot_release(inputs).as_bytes())?;
@@ -370,7 +366,7 @@ fn place(disk: &File, image: &Path, part: &Placed) -> Result<(), AssembleError> 
         let chunk = &buf[..n];
         if chunk.iter().any(|&b| b != 0) {
             disk.write_all_at(chunk, part.offset() + at)
-                .map_err(|source| AssembleError::Io {
+                .map_err(|source| HostError::Io {
                     path: "disk image".into(),
                     source,
                 })?;

@@ -6,18 +6,12 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::derive::Seed;
-use crate::tool::{self, ToolError};
+use crate::host::{self, HostError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Host(#[from] HostError),
     #[error("{path}: {problem}")]
     Malformed { path: String, problem: &'static str },
 }
@@ -67,7 +61,7 @@ impl Format {
 /// neither).
 pub fn convert(raw: &Path, out: &Path, format: Format, seed: &Seed) -> Result<(), ConvertError> {
     let _ = std::fs::remove_file(out);
-    tool::run(
+    host::run(
         Command::new("qemu-img")
             .arg("convert")
             .args(["-f", "raw"])
@@ -75,10 +69,7 @@ pub fn convert(raw: &Path, out: &Path, format: Format, seed: &Seed) -> Result<()
             .arg(raw)
             .arg(out),
     )?;
-    let io = |source| ConvertError::Io {
-        path: out.display().to_string(),
-        source,
-    };
+    let io = HostError::io(out);
     match format {
         Format::Vhd => {
             let mut f = File::options()

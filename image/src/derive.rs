@@ -9,7 +9,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::guid::Guid;
-use crate::tool::{self, ToolError};
+use crate::host::{self, HostError};
 
 /// A SHA-256 over everything the image is made of; every derived value hashes it together
 /// with a purpose string, so no two values coincide.
@@ -71,8 +71,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// SHA-256 of a file, as `sha256sum` prints it. The coreutils tool rather than the crate: the
 /// disk is hundreds of MiB and this stays fast in unoptimised test builds too.
-pub fn sha256_file(path: &Path) -> Result<String, ToolError> {
-    let out = tool::run(Command::new("sha256sum").arg("--binary").arg(path))?;
+pub fn sha256_file(path: &Path) -> Result<String, HostError> {
+    let out = host::run(Command::new("sha256sum").arg("--binary").arg(path))?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .split_whitespace()

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::tool::{self, ToolError};
+use crate::host::{self, HostError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
     #[error(transparent)]
-    Tool(#[from] ToolError),
+    Host(#[from] HostError),
     #[error("ESP path {0:?} must be absolute inside the ESP (\"/grub/grub.cfg\")")]
     BadPath(String),
 }
@@ -74,7 +74,7 @@ impl EspContents {
         let _ = std::fs::remove_file(out);
         // FAT cannot store dates before 1980 (mtools wraps them into the 2090s).
         let epoch = stamp.epoch.max(FAT_EPOCH).to_string();
-        tool::run(
+        host::run(
             Command::new("mkfs.vfat")
                 .arg("--invariant")
                 .arg("-i")
@@ -87,7 +87,7 @@ impl EspContents {
         )?;
         let image = out.as_os_str();
         for d in self.dirs() {
-            tool::run(
+            host::run(
                 Command::new("mmd")
                     .env("SOURCE_DATE_EPOCH", &epoch)
                     .arg("-i")
@@ -96,7 +96,7 @@ impl EspContents {
             )?;
         }
         for (src, dest) in &self.files {
-            tool::run(
+            host::run(
                 Command::new("mcopy")
                     .env("SOURCE_DATE_EPOCH", &epoch)
                     .arg("-i")

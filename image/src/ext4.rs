@@ -3,18 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::tool::{self, ToolError};
+use crate::host::{self, HostError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
     #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Host(#[from] HostError),
     #[error("{0}: a name debugfs cannot quote (\" or a newline)")]
     Unquotable(String),
 }
@@ -37,7 +31,7 @@ pub fn mkfs_from_tree(
 ) -> Result<(), Ext4Error> {
     let _ = std::fs::remove_file(out);
     let fake_time = epoch.to_string();
-    tool::run(
+    host::run(
         Command::new("mke2fs")
             // Newer e2fsprogs take SOURCE_DATE_EPOCH too: make both say the same.
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
@@ -72,11 +66,8 @@ pub fn mkfs_from_tree(
         "{}.times",
         out.file_name().unwrap_or_default().to_string_lossy()
     ));
-    std::fs::write(&script_path, script).map_err(|source| Ext4Error::Io {
-        path: script_path.display().to_string(),
-        source,
-    })?;
-    let run = tool::run(
+    std::fs::write(&script_path, script).map_err(HostError::io(&script_path))?;
+    let run = host::run(
         Command::new("debugfs")
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
             .env("SOURCE_DATE_EPOCH", &fake_time)
@@ -91,7 +82,7 @@ pub fn mkfs_from_tree(
         .lines()
         .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
     {
-        return Err(Ext4Error::Tool(ToolError::Failed {
+        return Err(Ext4Error::Host(HostError::Failed {
             command: format!("debugfs -w -f {}", script_path.display()),
             status: "exit 0".into(),
             stderr: line.to_string(),
@@ -102,10 +93,7 @@ pub fn mkfs_from_tree(
 
 /// Every path below `dir`, as `/relative/path`, sorted.
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), Ext4Error> {
-    let io = |source| Ext4Error::Io {
-        path: dir.display().to_string(),
-        source,
-    };
+    let io = HostError::io(dir);
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io)?
         .map(|e| e.map(|e| e.path()))
@@ -115,10 +103,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), Ext4Error>
     for p in entries {
         let rel = p.strip_prefix(root).unwrap_or(&p);
         out.push(format!("/{}", rel.display()));
-        let meta = std::fs::symlink_metadata(&p).map_err(|source| Ext4Error::Io {
-            path: p.display().to_string(),
-            source,
-        })?;
+        let meta = std::fs::symlink_metadata(&p).map_err(HostError::io(&p))?;
         if meta.is_dir() {
             walk(root, &p, out)?;
         }

@@ -7,8 +7,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
+pub use berth_formats::bootcfg::slot_config;
+use berth_formats::bootcfg::Unquotable;
+
 use crate::gpt::SECTOR;
-use crate::tool::{self, ToolError};
+use crate::host::{self, HostError};
 
 /// GRUB's BIOS boot sector, from grub-pc-bin.
 pub const BOOT_IMG: &str = "/usr/lib/grub/i386-pc/boot.img";
@@ -44,26 +47,17 @@ const COMMON_MODULES: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum GrubError {
     #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Host(#[from] HostError),
     #[error("core.img is {core} bytes; the bios-boot partition holds {room}")]
     CoreTooBig { core: u64, room: u64 },
     #[error("{what} is malformed: {problem}")]
     Malformed { what: String, problem: String },
-    #[error("boot argument {0:?} contains a character GRUB would mangle (\", $, \\ or newline)")]
-    Unquotable(String),
+    #[error(transparent)]
+    Unquotable(#[from] Unquotable),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrubError + '_ {
-    move |source| GrubError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| HostError::io(path)(source).into()
 }
 
 /// The configuration embedded in both GRUB images: find the ESP by its FAT label, then run
@@ -94,7 +88,7 @@ fn mkimage(
     out: &Path,
     dir: &Path,
 ) -> Result<(), GrubError> {
-    tool::run(
+    host::run(
         Command::new("grub-mkimage")
             .arg("-d")
             .arg(dir)
@@ -150,28 +144,13 @@ pub fn install_bios(
     let mut code = boot_img[..MBR_CODE_LEN].to_vec();
     code[BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8].copy_from_slice(&lba.to_le_bytes());
 
-    let disk_err = |source| GrubError::Io {
+    let disk_err = |source| HostError::Io {
         path: "disk image".into(),
         source,
     };
     disk.write_all_at(&core, lba * SECTOR).map_err(disk_err)?;
     disk.write_all_at(&code, 0).map_err(disk_err)?;
     Ok(())
-}
-
-/// The per-slot boot configuration (`/A/boot.cfg`), sourced by grub.cfg: the verity table
-/// and the kernel arguments of the root in that slot.
-pub fn slot_config(dm_create: &str, args: &str) -> Result<String, GrubError> {
-    for value in [dm_create, args] {
-        if value.contains(['"', '$', '\\', '\n']) {
-            return Err(GrubError::Unquotable(value.into()));
-        }
-    }
-    Ok(format!(
-        "# Written by berth-image; replaced as a whole by updates.\n\
-         set berth_dm=\"{dm_create}\"\n\
-         set berth_args=\"{args}\"\n"
-    ))
 }
 
 /// Reads a file the builder needs, naming it on failure.
@@ -215,13 +194,5 @@ mod tests {
         assert_eq!(&raw[core_at + 0x1fc..core_at + 0x1fe], &3u16.to_le_bytes());
         assert_eq!(raw[core_at + 512], 0xc0);
         assert!(install_bios(&File::open("/dev/null").unwrap(), &boot, &core, 2048, 512).is_err());
-    }
-
-    #[test]
-    fn slot_config_refuses_what_grub_would_mangle() {
-        let cfg = slot_config("berth-root,,,ro,0 8 verity 1 a b", "ro quiet").unwrap();
-        assert!(cfg.contains("set berth_dm=\"berth-root,,,ro,0 8 verity 1 a b\"\n"));
-        assert!(slot_config("x", "init=$evil").is_err());
-        assert!(slot_config("a\"b", "").is_err());
     }
 }

@@ -3,14 +3,12 @@
 
 use std::path::Path;
 
+use crate::host::HostError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Host(#[from] HostError),
     #[error("{0}: not a bzImage with a version string (boot protocol 2.00 or later)")]
     NoVersion(String),
 }
@@ -23,10 +21,7 @@ const VERSION_PTR_AT: usize = 0x20e;
 /// The release (`uname -r`) of a bzImage: the first word of its version string,
 /// e.g. `6.12.57-berth` from `6.12.57-berth (berth@berth) #1 SMP ...`.
 pub fn release(bzimage: &Path) -> Result<String, KernelError> {
-    let data = std::fs::read(bzimage).map_err(|source| KernelError::Io {
-        path: bzimage.display().to_string(),
-        source,
-    })?;
+    let data = std::fs::read(bzimage).map_err(HostError::io(bzimage))?;
     release_of(&data).ok_or_else(|| KernelError::NoVersion(bzimage.display().to_string()))
 }
 

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use crate::derive::Seed;
 use crate::gpt::{self, SECTOR};
 use crate::guid::Guid;
+use crate::host::HostError;
 
 pub const MIB: u64 = 1 << 20;
 /// Partitions start on 1 MiB boundaries, the first at 1 MiB.
@@ -14,12 +15,8 @@ const ALIGN_SECTORS: u64 = MIB / SECTOR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Host(#[from] HostError),
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("layout: {0}")]
@@ -110,10 +107,7 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 impl Layout {
     pub fn load(path: &Path) -> Result<Layout, LayoutError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LayoutError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(HostError::io(path))?;
         Layout::parse(&text).map_err(|e| match e {
             LayoutError::Parse { message, .. } => LayoutError::Parse {
                 path: path.display().to_string(),

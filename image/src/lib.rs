@@ -1,9 +1,13 @@
-//! berth-image: assembles Berth's bootable disk images, and holds the on-disk formats that
-//! berth-init shares with the builder.
+//! berth-image: assembles Berth's bootable disk images and signs update bundles on the build
+//! host (it calls the distribution's mkfs, veritysetup, grub-mkimage and qemu-img).
 //!
-//! Shared with berth-init: [`gpt`] (read and grow the partition table), [`grubenv`] (the A/B
-//! boot state), [`guid`]. Host-only: [`layout`], [`verity`], [`grub`], [`esp`], [`ext4`],
-//! [`convert`], [`manifest`], [`assemble`] (which calls the distribution's mkfs tools).
+//! The on-disk formats it writes and berth-init reads live in `berth_formats` and are
+//! re-exported here: [`gpt`], [`grubenv`], [`guid`], and the reading side of [`bundle`].
+//! Host-only: [`layout`], [`verity`], [`grub`], [`esp`], [`ext4`], [`convert`],
+//! [`manifest`], [`assemble`], [`sbom`], bundle creation and signing; [`host`] is their
+//! shared error for running a tool and touching a file.
+
+pub use berth_formats::{gpt, grubenv, guid};
 
 pub mod args;
 pub mod assemble;
@@ -13,13 +17,10 @@ pub mod convert;
 pub mod derive;
 pub mod esp;
 pub mod ext4;
-pub mod gpt;
 pub mod grub;
-pub mod grubenv;
-pub mod guid;
+pub mod host;
 pub mod kernel;
 pub mod layout;
 pub mod manifest;
 pub mod sbom;
-pub mod tool;
 pub mod verity;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::tool::{self, ToolError};
+use crate::host::{self, HostError};
 
 /// erofs and dm-verity both use 4 KiB blocks here.
 pub const BLOCK: u64 = 4096;
@@ -16,13 +16,7 @@ pub const HASH: &str = "blake2b-512";
 #[derive(Debug, thiserror::Error)]
 pub enum VerityError {
     #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Host(#[from] HostError),
     #[error("veritysetup printed no {0} line")]
     Output(&'static str),
     #[error("root image {path} is {size} bytes, not a multiple of 4096")]
@@ -66,7 +60,7 @@ pub const EROFS_UUID: &str = "00000000-0000-0000-0000-000000000000";
 /// not depend on the order the build tree's filesystem lists them in.
 pub fn mkfs_erofs(tree: &Path, out: &Path, epoch: u64) -> Result<u64, VerityError> {
     let _ = std::fs::remove_file(out);
-    tool::run(
+    host::run(
         Command::new("mkfs.erofs")
             // With SOURCE_DATE_EPOCH in its environment, erofs-utils only clamps newer times to
             // it, even with -T: files older than the epoch (a checkout's) would keep theirs.
@@ -104,7 +98,7 @@ pub fn format(image: &Path, data_size: u64, salt: &str, uuid: &str) -> Result<Ve
         });
     }
     let blocks = data_size / BLOCK;
-    let out = tool::run(
+    let out = host::run(
         Command::new("veritysetup")
             .arg("format")
             .arg(format!("--hash={HASH}"))
@@ -133,10 +127,7 @@ pub fn format(image: &Path, data_size: u64, salt: &str, uuid: &str) -> Result<Ve
 fn file_size(path: &Path) -> Result<u64, VerityError> {
     std::fs::metadata(path)
         .map(|m| m.len())
-        .map_err(|source| VerityError::Io {
-            path: path.display().to_string(),
-            source,
-        })
+        .map_err(|e| HostError::io(path)(e).into())
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod boot;
-pub mod ctl;
 pub mod disk;
 pub mod event;
 pub mod graph;

@@ -323,7 +323,7 @@ fn logs_tail_and_follow_streams_new_lines() {
     assert!(seen[3] > got[1], "{seen:?} came after {got:?}");
 
     // berthctl logs -f does the same from the command line.
-    let mut ctl = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let mut ctl = Command::new(common::berthctl_bin())
         .arg("--socket")
         .arg(host.socket())
         .args(["logs", "-f", "--tail", "1", "ticker"])
@@ -526,7 +526,7 @@ fn ambiguous_request_framing_is_refused_at_once() {
     let slow: Vec<UnixStream> = (0..berth_init::api::MAX_CONNECTIONS)
         .map(|_| UnixStream::connect(host.socket()).unwrap())
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let out = Command::new(common::berthctl_bin())
         .arg("--socket")
         .arg(host.socket())
         .arg("status")
@@ -748,7 +748,7 @@ fn system_facts_and_poweroff() {
 #[test]
 fn berthctl_reboot_ends_host_mode_in_order() {
     let mut host = Host::start("api-reboot", &[("base", SLEEP)]);
-    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let out = Command::new(common::berthctl_bin())
         .arg("--socket")
         .arg(host.socket())
         .arg("reboot")

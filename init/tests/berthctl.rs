@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use common::Host;
 
 fn ctl(host: &Host, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    Command::new(common::berthctl_bin())
         .arg("--socket")
         .arg(host.socket())
         .args(args)
@@ -141,7 +141,7 @@ fn every_command_with_tables_json_and_exit_codes() {
     fails(ctl(&host, &["frobnicate"]), 2);
     fails(ctl(&host, &["show"]), 2);
     fails(ctl(&host, &["--tail"]), 2);
-    let gone = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let gone = Command::new(common::berthctl_bin())
         .args(["--socket", "/nonexistent/api.sock", "status"])
         .output()
         .unwrap();

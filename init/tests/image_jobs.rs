@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -286,7 +285,7 @@ fn a_container_units_setup_and_pull_die_with_berth_init() {
 fn berthctl_image_pull_interrupted_cancels_its_job() {
     let registry = Dripper::start();
     let host = host_for("jobs-berthctl", &registry.addr, "min_rate = \"0\"");
-    let berthctl = Path::new(env!("CARGO_BIN_EXE_berthctl"));
+    let berthctl = common::berthctl_bin();
     let mut ctl = Command::new(berthctl)
         .arg("--socket")
         .arg(host.socket())

@@ -46,7 +46,7 @@ fn start_remote(tag: &str) -> (Host, PathBuf, String) {
 }
 
 fn ctl(addr: &str, tls: &Path, who: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    Command::new(common::berthctl_bin())
         .args(["--host", addr])
         .arg("--ca")
         .arg(tls.join("ca.crt"))
@@ -136,7 +136,7 @@ fn berthctl_administers_over_mutual_tls() {
     let metrics = stdout(&ctl(&addr, &tls, "client", &["restart", "remote"]));
     assert!(metrics.contains("remote: running (pid"), "{metrics}");
     // The same through the environment.
-    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let out = Command::new(common::berthctl_bin())
         .env("BERTH_HOST", &addr)
         .env("BERTH_CA", tls.join("ca.crt"))
         .env("BERTH_CERT", tls.join("client.crt"))

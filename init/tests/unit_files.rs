@@ -43,7 +43,7 @@ fn berthctl_check_reports_every_error_and_exits_nonzero() {
     let (good, bad) = (dir.join("units/good.toml"), dir.join("units/bad.toml"));
     std::fs::write(&good, GOOD).unwrap();
     std::fs::write(&bad, BAD).unwrap();
-    let ctl = env!("CARGO_BIN_EXE_berthctl");
+    let ctl = &common::berthctl_bin();
     let ok = Command::new(ctl).arg("check").arg(&good).output().unwrap();
     assert!(ok.status.success());
     let out = Command::new(ctl)
@@ -93,7 +93,7 @@ fn api_answers_json_and_json_errors() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     assert_eq!(mode.unwrap(), 0o600);
     // berthctl reads the same API.
-    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let out = Command::new(common::berthctl_bin())
         .arg("--socket")
         .arg(host.socket())
         .arg("--json")
@@ -113,7 +113,7 @@ fn example_units_are_valid() {
         .map(|e| e.unwrap().path())
         .collect();
     assert!(files.len() >= 3, "{files:?}");
-    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let out = Command::new(common::berthctl_bin())
         .arg("check")
         .args(&files)
         .output()
@@ -175,7 +175,7 @@ fn berthctl_check_escapes_what_file_names_hold() {
     let dir = temp_dir("check-escape");
     let bad = dir.join("units/bad\x1b[2J\nforged: ok.toml");
     std::fs::write(&bad, BAD).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let out = Command::new(common::berthctl_bin())
         .arg("check")
         .arg(&bad)
         .output()

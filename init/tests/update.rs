@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use berth_formats::grubenv::{BootState, Slot, SlotState, DEFAULT_TRIES, ENV_FILES};
 use berth_image::bundle::keys;
 use berth_image::bundle::{self, testing, BundleError, CreateOptions};
-use berth_image::grubenv::{BootState, Slot, SlotState, DEFAULT_TRIES, ENV_FILES};
 use berth_init::update::source::{apply_from, Fetcher, Source};
 use berth_init::update::{apply, Phase, Policy, Progress, Target, UpdateError};
 

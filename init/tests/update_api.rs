@@ -493,7 +493,7 @@ fn an_update_asking_for_a_reboot_reboots_once_it_succeeded() {
 }
 
 fn ctl(host: &Host, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    Command::new(common::berthctl_bin())
         .arg("--socket")
         .arg(host.socket())
         .args(args)
@@ -572,7 +572,7 @@ fn berthctl_applies_follows_and_cancels_updates() {
     );
 
     // Ctrl-C while following cancels the job.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+    let mut child = Command::new(common::berthctl_bin())
         .arg("--socket")
         .arg(host.socket())
         .args(["update", "apply", "slow:z"])
@@ -634,7 +634,7 @@ fn berthctl_streams_a_bundle_over_mutual_tls() {
         .unwrap_or_else(|| panic!("no remote API:\n{}", host.log()))
         .to_string();
     let remote = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        Command::new(common::berthctl_bin())
             .args(["--host", &addr])
             .arg("--ca")
             .arg(tls.join("ca.crt"))

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use berth_image::gpt::{Gpt, Partition};
+use berth_formats::gpt::{Gpt, Partition};
 
 use crate::{io_err, HarnessError, Result};
 
@@ -125,8 +125,8 @@ pub fn ext4_state(disk: &Path, part: &Partition) -> Result<Ext4State> {
 
 /// The boot state on the ESP of a stopped VM's disk: the newest valid of its two grubenv
 /// copies, read with mtools at the ESP's offset.
-pub fn boot_state(disk: &Path) -> Result<berth_image::grubenv::BootState> {
-    use berth_image::grubenv::{BootState, ENV_FILES};
+pub fn boot_state(disk: &Path) -> Result<berth_formats::grubenv::BootState> {
+    use berth_formats::grubenv::{BootState, ENV_FILES};
     let esp = partition(disk, "berth-boot")?;
     let mut copies: [Vec<u8>; 2] = Default::default();
     for (copy, name) in copies.iter_mut().zip(ENV_FILES) {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use berth_image::grubenv::{BootState, Slot};
+use berth_formats::grubenv::{BootState, Slot};
 use berth_qemu_tests::{disk, disk_or_skip, http, Firmware, Fixture, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);

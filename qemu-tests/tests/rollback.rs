@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use berth_image::grubenv::{Slot, SlotState};
+use berth_formats::grubenv::{Slot, SlotState};
 use berth_qemu_tests::update::{
     apply_command, later_version, os_release_field, running_version, update_status,
     wait_marked_good, OtherBuild, APPLY, BOOT, CMD, DISK_SIZE,

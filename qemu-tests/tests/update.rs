@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use berth_image::grubenv::{BootState, Slot};
+use berth_formats::grubenv::{BootState, Slot};
 use berth_qemu_tests::update::{
     apply_command, later_version, os_release_field, power_off, running_version, update_status,
     wait_marked_good, OtherBuild, APPLY, BOOT, CMD, DISK_SIZE,

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use berth_image::gpt::{Gpt, GptError, SECTOR};
+use berth_formats::gpt::{Gpt, GptError, SECTOR};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 

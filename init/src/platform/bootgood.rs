@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use berth_image::grubenv::{BootState, GrubEnvError, Slot, SlotState, ENV_FILES};
+use berth_formats::grubenv::{BootState, GrubEnvError, Slot, SlotState, ENV_FILES};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::MsFlags;
@@ -205,7 +205,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all(esp.join("B")).unwrap();
         let mut s = BootState::fresh();
-        s.install(Slot::B, berth_image::grubenv::DEFAULT_TRIES);
+        s.install(Slot::B, berth_formats::grubenv::DEFAULT_TRIES);
         assert_eq!(s.grub_boot(), Some(Slot::B));
         s.store(&dir).unwrap();
         let why = Failure {
@@ -231,7 +231,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("berth-bootgood-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = BootState::fresh();
-        s.install(Slot::B, berth_image::grubenv::DEFAULT_TRIES);
+        s.install(Slot::B, berth_formats::grubenv::DEFAULT_TRIES);
         s.grub_boot();
         s.store(&dir).unwrap();
         // While an update holds the boot state, PID 1 does not wait: it tries again later.

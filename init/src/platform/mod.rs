@@ -11,7 +11,7 @@ pub mod watchdog;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_image::grubenv::Slot;
+use berth_formats::grubenv::Slot;
 use log::{error, info, warn};
 
 use crate::disk::blockdev::BlockDevices;

@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_image::bundle::keys::TRUSTED_KEYS_DIR;
-use berth_image::gpt::Gpt;
-use berth_image::grubenv::{Slot, DEFAULT_TRIES, MAX_TRIES};
+use berth_formats::bundle::keys::TRUSTED_KEYS_DIR;
+use berth_formats::gpt::Gpt;
+use berth_formats::grubenv::{Slot, DEFAULT_TRIES, MAX_TRIES};
 use nix::mount::MsFlags;
 
 use super::source::{apply_from, Fetcher, Source};

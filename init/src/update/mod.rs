@@ -21,10 +21,10 @@ pub mod status;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use berth_image::bundle::keys::{KeyError, TrustedKeys};
-use berth_image::bundle::tree::TreeCheck;
-use berth_image::bundle::{self, BundleError, Manifest};
-use berth_image::grubenv::{BootState, GrubEnvError, Slot};
+use berth_formats::bundle::keys::{KeyError, TrustedKeys};
+use berth_formats::bundle::tree::TreeCheck;
+use berth_formats::bundle::{self, BundleError, Manifest};
+use berth_formats::grubenv::{BootState, GrubEnvError, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -221,7 +221,7 @@ pub fn slot_boot_config(m: &Manifest, target: &Target) -> Result<String, UpdateE
         "root=/dev/dm-0 ro rootfstype=erofs dm-mod.waitfor={dev} {}",
         m.boot_args
     );
-    berth_image::grub::slot_config(&dm, &args).map_err(|e| UpdateError::BootConfig {
+    berth_formats::bootcfg::slot_config(&dm, &args).map_err(|e| UpdateError::BootConfig {
         slot: target.slot,
         problem: e.to_string(),
     })
@@ -387,7 +387,7 @@ fn report(
 
 /// Writes a boot state block over its copy up to its `END` variable, as a power cut in the
 /// middle of the write could leave it.
-fn tear(pending: &berth_image::grubenv::PendingStore) -> Result<(), UpdateError> {
+fn tear(pending: &berth_formats::grubenv::PendingStore) -> Result<(), UpdateError> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)

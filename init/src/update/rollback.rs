@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use berth_image::grubenv::{BootState, GrubEnvError, Slot};
+use berth_formats::grubenv::{BootState, GrubEnvError, Slot};
 use nix::mount::MsFlags;
 use serde::Serialize;
 
@@ -104,7 +104,7 @@ pub fn rollback_this_machine() -> Result<RolledBack, RollbackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_image::grubenv::{SlotState, ENV_FILES};
+    use berth_formats::grubenv::{SlotState, ENV_FILES};
 
     fn esp(tag: &str, state: &BootState) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("berth-rollback-{tag}-{}", std::process::id()));

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use berth_image::grubenv::{BootState, Slot, SlotState};
+use berth_formats::grubenv::{BootState, Slot, SlotState};
 use serde::{Deserialize, Serialize};
 
 use super::failure::{self, Failure};
@@ -117,7 +117,7 @@ pub fn status_in(
     esp: &Path,
     booted: Slot,
     running: &Release,
-) -> Result<UpdateStatus, berth_image::grubenv::GrubEnvError> {
+) -> Result<UpdateStatus, berth_formats::grubenv::GrubEnvError> {
     let state = BootState::load(&esp.join("grub"))?;
     Ok(status(&state, booted, running, |slot| {
         let dir = esp.join(slot.name());
@@ -230,7 +230,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("grub")).unwrap();
         std::fs::create_dir_all(dir.join("B")).unwrap();
         let mut state = BootState::fresh();
-        for (name, block) in berth_image::grubenv::ENV_FILES
+        for (name, block) in berth_formats::grubenv::ENV_FILES
             .iter()
             .zip(state.initial_blocks().unwrap())
         {

@@ -230,6 +230,18 @@ pub fn runtime_bin() -> PathBuf {
     bin
 }
 
+/// The berthctl binary beside berth-init (its own crate, built by `cargo test --workspace` or
+/// `cargo build -p berthctl`).
+pub fn berthctl_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_berth-init")).with_file_name("berthctl");
+    assert!(
+        bin.exists(),
+        "{} is built by `cargo test --workspace` or `cargo build -p berthctl`",
+        bin.display()
+    );
+    bin
+}
+
 /// Runs `cmd`, failing the test with its stderr when it does not succeed.
 pub fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();

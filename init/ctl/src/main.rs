@@ -4,14 +4,14 @@
 //! [`client`] speaks HTTP over the unix socket or mutual TLS; [`commands`] maps each command
 //! to API calls; [`table`] prints for people (`--json` prints the API's JSON for scripts).
 
-pub mod client;
-pub mod commands;
-pub mod table;
+mod client;
+mod commands;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::machine::Pem;
+use berth_init::machine::Pem;
 use client::{Client, Endpoint};
 
 pub const DEFAULT_SOCKET: &str = "/run/berth/api.sock";
@@ -123,7 +123,8 @@ pub fn endpoint(o: &Options) -> Result<Endpoint, String> {
         let ca = need(&o.ca, "BERTH_CA", "--ca")?;
         let cert = need(&o.cert, "BERTH_CERT", "--cert")?;
         let key = need(&o.key, "BERTH_KEY", "--key")?;
-        let config = crate::api::tls::client_config(&ca, &cert, &key).map_err(|e| e.to_string())?;
+        let config =
+            berth_init::api::tls::client_config(&ca, &cert, &key).map_err(|e| e.to_string())?;
         let name = env_or(&o.tls_name, "BERTH_TLS_NAME");
         return Endpoint::tls(&host, config, name.as_deref()).map_err(|e| e.to_string());
     }
@@ -133,7 +134,7 @@ pub fn endpoint(o: &Options) -> Result<Endpoint, String> {
 
 /// Runs berthctl with `args` (without the program name); returns the exit code: 0 success,
 /// 1 failure, 2 usage error.
-pub fn main(args: &[String]) -> ExitCode {
+fn run(args: &[String]) -> ExitCode {
     let opts = match parse(args) {
         Ok(o) if !o.words.is_empty() => o,
         Ok(_) => return usage(""),
@@ -155,7 +156,7 @@ pub fn main(args: &[String]) -> ExitCode {
         Err(commands::Failure::Failed(e)) => {
             if !e.is_empty() {
                 // Error details quote unit names and server messages.
-                eprintln!("berthctl: {}", crate::log::escape_control(&e));
+                eprintln!("berthctl: {}", berth_init::log::escape_control(&e));
             }
             ExitCode::FAILURE
         }
@@ -169,6 +170,11 @@ fn usage(problem: &str) -> ExitCode {
     }
     eprintln!("berthctl: {problem}\n{USAGE}");
     ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    run(&args)
 }
 
 #[cfg(test)]

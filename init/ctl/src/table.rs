@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::log::escape_control;
+use berth_init::log::escape_control;
 
 /// Columns padded to their widest cell; the last column is not padded. Cells come from the
 /// API (unit names, errors, …): control characters in them are escaped.
@@ -75,9 +75,35 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.0 GiB` (as berth-runtime prints them).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_in_binary_units() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(5 << 20), "5.0 MiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+        assert_eq!(human_size(2048 << 30), "2048.0 GiB");
+    }
 
     #[test]
     fn aligns_columns() {

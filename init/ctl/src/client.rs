@@ -27,7 +27,7 @@ pub enum ClientError {
     #[error("{target}: malformed response: {why}")]
     Malformed { target: String, why: String },
     #[error("{0}")]
-    Tls(#[from] crate::api::tls::TlsError),
+    Tls(#[from] berth_init::api::tls::TlsError),
     #[error("bad TLS server name `{0}`")]
     ServerName(String),
 }

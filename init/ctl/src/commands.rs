@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::client::{Client, Reply};
-use super::table::{cell, duration, pairs, table};
-use super::Options;
-use crate::log::escape_control;
-use crate::unit;
-use berth_images::pull::human_size;
+use crate::client::{Client, Reply};
+use crate::table::{cell, duration, human_size, pairs, table};
+use crate::Options;
+use berth_init::log::escape_control;
+use berth_init::unit;
 
 pub enum Failure {
     /// Wrong command line: usage is printed, exit code 2.
@@ -886,7 +885,7 @@ pub fn check(files: &[String]) -> ExitCode {
     if files.is_empty() {
         eprintln!(
             "berthctl: check needs at least one unit file\n{}",
-            super::USAGE
+            crate::USAGE
         );
         return ExitCode::from(2);
     }
@@ -952,7 +951,7 @@ mod tests {
             "127.0.0.1:5000%2Fapp:1"
         );
         assert_eq!(
-            crate::api::http::percent_decode(&encode_segment("a b%/?#&+é")).as_deref(),
+            berth_init::api::http::percent_decode(&encode_segment("a b%/?#&+é")).as_deref(),
             Some("a b%/?#&+é")
         );
     }
