@@ -198,7 +198,7 @@ fn package_follows_cargo_package_conventions() {
         .unwrap();
     assert!(mk.contains(&format!("BERTH_VERSION = {version}\n")));
     // Every binary it builds exists in the workspace.
-    let manifests: String = ["init", "runtime", "image"]
+    let manifests: String = ["init", "init/ctl", "runtime", "image"]
         .iter()
         .map(|c| std::fs::read_to_string(repo().join(c).join("Cargo.toml")).unwrap())
         .collect();
