@@ -110,7 +110,8 @@ pub struct ContainerSettings {
     pub read_only: bool,
     pub resources: Resources,
     pub image: ImageConfig,
-    /// The container's cgroup below the v2 root (`/berth/<unit>`).
+    /// The container's cgroup below the v2 root (`containers/<unit>`, see berth-init's
+    /// container launcher).
     pub cgroup: Option<String>,
 }
 
