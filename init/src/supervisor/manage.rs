@@ -157,7 +157,7 @@ impl Supervisor {
             let replace = StopReason::Replace(Box::new(loaded));
             if slot.phase.is_stopping() {
                 // The new definition waits for the stop under way.
-                slot.phase.restop(|_| replace);
+                slot.phase.restop(replace);
             } else {
                 self.stop(i, replace, now, r);
             }
@@ -241,7 +241,7 @@ impl Supervisor {
         }
         slot.wanted = true;
         if slot.phase.is_stopping() {
-            slot.phase.restop(StopReason::into_restart);
+            slot.phase.restart_after_stop();
         } else {
             self.stop(i, StopReason::Restart, now, r);
         }
@@ -267,7 +267,7 @@ impl Supervisor {
         } else if slot.phase.is_stopping() {
             // Removed once the stop under way ends (a waiting replacement is dropped).
             slot.wanted = false;
-            slot.phase.restop(|_| StopReason::Remove);
+            slot.phase.restop(StopReason::Remove);
         } else {
             self.stop(i, StopReason::Remove, now, r);
         }

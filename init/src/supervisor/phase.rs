@@ -4,9 +4,9 @@
 //! and detail are derived from it.
 //!
 //! ```text
-//! Inactive ─▶ Preparing ─▶ Running ─▶ Stopping ─▶ Cleaning ─▶ Exited | Failed | Backoff | Inactive
-//!                 └──────────┴──────────┴────────────┘ (an exit skips the phases after it)
-//! Backoff ─(timer)─▶ Preparing | Running
+//! Inactive ─▶ Preparing ─▶ Running ─▶ Stopping
+//!                 └───────────┴──────────┴─(exit)─▶ [Cleaning] ─▶ Exited | Failed | Backoff | Inactive
+//! Backoff ─(timer)─▶ Preparing | Running            (Inactive: restarted, or a new definition)
 //! ```
 //!
 //! Transitions that only move data are methods here that consume the phase and return the
@@ -42,15 +42,6 @@ impl StopReason {
             self,
             StopReason::Unhealthy | StopReason::Restart | StopReason::Replace(_)
         )
-    }
-
-    /// A restart request on a unit already stopping: it runs again once stopped, with the new
-    /// definition if one is waiting.
-    pub(super) fn into_restart(old: Option<StopReason>) -> StopReason {
-        match old {
-            Some(StopReason::Replace(l)) => StopReason::Replace(l),
-            _ => StopReason::Restart,
-        }
     }
 }
 
@@ -258,41 +249,47 @@ impl Phase {
         matches!(self, Phase::Running { paused: None, .. })
     }
 
-    /// Stopping or cleaning up: what follows is decided by the stop reason (see
-    /// [`Phase::restop`]).
+    /// Stopping or cleaning up: what follows is decided by the stop reason.
     pub(super) fn is_stopping(&self) -> bool {
         matches!(self, Phase::Stopping { .. } | Phase::Cleaning { .. })
     }
 
-    /// Changes why a unit that is stopping or cleaning up was stopped: `f` gets the reason
-    /// (`None` for a cleanup after an exit of its own) and gives the new one. False for any
-    /// other phase.
-    pub(super) fn restop(&mut self, f: impl FnOnce(Option<StopReason>) -> StopReason) -> bool {
+    /// Changes why a unit that is stopping or cleaning up was stopped. False for any other
+    /// phase.
+    pub(super) fn restop(&mut self, new: StopReason) -> bool {
         match self {
-            Phase::Stopping { reason, .. } => {
-                let old = std::mem::replace(reason, StopReason::Requested);
-                *reason = f(Some(old));
-                true
-            }
-            Phase::Cleaning { reason, .. } => {
-                *reason = Some(f(reason.take()));
-                true
-            }
-            _ => false,
+            Phase::Stopping { reason, .. } => *reason = new,
+            Phase::Cleaning { reason, .. } => *reason = Some(new),
+            _ => return false,
         }
+        true
+    }
+
+    /// A restart request on a unit that is stopping or cleaning up: it runs again once
+    /// stopped, with the new definition if one is waiting. False for any other phase.
+    pub(super) fn restart_after_stop(&mut self) -> bool {
+        self.has_replacement() || self.restop(StopReason::Restart)
     }
 
     /// A start request forgets a definition waiting for the stop (the unit runs as it is).
     pub(super) fn forget_replacement(&mut self) {
-        match self {
-            Phase::Stopping { reason, .. } if matches!(reason, StopReason::Replace(_)) => {
-                *reason = StopReason::Restart;
-            }
-            Phase::Cleaning { reason, .. } if matches!(reason, Some(StopReason::Replace(_))) => {
-                *reason = Some(StopReason::Restart);
-            }
-            _ => {}
+        if self.has_replacement() {
+            self.restop(StopReason::Restart);
         }
+    }
+
+    /// A new definition waits for the stop under way.
+    fn has_replacement(&self) -> bool {
+        matches!(
+            self,
+            Phase::Stopping {
+                reason: StopReason::Replace(_),
+                ..
+            } | Phase::Cleaning {
+                reason: Some(StopReason::Replace(_)),
+                ..
+            }
+        )
     }
 
     /// Begins stopping the process of a preparing or running unit. Any other phase is given
@@ -554,7 +551,7 @@ mod tests {
         let mut phase = running(Health::Unknown)
             .stopping(StopReason::Replace(Box::new(loaded)))
             .unwrap();
-        assert!(phase.restop(StopReason::into_restart));
+        assert!(phase.restart_after_stop());
         assert!(matches!(
             phase,
             Phase::Stopping {
@@ -578,7 +575,7 @@ mod tests {
         };
         cleaning.forget_replacement();
         assert!(matches!(cleaning, Phase::Cleaning { reason: None, .. }));
-        assert!(cleaning.restop(|_| StopReason::Remove));
+        assert!(cleaning.restop(StopReason::Remove));
         assert!(matches!(
             cleaning,
             Phase::Cleaning {
@@ -587,7 +584,8 @@ mod tests {
             }
         ));
         let mut idle = Phase::default();
-        assert!(!idle.restop(|_| StopReason::Remove));
+        assert!(!idle.restop(StopReason::Remove));
+        assert!(!idle.restart_after_stop());
         assert!(matches!(idle, Phase::Inactive { .. }));
     }
 }
