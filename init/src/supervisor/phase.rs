@@ -9,8 +9,8 @@
 //! Backoff ─(timer)─▶ Preparing | Running            (Inactive: restarted, or a new definition)
 //! ```
 //!
-//! Transitions that only move data are methods here that consume the phase and return the
-//! next one; the supervisor does the process work around them.
+//! Transitions that only move data are methods here that take the phase (by value, or by
+//! `&mut` and replace it); the supervisor does the process work around them.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -292,29 +292,36 @@ impl Phase {
         )
     }
 
-    /// Begins stopping the process of a preparing or running unit. Any other phase is given
-    /// back with the reason: it has no process to stop, or is stopping already.
-    pub(super) fn stopping(self, reason: StopReason) -> Result<Phase, (Phase, StopReason)> {
+    /// Begins stopping the process of a preparing or running unit: the phase becomes
+    /// `Stopping` and the pid to signal is returned. Any other phase stays as it is and the
+    /// reason is given back: it has no process to stop, or is stopping already.
+    pub(super) fn begin_stop(&mut self, reason: StopReason) -> Result<i32, StopReason> {
+        let (pid, process, health) = match self {
+            Phase::Preparing { task, .. } => (*task, Process::Preparation, Health::Unknown),
+            Phase::Running { pid, checks, .. } => (*pid, Process::Main, checks.health),
+            _ => return Err(reason),
+        };
+        *self = Phase::Stopping {
+            pid,
+            process,
+            reason,
+            health,
+        };
+        Ok(pid)
+    }
+
+    /// Why a stopping unit is stopped.
+    pub(super) fn stop_reason(&self) -> Option<&StopReason> {
         match self {
-            Phase::Preparing { task, .. } => Ok(Phase::Stopping {
-                pid: task,
-                process: Process::Preparation,
-                reason,
-                health: Health::Unknown,
-            }),
-            Phase::Running { pid, checks, .. } => Ok(Phase::Stopping {
-                pid,
-                process: Process::Main,
-                reason,
-                health: checks.health,
-            }),
-            other => Err((other, reason)),
+            Phase::Stopping { reason, .. } => Some(reason),
+            Phase::Cleaning { reason, .. } => reason.as_ref(),
+            _ => None,
         }
     }
 
     /// A stop of a unit without a process: it stays stopped (`stopped`), or fails when a
-    /// required dependency is gone. Phases with a process are given back unchanged.
-    pub(super) fn stopped(self, dependency_failed: bool) -> Phase {
+    /// required dependency is gone. Phases with a process stay as they are.
+    pub(super) fn stop_idle(&mut self, dependency_failed: bool) {
         match self {
             Phase::Backoff { .. }
             | Phase::Inactive { .. }
@@ -322,15 +329,15 @@ impl Phase {
             | Phase::Failed { .. }
                 if dependency_failed =>
             {
-                Phase::Failed {
+                *self = Phase::Failed {
                     note: "dependency failed",
-                }
+                };
             }
-            Phase::Backoff { .. } | Phase::Exited { .. } => Phase::Exited { note: "stopped" },
-            Phase::Inactive { .. } => Phase::Inactive {
-                note: "stopped".into(),
-            },
-            other => other,
+            Phase::Backoff { .. } | Phase::Exited { .. } => {
+                *self = Phase::Exited { note: "stopped" }
+            }
+            Phase::Inactive { note } => *note = "stopped".into(),
+            _ => {}
         }
     }
 
@@ -437,11 +444,10 @@ mod tests {
 
     #[test]
     fn only_a_process_can_be_stopped_and_the_stop_keeps_what_it_needs() {
-        let stopping = running(Health::Unhealthy)
-            .stopping(StopReason::Unhealthy)
-            .unwrap();
+        let mut phase = running(Health::Unhealthy);
+        assert_eq!(phase.begin_stop(StopReason::Unhealthy).ok(), Some(7));
         assert!(matches!(
-            stopping,
+            phase,
             Phase::Stopping {
                 pid: 7,
                 process: Process::Main,
@@ -449,38 +455,35 @@ mod tests {
                 health: Health::Unhealthy,
             }
         ));
-        assert_eq!(stopping.main_pid(), Some(7));
-        // A second stop finds it stopping: given back as it was.
-        let (again, reason) = stopping.stopping(StopReason::Requested).unwrap_err();
+        assert_eq!(phase.main_pid(), Some(7));
+        // A second stop finds it stopping: it stays as it was.
+        let reason = phase.begin_stop(StopReason::Requested).unwrap_err();
         assert!(matches!(reason, StopReason::Requested));
-        assert!(matches!(
-            again,
-            Phase::Stopping {
-                reason: StopReason::Unhealthy,
-                ..
-            }
-        ));
+        assert!(matches!(phase.stop_reason(), Some(StopReason::Unhealthy)));
         // A preparation step stops as a task; the API shows no main pid for it.
-        let prep = Phase::Preparing { task: 4, done: 1 }
-            .stopping(StopReason::Requested)
-            .unwrap();
+        let mut prep = Phase::Preparing { task: 4, done: 1 };
+        assert_eq!(prep.begin_stop(StopReason::Requested).ok(), Some(4));
         assert!(prep.runs_task());
         assert_eq!((prep.pid(), prep.main_pid()), (Some(4), None));
         // Without a process there is nothing to signal.
-        let backoff = Phase::Backoff {
+        let mut backoff = Phase::Backoff {
             delay: Duration::from_secs(1),
         };
-        let (back, _) = backoff.stopping(StopReason::Requested).unwrap_err();
+        assert!(backoff.begin_stop(StopReason::Requested).is_err());
+        backoff.stop_idle(false);
+        assert!(matches!(backoff, Phase::Exited { note: "stopped" }));
+        let mut waiting = Phase::default();
+        waiting.stop_idle(true);
         assert!(matches!(
-            back.stopped(false),
-            Phase::Exited { note: "stopped" }
-        ));
-        assert!(matches!(
-            Phase::default().stopped(true),
+            waiting,
             Phase::Failed {
                 note: "dependency failed"
             }
         ));
+        // A stop of a process phase through stop_idle changes nothing.
+        let mut run = running(Health::Unknown);
+        run.stop_idle(true);
+        assert!(matches!(run, Phase::Running { pid: 7, .. }));
     }
 
     #[test]
@@ -499,9 +502,8 @@ mod tests {
             })
         ));
         // A preparation step that was being stopped ends the start even when it succeeded.
-        let stopped_prep = Phase::Preparing { task: 4, done: 0 }
-            .stopping(StopReason::Remove)
-            .unwrap();
+        let mut stopped_prep = Phase::Preparing { task: 4, done: 0 };
+        assert!(stopped_prep.begin_stop(StopReason::Remove).is_ok());
         assert!(matches!(
             stopped_prep.reaped(4, ok),
             Ok(Reaped::Ended {
@@ -548,9 +550,10 @@ mod tests {
             path: "web.toml".into(),
             unit: crate::unit::parse("web", "web.toml", "[container]\ncommand = [\"x\"]\n"),
         };
-        let mut phase = running(Health::Unknown)
-            .stopping(StopReason::Replace(Box::new(loaded)))
-            .unwrap();
+        let mut phase = running(Health::Unknown);
+        assert!(phase
+            .begin_stop(StopReason::Replace(Box::new(loaded)))
+            .is_ok());
         assert!(phase.restart_after_stop());
         assert!(matches!(
             phase,

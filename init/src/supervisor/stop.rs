@@ -88,34 +88,33 @@ impl Supervisor {
         if !reason.keeps_wanted() {
             slot.wanted = false;
         }
-        let why = reason.to_string();
-        let phase = std::mem::take(&mut slot.phase);
-        match phase.stopping(reason) {
-            Ok(stopping) => {
-                let pid = stopping.pid();
-                slot.phase = stopping;
-                let Some(pid) = pid else { return };
+        let backoff = matches!(slot.phase, Phase::Backoff { .. });
+        match slot.phase.begin_stop(reason) {
+            Ok(pid) => {
                 let (sig, timeout) = slot
                     .unit
                     .as_ref()
                     .map(|u| (u.service.stop_signal, u.service.stop_timeout))
                     .unwrap_or((libc::SIGTERM, Duration::from_secs(10)));
-                info!("unit {}: stopping ({why})", slot.name);
+                if let Some(why) = slot.phase.stop_reason() {
+                    info!("unit {}: stopping ({why})", slot.name);
+                }
                 self.kill_health_check(i);
                 self.signal(i, pid, sig, false);
                 self.arm(i, after(now, timeout), r);
             }
-            Err((phase, _)) if phase.is_stopping() => slot.phase = phase,
-            Err((phase, reason)) => {
-                if matches!(phase, Phase::Backoff { .. }) {
+            // Stopping already: the first reason stands.
+            Err(_) if slot.phase.is_stopping() => {}
+            Err(reason) => {
+                if backoff {
                     self.disarm(i);
                 }
                 let slot = &mut self.slots[i];
                 let dependency = matches!(reason, StopReason::DependencyFailed(_));
                 if dependency {
-                    slot.error = Some(why);
+                    slot.error = Some(reason.to_string());
                 }
-                slot.phase = phase.stopped(dependency);
+                slot.phase.stop_idle(dependency);
             }
         }
     }
