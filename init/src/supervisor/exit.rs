@@ -33,7 +33,9 @@ impl Supervisor {
         true
     }
 
-    /// The exit of unit `i`'s main process, preparation step or cleanup task.
+    /// The exit of unit `i`'s main process, preparation step or cleanup task. Not inlined
+    /// into the event loop: its unwind tables would grow by more than its code.
+    #[inline(never)]
     fn on_process_exit(
         &mut self,
         i: usize,
