@@ -8,11 +8,12 @@
 
 use std::time::Instant;
 
-use super::{new_slot, Action, StopReason, Supervisor};
+use super::new_slot;
+use super::phase::{Phase, StopReason};
+use super::Supervisor;
 use crate::event::Reactor;
 use crate::graph::{describe_cycle, Graph};
 use crate::logs::UnitLog;
-use crate::supervisor::State;
 use crate::unit::Loaded;
 
 /// What installing a unit did.
@@ -103,7 +104,7 @@ impl Supervisor {
         let nodes = self
             .slots
             .iter()
-            .filter(|s| !s.removed && s.name != loaded.name)
+            .filter(|s| !s.is_removed() && s.name != loaded.name)
             .map(|s| s.graph_node())
             .chain(std::iter::once((
                 loaded.name.as_str(),
@@ -124,7 +125,7 @@ impl Supervisor {
         let name = loaded.name.clone();
         let mut slot = new_slot(loaded, &self.launchers, &self.log_policy);
         slot.wanted = start && slot.error.is_none();
-        let i = match self.slots.iter().position(|s| s.removed) {
+        let i = match self.slots.iter().position(|s| s.is_removed()) {
             Some(free) => {
                 slot.generation = self.slots[free].generation + 1;
                 self.slots[free] = slot;
@@ -151,13 +152,14 @@ impl Supervisor {
         let slot = &mut self.slots[i];
         log::info!("unit {}: replaced", slot.name);
         let wanted = start || slot.wanted;
-        if slot.pid.is_some() {
-            slot.replacement = Some(loaded);
+        if slot.phase.pid().is_some() {
             slot.wanted = wanted;
-            if slot.state == State::Stopping {
-                slot.stop_reason = Some(StopReason::Restart);
+            let replace = StopReason::Replace(Box::new(loaded));
+            if slot.phase.is_stopping() {
+                // The new definition waits for the stop under way.
+                slot.phase.restop(replace);
             } else {
-                self.stop(i, StopReason::Restart, now, r);
+                self.stop(i, replace, now, r);
             }
         } else {
             self.disarm(i);
@@ -181,21 +183,19 @@ impl Supervisor {
 
     /// The process stopped for a restart or replacement has exited: take the new definition,
     /// if any, and let `advance` start the unit again (fresh backoff and start limit).
-    pub(super) fn restarted(&mut self, i: usize) {
-        if let Some(loaded) = self.slots[i].replacement.take() {
+    pub(super) fn restarted(&mut self, i: usize, replacement: Option<Loaded>) {
+        if let Some(loaded) = replacement {
             self.swap_definition(i, loaded);
         }
         let shutting_down = self.shutting_down;
         let slot = &mut self.slots[i];
         if slot.wanted && !shutting_down && slot.unit.is_some() {
-            slot.state = State::Inactive;
-            slot.detail.clear();
+            slot.phase = Phase::default();
             slot.error = None;
             slot.limit.clear();
             slot.backoff.reset();
         } else if slot.unit.is_some() {
-            slot.state = State::Exited;
-            slot.detail = "stopped".into();
+            slot.phase = Phase::Exited { note: "stopped" };
         }
     }
 
@@ -207,7 +207,7 @@ impl Supervisor {
         r: &mut dyn Reactor,
     ) -> Result<(), ActionError> {
         let i = self.runnable(name)?;
-        self.slots[i].replacement = None;
+        self.slots[i].phase.forget_replacement();
         self.start_unit(name, now, r);
         Ok(())
     }
@@ -235,13 +235,13 @@ impl Supervisor {
     ) -> Result<(), ActionError> {
         let i = self.runnable(name)?;
         let slot = &mut self.slots[i];
-        if slot.pid.is_none() {
+        if slot.phase.pid().is_none() {
             self.start_unit(name, now, r);
             return Ok(());
         }
         slot.wanted = true;
-        if slot.state == State::Stopping {
-            slot.stop_reason = Some(StopReason::Restart);
+        if slot.phase.is_stopping() {
+            slot.phase.restart_after_stop();
         } else {
             self.stop(i, StopReason::Restart, now, r);
         }
@@ -261,13 +261,13 @@ impl Supervisor {
             return Err(ActionError::Unknown(name.to_string()));
         };
         let slot = &mut self.slots[i];
-        slot.replacement = None;
-        if slot.pid.is_none() {
+        if slot.phase.pid().is_none() {
             self.disarm(i);
             self.finish_removal(i);
-        } else if slot.state == State::Stopping {
+        } else if slot.phase.is_stopping() {
+            // Removed once the stop under way ends (a waiting replacement is dropped).
             slot.wanted = false;
-            slot.stop_reason = Some(StopReason::Remove);
+            slot.phase.restop(StopReason::Remove);
         } else {
             self.stop(i, StopReason::Remove, now, r);
         }
@@ -283,14 +283,12 @@ impl Supervisor {
             path: slot.path.clone(),
         });
         self.by_name.remove(&slot.name);
-        slot.removed = true;
+        // A free slot; its pending timer finds nothing to do.
+        slot.phase = Phase::Removed;
         slot.unit = None;
         slot.launcher = None;
         slot.error = None;
-        slot.state = State::Inactive;
         slot.wanted = false;
-        slot.action = Action::None;
-        slot.replacement = None;
         slot.log = UnitLog::new(&self.log_policy, &slot.name);
         self.relink();
     }

@@ -1,4 +1,5 @@
-//! What a unit is doing, as the API and the log show it.
+//! What a unit is doing, as the API and the log show it (derived from the supervisor's
+//! per-unit `Phase`).
 
 use serde::Serialize;
 

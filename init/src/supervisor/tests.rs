@@ -6,6 +6,7 @@ use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::deps::START_BATCH;
 use super::*;
 use crate::event::{Key, Reactor, Timer};
 use crate::launch::{LaunchError, Launcher, Spawned, Step};
@@ -52,6 +53,11 @@ impl Launcher for FakeLauncher {
         Ok(())
     }
     fn health_check(&mut self, unit: &Unit) -> Result<Spawned, LaunchError> {
+        if unit.health.as_ref().is_some_and(|h| h.exec[0] == "missing") {
+            return Err(LaunchError::NotFound {
+                command: "missing".into(),
+            });
+        }
         let mut r = self.0.borrow_mut();
         r.next_pid += 1;
         let pid = r.next_pid;
@@ -682,4 +688,121 @@ fn a_paused_unit_skips_health_checks_and_resumes_them_when_continued() {
     assert_eq!(h.rec.borrow().health.len(), 1);
     // Not a unit's process: not ours to judge.
     assert!(!h.sup.on_paused(9999, libc::SIGSTOP));
+}
+
+#[test]
+fn a_unit_whose_health_check_cannot_start_is_stopped_and_killed_at_its_stop_timeout() {
+    let mut h = Harness::new(&[(
+        "web",
+        "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"missing\"]\ninterval = \"1s\"\n\
+         retries = 1\n[service]\nstop_timeout = \"3s\"\n",
+    )]);
+    h.start();
+    let pid = h.pid("web");
+    // The first check cannot start: a failed check, and with one retry the unit is unhealthy.
+    h.fire_last();
+    let s = h.sup.status("web").unwrap();
+    assert_eq!(
+        (s.state, s.health),
+        (State::Stopping, Some(Health::Unhealthy))
+    );
+    // The pending timer is the stop's escalation, not another health check.
+    assert_eq!(h.timers.0.len(), 1);
+    assert_eq!(h.fire_last(), Duration::from_secs(3));
+    assert_eq!(
+        h.rec.borrow().signals.last(),
+        Some(&("web".to_string(), pid, libc::SIGKILL, true))
+    );
+    h.exit(pid, ExitStatus::Signaled(9));
+    assert!(h
+        .sup
+        .status("web")
+        .unwrap()
+        .detail
+        .starts_with("restarting in"));
+}
+
+#[test]
+fn stopping_a_preparing_unit_stops_its_task_and_never_starts_the_main_process() {
+    let mut h = Harness::new(&[("web", "[container]\ncommand = [\"prepare\"]\n")]);
+    h.start();
+    assert_eq!(h.sup.status("web").unwrap().detail, "preparing");
+    h.sup.request_stop("web", h.now, &mut h.timers).unwrap();
+    let s = h.sup.status("web").unwrap();
+    // The task is signalled, but it is no main process.
+    assert_eq!((s.state, s.pid), (State::Stopping, None));
+    assert_eq!(
+        h.rec.borrow().signals.last(),
+        Some(&("web".to_string(), 1, libc::SIGTERM, false))
+    );
+    // Even a successful end of the step starts nothing now.
+    h.exit(1, ExitStatus::Exited(0));
+    let s = h.sup.status("web").unwrap();
+    assert_eq!((s.state, s.detail.as_str()), (State::Exited, "stopped"));
+    assert!(h.started().is_empty());
+    assert!(h.sup.all_stopped());
+}
+
+#[test]
+fn a_replacement_waiting_for_a_stop_survives_a_restart_request_but_not_a_start_request() {
+    let mut h = Harness::new(&[("web", SLEEP), ("api", SLEEP)]);
+    h.start();
+    let v2 = "[unit]\ndescription = \"v2\"\n[container]\ncommand = [\"x\"]\n";
+    for (name, then_restart) in [("web", true), ("api", false)] {
+        let old = h.pid(name);
+        h.sup
+            .install(loaded(name, v2), false, h.now, &mut h.timers)
+            .unwrap();
+        if then_restart {
+            h.sup.request_restart(name, h.now, &mut h.timers).unwrap();
+        } else {
+            h.sup.request_start(name, h.now, &mut h.timers).unwrap();
+        }
+        assert_eq!(h.state(name), State::Stopping);
+        h.exit(old, ExitStatus::Signaled(15));
+        let s = h.sup.status(name).unwrap();
+        let expected = if then_restart { "v2" } else { "" };
+        assert_eq!(
+            (s.state, s.description.as_str()),
+            (State::Running, expected)
+        );
+    }
+}
+
+#[test]
+fn removing_a_unit_waiting_to_restart_cancels_the_restart() {
+    let mut h = Harness::new(&[("crash", SLEEP)]);
+    h.start();
+    let pid = h.pid("crash");
+    h.exit(pid, ExitStatus::Exited(1));
+    assert!(h
+        .sup
+        .status("crash")
+        .unwrap()
+        .detail
+        .starts_with("restarting in"));
+    h.sup.remove_unit("crash", h.now, &mut h.timers).unwrap();
+    assert_eq!(h.sup.take_removed().len(), 1);
+    while !h.timers.0.is_empty() {
+        h.fire_last();
+    }
+    assert_eq!(h.started(), ["crash"]);
+    assert!(h.sup.all_stopped());
+}
+
+#[test]
+fn a_paused_unit_can_be_stopped_and_shows_its_pid_while_stopping() {
+    let mut h = Harness::new(&[("web", SLEEP)]);
+    h.start();
+    let pid = h.pid("web");
+    assert!(h.sup.on_paused(pid, libc::SIGTSTP));
+    assert_eq!(h.state("web"), State::Paused);
+    h.sup.request_stop("web", h.now, &mut h.timers).unwrap();
+    let s = h.sup.status("web").unwrap();
+    assert_eq!((s.state, s.pid), (State::Stopping, Some(pid)));
+    // A pause while stopping changes nothing.
+    assert!(h.sup.on_paused(pid, libc::SIGSTOP));
+    assert_eq!(h.state("web"), State::Stopping);
+    h.exit(pid, ExitStatus::Signaled(15));
+    assert_eq!(h.state("web"), State::Exited);
 }

@@ -1,0 +1,92 @@
+//! Starting units: wanting them, and one start: preparation steps, then the main process.
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use super::phase::Phase;
+use super::Supervisor;
+use crate::event::{after, Reactor};
+use crate::launch::Step;
+use crate::reaper::ExitStatus;
+
+impl Supervisor {
+    /// Wants every valid unit and starts those whose dependencies are up.
+    pub fn start_all(&mut self, now: Instant, r: &mut dyn Reactor) {
+        for slot in &mut self.slots {
+            if slot.error.is_none() {
+                slot.wanted = true;
+            }
+        }
+        self.advance(now, r);
+    }
+
+    /// More units were ready than one batch: start the next batch.
+    pub fn on_start_timer(&mut self, now: Instant, r: &mut dyn Reactor) {
+        self.more_scheduled = false;
+        self.advance(now, r);
+    }
+
+    /// Starts one stopped, exited or failed unit by request (start limit counts anew).
+    pub fn start_unit(&mut self, name: &str, now: Instant, r: &mut dyn Reactor) -> bool {
+        let Some(&i) = self.by_name.get(name) else {
+            return false;
+        };
+        let slot = &mut self.slots[i];
+        if slot.unit.is_none() || slot.launcher.is_none() || self.shutting_down {
+            return false;
+        }
+        if !slot.phase.is_active() {
+            slot.wanted = true;
+            slot.limit.clear();
+            slot.backoff.reset();
+            slot.error = None;
+            slot.phase = Phase::default();
+        }
+        self.advance(now, r);
+        true
+    }
+
+    /// Begins one run of unit `i` (counted by the start limit).
+    pub(super) fn launch(&mut self, i: usize, now: Instant, r: &mut dyn Reactor) {
+        let slot = &mut self.slots[i];
+        slot.limit.record(now);
+        slot.error = None;
+        self.start_step(i, 0, now, r);
+    }
+
+    /// The next step of a start after `done` preparation steps: another preparation step, or
+    /// the main process.
+    pub(super) fn start_step(&mut self, i: usize, done: u32, now: Instant, r: &mut dyn Reactor) {
+        let slot = &mut self.slots[i];
+        let (Some(unit), Some(l)) = (&slot.unit, slot.launcher) else {
+            return;
+        };
+        match self.launchers[l].start(unit, done) {
+            Ok(Step::Prepare(sp)) => {
+                let task = self.adopt(i, sp, false, r);
+                self.slots[i].phase = Phase::Preparing { task, done };
+            }
+            Ok(Step::Main(sp)) => {
+                slot.started_at = Some(now);
+                info!("unit {}: started, pid {}", slot.name, sp.pid);
+                let first_check = unit
+                    .health
+                    .as_ref()
+                    .map(|h| h.interval.min(Duration::from_millis(100)));
+                let pid = self.adopt(i, sp, false, r);
+                self.slots[i].phase = Phase::running(pid);
+                match first_check {
+                    Some(d) => self.arm(i, after(now, d), r),
+                    None => self.disarm(i),
+                }
+            }
+            Err(e) => {
+                warn!("unit {}: cannot start: {e}", slot.name);
+                let code = e.exit_code();
+                slot.error = Some(e.to_string());
+                self.clean_then_after_exit(i, None, ExitStatus::Exited(code), None, now, r);
+            }
+        }
+    }
+}
