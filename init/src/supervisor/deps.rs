@@ -32,8 +32,31 @@ impl Budget {
         }
     }
 
+    /// The time slice ends a batch only once it started something: every batch makes
+    /// progress, however slow the machine (a slice gone before the first start would
+    /// otherwise make a turn start nothing).
     fn exhausted(&self) -> bool {
-        self.left == 0 || Instant::now() >= self.until
+        self.left == 0 || (self.left < START_BATCH && Instant::now() >= self.until)
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_late_slice_still_lets_one_start_through() {
+        let mut b = Budget {
+            left: START_BATCH,
+            until: Instant::now(),
+        };
+        assert!(!b.exhausted(), "nothing started yet");
+        b.left -= 1;
+        assert!(b.exhausted(), "one started and the slice is over");
+        b.until = after(Instant::now(), Duration::from_secs(3600));
+        assert!(!b.exhausted());
+        b.left = 0;
+        assert!(b.exhausted());
     }
 }
 
