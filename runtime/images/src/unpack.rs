@@ -605,6 +605,20 @@ mod tests {
     }
 
     #[test]
+    fn syscall_errors_keep_errno_and_path() {
+        let missing =
+            std::env::temp_dir().join(format!("berth-unpack-missing-{}/layer", std::process::id()));
+        match unpack(&[0u8; 1024][..], &missing) {
+            Err(UnpackError::Io { path, op, source }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+                assert_eq!(path, missing.display().to_string());
+                assert_eq!(op, "open layer directory");
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn decompress_detects_formats() {
         use std::io::Write;
         let plain = b"plain tar bytes".to_vec();
