@@ -14,7 +14,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufRead, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -255,7 +255,8 @@ impl Unpacker {
                     return Err(reject("symlink target empty or has a NUL byte"));
                 }
                 remove_existing(&parent, name).map_err(io_err(&shown, "replace existing entry"))?;
-                symlinkat(&target[..], &parent, name).map_err(io_err(&shown, "symlink"))?;
+                symlinkat(OsStr::from_bytes(&target), &parent, name)
+                    .map_err(io_err(&shown, "symlink"))?;
                 self.apply_owner_xattrs(&parent, Some(name), &meta, &shown)?;
                 let t = mtime_spec(meta.mtime);
                 utimensat(&parent, name, &t, &t, UtimensatFlags::NoFollowSymlink)
@@ -447,7 +448,7 @@ fn io_err<'a, E: Into<io::Error>>(
 fn open_dir_path(path: &Path) -> nix::Result<OwnedFd> {
     openat(
         AT_FDCWD,
-        path,
+        path.as_os_str(),
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
@@ -457,7 +458,7 @@ fn open_dir_path(path: &Path) -> nix::Result<OwnedFd> {
 /// or `ENOTDIR`), so a walk made of these never leaves the layer.
 fn open_path_dir(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
     openat(
-        dir,
+        dir.as_fd(),
         name,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
@@ -466,7 +467,7 @@ fn open_path_dir(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
 
 fn open_child_dir(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
     openat(
-        dir,
+        dir.as_fd(),
         name,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
@@ -486,7 +487,7 @@ fn reopen_dir(dir: &OwnedFd) -> nix::Result<OwnedFd> {
 /// planted by an earlier entry included) is ever opened.
 fn create_file(dir: &OwnedFd, name: &OsStr) -> nix::Result<File> {
     let fd = openat(
-        dir,
+        dir.as_fd(),
         name,
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         NEW_NODE_MODE,
@@ -530,7 +531,7 @@ fn chown_at(dir: &OwnedFd, name: Option<&OsStr>, uid: u32, gid: u32) -> nix::Res
     let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
     match name {
         Some(name) => fchownat(dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW),
-        None => fchownat(dir, "", uid, gid, AtFlags::AT_EMPTY_PATH),
+        None => fchownat(dir, OsStr::new(""), uid, gid, AtFlags::AT_EMPTY_PATH),
     }
 }
 
@@ -545,7 +546,7 @@ fn mtime_spec(mtime: i64) -> TimeSpec {
 // nix has no xattr calls: these two stay thin libc wrappers.
 
 fn set_xattr_fd(fd: &OwnedFd, key: &str, value: &[u8]) -> nix::Result<()> {
-    let rc = key.with_nix_path(|k| {
+    let rc = OsStr::new(key).with_nix_path(|k| {
         // SAFETY: `k` is a NUL-terminated string living across the call; value pointer and
         // length describe a live slice; `fd` is an open descriptor.
         unsafe {
@@ -563,8 +564,8 @@ fn set_xattr_fd(fd: &OwnedFd, key: &str, value: &[u8]) -> nix::Result<()> {
 
 /// xattr of `name` in `dir` without following it (symlinks, device nodes).
 fn set_xattr_link(dir: &OwnedFd, name: &OsStr, key: &str, value: &[u8]) -> nix::Result<()> {
-    let rc = proc_path(dir, name).with_nix_path(|path| {
-        key.with_nix_path(|k| {
+    let rc = proc_path(dir, name).as_os_str().with_nix_path(|path| {
+        OsStr::new(key).with_nix_path(|k| {
             // SAFETY: `path` and `k` are NUL-terminated strings living across the call; value
             // pointer and length describe a live slice.
             unsafe {
