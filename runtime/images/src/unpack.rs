@@ -11,13 +11,22 @@
 //!   nothing is ever created outside the layer directory. Symlink targets are stored verbatim
 //!   (they are resolved later inside the container's root, not here).
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufRead, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag, AT_FDCWD};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstatat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags,
+    FileStat, Mode, SFlag, UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use nix::NixPath;
 use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use tar::EntryType;
 
@@ -107,10 +116,10 @@ impl<R: BufRead> Read for ZstdFrames<R> {
 
 /// Unpacks the tar stream `tar` into `dest`, an existing, empty directory.
 pub fn unpack<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
-    let root = open_dir_path(dest).map_err(|source| UnpackError::Io {
+    let root = open_dir_path(dest).map_err(|e| UnpackError::Io {
         path: dest.display().to_string(),
         op: "open layer directory",
-        source,
+        source: e.into(),
     })?;
     let mut unpacker = Unpacker {
         root,
@@ -176,14 +185,6 @@ impl Unpacker {
         let components = clean_path(&raw_path).map_err(reject)?;
         let meta = read_meta(&mut entry).map_err(UnpackError::Read)?;
         self.stats.entries += 1;
-        let io_err = |op: &'static str| {
-            let shown = shown.clone();
-            move |source: io::Error| UnpackError::Io {
-                path: shown,
-                op,
-                source,
-            }
-        };
 
         let Some((name, parents)) = components.split_last() else {
             // The layer root itself: only its metadata can be set.
@@ -193,12 +194,13 @@ impl Unpacker {
             self.deferred_dirs.push((Vec::new(), meta.mode, meta.mtime));
             return self.apply_owner_xattrs(&self.root, None, &meta, &shown);
         };
+        let name: &OsStr = name;
         let name_bytes = name.as_bytes();
         let parent = self.dir(parents, true, &shown)?;
 
         if name_bytes == OPAQUE_MARKER {
-            let dir = reopen_dir(&parent).map_err(io_err("open opaque directory"))?;
-            return set_xattr_fd(&dir, OPAQUE_XATTR, b"y").map_err(io_err("mark opaque"));
+            let dir = reopen_dir(&parent).map_err(io_err(&shown, "open opaque directory"))?;
+            return set_xattr_fd(&dir, OPAQUE_XATTR, b"y").map_err(io_err(&shown, "mark opaque"));
         }
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX) {
             if hidden.starts_with(WHITEOUT_PREFIX) {
@@ -208,35 +210,41 @@ impl Unpacker {
                 return Err(reject("whiteout of an invalid name"));
             }
             let hidden = OsStr::from_bytes(hidden);
-            remove_existing(&parent, hidden).map_err(io_err("replace existing entry"))?;
-            return mknod(&parent, hidden, libc::S_IFCHR, 0).map_err(io_err("create whiteout"));
+            remove_existing(&parent, hidden).map_err(io_err(&shown, "replace existing entry"))?;
+            return mknodat(&parent, hidden, SFlag::S_IFCHR, NEW_NODE_MODE, 0)
+                .map_err(io_err(&shown, "create whiteout"));
         }
 
         match kind {
             EntryType::Directory => {
-                match stat_at(&parent, name).map_err(io_err("stat"))? {
-                    Some(st) if is_type(&st, libc::S_IFDIR) => {}
+                match stat_at(&parent, name).map_err(io_err(&shown, "stat"))? {
+                    Some(st) if is_type(&st, SFlag::S_IFDIR) => {}
                     Some(_) => {
-                        remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
-                        mkdir(&parent, name).map_err(io_err("mkdir"))?;
+                        remove_existing(&parent, name)
+                            .map_err(io_err(&shown, "replace existing entry"))?;
+                        mkdirat(&parent, name, NEW_DIR_MODE).map_err(io_err(&shown, "mkdir"))?;
                     }
-                    None => mkdir(&parent, name).map_err(io_err("mkdir"))?,
+                    None => {
+                        mkdirat(&parent, name, NEW_DIR_MODE).map_err(io_err(&shown, "mkdir"))?
+                    }
                 }
-                let dir = open_child_dir(&parent, name).map_err(io_err("open directory"))?;
+                let dir =
+                    open_child_dir(&parent, name).map_err(io_err(&shown, "open directory"))?;
                 self.apply_owner_xattrs(&dir, None, &meta, &shown)?;
                 let mut path: Vec<OsString> = parents.iter().map(|c| c.to_os_string()).collect();
                 path.push(name.to_os_string());
                 self.deferred_dirs.push((path, meta.mode, meta.mtime));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
-                let mut file = create_file(&parent, name).map_err(io_err("create"))?;
-                let n = io::copy(&mut entry, &mut file).map_err(io_err("write"))?;
+                remove_existing(&parent, name).map_err(io_err(&shown, "replace existing entry"))?;
+                let mut file = create_file(&parent, name).map_err(io_err(&shown, "create"))?;
+                let n = io::copy(&mut entry, &mut file).map_err(io_err(&shown, "write"))?;
                 self.stats.bytes += n;
                 let fd = OwnedFd::from(file);
                 self.apply_owner_xattrs(&fd, None, &meta, &shown)?;
-                chmod_fd(&fd, meta.mode).map_err(io_err("chmod"))?;
-                set_times_fd(&fd, meta.mtime).map_err(io_err("set mtime"))?;
+                fchmod(&fd, mode(meta.mode)).map_err(io_err(&shown, "chmod"))?;
+                let t = mtime_spec(meta.mtime);
+                futimens(&fd, &t, &t).map_err(io_err(&shown, "set mtime"))?;
             }
             EntryType::Symlink => {
                 let target = entry
@@ -246,10 +254,13 @@ impl Unpacker {
                 if target.is_empty() || target.contains(&0) {
                     return Err(reject("symlink target empty or has a NUL byte"));
                 }
-                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
-                symlink(&target, &parent, name).map_err(io_err("symlink"))?;
+                remove_existing(&parent, name).map_err(io_err(&shown, "replace existing entry"))?;
+                symlinkat(OsStr::from_bytes(&target), &parent, name)
+                    .map_err(io_err(&shown, "symlink"))?;
                 self.apply_owner_xattrs(&parent, Some(name), &meta, &shown)?;
-                set_times_at(&parent, name, meta.mtime).map_err(io_err("set mtime"))?;
+                let t = mtime_spec(meta.mtime);
+                utimensat(&parent, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                    .map_err(io_err(&shown, "set mtime"))?;
             }
             EntryType::Link => {
                 let target = entry
@@ -261,33 +272,43 @@ impl Unpacker {
                 let Some((target_name, target_parents)) = target_components.split_last() else {
                     return Err(reject("hard link to the layer root"));
                 };
+                let target_name: &OsStr = target_name;
                 let target_parent = self.dir(target_parents, false, &shown)?;
-                match stat_at(&target_parent, target_name).map_err(io_err("stat link target"))? {
-                    Some(st) if !is_type(&st, libc::S_IFDIR) => {}
+                match stat_at(&target_parent, target_name)
+                    .map_err(io_err(&shown, "stat link target"))?
+                {
+                    Some(st) if !is_type(&st, SFlag::S_IFDIR) => {}
                     Some(_) => return Err(reject("hard link to a directory")),
                     None => return Err(reject("hard link target is not in this layer")),
                 }
                 if target_components == components {
                     return Ok(()); // a link to itself: already there
                 }
-                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
-                link(&target_parent, target_name, &parent, name).map_err(io_err("link"))?;
+                remove_existing(&parent, name).map_err(io_err(&shown, "replace existing entry"))?;
+                // No AT_SYMLINK_FOLLOW: a symlink target is linked itself, never followed.
+                linkat(&target_parent, target_name, &parent, name, AtFlags::empty())
+                    .map_err(io_err(&shown, "link"))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let file_type = match kind {
-                    EntryType::Char => libc::S_IFCHR,
-                    EntryType::Block => libc::S_IFBLK,
-                    _ => libc::S_IFIFO,
+                    EntryType::Char => SFlag::S_IFCHR,
+                    EntryType::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
                 };
                 let header = entry.header();
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                remove_existing(&parent, name).map_err(io_err("replace existing entry"))?;
-                mknod(&parent, name, file_type, libc::makedev(major, minor))
-                    .map_err(io_err("mknod"))?;
+                remove_existing(&parent, name).map_err(io_err(&shown, "replace existing entry"))?;
+                let dev = makedev(major.into(), minor.into());
+                mknodat(&parent, name, file_type, NEW_NODE_MODE, dev)
+                    .map_err(io_err(&shown, "mknod"))?;
                 self.apply_owner_xattrs(&parent, Some(name), &meta, &shown)?;
-                chmod_at(&parent, name, meta.mode).map_err(io_err("chmod"))?;
-                set_times_at(&parent, name, meta.mtime).map_err(io_err("set mtime"))?;
+                // `name` was just created as a node, not a symlink.
+                fchmodat(&parent, name, mode(meta.mode), FchmodatFlags::FollowSymlink)
+                    .map_err(io_err(&shown, "chmod"))?;
+                let t = mtime_spec(meta.mtime);
+                utimensat(&parent, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                    .map_err(io_err(&shown, "set mtime"))?;
             }
             other => return Err(reject(&format!("unsupported entry type {other:?}"))),
         }
@@ -302,22 +323,14 @@ impl Unpacker {
         create: bool,
         shown: &str,
     ) -> Result<OwnedFd, UnpackError> {
-        let mut current = reopen_path(&self.root).map_err(|source| UnpackError::Io {
-            path: shown.to_string(),
-            op: "open layer root",
-            source,
-        })?;
+        let mut current = reopen_path(&self.root).map_err(io_err(shown, "open layer root"))?;
         for c in components {
             let next = match open_path_dir(&current, c) {
                 Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => mkdir(&current, c)
+                Err(Errno::ENOENT) if create => mkdirat(&current, *c, NEW_DIR_MODE)
                     .and_then(|()| open_path_dir(&current, c))
-                    .map_err(|source| UnpackError::Io {
-                        path: shown.to_string(),
-                        op: "create parent directory",
-                        source,
-                    })?,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                    .map_err(io_err(shown, "create parent directory"))?,
+                Err(Errno::ENOTDIR | Errno::ELOOP) => {
                     return Err(UnpackError::Rejected {
                         path: shown.to_string(),
                         reason: format!(
@@ -326,19 +339,13 @@ impl Unpacker {
                         ),
                     })
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                Err(Errno::ENOENT) => {
                     return Err(UnpackError::Rejected {
                         path: shown.to_string(),
                         reason: "hard link target is not in this layer".to_string(),
                     })
                 }
-                Err(source) => {
-                    return Err(UnpackError::Io {
-                        path: shown.to_string(),
-                        op: "open parent directory",
-                        source,
-                    })
-                }
+                Err(e) => return Err(io_err(shown, "open parent directory")(e)),
             };
             current = next;
         }
@@ -353,14 +360,7 @@ impl Unpacker {
         meta: &Meta,
         shown: &str,
     ) -> Result<(), UnpackError> {
-        let err = |op: &'static str| {
-            move |source: io::Error| UnpackError::Io {
-                path: shown.to_string(),
-                op,
-                source,
-            }
-        };
-        chown_at(fd, name, meta.uid, meta.gid).map_err(err("chown"))?;
+        chown_at(fd, name, meta.uid, meta.gid).map_err(io_err(shown, "chown"))?;
         for (key, value) in &meta.xattrs {
             let Ok(key) = std::str::from_utf8(key) else {
                 continue;
@@ -376,10 +376,10 @@ impl Unpacker {
             match result {
                 Ok(()) => {}
                 // Filesystems without the namespace (e.g. security.selinux): not fatal.
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                Err(Errno::EOPNOTSUPP) => {
                     log::debug!("{shown}: xattr {key} not supported here");
                 }
-                Err(e) => return Err(err("set xattr")(e)),
+                Err(e) => return Err(io_err(shown, "set xattr")(e)),
             }
         }
         Ok(())
@@ -387,7 +387,7 @@ impl Unpacker {
 
     fn finish_dirs(&mut self) -> Result<(), UnpackError> {
         let dirs = std::mem::take(&mut self.deferred_dirs);
-        for (path, mode, mtime) in dirs.iter().rev() {
+        for (path, dir_mode, mtime) in dirs.iter().rev() {
             let shown = path
                 .iter()
                 .map(|c| c.to_string_lossy())
@@ -395,18 +395,11 @@ impl Unpacker {
                 .join("/");
             let components: Vec<&OsStr> = path.iter().map(|c| c.as_os_str()).collect();
             let fd = self.dir(&components, false, &shown)?;
-            let dir = reopen_dir(&fd).map_err(|source| UnpackError::Io {
-                path: shown.clone(),
-                op: "open directory",
-                source,
-            })?;
-            chmod_fd(&dir, *mode)
-                .and_then(|()| set_times_fd(&dir, *mtime))
-                .map_err(|source| UnpackError::Io {
-                    path: shown,
-                    op: "set directory mode and mtime",
-                    source,
-                })?;
+            let dir = reopen_dir(&fd).map_err(io_err(&shown, "open directory"))?;
+            let t = mtime_spec(*mtime);
+            fchmod(&dir, mode(*dir_mode))
+                .and_then(|()| futimens(&dir, &t, &t))
+                .map_err(io_err(&shown, "set directory mode and mtime"))?;
         }
         Ok(())
     }
@@ -433,140 +426,85 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
     })
 }
 
-// --- thin syscall wrappers: every call is relative to a directory descriptor ---
+// --- descriptor-relative helpers: every path is resolved from a directory descriptor ---
 
-fn cstr(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
+/// Mode of a directory created for the layer; its real mode is set once its content is in.
+const NEW_DIR_MODE: Mode = Mode::from_bits_retain(0o755);
+/// Mode of a file or node while it is written; its real mode is set right after.
+const NEW_NODE_MODE: Mode = Mode::from_bits_retain(0o600);
 
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// Maps a failed call on one entry (an `Errno` or an `io::Error`) to the entry's error.
+fn io_err<'a, E: Into<io::Error>>(
+    path: &'a str,
+    op: &'static str,
+) -> impl FnOnce(E) -> UnpackError + 'a {
+    move |e| UnpackError::Io {
+        path: path.to_string(),
+        op,
+        source: e.into(),
     }
 }
 
-fn owned(fd: RawFd) -> io::Result<OwnedFd> {
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by a successful open call and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn openat(dir: RawFd, name: &OsStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
-    let c = cstr(name)?;
-    // SAFETY: `c` is a valid NUL-terminated string living across the call.
-    owned(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })
-}
-
-fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+fn open_dir_path(path: &Path) -> nix::Result<OwnedFd> {
     openat(
-        libc::AT_FDCWD,
+        AT_FDCWD,
         path.as_os_str(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
     )
 }
 
-fn open_path_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+/// An `O_PATH` descriptor of the directory `name` in `dir`; a symlink there fails (`ELOOP`
+/// or `ENOTDIR`), so a walk made of these never leaves the layer.
+fn open_path_dir(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
     openat(
-        dir.as_raw_fd(),
+        dir.as_fd(),
         name,
-        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
     )
 }
 
-fn open_child_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+fn open_child_dir(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
     openat(
-        dir.as_raw_fd(),
+        dir.as_fd(),
         name,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
     )
 }
 
-fn reopen_path(dir: &OwnedFd) -> io::Result<OwnedFd> {
+fn reopen_path(dir: &OwnedFd) -> nix::Result<OwnedFd> {
     open_path_dir(dir, OsStr::new("."))
 }
 
 /// A readable descriptor of the directory `dir` (an `O_PATH` one cannot take xattrs or chmod).
-fn reopen_dir(dir: &OwnedFd) -> io::Result<OwnedFd> {
+fn reopen_dir(dir: &OwnedFd) -> nix::Result<OwnedFd> {
     open_child_dir(dir, OsStr::new("."))
 }
 
-fn create_file(dir: &OwnedFd, name: &OsStr) -> io::Result<File> {
+/// A new regular file `name` in `dir`: `O_EXCL | O_NOFOLLOW`, so nothing existing (a symlink
+/// planted by an earlier entry included) is ever opened.
+fn create_file(dir: &OwnedFd, name: &OsStr) -> nix::Result<File> {
     let fd = openat(
-        dir.as_raw_fd(),
+        dir.as_fd(),
         name,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-        0o600,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        NEW_NODE_MODE,
     )?;
     Ok(File::from(fd))
 }
 
-fn mkdir(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string and descriptor.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) })
-}
-
-fn mknod(dir: &OwnedFd, name: &OsStr, kind: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string and descriptor.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), kind | 0o600, dev) })
-}
-
-fn symlink(target: &[u8], dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
-    let t = CString::new(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let c = cstr(name)?;
-    // SAFETY: valid C strings and descriptor.
-    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })
-}
-
-fn link(from_dir: &OwnedFd, from: &OsStr, to_dir: &OwnedFd, to: &OsStr) -> io::Result<()> {
-    let f = cstr(from)?;
-    let t = cstr(to)?;
-    // SAFETY: valid C strings and descriptors; flags 0 never follows a symlink target.
-    check(unsafe {
-        libc::linkat(
-            from_dir.as_raw_fd(),
-            f.as_ptr(),
-            to_dir.as_raw_fd(),
-            t.as_ptr(),
-            0,
-        )
-    })
-}
-
-fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<libc::stat>> {
-    let c = cstr(name)?;
-    // SAFETY: zeroed stat is a valid out-buffer; valid C string and descriptor.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc == 0 {
-        return Ok(Some(st));
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ENOENT) {
-        Ok(None)
-    } else {
-        Err(e)
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> nix::Result<Option<FileStat>> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-fn is_type(st: &libc::stat, kind: libc::mode_t) -> bool {
-    st.st_mode & libc::S_IFMT == kind
+fn is_type(st: &FileStat, kind: SFlag) -> bool {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == kind
 }
 
 /// Removes `name` in `dir` if present, directories recursively (symlinks are never followed).
@@ -574,97 +512,74 @@ fn remove_existing(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
     let Some(st) = stat_at(dir, name)? else {
         return Ok(());
     };
-    if is_type(&st, libc::S_IFDIR) {
+    if is_type(&st, SFlag::S_IFDIR) {
         // std's remove_dir_all works with openat/unlinkat and never follows symlinks; the
         // /proc path pins the already resolved parent directory.
         let path = proc_path(dir, name);
         return std::fs::remove_dir_all(path);
     }
-    let c = cstr(name)?;
-    // SAFETY: valid C string and descriptor.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) })
+    Ok(unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)?)
 }
 
 fn proc_path(dir: &OwnedFd, name: &OsStr) -> std::path::PathBuf {
     Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
 }
 
-fn chown_at(dir: &OwnedFd, name: Option<&OsStr>, uid: u32, gid: u32) -> io::Result<()> {
-    let (c, flags) = match name {
-        Some(n) => (cstr(n)?, libc::AT_SYMLINK_NOFOLLOW),
-        None => (CString::default(), libc::AT_EMPTY_PATH),
-    };
-    // SAFETY: valid C string and descriptor.
-    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), uid, gid, flags) })
+/// Ownership of `dir` itself (name `None`, also through an `O_PATH` descriptor) or of `name`
+/// in `dir`, never following a symlink.
+fn chown_at(dir: &OwnedFd, name: Option<&OsStr>, uid: u32, gid: u32) -> nix::Result<()> {
+    let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    match name {
+        Some(name) => fchownat(dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW),
+        None => fchownat(dir, OsStr::new(""), uid, gid, AtFlags::AT_EMPTY_PATH),
+    }
 }
 
-fn chmod_fd(fd: &OwnedFd, mode: u32) -> io::Result<()> {
-    // SAFETY: plain syscall on an owned descriptor.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
+fn mode(bits: u32) -> Mode {
+    Mode::from_bits_retain(bits)
 }
 
-fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string and descriptor; `name` was just created as a non-symlink.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode, 0) })
+fn mtime_spec(mtime: i64) -> TimeSpec {
+    TimeSpec::new(mtime, 0)
 }
 
-fn timespecs(mtime: i64) -> [libc::timespec; 2] {
-    let t = libc::timespec {
-        tv_sec: mtime,
-        tv_nsec: 0,
-    };
-    [t, t]
-}
+// nix has no xattr calls: these two stay thin libc wrappers.
 
-fn set_times_fd(fd: &OwnedFd, mtime: i64) -> io::Result<()> {
-    let ts = timespecs(mtime);
-    // SAFETY: `ts` is a valid array of two timespecs.
-    check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })
-}
-
-fn set_times_at(dir: &OwnedFd, name: &OsStr, mtime: i64) -> io::Result<()> {
-    let c = cstr(name)?;
-    let ts = timespecs(mtime);
-    // SAFETY: valid C string, descriptor and timespec array.
-    check(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-}
-
-fn set_xattr_fd(fd: &OwnedFd, key: &str, value: &[u8]) -> io::Result<()> {
-    let k = cstr(OsStr::new(key))?;
-    // SAFETY: valid C string; value pointer and length describe a live slice.
-    check(unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            k.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
+fn set_xattr_fd(fd: &OwnedFd, key: &str, value: &[u8]) -> nix::Result<()> {
+    let rc = OsStr::new(key).with_nix_path(|k| {
+        // SAFETY: `k` is a NUL-terminated string living across the call; value pointer and
+        // length describe a live slice; `fd` is an open descriptor.
+        unsafe {
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                k.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        }
+    })?;
+    Errno::result(rc).map(drop)
 }
 
 /// xattr of `name` in `dir` without following it (symlinks, device nodes).
-fn set_xattr_link(dir: &OwnedFd, name: &OsStr, key: &str, value: &[u8]) -> io::Result<()> {
-    let path = cstr(proc_path(dir, name).as_os_str())?;
-    let k = cstr(OsStr::new(key))?;
-    // SAFETY: valid C strings; value pointer and length describe a live slice.
-    check(unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            k.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
+fn set_xattr_link(dir: &OwnedFd, name: &OsStr, key: &str, value: &[u8]) -> nix::Result<()> {
+    let rc = proc_path(dir, name).as_os_str().with_nix_path(|path| {
+        OsStr::new(key).with_nix_path(|k| {
+            // SAFETY: `path` and `k` are NUL-terminated strings living across the call; value
+            // pointer and length describe a live slice.
+            unsafe {
+                libc::lsetxattr(
+                    path.as_ptr(),
+                    k.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            }
+        })
+    })??;
+    Errno::result(rc).map(drop)
 }
 
 #[cfg(test)]
@@ -688,6 +603,20 @@ mod tests {
         assert!(clean_path(b"../x").is_err());
         assert!(clean_path(b"a/../../x").is_err());
         assert!(clean_path(b"a/..").is_err());
+    }
+
+    #[test]
+    fn syscall_errors_keep_errno_and_path() {
+        let missing =
+            std::env::temp_dir().join(format!("berth-unpack-missing-{}/layer", std::process::id()));
+        match unpack(&[0u8; 1024][..], &missing) {
+            Err(UnpackError::Io { path, op, source }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+                assert_eq!(path, missing.display().to_string());
+                assert_eq!(op, "open layer directory");
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
 
     #[test]
