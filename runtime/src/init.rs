@@ -9,9 +9,9 @@ use crate::process::{self, ProcessError};
 use crate::rootfs::{self, RootfsError, RootfsSetup};
 use crate::spec::Bundle;
 use crate::state::EXEC_FIFO;
-use crate::syscall::LinuxSyscall;
+use crate::syscall::{LinuxSyscall, Syscall};
 use nix::sched::CloneFlags;
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{Process, Spec};
 use seccompiler::BpfProgram;
 use std::convert::Infallible;
 use std::io::Write;
@@ -43,7 +43,7 @@ pub enum InitError {
     },
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> InitError {
+fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> InitError {
     let what = what.into();
     move |errno| InitError::Sys { what, errno }
 }
@@ -98,33 +98,8 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     // Device nodes and directories get exactly the modes the spec asks for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let mut state = cfg.channel.wait_for_continue()?;
-    if cfg.plan.user() {
-        // Become the namespace's root so that files created during setup are owned by it.
-        let root_gid = nix::unistd::Gid::from_raw(0);
-        let root_uid = nix::unistd::Uid::from_raw(0);
-        nix::unistd::setresgid(root_gid, root_gid, root_gid)
-            .map_err(sys("setgid 0 in user namespace"))?;
-        nix::unistd::setresuid(root_uid, root_uid, root_uid)
-            .map_err(sys("setuid 0 in user namespace"))?;
-    }
-    // Only now, inside the container's cgroup: the new cgroup namespace is rooted at it, so
-    // the container sees `0::/` and only its own subtree under /sys/fs/cgroup.
-    if cfg.plan.new.contains(CloneFlags::CLONE_NEWCGROUP) {
-        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(sys("unshare cgroup namespace"))?;
-    }
-    for (flag, path) in &cfg.plan.join {
-        namespaces::enter(path, *flag)?;
-    }
     let sys_ = LinuxSyscall;
-    if cfg.plan.has(CloneFlags::CLONE_NEWUTS) {
-        if let Some(h) = spec.hostname() {
-            nix::unistd::sethostname(h).map_err(sys("sethostname"))?;
-        }
-        if let Some(d) = spec.domainname() {
-            crate::syscall::Syscall::setdomainname(&sys_, d).map_err(sys("setdomainname"))?;
-        }
-    }
+    enter_namespaces(&sys_, cfg.plan, spec)?;
     let new_mnt = cfg.plan.new.contains(CloneFlags::CLONE_NEWNS);
     if new_mnt {
         let setup = RootfsSetup {
@@ -166,8 +141,8 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     // Without a mount namespace of its own or joined, the root is entered by chroot, as runc
     // does.
     if !cfg.plan.has(CloneFlags::CLONE_NEWNS) {
-        nix::unistd::chroot(&cfg.bundle.rootfs).map_err(sys("chroot into the root"))?;
-        nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+        nix::unistd::chroot(&cfg.bundle.rootfs).map_err(sys_err("chroot into the root"))?;
+        nix::unistd::chdir("/").map_err(sys_err("chdir /"))?;
     }
     let root = if new_mnt || !cfg.plan.has(CloneFlags::CLONE_NEWNS) {
         Path::new("/")
@@ -177,7 +152,7 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     let program = process::Program::resolve(proc_, root)?;
     // Limits the kernel refuses (a hard limit raised without CAP_SYS_RESOURCE) fail `create`,
     // as with runc, instead of the process after `start`; exec sets the same values again.
-    process::set_rlimits(proc_)?;
+    process::set_rlimits(&sys_, proc_)?;
 
     cfg.channel.send(&Message::Ready)?;
     *ready = true;
@@ -190,7 +165,37 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
         Wait::Fifo(dir) => Some(wait_on_fifo(dir)?),
     };
     hooks::run(hooks, HookKind::StartContainer, &state)?;
-    Err(program.exec(proc_, cfg.filters).into())
+    Err(program.exec(&sys_, proc_, cfg.filters).into())
+}
+
+/// The namespace steps of the init, once it is in the container's cgroup: root of a new user
+/// namespace, a new cgroup namespace, the joined ones, then the UTS names.
+fn enter_namespaces(sys: &dyn Syscall, plan: &NamespacePlan, spec: &Spec) -> Result<(), InitError> {
+    if plan.user() {
+        // Become the namespace's root so that files created during setup are owned by it.
+        sys.setresgid(0)
+            .map_err(sys_err("setgid 0 in user namespace"))?;
+        sys.setresuid(0)
+            .map_err(sys_err("setuid 0 in user namespace"))?;
+    }
+    // Only now, inside the container's cgroup: the new cgroup namespace is rooted at it, so
+    // the container sees `0::/` and only its own subtree under /sys/fs/cgroup.
+    if plan.new.contains(CloneFlags::CLONE_NEWCGROUP) {
+        sys.unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(sys_err("unshare cgroup namespace"))?;
+    }
+    for (flag, path) in &plan.join {
+        namespaces::enter(sys, path, *flag)?;
+    }
+    if plan.has(CloneFlags::CLONE_NEWUTS) {
+        if let Some(h) = spec.hostname() {
+            sys.sethostname(h).map_err(sys_err("sethostname"))?;
+        }
+        if let Some(d) = spec.domainname() {
+            sys.setdomainname(d).map_err(sys_err("setdomainname"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Blocks until `start` opens the FIFO for reading, then tells it the init is alive.
@@ -202,7 +207,101 @@ fn wait_on_fifo(dir: &OwnedFd) -> Result<OwnedFd, InitError> {
         OFlag::O_WRONLY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(sys("open exec fifo"))?;
-    nix::unistd::write(&fd, b"0").map_err(sys("write exec fifo"))?;
+    .map_err(sys_err("open exec fifo"))?;
+    nix::unistd::write(&fd, b"0").map_err(sys_err("write exec fifo"))?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The namespace steps checked with the recording syscall seam (no root needed).
+    use super::*;
+    use crate::syscall::test::{Call, RecordingSyscall};
+    use nix::errno::Errno;
+    use std::path::PathBuf;
+
+    fn spec(linux: &str) -> Spec {
+        serde_json::from_str(&format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"hostname":"web",
+                "domainname":"example.org","linux":{linux}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn plan(s: &Spec) -> NamespacePlan {
+        NamespacePlan::from_linux(s.linux().as_ref()).unwrap()
+    }
+
+    #[test]
+    fn user_namespace_root_first_then_cgroup_then_names() {
+        let s = spec(
+            r#"{"namespaces":[{"type":"user"},{"type":"mount"},{"type":"uts"},{"type":"cgroup"}]}"#,
+        );
+        let sys = RecordingSyscall::default();
+        enter_namespaces(&sys, &plan(&s), &s).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::Setresgid(0),
+                Call::Setresuid(0),
+                Call::Unshare(CloneFlags::CLONE_NEWCGROUP),
+                Call::Hostname("web".into()),
+                Call::Domainname("example.org".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn joined_namespaces_mount_last_and_no_names_without_uts() {
+        let s = spec(
+            r#"{"namespaces":[{"type":"mount","path":"/run/c/mnt"},
+                {"type":"network","path":"/run/netns/x"},{"type":"ipc","path":"/run/c/ipc"}]}"#,
+        );
+        let sys = RecordingSyscall::default();
+        enter_namespaces(&sys, &plan(&s), &s).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::Setns("/run/netns/x".into(), CloneFlags::CLONE_NEWNET),
+                Call::Setns("/run/c/ipc".into(), CloneFlags::CLONE_NEWIPC),
+                Call::Setns("/run/c/mnt".into(), CloneFlags::CLONE_NEWNS),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_step_is_named_and_stops_the_setup() {
+        let s = spec(
+            r#"{"namespaces":[{"type":"uts"},{"type":"network","path":"/run/netns/x"},
+                {"type":"ipc","path":"/run/c/ipc"}]}"#,
+        );
+        let sys = RecordingSyscall::default();
+        sys.fail_on(
+            Call::Setns("/run/netns/x".into(), CloneFlags::CLONE_NEWNET),
+            Errno::EPERM,
+        );
+        let e = enter_namespaces(&sys, &plan(&s), &s).unwrap_err();
+        match &e {
+            InitError::Namespace(NamespaceError::Setns { path, source }) => {
+                assert_eq!(
+                    (path, *source),
+                    (&PathBuf::from("/run/netns/x"), Errno::EPERM)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().starts_with("setns /run/netns/x: "), "{e}");
+        assert!(sys.calls().is_empty(), "{:?}", sys.calls());
+
+        let s = spec(r#"{"namespaces":[{"type":"user"},{"type":"uts"}]}"#);
+        let sys = RecordingSyscall::default();
+        sys.fail_on(Call::Setresuid(0), Errno::EINVAL);
+        let e = enter_namespaces(&sys, &plan(&s), &s).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("setuid 0 in user namespace: EINVAL"),
+            "{e}"
+        );
+        assert_eq!(sys.calls(), vec![Call::Setresgid(0)]);
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! The supervisor (berth-init, through its engine) and the runc-compatible CLI share it; it
 //! knows nothing of images, registries or networks. Mechanism lives here; the
-//! CLI only parses arguments. Kernel calls that set up mounts go through [`syscall::Syscall`]
-//! so that the logic is unit-tested without root.
+//! CLI only parses arguments. The container init's kernel calls (mounts and devices,
+//! namespaces, identity, capabilities, rlimits, seccomp) go through [`syscall::Syscall`] so
+//! that their order and arguments are unit-tested without root.
 
 pub mod bpf;
 pub mod cgroups;

@@ -1,7 +1,9 @@
 //! Which namespaces a container gets: new ones (clone flags) and existing ones joined by path.
 
+use crate::syscall::Syscall;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{Linux, LinuxNamespaceType};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,15 +94,22 @@ impl NamespacePlan {
 }
 
 /// Joins the namespace at `path`.
-pub fn enter(path: &std::path::Path, f: CloneFlags) -> Result<(), NamespaceError> {
-    let file = std::fs::File::open(path).map_err(|source| NamespaceError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    nix::sched::setns(&file, f).map_err(|source| NamespaceError::Setns {
-        path: path.to_path_buf(),
-        source,
-    })
+pub fn enter(
+    sys: &dyn Syscall,
+    path: &std::path::Path,
+    f: CloneFlags,
+) -> Result<(), NamespaceError> {
+    let file = sys
+        .open_namespace(path)
+        .map_err(|errno| NamespaceError::Open {
+            path: path.to_path_buf(),
+            source: errno.into(),
+        })?;
+    sys.setns(file.as_fd(), f)
+        .map_err(|source| NamespaceError::Setns {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

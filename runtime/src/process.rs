@@ -1,6 +1,7 @@
 //! The last steps inside the container before exec: rlimits, identity, capabilities,
 //! no_new_privs, seccomp, working directory, and finding the program.
 
+use crate::syscall::{CapSets, Syscall};
 use oci_spec::runtime::{Capabilities, Capability, PosixRlimitType, Process};
 use seccompiler::BpfProgram;
 use std::ffi::CString;
@@ -39,7 +40,7 @@ pub enum ProcessError {
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> ProcessError {
+fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> ProcessError {
     let what = what.into();
     move |errno| ProcessError::Sys { what, errno }
 }
@@ -66,19 +67,10 @@ fn rlimit_resource(t: PosixRlimitType) -> i32 {
     }) as i32
 }
 
-pub fn set_rlimits(p: &Process) -> Result<(), ProcessError> {
+pub fn set_rlimits(sys: &dyn Syscall, p: &Process) -> Result<(), ProcessError> {
     for r in p.rlimits().iter().flatten() {
-        let lim = libc::rlimit {
-            rlim_cur: r.soft(),
-            rlim_max: r.hard(),
-        };
-        // SAFETY: a valid resource number and a pointer to a live rlimit.
-        if unsafe { libc::setrlimit(rlimit_resource(r.typ()) as _, &lim) } != 0 {
-            return Err(ProcessError::Sys {
-                what: format!("setrlimit {}", r.typ()),
-                errno: nix::errno::Errno::last(),
-            });
-        }
+        sys.setrlimit(rlimit_resource(r.typ()), r.soft(), r.hard())
+            .map_err(sys_err(format!("setrlimit {}", r.typ())))?;
     }
     Ok(())
 }
@@ -127,116 +119,58 @@ pub fn check_capabilities(p: &Process) -> Result<(), ProcessError> {
     Ok(())
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-fn capset(effective: u64, permitted: u64, inheritable: u64) -> Result<(), ProcessError> {
-    let hdr = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: effective as u32,
-            permitted: permitted as u32,
-            inheritable: inheritable as u32,
-        },
-        CapData {
-            effective: (effective >> 32) as u32,
-            permitted: (permitted >> 32) as u32,
-            inheritable: (inheritable >> 32) as u32,
-        },
-    ];
-    // SAFETY: header and two data structs of the v3 ABI, both live for the call.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) };
-    nix::errno::Errno::result(r)
-        .map(drop)
-        .map_err(sys("capset"))
-}
-
-fn prctl(what: &str, op: i32, a: u64) -> Result<(), ProcessError> {
-    // SAFETY: prctl with integer arguments only.
-    let r = unsafe { libc::prctl(op, a, 0, 0, 0) };
-    nix::errno::Errno::result(r).map(drop).map_err(sys(what))
-}
-
 /// Switches to the process's user and groups and sets its capabilities, no_new_privs and
 /// seccomp filters. Filters go in last when no_new_privs is set (so setup calls are not
 /// filtered), else while CAP_SYS_ADMIN is still held, as the kernel requires.
 pub fn apply_identity(
+    sys: &dyn Syscall,
     p: &Process,
     filters: &[BpfProgram],
     set_groups: bool,
 ) -> Result<(), ProcessError> {
     let nnp = p.no_new_privileges().unwrap_or(false);
     if !nnp && !filters.is_empty() {
-        crate::seccomp::install(filters)?;
+        crate::seccomp::install(sys, filters)?;
     }
     let caps = p.capabilities().as_ref();
     let bounding = mask(caps.and_then(|c| c.bounding().as_ref()))?;
-    let effective = mask(caps.and_then(|c| c.effective().as_ref()))?;
-    let permitted = mask(caps.and_then(|c| c.permitted().as_ref()))?;
-    let inheritable = mask(caps.and_then(|c| c.inheritable().as_ref()))?;
+    let sets = CapSets {
+        effective: mask(caps.and_then(|c| c.effective().as_ref()))?,
+        permitted: mask(caps.and_then(|c| c.permitted().as_ref()))?,
+        inheritable: mask(caps.and_then(|c| c.inheritable().as_ref()))?,
+    };
     let ambient = mask(caps.and_then(|c| c.ambient().as_ref()))?;
     for cap in 0..64u64 {
         if bounding & (1 << cap) == 0 {
-            match prctl("drop bounding capability", libc::PR_CAPBSET_DROP, cap) {
+            match sys.capbset_drop(cap) {
                 Ok(()) => {}
                 // Past the last capability this kernel knows.
-                Err(ProcessError::Sys {
-                    errno: nix::errno::Errno::EINVAL,
-                    ..
-                }) => break,
-                Err(e) => return Err(e),
+                Err(nix::errno::Errno::EINVAL) => break,
+                Err(errno) => return Err(sys_err("drop bounding capability")(errno)),
             }
         }
     }
-    prctl("keep capabilities", libc::PR_SET_KEEPCAPS, 1)?;
+    sys.set_keepcaps(true)
+        .map_err(sys_err("keep capabilities"))?;
     let user = p.user();
     if set_groups {
-        let gids: Vec<nix::unistd::Gid> = user
-            .additional_gids()
-            .iter()
-            .flatten()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        nix::unistd::setgroups(&gids).map_err(sys("setgroups"))?;
+        let gids: Vec<u32> = user.additional_gids().iter().flatten().copied().collect();
+        sys.setgroups(&gids).map_err(sys_err("setgroups"))?;
     }
-    let gid = nix::unistd::Gid::from_raw(user.gid());
-    nix::unistd::setresgid(gid, gid, gid).map_err(sys(format!("setgid {}", user.gid())))?;
-    let uid = nix::unistd::Uid::from_raw(user.uid());
-    nix::unistd::setresuid(uid, uid, uid).map_err(sys(format!("setuid {}", user.uid())))?;
-    prctl("clear keep capabilities", libc::PR_SET_KEEPCAPS, 0)?;
-    capset(effective, permitted, inheritable)?;
-    if ambient != 0 {
-        for cap in (0..64u64).filter(|c| ambient & (1 << c) != 0) {
-            // SAFETY: prctl with integer arguments only.
-            let r = unsafe {
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE as u64,
-                    cap,
-                    0,
-                    0,
-                )
-            };
-            nix::errno::Errno::result(r).map_err(sys("raise ambient capability"))?;
-        }
+    sys.setresgid(user.gid())
+        .map_err(sys_err(format!("setgid {}", user.gid())))?;
+    sys.setresuid(user.uid())
+        .map_err(sys_err(format!("setuid {}", user.uid())))?;
+    sys.set_keepcaps(false)
+        .map_err(sys_err("clear keep capabilities"))?;
+    sys.capset(sets).map_err(sys_err("capset"))?;
+    for cap in (0..64u64).filter(|c| ambient & (1 << c) != 0) {
+        sys.ambient_raise(cap)
+            .map_err(sys_err("raise ambient capability"))?;
     }
     if nnp {
-        prctl("no_new_privs", libc::PR_SET_NO_NEW_PRIVS, 1)?;
-        crate::seccomp::install(filters)?;
+        sys.set_no_new_privs().map_err(sys_err("no_new_privs"))?;
+        crate::seccomp::install(sys, filters)?;
     }
     Ok(())
 }
@@ -246,7 +180,7 @@ pub fn wire_stdio(stdio: Option<[std::os::fd::RawFd; 3]>) -> Result<(), ProcessE
     if let Some([i, o, e]) = stdio {
         for (from, to) in [(i, 0), (o, 1), (e, 2)] {
             if from != to {
-                crate::syscall::dup2(from, to).map_err(sys("dup2 stdio"))?;
+                crate::syscall::dup2(from, to).map_err(sys_err("dup2 stdio"))?;
             }
         }
     }
@@ -280,10 +214,10 @@ impl Program {
 
     /// Sets rlimits, identity, capabilities, seccomp, umask and working directory, then
     /// execs. Returns only on failure.
-    pub fn exec(self, p: &Process, filters: &[BpfProgram]) -> ProcessError {
+    pub fn exec(self, sys: &dyn Syscall, p: &Process, filters: &[BpfProgram]) -> ProcessError {
         let setup = || -> Result<(), ProcessError> {
-            set_rlimits(p)?;
-            apply_identity(p, filters, true)?;
+            set_rlimits(sys, p)?;
+            apply_identity(sys, p, filters, true)?;
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
                 p.user().umask().unwrap_or(0o022) as _,
             ));
@@ -301,7 +235,7 @@ impl Program {
 /// directory, the CVE-2024-21626 pattern) would otherwise start the program outside it. The
 /// kernel's getcwd names such a directory `(unreachable)/...` instead of an absolute path.
 fn enter_cwd(cwd: &Path) -> Result<(), ProcessError> {
-    nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
+    nix::unistd::chdir(cwd).map_err(sys_err(format!("chdir {}", cwd.display())))?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: the raw syscall writes at most `buf.len()` bytes into `buf`.
     let r = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
@@ -426,6 +360,143 @@ pub fn exec(path: &Path, args: &[CString], env: &[CString]) -> ProcessError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::syscall::test::{Call, RecordingSyscall};
+    use nix::errno::Errno;
+
+    fn process(json: &str) -> Process {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const WEB: &str = r#"{"cwd":"/","user":{"uid":1000,"gid":100,"additionalGids":[10,20]},
+        "capabilities":{"bounding":["CAP_CHOWN","CAP_NET_BIND_SERVICE"],
+        "effective":["CAP_NET_BIND_SERVICE"],"permitted":["CAP_CHOWN","CAP_NET_BIND_SERVICE"],
+        "inheritable":["CAP_NET_BIND_SERVICE"],"ambient":["CAP_NET_BIND_SERVICE"]}"#;
+
+    fn filters() -> Vec<BpfProgram> {
+        let s = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        crate::seccomp::compile(&s).unwrap()
+    }
+
+    /// A kernel that knows capabilities 0..=40.
+    fn kernel() -> RecordingSyscall {
+        let sys = RecordingSyscall::default();
+        sys.fail_on(Call::CapbsetDrop(41), Errno::EINVAL);
+        sys
+    }
+
+    #[test]
+    fn identity_then_capabilities_then_no_new_privs_and_seccomp() {
+        let p = process(&format!(r#"{WEB},"noNewPrivileges":true}}"#));
+        let f = filters();
+        let sys = kernel();
+        apply_identity(&sys, &p, &f, true).unwrap();
+        let mut want: Vec<Call> = (1..=9).chain(11..=40).map(Call::CapbsetDrop).collect();
+        want.extend([
+            Call::Keepcaps(true),
+            Call::Setgroups(vec![10, 20]),
+            Call::Setresgid(100),
+            Call::Setresuid(1000),
+            Call::Keepcaps(false),
+            Call::Capset(CapSets {
+                effective: 1 << 10,
+                permitted: 1 | 1 << 10,
+                inheritable: 1 << 10,
+            }),
+            Call::AmbientRaise(10),
+            Call::NoNewPrivs,
+        ]);
+        want.extend(f.iter().map(|f| Call::Seccomp(f.len())));
+        assert_eq!(sys.calls(), want);
+    }
+
+    #[test]
+    fn without_no_new_privs_seccomp_goes_first() {
+        let p = process(&format!("{WEB}}}"));
+        let f = filters();
+        let sys = kernel();
+        apply_identity(&sys, &p, &f, true).unwrap();
+        let calls = sys.calls();
+        let seccomp: Vec<Call> = f.iter().map(|f| Call::Seccomp(f.len())).collect();
+        assert_eq!(calls[..seccomp.len()], seccomp[..]);
+        assert_eq!(calls[seccomp.len()], Call::CapbsetDrop(1));
+        assert!(!calls.contains(&Call::NoNewPrivs));
+        assert_eq!(calls.last(), Some(&Call::AmbientRaise(10)));
+    }
+
+    #[test]
+    fn without_capabilities_every_set_is_empty() {
+        let p = process(r#"{"cwd":"/","user":{"uid":0,"gid":0}}"#);
+        let sys = kernel();
+        apply_identity(&sys, &p, &[], false).unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls.first(), Some(&Call::CapbsetDrop(0)));
+        assert!(!calls.iter().any(|c| matches!(c, Call::Setgroups(_))));
+        assert_eq!(calls.last(), Some(&Call::Capset(CapSets::default())));
+    }
+
+    #[test]
+    fn a_failing_identity_step_is_named_and_stops() {
+        let p = process(&format!("{WEB}}}"));
+        let sys = kernel();
+        sys.fail_on(Call::Setresgid(100), Errno::EPERM);
+        let e = apply_identity(&sys, &p, &[], true).unwrap_err().to_string();
+        assert!(e.starts_with("setgid 100: EPERM"), "{e}");
+        assert_eq!(sys.calls().last(), Some(&Call::Setgroups(vec![10, 20])));
+
+        let sys = RecordingSyscall::default();
+        sys.fail_on(Call::CapbsetDrop(1), Errno::EPERM);
+        let e = apply_identity(&sys, &p, &[], true).unwrap_err().to_string();
+        assert!(e.starts_with("drop bounding capability: EPERM"), "{e}");
+        assert!(sys.calls().is_empty());
+
+        let sys = kernel();
+        sys.fail_on(Call::AmbientRaise(10), Errno::EPERM);
+        let e = apply_identity(&sys, &p, &[], true).unwrap_err().to_string();
+        assert!(e.starts_with("raise ambient capability: EPERM"), "{e}");
+    }
+
+    #[test]
+    fn rlimits_are_set_in_spec_order_and_a_refusal_is_named() {
+        let p = process(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"rlimits":[{"type":"RLIMIT_NOFILE","soft":512,"hard":1024},
+                {"type":"RLIMIT_CORE","soft":0,"hard":0}]}"#,
+        );
+        let sys = RecordingSyscall::default();
+        set_rlimits(&sys, &p).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::Setrlimit {
+                    resource: libc::RLIMIT_NOFILE as i32,
+                    soft: 512,
+                    hard: 1024
+                },
+                Call::Setrlimit {
+                    resource: libc::RLIMIT_CORE as i32,
+                    soft: 0,
+                    hard: 0
+                },
+            ]
+        );
+        let sys = RecordingSyscall::default();
+        sys.fail_on(
+            Call::Setrlimit {
+                resource: libc::RLIMIT_NOFILE as i32,
+                soft: 512,
+                hard: 1024,
+            },
+            Errno::EPERM,
+        );
+        let e = set_rlimits(&sys, &p).unwrap_err();
+        assert!(
+            matches!(&e, ProcessError::Sys { what, errno: Errno::EPERM } if what.contains("NOFILE")),
+            "{e}"
+        );
+        assert!(sys.calls().is_empty());
+    }
 
     #[test]
     fn finds_programs_on_the_container_path() {

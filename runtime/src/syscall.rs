@@ -1,15 +1,28 @@
 //! The seam between container setup logic and the kernel. [`LinuxSyscall`] makes the real
-//! calls; tests use a recorder so mount plans are checked without root.
+//! calls; tests use a recorder so mount plans, namespace entry, identity, capabilities and
+//! rlimits are checked without root.
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use nix::sys::stat::{Mode, SFlag};
+use seccompiler::BpfProgram;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 pub type SysResult<T> = Result<T, Errno>;
 
-/// The kernel calls that mount and device setup make.
+/// Capability sets as bit masks (bit n = capability number n).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CapSets {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+}
+
+/// The kernel calls that the container's init makes while it sets itself up: mounts and
+/// devices, namespaces, identity, capabilities, rlimits and seccomp.
 pub trait Syscall {
     fn mount(
         &self,
@@ -35,6 +48,49 @@ pub trait Syscall {
     /// Mount flags of the filesystem at `path` that a bind remount must keep (nosuid, nodev,
     /// noexec, ...: locked in a user namespace).
     fn locked_flags(&self, path: &Path) -> SysResult<MsFlags>;
+
+    /// Opens a namespace file (`/proc/<pid>/ns/<type>` or a bind mount of one) for `setns`.
+    fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd>;
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> SysResult<()>;
+    fn unshare(&self, flags: CloneFlags) -> SysResult<()>;
+    /// Supplementary groups.
+    fn setgroups(&self, gids: &[u32]) -> SysResult<()>;
+    /// Real, effective and saved group id at once.
+    fn setresgid(&self, gid: u32) -> SysResult<()>;
+    /// Real, effective and saved user id at once.
+    fn setresuid(&self, uid: u32) -> SysResult<()>;
+    /// `resource` is a `libc::RLIMIT_*` number.
+    fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> SysResult<()>;
+    /// Drops capability `cap` from the bounding set (EINVAL past the kernel's last one).
+    fn capbset_drop(&self, cap: u64) -> SysResult<()>;
+    /// PR_SET_KEEPCAPS: keep permitted capabilities across the switch away from uid 0.
+    fn set_keepcaps(&self, keep: bool) -> SysResult<()>;
+    fn capset(&self, sets: CapSets) -> SysResult<()>;
+    fn ambient_raise(&self, cap: u64) -> SysResult<()>;
+    fn set_no_new_privs(&self) -> SysResult<()>;
+    /// Installs one seccomp filter on the calling thread.
+    fn seccomp_filter(&self, filter: &BpfProgram) -> SysResult<()>;
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// prctl(2) with integer arguments.
+fn prctl(op: i32, a: u64, b: u64) -> SysResult<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(op, a, b, 0, 0) };
+    Errno::result(r).map(drop)
 }
 
 fn io_errno(e: std::io::Error) -> Errno {
@@ -126,6 +182,96 @@ impl Syscall for LinuxSyscall {
         }
         Ok(out)
     }
+    fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd> {
+        std::fs::File::open(path)
+            .map(OwnedFd::from)
+            .map_err(io_errno)
+    }
+    fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> SysResult<()> {
+        nix::sched::setns(fd, nstype)
+    }
+    fn unshare(&self, flags: CloneFlags) -> SysResult<()> {
+        nix::sched::unshare(flags)
+    }
+    fn setgroups(&self, gids: &[u32]) -> SysResult<()> {
+        let gids: Vec<nix::unistd::Gid> = gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&gids)
+    }
+    fn setresgid(&self, gid: u32) -> SysResult<()> {
+        let gid = nix::unistd::Gid::from_raw(gid);
+        nix::unistd::setresgid(gid, gid, gid)
+    }
+    fn setresuid(&self, uid: u32) -> SysResult<()> {
+        let uid = nix::unistd::Uid::from_raw(uid);
+        nix::unistd::setresuid(uid, uid, uid)
+    }
+    fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> SysResult<()> {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: a resource number and a pointer to a live rlimit; the kernel checks the
+        // number.
+        Errno::result(unsafe { libc::setrlimit(resource as _, &lim) }).map(drop)
+    }
+    fn capbset_drop(&self, cap: u64) -> SysResult<()> {
+        prctl(libc::PR_CAPBSET_DROP, cap, 0)
+    }
+    fn set_keepcaps(&self, keep: bool) -> SysResult<()> {
+        prctl(libc::PR_SET_KEEPCAPS, u64::from(keep), 0)
+    }
+    fn capset(&self, sets: CapSets) -> SysResult<()> {
+        let hdr = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let CapSets {
+            effective,
+            permitted,
+            inheritable,
+        } = sets;
+        let data = [
+            CapData {
+                effective: effective as u32,
+                permitted: permitted as u32,
+                inheritable: inheritable as u32,
+            },
+            CapData {
+                effective: (effective >> 32) as u32,
+                permitted: (permitted >> 32) as u32,
+                inheritable: (inheritable >> 32) as u32,
+            },
+        ];
+        // SAFETY: header and two data structs of the v3 ABI, both live for the call.
+        let r = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) };
+        Errno::result(r).map(drop)
+    }
+    fn ambient_raise(&self, cap: u64) -> SysResult<()> {
+        prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as u64, cap)
+    }
+    fn set_no_new_privs(&self) -> SysResult<()> {
+        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
+    }
+    fn seccomp_filter(&self, filter: &BpfProgram) -> SysResult<()> {
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at a live, correctly sized instruction array (seccompiler's
+        // sock_filter has libc's layout); the kernel copies it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
 }
 
 /// dup2(2) on raw descriptors (stdio wiring in a freshly cloned child).
@@ -169,6 +315,24 @@ pub mod test {
         },
         Hostname(String),
         Domainname(String),
+        /// setns on the namespace file opened at this path.
+        Setns(PathBuf, CloneFlags),
+        Unshare(CloneFlags),
+        Setgroups(Vec<u32>),
+        Setresgid(u32),
+        Setresuid(u32),
+        Setrlimit {
+            resource: i32,
+            soft: u64,
+            hard: u64,
+        },
+        CapbsetDrop(u64),
+        Keepcaps(bool),
+        Capset(CapSets),
+        AmbientRaise(u64),
+        NoNewPrivs,
+        /// A seccomp filter of this many instructions.
+        Seccomp(usize),
     }
 
     #[derive(Default)]
@@ -176,6 +340,10 @@ pub mod test {
         pub calls: RefCell<Vec<Call>>,
         /// Mount targets that fail with this errno (to test fallbacks).
         pub fail_mount: RefCell<Vec<(PathBuf, Errno)>>,
+        /// Calls (other than mounts) that fail with this errno instead of being recorded.
+        pub fail: RefCell<Vec<(Call, Errno)>>,
+        /// Descriptors handed out by `open_namespace`, with the path they stand for.
+        namespaces: RefCell<Vec<(std::os::fd::RawFd, PathBuf)>>,
     }
 
     impl RecordingSyscall {
@@ -197,7 +365,14 @@ pub mod test {
                 })
                 .collect()
         }
+        /// Makes `call` fail with `errno`.
+        pub fn fail_on(&self, call: Call, errno: Errno) {
+            self.fail.borrow_mut().push((call, errno));
+        }
         fn push(&self, c: Call) -> SysResult<()> {
+            if let Some((_, e)) = self.fail.borrow().iter().find(|(f, _)| *f == c) {
+                return Err(*e);
+            }
             self.calls.borrow_mut().push(c);
             Ok(())
         }
@@ -266,6 +441,65 @@ pub mod test {
         }
         fn locked_flags(&self, _path: &Path) -> SysResult<MsFlags> {
             Ok(MsFlags::MS_NOSUID)
+        }
+        fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd> {
+            // A real descriptor (of /dev/null) that `setns` maps back to the path.
+            let fd = OwnedFd::from(std::fs::File::open("/dev/null").map_err(io_errno)?);
+            use std::os::fd::AsRawFd;
+            self.namespaces
+                .borrow_mut()
+                .push((fd.as_raw_fd(), path.to_path_buf()));
+            Ok(fd)
+        }
+        fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> SysResult<()> {
+            use std::os::fd::AsRawFd;
+            // The latest path for this number: descriptors are reused once closed.
+            let path = self
+                .namespaces
+                .borrow()
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == fd.as_raw_fd())
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default();
+            self.push(Call::Setns(path, nstype))
+        }
+        fn unshare(&self, flags: CloneFlags) -> SysResult<()> {
+            self.push(Call::Unshare(flags))
+        }
+        fn setgroups(&self, gids: &[u32]) -> SysResult<()> {
+            self.push(Call::Setgroups(gids.to_vec()))
+        }
+        fn setresgid(&self, gid: u32) -> SysResult<()> {
+            self.push(Call::Setresgid(gid))
+        }
+        fn setresuid(&self, uid: u32) -> SysResult<()> {
+            self.push(Call::Setresuid(uid))
+        }
+        fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> SysResult<()> {
+            self.push(Call::Setrlimit {
+                resource,
+                soft,
+                hard,
+            })
+        }
+        fn capbset_drop(&self, cap: u64) -> SysResult<()> {
+            self.push(Call::CapbsetDrop(cap))
+        }
+        fn set_keepcaps(&self, keep: bool) -> SysResult<()> {
+            self.push(Call::Keepcaps(keep))
+        }
+        fn capset(&self, sets: CapSets) -> SysResult<()> {
+            self.push(Call::Capset(sets))
+        }
+        fn ambient_raise(&self, cap: u64) -> SysResult<()> {
+            self.push(Call::AmbientRaise(cap))
+        }
+        fn set_no_new_privs(&self) -> SysResult<()> {
+            self.push(Call::NoNewPrivs)
+        }
+        fn seccomp_filter(&self, filter: &BpfProgram) -> SysResult<()> {
+            self.push(Call::Seccomp(filter.len()))
         }
     }
 }

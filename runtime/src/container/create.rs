@@ -8,6 +8,7 @@ use crate::init::{self, InitConfig, Wait};
 use crate::namespaces::{self, NamespacePlan};
 use crate::spec::Bundle;
 use crate::state::{now_rfc3339, process_start_time, State, Status, EXEC_FIFO, OCI_VERSION};
+use crate::syscall::LinuxSyscall;
 use nix::fcntl::{open, OFlag};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
@@ -261,7 +262,7 @@ fn spawn_init(plan: &NamespacePlan, cfg: InitConfig<'_>) -> Result<i32> {
                     path: "/proc/self/ns/pid".into(),
                     source,
                 })?;
-            namespaces::enter(path, CloneFlags::CLONE_NEWPID)?;
+            namespaces::enter(&LinuxSyscall, path, CloneFlags::CLONE_NEWPID)?;
             Some(own)
         }
         None => None,

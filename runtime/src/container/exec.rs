@@ -5,6 +5,7 @@ use crate::channel::{self, Channel, Message};
 use crate::init::InitError;
 use crate::process;
 use crate::state::Status;
+use crate::syscall::{LinuxSyscall, Syscall};
 use nix::sched::CloneFlags;
 use oci_spec::runtime::Process;
 use std::convert::Infallible;
@@ -154,11 +155,13 @@ fn exec_child(
     process::wire_stdio(stdio)?;
     channel.wait_for_continue()?;
     for (file, flag) in joins {
-        nix::sched::setns(file.as_fd(), *flag).map_err(sys("setns"))?;
+        LinuxSyscall
+            .setns(file.as_fd(), *flag)
+            .map_err(sys("setns"))?;
     }
     if let Some(sock) = console {
         crate::console::attach(sock.as_fd(), p)?;
     }
     let program = process::Program::resolve(p, Path::new("/"))?;
-    Err(program.exec(p, filters).into())
+    Err(program.exec(&LinuxSyscall, p, filters).into())
 }

@@ -9,6 +9,7 @@
 
 mod table_x86_64;
 
+use crate::syscall::Syscall;
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator, LinuxSyscall};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -179,25 +180,10 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, SeccompError> 
 /// Installs compiled filters on the calling thread. Unlike seccompiler's helper this does not
 /// set no_new_privs: that is the spec's `noNewPrivileges` decision (without it the caller
 /// needs CAP_SYS_ADMIN).
-pub fn install(filters: &[BpfProgram]) -> Result<(), SeccompError> {
+pub fn install(sys: &dyn Syscall, filters: &[BpfProgram]) -> Result<(), SeccompError> {
     for f in filters {
-        let prog = libc::sock_fprog {
-            len: f.len() as u16,
-            filter: f.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: `prog` points at a live, correctly sized instruction array (seccompiler's
-        // sock_filter has libc's layout); the kernel copies it.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0,
-                &prog as *const libc::sock_fprog,
-            )
-        };
-        if rc != 0 {
-            return Err(SeccompError::Install(std::io::Error::last_os_error()));
-        }
+        sys.seccomp_filter(f)
+            .map_err(|errno| SeccompError::Install(errno.into()))?;
     }
     Ok(())
 }
