@@ -137,13 +137,5 @@ fn every_command_with_tables_json_and_exit_codes() {
         "{update}"
     );
 
-    // Usage errors are 2; an unreachable API is 1.
-    fails(ctl(&host, &["frobnicate"]), 2);
-    fails(ctl(&host, &["show"]), 2);
-    fails(ctl(&host, &["--tail"]), 2);
-    let gone = Command::new(common::berthctl_bin())
-        .args(["--socket", "/nonexistent/api.sock", "status"])
-        .output()
-        .unwrap();
-    assert!(fails(gone, 1).contains("/nonexistent/api.sock"));
+    // Usage errors (exit 2) and an unreachable API (exit 1): init/ctl/tests/offline.rs.
 }

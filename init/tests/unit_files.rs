@@ -1,11 +1,12 @@
-//! Bad unit files next to good ones, `berthctl check`, and the control API's answers.
+//! Bad unit files next to good ones and the control API's answers (`berthctl check` is
+//! tested in berthctl's crate).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::process::Command;
 
-use common::{temp_dir, Host};
+use common::Host;
 
 const GOOD: &str = "[container]\ncommand = [\"sleep\", \"300\"]\n";
 const BAD: &str = "[unit]\ndescription = \"broken\"\n[container]\ncommand = [\"sleep\", \"300\"]\n\
@@ -35,38 +36,6 @@ fn a_malformed_unit_does_not_stop_the_good_ones() {
     assert!(host
         .log()
         .contains(&format!("{file}:7:1: key `service.stop_timout`")));
-}
-
-#[test]
-fn berthctl_check_reports_every_error_and_exits_nonzero() {
-    let dir = temp_dir("check");
-    let (good, bad) = (dir.join("units/good.toml"), dir.join("units/bad.toml"));
-    std::fs::write(&good, GOOD).unwrap();
-    std::fs::write(&bad, BAD).unwrap();
-    let ctl = &common::berthctl_bin();
-    let ok = Command::new(ctl).arg("check").arg(&good).output().unwrap();
-    assert!(ok.status.success());
-    let out = Command::new(ctl)
-        .arg("check")
-        .arg(&good)
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let b = bad.display();
-    assert!(
-        stderr.contains(&format!("{b}:7:1: key `service.stop_timout`")),
-        "{stderr}"
-    );
-    // Semantic errors are reported together with structural ones.
-    assert!(
-        stderr.contains(&format!(
-            "{b}:6:11: key `service.restart`: unknown restart policy"
-        )),
-        "{stderr}"
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -103,26 +72,6 @@ fn api_answers_json_and_json_errors() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"state\": \"running\""));
-}
-
-#[test]
-fn example_units_are_valid() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/examples");
-    let files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(files.len() >= 3, "{files:?}");
-    let out = Command::new(common::berthctl_bin())
-        .arg("check")
-        .args(&files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -168,26 +117,4 @@ fn unit_names_cannot_forge_log_lines_or_reach_the_terminal() {
         "{log}"
     );
     assert!(log.contains("unit bad\\x1b[31m:"), "{log}");
-}
-
-#[test]
-fn berthctl_check_escapes_what_file_names_hold() {
-    let dir = temp_dir("check-escape");
-    let bad = dir.join("units/bad\x1b[2J\nforged: ok.toml");
-    std::fs::write(&bad, BAD).unwrap();
-    let out = Command::new(common::berthctl_bin())
-        .arg("check")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains('\x1b'), "{stderr:?}");
-    assert!(
-        stderr
-            .lines()
-            .all(|l| l.contains("bad\\x1b[2J\\nforged: ok.toml:")),
-        "{stderr}"
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

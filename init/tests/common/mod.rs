@@ -230,8 +230,8 @@ pub fn runtime_bin() -> PathBuf {
     bin
 }
 
-/// The berthctl binary beside berth-init (its own crate, built by `cargo test --workspace` or
-/// `cargo build -p berthctl`).
+/// The berthctl binary beside berth-init. `cargo test --workspace` builds it because berthctl's
+/// crate has integration tests of its own (cargo builds a package's binaries only for those).
 pub fn berthctl_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_berth-init")).with_file_name("berthctl");
     assert!(
