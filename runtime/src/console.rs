@@ -2,7 +2,7 @@
 //! the caller's console socket (SCM_RIGHTS, as runc does), its slave end the process's
 //! controlling terminal and stdio.
 
-use crate::init::InitError;
+use crate::container_init::InitError;
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::socket::{

@@ -1,6 +1,7 @@
-//! The container's init process: runs in the child the runtime cloned into the new
-//! namespaces, prepares the root filesystem, waits for `start`, then execs the user program.
-//! It never returns: it execs or exits.
+//! The container's init process (PID 1 inside the container, not Berth's own `berth-init`):
+//! runs in the child the runtime cloned into the new namespaces, prepares the root
+//! filesystem, waits for `start`, then execs the user program. It never returns: it execs or
+//! exits.
 
 use crate::channel::{Channel, ChannelError, Message};
 use crate::hooks::{self, HookError, HookKind};
