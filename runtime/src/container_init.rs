@@ -4,6 +4,7 @@
 //! exits.
 
 use crate::channel::{Channel, ChannelError, Message};
+use crate::console::ConsoleError;
 use crate::hooks::{self, HookError, HookKind};
 use crate::namespaces::{self, NamespaceError, NamespacePlan};
 use crate::process::{self, ProcessError};
@@ -31,6 +32,8 @@ pub enum InitError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Hook(#[from] HookError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     #[error("{what}: {errno}")]
     Sys {
         what: String,
