@@ -10,7 +10,7 @@ use std::time::Instant;
 use std::net::IpAddr;
 
 use super::http;
-use super::logs::{LogCursor, Next, BLOCK};
+use super::log_cursor::{LogCursor, Next, BLOCK};
 use super::tls::TlsStream;
 use super::upload::Upload;
 

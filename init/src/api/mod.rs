@@ -8,7 +8,7 @@
 //! buffering the log.
 //!
 //! Modules: [`http`] (parsing, responses), [`conn`] (one connection), [`tls`] (mutual TLS),
-//! [`routes`] (the route table), and one module per resource: [`units`], [`logs`],
+//! [`routes`] (the route table), and one module per resource: [`units`], [`log_cursor`],
 //! [`images`] with its [`jobs`], [`metrics`], [`update`] with [`upload`] (a request body
 //! streamed into an update job).
 
@@ -16,7 +16,7 @@ pub mod conn;
 pub mod http;
 pub mod images;
 pub mod jobs;
-pub mod logs;
+pub mod log_cursor;
 pub mod metrics;
 pub mod routes;
 pub mod tls;
@@ -39,7 +39,7 @@ use log::{debug, info, warn};
 use crate::event::{after, Key, Reactor, Readiness, Timer};
 use conn::{Conn, Flushed, Origin, Phase, Refill, Stream};
 use http::{Parsed, ParsedHead, Response};
-use logs::LogCursor;
+use log_cursor::LogCursor;
 pub use routes::{ApiContext, Reply, SystemInfo};
 use upload::{Pumped, Upload};
 
@@ -459,12 +459,12 @@ impl ApiServer {
         };
         conn.input = Vec::new();
         if cursor.follows() {
-            conn.push(&http::stream_head(200, logs::CONTENT_TYPE));
+            conn.push(&http::stream_head(200, log_cursor::CONTENT_TYPE));
             conn.deadline = None;
         } else {
             conn.push(&http::length_head(
                 200,
-                logs::CONTENT_TYPE,
+                log_cursor::CONTENT_TYPE,
                 cursor.backlog(),
             ));
             let deadline = after(now, WRITE_TIMEOUT);

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::http::{percent_decode, Request, Response};
 use super::jobs::Jobs;
-use super::{images, logs, metrics, units, update};
+use super::{images, log_cursor, metrics, units, update};
 use crate::boot::Paths;
 use crate::event::Reactor;
 use crate::shutdown::PowerAction;
@@ -96,7 +96,7 @@ pub enum Reply {
     Full(Response),
     /// A unit's log, read from its files as the socket drains (chunked and open-ended when
     /// following).
-    Log(Box<logs::LogCursor>),
+    Log(Box<log_cursor::LogCursor>),
 }
 
 impl From<Response> for Reply {
@@ -135,7 +135,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/units/{name}/start", units::start),
     route("POST", "/v1/units/{name}/stop", units::stop),
     route("POST", "/v1/units/{name}/restart", units::restart),
-    route("GET", "/v1/units/{name}/logs", logs::get),
+    route("GET", "/v1/units/{name}/logs", log_cursor::get),
     route("GET", "/v1/images", images::list),
     route("POST", "/v1/images/pull", images::pull),
     route("GET", "/v1/images/jobs", images::jobs),
