@@ -10,7 +10,7 @@ use berth_images::{Error as ImageError, Image, Store};
 
 use super::http::{Request, Response};
 use super::jobs::{JobError, JobKind};
-use super::routes::{param, ApiContext, Params, Reply};
+use super::context::{param, ApiContext, Params, Reply};
 
 fn open(ctx: &ApiContext<'_>) -> Result<Store, Reply> {
     Store::open(ctx.jobs.store()).map_err(|e| image_error(&e))

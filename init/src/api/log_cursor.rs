@@ -1,11 +1,11 @@
-//! `GET /v1/units/{name}/logs[?tail=N][&follow=1]`: a unit's captured output, newest last.
+//! A position in a unit's captured output, read forward as a connection's socket drains.
 //!
-//! Nothing of the log is held in memory: the request opens a [`LogCursor`] on the log file and
-//! its rotated predecessors, and the connection reads it in blocks of [`BLOCK`] bytes as its
-//! socket drains. A plain request gets the backlog (Content-Length, sizes fixed when the files
-//! were opened); with `follow` the answer is chunked and goes on with what the unit writes
-//! next, across rotations. A reader that falls so far behind that rotation deleted the file
-//! after its own skips to the oldest file left and is told how much it lost.
+//! Nothing of the log is held in memory: a [`LogCursor`] opens the log file and its rotated
+//! predecessors, and the connection reads it in blocks of [`BLOCK`] bytes. A plain request
+//! gets the backlog (Content-Length, sizes fixed when the files were opened); with `follow`
+//! the answer is chunked and goes on with what the unit writes next, across rotations. A
+//! reader that falls so far behind that rotation deleted the file after its own skips to the
+//! oldest file left and is told how much it lost.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -13,10 +13,9 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 
-use super::http::{Request, Response};
-use super::routes::{param, ApiContext, Params, Reply};
 use crate::logs::LogPolicy;
 
+/// The `Content-Type` of a log stream.
 pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Most bytes of backlog one request reads, across the current and rotated files.
@@ -24,28 +23,6 @@ pub const MAX_BACKLOG: u64 = 2 << 20;
 
 /// Bytes read from a log file at a time: what one connection holds of a log at most.
 pub const BLOCK: usize = 16 * 1024;
-
-pub fn get(req: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
-    let name = param(params, "name");
-    if !ctx.supervisor.contains(name) {
-        return Response::error(404, "unknown unit", name).into();
-    }
-    let lines = match req.query_param("tail") {
-        None | Some("all") => None,
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                let detail = format!("tail={n}: a number of lines, or `all`");
-                return Response::error(400, "bad query", &detail).into();
-            }
-        },
-    };
-    let follow = req.flag("follow");
-    match LogCursor::open(ctx.supervisor.log_policy(), name, lines, follow) {
-        Ok(cursor) => Reply::Log(Box::new(cursor)),
-        Err(e) => Response::error(500, "cannot read the log", &e.to_string()).into(),
-    }
-}
 
 /// Identity of a file (device, inode): a rotated file keeps it under its new name.
 type FileId = (u64, u64);

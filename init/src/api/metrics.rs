@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use super::http::{Request, Response};
-use super::routes::{ApiContext, Params, Reply, SystemInfo};
+use super::context::{ApiContext, Params, Reply, SystemInfo};
 use crate::launch::Usage;
 use crate::supervisor::{State, UnitStatus};
 use berth_runtime::cgroups::Limit;

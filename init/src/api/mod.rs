@@ -8,17 +8,22 @@
 //! buffering the log.
 //!
 //! Modules: [`http`] (parsing, responses), [`conn`] (one connection), [`tls`] (mutual TLS),
-//! [`routes`] (the route table), and one module per resource: [`units`], [`log_cursor`],
-//! [`images`] with its [`jobs`], [`metrics`], [`update`] with [`upload`] (a request body
-//! streamed into an update job).
+//! [`routes`] (the route table), [`context`] (what every handler sees and answers), and one
+//! handler module per resource: [`system`], [`units`], [`logs`] (streamed by a
+//! [`log_cursor`]), [`images`] with its [`jobs`], [`metrics`], [`update`] with [`upload`] (a
+//! request body streamed into an update job). The arrows go one way: routes -> handlers ->
+//! context.
 
 pub mod conn;
+pub mod context;
 pub mod http;
 pub mod images;
 pub mod jobs;
 pub mod log_cursor;
+pub mod logs;
 pub mod metrics;
 pub mod routes;
+pub mod system;
 pub mod tls;
 pub mod units;
 pub mod update;
@@ -39,8 +44,8 @@ use log::{debug, info, warn};
 use crate::event::{after, Key, Reactor, Readiness, Timer};
 use conn::{Conn, Flushed, Origin, Phase, Refill, Stream};
 use http::{Parsed, ParsedHead, Response};
+pub use context::{ApiContext, Reply, SystemInfo};
 use log_cursor::LogCursor;
-pub use routes::{ApiContext, Reply, SystemInfo};
 use upload::{Pumped, Upload};
 
 /// Time a client has to send its whole request (after the TLS handshake, over TCP).
