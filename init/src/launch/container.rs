@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use berth_engine::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
-use berth_engine::net::{self, Network as Bridge};
+use berth_engine::net::{self, BridgeNetwork as Bridge};
 use berth_images::fsutil::private_dir;
 use berth_images::registry::Reference;
 use berth_images::Store;
