@@ -33,7 +33,7 @@ use super::process::{set_nonblocking, signal_pid};
 use super::pull::pull_command;
 use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
-use crate::unit::model::Network;
+use crate::unit::model::NetworkMode as Network;
 use crate::unit::value::{UserSpec, VolumeSource};
 use crate::unit::Unit;
 
