@@ -17,7 +17,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use berth_engine::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
+use berth_engine::builder::{
+    build_spec, ContainerSettings, ImageDefaults as ImageConfig, NetworkMode, Volume,
+};
 use berth_engine::net::{self, BridgeNetwork as Bridge};
 use berth_images::fsutil::private_dir;
 use berth_images::registry::Reference;
