@@ -10,7 +10,6 @@ pub mod event;
 pub mod graph;
 pub mod launch;
 pub mod log;
-pub mod logs;
 pub mod machine;
 pub mod platform;
 pub mod reaper;
@@ -20,6 +19,7 @@ pub mod signals;
 pub mod supervisor;
 pub mod tomlfile;
 pub mod unit;
+pub mod unit_logs;
 pub mod update;
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::event::{after, Event, EventLoop, Key, Reactor, Timer};
 use crate::launch::cgroup::{Cgroups, NoCgroups};
 use crate::launch::process::ProcessLauncher;
 use crate::launch::Launcher;
-use crate::logs::LogPolicy;
+use crate::unit_logs::LogPolicy;
 use crate::platform::Platform;
 use crate::reaper::ChildEvent;
 use crate::shutdown::{action_for, PowerAction};

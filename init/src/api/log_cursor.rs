@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 
-use crate::logs::LogPolicy;
+use crate::unit_logs::LogPolicy;
 
 /// The `Content-Type` of a log stream.
 pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -425,7 +425,7 @@ mod tests {
     }
 
     /// A unit log written the way the supervisor writes it.
-    fn write(p: &LogPolicy, log: &mut crate::logs::UnitLog, text: &str, c: &mut [&mut LogCursor]) {
+    fn write(p: &LogPolicy, log: &mut crate::unit_logs::UnitLog, text: &str, c: &mut [&mut LogCursor]) {
         assert_eq!(log.write(p, text.as_bytes()), None, "the log write failed");
         for c in c {
             c.notify(text.len());
@@ -436,7 +436,7 @@ mod tests {
     fn a_follower_goes_on_across_rotations_in_order() {
         let mut p = policy("follow");
         p.max_bytes = 10;
-        let mut log = crate::logs::UnitLog::new(&p, "u");
+        let mut log = crate::unit_logs::UnitLog::new(&p, "u");
         let mut c = LogCursor::open(&p, "u", None, true).unwrap();
         assert_eq!(c.read(&mut [0u8; 8]).unwrap(), Next::Wait);
         let mut got = String::new();
@@ -464,7 +464,7 @@ mod tests {
         let mut p = policy("behind");
         p.max_bytes = 10;
         p.keep = 2;
-        let mut log = crate::logs::UnitLog::new(&p, "u");
+        let mut log = crate::unit_logs::UnitLog::new(&p, "u");
         write(&p, &mut log, "aaaaaaaaa\n", &mut []);
         let mut c = LogCursor::open(&p, "u", None, true).unwrap();
         // Ten lines of 10 bytes: each its own file; only the last three are kept.
@@ -481,7 +481,7 @@ mod tests {
     #[test]
     fn a_plain_request_ends_where_the_log_ended_when_it_came() {
         let p = policy("plain");
-        let mut log = crate::logs::UnitLog::new(&p, "u");
+        let mut log = crate::unit_logs::UnitLog::new(&p, "u");
         write(&p, &mut log, "one\n", &mut []);
         let mut c = LogCursor::open(&p, "u", None, false).unwrap();
         write(&p, &mut log, "two\n", &mut []);

@@ -214,7 +214,7 @@ mod tests {
     use crate::event::{Key, Timer};
     use crate::launch::cgroup::NoCgroups;
     use crate::launch::process::ProcessLauncher;
-    use crate::logs::LogPolicy;
+    use crate::unit_logs::LogPolicy;
     use crate::supervisor::Supervisor;
     use proptest::prelude::*;
     use std::os::fd::BorrowedFd;

@@ -13,7 +13,7 @@ use super::phase::{Phase, StopReason};
 use super::Supervisor;
 use crate::event::Reactor;
 use crate::graph::{describe_cycle, Graph};
-use crate::logs::UnitLog;
+use crate::unit_logs::UnitLog;
 use crate::unit::Loaded;
 
 /// What installing a unit did.

@@ -37,7 +37,7 @@ pub use state::{Health, State, UnitStatus};
 use crate::event::{Key, Reactor, Timer};
 use crate::graph::{describe_cycle, Graph};
 use crate::launch::{Launcher, Spawned};
-use crate::logs::{LogPolicy, Pipes, UnitLog};
+use crate::unit_logs::{LogPolicy, Pipes, UnitLog};
 use crate::reaper::ExitStatus;
 use crate::unit::value::format_duration;
 use crate::unit::{Loaded, Unit};
