@@ -1,6 +1,6 @@
 //! The route table of the control API: `(method, pattern, handler)` rows under `/v1/`.
 //! Patterns are literal segments and `{name}` parameters (percent-decoded). New endpoints are
-//! new rows; `docs/api/openapi.yaml` documents every row (a test keeps the two in step).
+//! new rows; `init/openapi.yaml` documents every row (a test keeps the two in step).
 //!
 //! Layout: `/v1/system` (facts, reboot, poweroff), `/v1/metrics`, `/v1/units/...`,
 //! `/v1/images/...`, `/v1/update/...` (A/B update status, apply, jobs, rollback). A bundle
