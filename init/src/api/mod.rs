@@ -7,12 +7,12 @@
 //! local socket's connections; log streams read the log files as the socket drains instead of
 //! buffering the log.
 //!
-//! Modules: [`http`] (parsing, responses), [`conn`] (one connection), [`tls`] (mutual TLS),
-//! [`routes`] (the route table), [`context`] (what every handler sees and answers), and one
-//! handler module per resource: [`system`], [`units`], [`logs`] (streamed by a
-//! [`log_cursor`]), [`images`] with its [`jobs`], [`metrics`], [`update`] with [`upload`] (a
-//! request body streamed into an update job). The arrows go one way: routes -> handlers ->
-//! context.
+//! Modules: [`http`] (parsing, responses), [`conn`] (one connection) over its [`stream`]
+//! (unix socket or [`tls`]), [`routes`] (the route table), [`context`] (what every handler
+//! sees and answers), and one handler module per resource: [`system`], [`units`], [`logs`]
+//! (streamed by a [`log_cursor`]), [`images`] with its [`jobs`], [`metrics`], [`update`] with
+//! [`upload`] (a request body streamed into an update job). The arrows go one way: routes ->
+//! handlers -> context.
 
 pub mod conn;
 pub mod context;
@@ -23,6 +23,7 @@ pub mod log_cursor;
 pub mod logs;
 pub mod metrics;
 pub mod routes;
+pub mod stream;
 pub mod system;
 pub mod tls;
 pub mod units;
@@ -42,10 +43,11 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::event::{after, Key, Reactor, Readiness, Timer};
-use conn::{Conn, Flushed, Origin, Phase, Refill, Stream};
+use conn::{Conn, Flushed, Origin, Phase, Refill};
 use http::{Parsed, ParsedHead, Response};
 pub use context::{ApiContext, Reply, SystemInfo};
 use log_cursor::LogCursor;
+use stream::Stream;
 use upload::{Pumped, Upload};
 
 /// Time a client has to send its whole request (after the TLS handshake, over TCP).

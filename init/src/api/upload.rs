@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use super::conn::Stream;
+use super::stream::Stream;
 use super::http::Framing;
 
 /// Bytes read from the socket at a time (and the most decoded bytes waiting for the pipe).
