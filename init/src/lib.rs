@@ -22,6 +22,9 @@ pub mod unit;
 pub mod unit_logs;
 pub mod update;
 
+/// berth-init's version, at the crate root: `run` and `update::status` both name it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[cfg(test)]
 pub(crate) mod testutil {
     use std::path::PathBuf;

@@ -22,7 +22,7 @@ use crate::signals::Signals;
 use crate::supervisor::Supervisor;
 use crate::unit;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::VERSION;
 
 /// When berth-init drops the pages of its executable that only start-up used (the first
 /// containers' setup tasks, forked from it, share them until they exit).
