@@ -14,13 +14,13 @@ use crate::event::{after, Event, EventLoop, Key, Reactor, Timer};
 use crate::launch::cgroup::{Cgroups, NoCgroups};
 use crate::launch::process::ProcessLauncher;
 use crate::launch::Launcher;
-use crate::unit_logs::LogPolicy;
 use crate::platform::Platform;
 use crate::reaper::ChildEvent;
 use crate::shutdown::{action_for, PowerAction};
 use crate::signals::Signals;
 use crate::supervisor::Supervisor;
 use crate::unit;
+use crate::unit_logs::LogPolicy;
 
 pub use crate::VERSION;
 

@@ -425,7 +425,12 @@ mod tests {
     }
 
     /// A unit log written the way the supervisor writes it.
-    fn write(p: &LogPolicy, log: &mut crate::unit_logs::UnitLog, text: &str, c: &mut [&mut LogCursor]) {
+    fn write(
+        p: &LogPolicy,
+        log: &mut crate::unit_logs::UnitLog,
+        text: &str,
+        c: &mut [&mut LogCursor],
+    ) {
         assert_eq!(log.write(p, text.as_bytes()), None, "the log write failed");
         for c in c {
             c.notify(text.len());

@@ -5,8 +5,8 @@
 
 use std::fmt::Write;
 
-use super::http::{Request, Response};
 use super::context::{ApiContext, Params, Reply, SystemInfo};
+use super::http::{Request, Response};
 use crate::launch::Usage;
 use crate::supervisor::{State, UnitStatus};
 use berth_runtime::cgroups::Limit;

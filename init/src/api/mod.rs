@@ -44,8 +44,8 @@ use log::{debug, info, warn};
 
 use crate::event::{after, Key, Reactor, Readiness, Timer};
 use conn::{Conn, Flushed, Origin, Phase, Refill};
-use http::{Parsed, ParsedHead, Response};
 pub use context::{ApiContext, Reply, SystemInfo};
+use http::{Parsed, ParsedHead, Response};
 use log_cursor::LogCursor;
 use stream::Stream;
 use upload::{Pumped, Upload};

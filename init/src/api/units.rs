@@ -10,8 +10,8 @@ use std::path::Path;
 
 use log::warn;
 
-use super::http::{Request, Response};
 use super::context::{param, ApiContext, Params, Reply};
+use super::http::{Request, Response};
 use crate::supervisor::{ActionError, InstallError, Installed, Removed};
 use crate::tomlfile::Diagnostics;
 use crate::unit::{self, value, Loaded};
@@ -214,8 +214,8 @@ mod tests {
     use crate::event::{Key, Timer};
     use crate::launch::cgroup::NoCgroups;
     use crate::launch::process::ProcessLauncher;
-    use crate::unit_logs::LogPolicy;
     use crate::supervisor::Supervisor;
+    use crate::unit_logs::LogPolicy;
     use proptest::prelude::*;
     use std::os::fd::BorrowedFd;
 

@@ -163,7 +163,11 @@ pub fn pid1_phases() -> Vec<Phase> {
         phase("disable-ctrl-alt-del", false, disable_ctrl_alt_del),
         phase("raise-fd-limit", false, raise_fd_limit),
         phase("mount-tmp", false, storage::mount_tmp),
-        phase("mount-state-partition", true, storage::mount_state_partition),
+        phase(
+            "mount-state-partition",
+            true,
+            storage::mount_state_partition,
+        ),
         phase("grow-state-partition", false, storage::grow_state_partition),
         phase("prepare-state", true, prepare_state),
         phase("read-config-drive", false, storage::read_config_drive),

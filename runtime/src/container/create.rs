@@ -3,8 +3,8 @@
 use super::{clone_process, sys, write_pid_file, Container, ContainerError, Result, Runtime};
 use crate::cgroups::{Cgroup, CgroupRoot, Resources};
 use crate::channel::{self, Message};
-use crate::hooks::{self, HookKind};
 use crate::container_init::{self, InitConfig, Wait};
+use crate::hooks::{self, HookKind};
 use crate::namespaces::{self, NamespacePlan};
 use crate::spec::Bundle;
 use crate::state::{now_rfc3339, process_start_time, State, Status, EXEC_FIFO, OCI_VERSION};
