@@ -237,6 +237,21 @@ mod tests {
     }
 
     #[test]
+    fn a_console_failure_reads_as_the_step_and_errno() {
+        // The container's stderr and the runtime show this text: the same as when the console
+        // built an `InitError::Sys` itself.
+        let console = ConsoleError {
+            what: "set controlling terminal",
+            errno: Errno::EPERM,
+        };
+        let sys = InitError::Sys {
+            what: "set controlling terminal".into(),
+            errno: Errno::EPERM,
+        };
+        assert_eq!(InitError::from(console).to_string(), sys.to_string());
+    }
+
+    #[test]
     fn user_namespace_root_first_then_cgroup_then_names() {
         let s = spec(
             r#"{"namespaces":[{"type":"user"},{"type":"mount"},{"type":"uts"},{"type":"cgroup"}]}"#,
