@@ -10,7 +10,6 @@ pub mod event;
 pub mod graph;
 pub mod launch;
 pub mod log;
-pub mod logs;
 pub mod machine;
 pub mod platform;
 pub mod reaper;
@@ -20,7 +19,11 @@ pub mod signals;
 pub mod supervisor;
 pub mod tomlfile;
 pub mod unit;
+pub mod unit_logs;
 pub mod update;
+
+/// berth-init's version, at the crate root: `run` and `update::status` both name it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[cfg(test)]
 pub(crate) mod testutil {

@@ -14,15 +14,15 @@ use crate::event::{after, Event, EventLoop, Key, Reactor, Timer};
 use crate::launch::cgroup::{Cgroups, NoCgroups};
 use crate::launch::process::ProcessLauncher;
 use crate::launch::Launcher;
-use crate::logs::LogPolicy;
 use crate::platform::Platform;
 use crate::reaper::ChildEvent;
 use crate::shutdown::{action_for, PowerAction};
 use crate::signals::Signals;
 use crate::supervisor::Supervisor;
 use crate::unit;
+use crate::unit_logs::LogPolicy;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::VERSION;
 
 /// When berth-init drops the pages of its executable that only start-up used (the first
 /// containers' setup tasks, forked from it, share them until they exit).

@@ -2,7 +2,6 @@
 //! the caller's console socket (SCM_RIGHTS, as runc does), its slave end the process's
 //! controlling terminal and stdio.
 
-use crate::init::InitError;
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::socket::{
@@ -13,11 +12,16 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> InitError {
-    move |errno| InitError::Sys {
-        what: what.to_string(),
-        errno,
-    }
+/// A failed step of [`attach`]; the container init and `exec` wrap it in their own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {errno}")]
+pub struct ConsoleError {
+    pub what: &'static str,
+    pub errno: nix::errno::Errno,
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> ConsoleError {
+    move |errno| ConsoleError { what, errno }
 }
 
 /// Connects to the console socket the caller listens on (before clone, in the runtime).
@@ -33,7 +37,7 @@ pub fn connect_socket(path: &Path) -> Result<OwnedFd, nix::errno::Errno> {
 }
 
 /// In the container init, after pivot_root.
-pub fn attach(sock: BorrowedFd<'_>, p: &Process) -> Result<(), InitError> {
+pub fn attach(sock: BorrowedFd<'_>, p: &Process) -> Result<(), ConsoleError> {
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(sys("open /dev/ptmx"))?;
     grantpt(&master).map_err(sys("grantpt"))?;

@@ -79,9 +79,10 @@ pub enum NetworkMode {
     None,
 }
 
-/// What the image says about running it (OCI image config).
+/// What the image says about running it: the defaults a unit overrides, taken from the
+/// `config` of the OCI image config (`berth_images::spec::ImageConfig`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageConfig {
+pub struct ImageDefaults {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
@@ -109,7 +110,7 @@ pub struct ContainerSettings {
     pub volumes: Vec<Volume>,
     pub read_only: bool,
     pub resources: Resources,
-    pub image: ImageConfig,
+    pub image: ImageDefaults,
     /// The container's cgroup below the v2 root (`containers/<unit>`, see berth-init's
     /// container launcher).
     pub cgroup: Option<String>,
@@ -464,7 +465,7 @@ mod tests {
                 pids_max: Some(Limit::Value(128)),
                 ..Resources::default()
             },
-            image: ImageConfig {
+            image: ImageDefaults {
                 entrypoint: vec!["/docker-entrypoint.sh".into()],
                 cmd: vec!["ignored".into()],
                 env: vec!["PATH=/usr/sbin:/usr/bin".into(), "A=image".into()],
@@ -557,7 +558,7 @@ mod tests {
             .unwrap()
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Network));
-        s.image = ImageConfig::default();
+        s.image = ImageDefaults::default();
         assert!(matches!(build_spec(&s, &r), Err(BuildError::NoCommand)));
         std::fs::remove_dir_all(&r).unwrap();
     }

@@ -6,7 +6,7 @@
 // The runtime's host test fixtures, shared: these tests run its binary.
 #[path = "../../../runtime/tests/common/mod.rs"]
 mod common;
-use berth_engine::net::{host_ifname, link, Network, PortMapping};
+use berth_engine::net::{host_ifname, link, BridgeNetwork, PortMapping};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -55,7 +55,7 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let mut rt = link::Rtnl::open().unwrap();
         rt.run(link::set_up(link::index("lo").unwrap())).unwrap();
-        let net = Network::new(&state_dir);
+        let net = BridgeNetwork::new(&state_dir);
         let ports: Vec<PortMapping> = vec!["18080:80/tcp".parse().unwrap()];
         let a = net.attach(&bundle_id, &netns, &ports).unwrap();
         assert_eq!(a.address, Ipv4Addr::new(10, 89, 0, 2));

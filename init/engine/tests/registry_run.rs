@@ -11,7 +11,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use berth_engine::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode};
+use berth_engine::builder::{build_spec, ContainerSettings, ImageDefaults, NetworkMode};
 use berth_images::Store;
 use support::{berth_runtime, multilayer_image, push, run, write_file, Registry, TempDir};
 
@@ -76,7 +76,7 @@ fn a_pulled_image_runs_with_its_layers_merged() {
         // Replaces the image's cmd; its entrypoint (/bin/sh) stays.
         command: vec!["-c".into(), SCRIPT.into()],
         network: NetworkMode::None,
-        image: ImageConfig {
+        image: ImageDefaults {
             entrypoint: cfg.entrypoint.clone().unwrap_or_default(),
             cmd: cfg.cmd.clone().unwrap_or_default(),
             env: cfg.env.clone().unwrap_or_default(),

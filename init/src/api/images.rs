@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use berth_images::registry::Reference;
 use berth_images::{Error as ImageError, Image, Store};
 
+use super::context::{param, ApiContext, Params, Reply};
 use super::http::{Request, Response};
 use super::jobs::{JobError, JobKind};
-use super::routes::{param, ApiContext, Params, Reply};
 
 fn open(ctx: &ApiContext<'_>) -> Result<Store, Reply> {
     Store::open(ctx.jobs.store()).map_err(|e| image_error(&e))

@@ -5,8 +5,8 @@
 
 use std::fmt::Write;
 
+use super::context::{ApiContext, Params, Reply, SystemInfo};
 use super::http::{Request, Response};
-use super::routes::{ApiContext, Params, Reply, SystemInfo};
 use crate::launch::Usage;
 use crate::supervisor::{State, UnitStatus};
 use berth_runtime::cgroups::Limit;

@@ -7,18 +7,24 @@
 //! local socket's connections; log streams read the log files as the socket drains instead of
 //! buffering the log.
 //!
-//! Modules: [`http`] (parsing, responses), [`conn`] (one connection), [`tls`] (mutual TLS),
-//! [`routes`] (the route table), and one module per resource: [`units`], [`logs`],
-//! [`images`] with its [`jobs`], [`metrics`], [`update`] with [`upload`] (a request body
-//! streamed into an update job).
+//! Modules: [`http`] (parsing, responses), [`conn`] (one connection) over its [`stream`]
+//! (unix socket or [`tls`]), [`routes`] (the route table), [`context`] (what every handler
+//! sees and answers), and one handler module per resource: [`system`], [`units`], [`logs`]
+//! (streamed by a [`log_cursor`]), [`images`] with its [`jobs`], [`metrics`], [`update`] with
+//! [`upload`] (a request body streamed into an update job). The arrows go one way: routes ->
+//! handlers -> context.
 
 pub mod conn;
+pub mod context;
 pub mod http;
 pub mod images;
 pub mod jobs;
+pub mod log_cursor;
 pub mod logs;
 pub mod metrics;
 pub mod routes;
+pub mod stream;
+pub mod system;
 pub mod tls;
 pub mod units;
 pub mod update;
@@ -37,10 +43,11 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::event::{after, Key, Reactor, Readiness, Timer};
-use conn::{Conn, Flushed, Origin, Phase, Refill, Stream};
+use conn::{Conn, Flushed, Origin, Phase, Refill};
+pub use context::{ApiContext, Reply, SystemInfo};
 use http::{Parsed, ParsedHead, Response};
-use logs::LogCursor;
-pub use routes::{ApiContext, Reply, SystemInfo};
+use log_cursor::LogCursor;
+use stream::Stream;
 use upload::{Pumped, Upload};
 
 /// Time a client has to send its whole request (after the TLS handshake, over TCP).
@@ -459,12 +466,12 @@ impl ApiServer {
         };
         conn.input = Vec::new();
         if cursor.follows() {
-            conn.push(&http::stream_head(200, logs::CONTENT_TYPE));
+            conn.push(&http::stream_head(200, log_cursor::CONTENT_TYPE));
             conn.deadline = None;
         } else {
             conn.push(&http::length_head(
                 200,
-                logs::CONTENT_TYPE,
+                log_cursor::CONTENT_TYPE,
                 cursor.backlog(),
             ));
             let deadline = after(now, WRITE_TIMEOUT);

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use log::warn;
 
+use super::context::{param, ApiContext, Params, Reply};
 use super::http::{Request, Response};
-use super::routes::{param, ApiContext, Params, Reply};
 use crate::supervisor::{ActionError, InstallError, Installed, Removed};
 use crate::tomlfile::Diagnostics;
 use crate::unit::{self, value, Loaded};
@@ -207,15 +207,15 @@ pub fn finish_removal(removed: &Removed, ctx: &mut ApiContext<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::http::Request;
+    use crate::api::context::SystemInfo;
+    use crate::api::http::{percent_decode, Request};
     use crate::api::jobs::Jobs;
-    use crate::api::routes::{dispatch, SystemInfo};
     use crate::boot::{Mode, Paths};
     use crate::event::{Key, Timer};
     use crate::launch::cgroup::NoCgroups;
     use crate::launch::process::ProcessLauncher;
-    use crate::logs::LogPolicy;
     use crate::supervisor::Supervisor;
+    use crate::unit_logs::LogPolicy;
     use proptest::prelude::*;
     use std::os::fd::BorrowedFd;
 
@@ -228,7 +228,8 @@ mod tests {
         fn schedule(&mut self, _: std::time::Instant, _: Timer) {}
     }
 
-    /// Uploads `body` as unit `name` (never started) and returns the status.
+    /// Uploads `body` as unit `name` (percent-encoded, as in a path; never started) and returns
+    /// the status.
     fn upload(dir: &std::path::Path, name: &str, body: &[u8]) -> u16 {
         let paths = Paths::for_mode(&Mode::Host {
             root: dir.to_path_buf(),
@@ -256,7 +257,8 @@ mod tests {
             headers: vec![],
             body: body.to_vec(),
         };
-        match dispatch(&req, &mut ctx) {
+        let params = vec![("name", percent_decode(name).unwrap())];
+        match install(&req, &params, &mut ctx) {
             Reply::Full(r) => {
                 let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                 if r.status >= 400 {

@@ -8,10 +8,10 @@
 
 use serde::Deserialize;
 
+use super::context::{param, ApiContext, Params, Reply};
 use super::http::{Request, Response};
 use super::images::bad_json;
 use super::jobs::{Job, JobError, JobKind, JobState, UpdateSource};
-use super::routes::{param, ApiContext, Params, Reply};
 use crate::shutdown::PowerAction;
 use crate::update::machine::{status_of_this_machine, MachineError};
 use crate::update::rollback::{rollback_this_machine, RollbackError};

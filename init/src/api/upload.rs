@@ -9,8 +9,8 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use super::conn::Stream;
 use super::http::Framing;
+use super::stream::Stream;
 
 /// Bytes read from the socket at a time (and the most decoded bytes waiting for the pipe).
 const READ_SIZE: usize = 64 * 1024;

@@ -1,14 +1,15 @@
 //! Boot: the named phases that run before supervision starts. PID 1 and host mode run
 //! different lists; everything after them (loading units, the event loop) is shared.
 //!
-//! The disk phases (`disk`) run only on a machine booted from a Berth disk; marking the boot
-//! good, the ACPI power button and the watchdog live in `crate::platform`, on the event loop.
+//! The storage phases ([`storage`]: /tmp, the state partition, the config drive) run only on
+//! a machine booted from a Berth disk; marking the boot good, the ACPI power button and the
+//! watchdog live in `crate::platform`, on the event loop.
 
 pub mod code_pages;
-pub mod disk;
 pub mod emergency;
 pub mod mounts;
 pub mod net;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 
@@ -161,11 +162,15 @@ pub fn pid1_phases() -> Vec<Phase> {
         phase("enable-cgroup-controllers", false, enable_cgroups),
         phase("disable-ctrl-alt-del", false, disable_ctrl_alt_del),
         phase("raise-fd-limit", false, raise_fd_limit),
-        phase("mount-tmp", false, disk::mount_tmp),
-        phase("mount-state-partition", true, disk::mount_state_partition),
-        phase("grow-state-partition", false, disk::grow_state_partition),
+        phase("mount-tmp", false, storage::mount_tmp),
+        phase(
+            "mount-state-partition",
+            true,
+            storage::mount_state_partition,
+        ),
+        phase("grow-state-partition", false, storage::grow_state_partition),
         phase("prepare-state", true, prepare_state),
-        phase("read-config-drive", false, disk::read_config_drive),
+        phase("read-config-drive", false, storage::read_config_drive),
         phase("read-machine-config", false, read_machine_config),
         phase("set-hostname", false, set_hostname),
         phase("forward-logs", false, forward_logs),

@@ -62,19 +62,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigDriveError + '_ {
     }
 }
 
+/// `[network] mode`: how the machine's own interface gets its address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum NetMode {
+pub enum AddressMode {
     #[default]
     Dhcp,
     Static,
 }
 
+/// User-data `[network]`: the machine's own uplink, handed to the network unit (not the
+/// containers' bridge, which is the engine's `BridgeNetwork`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct Network {
+pub struct MachineNetwork {
     #[serde(default)]
-    pub mode: NetMode,
+    pub mode: AddressMode,
     pub address: Option<String>,
     pub gateway: Option<String>,
     #[serde(default)]
@@ -85,7 +88,7 @@ pub struct Network {
 #[serde(deny_unknown_fields)]
 pub struct UserData {
     pub hostname: Option<String>,
-    pub network: Option<Network>,
+    pub network: Option<MachineNetwork>,
     /// Further sections of `machine.toml`, checked like the file itself.
     pub machine: Option<toml::Table>,
     #[serde(default)]
@@ -112,7 +115,7 @@ impl UserData {
                     return Err(invalid("network.address", "expected ADDRESS/PREFIX"));
                 }
             }
-            if net.mode == NetMode::Static && net.address.is_none() {
+            if net.mode == AddressMode::Static && net.address.is_none() {
                 return Err(invalid(
                     "network.address",
                     "required with mode = \"static\"",
@@ -147,8 +150,8 @@ impl UserData {
     pub fn network_env(&self) -> Option<String> {
         let net = self.network.as_ref()?;
         let mut s = match net.mode {
-            NetMode::Dhcp => "BERTH_NET_MODE=dhcp\n".to_string(),
-            NetMode::Static => "BERTH_NET_MODE=static\n".to_string(),
+            AddressMode::Dhcp => "BERTH_NET_MODE=dhcp\n".to_string(),
+            AddressMode::Static => "BERTH_NET_MODE=static\n".to_string(),
         };
         if let Some(a) = &net.address {
             s.push_str(&format!("BERTH_NET_ADDRESS={a}\n"));

@@ -17,8 +17,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use berth_engine::builder::{build_spec, ContainerSettings, ImageConfig, NetworkMode, Volume};
-use berth_engine::net::{self, Network as Bridge};
+use berth_engine::builder::{
+    build_spec, ContainerSettings, ImageDefaults as ImageConfig, NetworkMode, Volume,
+};
+use berth_engine::net::{self, BridgeNetwork as Bridge};
 use berth_images::fsutil::private_dir;
 use berth_images::registry::Reference;
 use berth_images::Store;
@@ -33,7 +35,7 @@ use super::process::{set_nonblocking, signal_pid};
 use super::pull::pull_command;
 use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
-use crate::unit::model::Network;
+use crate::unit::model::NetworkMode as Network;
 use crate::unit::value::{UserSpec, VolumeSource};
 use crate::unit::Unit;
 

@@ -13,8 +13,8 @@ use super::phase::{Phase, StopReason};
 use super::Supervisor;
 use crate::event::Reactor;
 use crate::graph::{describe_cycle, Graph};
-use crate::logs::UnitLog;
 use crate::unit::Loaded;
+use crate::unit_logs::UnitLog;
 
 /// What installing a unit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,9 +36,11 @@ impl Unit {
     }
 }
 
+/// `[container] network`: how the unit's container is networked (the engine's
+/// `builder::NetworkMode` says the same to the spec builder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Network {
+pub enum NetworkMode {
     Bridge,
     Host,
     None,
@@ -50,7 +52,7 @@ pub struct Container {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub user: Option<UserSpec>,
-    pub network: Network,
+    pub network: NetworkMode,
     pub ports: Vec<PortMapping>,
     pub volumes: Vec<Volume>,
     pub read_only: bool,

@@ -73,7 +73,7 @@ fn system_unit_defaults() {
     )
     .unwrap();
     assert!(u.is_system());
-    assert_eq!(u.container.network, Network::Host);
+    assert_eq!(u.container.network, NetworkMode::Host);
     assert_eq!(u.service, Service::default());
     assert!(u.health.is_none());
 }

@@ -215,15 +215,15 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
 
     let user = c.text(&s.user, "container.user", value::parse_user);
     let default_network = if is_system {
-        Network::Host
+        NetworkMode::Host
     } else {
-        Network::Bridge
+        NetworkMode::Bridge
     };
     let network = c
         .text(&s.network, "container.network", |n| match n {
-            "bridge" => Ok(Network::Bridge),
-            "host" => Ok(Network::Host),
-            "none" => Ok(Network::None),
+            "bridge" => Ok(NetworkMode::Bridge),
+            "host" => Ok(NetworkMode::Host),
+            "none" => Ok(NetworkMode::None),
             _ => Err(format!("unknown network `{n}` (bridge, host or none)")),
         })
         .unwrap_or(default_network);
@@ -264,14 +264,14 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
                 );
             }
         }
-        if network != Network::Host {
+        if network != NetworkMode::Host {
             c.error(
                 span_of(&s.network),
                 "container.network",
                 "a system unit always uses the host network",
             );
         }
-    } else if network != Network::Bridge && !ports.is_empty() {
+    } else if network != NetworkMode::Bridge && !ports.is_empty() {
         c.error(
             span_of(&s.ports),
             "container.ports",

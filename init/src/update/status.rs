@@ -146,7 +146,7 @@ fn os_release_field(text: &str, key: &str) -> Option<String> {
 pub fn running_release_from(os_release: &str) -> Release {
     Release {
         version: os_release_field(os_release, "VERSION_ID")
-            .unwrap_or_else(|| crate::run::VERSION.to_string()),
+            .unwrap_or_else(|| crate::VERSION.to_string()),
         build_id: os_release_build_id(os_release).unwrap_or_else(|| "unknown".into()),
     }
 }

@@ -3,8 +3,8 @@
 use super::{clone_process, sys, write_pid_file, Container, ContainerError, Result, Runtime};
 use crate::cgroups::{Cgroup, CgroupRoot, Resources};
 use crate::channel::{self, Message};
+use crate::container_init::{self, InitConfig, Wait};
 use crate::hooks::{self, HookKind};
-use crate::init::{self, InitConfig, Wait};
 use crate::namespaces::{self, NamespacePlan};
 use crate::spec::Bundle;
 use crate::state::{now_rfc3339, process_start_time, State, Status, EXEC_FIFO, OCI_VERSION};
@@ -269,16 +269,16 @@ fn spawn_init(plan: &NamespacePlan, cfg: InitConfig<'_>) -> Result<i32> {
     };
     // The cgroup namespace is not created by clone: its root is the cgroup of the process
     // that creates it, and the init is only moved into the container's cgroup after clone.
-    // The init unshares it once the runtime says it is there (see `init::setup`).
+    // The init unshares it once the runtime says it is there (see `container_init::setup`).
     let flags = plan.new - CloneFlags::CLONE_NEWCGROUP;
     // The init runs the runtime's code until it execs: born non-dumpable, nothing in the
     // container can open its /proc files meanwhile.
     let non_dumpable = crate::sealed::NonDumpable::set();
     // SAFETY: the runtime is single-threaded (CLI and PID 1 alike); the child never returns
-    // from `init::run` (it execs or exits).
+    // from `container_init::run` (it execs or exits).
     let pid = unsafe { clone_process(flags) };
     if let Ok(0) = pid {
-        init::run(cfg);
+        container_init::run(cfg);
     }
     drop(non_dumpable);
     if let Some(own) = own_pid_ns {

@@ -2,7 +2,7 @@
 
 use super::{clone_process, sys, write_pid_file, Container, ContainerError, Result};
 use crate::channel::{self, Channel, Message};
-use crate::init::InitError;
+use crate::container_init::InitError;
 use crate::process;
 use crate::state::Status;
 use crate::syscall::{LinuxSyscall, Syscall};

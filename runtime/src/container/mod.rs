@@ -18,8 +18,8 @@ pub use wait::{exit_code, wait_for_exit_of, wait_forwarding_signals};
 
 use crate::cgroups::{Cgroup, CgroupError, CgroupRoot};
 use crate::channel::{Channel, ChannelError};
+use crate::container_init::InitError;
 use crate::hooks::HookError;
-use crate::init::InitError;
 use crate::namespaces::NamespaceError;
 use crate::seccomp::SeccompError;
 use crate::spec::SpecError;

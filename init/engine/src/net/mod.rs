@@ -142,7 +142,7 @@ pub struct Attachment {
 
 /// The bridge network, with its allocations persisted in `dir`.
 #[derive(Debug, Clone)]
-pub struct Network {
+pub struct BridgeNetwork {
     pub dir: PathBuf,
     pub bridge: String,
     pub subnet: Ipv4Addr,
@@ -160,10 +160,10 @@ pub fn host_ifname(id: &str) -> String {
     format!("vb{h:08x}")
 }
 
-impl Network {
+impl BridgeNetwork {
     /// Berth's default network with state in `dir` (`/var/lib/berth/network`).
-    pub fn new(dir: impl Into<PathBuf>) -> Network {
-        Network {
+    pub fn new(dir: impl Into<PathBuf>) -> BridgeNetwork {
+        BridgeNetwork {
             dir: dir.into(),
             bridge: DEFAULT_BRIDGE.into(),
             subnet: DEFAULT_SUBNET,

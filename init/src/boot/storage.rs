@@ -1,7 +1,8 @@
-//! Boot phases for a Berth machine's disk (PID 1 booted from a Berth disk only; elsewhere,
-//! e.g. PID 1 in a test's namespaces, they do nothing): a tmpfs on /tmp (the root is
-//! read-only), the state partition mounted and grown to the disk's end, and on first boot the
-//! `cidata` config drive applied into it.
+//! Boot phases for a Berth machine's writable storage (PID 1 booted from a Berth disk only;
+//! elsewhere, e.g. PID 1 in a test's namespaces, they do nothing): a tmpfs on /tmp (the root
+//! is read-only), the state partition mounted and grown to the disk's end, and on first boot
+//! the `cidata` config drive applied into it. The disk itself (partitions, state filesystem,
+//! config drive format) is `crate::disk`.
 
 use std::path::Path;
 

@@ -1,8 +1,10 @@
-//! The container's init process: runs in the child the runtime cloned into the new
-//! namespaces, prepares the root filesystem, waits for `start`, then execs the user program.
-//! It never returns: it execs or exits.
+//! The container's init process (PID 1 inside the container, not Berth's own `berth-init`):
+//! runs in the child the runtime cloned into the new namespaces, prepares the root
+//! filesystem, waits for `start`, then execs the user program. It never returns: it execs or
+//! exits.
 
 use crate::channel::{Channel, ChannelError, Message};
+use crate::console::ConsoleError;
 use crate::hooks::{self, HookError, HookKind};
 use crate::namespaces::{self, NamespaceError, NamespacePlan};
 use crate::process::{self, ProcessError};
@@ -30,6 +32,8 @@ pub enum InitError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Hook(#[from] HookError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     #[error("{what}: {errno}")]
     Sys {
         what: String,
@@ -230,6 +234,21 @@ mod tests {
 
     fn plan(s: &Spec) -> NamespacePlan {
         NamespacePlan::from_linux(s.linux().as_ref()).unwrap()
+    }
+
+    #[test]
+    fn a_console_failure_reads_as_the_step_and_errno() {
+        // The container's stderr and the runtime show this text: the same as when the console
+        // built an `InitError::Sys` itself.
+        let console = ConsoleError {
+            what: "set controlling terminal",
+            errno: Errno::EPERM,
+        };
+        let sys = InitError::Sys {
+            what: "set controlling terminal".into(),
+            errno: Errno::EPERM,
+        };
+        assert_eq!(InitError::from(console).to_string(), sys.to_string());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Per-unit output capture: each unit's stdout/stderr pipe is read by the event loop (never
-//! blocking) into `logs/<unit>.log`, rotated by size, keeping a few old files
-//! (`<unit>.log.1` newest … `<unit>.log.N` oldest).
+//! The units' logs (berth-init's own messages are [`crate::log`]): each unit's stdout/stderr
+//! pipe is read by the event loop (never blocking) into `logs/<unit>.log`, rotated by size,
+//! keeping a few old files (`<unit>.log.1` newest … `<unit>.log.N` oldest).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
