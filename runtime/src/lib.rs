@@ -22,6 +22,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod syscall;
+pub mod trace;
 
 pub use container::{Container, ContainerError, CreateOptions, ExecOptions, Runtime, StartMode};
 pub use spec::Bundle;

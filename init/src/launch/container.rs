@@ -26,7 +26,7 @@ use berth_images::registry::Reference;
 use berth_images::Store;
 use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
 use berth_runtime::state::EXEC_FIFO;
-use berth_runtime::{Bundle, CreateOptions, ExecOptions, Runtime, StartMode};
+use berth_runtime::{trace, Bundle, CreateOptions, ExecOptions, Runtime, StartMode};
 use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
@@ -227,6 +227,7 @@ impl ContainerLauncher {
         let ports = Self::ports(unit)?;
         // A container of the same name left by a crash (or a killed cleanup) goes first.
         self.remove(unit);
+        trace::step("remove leftovers");
         let store = self.store()?;
         let reference = Self::reference(unit)?;
         let image = match store.resolve_reference(reference) {
@@ -238,13 +239,16 @@ impl ContainerLauncher {
                     .map_err(|e| err(format!("image {reference}: {e}")))?
             }
         };
+        trace::step("image lookup");
         let rootfs = self.mount_root(unit, &image)?;
         store
             .lease(&unit.name, &image)
             .map_err(|e| err(format!("lease image: {e}")))?;
+        trace::step("overlay mount");
         let spec = build_spec(&self.settings(unit, &image)?, &rootfs).map_err(err)?;
         let dir = self.dir(unit);
         let bundle = Bundle::from_spec(&dir, spec).map_err(err)?;
+        trace::step("OCI spec");
         let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
         let pid_file = dir.join(INIT_PID_FILE);
         let opts = CreateOptions {
@@ -259,6 +263,7 @@ impl ContainerLauncher {
             self.runtime.create(&bundle, &opts).map_err(err)?
         } else {
             self.create_sealed(&unit.name, &bundle, &pid_file, out)?;
+            trace::step("berth-runtime create");
             self.runtime.load(&unit.name).map_err(err)?
         };
         let netns = PathBuf::from(format!("/proc/{}/ns/net", container.pid()));
@@ -267,7 +272,9 @@ impl ContainerLauncher {
             Network::None => Bridge::loopback_only(&netns),
             Network::Host => Ok(()),
         };
-        attached.map_err(|e| err(format!("network: {e}")))
+        attached.map_err(|e| err(format!("network: {e}")))?;
+        trace::step("network");
+        Ok(())
     }
 
     /// `berth-runtime create` for a host where this executable is not sealed (host mode from
@@ -319,8 +326,15 @@ impl ContainerLauncher {
     /// Runs [`Self::prepare`] and reports a failure in the unit log and for the API, after
     /// removing what it left. The task's exit code.
     fn prepare_task(&self, unit: &Unit, out: RawFd) -> i32 {
+        trace::begin();
         match self.prepare(unit, out) {
-            Ok(()) => 0,
+            Ok(()) => {
+                // One line per start: which step a slow start spent its time in.
+                if let Some(done) = trace::finish() {
+                    log::info!("unit {}: setup {}", unit.name, trace::summary(&done));
+                }
+                0
+            }
             Err(e) => {
                 let _ = writeln!(
                     std::io::stderr(),

@@ -1,6 +1,7 @@
 //! Boot timeline of the Berth image under QEMU (TCG), for bench/boot.sh: kernel start, PID 1
 //! start, first container running, demo HTTP 200, from kernel timestamps and the wall clock
-//! since QEMU started; berth-init's RSS. Usage: boot-timeline [RUNS] (default 3).
+//! since QEMU started; berth-init's RSS; and the demo container's setup, step by step (the
+//! line berth-init logs per container start). Usage: boot-timeline [RUNS] (default 3).
 
 use std::time::Duration;
 
@@ -17,6 +18,20 @@ struct Run {
     demo_kernel: f64,
     http_wall: f64,
     memory: Memory,
+    /// The demo container's setup steps, in order, guest milliseconds.
+    setup: Vec<(String, f64)>,
+}
+
+/// The steps of berth-init's `unit NAME: setup total T ms: step a, step b, ...` line.
+fn parse_setup(line: &str) -> Option<Vec<(String, f64)>> {
+    let (head, steps) = line.split_once(" ms: ")?;
+    let total: f64 = head.rsplit_once("total ")?.1.trim().parse().ok()?;
+    let mut out = vec![("total".to_string(), total)];
+    for step in steps.trim().split(", ") {
+        let (name, ms) = step.rsplit_once(' ')?;
+        out.push((name.to_string(), ms.parse().ok()?));
+    }
+    Some(out)
 }
 
 /// berth-init's memory from /proc/1/status, KiB.
@@ -76,6 +91,13 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
             .and_then(|v| v.parse().ok())
             .ok_or(format!("no {name} in {status:?}"))
     };
+    let setup_line = vm
+        .run_ok(
+            "dmesg | grep -m1 'unit demo-web: setup total'",
+            Duration::from_secs(60),
+        )
+        .map_err(e)?;
+    let setup = parse_setup(&setup_line).ok_or(format!("no setup steps in {setup_line:?}"))?;
     let memory = Memory {
         rss_kib: field("VmRSS:")?,
         peak_kib: field("VmHWM:")?,
@@ -91,6 +113,7 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
         demo_kernel,
         http_wall,
         memory,
+        setup,
     })
 }
 
@@ -112,6 +135,8 @@ fn main() -> std::process::ExitCode {
         (Firmware::Uefi, 1),
         (Firmware::Uefi, 2),
     ];
+    // Per machine: its label and the median of each setup step.
+    let mut steps: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     for (firmware, cpus) in machines {
         let mut all = Vec::new();
         for i in 0..runs {
@@ -153,6 +178,61 @@ fn main() -> std::process::ExitCode {
             m(|r| r.memory.file_kib as f64),
             m(|r| r.memory.peak_kib as f64)
         );
+        let names: Vec<String> = all[0].setup.iter().map(|(n, _)| n.clone()).collect();
+        let medians = names
+            .iter()
+            .map(|name| {
+                let values = all
+                    .iter()
+                    .filter_map(|r| r.setup.iter().find(|(n, _)| n == name).map(|(_, v)| *v));
+                (name.clone(), median(values.collect()))
+            })
+            .collect();
+        steps.push((format!("{firmware:?}, {cpus} vCPU"), medians));
     }
+    print_setup_table(&steps, runs);
     std::process::ExitCode::SUCCESS
+}
+
+/// The demo container's setup steps (rows) per machine (columns), as a Markdown table.
+fn print_setup_table(steps: &[(String, Vec<(String, f64)>)], runs: usize) {
+    println!("demo container setup, guest ms (median of {runs} boots)");
+    let header: Vec<&str> = steps.iter().map(|(label, _)| label.as_str()).collect();
+    println!("| step | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(header.len()));
+    let Some((_, first)) = steps.first() else {
+        return;
+    };
+    for (name, _) in first {
+        let cells: Vec<String> = steps
+            .iter()
+            .map(|(_, m)| {
+                m.iter()
+                    .find(|(n, _)| n == name)
+                    .map_or("-".to_string(), |(_, v)| format!("{v:.1}"))
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_setup;
+
+    #[test]
+    fn the_setup_line_parses_into_named_steps() {
+        let line = "[    3.100000] berth-init: unit demo-web: setup total 21.1 ms: \
+                    remove leftovers 20.1, OCI spec 1.0\r";
+        let steps = parse_setup(line.trim_end_matches('\r'));
+        assert_eq!(
+            steps,
+            Some(vec![
+                ("total".to_string(), 21.1),
+                ("remove leftovers".to_string(), 20.1),
+                ("OCI spec".to_string(), 1.0),
+            ])
+        );
+        assert_eq!(parse_setup("unit demo-web: started"), None);
+    }
 }

@@ -9,6 +9,7 @@ use crate::namespaces::{self, NamespacePlan};
 use crate::spec::Bundle;
 use crate::state::{now_rfc3339, process_start_time, State, Status, EXEC_FIFO, OCI_VERSION};
 use crate::syscall::LinuxSyscall;
+use crate::trace;
 use nix::fcntl::{open, OFlag};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
@@ -125,6 +126,7 @@ impl Runtime {
         if let Some(p) = spec.process() {
             crate::process::check_capabilities(p)?;
         }
+        trace::step("checks and seccomp");
         let terminal = spec
             .process()
             .as_ref()
@@ -153,6 +155,7 @@ impl Runtime {
         };
         let cgroup = prepare_cgroup(bundle, opts.id, &resources)?;
         cleanup.cgroup = cgroup.as_ref().map(|(_, cg)| cg.clone());
+        trace::step("cgroup");
         // The FIFO also marks the container as `created` to other processes until start
         // removes it, in both start modes.
         let fifo = dir.join(EXEC_FIFO);
@@ -190,6 +193,7 @@ impl Runtime {
             },
         )?;
         cleanup.pid = Some(pid);
+        trace::step("clone");
 
         if plan.user() {
             // gid_map needs setgroups allowed, which it is for a privileged writer.
@@ -208,6 +212,7 @@ impl Runtime {
             cg.add_pid(pid)?;
             cg.apply(&resources)?;
         }
+        trace::step("limits");
         if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
             let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             std::fs::write(&path, adj.to_string())
@@ -239,6 +244,7 @@ impl Runtime {
             hooks::run(spec.hooks().as_ref(), HookKind::CreateRuntime, &state)?;
             parent.send(&Message::Continue(state))?;
         }
+        trace::step("init ready");
         container.state.status = Status::Created;
         container.store.save(&container.state)?;
         if let Some(path) = opts.pid_file {
@@ -248,6 +254,7 @@ impl Runtime {
             container.channel = Some(parent);
         }
         cleanup.armed = false;
+        trace::step("state");
         Ok(container)
     }
 }
