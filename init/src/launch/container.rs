@@ -22,13 +22,13 @@ use berth_engine::net::{self, Network as Bridge};
 use berth_images::fsutil::private_dir;
 use berth_images::registry::Reference;
 use berth_images::Store;
-use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
 use berth_runtime::state::EXEC_FIFO;
 use berth_runtime::{Bundle, CreateOptions, ExecOptions, Runtime, StartMode};
 use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
 
+use super::limits::limits;
 use super::process::{set_nonblocking, signal_pid};
 use super::pull::pull_command;
 use super::task::fork_task;
@@ -157,13 +157,6 @@ impl ContainerLauncher {
                 read_only: v.read_only,
             });
         }
-        let r = &unit.resources;
-        let resources = Limits {
-            memory_max: r.memory_max.map(Limit::Value),
-            pids_max: r.pids_max.map(Limit::Value),
-            cpu_max: r.cpu_max.map(CpuMax::from_cpus).transpose().map_err(err)?,
-            ..Limits::default()
-        };
         Ok(ContainerSettings {
             hostname: unit.name.clone(),
             command: c.command.clone(),
@@ -183,7 +176,7 @@ impl ContainerLauncher {
             },
             volumes,
             read_only: c.read_only,
-            resources,
+            resources: limits(&unit.resources).map_err(err)?,
             image: ImageConfig {
                 entrypoint: cfg.entrypoint.clone().unwrap_or_default(),
                 cmd: cfg.cmd.clone().unwrap_or_default(),
