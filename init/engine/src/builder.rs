@@ -1,6 +1,8 @@
 //! Turns a unit's container settings, merged with its image's configuration, into an OCI
 //! spec with Berth's defaults: Docker's default capabilities, seccomp profile and device
 //! rules, the usual mounts, masked and read-only kernel paths, namespaces by network mode.
+//! Resource limits go into the typed `linux.resources` fields (`Resources::to_oci`), which
+//! berth-runtime reads back with `Resources::from_oci`.
 
 use berth_runtime::cgroups::{DeviceRules, Resources};
 use berth_runtime::seccomp::default_profile;
@@ -107,6 +109,7 @@ pub struct ContainerSettings {
     pub network: NetworkMode,
     pub volumes: Vec<Volume>,
     pub read_only: bool,
+    /// The unit's cgroup limits (berth-init's `launch::limits`, shared with system units).
     pub resources: Resources,
     pub image: ImageConfig,
     /// The container's cgroup below the v2 root (`containers/<unit>`, see berth-init's

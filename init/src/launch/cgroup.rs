@@ -170,6 +170,7 @@ mod tests {
         cgs.prepare("web", &Resources::default()).unwrap();
         assert_eq!(read("memory.max"), "max");
         assert_eq!(read("cpu.max"), "max 100000");
+        assert_eq!(read("pids.max"), "max");
         fs::remove_dir_all(&root).unwrap();
     }
 
