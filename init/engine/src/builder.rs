@@ -1,15 +1,16 @@
 //! Turns a unit's container settings, merged with its image's configuration, into an OCI
 //! spec with Berth's defaults: Docker's default capabilities, seccomp profile and device
 //! rules, the usual mounts, masked and read-only kernel paths, namespaces by network mode.
+//! Resource limits go into the typed `linux.resources` fields (`Resources::to_oci`), which
+//! berth-runtime reads back with `Resources::from_oci`.
 
 use berth_runtime::cgroups::{DeviceRules, Resources};
 use berth_runtime::seccomp::default_profile;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Docker's default capability set.
@@ -109,6 +110,7 @@ pub struct ContainerSettings {
     pub network: NetworkMode,
     pub volumes: Vec<Volume>,
     pub read_only: bool,
+    /// The unit's cgroup limits (berth-init's `launch::limits`, shared with system units).
     pub resources: Resources,
     pub image: ImageDefaults,
     /// The container's cgroup below the v2 root (`containers/<unit>`, see berth-init's
@@ -352,15 +354,13 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
                 .map_err(spec_err)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut unified: HashMap<String, String> = HashMap::new();
-    for w in s.resources.writes().map_err(spec_err)? {
-        unified.insert(w.file, w.value);
-    }
-    let devices = s
-        .resources
+    // The typed OCI fields (`unified` only for what has none), in the form the runtime's
+    // `Resources::from_oci` reads back into the same cgroup values.
+    let mut limits = s.resources.clone();
+    limits
         .devices
-        .clone()
-        .unwrap_or_else(DeviceRules::container_default);
+        .get_or_insert_with(DeviceRules::container_default);
+    let resources = limits.to_oci().map_err(spec_err)?;
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .masked_paths(
@@ -376,11 +376,7 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
                 .collect::<Vec<_>>(),
         )
         .seccomp(default_profile(&cap_names));
-    let mut resources = LinuxResourcesBuilder::default().devices(devices.to_oci());
-    if !unified.is_empty() {
-        resources = resources.unified(unified);
-    }
-    linux = linux.resources(resources.build().map_err(spec_err)?);
+    linux = linux.resources(resources);
     if let Some(cg) = &s.cgroup {
         linux = linux.cgroups_path(PathBuf::from(cg));
     }
@@ -404,7 +400,7 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_runtime::cgroups::Limit;
+    use berth_runtime::cgroups::{CpuMax, Limit};
 
     fn rootfs() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -424,6 +420,88 @@ mod tests {
         )
         .unwrap();
         dir
+    }
+
+    /// The cgroup files the runtime writes for a built spec: file, value, and whether a
+    /// missing controller may skip it.
+    fn cgroup_writes(spec: &Spec) -> Vec<(String, String, bool)> {
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        let mut writes: Vec<_> = Resources::from_oci(res)
+            .unwrap()
+            .writes()
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.file, w.value, w.optional))
+            .collect();
+        writes.sort();
+        writes
+    }
+
+    #[test]
+    fn limits_go_into_the_typed_oci_fields() {
+        let r = rootfs();
+        let w = |f: &str, v: &str, optional| (f.to_string(), v.to_string(), optional);
+        let mut s = ContainerSettings {
+            command: vec!["sh".into()],
+            resources: Resources {
+                memory_max: Some(Limit::Value(64 << 20)),
+                cpu_max: Some(CpuMax::from_cpus(0.5).unwrap()),
+                pids_max: Some(Limit::Value(128)),
+                ..Resources::default()
+            },
+            ..ContainerSettings::default()
+        };
+        let spec = build_spec(&s, &r).unwrap();
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        assert_eq!(res.memory().unwrap().limit(), Some(64 << 20));
+        let cpu = res.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(50_000), Some(100_000)));
+        assert_eq!(cpu.shares(), None, "no cpu.weight is asked for");
+        assert_eq!(res.pids().unwrap().limit(), 128);
+        assert!(res.unified().is_none());
+        // The values of the cgroup files, as they were when they travelled as strings.
+        assert_eq!(
+            cgroup_writes(&spec),
+            [
+                w("cpu.max", "50000 100000", false),
+                w("memory.max", "67108864", false),
+                w("pids.max", "128", false),
+            ]
+        );
+
+        // No limit: -1 in OCI, `max` in the files, skipped where the controller is missing.
+        s.resources = Resources {
+            memory_max: Some(Limit::Max),
+            cpu_max: Some(CpuMax {
+                quota: None,
+                period: CpuMax::DEFAULT_PERIOD,
+            }),
+            pids_max: Some(Limit::Max),
+            ..Resources::default()
+        };
+        let spec = build_spec(&s, &r).unwrap();
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        assert_eq!(res.memory().unwrap().limit(), Some(-1));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(-1));
+        assert_eq!(res.pids().unwrap().limit(), -1);
+        assert!(res.unified().is_none());
+        assert_eq!(
+            cgroup_writes(&spec),
+            [
+                w("cpu.max", "max 100000", true),
+                w("memory.max", "max", true),
+                w("pids.max", "max", true),
+            ]
+        );
+
+        // Nothing at all: no limit fields, the default device rules.
+        s.resources = Resources::default();
+        let spec = build_spec(&s, &r).unwrap();
+        let res = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+        assert!(res.memory().is_none() && res.cpu().is_none() && res.pids().is_none());
+        assert!(res.unified().is_none() && res.devices().is_some());
+        assert!(cgroup_writes(&spec).is_empty());
+        std::fs::remove_dir_all(&r).unwrap();
     }
 
     #[test]
@@ -506,18 +584,10 @@ mod tests {
             .unwrap()
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Network));
-        let unified = linux
-            .resources()
-            .as_ref()
-            .unwrap()
-            .unified()
-            .as_ref()
-            .unwrap();
-        assert_eq!(
-            unified.get("memory.max").map(String::as_str),
-            Some("67108864")
-        );
-        assert_eq!(unified.get("pids.max").map(String::as_str), Some("128"));
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().unwrap().limit(), Some(64 << 20));
+        assert_eq!(res.pids().unwrap().limit(), 128);
+        assert!(res.cpu().is_none() && res.unified().is_none());
         let data = spec
             .mounts()
             .as_ref()

@@ -1,13 +1,15 @@
 //! The cgroup seam of the process launcher: one cgroup per unit (`units/<name>` below the
-//! cgroup v2 root) with its resource limits, when cgroup v2 has controllers to delegate. The
-//! cgroup work itself is `berth_runtime::cgroups`, shared with the container runtime.
+//! cgroup v2 root) with its resource limits ([`super::limits`], the same as a container
+//! unit's), when cgroup v2 has controllers to delegate. The cgroup work itself is
+//! `berth_runtime::cgroups`, shared with the container runtime.
 
 use std::path::{Path, PathBuf};
 
 use berth_runtime::cgroups::{
-    self as cg, CgroupError, CgroupFs, CgroupRoot, Controller, CpuMax, HostFs, Limit,
+    self as cg, CgroupError, CgroupFs, CgroupRoot, Controller, HostFs, Limit,
 };
 
+use crate::launch::limits::limits;
 use crate::launch::Usage;
 use crate::unit::Resources;
 
@@ -80,32 +82,6 @@ impl<F: CgroupFs + Clone> FsCgroups<F> {
     }
 }
 
-/// A unit's limits for the cgroup; limits the unit does not set are reset to `max` where the
-/// controller exists, so a changed unit file takes effect on the next start.
-pub fn limits(
-    resources: &Resources,
-    available: &cg::Controllers,
-) -> Result<cg::Resources, CgroupError> {
-    let mut out = cg::Resources::default();
-    let has = |c| available.contains(c);
-    out.memory_max = match resources.memory_max {
-        Some(b) => Some(Limit::Value(b)),
-        None => has(Controller::Memory).then_some(Limit::Max),
-    };
-    out.pids_max = match resources.pids_max {
-        Some(p) => Some(Limit::Value(p)),
-        None => has(Controller::Pids).then_some(Limit::Max),
-    };
-    out.cpu_max = match resources.cpu_max {
-        Some(cpus) => Some(CpuMax::from_cpus(cpus)?),
-        None => has(Controller::Cpu).then_some(CpuMax {
-            quota: None,
-            period: CpuMax::DEFAULT_PERIOD,
-        }),
-    };
-    Ok(out)
-}
-
 impl<F: CgroupFs + Clone> Cgroups for FsCgroups<F> {
     fn prepare(
         &mut self,
@@ -113,8 +89,7 @@ impl<F: CgroupFs + Clone> Cgroups for FsCgroups<F> {
         resources: &Resources,
     ) -> Result<Option<PathBuf>, CgroupError> {
         let group = self.root.create(&Self::rel(unit))?;
-        let available = group.controllers()?;
-        group.apply(&limits(resources, &available)?)?;
+        group.apply(&limits(resources)?)?;
         Ok(Some(group.path().join("cgroup.procs")))
     }
 
@@ -195,6 +170,7 @@ mod tests {
         cgs.prepare("web", &Resources::default()).unwrap();
         assert_eq!(read("memory.max"), "max");
         assert_eq!(read("cpu.max"), "max 100000");
+        assert_eq!(read("pids.max"), "max");
         fs::remove_dir_all(&root).unwrap();
     }
 

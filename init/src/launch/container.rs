@@ -17,25 +17,23 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use berth_engine::builder::{
-    build_spec, ContainerSettings, ImageDefaults as ImageConfig, NetworkMode, Volume,
-};
-use berth_engine::net::{self, BridgeNetwork as Bridge};
+use berth_engine::builder::{self, build_spec, ContainerSettings, ImageDefaults, Volume};
+use berth_engine::net::{self, BridgeNetwork};
 use berth_images::fsutil::private_dir;
 use berth_images::registry::Reference;
 use berth_images::Store;
-use berth_runtime::cgroups::{CpuMax, Limit, Resources as Limits};
 use berth_runtime::state::EXEC_FIFO;
 use berth_runtime::{trace, Bundle, CreateOptions, ExecOptions, Runtime, StartMode};
 use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
 
+use super::limits::limits;
 use super::process::{set_nonblocking, signal_pid};
 use super::pull::pull_command;
 use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
-use crate::unit::model::NetworkMode as Network;
+use crate::unit::model::NetworkMode;
 use crate::unit::value::{UserSpec, VolumeSource};
 use crate::unit::Unit;
 
@@ -50,7 +48,7 @@ pub struct ContainerLauncher {
     machine_config: PathBuf,
     /// The berth-runtime binary that pulls images.
     runtime_bin: PathBuf,
-    bridge: Bridge,
+    bridge: BridgeNetwork,
     /// Read ends of the exec FIFOs of released containers, kept open until the unit's cleanup
     /// so that an init released but not yet past its write never meets a FIFO without reader.
     released: HashMap<String, OwnedFd>,
@@ -72,7 +70,7 @@ impl ContainerLauncher {
             state: state.to_path_buf(),
             machine_config: machine_config.to_path_buf(),
             runtime_bin,
-            bridge: Bridge::new(state.join("network")),
+            bridge: BridgeNetwork::new(state.join("network")),
             released: HashMap::new(),
         }
     }
@@ -159,13 +157,6 @@ impl ContainerLauncher {
                 read_only: v.read_only,
             });
         }
-        let r = &unit.resources;
-        let resources = Limits {
-            memory_max: r.memory_max.map(Limit::Value),
-            pids_max: r.pids_max.map(Limit::Value),
-            cpu_max: r.cpu_max.map(CpuMax::from_cpus).transpose().map_err(err)?,
-            ..Limits::default()
-        };
         Ok(ContainerSettings {
             hostname: unit.name.clone(),
             command: c.command.clone(),
@@ -179,14 +170,14 @@ impl ContainerLauncher {
                 UserSpec::Name { user, group: None } => user.clone(),
             }),
             network: match c.network {
-                Network::Bridge => NetworkMode::Bridge,
-                Network::Host => NetworkMode::Host,
-                Network::None => NetworkMode::None,
+                NetworkMode::Bridge => builder::NetworkMode::Bridge,
+                NetworkMode::Host => builder::NetworkMode::Host,
+                NetworkMode::None => builder::NetworkMode::None,
             },
             volumes,
             read_only: c.read_only,
-            resources,
-            image: ImageConfig {
+            resources: limits(&unit.resources).map_err(err)?,
+            image: ImageDefaults {
                 entrypoint: cfg.entrypoint.clone().unwrap_or_default(),
                 cmd: cfg.cmd.clone().unwrap_or_default(),
                 env: cfg.env.clone().unwrap_or_default(),
@@ -268,9 +259,9 @@ impl ContainerLauncher {
         };
         let netns = PathBuf::from(format!("/proc/{}/ns/net", container.pid()));
         let attached = match unit.container.network {
-            Network::Bridge => self.bridge.attach(container.id(), &netns, &ports).map(drop),
-            Network::None => Bridge::loopback_only(&netns),
-            Network::Host => Ok(()),
+            NetworkMode::Bridge => self.bridge.attach(container.id(), &netns, &ports).map(drop),
+            NetworkMode::None => BridgeNetwork::loopback_only(&netns),
+            NetworkMode::Host => Ok(()),
         };
         attached.map_err(|e| err(format!("network: {e}")))?;
         trace::step("network");
@@ -387,7 +378,7 @@ impl ContainerLauncher {
                 log::warn!("{}: delete container: {e}", unit.name);
             }
         }
-        if unit.container.network == Network::Bridge {
+        if unit.container.network == NetworkMode::Bridge {
             if let Err(e) = self.bridge.detach(&unit.name) {
                 log::warn!("{}: detach network: {e}", unit.name);
             }

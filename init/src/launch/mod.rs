@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod guard;
+pub mod limits;
 pub mod process;
 pub mod pull;
 pub mod sweep;

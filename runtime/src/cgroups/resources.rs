@@ -2,8 +2,11 @@
 
 use super::devices::DeviceRules;
 use super::{CgroupError, Controller, Result};
-use oci_spec::runtime::LinuxResources;
-use std::collections::BTreeMap;
+use oci_spec::runtime::{
+    LinuxBlockIo, LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, LinuxResources,
+    LinuxThrottleDevice, LinuxThrottleDeviceBuilder,
+};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// A byte or count limit: a number or `max` (no limit).
@@ -26,6 +29,14 @@ impl Limit {
     /// OCI's convention: a negative number means unlimited.
     fn from_oci(v: i64) -> Limit {
         u64::try_from(v).map(Limit::Value).unwrap_or(Limit::Max)
+    }
+
+    /// The OCI form, -1 for `max`; `None` for a value beyond `i64`.
+    fn to_oci(self) -> Option<i64> {
+        match self {
+            Limit::Max => Some(-1),
+            Limit::Value(v) => i64::try_from(v).ok(),
+        }
     }
 }
 
@@ -71,6 +82,12 @@ pub struct IoMax {
 const DEFAULT_WEIGHT: u64 = 100;
 /// The default of cgroup v1's `cpu.shares`, which means no particular weight.
 const DEFAULT_SHARES: u64 = 1024;
+
+/// runc's mapping of v1 `cpu.shares` [2, 262144] onto v2 `cpu.weight` [1, 10000].
+pub(super) fn cpu_weight_of_shares(shares: u64) -> u64 {
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
 
 /// Limits of one cgroup. `None` leaves the kernel's current value alone.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -303,9 +320,7 @@ impl Resources {
             if let Some(shares) = c.shares() {
                 out.cpu_weight_from_default_shares = shares == DEFAULT_SHARES;
                 if shares != 0 {
-                    // runc's mapping of v1 shares [2, 262144] onto v2 weight [1, 10000].
-                    let s = shares.clamp(2, 262_144);
-                    out.cpu_weight = Some(1 + ((s - 2) * 9999) / 262_142);
+                    out.cpu_weight = Some(cpu_weight_of_shares(shares));
                 }
             }
             out.cpuset_cpus = c.cpus().clone().filter(|s| !s.is_empty());
@@ -383,6 +398,175 @@ impl Resources {
         }
         // Validate now so the caller learns of a bad value before anything is created.
         out.writes()?;
+        Ok(out)
+    }
+
+    /// The OCI `linux.resources` that [`Resources::from_oci`] reads back into the same
+    /// interface-file values (a spec builder's side of that conversion). Each limit goes into
+    /// its typed field where the field holds it as is; `unified` carries the rest, as the
+    /// write [`Resources::writes`] makes: `memory.high`, `cpu.weight` and `io.weight` (OCI
+    /// has them only on cgroup v1's scales, which the runtime rescales, and not every v2
+    /// weight is reachable that way), and values a typed field cannot hold (`pids.max` 0,
+    /// which OCI reads as no limit; a cpu quota of 0; a swap limit without a finite memory
+    /// limit; numbers beyond `i64`). `io.max` lines come back merged per device, in device
+    /// order, without lines that set nothing.
+    pub fn to_oci(&self) -> Result<LinuxResources> {
+        // A bad value is an error here, before a spec carries it.
+        let writes = self.writes()?;
+        let mut unified: HashMap<String, String> = self
+            .unified
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // What `file` gets, as a raw write; one already in `unified` is written last anyway.
+        let mut raw = |file: &str| {
+            if let Some(w) = writes.iter().find(|w| w.file == file) {
+                unified
+                    .entry(file.to_string())
+                    .or_insert_with(|| w.value.clone());
+            }
+        };
+        let mut typed = |limit: Option<Limit>, file: &str| {
+            let v = limit?.to_oci();
+            if v.is_none() {
+                raw(file);
+            }
+            v
+        };
+        let mut out = LinuxResources::default();
+
+        let limit = typed(self.memory_max, "memory.max");
+        let reservation = typed(self.memory_low, "memory.low");
+        let swap = match (self.memory_swap_max, limit) {
+            (None, _) => None,
+            (Some(Limit::Max), _) => Some(-1),
+            // OCI's swap counts memory plus swap.
+            (Some(Limit::Value(s)), Some(l)) if l >= 0 => {
+                i64::try_from(s).ok().and_then(|s| s.checked_add(l))
+            }
+            (Some(Limit::Value(_)), _) => None,
+        };
+        if self.memory_swap_max.is_some() && swap.is_none() {
+            raw("memory.swap.max");
+        }
+        if self.memory_high.is_some() {
+            raw("memory.high");
+        }
+        if limit.is_some() || reservation.is_some() || swap.is_some() {
+            let mut m = LinuxMemory::default();
+            m.set_limit(limit);
+            m.set_reservation(reservation);
+            m.set_swap(swap);
+            out.set_memory(Some(m));
+        }
+
+        let mut cpu = LinuxCpu::default();
+        if let Some(CpuMax { quota, period }) = self.cpu_max {
+            // OCI reads a quota of 0 or less as no limit.
+            let q = match quota {
+                None => Some(-1),
+                Some(q) => i64::try_from(q).ok().filter(|q| *q > 0),
+            };
+            match q {
+                Some(q) => {
+                    cpu.set_quota(Some(q));
+                    cpu.set_period(Some(period));
+                }
+                None => raw("cpu.max"),
+            }
+        }
+        if let Some(w) = self.cpu_weight {
+            if self.cpu_weight_from_default_shares && w == cpu_weight_of_shares(DEFAULT_SHARES) {
+                cpu.set_shares(Some(DEFAULT_SHARES));
+            } else {
+                raw("cpu.weight");
+            }
+        }
+        cpu.set_cpus(self.cpuset_cpus.clone());
+        cpu.set_mems(self.cpuset_mems.clone());
+        if cpu != LinuxCpu::default() {
+            out.set_cpu(Some(cpu));
+        }
+
+        let pids_limit = match self.pids_max {
+            None => None,
+            Some(Limit::Max) => Some(-1),
+            // OCI reads a pids limit of 0 as no limit.
+            Some(Limit::Value(v)) => i64::try_from(v).ok().filter(|v| *v > 0),
+        };
+        match pids_limit {
+            Some(v) => {
+                let mut p = LinuxPids::default();
+                p.set_limit(v);
+                out.set_pids(Some(p));
+            }
+            None if self.pids_max.is_some() => raw("pids.max"),
+            None => {}
+        }
+
+        if self.io_weight.is_some() {
+            raw("io.weight");
+        }
+        if !self.io_max.is_empty() {
+            let mut lists: [Vec<LinuxThrottleDevice>; 4] = Default::default();
+            for m in &self.io_max {
+                let (Ok(major), Ok(minor)) = (i64::try_from(m.major), i64::try_from(m.minor))
+                else {
+                    return Err(invalid(
+                        "io.max",
+                        format!("{}:{} is not a device number", m.major, m.minor),
+                    ));
+                };
+                for (list, rate) in lists.iter_mut().zip([m.rbps, m.wbps, m.riops, m.wiops]) {
+                    if let Some(rate) = rate {
+                        let d = LinuxThrottleDeviceBuilder::default()
+                            .major(major)
+                            .minor(minor)
+                            .rate(rate)
+                            .build()
+                            .map_err(|e| invalid("io.max", e.to_string()))?;
+                        list.push(d);
+                    }
+                }
+            }
+            let [rbps, wbps, riops, wiops] = lists.map(|l| Some(l).filter(|l| !l.is_empty()));
+            let mut b = LinuxBlockIo::default();
+            b.set_throttle_read_bps_device(rbps);
+            b.set_throttle_write_bps_device(wbps);
+            b.set_throttle_read_iops_device(riops);
+            b.set_throttle_write_iops_device(wiops);
+            out.set_block_io(Some(b));
+        }
+
+        let mut hugepages = Vec::new();
+        for (size, limit) in &self.hugetlb_max {
+            match limit.to_oci() {
+                Some(v) => {
+                    let mut h = LinuxHugepageLimit::default();
+                    h.set_page_size(size.clone());
+                    h.set_limit(v);
+                    hugepages.push(h);
+                }
+                None => raw(&format!("hugetlb.{size}.max")),
+            }
+        }
+        if !hugepages.is_empty() {
+            out.set_hugepage_limits(Some(hugepages));
+        }
+
+        if let Some(rules) = &self.devices {
+            if rules.rules().is_empty() {
+                // OCI reads an empty list as no device program at all.
+                return Err(invalid(
+                    "linux.resources.devices",
+                    "an empty rule list has no OCI form",
+                ));
+            }
+            out.set_devices(Some(rules.to_oci()));
+        }
+        if !unified.is_empty() {
+            out.set_unified(Some(unified));
+        }
         Ok(out)
     }
 }

@@ -2,6 +2,7 @@
 //! interface files of the controllers their parent enables, `cgroup.subtree_control` takes
 //! `+name`, `cgroup.procs` appends.
 
+use super::resources::cpu_weight_of_shares;
 use super::*;
 use oci_spec::runtime::LinuxResources;
 use std::cell::RefCell;
@@ -483,6 +484,180 @@ fn oci_resources_convert_like_runc() {
         let r: LinuxResources = serde_json::from_str(json).unwrap();
         let err = Resources::from_oci(&r).unwrap_err().to_string();
         assert!(err.contains(field), "{json}: {err}");
+    }
+}
+
+/// The writes sorted by file (the order of writes to different files does not matter).
+fn sorted(mut writes: Vec<resources::Write>) -> Vec<resources::Write> {
+    writes.sort_by(|a, b| (&a.file, &a.value).cmp(&(&b.file, &b.value)));
+    writes
+}
+
+/// `to_oci` then `from_oci`: the writes the runtime makes from a built spec.
+fn through_oci(r: &Resources) -> (LinuxResources, Vec<resources::Write>) {
+    let oci = r.to_oci().unwrap();
+    // Through JSON too, as config.json carries it.
+    let json = serde_json::to_string(&oci).unwrap();
+    let back: LinuxResources = serde_json::from_str(&json).unwrap();
+    let writes = Resources::from_oci(&back).unwrap().writes().unwrap();
+    (oci, sorted(writes))
+}
+
+#[test]
+fn to_oci_fills_the_typed_fields_that_read_back_the_same() {
+    // Limits as a unit sets them, and the "no limit" of a unit that sets none.
+    let set = Resources {
+        memory_max: Some(Limit::Value(64 << 20)),
+        cpu_max: Some(CpuMax::from_cpus(0.5).unwrap()),
+        pids_max: Some(Limit::Value(128)),
+        ..Resources::default()
+    };
+    let unset = Resources {
+        memory_max: Some(Limit::Max),
+        cpu_max: Some(CpuMax {
+            quota: None,
+            period: CpuMax::DEFAULT_PERIOD,
+        }),
+        pids_max: Some(Limit::Max),
+        ..Resources::default()
+    };
+    for r in [&set, &unset] {
+        let (oci, writes) = through_oci(r);
+        assert_eq!(writes, sorted(r.writes().unwrap()), "{r:?}");
+        assert!(oci.unified().is_none(), "{oci:?}");
+    }
+    let (oci, _) = through_oci(&set);
+    assert_eq!(oci.memory().unwrap().limit(), Some(64 << 20));
+    assert_eq!(
+        (
+            oci.cpu().as_ref().unwrap().quota(),
+            oci.cpu().as_ref().unwrap().period()
+        ),
+        (Some(50_000), Some(100_000))
+    );
+    assert_eq!(oci.pids().unwrap().limit(), 128);
+    let (oci, writes) = through_oci(&unset);
+    assert_eq!(oci.memory().unwrap().limit(), Some(-1));
+    assert_eq!(oci.cpu().as_ref().unwrap().quota(), Some(-1));
+    assert_eq!(oci.pids().unwrap().limit(), -1);
+    let values: Vec<(&str, &str, bool)> = writes
+        .iter()
+        .map(|w| (w.file.as_str(), w.value.as_str(), w.optional))
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("cpu.max", "max 100000", true),
+            ("memory.max", "max", true),
+            ("pids.max", "max", true)
+        ]
+    );
+
+    // Every other typed field.
+    let mut all = Resources {
+        memory_low: Some(Limit::Value(1 << 20)),
+        memory_swap_max: Some(Limit::Value(32 << 20)),
+        cpu_weight: Some(cpu_weight_of_shares(1024)),
+        cpu_weight_from_default_shares: true,
+        cpuset_cpus: Some("0-1".into()),
+        cpuset_mems: Some("0".into()),
+        io_max: vec![
+            IoMax {
+                major: 8,
+                minor: 0,
+                rbps: Some(1 << 20),
+                wiops: Some(100),
+                ..IoMax::default()
+            },
+            IoMax {
+                major: 8,
+                minor: 16,
+                wbps: Some(1 << 10),
+                riops: Some(10),
+                ..IoMax::default()
+            },
+        ],
+        hugetlb_max: [("2MB".to_string(), Limit::Value(4 << 20))].into(),
+        unified: [("memory.oom.group".to_string(), "1".to_string())].into(),
+        devices: Some(DeviceRules::container_default()),
+        ..set.clone()
+    };
+    let (oci, writes) = through_oci(&all);
+    assert_eq!(writes, sorted(all.writes().unwrap()));
+    assert_eq!(oci.memory().unwrap().swap(), Some((64 + 32) << 20));
+    assert_eq!(oci.cpu().as_ref().unwrap().shares(), Some(1024));
+    assert_eq!(
+        oci.unified().as_ref().unwrap().keys().collect::<Vec<_>>(),
+        ["memory.oom.group"],
+        "only what has no typed field"
+    );
+    assert_eq!(
+        Resources::from_oci(&oci).unwrap().devices,
+        Some(DeviceRules::container_default())
+    );
+    all.memory_swap_max = Some(Limit::Max);
+    all.hugetlb_max.insert("1GB".into(), Limit::Max);
+    let (oci, writes) = through_oci(&all);
+    assert_eq!(writes, sorted(all.writes().unwrap()));
+    assert_eq!(oci.memory().unwrap().swap(), Some(-1));
+}
+
+#[test]
+fn to_oci_puts_what_no_typed_field_holds_into_unified() {
+    let r = Resources {
+        memory_max: Some(Limit::Value(u64::MAX)),
+        memory_high: Some(Limit::Value(32 << 20)),
+        // A swap limit needs a finite memory limit in OCI's form.
+        memory_swap_max: Some(Limit::Value(1 << 20)),
+        cpu_max: Some(CpuMax {
+            quota: Some(0),
+            period: 100_000,
+        }),
+        cpu_weight: Some(200),
+        pids_max: Some(Limit::Value(0)),
+        io_weight: Some(300),
+        hugetlb_max: [("2MB".to_string(), Limit::Value(u64::MAX))].into(),
+        ..Resources::default()
+    };
+    let oci = r.to_oci().unwrap();
+    let mut keys: Vec<&String> = oci.unified().as_ref().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cpu.max",
+            "cpu.weight",
+            "hugetlb.2MB.max",
+            "io.weight",
+            "memory.high",
+            "memory.max",
+            "memory.swap.max",
+            "pids.max"
+        ]
+    );
+    assert!(oci.memory().is_none() && oci.cpu().is_none() && oci.pids().is_none());
+    // Same files, same values; raw files just need their controller.
+    let files = |w: Vec<resources::Write>| -> Vec<(String, String)> {
+        sorted(w).into_iter().map(|w| (w.file, w.value)).collect()
+    };
+    let back = Resources::from_oci(&oci).unwrap();
+    assert_eq!(files(back.writes().unwrap()), files(r.writes().unwrap()));
+
+    // Invalid values are errors before they reach a spec.
+    for bad in [
+        Resources {
+            cpu_weight: Some(0),
+            ..Resources::default()
+        },
+        Resources {
+            devices: Some(DeviceRules::new(Vec::new())),
+            ..Resources::default()
+        },
+    ] {
+        assert!(
+            matches!(bad.to_oci(), Err(CgroupError::InvalidValue { .. })),
+            "{bad:?}"
+        );
     }
 }
 
