@@ -2,6 +2,8 @@
 # `run` of /bin/true (create, start, wait, delete) with berth-runtime, runc and crun, side by
 # side in one hyperfine run, then `exec` of /bin/true into a running container of each, plus
 # each runtime's peak RSS. Writes bench/RESULTS.md's runtime section. Root needed.
+# BERTH_RUNTIME_BASELINE=/path/to/an/older/berth-runtime adds that binary to the same runs
+# (before/after comparisons of a change, in one run).
 #
 # Fairness: everything runs in a private mount namespace where the cgroup v2 mount
 # (/sys/fs/cgroup/unified on this hybrid host) is unmounted, so berth-runtime finds no v2
@@ -23,6 +25,9 @@ if [ ! -x "$BIN" ]; then
         cargo build --release --locked --target "$BERTH_TARGET" -p berth-runtime --bin berth-runtime
     BIN="$BERTH_ROOT/target/$BERTH_TARGET/release/berth-runtime"
 fi
+BASELINE="${BERTH_RUNTIME_BASELINE:-}"
+BERTH_RUNTIME_BASELINE_NAME="${BERTH_RUNTIME_BASELINE_NAME:-an older build}"
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BERTH_RUNTIME_BASELINE=$BASELINE is not an executable"
 for t in hyperfine runc crun jq python3 busybox /usr/bin/time; do command -v "$t" > /dev/null || die "$t missing (make deps)"; done
 
 WORK=$(mktemp -d /tmp/berth-bench-runtime.XXXXXX)
@@ -48,9 +53,11 @@ cd "$WORK/bundle"
 berth="$BIN --root $WORK/s-berth run b"
 crun="crun --root $WORK/s-crun --cgroup-manager=disabled run c"
 runc="runc --root $WORK/s-runc run r"
+base=()
+if [ -n "$BASELINE" ]; then base=(-n baseline "$BASELINE --root $WORK/s-base run b0"); fi
 for round in \$(seq $ROUNDS); do
     hyperfine -N --warmup 20 --runs $RUNS --export-json "$WORK/hyperfine-\$round.json" \
-        -n berth-runtime "\$berth" -n crun "\$crun" -n runc "\$runc" >&2
+        -n berth-runtime "\$berth" "\${base[@]}" -n crun "\$crun" -n runc "\$runc" >&2
 done
 # exec: one running container per runtime, /bin/true exec'd into it.
 cd "$WORK/sleeper"
@@ -60,15 +67,22 @@ crun --root $WORK/x-crun --cgroup-manager=disabled create x < /dev/null > /dev/n
 crun --root $WORK/x-crun --cgroup-manager=disabled start x
 runc --root $WORK/x-runc create x < /dev/null > /dev/null 2>&1
 runc --root $WORK/x-runc start x
+base=()
+if [ -n "$BASELINE" ]; then
+    $BASELINE --root $WORK/x-base create x < /dev/null > /dev/null 2>&1
+    $BASELINE --root $WORK/x-base start x
+    base=(-n baseline "$BASELINE --root $WORK/x-base exec x /bin/true")
+fi
 for round in \$(seq $ROUNDS); do
     hyperfine -N --warmup 20 --runs $RUNS --export-json "$WORK/exec-\$round.json" \
-        -n berth-runtime "$BIN --root $WORK/x-berth exec x /bin/true" \
+        -n berth-runtime "$BIN --root $WORK/x-berth exec x /bin/true" "\${base[@]}" \
         -n crun "crun --root $WORK/x-crun --cgroup-manager=disabled exec x /bin/true" \
         -n runc "runc --root $WORK/x-runc exec x /bin/true" >&2
 done
 $BIN --root $WORK/x-berth delete --force x
 crun --root $WORK/x-crun --cgroup-manager=disabled delete --force x
 runc --root $WORK/x-runc delete --force x
+if [ -n "$BASELINE" ]; then $BASELINE --root $WORK/x-base delete --force x; fi
 cd "$WORK/bundle"
 # Peak RSS (GNU time's %M): the largest resident set of a runtime's processes, over 20 runs.
 for cmd in "\$berth" "\$crun" "\$runc"; do
@@ -87,19 +101,29 @@ medians() {
     python3 - "$WORK" "$ROUNDS" "$1" <<'PY'
 import json, statistics, sys
 work, rounds, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-med = {"berth-runtime": [], "crun": [], "runc": []}
+med = {"berth-runtime": [], "crun": [], "runc": [], "baseline": []}
 for i in range(1, rounds + 1):
     for res in json.load(open(f"{work}/{prefix}-{i}.json"))["results"]:
         med[res["command"]].append(res["median"] * 1000)
 ratios = [b / c for b, c in zip(med["berth-runtime"], med["crun"])]
-print(*(statistics.median(med[k]) for k in ("berth-runtime", "crun", "runc")), "/".join(f"{x:.2f}" for x in ratios))
+vs_base = [b / o for b, o in zip(med["berth-runtime"], med["baseline"])]
+print(*(statistics.median(med[k]) for k in ("berth-runtime", "crun", "runc")),
+      "/".join(f"{x:.2f}" for x in ratios),
+      statistics.median(med["baseline"]) if med["baseline"] else 0,
+      "/".join(f"{x:.2f}" for x in vs_base) or "-")
 PY
 }
-read -r b c r ratios < <(medians hyperfine)
-read -r xb xc xr xratios < <(medians exec)
+read -r b c r ratios ob obratios < <(medians hyperfine)
+read -r xb xc xr xratios xob xobratios < <(medians exec)
 mapfile -t rss < "$WORK/rss.txt"
 ratio=$(python3 -c "print(f'{$b / $c:.2f}')")
 fmt() { python3 -c "print(f'{$1:.2f}')"; }
+baseline_note=""
+if [ -n "$BASELINE" ]; then
+    baseline_note="
+Baseline in the same runs: \`$BERTH_RUNTIME_BASELINE_NAME\` ($(basename "$BASELINE")): \`run\` $(fmt "$ob") ms,
+\`exec\` $(fmt "$xob") ms; this build / baseline per round: \`run\` $obratios, \`exec\` $xobratios."
+fi
 
 section=$(cat <<MD
 ## runtime: \`run\` of /bin/true with delete (bench/runtime.sh)
@@ -126,6 +150,7 @@ berth-runtime / crun median: **$ratio** (target ≤ 0.8); per round: $ratios.
 | runc | $(fmt "$xr") |
 
 berth-runtime / crun \`exec\` median per round: $xratios.
+$baseline_note
 
 \`create\`, \`run\` and \`exec\` re-execute berth-runtime from a sealed executable first (a
 read-only overlayfs mount attached nowhere, see runtime/src/sealed.rs), so no container
