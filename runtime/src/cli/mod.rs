@@ -1,6 +1,7 @@
 //! The runc-compatible command line: global flags, then a verb, each verb in its own file.
 //! Flags are parsed the way runc's (Go) parser takes them: `-f`, `--flag`, `-flag`,
-//! `--flag=value`, options before the container id.
+//! `--flag=value`, options before the container id. lexopt lexes the arguments; [`next_token`]
+//! adds the two forms Go reads differently (`-flag` as one long option, and `--`).
 
 mod create;
 mod delete;
