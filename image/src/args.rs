@@ -2,27 +2,34 @@
 
 use std::collections::HashMap;
 
-/// Parses `--key value` pairs; every key must be one of `known`. A key in `repeatable`
-/// collects its values in order; any other key may appear once. Errors end with `usage`.
+/// Parses `--key value` (or `--key=value`) pairs; every key must be one of `known`. A key in
+/// `repeatable` collects its values in order; any other key may appear once. Errors end with
+/// `usage`.
 pub fn options_multi(
     args: &[String],
     known: &[&str],
     repeatable: &[&str],
     usage: &str,
 ) -> Result<HashMap<String, Vec<String>>, String> {
+    use lexopt::prelude::*;
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
-    let mut it = args.iter();
-    while let Some(key) = it.next() {
-        let name = key
-            .strip_prefix("--")
-            .filter(|k| known.contains(k))
-            .ok_or_else(|| format!("unknown argument {key:?}\n{usage}"))?;
-        let value = it.next().ok_or_else(|| format!("{key} needs a value"))?;
-        let values = map.entry(name.to_string()).or_default();
-        if !values.is_empty() && !repeatable.contains(&name) {
-            return Err(format!("{key} given twice"));
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(|e| format!("{e}\n{usage}"))? {
+        let name = match arg {
+            Long(name) if known.contains(&name) => name.to_string(),
+            Long(name) => return Err(format!("unknown argument \"--{name}\"\n{usage}")),
+            Short(c) => return Err(format!("unknown argument \"-{c}\"\n{usage}")),
+            Value(v) => return Err(format!("unknown argument {v:?}\n{usage}")),
+        };
+        let value = parser
+            .value()
+            .map_err(|_| format!("--{name} needs a value"))?
+            .string()
+            .map_err(|e| format!("--{name}: {e}"))?;
+        if map.contains_key(&name) && !repeatable.contains(&name.as_str()) {
+            return Err(format!("--{name} given twice"));
         }
-        values.push(value.clone());
+        map.entry(name).or_default().push(value);
     }
     Ok(map)
 }
@@ -71,5 +78,28 @@ mod tests {
         assert_eq!(err(&["--out", "a", "--out", "b"]), "--out given twice");
         assert_eq!(err(&["--out"]), "--out needs a value");
         assert!(err(&["stray"]).contains("unknown argument"));
+        assert!(err(&["-o", "x"]).starts_with("unknown argument \"-o\"\nUSAGE"));
+        assert_eq!(err(&["--out=a", "--out", "b"]), "--out given twice");
+    }
+
+    #[test]
+    fn inline_empty_and_dashed_values() {
+        let got = options(
+            &strings(&["--out=o", "--name=", "--key", "-k.pub", "--", "x"]),
+            &["out", "name", "key"],
+            "USAGE",
+        );
+        assert!(got
+            .as_ref()
+            .is_err_and(|e| e.starts_with("unknown argument \"x\"")));
+        let got = options(
+            &strings(&["--out=o", "--name=", "--key", "-k.pub"]),
+            &["out", "name", "key"],
+            "USAGE",
+        )
+        .unwrap_or_default();
+        assert_eq!(got["out"], "o");
+        assert_eq!(got["name"], "");
+        assert_eq!(got["key"], "-k.pub");
     }
 }

@@ -18,31 +18,51 @@ const USAGE: &str = "usage: berth-init                 (as PID 1)
                                    SOURCE: a file, - for stdin, an http(s):// URL, or an
                                    OCI reference, fetched by berth-runtime)";
 
-fn parse_args() -> Result<Mode, String> {
-    let mut args = std::env::args().skip(1);
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Command {
+    Run(Mode),
+    Version,
+    Help,
+}
+
+/// Parses berth-init's arguments (without the program name); `pid1` when running as PID 1.
+fn parse_args(args: &[String], pid1: bool) -> Result<Command, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
     let mut root = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--root-dir" => root = Some(args.next().ok_or("--root-dir needs a directory")?),
-            "--version" => {
-                println!("berth-init {VERSION}");
-                std::process::exit(0);
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
+    loop {
+        let arg = match parser.next() {
+            Ok(Some(arg)) => arg,
+            Ok(None) => break,
             // The kernel passes unknown command-line words to init; PID 1 ignores them.
-            other if std::process::id() == 1 => log::debug!("ignoring argument {other}"),
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            Err(e) if pid1 => {
+                log::debug!("ignoring argument: {e}");
+                continue;
+            }
+            Err(e) => return Err(format!("{e}\n{USAGE}")),
+        };
+        match arg {
+            Long("root-dir") => {
+                root = Some(parser.value().map_err(|_| "--root-dir needs a directory")?)
+            }
+            Long("version") => return Ok(Command::Version),
+            Long("help") | Short('h') => return Ok(Command::Help),
+            other if pid1 => log::debug!("ignoring argument {other:?}"),
+            Value(v) => {
+                let v = v.to_string_lossy();
+                return Err(format!("unknown argument `{v}`\n{USAGE}"));
+            }
+            Short(c) => return Err(format!("unknown argument `-{c}`\n{USAGE}")),
+            Long(name) => return Err(format!("unknown argument `--{name}`\n{USAGE}")),
         }
     }
-    match (std::process::id() == 1, root) {
-        (true, _) => Ok(Mode::Pid1),
+    match (pid1, root) {
+        (true, _) => Ok(Command::Run(Mode::Pid1)),
         (false, Some(dir)) => {
             let dir = PathBuf::from(dir);
             let dir = std::path::absolute(&dir).unwrap_or(dir);
-            Ok(Mode::Host { root: dir })
+            Ok(Command::Run(Mode::Host { root: dir }))
         }
         (false, None) => Err(format!(
             "not running as PID 1: use --root-dir DIR for host mode\n{USAGE}"
@@ -56,8 +76,16 @@ fn main() {
     if std::process::id() != 1 && args.first().map(String::as_str) == Some("update-apply") {
         std::process::exit(berth_init::update::machine::main(&args[1..]));
     }
-    let mode = match parse_args() {
-        Ok(mode) => mode,
+    let mode = match parse_args(&args, std::process::id() == 1) {
+        Ok(Command::Run(mode)) => mode,
+        Ok(Command::Version) => {
+            println!("berth-init {VERSION}");
+            std::process::exit(0);
+        }
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         Err(e) => {
             eprintln!("berth-init: {e}");
             std::process::exit(2);
@@ -144,4 +172,43 @@ fn container_launcher(boot: &Boot) -> berth_init::launch::container::ContainerLa
         root,
         boot.paths.runtime_bin.clone(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(a: &[&str], pid1: bool) -> Result<Command, String> {
+        parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), pid1)
+    }
+
+    #[test]
+    fn host_mode_needs_a_root_dir_in_either_form() {
+        let host = |dir: &str| Ok(Command::Run(Mode::Host { root: dir.into() }));
+        assert_eq!(parse(&["--root-dir", "/d"], false), host("/d"));
+        assert_eq!(parse(&["--root-dir=/e"], false), host("/e"));
+        // A repeated option: the last one counts.
+        assert_eq!(
+            parse(&["--root-dir=/e", "--root-dir", "/f"], false),
+            host("/f")
+        );
+        assert_eq!(
+            parse(&["--version", "--bogus"], false),
+            Ok(Command::Version)
+        );
+        assert_eq!(parse(&["-h"], false), Ok(Command::Help));
+        let err = |a: &[&str]| parse(a, false).err().unwrap();
+        assert!(err(&[]).starts_with("not running as PID 1"));
+        assert_eq!(err(&["--root-dir"]), "--root-dir needs a directory");
+        assert!(err(&["--bogus"]).starts_with("unknown argument `--bogus`\nusage:"));
+        assert!(err(&["-x"]).starts_with("unknown argument `-x`\n"));
+        assert!(err(&["word"]).starts_with("unknown argument `word`\n"));
+    }
+
+    #[test]
+    fn pid1_ignores_the_kernels_words() {
+        let args = ["single", "-s", "--x=1", "-ab", "--root-dir", "/d"];
+        assert_eq!(parse(&args, true), Ok(Command::Run(Mode::Pid1)));
+    }
 }

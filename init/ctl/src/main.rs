@@ -65,42 +65,44 @@ pub struct Options {
     pub words: Vec<String>,
 }
 
-/// Parses the command line (without the program name).
+/// Parses the command line (without the program name). `Err("")` asks for the usage text.
 pub fn parse(args: &[String]) -> Result<Options, String> {
+    use lexopt::prelude::*;
     let mut o = Options::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--json" => o.json = true,
-            "-f" | "--follow" => o.follow = true,
-            "--no-wait" => o.no_wait = true,
-            "--no-start" => o.no_start = true,
-            "--reboot" => o.reboot = true,
-            "--allow-downgrade" => o.allow_downgrade = true,
-            "--socket" => o.socket = Some(value(arg)?),
-            "--host" => o.host = Some(value(arg)?),
-            "--cert" => o.cert = Some(value(arg)?),
-            "--key" => o.key = Some(value(arg)?),
-            "--ca" => o.ca = Some(value(arg)?),
-            "--tls-name" => o.tls_name = Some(value(arg)?),
-            "--tail" | "-n" => o.tail = Some(value(arg)?),
-            "--timeout" => {
-                let v = value(arg)?;
+    let mut parser = lexopt::Parser::from_args(args);
+    let value = |parser: &mut lexopt::Parser, name: &str| {
+        parser
+            .value()
+            .map_err(|_| format!("{name} needs a value"))?
+            .string()
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("json") => o.json = true,
+            Short('f') | Long("follow") => o.follow = true,
+            Long("no-wait") => o.no_wait = true,
+            Long("no-start") => o.no_start = true,
+            Long("reboot") => o.reboot = true,
+            Long("allow-downgrade") => o.allow_downgrade = true,
+            Long("socket") => o.socket = Some(value(&mut parser, "--socket")?),
+            Long("host") => o.host = Some(value(&mut parser, "--host")?),
+            Long("cert") => o.cert = Some(value(&mut parser, "--cert")?),
+            Long("key") => o.key = Some(value(&mut parser, "--key")?),
+            Long("ca") => o.ca = Some(value(&mut parser, "--ca")?),
+            Long("tls-name") => o.tls_name = Some(value(&mut parser, "--tls-name")?),
+            Long("tail") | Short('n') => o.tail = Some(value(&mut parser, "--tail")?),
+            Long("timeout") => {
+                let v = value(&mut parser, "--timeout")?;
                 o.timeout = Some(
                     v.parse()
                         .map_err(|_| format!("--timeout: `{v}` is not a number of seconds"))?,
                 );
             }
-            "-h" | "--help" => return Err(String::new()),
-            flag if flag.starts_with('-') && flag.len() > 1 => {
-                return Err(format!("unknown option {flag}"))
-            }
-            _ => o.words.push(arg.clone()),
+            Short('h') | Long("help") => return Err(String::new()),
+            Value(word) => o.words.push(word.string().map_err(|e| e.to_string())?),
+            Short(c) => return Err(format!("unknown option -{c}")),
+            Long(name) => return Err(format!("unknown option --{name}")),
         }
     }
     Ok(o)
@@ -181,17 +183,56 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    fn parsed(a: &[&str]) -> Result<Options, String> {
+        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
     #[test]
     fn options_go_before_or_after_the_command() {
-        let args: Vec<String> = ["--json", "logs", "web", "-f", "--tail", "5"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let o = parse(&args).unwrap();
+        let o = parsed(&["--json", "logs", "web", "-f", "--tail", "5"]).unwrap();
         assert!(o.json && o.follow);
         assert_eq!(o.tail.as_deref(), Some("5"));
         assert_eq!(o.words, ["logs", "web"]);
-        assert!(parse(&["--tail".to_string()]).is_err());
-        assert!(parse(&["--bogus".to_string()]).is_err());
+        assert!(parsed(&["--tail"]).is_err());
+        assert!(parsed(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn values_inline_empty_repeated_and_after_dashes() {
+        let o = parsed(&[
+            "--socket=/s",
+            "-n",
+            "-1",
+            "update",
+            "apply",
+            "-",
+            "--timeout=9",
+        ]);
+        let o = o.unwrap();
+        assert_eq!(o.socket.as_deref(), Some("/s"));
+        // A value is taken as given, even when it starts with a dash.
+        assert_eq!(o.tail.as_deref(), Some("-1"));
+        assert_eq!(o.timeout, Some(9));
+        assert_eq!(o.words, ["update", "apply", "-"]);
+        let o = parsed(&["--host", "a:1", "--host=b:2", "--tls-name=", "status"]).unwrap();
+        assert_eq!(o.host.as_deref(), Some("b:2"));
+        assert_eq!(o.tls_name.as_deref(), Some(""));
+        let o = parsed(&["check", "--", "--odd.toml", "-f"]).unwrap();
+        assert_eq!(o.words, ["check", "--odd.toml", "-f"]);
+        assert!(!o.follow);
+    }
+
+    #[test]
+    fn usage_errors_name_the_option() {
+        let err = |a: &[&str]| parsed(a).err().unwrap_or_default();
+        assert_eq!(err(&["status", "--bogus"]), "unknown option --bogus");
+        assert_eq!(err(&["status", "-x"]), "unknown option -x");
+        assert_eq!(err(&["logs", "web", "-n"]), "--tail needs a value");
+        assert_eq!(
+            err(&["--timeout", "soon"]),
+            "--timeout: `soon` is not a number of seconds"
+        );
+        assert!(err(&["--json=yes", "status"]).contains("--json"));
+        assert_eq!(err(&["-h"]), "");
     }
 }

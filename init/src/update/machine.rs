@@ -56,30 +56,37 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
+    use lexopt::prelude::*;
     let mut bundle = None;
     let mut allow_downgrade = false;
     let mut keys = PathBuf::from(TRUSTED_KEYS_DIR);
     let mut tries = DEFAULT_TRIES;
     let mut stop_at = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--allow-downgrade" => allow_downgrade = true,
-            "--keys" => keys = PathBuf::from(it.next().ok_or("--keys needs a directory")?),
-            "--tries" => {
-                tries = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(|e| format!("{e}\n{USAGE}"))? {
+        match arg {
+            Long("allow-downgrade") => allow_downgrade = true,
+            Long("keys") => {
+                keys = PathBuf::from(parser.value().map_err(|_| "--keys needs a directory")?)
+            }
+            Long("tries") => {
+                tries = parser
+                    .value()
+                    .ok()
+                    .and_then(|n| n.to_str()?.parse().ok())
                     .filter(|n| (1..=MAX_TRIES).contains(n))
                     .ok_or(format!("--tries needs a number from 1 to {MAX_TRIES}"))?
             }
-            "--stop-at" => {
-                let name = it.next().ok_or("--stop-at needs a point")?;
+            Long("stop-at") => {
+                let name = parser.value().map_err(|_| "--stop-at needs a point")?;
+                let name = name.to_string_lossy();
                 stop_at =
-                    Some(StopPoint::parse(name).ok_or(format!("unknown stop point {name:?}"))?);
+                    Some(StopPoint::parse(&name).ok_or(format!("unknown stop point {name:?}"))?);
             }
-            s if bundle.is_none() && (s == "-" || !s.starts_with('-')) => bundle = Some(s.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            Value(s) if bundle.is_none() => bundle = Some(s.string().map_err(|e| e.to_string())?),
+            Value(other) => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            Short(c) => return Err(format!("unknown argument \"-{c}\"\n{USAGE}")),
+            Long(name) => return Err(format!("unknown argument \"--{name}\"\n{USAGE}")),
         }
     }
     let bundle: String = bundle.ok_or_else(|| format!("a bundle source is required\n{USAGE}"))?;
@@ -230,4 +237,49 @@ pub fn status_of_this_machine() -> Result<super::status::UpdateStatus, MachineEr
         path: format!("{}/grub", esp_dev.display()),
         problem: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parsed(a: &[&str]) -> Result<Args, String> {
+        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_around_the_source_in_both_forms() {
+        let a = parsed(&["--keys=/k", "-", "--allow-downgrade", "--tries", "2"]).unwrap();
+        assert!(matches!(a.bundle, Source::Stdin));
+        assert!(a.allow_downgrade);
+        assert_eq!(a.keys, PathBuf::from("/k"));
+        assert_eq!(a.tries, 2);
+        assert_eq!(a.stop_at, None);
+        let a = parsed(&["/b", "--stop-at=mid-root", "--keys", "/a", "--keys", "/b"]).unwrap();
+        assert!(matches!(a.bundle, Source::File(ref f) if f == Path::new("/b")));
+        assert_eq!(a.stop_at, Some(StopPoint::MidRoot));
+        // A repeated option: the last one counts.
+        assert_eq!(a.keys, PathBuf::from("/b"));
+        assert_eq!(parsed(&["--", "/b"]).unwrap().tries, DEFAULT_TRIES);
+        // `--keys=` is an empty value, as `--keys ""` is.
+        assert_eq!(parsed(&["/b", "--keys="]).unwrap().keys, PathBuf::new());
+    }
+
+    #[test]
+    fn usage_errors_name_the_option() {
+        let err = |a: &[&str]| parsed(a).err().unwrap();
+        assert!(err(&["/b", "--bogus"]).starts_with("unknown argument \"--bogus\"\nusage:"));
+        assert!(err(&["/b", "-x"]).starts_with("unknown argument \"-x\"\n"));
+        assert!(err(&["/b", "/c"]).starts_with("unknown argument \"/c\"\n"));
+        assert_eq!(err(&["/b", "--keys"]), "--keys needs a directory");
+        assert!(err(&["/b", "--tries", "0"]).starts_with("--tries needs a number from 1"));
+        assert!(err(&["/b", "--tries="]).starts_with("--tries needs a number from 1"));
+        assert_eq!(
+            err(&["/b", "--stop-at", "never"]),
+            "unknown stop point \"never\""
+        );
+        assert!(err(&["/b", "--allow-downgrade=yes"]).contains("--allow-downgrade"));
+        assert!(err(&["--tries", "2"]).starts_with("a bundle source is required"));
+    }
 }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use berth_images::osupdate::{self, Source};
 use berth_images::registry::{Client, RegistriesConfig};
 
-use super::{CliResult, Global};
+use lexopt::Arg::{Long, Short, Value};
+
+use super::{option_text, CliResult, Global};
 
 const USAGE: &str = "usage: berth-runtime fetch [--config FILE] SOURCE
   SOURCE: an http:// or https:// URL, or an OCI reference (registry/repo:tag or @digest) of an
@@ -26,7 +28,6 @@ struct FetchFailed {
 pub fn run(g: &Global, args: &[String]) -> CliResult {
     let mut config = PathBuf::from("/var/lib/berth/machine.toml");
     let mut source = None;
-    let mut it = args.iter();
     let usage = |problem: &str| {
         let _ = writeln!(io::stderr(), "berth-runtime fetch: {problem}\n{USAGE}");
         Ok(2)
@@ -34,19 +35,28 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     if g.root_given {
         return usage("`--root` does not apply to fetch");
     }
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => match it.next() {
-                Some(v) => config = PathBuf::from(v),
-                None => return usage("--config needs a file"),
+    let mut parser = lexopt::Parser::from_args(args);
+    loop {
+        let arg = match parser.next() {
+            Ok(Some(arg)) => arg,
+            Ok(None) => break,
+            Err(e) => return usage(&e.to_string()),
+        };
+        match arg {
+            Long("config") => match parser.value() {
+                Ok(v) => config = PathBuf::from(v),
+                Err(_) => return usage("--config needs a file"),
             },
-            "-h" | "--help" => {
+            Short('h') | Long("help") => {
                 println!("{USAGE}");
                 return Ok(0);
             }
-            flag if flag.starts_with('-') => return usage(&format!("unknown option {flag}")),
-            s if source.is_none() => source = Some(s.to_string()),
-            extra => return usage(&format!("unexpected argument {extra:?}")),
+            Value(s) if source.is_none() => match s.into_string() {
+                Ok(s) => source = Some(s),
+                Err(s) => return usage(&format!("{s:?} is not UTF-8")),
+            },
+            Value(extra) => return usage(&format!("unexpected argument {extra:?}")),
+            other => return usage(&format!("unknown option {}", option_text(&other))),
         }
     }
     let Some(text) = source else {

@@ -50,6 +50,7 @@ pub fn main(args: &[String]) -> Result<(), ImageCliError> {
 /// Parsed flags and positional arguments of one command.
 #[derive(Default)]
 struct Args {
+    command: Option<String>,
     positional: Vec<String>,
     json: bool,
     quiet: bool,
@@ -61,48 +62,50 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+/// Options go before or after the command; the first positional argument is the command.
 fn parse(args: &[String]) -> Result<Args, String> {
+    use lexopt::prelude::*;
     let mut out = Args::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
+    let mut parser = lexopt::Parser::from_args(args);
+    let text = |v: std::ffi::OsString| v.string().map_err(|e| e.to_string());
+    while let Some(arg) = parser.next().map_err(|e| format!("{e}\n{USAGE}"))? {
+        let value = |parser: &mut lexopt::Parser, name: &str| {
+            parser
+                .value()
+                .map_err(|_| format!("{name} needs a value"))
+                .and_then(text)
         };
-        match arg.as_str() {
-            "--json" => out.json = true,
-            "-q" | "--quiet" => out.quiet = true,
-            "-f" | "--force" => out.force = true,
-            "--jobs" | "-j" => {
-                let v = value(arg)?;
+        match arg {
+            Long("json") => out.json = true,
+            Short('q') | Long("quiet") => out.quiet = true,
+            Short('f') | Long("force") => out.force = true,
+            Long("jobs") | Short('j') => {
+                let v = value(&mut parser, "--jobs")?;
                 out.jobs = Some(v.parse().map_err(|_| format!("--jobs: bad number {v:?}"))?);
             }
-            "--tag" | "-t" => out.tag = Some(value(arg)?),
-            "--format" => out.format = Some(value(arg)?),
-            "--store" => out.store = Some(value(arg)?.into()),
-            "--config" => out.config = Some(value(arg)?.into()),
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            "-" => out.positional.push(arg.clone()),
-            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}\n{USAGE}")),
-            _ => out.positional.push(arg.clone()),
+            Long("tag") | Short('t') => out.tag = Some(value(&mut parser, "--tag")?),
+            Long("format") => out.format = Some(value(&mut parser, "--format")?),
+            Long("store") => out.store = Some(value(&mut parser, "--store")?.into()),
+            Long("config") => out.config = Some(value(&mut parser, "--config")?.into()),
+            Short('h') | Long("help") => return Err(USAGE.to_string()),
+            Value(v) if out.command.is_none() => out.command = Some(text(v)?),
+            Value(v) => out.positional.push(text(v)?),
+            other => {
+                return Err(format!(
+                    "unknown option {}\n{USAGE}",
+                    super::option_text(&other)
+                ))
+            }
         }
     }
     Ok(out)
 }
 
 fn run(args: &[String]) -> CliResult {
-    // Global options may come before the command; find the command past their values.
-    let mut i = 0;
-    while i < args.len() && matches!(args[i].as_str(), "--store" | "--config") {
-        i += 2;
-    }
-    let Some(command) = args.get(i) else {
+    let a = parse(args)?;
+    let Some(command) = a.command.clone() else {
         return Err(USAGE.into());
     };
-    let mut rest: Vec<String> = args[..i].to_vec();
-    rest.extend_from_slice(&args[i + 1..]);
-    let a = parse(&rest)?;
     let store_dir = a
         .store
         .clone()
@@ -308,4 +311,56 @@ fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> CliResult {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parsed(a: &[&str]) -> Result<Args, String> {
+        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_before_and_after_the_command() {
+        let a = parsed(&[
+            "--store",
+            "/s",
+            "--config=/c",
+            "rm",
+            "a",
+            "-f",
+            "--json",
+            "b",
+        ])
+        .unwrap();
+        assert_eq!(a.command.as_deref(), Some("rm"));
+        assert_eq!(a.positional, ["a", "b"]);
+        assert_eq!(a.store, Some(PathBuf::from("/s")));
+        assert_eq!(a.config, Some(PathBuf::from("/c")));
+        assert!(a.force && a.json && !a.quiet);
+        let a = parsed(&["import", "-", "-t", "x:1", "--tag", "y:2", "-j4"]).unwrap();
+        assert_eq!(a.positional, ["-"]);
+        // A repeated option: the last one counts.
+        assert_eq!(a.tag.as_deref(), Some("y:2"));
+        assert_eq!(a.jobs, Some(4));
+        let a = parsed(&["export", "--format=", "r", "--", "-f"]).unwrap();
+        assert_eq!(a.format.as_deref(), Some(""));
+        assert_eq!(a.positional, ["r", "-f"]);
+        assert!(!a.force);
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let err = |a: &[&str]| parsed(a).err().unwrap();
+        assert!(err(&["ls", "--bogus"]).starts_with("unknown option --bogus\nusage:"));
+        assert!(err(&["ls", "-x"]).starts_with("unknown option -x\n"));
+        assert_eq!(err(&["ls", "--store"]), "--store needs a value");
+        assert_eq!(
+            err(&["pull", "r", "--jobs", "many"]),
+            "--jobs: bad number \"many\""
+        );
+        assert!(err(&["ls", "--json=yes"]).contains("--json"));
+    }
 }

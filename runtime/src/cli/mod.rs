@@ -1,6 +1,7 @@
 //! The runc-compatible command line: global flags, then a verb, each verb in its own file.
 //! Flags are parsed the way runc's (Go) parser takes them: `-f`, `--flag`, `-flag`,
-//! `--flag=value`, options before the container id.
+//! `--flag=value`, options before the container id. lexopt lexes the arguments; [`next_token`]
+//! adds the two forms Go reads differently (`-flag` as one long option, and `--`).
 
 mod create;
 mod delete;
@@ -229,49 +230,150 @@ impl Parsed {
 /// Parses `args` against `flags`. With `stop_at_positional`, everything after the first
 /// positional argument is positional (the command of `exec`).
 pub fn parse(args: &[String], flags: &[Flag], stop_at_positional: bool) -> Result<Parsed, Usage> {
+    parse_flags(args, flags, stop_at_positional, "flag")
+}
+
+/// [`parse`], naming the kind of flag (`flag`, `global flag`) in errors.
+fn parse_flags(
+    args: &[String],
+    flags: &[Flag],
+    stop_at_positional: bool,
+    kind: &str,
+) -> Result<Parsed, Usage> {
     let mut p = Parsed::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        i += 1;
-        if a == "--" {
-            p.args.extend(args[i..].iter().cloned());
-            break;
-        }
-        let Some(stripped) = a
-            .strip_prefix("--")
-            .or_else(|| a.strip_prefix('-'))
-            .filter(|s| !s.is_empty() && a != "-")
-        else {
-            p.args.push(a.clone());
-            if stop_at_positional {
-                p.args.extend(args[i..].iter().cloned());
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(token) = next_token(&mut parser)? {
+        let (shown, name, inline) = match token {
+            Token::Option {
+                shown,
+                name,
+                inline,
+            } => (shown, name, inline),
+            Token::Positional(a) => {
+                p.args.push(a);
+                if stop_at_positional {
+                    p.args.extend(rest(&mut parser)?);
+                    break;
+                }
+                continue;
+            }
+            Token::AfterDashes(rest) => {
+                p.args.extend(rest);
                 break;
             }
-            continue;
-        };
-        let (name, inline) = match stripped.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (stripped, None),
         };
         let f = flags
             .iter()
-            .find(|f| f.names.contains(&name))
-            .ok_or_else(|| Usage(format!("unknown flag `{a}`")))?;
+            .find(|f| f.names.contains(&name.as_str()))
+            .ok_or_else(|| Usage(format!("unknown {kind} `{shown}`")))?;
         let value = match (f.value, inline) {
             (_, Some(v)) => v,
             (false, None) => "true".to_string(),
-            (true, None) => {
-                let v = args
-                    .get(i)
-                    .ok_or_else(|| Usage(format!("flag `{a}` needs a value")))?;
-                i += 1;
-                v.clone()
-            }
+            (true, None) => parser
+                .value()
+                .map_err(|_| Usage(format!("{kind} `{shown}` needs a value")))
+                .and_then(|v| utf8(v, &shown))?,
         };
         p.values.entry(f.names[0]).or_default().push(value);
     }
     Ok(p)
+}
+
+/// One command-line token as runc's (Go) flag parser reads it.
+enum Token {
+    /// `--name`, `-name`, `-n`, each maybe with `=value`: `shown` is the option as written
+    /// without its value, for messages.
+    Option {
+        shown: String,
+        name: String,
+        inline: Option<String>,
+    },
+    Positional(String),
+    /// The arguments after `--`.
+    AfterDashes(Vec<String>),
+}
+
+/// The next token, lexed by lexopt, except the two forms Go's flags read differently:
+/// `-name` is one long option (lexopt would read the letters n, a, m, e) and `--` ends the
+/// options (kept apart so that a `-name` after it stays positional).
+fn next_token(parser: &mut lexopt::Parser) -> Result<Option<Token>, Usage> {
+    if let Some(mut raw) = parser.try_raw_args() {
+        let peeked = raw.peek().and_then(|a| a.to_str());
+        if peeked == Some("--") {
+            raw.next();
+            return Ok(Some(Token::AfterDashes(rest(parser)?)));
+        }
+        if let Some(token) = peeked.and_then(go_long) {
+            raw.next();
+            return Ok(Some(token));
+        }
+    }
+    let token = match parser.next().map_err(|e| Usage(e.to_string()))? {
+        None => return Ok(None),
+        Some(lexopt::Arg::Value(v)) => Token::Positional(utf8(v, "argument")?),
+        Some(lexopt::Arg::Long(name)) => {
+            let (shown, name) = (format!("--{name}"), name.to_string());
+            let inline = parser
+                .optional_value()
+                .map(|v| utf8(v, &shown))
+                .transpose()?;
+            Token::Option {
+                shown,
+                name,
+                inline,
+            }
+        }
+        Some(lexopt::Arg::Short(c)) => {
+            let (shown, name) = (format!("-{c}"), c.to_string());
+            let inline = parser
+                .optional_value()
+                .map(|v| utf8(v, &shown))
+                .transpose()?;
+            Token::Option {
+                shown,
+                name,
+                inline,
+            }
+        }
+    };
+    Ok(Some(token))
+}
+
+/// `-name` or `-name=value` with a name of two or more characters: Go's long option.
+fn go_long(arg: &str) -> Option<Token> {
+    let body = arg.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
+    let (name, inline) = match body.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (body, None),
+    };
+    (name.chars().count() > 1).then(|| Token::Option {
+        shown: format!("-{name}"),
+        name: name.to_string(),
+        inline,
+    })
+}
+
+/// The remaining arguments, unparsed.
+fn rest(parser: &mut lexopt::Parser) -> Result<Vec<String>, Usage> {
+    parser
+        .raw_args()
+        .map_err(|e| Usage(e.to_string()))?
+        .map(|a| utf8(a, "argument"))
+        .collect()
+}
+
+/// An option as lexopt found it, as written (without its value), for messages.
+pub fn option_text(arg: &lexopt::Arg) -> String {
+    match arg {
+        lexopt::Arg::Short(c) => format!("-{c}"),
+        lexopt::Arg::Long(name) => format!("--{name}"),
+        lexopt::Arg::Value(v) => v.to_string_lossy().into_owned(),
+    }
+}
+
+fn utf8(s: std::ffi::OsString, what: &str) -> Result<String, Usage> {
+    s.into_string()
+        .map_err(|s| Usage(format!("{what}: {s:?} is not UTF-8")))
 }
 
 const GLOBAL_FLAGS: &[Flag] = &[
@@ -297,14 +399,8 @@ fn usage() -> String {
 /// Runs the command line; returns the process exit code.
 pub fn main(argv: Vec<String>) -> i32 {
     let args = argv.get(1..).unwrap_or_default();
-    // Global flags come before the verb: the verb is the first argument that is neither a
-    // global flag nor the value of one.
-    let verb_at = match global_end(args) {
-        Ok(i) => i,
-        Err(e) => return fail(None, &e),
-    };
-    let (global_args, rest) = args.split_at(verb_at);
-    let global = match parse(global_args, GLOBAL_FLAGS, false) {
+    // Global flags come before the verb: the verb is the first positional argument.
+    let global = match parse_flags(args, GLOBAL_FLAGS, true, "global flag") {
         Ok(g) => g,
         Err(e) => return fail(None, &e),
     };
@@ -336,7 +432,7 @@ pub fn main(argv: Vec<String>) -> i32 {
         );
         return 0;
     }
-    let Some((verb_name, verb_args)) = rest.split_first() else {
+    let Some((verb_name, verb_args)) = global.args.split_first() else {
         if global.is_set("help") {
             print!("{}", usage());
             return 0;
@@ -358,30 +454,6 @@ pub fn main(argv: Vec<String>) -> i32 {
         Ok(code) => code,
         Err(e) => fail(Some(&g), e.as_ref()),
     }
-}
-
-/// Index of the first argument after the global flags (and their values).
-fn global_end(args: &[String]) -> Result<usize, Usage> {
-    let mut i = 0;
-    while let Some(a) = args.get(i) {
-        let Some(name) = a
-            .strip_prefix("--")
-            .or_else(|| a.strip_prefix('-'))
-            .filter(|s| !s.is_empty())
-        else {
-            return Ok(i);
-        };
-        let (name, inline) = match name.split_once('=') {
-            Some((n, _)) => (n, true),
-            None => (name, false),
-        };
-        let f = GLOBAL_FLAGS
-            .iter()
-            .find(|f| f.names.contains(&name))
-            .ok_or_else(|| Usage(format!("unknown global flag `{a}`")))?;
-        i += if f.value && !inline { 2 } else { 1 };
-    }
-    Ok(args.len())
 }
 
 /// Reports an error on stderr and in the `--log` file; exit code 1.
@@ -409,4 +481,121 @@ fn fail(g: Option<&Global>, e: &dyn std::error::Error) -> i32 {
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn exec_flags() -> Vec<Flag> {
+        vec![opt(&["env", "e"]), flag(&["tty", "t"]), opt(&["cwd"])]
+    }
+
+    #[test]
+    fn global_flags_in_every_go_form_then_the_verb() {
+        let p = parse_flags(
+            &args(&[
+                "--root",
+                "/r",
+                "-log=/l",
+                "-log-format",
+                "json",
+                "--debug",
+                "state",
+                "--root",
+                "x",
+            ]),
+            GLOBAL_FLAGS,
+            true,
+            "global flag",
+        )
+        .unwrap();
+        assert_eq!(p.get("root"), Some("/r"));
+        assert_eq!(p.get("log"), Some("/l"));
+        assert_eq!(p.get("log-format"), Some("json"));
+        assert!(p.is_set("debug"));
+        // Everything from the verb on is the verb's.
+        assert_eq!(p.args, ["state", "--root", "x"]);
+        let p = parse_flags(
+            &args(&["-root=/s", "-v"]),
+            GLOBAL_FLAGS,
+            true,
+            "global flag",
+        );
+        let p = p.unwrap();
+        assert_eq!(p.get("root"), Some("/s"));
+        assert!(p.is_set("version"));
+    }
+
+    #[test]
+    fn unknown_and_valueless_flags_are_named() {
+        let err = |a: &[&str]| {
+            parse_flags(&args(a), GLOBAL_FLAGS, true, "global flag")
+                .err()
+                .unwrap()
+                .0
+        };
+        assert_eq!(err(&["--bogus", "state"]), "unknown global flag `--bogus`");
+        assert_eq!(err(&["-bogus=1", "state"]), "unknown global flag `-bogus`");
+        assert_eq!(err(&["--root"]), "global flag `--root` needs a value");
+        assert_eq!(err(&["-root"]), "global flag `-root` needs a value");
+        let err = parse(&args(&["-x"]), &exec_flags(), false).err().unwrap().0;
+        assert_eq!(err, "unknown flag `-x`");
+        // Go's flags do not cluster: `-te` is one (unknown) name, not -t -e.
+        let err = parse(&args(&["-te", "A"]), &exec_flags(), false)
+            .err()
+            .unwrap()
+            .0;
+        assert_eq!(err, "unknown flag `-te`");
+    }
+
+    #[test]
+    fn values_inline_empty_repeated_and_dashed() {
+        let p = parse(
+            &args(&[
+                "-e",
+                "A=1",
+                "--env=B=2",
+                "-e=C",
+                "--cwd=",
+                "id",
+                "--tty=false",
+                "-e",
+                "-D",
+            ]),
+            &exec_flags(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.all("env"), ["A=1", "B=2", "C", "-D"]);
+        assert_eq!(p.get("env"), Some("-D"));
+        assert_eq!(p.get("cwd"), Some(""));
+        assert!(!p.is_set("tty"));
+        // Options after the id are taken when the verb allows it.
+        assert_eq!(p.args, ["id"]);
+        assert_eq!(p.id().unwrap(), "id");
+    }
+
+    #[test]
+    fn command_after_the_id_and_after_dashes_stays_as_written() {
+        let p = parse(
+            &args(&["-t", "id", "sh", "-c", "--tty", "-", "--"]),
+            &exec_flags(),
+            true,
+        )
+        .unwrap();
+        assert!(p.is_set("tty"));
+        assert_eq!(p.args, ["id", "sh", "-c", "--tty", "-", "--"]);
+        let p = parse(&args(&["--", "-root", "--tty"]), &exec_flags(), false).unwrap();
+        assert_eq!(p.args, ["-root", "--tty"]);
+        assert!(!p.is_set("tty"));
+        let p = parse(&args(&["-", "id"]), &[], false).unwrap();
+        assert_eq!(p.args, ["-", "id"]);
+        assert!(parse(&[], &[], false).unwrap().id().is_err());
+    }
 }
