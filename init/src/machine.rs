@@ -28,8 +28,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_images::registry::config::ConfigDuration;
-use berth_images::registry::RegistriesConfig;
+use berth_store::registry::config::ConfigDuration;
+use berth_store::registry::RegistriesConfig;
 use serde::Deserialize;
 use toml::Spanned;
 

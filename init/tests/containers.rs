@@ -14,7 +14,7 @@ mod registry;
 use std::path::Path;
 use std::process::Command;
 
-use berth_images::Store;
+use berth_store::Store;
 use common::{import_layout, new_umoci_image, run, temp_dir, Host};
 
 /// A busybox image tagged `berth.test/web:1`, imported into `DIR/state/images`.

@@ -357,7 +357,7 @@ pub fn now_rfc3339() -> String {
 
 /// Creates `dir` (and missing parents) reachable by root only, and takes group and other
 /// access away from an existing one. The image store keeps its own copy of this rule
-/// (berth-images does not depend on the runtime, nor the runtime on it).
+/// (berth-store does not depend on the runtime, nor the runtime on it).
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     // Created 0700 (the umask can only take more away), never wider for a moment.

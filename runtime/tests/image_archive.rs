@@ -6,9 +6,9 @@ mod support;
 use std::fs::File;
 use std::process::Command;
 
-use berth_images::archive::{export, import, ArchiveFormat};
-use berth_images::registry::Reference;
-use berth_images::{Error, Store};
+use berth_store::archive::{export, import, ArchiveFormat};
+use berth_store::registry::Reference;
+use berth_store::{Error, Store};
 use support::{busybox_image, run, run_in_overlay, TarBuilder, TempDir};
 
 fn skopeo_copy(from: &str, to: &str) {

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use berth_images::{gc, Store};
+use berth_store::{gc, Store};
 use support::{berth_runtime, busybox_image, push, write_file, ImageBuilder, Registry, TempDir};
 
 fn image_cmd(store: &Path, config: &Path, args: &[&str]) -> std::process::Output {

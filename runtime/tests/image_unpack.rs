@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use berth_images::unpack::{unpack, UnpackError};
+use berth_store::unpack::{unpack, UnpackError};
 use support::{TarBuilder, TempDir};
 
 fn getxattr(path: &Path, key: &str) -> Option<Vec<u8>> {

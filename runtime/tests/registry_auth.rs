@@ -6,10 +6,10 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use berth_images::pull::{self, PullOptions};
-use berth_images::registry::config::Credentials;
-use berth_images::registry::{self, Client, Reference, RegistriesConfig};
-use berth_images::{Error, Image, Result, Store};
+use berth_store::pull::{self, PullOptions};
+use berth_store::registry::config::Credentials;
+use berth_store::registry::{self, Client, Reference, RegistriesConfig};
+use berth_store::{Error, Image, Result, Store};
 use support::http::{forward, Request, Response, Server};
 use support::{push, ImageBuilder, Registry, TempDir};
 

@@ -7,9 +7,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_images::pull::{self, PullOptions};
-use berth_images::registry::{self, Client, Reference, RegistriesConfig};
-use berth_images::{Error, Store};
+use berth_store::pull::{self, PullOptions};
+use berth_store::registry::{self, Client, Reference, RegistriesConfig};
+use berth_store::{Error, Store};
 use support::http::{Request, Response, Server};
 use support::{digest, gzip, TarBuilder, TempDir};
 
@@ -123,7 +123,7 @@ fn client_with(host: &str, limits: &str) -> Client {
     Client::new(config)
 }
 
-fn try_pull(store: &Store, host: &str) -> (berth_images::Result<berth_images::Image>, Vec<String>) {
+fn try_pull(store: &Store, host: &str) -> (berth_store::Result<berth_store::Image>, Vec<String>) {
     try_pull_with(store, host, &client(host))
 }
 
@@ -131,7 +131,7 @@ fn try_pull_with(
     store: &Store,
     host: &str,
     client: &Client,
-) -> (berth_images::Result<berth_images::Image>, Vec<String>) {
+) -> (berth_store::Result<berth_store::Image>, Vec<String>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l2 = lines.clone();
     let progress = move |l: &str| l2.lock().unwrap().push(l.to_string());
@@ -327,7 +327,7 @@ fn unknown_media_types_are_rejected_before_download() {
             .contains("application/vnd.example.weird+lz4"),
         "{err}"
     );
-    assert!(!store.has_blob(&berth_images::Digest::parse(&layer_digest).unwrap()));
+    assert!(!store.has_blob(&berth_store::Digest::parse(&layer_digest).unwrap()));
     assert_no_image(&store);
 }
 
@@ -494,7 +494,7 @@ fn layer_blob_not_decoding_to_an_unpacked_diff_id_is_refused() {
             blob,
             &diff_id,
         );
-        let blob_digest = berth_images::Digest::parse(&digest(&fake.layer)).unwrap();
+        let blob_digest = berth_store::Digest::parse(&digest(&fake.layer)).unwrap();
         let server = fake.start();
         let (result, _) = try_pull(&store, &server.host());
         let err = result.unwrap_err();
@@ -516,14 +516,14 @@ fn layer_blob_not_decoding_to_an_unpacked_diff_id_is_refused() {
 
     // Image 1 still exports into an archive a fresh store accepts.
     let mut archive = Vec::new();
-    berth_images::archive::export(
+    berth_store::archive::export(
         &store,
         &store.resolve(&image1.reference).unwrap(),
-        berth_images::archive::ArchiveFormat::Oci,
+        berth_store::archive::ArchiveFormat::Oci,
         &mut archive,
     )
     .unwrap();
     let fresh = Store::open(t.join("fresh")).unwrap();
-    let imported = berth_images::archive::import(&fresh, &archive[..], None).unwrap();
+    let imported = berth_store::archive::import(&fresh, &archive[..], None).unwrap();
     assert_eq!(imported.len(), 1);
 }

@@ -6,11 +6,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use berth_images::pull::verify_manifest;
-use berth_images::registry::auth::{token_from_json, token_url, Challenge};
-use berth_images::registry::client::ManifestResponse;
-use berth_images::spec::{Index, Manifest, Platform};
-use berth_images::Digest;
+use berth_store::pull::verify_manifest;
+use berth_store::registry::auth::{token_from_json, token_url, Challenge};
+use berth_store::registry::client::ManifestResponse;
+use berth_store::spec::{Index, Manifest, Platform};
+use berth_store::Digest;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

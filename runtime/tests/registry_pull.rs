@@ -11,9 +11,9 @@ use std::path::Path;
 
 use std::sync::Mutex;
 
-use berth_images::pull::{self, PullOptions};
-use berth_images::registry::{Client, Reference, RegistriesConfig};
-use berth_images::{Error, Store};
+use berth_store::pull::{self, PullOptions};
+use berth_store::registry::{Client, Reference, RegistriesConfig};
+use berth_store::{Error, Store};
 use support::{multilayer_image, push, run_in_overlay, ImageBuilder, Registry, TempDir};
 
 fn client_for(registry: &str) -> Client {
@@ -28,7 +28,7 @@ fn pull_lines(
     store: &Store,
     client: &Client,
     reference: &str,
-) -> (berth_images::Result<berth_images::Image>, Vec<String>) {
+) -> (berth_store::Result<berth_store::Image>, Vec<String>) {
     let lines = Mutex::new(Vec::new());
     let progress = |l: &str| lines.lock().unwrap().push(l.to_string());
     let r = pull::pull(

@@ -6,9 +6,9 @@ mod support;
 
 use std::process::Command;
 
-use berth_images::pull::{self, PullOptions};
-use berth_images::registry::{self, Client, Reference, RegistriesConfig};
-use berth_images::{Error, Image, Result, Store};
+use berth_store::pull::{self, PullOptions};
+use berth_store::registry::{self, Client, Reference, RegistriesConfig};
+use berth_store::{Error, Image, Result, Store};
 use support::{make_certs, push, ImageBuilder, Registry, TempDir};
 
 fn pull_with(store: &Store, registry: &str, config: RegistriesConfig) -> Result<Image> {

@@ -3,7 +3,7 @@
 //! allocate what a header claims instead of what the stream holds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use berth_images::unpack::{decompress, unpack};
+use berth_store::unpack::{decompress, unpack};
 use proptest::prelude::*;
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -81,7 +81,7 @@ pub enum NetworkMode {
 }
 
 /// What the image says about running it: the defaults a unit overrides, taken from the
-/// `config` of the OCI image config (`berth_images::spec::ImageConfig`).
+/// `config` of the OCI image config (`berth_store::spec::ImageConfig`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageDefaults {
     pub entrypoint: Vec<String>,

@@ -12,7 +12,7 @@ mod support;
 use std::path::PathBuf;
 
 use berth_engine::builder::{build_spec, ContainerSettings, ImageDefaults, NetworkMode};
-use berth_images::Store;
+use berth_store::Store;
 use support::{berth_runtime, multilayer_image, push, run, write_file, Registry, TempDir};
 
 /// Unmounts the container's root when dropped.

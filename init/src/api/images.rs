@@ -1,12 +1,12 @@
 //! `/v1/images`: the image store. Listing, showing and untagging go through the
-//! `berth_images` library (small reads and one index update); pulls and the space
+//! `berth_store` library (small reads and one index update); pulls and the space
 //! reclaiming after a removal run as `berth-runtime image` child processes ([`super::jobs`]),
 //! so PID 1 never waits on a registry or a big directory tree.
 
 use serde::{Deserialize, Serialize};
 
-use berth_images::registry::Reference;
-use berth_images::{Error as ImageError, Image, Store};
+use berth_store::registry::Reference;
+use berth_store::{Error as ImageError, Image, Store};
 
 use super::context::{param, ApiContext, Params, Reply};
 use super::http::{Request, Response};

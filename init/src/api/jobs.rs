@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_images::registry::{Reference, RegistriesConfig};
+use berth_store::registry::{Reference, RegistriesConfig};
 use log::{info, warn};
 use nix::fcntl::OFlag;
 use nix::sys::signal::{killpg, Signal};
@@ -788,7 +788,7 @@ mod tests {
         let jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
         assert_eq!(
             jobs.time_limit(),
-            berth_images::registry::config::DEFAULT_PULL_TIMEOUT + MAX_GRACE
+            berth_store::registry::config::DEFAULT_PULL_TIMEOUT + MAX_GRACE
         );
     }
 

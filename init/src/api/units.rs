@@ -78,7 +78,7 @@ pub fn install(req: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Repl
     if let Err(e) = ctx.supervisor.check_install(&loaded) {
         return install_error(&e).into();
     }
-    if let Err(e) = berth_images::fsutil::write_atomic(&path, text.as_bytes()) {
+    if let Err(e) = berth_store::fsutil::write_atomic(&path, text.as_bytes()) {
         let detail = format!("{}: {e}", path.display());
         return Response::error(500, "cannot write the unit file", &detail).into();
     }
@@ -171,7 +171,7 @@ pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
         }
     }
     if let Some(dir) = path.parent() {
-        if let Err(e) = berth_images::fsutil::fsync_dir(dir) {
+        if let Err(e) = berth_store::fsutil::fsync_dir(dir) {
             warn!("unit {name}: cannot sync {}: {e}", dir.display());
         }
     }

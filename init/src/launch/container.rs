@@ -19,11 +19,11 @@ use std::process::{Command, Stdio};
 
 use berth_engine::builder::{self, build_spec, ContainerSettings, ImageDefaults, Volume};
 use berth_engine::net::{self, BridgeNetwork};
-use berth_images::fsutil::private_dir;
-use berth_images::registry::Reference;
-use berth_images::Store;
 use berth_runtime::state::EXEC_FIFO;
 use berth_runtime::{trace, Bundle, CreateOptions, ExecOptions, Runtime, StartMode};
+use berth_store::fsutil::private_dir;
+use berth_store::registry::Reference;
+use berth_store::Store;
 use nix::fcntl::OFlag;
 use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
@@ -118,7 +118,7 @@ impl ContainerLauncher {
     }
 
     /// Mounts the overlay root: the image's layers under the container's upper directory.
-    fn mount_root(&self, unit: &Unit, image: &berth_images::Image) -> Result<PathBuf, LaunchError> {
+    fn mount_root(&self, unit: &Unit, image: &berth_store::Image) -> Result<PathBuf, LaunchError> {
         let dir = self.dir(unit);
         let rootfs = dir.join("rootfs");
         // A mount left by a crash is replaced.
@@ -132,7 +132,7 @@ impl ContainerLauncher {
     fn settings(
         &self,
         unit: &Unit,
-        image: &berth_images::Image,
+        image: &berth_store::Image,
     ) -> Result<ContainerSettings, LaunchError> {
         let c = &unit.container;
         let cfg = &image.config.config;

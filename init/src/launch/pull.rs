@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use berth_images::registry::Reference;
+use berth_store::registry::Reference;
 
 use super::process::DEFAULT_PATH;
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use berth_images::registry::Reference;
+use berth_store::registry::Reference;
 
 /// Parses a human duration: an integer or decimal number followed by `ms`, `s`, `m` or `h`
 /// (`500ms`, `10s`, `1.5s`, `2m`). A bare number is refused: units make files readable.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
-use berth_images::registry::Reference;
+use berth_store::registry::Reference;
 
 use super::{apply, Applied, Policy, Progress, Target, UpdateError};
 

@@ -257,8 +257,8 @@ pub fn run(cmd: &mut Command) {
 /// Imports the OCI layout `layout` into `DIR/state/images` under `tag`, through an archive as
 /// `berth-runtime image import` takes it.
 pub fn import_layout(dir: &Path, layout: &Path, tag: &str) {
-    use berth_images::registry::Reference;
-    use berth_images::{archive, Store};
+    use berth_store::registry::Reference;
+    use berth_store::{archive, Store};
     let tar = dir.join("image.tar");
     run(Command::new("tar")
         .arg("-C")

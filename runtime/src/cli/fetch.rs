@@ -5,8 +5,8 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use berth_images::osupdate::{self, Source};
-use berth_images::registry::{Client, RegistriesConfig};
+use berth_store::osupdate::{self, Source};
+use berth_store::registry::{Client, RegistriesConfig};
 
 use lexopt::Arg::{Long, Short, Value};
 

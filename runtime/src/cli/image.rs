@@ -5,10 +5,10 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use berth_images::archive::{self, ArchiveFormat};
-use berth_images::osupdate;
-use berth_images::registry::{Client, Reference, RegistriesConfig};
-use berth_images::{gc, pull, Image, Store};
+use berth_store::archive::{self, ArchiveFormat};
+use berth_store::osupdate;
+use berth_store::registry::{Client, Reference, RegistriesConfig};
+use berth_store::{gc, pull, Image, Store};
 
 const USAGE: &str = "usage: berth-runtime image [--store DIR] [--config FILE] COMMAND
 commands:
@@ -198,7 +198,7 @@ fn run(args: &[String]) -> CliResult {
                     .map(|(c, _)| c.as_str())
                     .collect();
                 if !users.is_empty() && !a.force {
-                    return Err(berth_images::Error::InUse {
+                    return Err(berth_store::Error::InUse {
                         reference: image.reference.clone(),
                         containers: users.join(", "),
                     }
@@ -273,7 +273,7 @@ fn run(args: &[String]) -> CliResult {
 /// Writes an export to `path` via a temp file, so a failed export leaves no half archive.
 fn write_file_atomically(
     path: &str,
-    write: impl FnOnce(&mut BufWriter<File>) -> berth_images::Result<()>,
+    write: impl FnOnce(&mut BufWriter<File>) -> berth_store::Result<()>,
 ) -> CliResult {
     let tmp = format!("{path}.partial");
     let result = (|| -> CliResult {

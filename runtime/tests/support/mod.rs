@@ -153,7 +153,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// sha256 digest string of `data`.
 pub fn digest(data: &[u8]) -> String {
-    berth_images::Digest::of_bytes(data).to_string()
+    berth_store::Digest::of_bytes(data).to_string()
 }
 
 /// Runs `script` with busybox sh inside the overlay of `lowerdir`, in a private mount

@@ -1,4 +1,4 @@
-//! berth-images: OCI images on a Berth machine: the local store, registry pulls, layer
+//! berth-store: OCI images on a Berth machine: the local store, registry pulls, layer
 //! unpacking, import/export, garbage collection, and OS update fetches over the same HTTP
 //! client. It knows nothing of containers: the OCI runtime (berth-runtime) does not depend on
 //! it, and berth-init's engine mounts what it stores.
@@ -10,8 +10,8 @@
 //! `berth-runtime image pull`, which does this:
 //!
 //! ```no_run
-//! use berth_images::{pull, Store};
-//! use berth_images::registry::{Client, Reference, RegistriesConfig};
+//! use berth_store::{pull, Store};
+//! use berth_store::registry::{Client, Reference, RegistriesConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Store::open("/var/lib/berth/images")?;
 //! let config = RegistriesConfig::load("/var/lib/berth/machine.toml".as_ref())?;
