@@ -283,19 +283,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn log_lines_cannot_be_forged() {
-        let dir = crate::testutil::scratch_dir("kmsg-escape");
-        let path: &'static str = Box::leak(dir.join("kmsg").display().to_string().into_boxed_str());
-        std::fs::write(path, "").unwrap();
-        let logger = Logger {
+    /// A kmsg stand-in in `dir` (the logger keeps its path for the life of the process).
+    fn kmsg_path(dir: &std::path::Path) -> &'static str {
+        Box::leak(dir.join("kmsg").display().to_string().into_boxed_str())
+    }
+
+    fn kmsg_logger(path: &'static str) -> Logger {
+        Logger {
             sink: Sink::Kmsg {
                 path,
                 file: Mutex::new(open_kmsg(path)),
             },
             syslog: None,
             level: LevelFilter::Info,
-        };
+        }
+    }
+
+    #[test]
+    fn log_lines_cannot_be_forged() {
+        let dir = crate::testutil::scratch_dir("kmsg-escape");
+        let path = kmsg_path(&dir);
+        std::fs::write(path, "").unwrap();
+        let logger = kmsg_logger(path);
         let name = "evil\n<3>berth-init: unit web: started\x1b]0;owned\x07";
         logger.log(
             &Record::builder()
@@ -323,15 +332,8 @@ mod tests {
     #[test]
     fn the_kernel_log_is_used_as_soon_as_it_exists() {
         let dir = crate::testutil::scratch_dir("kmsg");
-        let path: &'static str = Box::leak(dir.join("kmsg").display().to_string().into_boxed_str());
-        let logger = Logger {
-            sink: Sink::Kmsg {
-                path,
-                file: Mutex::new(open_kmsg(path)),
-            },
-            syslog: None,
-            level: LevelFilter::Info,
-        };
+        let path = kmsg_path(&dir);
+        let logger = kmsg_logger(path);
         let record = |msg| {
             logger.log(
                 &Record::builder()

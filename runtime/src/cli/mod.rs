@@ -312,31 +312,25 @@ fn next_token(parser: &mut lexopt::Parser) -> Result<Option<Token>, Usage> {
         None => return Ok(None),
         Some(lexopt::Arg::Value(v)) => Token::Positional(utf8(v, "argument")?),
         Some(lexopt::Arg::Long(name)) => {
-            let (shown, name) = (format!("--{name}"), name.to_string());
-            let inline = parser
-                .optional_value()
-                .map(|v| utf8(v, &shown))
-                .transpose()?;
-            Token::Option {
-                shown,
-                name,
-                inline,
-            }
+            let name = name.to_string();
+            option(parser, format!("--{name}"), name)?
         }
-        Some(lexopt::Arg::Short(c)) => {
-            let (shown, name) = (format!("-{c}"), c.to_string());
-            let inline = parser
-                .optional_value()
-                .map(|v| utf8(v, &shown))
-                .transpose()?;
-            Token::Option {
-                shown,
-                name,
-                inline,
-            }
-        }
+        Some(lexopt::Arg::Short(c)) => option(parser, format!("-{c}"), c.to_string())?,
     };
     Ok(Some(token))
+}
+
+/// An option token, with the value written into it (`--root=/x`, `-d=1`), if any.
+fn option(parser: &mut lexopt::Parser, shown: String, name: String) -> Result<Token, Usage> {
+    let inline = parser
+        .optional_value()
+        .map(|v| utf8(v, &shown))
+        .transpose()?;
+    Ok(Token::Option {
+        shown,
+        name,
+        inline,
+    })
 }
 
 /// `-name` or `-name=value` with a name of two or more characters: Go's long option.
