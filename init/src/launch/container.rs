@@ -218,7 +218,6 @@ impl ContainerLauncher {
         let ports = Self::ports(unit)?;
         // A container of the same name left by a crash (or a killed cleanup) goes first.
         self.remove(unit);
-        trace::step("remove leftovers");
         let store = self.store()?;
         let reference = Self::reference(unit)?;
         let image = match store.resolve_reference(reference) {
@@ -263,9 +262,7 @@ impl ContainerLauncher {
             NetworkMode::None => BridgeNetwork::loopback_only(&netns),
             NetworkMode::Host => Ok(()),
         };
-        attached.map_err(|e| err(format!("network: {e}")))?;
-        trace::step("network");
-        Ok(())
+        attached.map_err(|e| err(format!("network: {e}")))
     }
 
     /// `berth-runtime create` for a host where this executable is not sealed (host mode from
@@ -378,22 +375,26 @@ impl ContainerLauncher {
                 log::warn!("{}: delete container: {e}", unit.name);
             }
         }
+        trace::step("leftovers: container");
         if unit.container.network == NetworkMode::Bridge {
             if let Err(e) = self.bridge.detach(&unit.name) {
                 log::warn!("{}: detach network: {e}", unit.name);
             }
         }
+        trace::step("leftovers: network");
         let rootfs = self.dir(unit).join("rootfs");
         match nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => log::warn!("{}: unmount {}: {e}", unit.name, rootfs.display()),
         }
+        trace::step("leftovers: mount");
         if let Ok(store) = self.store() {
             if let Err(e) = store.release(&unit.name) {
                 log::warn!("{}: release image: {e}", unit.name);
             }
         }
         let _ = std::fs::remove_file(self.dir(unit).join(INIT_PID_FILE));
+        trace::step("leftovers: lease");
     }
 
     /// The health check task: the check's process inside the container; exits as it does.

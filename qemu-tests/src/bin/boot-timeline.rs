@@ -223,13 +223,13 @@ mod tests {
     #[test]
     fn the_setup_line_parses_into_named_steps() {
         let line = "[    3.100000] berth-init: unit demo-web: setup total 21.1 ms: \
-                    remove leftovers 20.1, OCI spec 1.0\r";
+                    leftovers: network 20.1, OCI spec 1.0\r";
         let steps = parse_setup(line.trim_end_matches('\r'));
         assert_eq!(
             steps,
             Some(vec![
                 ("total".to_string(), 21.1),
-                ("remove leftovers".to_string(), 20.1),
+                ("leftovers: network".to_string(), 20.1),
                 ("OCI spec".to_string(), 1.0),
             ])
         );

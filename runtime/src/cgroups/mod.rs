@@ -449,6 +449,7 @@ impl<F: CgroupFs + Clone> Cgroup<F> {
                     path: self.path.clone(),
                     source,
                 })?;
+            crate::trace::step("limits: device program");
         }
         for w in writes {
             self.write(&w.file, &w.value)?;

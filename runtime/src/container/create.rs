@@ -210,6 +210,7 @@ impl Runtime {
         }
         if let Some((_, cg)) = &cgroup {
             cg.add_pid(pid)?;
+            trace::step("cgroup: join");
             cg.apply(&resources)?;
         }
         trace::step("limits");

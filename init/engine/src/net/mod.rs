@@ -12,6 +12,7 @@ pub mod nft;
 
 pub use ipam::{Allocation, Allocations};
 
+use berth_runtime::trace;
 use nix::sched::CloneFlags;
 use std::fmt;
 use std::fs::File;
@@ -207,6 +208,7 @@ impl BridgeNetwork {
         ports: &[PortMapping],
     ) -> Result<Attachment, NetError> {
         let alloc = self.allocations().allocate(id, ports)?;
+        trace::step("network: address");
         match self.plumb(id, netns, alloc.address) {
             Ok(a) => Ok(a),
             Err(e) => {
@@ -228,6 +230,7 @@ impl BridgeNetwork {
             .map_err(io_err(format!("attach {host} to {}", self.bridge)))?;
         rt.run(link::set_up(index))
             .map_err(io_err(format!("bring up {host}")))?;
+        trace::step("network: veth");
         let (gateway, prefix) = (self.gateway(), self.prefix);
         in_netns(netns, || {
             let mut rt = link::Rtnl::open().map_err(io_err("open rtnetlink in the container"))?;
@@ -240,7 +243,9 @@ impl BridgeNetwork {
             rt.run(link::add_default_route(gateway, eth))
                 .map_err(io_err("default route"))
         })?;
+        trace::step("network: container side");
         self.apply_nat()?;
+        trace::step("network: nftables");
         Ok(Attachment {
             address,
             gateway,
@@ -276,7 +281,9 @@ impl BridgeNetwork {
             let mut rt = link::Rtnl::open().map_err(io_err("open rtnetlink"))?;
             let lo = link::index("lo").map_err(io_err("find lo"))?;
             rt.run(link::set_up(lo)).map_err(io_err("bring up lo"))
-        })
+        })?;
+        trace::step("network: loopback");
+        Ok(())
     }
 
     /// Rewrites the nftables table from the persisted allocations.
