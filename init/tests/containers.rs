@@ -86,6 +86,19 @@ fn a_unit_with_an_image_runs_as_a_container() {
         log.contains("started as 0 on web image=yes unit=hi"),
         "{log}"
     );
+    // The setup's step timings (bench/boot.sh tabulates this line from the kernel log).
+    let setup = log.lines().find(|l| l.contains("unit web: setup total "));
+    assert!(
+        setup.is_some_and(|l| [
+            "leftovers: container ",
+            "image lookup ",
+            "OCI spec ",
+            "network: "
+        ]
+        .iter()
+        .all(|step| l.contains(step))),
+        "{log}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("state/volumes/webdata/file")).unwrap(),
         "kept\n"
