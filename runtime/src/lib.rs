@@ -13,6 +13,7 @@ pub mod console;
 pub mod container;
 pub mod container_init;
 pub mod hooks;
+pub mod json_path;
 pub mod namespaces;
 pub mod process;
 pub mod procfs;

@@ -99,12 +99,16 @@ impl Bundle {
     }
 }
 
+/// Deserializes JSON that holds OCI runtime-spec types (config.json, state.json, `exec
+/// --process`, `update --resources`). On an error, [`crate::json_path::at`] names the field.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(text)
+}
+
 /// Parses config.json text, naming the JSON path of the first bad field.
 pub fn parse(path: &Path, text: &[u8]) -> Result<Spec, SpecError> {
-    let de = &mut serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
+    from_json(text).map_err(|inner| {
+        let field = crate::json_path::at(text, inner.line(), inner.column());
         SpecError::Malformed {
             path: path.to_path_buf(),
             field: if field == "." {

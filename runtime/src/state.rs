@@ -269,7 +269,7 @@ impl StateStore {
             }
         };
         let mut state: State =
-            serde_json::from_slice(&text).map_err(|source| StateError::Corrupt { path, source })?;
+            crate::spec::from_json(&text).map_err(|source| StateError::Corrupt { path, source })?;
         state.refresh(&dir);
         Ok(state)
     }

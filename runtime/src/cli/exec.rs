@@ -37,13 +37,9 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     let process = match p.get("process") {
         Some(path) => {
             let text = std::fs::read(path).map_err(|e| Usage(format!("{path}: {e}")))?;
-            let de = &mut serde_json::Deserializer::from_slice(&text);
-            serde_path_to_error::deserialize::<_, Process>(de).map_err(|e| {
-                Usage(format!(
-                    "{path}: malformed at `{}`: {}",
-                    e.path(),
-                    e.inner()
-                ))
+            berth_runtime::spec::from_json::<Process>(&text).map_err(|e| {
+                let field = berth_runtime::json_path::at(&text, e.line(), e.column());
+                Usage(format!("{path}: malformed at `{field}`: {e}"))
             })?
         }
         None => {

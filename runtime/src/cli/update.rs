@@ -17,13 +17,9 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     } else {
         text = std::fs::read(source).map_err(|e| Usage(format!("{source}: {e}")))?;
     }
-    let de = &mut serde_json::Deserializer::from_slice(&text);
-    let resources: LinuxResources = serde_path_to_error::deserialize(de).map_err(|e| {
-        Usage(format!(
-            "{source}: malformed at `{}`: {}",
-            e.path(),
-            e.inner()
-        ))
+    let resources: LinuxResources = berth_runtime::spec::from_json(&text).map_err(|e| {
+        let field = berth_runtime::json_path::at(&text, e.line(), e.column());
+        Usage(format!("{source}: malformed at `{field}`: {e}"))
     })?;
     g.runtime().load(id)?.update(&resources)?;
     Ok(0)
