@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boot timeline and image sizes of Berth under QEMU (TCG), BIOS and UEFI side by side:
 # kernel start, PID 1 start, first container, demo HTTP 200 (kernel timestamps + wall clock),
-# berth-init's RSS; raw, qcow2 and compressed image sizes. Usage: bench/boot.sh [RUNS]
+# berth-init's RSS; raw, qcow2 and compressed image sizes; the demo container's setup step by step
+# and berth-init's milestones from PID 1 to it (tables, guest clock). Usage: bench/boot.sh [RUNS]
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 cd "$BERTH_ROOT"

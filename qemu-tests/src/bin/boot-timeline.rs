@@ -1,7 +1,9 @@
 //! Boot timeline of the Berth image under QEMU (TCG), for bench/boot.sh: kernel start, PID 1
 //! start, first container running, demo HTTP 200, from kernel timestamps and the wall clock
 //! since QEMU started; berth-init's RSS; and the demo container's setup, step by step (the
-//! line berth-init logs per container start). Usage: boot-timeline [RUNS] (default 3).
+//! line berth-init logs per container start), and berth-init's own milestones from PID 1 to the
+//! demo container (its kmsg lines: boot phases, units loaded, each unit started). Usage:
+//! boot-timeline [RUNS] (default 3).
 
 use std::time::Duration;
 
@@ -20,6 +22,32 @@ struct Run {
     memory: Memory,
     /// The demo container's setup steps, in order, guest milliseconds.
     setup: Vec<(String, f64)>,
+    /// berth-init's log lines until the demo container started, ms after PID 1 started.
+    milestones: Vec<(String, f64)>,
+}
+
+/// berth-init's kmsg lines from `dmesg`, each as (message without pids, ms after `pid1_s`),
+/// up to and including the line that says the demo container started.
+fn parse_milestones(dmesg: &str, pid1_s: f64) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in dmesg.lines() {
+        let Some((_, message)) = line.split_once("berth-init: ") else {
+            continue;
+        };
+        let Some(at) = berth_qemu_tests::vm::kernel_timestamp(line) else {
+            continue;
+        };
+        // Pids differ between boots; the rest of a line names the same step.
+        let message = message.split(", pid ").next().unwrap_or(message).trim();
+        if message.contains(": setup total ") {
+            continue;
+        }
+        out.push((message.to_string(), (at - pid1_s) * 1000.0));
+        if message == "unit demo-web: started" {
+            break;
+        }
+    }
+    out
 }
 
 /// The steps of berth-init's `unit NAME: setup total T ms: step a, step b, ...` line.
@@ -98,6 +126,10 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
         )
         .map_err(e)?;
     let setup = parse_setup(&setup_line).ok_or(format!("no setup steps in {setup_line:?}"))?;
+    let dmesg = vm
+        .run_ok("dmesg | grep 'berth-init: '", Duration::from_secs(60))
+        .map_err(e)?;
+    let milestones = parse_milestones(&dmesg, pid1_kernel);
     let memory = Memory {
         rss_kib: field("VmRSS:")?,
         peak_kib: field("VmHWM:")?,
@@ -114,6 +146,7 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
         http_wall,
         memory,
         setup,
+        milestones,
     })
 }
 
@@ -135,8 +168,9 @@ fn main() -> std::process::ExitCode {
         (Firmware::Uefi, 1),
         (Firmware::Uefi, 2),
     ];
-    // Per machine: its label and the median of each setup step.
+    // Per machine: its label and the median of each setup step, and of each milestone.
     let mut steps: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    let mut milestones: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     for (firmware, cpus) in machines {
         let mut all = Vec::new();
         for i in 0..runs {
@@ -178,25 +212,38 @@ fn main() -> std::process::ExitCode {
             m(|r| r.memory.file_kib as f64),
             m(|r| r.memory.peak_kib as f64)
         );
-        let names: Vec<String> = all[0].setup.iter().map(|(n, _)| n.clone()).collect();
-        let medians = names
-            .iter()
-            .map(|name| {
-                let values = all
-                    .iter()
-                    .filter_map(|r| r.setup.iter().find(|(n, _)| n == name).map(|(_, v)| *v));
-                (name.clone(), median(values.collect()))
-            })
-            .collect();
-        steps.push((format!("{firmware:?}, {cpus} vCPU"), medians));
+        let label = format!("{firmware:?}, {cpus} vCPU");
+        steps.push((label.clone(), medians_by_name(&all, |r| &r.setup)));
+        milestones.push((label, medians_by_name(&all, |r| &r.milestones)));
     }
-    print_setup_table(&steps, runs);
+    print_table("demo container setup, guest ms", &steps, runs);
+    print_table(
+        "berth-init's log lines until the demo container started, guest ms after PID 1",
+        &milestones,
+        runs,
+    );
     std::process::ExitCode::SUCCESS
 }
 
-/// The demo container's setup steps (rows) per machine (columns), as a Markdown table.
-fn print_setup_table(steps: &[(String, Vec<(String, f64)>)], runs: usize) {
-    println!("demo container setup, guest ms (median of {runs} boots)");
+/// Each name of the first run's `series` with the median of its values over all runs.
+fn medians_by_name(all: &[Run], series: fn(&Run) -> &Vec<(String, f64)>) -> Vec<(String, f64)> {
+    let Some(first) = all.first() else {
+        return Vec::new();
+    };
+    series(first)
+        .iter()
+        .map(|(name, _)| {
+            let values = all
+                .iter()
+                .filter_map(|r| series(r).iter().find(|(n, _)| n == name).map(|(_, v)| *v));
+            (name.clone(), median(values.collect()))
+        })
+        .collect()
+}
+
+/// Named values (rows) per machine (columns), as a Markdown table.
+fn print_table(title: &str, steps: &[(String, Vec<(String, f64)>)], runs: usize) {
+    println!("{title} (median of {runs} boots)");
     let header: Vec<&str> = steps.iter().map(|(label, _)| label.as_str()).collect();
     println!("| step | {} |", header.join(" | "));
     println!("|---|{}", "---|".repeat(header.len()));
@@ -218,7 +265,29 @@ fn print_setup_table(steps: &[(String, Vec<(String, f64)>)], runs: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_setup;
+    use super::{parse_milestones, parse_setup};
+
+    #[test]
+    fn milestones_are_timed_from_pid1_until_the_demo_started() {
+        let dmesg = "[    2.000000] berth-init: berth-init 0.1.0 starting (PID 1)\n\
+                     [    2.100000] berth-init: boot: mount-tmp done\n\
+                     [    2.300000] berth-init: unit network: started, pid 301\n\
+                     [    2.700000] berth-init: unit demo-web: setup total 1.0 ms: OCI spec 1.0\n\
+                     [    2.750000] berth-init: unit demo-web: started, pid 330\n\
+                     [    3.000000] berth-init: unit timesync: started, pid 340\n";
+        let m = parse_milestones(dmesg, 1.95);
+        let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "berth-init 0.1.0 starting (PID 1)",
+                "boot: mount-tmp done",
+                "unit network: started",
+                "unit demo-web: started"
+            ]
+        );
+        assert!((m[3].1 - 800.0).abs() < 1e-6, "{m:?}");
+    }
 
     #[test]
     fn the_setup_line_parses_into_named_steps() {
