@@ -75,21 +75,8 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
-/// A byte count for people: `512 B`, `1.5 KiB`, `3.0 GiB` (as berth-runtime prints them).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.0 GiB`, as berth-runtime prints them.
+pub use berth_store::pull::human_size;
 
 #[cfg(test)]
 mod tests {
