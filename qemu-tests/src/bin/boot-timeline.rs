@@ -119,16 +119,15 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
             .and_then(|v| v.parse().ok())
             .ok_or(format!("no {name} in {status:?}"))
     };
-    let setup_line = vm
-        .run_ok(
-            "dmesg | grep -m1 'unit demo-web: setup total'",
-            Duration::from_secs(60),
-        )
-        .map_err(e)?;
-    let setup = parse_setup(&setup_line).ok_or(format!("no setup steps in {setup_line:?}"))?;
+    // One read of berth-init's kernel log lines: the setup line and the milestones.
     let dmesg = vm
         .run_ok("dmesg | grep 'berth-init: '", Duration::from_secs(60))
         .map_err(e)?;
+    let setup = dmesg
+        .lines()
+        .find(|l| l.contains("unit demo-web: setup total "))
+        .and_then(|l| parse_setup(l.trim_end_matches('\r')))
+        .ok_or("no setup steps of demo-web in the kernel log")?;
     let milestones = parse_milestones(&dmesg, pid1_kernel);
     let memory = Memory {
         rss_kib: field("VmRSS:")?,
