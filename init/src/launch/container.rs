@@ -216,9 +216,9 @@ impl ContainerLauncher {
     /// exec FIFO, with its network attached. `out` is the unit log's pipe.
     fn prepare(&self, unit: &Unit, out: RawFd) -> Result<(), LaunchError> {
         let ports = Self::ports(unit)?;
-        // A container of the same name left by a crash (or a killed cleanup) goes first.
-        self.remove(unit);
         let store = self.store()?;
+        // A container of the same name left by a crash (or a killed cleanup) goes first.
+        self.remove_with(unit, Some(&store));
         let reference = Self::reference(unit)?;
         let image = match store.resolve_reference(reference) {
             Ok(image) => image,
@@ -370,6 +370,12 @@ impl ContainerLauncher {
     /// Deletes the unit's container (killing what is left of it), detaches its network,
     /// unmounts its root and releases its image lease. Each step tolerates a missing piece.
     fn remove(&self, unit: &Unit) {
+        self.remove_with(unit, self.store().ok().as_ref());
+    }
+
+    /// [`Self::remove`] with the image store already open (`None`: it cannot be opened, so
+    /// there is no lease to release).
+    fn remove_with(&self, unit: &Unit, store: Option<&Store>) {
         if let Ok(c) = self.runtime.load(&unit.name) {
             if let Err(e) = c.delete(true) {
                 log::warn!("{}: delete container: {e}", unit.name);
@@ -388,7 +394,7 @@ impl ContainerLauncher {
             Err(e) => log::warn!("{}: unmount {}: {e}", unit.name, rootfs.display()),
         }
         trace::step("leftovers: mount");
-        if let Ok(store) = self.store() {
+        if let Some(store) = store {
             if let Err(e) = store.release(&unit.name) {
                 log::warn!("{}: release image: {e}", unit.name);
             }
