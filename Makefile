@@ -15,7 +15,8 @@ deps:
 build: deps
 	./scripts/build.sh
 
-# The bootable disk image and its conversions into out/.
+# The bootable disk image and its conversions into out/. `make image PROFILE=node`: the
+# Kubernetes node variant (containerd as a system extension) into out/node/.
 image: build
 	./scripts/build-image.sh
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds Berth's bootable disk image: out/berth.img (raw), .qcow2, .vhd, .vmdk,
-# out/manifest.json and out/sbom.spdx.json. Kernel and busybox come from the cache (built when
+# out/manifest.json and out/sbom.spdx.json. PROFILE=node builds the Kubernetes node variant into
+# out/node/ instead (raw and qcow2): the same root filesystem plus the containerd system
+# extension (scripts/build-extension.sh) in the root slot. Kernel and busybox come from the cache (built when
 # their inputs change), the root filesystem tree is staged in out/rootfs, the state partition's
 # tree in out/state.
 #
@@ -10,6 +12,20 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
+
+PROFILE="${PROFILE:-base}"
+EXTENSIONS=()
+FORMATS=()
+case "$PROFILE" in
+    base) IMG_OUT="$BERTH_OUT" ;;
+    node)
+        IMG_OUT="$BERTH_OUT/node"
+        EXTENSIONS=(--extension "containerd=$(./scripts/build-extension.sh)")
+        FORMATS=(--formats raw,qcow2)
+        ;;
+    *) die "PROFILE=$PROFILE: the profiles are base and node" ;;
+esac
+mkdir -p "$IMG_OUT"
 
 ./scripts/build.sh
 KERNEL="$(./scripts/build-kernel.sh)"
@@ -30,18 +46,19 @@ IMAGE_KEY="$(inputs_hash "$BERTH_OUT"/bin/berth-{init,runtime,image} "$BERTH_OUT
     "$KERNEL" "$BUSYBOX" "$0" /bin/busybox /etc/ssl/certs/ca-certificates.crt /var/lib/dpkg/status \
     $(find configs -type f | LC_ALL=C sort) \
     "version=$VERSION" "build=$BUILD_ID" "commit=$COMMIT" "epoch=$EPOCH" \
-    "keys=${BERTH_UPDATE_KEYS:-configs/keys/test-key.pub}")"
-IMAGE_STAMP="$BERTH_OUT/image.inputs"
+    "keys=${BERTH_UPDATE_KEYS:-configs/keys/test-key.pub}" "profile=$PROFILE" \
+    "${EXTENSIONS[@]}" "${EXTENSIONS[@]/#*=/}")"
+IMAGE_STAMP="$IMG_OUT/image.inputs"
 if [ -f "$IMAGE_STAMP" ] && [ "$(cat "$IMAGE_STAMP")" = "$IMAGE_KEY" ] \
-    && [ -f "$BERTH_OUT/berth.img" ] && [ -f "$BERTH_OUT/berth.qcow2" ] \
-    && [ -f "$BERTH_OUT/sbom.spdx.json" ]; then
-    log "image: up to date ($BERTH_OUT/berth.img)"
+    && [ -f "$IMG_OUT/berth.img" ] && [ -f "$IMG_OUT/berth.qcow2" ] \
+    && [ -f "$IMG_OUT/sbom.spdx.json" ]; then
+    log "image: up to date ($IMG_OUT/berth.img)"
     exit 0
 fi
 rm -f "$IMAGE_STAMP"
 
 # --- Root filesystem tree ------------------------------------------------------------
-ROOTFS="$BERTH_OUT/rootfs"
+ROOTFS="$IMG_OUT/rootfs"
 log "image: staging root filesystem in $ROOTFS"
 rm -rf "$ROOTFS"
 mkdir -p "$ROOTFS"
@@ -73,7 +90,7 @@ ln -s ../run/berth/resolv.conf "$ROOTFS/etc/resolv.conf"
 ln -s ../proc/self/mounts "$ROOTFS/etc/mtab"
 # An empty state filesystem: berth-init writes it to a state partition it finds blank (a wiped
 # disk), then grows it to the partition like on any first boot.
-SEED="$BERTH_OUT/state-seed.ext4"
+SEED="$IMG_OUT/state-seed.ext4"
 SEED_UUID="$(printf 'berth:state-seed:%s' "$VERSION" | sha256sum \
     | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')"
 rm -f "$SEED"
@@ -91,41 +108,41 @@ PRETTY_NAME="Berth $VERSION"
 OS
 
 # --- Demo container image (OCI layout, built locally with umoci) -----------------------
-DEMO_OCI="$BERTH_OUT/demo-oci"
+DEMO_OCI="$IMG_OUT/demo-oci"
 DEMO_TAG=latest
 log "image: demo OCI image in $DEMO_OCI"
-rm -rf "$DEMO_OCI" "$BERTH_OUT/demo-bundle"
+rm -rf "$DEMO_OCI" "$IMG_OUT/demo-bundle"
 umoci init --layout "$DEMO_OCI"
 umoci new --image "$DEMO_OCI:$DEMO_TAG"
 # Fixed times in the layer (files) and the config (created, history), so the image's digest
 # is the same in every build.
 UMOCI_TIME=(--history.created "$CREATED")
-umoci unpack --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle" >/dev/null
-DEMO_ROOT="$BERTH_OUT/demo-bundle/rootfs"
+umoci unpack --image "$DEMO_OCI:$DEMO_TAG" "$IMG_OUT/demo-bundle" >/dev/null
+DEMO_ROOT="$IMG_OUT/demo-bundle/rootfs"
 mkdir -p "$DEMO_ROOT/bin" "$DEMO_ROOT/www"
 install -m 0755 /bin/busybox "$DEMO_ROOT/bin/busybox"
 # httpd serves; the rest lets the same image run small shell workloads (the QEMU tests use it).
 for applet in sh httpd wget cat ls sleep yes head; do ln -s busybox "$DEMO_ROOT/bin/$applet"; done
 cp configs/demo/www/* "$DEMO_ROOT/www/"
 find "$DEMO_ROOT" -exec touch -h -d "@$EPOCH" {} +
-umoci repack "${UMOCI_TIME[@]}" --image "$DEMO_OCI:$DEMO_TAG" "$BERTH_OUT/demo-bundle"
+umoci repack "${UMOCI_TIME[@]}" --image "$DEMO_OCI:$DEMO_TAG" "$IMG_OUT/demo-bundle"
 # Only a cmd, no entrypoint: a unit's `command` replaces it whole.
 umoci config "${UMOCI_TIME[@]}" --created "$CREATED" --image "$DEMO_OCI:$DEMO_TAG" \
     --config.cmd /bin/httpd --config.cmd -f --config.cmd -p --config.cmd 80 \
     --config.cmd -h --config.cmd /www --config.exposedports 80/tcp \
     --config.workingdir /www
 umoci gc --layout "$DEMO_OCI"
-rm -rf "$BERTH_OUT/demo-bundle"
+rm -rf "$IMG_OUT/demo-bundle"
 
 # --- State partition tree ------------------------------------------------------------
-STATE="$BERTH_OUT/state"
+STATE="$IMG_OUT/state"
 rm -rf "$STATE"
 mkdir -p "$STATE"/{units,logs,images,containers,volumes}
 # The demo image, preloaded into the image store (as an OCI archive), and its unit.
 tar -C "$DEMO_OCI" --sort=name --mtime="@$EPOCH" --owner=0 --group=0 --numeric-owner \
-    -cf "$BERTH_OUT/demo-oci.tar" .
+    -cf "$IMG_OUT/demo-oci.tar" .
 "$BERTH_OUT/bin/berth-runtime" image --store "$STATE/images" \
-    import "$BERTH_OUT/demo-oci.tar" --tag berth.local/demo-web:latest >/dev/null
+    import "$IMG_OUT/demo-oci.tar" --tag berth.local/demo-web:latest >/dev/null
 cp configs/demo/demo-web.toml "$STATE/units/demo-web.toml"
 
 # --- Disk ----------------------------------------------------------------------------
@@ -152,21 +169,23 @@ ASSEMBLE=(disk
     --input "layout=configs/layout/disk.toml"
     --input "grub-cfg=configs/grub/grub.cfg"
     --input "cmdline=configs/grub/cmdline"
-    --work "$BERTH_OUT/work"
-    --out "$BERTH_OUT")
-printf '%s\n' "${ASSEMBLE[@]}" > "$BERTH_OUT/assemble.args"
+    --work "$IMG_OUT/work"
+    --out "$IMG_OUT"
+    "${EXTENSIONS[@]}"
+    "${FORMATS[@]}")
+printf '%s\n' "${ASSEMBLE[@]}" > "$IMG_OUT/assemble.args"
 "$BERTH_OUT/bin/berth-image" "${ASSEMBLE[@]}"
 
 # --- Software bill of materials ---------------------------------------------------------
 cargo metadata --format-version 1 --locked \
-    --filter-platform "$BERTH_TARGET" > "$BERTH_OUT/work/cargo-metadata.json"
+    --filter-platform "$BERTH_TARGET" > "$IMG_OUT/work/cargo-metadata.json"
 KERNEL_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
 "$BERTH_OUT/bin/berth-image" sbom \
-    --metadata "$BERTH_OUT/work/cargo-metadata.json" \
+    --metadata "$IMG_OUT/work/cargo-metadata.json" \
     --version "$VERSION" --epoch "$EPOCH" --source-commit "$COMMIT" \
     --component "linux=${KERNEL_VERSION}=GPL-2.0-only WITH Linux-syscall-note" \
     --component "busybox=$(cat "$BUSYBOX_DIR/version")=GPL-2.0-only" \
     --component "grub=$(dpkg-query -W -f='${Version}' grub-pc-bin)=GPL-3.0-or-later" \
-    --out "$BERTH_OUT/sbom.spdx.json"
+    --out "$IMG_OUT/sbom.spdx.json"
 echo "$IMAGE_KEY" > "$IMAGE_STAMP"
-log "image: done ($BERTH_OUT/berth.img, manifest $BERTH_OUT/manifest.json, SBOM $BERTH_OUT/sbom.spdx.json)"
+log "image: done ($IMG_OUT/berth.img, manifest $IMG_OUT/manifest.json, SBOM $IMG_OUT/sbom.spdx.json)"

@@ -25,8 +25,9 @@ fi
 # Build: kernel (from linux-source), busybox (from its source package), Rust crates with C parts.
 BUILD_PKGS="build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-utils lz4 zstd
     linux-source-6.12 dpkg-dev fakeroot pkg-config git"
-# Image assembly: filesystems, verity, GRUB for BIOS and EFI, conversions.
-IMAGE_PKGS="erofs-utils cryptsetup-bin e2fsprogs dosfstools mtools genimage
+# Image assembly: filesystems, verity, GRUB for BIOS and EFI, conversions; patchelf (and
+# containerd, below) for the node profile's containerd extension.
+IMAGE_PKGS="erofs-utils cryptsetup-bin patchelf e2fsprogs dosfstools mtools genimage
     grub-pc-bin grub-efi-amd64-bin grub-common qemu-utils busybox-static ca-certificates gdisk"
 # Run and test: QEMU with SeaBIOS and OVMF, OCI peers, a registry, network tools; kconfiglib
 # (the Buildroot defconfig test), libfaketime (the reproducible-image test) and grub-emu

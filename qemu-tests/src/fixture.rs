@@ -1,8 +1,9 @@
 //! Where the image under test comes from, and whether QEMU tests must run.
 //!
-//! `BERTH_IMAGE` names the raw image (default: `out/berth.img` in the workspace). The tests
-//! are skipped only when that image is absent and `BERTH_REQUIRE_QEMU` is unset; `make test`
-//! builds the image and sets it, so there they always run.
+//! `BERTH_IMAGE` names the raw image (default: `out/berth.img` in the workspace) and
+//! `BERTH_NODE_IMAGE` the node profile's (default: `out/node/berth.img`). The tests are skipped
+//! only when their image is absent and `BERTH_REQUIRE_QEMU` is unset; `make test` builds both
+//! images and sets both, so there they always run.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,22 +17,38 @@ pub fn default_image() -> PathBuf {
     }
 }
 
+/// The node profile's image (`make image PROFILE=node`): containerd as a system extension.
+pub fn node_image() -> PathBuf {
+    match std::env::var_os("BERTH_NODE_IMAGE") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/node/berth.img"),
+    }
+}
+
 /// The image to test, or `None` (after saying so) when the test should be skipped.
 /// Panics when the image is missing but QEMU tests are required.
-#[allow(clippy::panic)]
 pub fn image_or_skip(test: &str) -> Option<PathBuf> {
-    let image = default_image();
+    existing_or_skip(test, default_image(), "make image")
+}
+
+/// The node profile's image, or `None` when the test should be skipped (as [`image_or_skip`]).
+pub fn node_image_or_skip(test: &str) -> Option<PathBuf> {
+    existing_or_skip(test, node_image(), "make image PROFILE=node")
+}
+
+#[allow(clippy::panic)]
+fn existing_or_skip(test: &str, image: PathBuf, make: &str) -> Option<PathBuf> {
     if image.is_file() {
         return Some(image);
     }
     if std::env::var_os("BERTH_REQUIRE_QEMU").is_some() {
         panic!(
-            "{test}: BERTH_REQUIRE_QEMU is set but {} does not exist (run: make image)",
+            "{test}: BERTH_REQUIRE_QEMU is set but {} does not exist (run: {make})",
             image.display()
         );
     }
     eprintln!(
-        "{test}: skipped: no image at {} (run: make image)",
+        "{test}: skipped: no image at {} (run: {make})",
         image.display()
     );
     None

@@ -18,7 +18,7 @@ pub mod tpm;
 pub mod update;
 pub mod vm;
 
-pub use fixture::{disk_or_skip, image_or_skip, Fixture};
+pub use fixture::{disk_or_skip, image_or_skip, node_image_or_skip, Fixture};
 pub use vm::{Firmware, GuestForward, Vm, VmConfig};
 
 use std::time::Duration;

@@ -11,6 +11,10 @@ lifecycle prints one JSON object with what it saw; refused expects RunPodSandbox
 prints the error's details; bench prints, per runtime handler, the
 RunPodSandbox -> StartContainer answered times in seconds (runs interleaved across handlers).
 Pods use the host's network namespace (no CNI).
+
+SOCKET is containerd's unix socket, or tcp:HOST:PORT for containerd's TCP listener (a Berth node
+in a VM, reached through a forwarded port). Over TCP the pod's log directory is on the remote
+machine: lifecycle then prints the log's path instead of reading it, for the caller to check.
 """
 import json
 import os
@@ -53,7 +57,12 @@ class Cri:
         import grpc
 
         self.pb, grpc_mod = stubs(proto)
-        self.channel = grpc.insecure_channel("unix:" + socket)
+        self.remote = socket.startswith("tcp:")
+        target = socket[len("tcp:"):] if self.remote else "unix:" + socket
+        self.channel = grpc.insecure_channel(target)
+        if self.remote:
+            # A freshly (re)started remote containerd may take a while to listen.
+            grpc.channel_ready_future(self.channel).result(timeout=RPC_TIMEOUT * 3)
         self.rt = grpc_mod.RuntimeServiceStub(self.channel)
         self.img = grpc_mod.ImageServiceStub(self.channel)
 
@@ -112,6 +121,13 @@ def lifecycle(cri, handler, image, cgroup_parent, log_dir):
     version = rt.Version(pb.VersionRequest(), timeout=RPC_TIMEOUT)
     check(version.runtime_api_version == "v1", "Version: %s" % version)
     seen["runtime"] = version.runtime_name + " " + version.runtime_version
+    if cri.remote:
+        # A node pulls the workload's image from its registry first, as kubelet does.
+        ref = cri.img.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=RPC_TIMEOUT).image_ref
+        check(ref.startswith("sha256:"), "PullImage: %r" % ref)
+        status = cri.img.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=image)), timeout=RPC_TIMEOUT)
+        check(status.image.id == ref, "ImageStatus: %s" % status)
+        seen["pulled"] = ref
 
     pod, cid = cri.run_pod(handler, "berth-pod", image, cgroup_parent, log_dir,
                            ["sh", "-c", "echo started; exec sleep 600"])
@@ -137,6 +153,11 @@ def lifecycle(cri, handler, image, cgroup_parent, log_dir):
                     timeout=RPC_TIMEOUT)
     check(r.exit_code == 0, "ExecSync cat: %s" % r)
     seen["cgroup"] = r.stdout.decode()
+    # The limit as the container's own cgroup shows it (cgroup v2 with its own namespace);
+    # hosts without cgroup v2 controllers have no such file.
+    r = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "cat /sys/fs/cgroup/memory.max 2>&1"],
+                                       timeout=60), timeout=RPC_TIMEOUT)
+    seen["memory_max"] = r.stdout.decode().strip()
 
     stats = rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid), timeout=RPC_TIMEOUT).stats
     check(stats.attributes.id == cid, "ContainerStats id: %s" % stats)
@@ -151,9 +172,12 @@ def lifecycle(cri, handler, image, cgroup_parent, log_dir):
     # sleep ignores nothing: SIGTERM ends it (128 + 15) before the 10 s grace runs out.
     seen["exit_code"] = status.exit_code
     check(status.exit_code == 143, "container exit code %d" % status.exit_code)
-    with open(os.path.join(log_dir, "main.log")) as f:
-        log = f.read()
-    check(" stdout F started\n" in log, "container log %r" % log)
+    if cri.remote:
+        seen["log_path"] = os.path.join(log_dir, "main.log")
+    else:
+        with open(os.path.join(log_dir, "main.log")) as f:
+            log = f.read()
+        check(" stdout F started\n" in log, "container log %r" % log)
     rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
     left = rt.ListContainers(pb.ListContainersRequest(), timeout=RPC_TIMEOUT).containers
     check(not left, "containers left: %s" % left)
