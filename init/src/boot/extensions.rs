@@ -1,8 +1,13 @@
 //! System extensions: erofs images after the root erofs in the booted slot, inside the data
 //! the root's dm-verity tree covers (format: `berth_formats::extension`). Each one is mapped
-//! as a read-only device-mapper linear device over the verity device, so its reads are
-//! verified like the root's, and mounted on `/run/berth/extensions/<name>`; its `units`
-//! directory, if any, is loaded like the built-in units.
+//! as a read-only device-mapper linear device and mounted on `/run/berth/extensions/<name>`;
+//! its `units` directory, if any, is loaded like the built-in units.
+//!
+//! The linear devices cannot sit on the root's verity device itself: the mounted root holds
+//! it exclusively, and device-mapper claims what it maps over (EBUSY). They sit on
+//! `berth-extensions`, a second verity device with the root's own table (read back from the
+//! kernel): device-mapper devices may share the device below them, and every read of an
+//! extension is checked against the same root hash as the root's.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,12 +19,15 @@ use nix::mount::MsFlags;
 use serde::Serialize;
 
 use super::{Boot, BootError};
-use crate::platform::devmapper::{self, ControlDevice, DevNum, DmControl, DmError, Linear};
+use crate::platform::devmapper::{self, ControlDevice, DevNum, DmControl, DmError, Target};
 
 /// Where extensions are mounted, one directory each.
 pub const EXTENSIONS_DIR: &str = "/run/berth/extensions";
 /// The device-mapper name of an extension's device is this plus its name.
 pub const DM_PREFIX: &str = "berth-ext-";
+/// The verity device the extensions' linear devices map over (no extension name can make
+/// `berth-ext-` + name equal to it).
+pub const VERIFIED_VIEW: &str = "berth-extensions";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtensionError {
@@ -45,6 +53,13 @@ pub enum ExtensionError {
         #[source]
         source: ChainError,
     },
+    #[error("cannot map the root's verity table again as {VERIFIED_VIEW}: {source}")]
+    View {
+        #[source]
+        source: DmError,
+    },
+    #[error("extension {name} at offset {offset}: not mounted, {VERIFIED_VIEW} is missing")]
+    NoView { name: String, offset: u64 },
     #[error("extension {name} at offset {offset}: {source}")]
     Map {
         name: String,
@@ -158,8 +173,10 @@ impl Sys {
 
 /// What activating an extension does to the machine: device-mapper and mount, or a recorder.
 pub trait Activator {
-    /// Creates the read-only linear device `name`; returns its device number.
-    fn map(&mut self, name: &str, target: &Linear) -> Result<DevNum, DmError>;
+    /// The live table of device-mapper device `dev`.
+    fn table(&mut self, dev: DevNum) -> Result<Vec<Target>, DmError>;
+    /// Creates the read-only device `name` with `targets`; returns its device number.
+    fn map(&mut self, name: &str, targets: &[Target]) -> Result<DevNum, DmError>;
     /// The /dev node of a device just created.
     fn node(&mut self, dev: DevNum) -> Result<PathBuf, ExtensionError>;
     fn mkdir(&mut self, path: &Path) -> std::io::Result<()>;
@@ -178,13 +195,23 @@ impl SysActivator {
     }
 }
 
-impl Activator for SysActivator {
-    fn map(&mut self, name: &str, target: &Linear) -> Result<DevNum, DmError> {
-        let ctl: &mut dyn DmControl = match &mut self.control {
+impl SysActivator {
+    fn control(&mut self) -> Result<&mut dyn DmControl, DmError> {
+        let ctl = match self.control.take() {
             Some(c) => c,
-            None => self.control.insert(ControlDevice::open()?),
+            None => ControlDevice::open()?,
         };
-        devmapper::create_linear(ctl, name, target)
+        Ok(self.control.insert(ctl))
+    }
+}
+
+impl Activator for SysActivator {
+    fn table(&mut self, dev: DevNum) -> Result<Vec<Target>, DmError> {
+        devmapper::table_of(self.control()?, dev)
+    }
+
+    fn map(&mut self, name: &str, targets: &[Target]) -> Result<DevNum, DmError> {
+        devmapper::create(self.control()?, name, targets)
     }
 
     fn node(&mut self, dev: DevNum) -> Result<PathBuf, ExtensionError> {
@@ -206,21 +233,26 @@ impl Activator for SysActivator {
     }
 }
 
-/// Maps and mounts one extension of `root` under `base`.
+/// [`VERIFIED_VIEW`]: the root's table once more, for the extensions to map over.
+pub fn verified_view(act: &mut dyn Activator, root: &RootDm) -> Result<DevNum, ExtensionError> {
+    let table = act
+        .table(root.dev)
+        .map_err(|source| ExtensionError::View { source })?;
+    act.map(VERIFIED_VIEW, &table)
+        .map_err(|source| ExtensionError::View { source })
+}
+
+/// Maps one extension from `view` (the verified slot data) and mounts it under `base`.
 pub fn activate(
     act: &mut dyn Activator,
-    root: &RootDm,
+    view: DevNum,
     ext: &Extension,
     base: &Path,
 ) -> Result<MountedExtension, ExtensionError> {
     let (name, offset) = (ext.name.clone(), ext.header_offset);
-    let target = Linear {
-        backing: root.dev,
-        start: ext.data_offset() / 512,
-        length: ext.size / 512,
-    };
+    let target = Target::linear(view, ext.data_offset() / 512, ext.size / 512);
     let dev = act
-        .map(&format!("{DM_PREFIX}{name}"), &target)
+        .map(&format!("{DM_PREFIX}{name}"), &[target])
         .map_err(|source| ExtensionError::Map {
             name: name.clone(),
             offset,
@@ -266,13 +298,27 @@ pub fn activate_all(
     base: &Path,
 ) -> Vec<MountedExtension> {
     let mut mounted = Vec::new();
+    // Mapped once, when there is an extension to mount.
+    let view = match entries.iter().any(|e| e.is_ok()) {
+        true => Some(verified_view(act, root).map_err(|e| e.to_string())),
+        false => None,
+    };
+    if let Some(Err(e)) = &view {
+        error!("{e}");
+    }
     for entry in entries {
         let result = entry
             .map_err(|source| ExtensionError::Chain {
                 path: root.node.clone(),
                 source,
             })
-            .and_then(|ext| activate(act, root, &ext, base));
+            .and_then(|ext| match &view {
+                Some(Ok(dev)) => activate(act, *dev, &ext, base),
+                _ => Err(ExtensionError::NoView {
+                    name: ext.name,
+                    offset: ext.header_offset,
+                }),
+            });
         match result {
             Ok(m) => {
                 info!(
@@ -407,9 +453,29 @@ mod tests {
     }
 
     impl Activator for Recorder {
-        fn map(&mut self, name: &str, t: &Linear) -> Result<DevNum, DmError> {
-            self.calls
-                .push(format!("map {name} {} {} {}", t.backing, t.start, t.length));
+        fn table(&mut self, dev: DevNum) -> Result<Vec<Target>, DmError> {
+            self.calls.push(format!("table {dev}"));
+            if self.fail_map == Some("table") {
+                return Err(DmError::Ioctl {
+                    op: "DM_TABLE_STATUS",
+                    name: dev.to_string(),
+                    errno: Errno::ENXIO,
+                });
+            }
+            Ok(vec![Target {
+                start: 0,
+                length: 32528,
+                kind: "verity".into(),
+                params: "1 253:2 253:2 4096 4096 4066 4067 blake2b-512 ab cd".into(),
+            }])
+        }
+        fn map(&mut self, name: &str, targets: &[Target]) -> Result<DevNum, DmError> {
+            for t in targets {
+                self.calls.push(format!(
+                    "map {name} {} {} {} {}",
+                    t.start, t.length, t.kind, t.params
+                ));
+            }
             if self.fail_map == Some(name) {
                 return Err(DmError::Ioctl {
                     op: "DM_DEV_CREATE",
@@ -480,18 +546,22 @@ mod tests {
         let mounted = activate_all(&mut r, &root(), entries, &dir);
         let hello = dir.join("hello");
         assert_eq!(
-            r.calls[..3],
+            r.calls[..5],
             [
-                // (1 MiB + 4096) / 512 = 2056; 8192 / 512 = 16 sectors.
-                "map berth-ext-hello 252:0 2056 16".to_string(),
+                // The root's table, mapped again once (as 252:1) for the extensions.
+                "table 252:0".to_string(),
+                "map berth-extensions 0 32528 verity 1 253:2 253:2 4096 4096 4066 4067 blake2b-512 ab cd".into(),
+                // Over it: (1 MiB + 4096) / 512 = 2056; 8192 / 512 = 16 sectors.
+                "map berth-ext-hello 0 16 linear 252:1 2056".into(),
                 format!("mkdir {}", hello.display()),
-                format!("mount /dev/dm-1 {}", hello.display()),
+                format!("mount /dev/dm-2 {}", hello.display()),
             ]
         );
-        assert!(r.calls[3].starts_with("map berth-ext-bad 252:0 2080 8"));
+        assert_eq!(r.calls[5], "map berth-ext-bad 0 8 linear 252:1 2080");
+        assert_eq!(r.calls.iter().filter(|c| c.starts_with("table")).count(), 1);
         let names: Vec<&str> = mounted.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["hello", "containerd"]);
-        assert_eq!(mounted[1].device, PathBuf::from("/dev/dm-3"));
+        assert_eq!(mounted[1].device, PathBuf::from("/dev/dm-4"));
         assert_eq!(mounted[1].path, dir.join("containerd"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -503,7 +573,11 @@ mod tests {
             ..Default::default()
         };
         let dir = scratch("errors");
-        let err = activate(&mut r, &root(), &ext("x", 40960, 4096), &dir).unwrap_err();
+        let view = DevNum {
+            major: 252,
+            minor: 1,
+        };
+        let err = activate(&mut r, view, &ext("x", 40960, 4096), &dir).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -511,6 +585,25 @@ mod tests {
                 dir.join("x").display()
             )
         );
+        // Without the verified view nothing is mapped, and each extension says so.
+        let mut r = Recorder {
+            fail_map: Some("table"),
+            ..Default::default()
+        };
+        let entries = vec![Ok(ext("a", 4096, 4096)), Ok(ext("b", 12288, 4096))];
+        assert!(activate_all(&mut r, &root(), entries, &dir).is_empty());
+        assert_eq!(r.calls, ["table 252:0"]);
+        let err = ExtensionError::NoView {
+            name: "a".into(),
+            offset: 4096,
+        };
+        assert_eq!(
+            err.to_string(),
+            "extension a at offset 4096: not mounted, berth-extensions is missing"
+        );
+        // No extension: no device-mapper at all.
+        assert!(activate_all(&mut r, &root(), Vec::new(), &dir).is_empty());
+        assert_eq!(r.calls.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

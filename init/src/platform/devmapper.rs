@@ -1,6 +1,7 @@
 //! Device-mapper through `/dev/mapper/control` (no libdevmapper, no dmsetup): just enough to
-//! create a read-only linear device over part of another block device. The ioctl buffers are
-//! built here and handed to a [`DmControl`], so their encoding is tested without root.
+//! read a device's table and create read-only devices (a copy of a table, a linear slice).
+//! The ioctl buffers are built and parsed here and handed to a [`DmControl`], so their
+//! encoding is tested without root.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -23,6 +24,9 @@ const VERSION: [u32; 3] = [4, 0, 0];
 
 pub const DM_READONLY_FLAG: u32 = 1 << 0;
 pub const DM_SUSPEND_FLAG: u32 = 1 << 1;
+/// DM_TABLE_STATUS: the table's parameters rather than the targets' status.
+pub const DM_STATUS_TABLE_FLAG: u32 = 1 << 4;
+pub const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
 
 /// `_IOWR(0xfd, cmd, struct dm_ioctl)`.
 const fn dm_iowr(cmd: u64) -> u64 {
@@ -32,12 +36,17 @@ pub const DM_DEV_CREATE: u64 = dm_iowr(3);
 pub const DM_DEV_REMOVE: u64 = dm_iowr(4);
 pub const DM_DEV_SUSPEND: u64 = dm_iowr(6);
 pub const DM_TABLE_LOAD: u64 = dm_iowr(9);
+pub const DM_TABLE_STATUS: u64 = dm_iowr(12);
+
+/// Room for a table read back: a verity table is about 300 bytes.
+const STATUS_BUFFER: usize = 16 * 1024;
 
 // Field offsets in struct dm_ioctl.
 const OFF_DATA_SIZE: usize = 12;
 const OFF_DATA_START: usize = 16;
 const OFF_TARGET_COUNT: usize = 20;
 const OFF_FLAGS: usize = 28;
+const OFF_TARGET_NEXT: usize = 20;
 const OFF_DEV: usize = 40;
 const OFF_NAME: usize = 48;
 
@@ -47,6 +56,10 @@ pub enum DmError {
     Open(#[source] std::io::Error),
     #[error("device-mapper name {0:?} is empty, too long or not printable")]
     Name(String),
+    #[error("DM_TABLE_STATUS of {dev}: {what}")]
+    Status { dev: DevNum, what: &'static str },
+    #[error("target parameters {0:?} contain a NUL or do not fit")]
+    Params(String),
     #[error("{op} {name}: {errno}")]
     Ioctl {
         op: &'static str,
@@ -117,16 +130,42 @@ impl DevNum {
     }
 }
 
-/// A linear target: `length` sectors of `backing` starting at sector `start`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Linear {
-    pub backing: DevNum,
+/// One target of a table: `length` sectors from `start` of the device, mapped by `kind`
+/// (`linear`, `verity`, ...) with `params`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
     pub start: u64,
     pub length: u64,
+    pub kind: String,
+    pub params: String,
+}
+
+impl Target {
+    /// `length` sectors of `backing` from its sector `offset`.
+    pub fn linear(backing: DevNum, offset: u64, length: u64) -> Target {
+        Target {
+            start: 0,
+            length,
+            kind: "linear".into(),
+            params: format!("{backing} {offset}"),
+        }
+    }
 }
 
 fn put32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn get32(buf: &[u8], at: usize) -> Option<u32> {
+    let b = buf.get(at..at + 4)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn get64(buf: &[u8], at: usize) -> Option<u64> {
+    let b = buf.get(at..at + 8)?;
+    let mut x = [0u8; 8];
+    x.copy_from_slice(b);
+    Some(u64::from_ne_bytes(x))
 }
 
 fn check_name(name: &str) -> Result<(), DmError> {
@@ -158,24 +197,100 @@ pub fn create_request(name: &str) -> Result<Vec<u8>, DmError> {
     Ok(header(name, DM_IOCTL_SIZE, 0))
 }
 
-/// DM_TABLE_LOAD's buffer: one read-only linear target.
-pub fn table_load_request(name: &str, t: &Linear) -> Result<Vec<u8>, DmError> {
+/// DM_TABLE_LOAD's buffer: `targets`, read-only.
+pub fn table_load_request(name: &str, targets: &[Target]) -> Result<Vec<u8>, DmError> {
     check_name(name)?;
-    let params = format!("{} {}", t.backing, t.start);
-    // The spec and its NUL-terminated parameters, padded so a next spec would be aligned.
-    let spec_len = (DM_TARGET_SPEC_SIZE + params.len() + 1).next_multiple_of(8);
-    let mut buf = header(name, DM_IOCTL_SIZE + spec_len, DM_READONLY_FLAG);
-    put32(&mut buf, OFF_TARGET_COUNT, 1);
-    let spec = &mut buf[DM_IOCTL_SIZE..];
-    spec[0..8].copy_from_slice(&0u64.to_ne_bytes());
-    spec[8..16].copy_from_slice(&t.length.to_ne_bytes());
-    // status (16..20) is the kernel's; next: from this spec to the (absent) next one.
-    put32(spec, 20, spec_len as u32);
-    spec[24..24 + "linear".len()].copy_from_slice(b"linear");
-    debug_assert!("linear".len() < DM_MAX_TYPE_NAME);
-    spec[DM_TARGET_SPEC_SIZE..DM_TARGET_SPEC_SIZE + params.len()]
-        .copy_from_slice(params.as_bytes());
+    let mut specs = Vec::new();
+    for t in targets {
+        if t.params.contains('\0')
+            || t.kind.is_empty()
+            || t.kind.len() >= DM_MAX_TYPE_NAME
+            || t.kind.contains('\0')
+        {
+            return Err(DmError::Params(format!("{} {}", t.kind, t.params)));
+        }
+        // The spec and its NUL-terminated parameters, padded so the next spec is aligned;
+        // `next` counts from this spec to the next one.
+        let len = (DM_TARGET_SPEC_SIZE + t.params.len() + 1).next_multiple_of(8);
+        let mut spec = vec![0u8; len];
+        spec[0..8].copy_from_slice(&t.start.to_ne_bytes());
+        spec[8..16].copy_from_slice(&t.length.to_ne_bytes());
+        // status (16..20) is the kernel's.
+        put32(&mut spec, OFF_TARGET_NEXT, len as u32);
+        spec[24..24 + t.kind.len()].copy_from_slice(t.kind.as_bytes());
+        spec[DM_TARGET_SPEC_SIZE..DM_TARGET_SPEC_SIZE + t.params.len()]
+            .copy_from_slice(t.params.as_bytes());
+        specs.extend(spec);
+    }
+    let size = DM_IOCTL_SIZE + specs.len();
+    if u32::try_from(size).is_err() {
+        return Err(DmError::Params(format!("{} targets", targets.len())));
+    }
+    let mut buf = header(name, size, DM_READONLY_FLAG);
+    put32(&mut buf, OFF_TARGET_COUNT, targets.len() as u32);
+    buf[DM_IOCTL_SIZE..].copy_from_slice(&specs);
     Ok(buf)
+}
+
+/// DM_TABLE_STATUS's buffer asking for the table of device `dev` (no name: looked up by
+/// number).
+pub fn table_status_request(dev: DevNum) -> Vec<u8> {
+    let mut buf = header("", STATUS_BUFFER, DM_STATUS_TABLE_FLAG);
+    buf[OFF_DEV..OFF_DEV + 8].copy_from_slice(&dev.encode().to_ne_bytes());
+    buf
+}
+
+/// The targets in a DM_TABLE_STATUS answer. The kernel writes the first spec at
+/// `data_start`, each `next` counting from `data_start`.
+pub fn parse_table_status(dev: DevNum, buf: &[u8]) -> Result<Vec<Target>, DmError> {
+    let bad = |what| DmError::Status { dev, what };
+    let flags = get32(buf, OFF_FLAGS).ok_or_else(|| bad("short answer"))?;
+    if flags & DM_BUFFER_FULL_FLAG != 0 {
+        return Err(bad("table larger than the buffer"));
+    }
+    let count = get32(buf, OFF_TARGET_COUNT).ok_or_else(|| bad("short answer"))?;
+    let data_start = get32(buf, OFF_DATA_START).ok_or_else(|| bad("short answer"))? as usize;
+    let mut targets = Vec::new();
+    let mut at = data_start;
+    for _ in 0..count {
+        let start = get64(buf, at).ok_or_else(|| bad("target past the answer"))?;
+        let length = get64(buf, at + 8).ok_or_else(|| bad("target past the answer"))?;
+        let next = get32(buf, at + OFF_TARGET_NEXT).ok_or_else(|| bad("target past the answer"))?;
+        let text = |from: usize, max: usize| -> Result<String, DmError> {
+            let field = buf
+                .get(from..(from + max).min(buf.len()))
+                .ok_or_else(|| bad("target past the answer"))?;
+            let end = field
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or_else(|| bad("unterminated string"))?;
+            String::from_utf8(field[..end].to_vec()).map_err(|_| bad("string not UTF-8"))
+        };
+        targets.push(Target {
+            start,
+            length,
+            kind: text(at + 24, DM_MAX_TYPE_NAME)?,
+            params: text(at + DM_TARGET_SPEC_SIZE, buf.len())?,
+        });
+        at = data_start + next as usize;
+    }
+    if targets.is_empty() {
+        return Err(bad("no table loaded"));
+    }
+    Ok(targets)
+}
+
+/// The live table of device `dev`.
+pub fn table_of(ctl: &mut dyn DmControl, dev: DevNum) -> Result<Vec<Target>, DmError> {
+    let mut buf = table_status_request(dev);
+    call(
+        ctl,
+        "DM_TABLE_STATUS",
+        DM_TABLE_STATUS,
+        &dev.to_string(),
+        &mut buf,
+    )?;
+    parse_table_status(dev, &buf)
 }
 
 /// DM_DEV_SUSPEND without DM_SUSPEND_FLAG: resume, making the loaded table live.
@@ -204,11 +319,11 @@ fn call(
     })
 }
 
-/// Creates device `name` mapping `t` read-only and makes it live; returns its device number.
-/// A device created but not made live is removed again.
-pub fn create_linear(ctl: &mut dyn DmControl, name: &str, t: &Linear) -> Result<DevNum, DmError> {
+/// Creates device `name` with `targets`, read-only, and makes it live; returns its device
+/// number. A device created but not made live is removed again.
+pub fn create(ctl: &mut dyn DmControl, name: &str, targets: &[Target]) -> Result<DevNum, DmError> {
     let mut buf = create_request(name)?;
-    let mut load = table_load_request(name, t)?;
+    let mut load = table_load_request(name, targets)?;
     call(ctl, "DM_DEV_CREATE", DM_DEV_CREATE, name, &mut buf)?;
     let mut dev = [0u8; 8];
     dev.copy_from_slice(&buf[OFF_DEV..OFF_DEV + 8]);
@@ -275,19 +390,104 @@ mod tests {
         assert_eq!(DM_DEV_REMOVE, 0xc138_fd04);
         assert_eq!(DM_DEV_SUSPEND, 0xc138_fd06);
         assert_eq!(DM_TABLE_LOAD, 0xc138_fd09);
+        assert_eq!(DM_TABLE_STATUS, 0xc138_fd0c);
+    }
+
+    const VERITY: &str = "1 253:2 253:2 4096 4096 4066 4067 blake2b-512 e058c38b 4d1550d0";
+
+    /// A DM_TABLE_STATUS answer laid out as the kernel's retrieve_status writes it.
+    fn status_answer(targets: &[(u64, u64, &str, &str)]) -> Vec<u8> {
+        let mut b = table_status_request(DevNum {
+            major: 253,
+            minor: 0,
+        });
+        put32(&mut b, OFF_TARGET_COUNT, targets.len() as u32);
+        let mut out = 0usize;
+        for (start, len, kind, params) in targets {
+            let at = DM_IOCTL_SIZE + out;
+            b[at..at + 8].copy_from_slice(&start.to_ne_bytes());
+            b[at + 8..at + 16].copy_from_slice(&len.to_ne_bytes());
+            b[at + 24..at + 24 + kind.len()].copy_from_slice(kind.as_bytes());
+            let p = at + 40;
+            b[p..p + params.len()].copy_from_slice(params.as_bytes());
+            b[p + params.len()] = 0;
+            out = (out + 40 + params.len() + 1).next_multiple_of(8);
+            put32(&mut b, at + 20, out as u32);
+        }
+        b
+    }
+
+    #[test]
+    fn table_status_request_and_answer() {
+        let dev = DevNum {
+            major: 253,
+            minor: 0,
+        };
+        let req = table_status_request(dev);
+        assert_eq!(req.len(), STATUS_BUFFER);
+        assert_eq!(u32_at(&req, 12), STATUS_BUFFER as u32, "data_size");
+        assert_eq!(u32_at(&req, 16), 312, "data_start");
+        assert_eq!(u32_at(&req, 28), DM_STATUS_TABLE_FLAG);
+        assert_eq!(u64_at(&req, 40), 0xfd00, "dev, looked up by number");
+        assert!(req[48..312].iter().all(|&x| x == 0), "no name, no uuid");
+
+        let answer = status_answer(&[(0, 32528, "verity", VERITY)]);
+        let targets = parse_table_status(dev, &answer).unwrap();
+        assert_eq!(
+            targets,
+            [Target {
+                start: 0,
+                length: 32528,
+                kind: "verity".into(),
+                params: VERITY.into()
+            }]
+        );
+        // Two targets: `next` counts from data_start.
+        let answer = status_answer(&[(0, 8, "linear", "8:1 0"), (8, 16, "zero", "")]);
+        let targets = parse_table_status(dev, &answer).unwrap();
+        assert_eq!(targets[1].kind, "zero");
+        assert_eq!((targets[1].start, targets[1].length), (8, 16));
+
+        let mut full = status_answer(&[(0, 8, "verity", VERITY)]);
+        put32(&mut full, OFF_FLAGS, DM_BUFFER_FULL_FLAG);
+        assert!(parse_table_status(dev, &full).is_err());
+        assert!(parse_table_status(dev, &status_answer(&[])).is_err());
+        assert!(parse_table_status(dev, &answer[..330]).is_err());
+    }
+
+    #[test]
+    fn a_copied_table_loads_as_it_was_read() {
+        let t = Target {
+            start: 0,
+            length: 32528,
+            kind: "verity".into(),
+            params: VERITY.into(),
+        };
+        let b = table_load_request("berth-extensions", &[t]).unwrap();
+        let spec = &b[312..];
+        assert_eq!(u64_at(spec, 8), 32528);
+        assert_eq!(&spec[24..31], b"verity\0");
+        assert_eq!(&spec[40..40 + VERITY.len()], VERITY.as_bytes());
+        assert_eq!(spec[40 + VERITY.len()], 0);
+        assert_eq!(u32_at(spec, 20) as usize, spec.len());
+        let bad = Target {
+            kind: "a-type-name-too-long".into(),
+            ..Target::linear(DevNum { major: 1, minor: 1 }, 0, 8)
+        };
+        assert!(table_load_request("x", &[bad]).is_err());
     }
 
     #[test]
     fn table_load_buffer_bytes() {
-        let t = Linear {
-            backing: DevNum {
+        let t = Target::linear(
+            DevNum {
                 major: 252,
                 minor: 0,
             },
-            start: 2568,
-            length: 16,
-        };
-        let b = table_load_request("berth-ext-hello", &t).unwrap();
+            2568,
+            16,
+        );
+        let b = table_load_request("berth-ext-hello", &[t]).unwrap();
         // Params "252:0 2568" + NUL = 11 bytes; 40 + 11 = 51, padded to 56.
         assert_eq!(b.len(), 312 + 56);
         assert_eq!([u32_at(&b, 0), u32_at(&b, 4), u32_at(&b, 8)], [4, 0, 0]);
@@ -317,15 +517,15 @@ mod tests {
             .encode(),
             ..Default::default()
         };
-        let t = Linear {
-            backing: DevNum {
+        let t = Target::linear(
+            DevNum {
                 major: 252,
                 minor: 0,
             },
-            start: 8,
-            length: 8,
-        };
-        let dev = create_linear(&mut r, "berth-ext-a", &t).unwrap();
+            8,
+            8,
+        );
+        let dev = create(&mut r, "berth-ext-a", &[t]).unwrap();
         assert_eq!(dev.to_string(), "252:3");
         let reqs: Vec<u64> = r.calls.iter().map(|c| c.0).collect();
         assert_eq!(reqs, [DM_DEV_CREATE, DM_TABLE_LOAD, DM_DEV_SUSPEND]);
@@ -348,12 +548,8 @@ mod tests {
             fail: Some((DM_TABLE_LOAD, Errno::EINVAL)),
             ..Default::default()
         };
-        let t = Linear {
-            backing: DevNum { major: 1, minor: 2 },
-            start: 0,
-            length: 8,
-        };
-        let err = create_linear(&mut r, "berth-ext-a", &t).unwrap_err();
+        let t = Target::linear(DevNum { major: 1, minor: 2 }, 0, 8);
+        let err = create(&mut r, "berth-ext-a", &[t]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "DM_TABLE_LOAD berth-ext-a: EINVAL: Invalid argument"
