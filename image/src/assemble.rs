@@ -11,6 +11,7 @@ use crate::convert::{self, ConvertError, Format};
 use crate::derive::{self, Seed};
 use crate::esp::{EspContents, EspError, Stamp};
 use crate::ext4::{self, Ext4Error};
+use crate::extensions::{self, ExtensionError, ExtensionSource};
 use crate::gpt::{GptError, SECTOR};
 use crate::grub::{self, GrubError};
 use crate::grubenv::{BootState, GrubEnvError, Slot, ENV_FILES};
@@ -40,6 +41,8 @@ pub enum AssembleError {
     Ext4(#[from] Ext4Error),
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Extension(#[from] ExtensionError),
     #[error("{what} is {size} bytes; partition {partition:?} holds {room}")]
     TooBig {
         what: String,
@@ -90,6 +93,8 @@ pub struct DiskInputs {
     pub kernel: PathBuf,
     pub kernel_release: String,
     pub root: RootSource,
+    /// System extensions placed after the root erofs in slot A, in this order.
+    pub extensions: Vec<ExtensionSource>,
     /// The initial content of the state partition.
     pub state: PathBuf,
     pub version: String,
@@ -139,9 +144,10 @@ pub fn build(
     std::fs::create_dir_all(work_dir).map_err(io(work_dir))?;
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
 
-    // Root A: erofs, then its hash tree in the same file.
+    // Root A: erofs, then the extensions (each behind its header), then one hash tree over
+    // all of it in the same file.
     let root_img = work_dir.join("root-a.img");
-    let data_size = match &inputs.root {
+    let root_size = match &inputs.root {
         RootSource::Tree(tree) => verity::mkfs_erofs(tree, &root_img, inputs.epoch)?,
         RootSource::Image(image) => {
             verity::data_size(image)?;
@@ -149,6 +155,11 @@ pub fn build(
             std::fs::copy(image, &root_img).map_err(io(image))?;
             verity::data_size(&root_img)?
         }
+    };
+    let extension_entries = extensions::append(&root_img, &inputs.extensions)?;
+    let data_size = match extension_entries.last() {
+        Some(last) => last.offset + last.size,
+        None => root_size,
     };
     let root_data = Seed::new(["verity", &derive::sha256_file(&root_img)?]);
     let verity = verity::format(
@@ -190,11 +201,11 @@ pub fn build(
             .map(|p| p.guid.to_string())
             .unwrap_or_default()
     };
-    fits(
-        "root filesystem + hash tree",
-        verity.total_size,
-        part(Role::RootA),
-    )?;
+    let slot_what = match extension_entries.is_empty() {
+        true => "root filesystem + hash tree",
+        false => "root filesystem + extensions + hash tree",
+    };
+    fits(slot_what, verity.total_size, part(Role::RootA))?;
     let root_dev = format!("PARTUUID={}", partuuid(Role::RootA));
     let dm_create = verity.dm_create(&root_dev);
     let args = format!(
@@ -307,6 +318,7 @@ pub fn build(
         disk_size,
         root_image_sha256: derive::sha256_file(&root_img)?,
         root: verity,
+        extensions: extension_entries,
         kernel_args: args,
         dm_create,
         partitions: placed

@@ -3,7 +3,7 @@
 //!
 //! The on-disk formats it writes and berth-init reads live in `berth_formats` and are
 //! re-exported here: [`gpt`], [`grubenv`], [`guid`], and the reading side of [`bundle`].
-//! Host-only: [`layout`], [`verity`], [`grub`], [`esp`], [`ext4`], [`convert`],
+//! Host-only: [`layout`], [`verity`], [`extensions`], [`grub`], [`esp`], [`ext4`], [`convert`],
 //! [`manifest`], [`assemble`], [`sbom`], bundle creation and signing; [`host`] is their
 //! shared error for running a tool and touching a file.
 
@@ -17,6 +17,7 @@ pub mod convert;
 pub mod derive;
 pub mod esp;
 pub mod ext4;
+pub mod extensions;
 pub mod grub;
 pub mod host;
 pub mod kernel;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use berth_image::assemble::{self, DiskInputs, GrubDirs, RootSource};
 use berth_image::convert::Format;
+use berth_image::extensions::ExtensionSource;
 use berth_image::layout::Layout;
 
 const USAGE: &str = "usage:
@@ -13,6 +14,7 @@ const USAGE: &str = "usage:
       (--rootfs DIR | --root-image EROFS) --state DIR --version V --out DIR \
       [--kernel-release REL] [--work DIR] [--epoch SECONDS] [--formats raw,qcow2,vhd,vmdk] \
       [--grub-pc-dir DIR] [--grub-efi-dir DIR] [--input NAME=FILE]... [--source-commit C]
+      [--extension NAME=EROFS]... (system extensions in slot A, after the root, under its verity tree)
   berth-image sbom --metadata CARGO_METADATA_JSON --version V --out FILE \
       [--epoch SECONDS] [--source-commit C] [--component NAME=VERSION=LICENSE]...
       [--key A.pub,B.pub]
@@ -57,7 +59,7 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Options that may be given more than once.
-const REPEATABLE: &[&str] = &["input", "component"];
+const REPEATABLE: &[&str] = &["input", "component", "extension"];
 
 /// `--key value` options of a command (see [`berth_image::args`]).
 fn options_multi(args: &[String], known: &[&str]) -> Result<HashMap<String, Vec<String>>, String> {
@@ -91,6 +93,7 @@ fn disk(args: &[String]) -> Result<(), String> {
             "input",
             "source-commit",
             "key",
+            "extension",
         ],
     )?;
     let opts: HashMap<&str, &str> = multi
@@ -139,6 +142,13 @@ fn disk(args: &[String]) -> Result<(), String> {
         let hash = berth_image::derive::sha256_file(Path::new(file)).map_err(|e| e.to_string())?;
         recorded_inputs.insert(name.to_string(), hash);
     }
+    let extensions = multi
+        .get("extension")
+        .into_iter()
+        .flatten()
+        .map(|spec| ExtensionSource::parse(spec))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let out = path("out")?;
     let work = opts
         .get("work")
@@ -152,6 +162,7 @@ fn disk(args: &[String]) -> Result<(), String> {
         kernel,
         kernel_release,
         root,
+        extensions,
         state: path("state")?,
         version: get("version")?,
         epoch,
@@ -165,14 +176,14 @@ fn disk(args: &[String]) -> Result<(), String> {
     let root_path = match &inputs.root {
         RootSource::Tree(p) | RootSource::Image(p) => p,
     };
-    for p in [
+    for p in inputs.extensions.iter().map(|e| &e.image).chain([
         &inputs.grub_cfg,
         &inputs.kernel,
         root_path,
         &inputs.state,
         &inputs.grub.pc,
         &inputs.grub.efi,
-    ] {
+    ]) {
         if !Path::new(p).exists() {
             return Err(format!("{} does not exist", p.display()));
         }
@@ -198,6 +209,15 @@ fn disk(args: &[String]) -> Result<(), String> {
             o.size as f64 / 1048576.0,
             o.allocated as f64 / 1048576.0,
             o.sha256
+        );
+    }
+    for e in &manifest.extensions {
+        println!(
+            "extension    {} {:.1} MiB at offset {}  sha256 {}",
+            e.name,
+            e.size as f64 / 1048576.0,
+            e.offset,
+            e.sha256
         );
     }
     println!("root hash    {}", manifest.root.root_hash);

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::convert::Format;
+use crate::extensions::ExtensionEntry;
 use crate::verity::Verity;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,9 +21,13 @@ pub struct Manifest {
     pub inputs: BTreeMap<String, String>,
     pub disk_guid: String,
     pub disk_size: u64,
-    /// SHA-256 of slot A's content: erofs plus hash tree, as written to the partition.
+    /// SHA-256 of slot A's content: erofs, extensions and hash tree, as written to the partition.
     pub root_image_sha256: String,
+    /// The root's verity data: the root erofs and the extensions after it.
     pub root: Verity,
+    /// The system extensions in slot A after the root erofs (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<ExtensionEntry>,
     pub kernel_args: String,
     pub dm_create: String,
     pub partitions: Vec<PartitionEntry>,

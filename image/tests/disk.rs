@@ -56,6 +56,7 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
         kernel,
         kernel_release: "test".into(),
         root: RootSource::Tree(rootfs),
+        extensions: Vec::new(),
         state,
         version: "0.0.0-test".into(),
         epoch: 0,
@@ -173,6 +174,124 @@ fn assembled_disk_holds_verified_root_grub_and_fresh_boot_state() {
         .unwrap();
     assert_eq!(&mbr[0x5c..0x64], &bios.first_lba.to_le_bytes());
     assert_eq!(&mbr[510..], &[0x55, 0xaa]);
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A system extension lands after the root erofs, behind its header, under the one verity
+/// tree: the manifest's `data_blocks` covers it, veritysetup verifies the whole slot, PID 1's
+/// chain walk finds it, and an update bundle of that slot is accepted.
+#[test]
+fn extension_follows_the_root_under_its_verity_tree() {
+    use berth_image::bundle::{self, keys, VerityInfo};
+    use berth_image::extensions::ExtensionSource;
+
+    let dir = std::env::temp_dir().join(format!("berth-disk-ext-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rootfs = dir.join("rootfs");
+    let state = dir.join("state");
+    let ext_tree = dir.join("ext-tree");
+    std::fs::create_dir_all(rootfs.join("sbin")).unwrap();
+    std::fs::create_dir_all(state.join("units")).unwrap();
+    std::fs::create_dir_all(ext_tree.join("units")).unwrap();
+    std::fs::write(rootfs.join("sbin/init"), vec![0x7fu8; 3 * 4096 + 17]).unwrap();
+    std::fs::write(
+        ext_tree.join("units/hello.toml"),
+        "command = [\"/bin/sh\", \"-c\", \"echo hello-ext\"]\n",
+    )
+    .unwrap();
+    let ext_img = dir.join("hello.erofs");
+    berth_image::verity::mkfs_erofs(&ext_tree, &ext_img, 0).unwrap();
+    let kernel = dir.join("bzImage");
+    std::fs::write(&kernel, b"not really a kernel").unwrap();
+
+    let inputs = DiskInputs {
+        layout: Layout::load(&repo().join("configs/layout/disk.toml")).unwrap(),
+        grub_cfg: repo().join("configs/grub/grub.cfg"),
+        cmdline: "console=ttyS0".into(),
+        kernel: kernel.clone(),
+        kernel_release: "test".into(),
+        root: RootSource::Tree(rootfs),
+        extensions: vec![ExtensionSource {
+            name: "hello".into(),
+            image: ext_img.clone(),
+        }],
+        state,
+        version: "0.0.0-test".into(),
+        epoch: 0,
+        grub: GrubDirs::default(),
+        recorded_inputs: Default::default(),
+        source_commit: None,
+    };
+    let out = dir.join("out");
+    let work = dir.join("work");
+    let manifest = assemble::build(&inputs, &work, &out, &[Format::Raw]).unwrap();
+
+    let ext_size = std::fs::metadata(&ext_img).unwrap().len();
+    assert_eq!(manifest.extensions.len(), 1);
+    let entry = &manifest.extensions[0];
+    assert_eq!((entry.name.as_str(), entry.size), ("hello", ext_size));
+    assert_eq!(
+        manifest.root.data_blocks * 4096,
+        entry.offset + entry.size,
+        "the verity data ends with the extension"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(json["extensions"][0]["name"], "hello");
+
+    // The slot as written to the disk: verifies as a whole, and the walk finds the extension.
+    let disk = out.join("berth.img");
+    let gpt = Gpt::read(&mut File::open(&disk).unwrap()).unwrap();
+    let root_a = gpt.find("berth-root-a").unwrap();
+    let slot = dir.join("slot-a");
+    extract(&disk, root_a.offset(), manifest.root.total_size, &slot);
+    let verify = run(Command::new("veritysetup")
+        .arg("verify")
+        .arg(format!(
+            "--hash-offset={}",
+            manifest.root.data_blocks * 4096
+        ))
+        .arg(&slot)
+        .arg(&slot)
+        .arg(&manifest.root.root_hash));
+    assert!(verify.status.success());
+    let data = std::fs::read(&slot).unwrap();
+    let data = &data[..(manifest.root.data_blocks * 4096) as usize];
+    let chain = berth_formats::extension::walk(data, data.len() as u64).unwrap();
+    let found: Vec<_> = chain
+        .entries
+        .iter()
+        .map(|e| e.as_ref().unwrap().clone())
+        .collect();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name, "hello");
+    assert_eq!(found[0].data_offset(), entry.offset);
+    let placed = &data[entry.offset as usize..(entry.offset + entry.size) as usize];
+    assert!(placed == std::fs::read(&ext_img).unwrap());
+
+    // An update bundle of this slot: its tree check covers the extension too.
+    keys::generate(&dir.join("keys"), "test").unwrap();
+    let verity = &manifest.root;
+    bundle::create(&bundle::CreateOptions {
+        key: dir.join("keys/test.key"),
+        root: work.join("root-a.img"),
+        kernel,
+        os_version: "0.0.1".into(),
+        build_id: "b".into(),
+        min_from_version: "0.0.0".into(),
+        kernel_release: "test".into(),
+        verity: VerityInfo {
+            hash: berth_image::verity::HASH.into(),
+            data_blocks: verity.data_blocks,
+            hash_offset_blocks: verity.hash_offset_blocks,
+            root_hash: verity.root_hash.clone(),
+            salt: verity.salt.clone(),
+        },
+        boot_args: "console=ttyS0".into(),
+        out: dir.join("u.bundle"),
+    })
+    .unwrap();
 
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -91,6 +91,7 @@ impl Init {
             Mode::Host { .. } => "host",
         };
         let mut system = SystemInfo::new(VERSION, mode, boot.hostname.clone());
+        system.extensions = std::mem::take(&mut boot.extensions);
         let mut api = match ApiServer::bind(&boot.paths.api_socket, &mut events) {
             Ok(api) => {
                 info!("control API on {}", boot.paths.api_socket.display());

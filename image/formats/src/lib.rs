@@ -4,10 +4,11 @@
 //!
 //! [`gpt`] (read and grow the partition table), [`guid`], [`grubenv`] (the A/B boot state),
 //! [`bootcfg`] (a slot's GRUB boot configuration), [`bundle`] (reading and verifying signed
-//! update bundles).
+//! update bundles), [`extension`] (system extensions chained after the root erofs in a slot).
 
 pub mod bootcfg;
 pub mod bundle;
+pub mod extension;
 pub mod gpt;
 pub mod grubenv;
 pub mod guid;

@@ -143,9 +143,24 @@ fn status(client: &Client, o: &Options) -> Result {
                 ),
             ),
             ("remote API", cell(&v["remote_api"])),
+            ("extensions", extension_names(&v["extensions"])),
         ])
     });
     Ok(())
+}
+
+/// `containerd, hello` from `/v1/system`'s extensions; `-` when there are none.
+fn extension_names(v: &Value) -> String {
+    let names: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    match names.is_empty() {
+        true => "-".into(),
+        false => names.join(", "),
+    }
 }
 
 fn units(client: &Client, o: &Options) -> Result {
@@ -919,6 +934,14 @@ pub fn check(files: &[String]) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_lists_extension_names() {
+        let v = json!([{"name": "containerd", "size": 4096}, {"name": "hello", "size": 8192}]);
+        assert_eq!(extension_names(&v), "containerd, hello");
+        assert_eq!(extension_names(&json!([])), "-");
+        assert_eq!(extension_names(&Value::Null), "-");
+    }
 
     #[test]
     fn update_status_rows_show_state_attempts_and_flags() {

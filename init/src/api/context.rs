@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::http::Response;
 use super::jobs::Jobs;
 use super::log_cursor::LogCursor;
+use crate::boot::extensions::MountedExtension;
 use crate::boot::Paths;
 use crate::event::Reactor;
 use crate::shutdown::PowerAction;
@@ -31,6 +32,8 @@ pub struct SystemInfo {
     pub boot_duration: Option<Duration>,
     /// The mutual-TLS listener's address, when there is one.
     pub remote_api: Option<SocketAddr>,
+    /// System extensions mounted at boot.
+    pub extensions: Vec<MountedExtension>,
 }
 
 impl SystemInfo {
@@ -49,6 +52,7 @@ impl SystemInfo {
             boot_id,
             boot_duration: None,
             remote_api: None,
+            extensions: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::context::{ApiContext, Params, Reply};
 use super::http::{Request, Response};
+use crate::boot::extensions::MountedExtension;
 use crate::shutdown::PowerAction;
 use crate::supervisor::State;
 
@@ -19,6 +20,7 @@ struct SystemBody<'a> {
     remote_api: Option<String>,
     shutting_down: bool,
     units: UnitCounts,
+    extensions: &'a [MountedExtension],
 }
 
 #[derive(Serialize, Default)]
@@ -52,6 +54,7 @@ pub fn get(_: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
             remote_api: sys.remote_api.map(|a| a.to_string()),
             shutting_down: ctx.supervisor.shutting_down(),
             units: counts,
+            extensions: &sys.extensions,
         },
     )
     .into()

@@ -1,12 +1,14 @@
 //! Boot: the named phases that run before supervision starts. PID 1 and host mode run
 //! different lists; everything after them (loading units, the event loop) is shared.
 //!
-//! The storage phases ([`storage`]: /tmp, the state partition, the config drive) run only on
-//! a machine booted from a Berth disk; marking the boot good, the ACPI power button and the
+//! [`extensions`] mounts the system extensions of the slot the root is on. The storage phases
+//! ([`storage`]: /tmp, the state partition, the config drive) run only on a machine booted
+//! from a Berth disk; marking the boot good, the ACPI power button and the
 //! watchdog live in `crate::platform`, on the event loop.
 
 pub mod code_pages;
 pub mod emergency;
+pub mod extensions;
 pub mod mounts;
 pub mod net;
 pub mod storage;
@@ -41,6 +43,8 @@ pub enum BootError {
     State(#[from] crate::disk::statefs::StateError),
     #[error("config drive: {0}")]
     ConfigDrive(#[from] crate::disk::configdrive::ConfigDriveError),
+    #[error("system extensions: {0}")]
+    Extensions(#[from] extensions::ExtensionError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +127,8 @@ pub struct Boot {
     /// Armed by the second boot phase on a machine booted from a Berth disk; fed by the
     /// event loop from then on (`crate::platform`).
     pub watchdog: Option<Watchdog>,
+    /// System extensions mounted from the root's slot (`extensions`).
+    pub extensions: Vec<extensions::MountedExtension>,
 }
 
 impl Boot {
@@ -135,6 +141,7 @@ impl Boot {
             cgroups: None,
             hostname: String::new(),
             watchdog: None,
+            extensions: Vec::new(),
         }
     }
 }
@@ -158,6 +165,7 @@ const fn phase(
 pub fn pid1_phases() -> Vec<Phase> {
     vec![
         phase("mount-kernel-filesystems", true, mount_kernel_filesystems),
+        phase("mount-extensions", false, extensions::mount_extensions),
         phase("arm-watchdog", false, arm_watchdog),
         phase("enable-cgroup-controllers", false, enable_cgroups),
         phase("disable-ctrl-alt-del", false, disable_ctrl_alt_del),

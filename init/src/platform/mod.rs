@@ -5,6 +5,7 @@
 //! `update.health_deadline` retire the slot and reboot into the other one.
 
 pub mod bootgood;
+pub mod devmapper;
 pub mod powerbutton;
 pub mod watchdog;
 
