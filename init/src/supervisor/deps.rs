@@ -17,6 +17,11 @@ use crate::reaper::ExitStatus;
 /// thousands of units) leaves in one write per turn, so the slice bounds its latency too.
 pub(super) const START_BATCH: usize = 256;
 const START_SLICE: Duration = Duration::from_millis(5);
+/// At boot, system units nothing waits for (an admin shell, a time daemon) start once the
+/// container setups under way are done, or this long after the first start at the latest:
+/// with one CPU their fork and exec would slow those setups, and the applications are what
+/// the boot is for. Later starts are never held.
+pub(super) const BOOT_HOLD: Duration = Duration::from_secs(1);
 
 /// What one `advance` may still start.
 struct Budget {
@@ -197,6 +202,15 @@ impl Supervisor {
         if !matches!(s.phase, Phase::Inactive { .. }) {
             return false;
         }
+        let leaf_system = unit.is_system() && s.dependents.is_empty();
+        if leaf_system && self.boot_hold(now, r) {
+            self.slots[i].phase = Phase::Inactive {
+                note: "waiting for container setups (boot)".into(),
+            };
+            return false;
+        }
+        let s = &self.slots[i];
+        let Some(unit) = &s.unit else { return false };
         let waiting: Vec<&str> = unit
             .ordered_after()
             .filter(|d| self.dep_state(d) == DepState::Pending)
@@ -209,6 +223,25 @@ impl Supervisor {
             self.slots[i].phase = Phase::Inactive { note };
             false
         }
+    }
+}
+
+impl Supervisor {
+    /// Whether a leaf system unit's start waits now (see [`BOOT_HOLD`]): within the boot's
+    /// hold, while a container unit prepares. Arms one start pass for the hold's end.
+    fn boot_hold(&mut self, now: Instant, r: &mut dyn Reactor) -> bool {
+        let Some(until) = self.boot_hold_until.filter(|&u| now < u) else {
+            return false;
+        };
+        let preparing = self.slots.iter().any(|s| {
+            matches!(s.phase, Phase::Preparing { .. })
+                && s.unit.as_ref().is_some_and(|u| !u.is_system())
+        });
+        if preparing && !self.hold_timer {
+            self.hold_timer = true;
+            r.schedule(until, Timer::StartUnits);
+        }
+        preparing
     }
 }
 
