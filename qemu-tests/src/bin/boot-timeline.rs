@@ -40,7 +40,13 @@ fn parse_milestones(dmesg: &str, pid1_s: f64) -> Vec<(String, f64)> {
         };
         // Pids differ between boots; the rest of a line names the same step.
         let message = message.split(", pid ").next().unwrap_or(message).trim();
-        if message.contains(": setup total ") {
+        // The setup line, timed: its end, and (with its total) when the setup task began.
+        if let Some((unit, rest)) = message.split_once(": setup total ") {
+            let at_ms = (at - pid1_s) * 1000.0;
+            if let Some(total) = rest.split(' ').next().and_then(|t| t.parse::<f64>().ok()) {
+                out.push((format!("{unit}: setup began"), at_ms - total));
+            }
+            out.push((format!("{unit}: setup done"), at_ms));
             continue;
         }
         out.push((message.to_string(), (at - pid1_s) * 1000.0));
@@ -307,10 +313,14 @@ mod tests {
                 "berth-init 0.1.0 starting (PID 1)",
                 "boot: mount-tmp done",
                 "unit network: started",
+                "unit demo-web: setup began",
+                "unit demo-web: setup done",
                 "unit demo-web: started"
             ]
         );
-        assert!((m[3].1 - 800.0).abs() < 1e-6, "{m:?}");
+        assert!((m[3].1 - 749.0).abs() < 1e-6, "{m:?}");
+        assert!((m[4].1 - 750.0).abs() < 1e-6, "{m:?}");
+        assert!((m[5].1 - 800.0).abs() < 1e-6, "{m:?}");
     }
 
     #[test]
