@@ -59,10 +59,14 @@ fn err(what: impl std::fmt::Display) -> LaunchError {
 }
 
 impl ContainerLauncher {
+    /// `network_dir` holds the bridge network's allocations: on a tmpfs that lives as long
+    /// as the kernel's links and nftables table (no fsync'd file on the state partition in
+    /// each container's start).
     pub fn new(
         state: &Path,
         machine_config: &Path,
         runtime_root: PathBuf,
+        network_dir: PathBuf,
         runtime_bin: PathBuf,
     ) -> ContainerLauncher {
         ContainerLauncher {
@@ -70,9 +74,14 @@ impl ContainerLauncher {
             state: state.to_path_buf(),
             machine_config: machine_config.to_path_buf(),
             runtime_bin,
-            bridge: BridgeNetwork::new(state.join("network")),
+            bridge: BridgeNetwork::new(network_dir),
             released: HashMap::new(),
         }
+    }
+
+    /// Where the bridge network's allocations live.
+    pub fn network_dir(&self) -> &Path {
+        &self.bridge.dir
     }
 
     fn store(&self) -> Result<Store, LaunchError> {
@@ -592,6 +601,7 @@ mod tests {
             &dir.join("state"),
             &dir.join("machine.toml"),
             root,
+            dir.join("network"),
             PathBuf::from("/bin/false"),
         );
         let text = "[container]\nimage = \"web:1\"\nnetwork = \"none\"\n";
