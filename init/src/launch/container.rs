@@ -240,14 +240,16 @@ impl ContainerLauncher {
         };
         trace::step("image lookup");
         let rootfs = self.mount_root(unit, &image)?;
+        trace::step("overlay mount");
         store
             .lease(&unit.name, &image)
             .map_err(|e| err(format!("lease image: {e}")))?;
-        trace::step("overlay mount");
+        trace::step("image lease");
         let spec = build_spec(&self.settings(unit, &image)?, &rootfs).map_err(err)?;
+        trace::step("OCI spec");
         let dir = self.dir(unit);
         let bundle = Bundle::from_spec(&dir, spec).map_err(err)?;
-        trace::step("OCI spec");
+        trace::step("OCI spec: checks");
         let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
         let pid_file = dir.join(INIT_PID_FILE);
         let opts = CreateOptions {
