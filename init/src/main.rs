@@ -168,13 +168,18 @@ fn container_launcher(boot: &Boot) -> berth_init::launch::container::ContainerLa
         Mode::Pid1 => PathBuf::from("/run/berth"),
         Mode::Host { .. } => boot.paths.state.join("run"),
     };
-    berth_init::launch::container::ContainerLauncher::new(
+    let launcher = berth_init::launch::container::ContainerLauncher::new(
         &boot.paths.state,
         &boot.paths.machine_config,
         run.join("runtime"),
         run.join("network"),
         boot.paths.runtime_bin.clone(),
-    )
+    );
+    match boot.mode {
+        // /run is a tmpfs and the mounts are PID 1's: nothing of a container outlives a boot.
+        Mode::Pid1 => launcher.boot_scoped(),
+        Mode::Host { .. } => launcher,
+    }
 }
 
 #[cfg(test)]
