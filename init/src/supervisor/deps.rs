@@ -18,9 +18,10 @@ use crate::reaper::ExitStatus;
 pub(super) const START_BATCH: usize = 256;
 const START_SLICE: Duration = Duration::from_millis(5);
 /// At boot, system units nothing waits for (an admin shell, a time daemon) start once the
-/// container setups under way are done, or this long after the first start at the latest:
-/// with one CPU their fork and exec would slow those setups, and the applications are what
-/// the boot is for. Later starts are never held.
+/// containers being started are up (set up, and healthy when they have a health check), or
+/// this long after the first start at the latest: with one CPU their fork and exec would slow
+/// those setups and the applications' first steps, and the applications are what the boot is
+/// for. Later starts are never held.
 pub(super) const BOOT_HOLD: Duration = Duration::from_secs(1);
 
 /// What one `advance` may still start.
@@ -228,14 +229,21 @@ impl Supervisor {
 
 impl Supervisor {
     /// Whether a leaf system unit's start waits now (see [`BOOT_HOLD`]): within the boot's
-    /// hold, while a container unit prepares. Arms one start pass for the hold's end.
+    /// hold, while a container unit prepares or awaits its first healthy check. Arms one
+    /// start pass for the hold's end.
     fn boot_hold(&mut self, now: Instant, r: &mut dyn Reactor) -> bool {
         let Some(until) = self.boot_hold_until.filter(|&u| now < u) else {
             return false;
         };
         let preparing = self.slots.iter().any(|s| {
-            matches!(s.phase, Phase::Preparing { .. })
-                && s.unit.as_ref().is_some_and(|u| !u.is_system())
+            let Some(unit) = s.unit.as_ref().filter(|u| !u.is_system()) else {
+                return false;
+            };
+            match s.phase {
+                Phase::Preparing { .. } => true,
+                Phase::Running { .. } => unit.health.is_some() && s.phase.state() != State::Healthy,
+                _ => false,
+            }
         });
         if preparing && !self.hold_timer {
             self.hold_timer = true;

@@ -235,6 +235,28 @@ fn at_boot_leaf_system_units_wait_for_the_container_setup() {
 }
 
 #[test]
+fn at_boot_leaf_system_units_wait_for_a_container_to_be_healthy() {
+    let mut h = Harness::new(&[
+        ("admin", "[container]\ncommand = [\"sh\"]\n"),
+        (
+            "web",
+            "[container]\nimage = \"web:1\"\ncommand = [\"prepare\"]\n\
+             [health]\nexec = [\"check\"]\ninterval = \"1s\"\n",
+        ),
+    ]);
+    h.start();
+    let task = h.rec.borrow().next_pid;
+    h.exit(task, ExitStatus::Exited(0));
+    assert_eq!(h.started(), ["web"], "running, not yet healthy");
+    // The first health check runs soon after the start and passes.
+    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    let check = h.rec.borrow().health[0].1;
+    h.exit(check, ExitStatus::Exited(0));
+    assert_eq!(h.state("web"), State::Healthy);
+    assert_eq!(h.started(), ["web", "admin"]);
+}
+
+#[test]
 fn the_boot_hold_ends_at_its_deadline_and_never_holds_later_starts() {
     let mut h = boot_with_a_container_setup();
     h.start();
