@@ -206,7 +206,7 @@ impl Supervisor {
         let leaf_system = unit.is_system() && s.dependents.is_empty();
         if leaf_system && self.boot_hold(now, r) {
             self.slots[i].phase = Phase::Inactive {
-                note: "waiting for container setups (boot)".into(),
+                note: "waiting for containers to come up (boot)".into(),
             };
             return false;
         }
@@ -235,16 +235,19 @@ impl Supervisor {
         let Some(until) = self.boot_hold_until.filter(|&u| now < u) else {
             return false;
         };
-        let preparing = self.slots.iter().any(|s| {
-            let Some(unit) = s.unit.as_ref().filter(|u| !u.is_system()) else {
-                return false;
-            };
-            match s.phase {
+        // Container units lead the start order: the scan stops at the first system unit, so a
+        // boot with thousands of system units and no container pays nothing here.
+        let slots = &self.slots;
+        let preparing = self
+            .order
+            .iter()
+            .map(|&i| &slots[i])
+            .map_while(|s| Some((s, s.unit.as_ref().filter(|u| !u.is_system())?)))
+            .any(|(s, unit)| match s.phase {
                 Phase::Preparing { .. } => true,
                 Phase::Running { .. } => unit.health.is_some() && s.phase.state() != State::Healthy,
                 _ => false,
-            }
-        });
+            });
         if preparing && !self.hold_timer {
             self.hold_timer = true;
             r.schedule(until, Timer::StartUnits);

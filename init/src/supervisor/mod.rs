@@ -101,8 +101,8 @@ pub struct Supervisor {
     pipes: Pipes,
     log_policy: LogPolicy,
     shutting_down: bool,
-    /// Until when, at boot, system units nothing waits for hold their start while a
-    /// container's setup runs (see `deps::BOOT_HOLD`); set by the first `start_all`.
+    /// Until when, at boot, system units nothing waits for hold their start while containers
+    /// come up (see `deps::BOOT_HOLD`); set by the first `start_all`.
     boot_hold_until: Option<Instant>,
     /// A [`Timer::StartUnits`] at `boot_hold_until` is pending.
     hold_timer: bool,

@@ -225,7 +225,7 @@ fn at_boot_leaf_system_units_wait_for_the_container_setup() {
     assert_eq!(h.state("web"), State::Starting);
     assert_eq!(
         h.sup.status("admin").unwrap().detail,
-        "waiting for container setups (boot)"
+        "waiting for containers to come up (boot)"
     );
     // The setup is done: the container runs, and the held units start behind it.
     // web's setup task has the last pid handed out.
