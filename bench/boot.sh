@@ -3,6 +3,7 @@
 # kernel start, PID 1 start, first container, demo HTTP 200 (kernel timestamps + wall clock),
 # berth-init's RSS; raw, qcow2 and compressed image sizes; the demo container's setup step by step
 # and berth-init's milestones from PID 1 to it (tables, guest clock). Usage: bench/boot.sh [RUNS]
+# (BERTH_TIMELINE_MACHINES=bios1,uefi1 boots only those machines; default all four.)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 cd "$BERTH_ROOT"

@@ -159,25 +159,52 @@ fn fail(pid1: bool, reason: &str) -> ! {
 }
 
 /// Units with an image run through berth-runtime's library. Its state lives in
-/// /run/berth/runtime (host mode: DIR/state/run/runtime); images are pulled by the
-/// berth-runtime binary (host mode: the one beside berth-init, or $BERTH_RUNTIME).
+/// /run/berth/runtime (host mode: DIR/state/run/runtime), the bridge network's address and
+/// port allocations beside it in /run/berth/network: like the links and the nftables table
+/// they describe, they last until the next boot. Images are pulled by the berth-runtime
+/// binary (host mode: the one beside berth-init, or $BERTH_RUNTIME).
 fn container_launcher(boot: &Boot) -> berth_init::launch::container::ContainerLauncher {
-    let root = match &boot.mode {
-        Mode::Pid1 => PathBuf::from("/run/berth/runtime"),
-        Mode::Host { .. } => boot.paths.state.join("run/runtime"),
+    let run = match &boot.mode {
+        Mode::Pid1 => PathBuf::from("/run/berth"),
+        Mode::Host { .. } => boot.paths.state.join("run"),
     };
-    berth_init::launch::container::ContainerLauncher::new(
+    let launcher = berth_init::launch::container::ContainerLauncher::new(
         &boot.paths.state,
         &boot.paths.machine_config,
-        root,
+        run.join("runtime"),
+        run.join("network"),
         boot.paths.runtime_bin.clone(),
-    )
+    );
+    match boot.mode {
+        // /run is a tmpfs and the mounts are PID 1's: nothing of a container outlives a boot.
+        Mode::Pid1 => launcher.boot_scoped(),
+        Mode::Host { .. } => launcher,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn network_allocations_live_on_the_run_tmpfs_not_on_the_state_partition() {
+        let pid1 = Boot::new(Mode::Pid1);
+        assert_eq!(
+            container_launcher(&pid1).network_dir(),
+            std::path::Path::new("/run/berth/network")
+        );
+        let host = Boot::new(Mode::Host {
+            root: PathBuf::from("/tmp/berth-host"),
+        });
+        assert_eq!(
+            container_launcher(&host).network_dir(),
+            host.paths.state.join("run/network")
+        );
+        assert!(!container_launcher(&host)
+            .network_dir()
+            .starts_with(host.paths.state.join("network")));
+    }
 
     fn parse(a: &[&str], pid1: bool) -> Result<Command, String> {
         parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), pid1)

@@ -10,7 +10,7 @@
 //! inside the container and cleanup deletes the container, its network and its mount, both in
 //! tasks too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -52,6 +52,12 @@ pub struct ContainerLauncher {
     /// Read ends of the exec FIFOs of released containers, kept open until the unit's cleanup
     /// so that an init released but not yet past its write never meets a FIFO without reader.
     released: HashMap<String, OwnedFd>,
+    /// The runtime state, the network allocations and the mounts end with the boot (PID 1:
+    /// they live on /run and in the kernel), so a container that was never prepared since
+    /// boot has nothing of its own left to remove.
+    boot_scoped: bool,
+    /// Units prepared since this launcher was made.
+    prepared: HashSet<String>,
 }
 
 fn err(what: impl std::fmt::Display) -> LaunchError {
@@ -59,10 +65,14 @@ fn err(what: impl std::fmt::Display) -> LaunchError {
 }
 
 impl ContainerLauncher {
+    /// `network_dir` holds the bridge network's allocations: on a tmpfs that lives as long
+    /// as the kernel's links and nftables table (no fsync'd file on the state partition in
+    /// each container's start).
     pub fn new(
         state: &Path,
         machine_config: &Path,
         runtime_root: PathBuf,
+        network_dir: PathBuf,
         runtime_bin: PathBuf,
     ) -> ContainerLauncher {
         ContainerLauncher {
@@ -70,9 +80,30 @@ impl ContainerLauncher {
             state: state.to_path_buf(),
             machine_config: machine_config.to_path_buf(),
             runtime_bin,
-            bridge: BridgeNetwork::new(state.join("network")),
+            bridge: BridgeNetwork::new(network_dir),
             released: HashMap::new(),
+            boot_scoped: false,
+            prepared: HashSet::new(),
         }
+    }
+
+    /// Declares the runtime root, the network directory and the mounts as ending with the
+    /// boot (PID 1), so the first start of a container since boot skips leftover removal.
+    pub fn boot_scoped(mut self) -> ContainerLauncher {
+        self.boot_scoped = true;
+        self
+    }
+
+    /// Whether a start of `unit` may find a container, network attachment or mount left by
+    /// an earlier start (or a crash); counts this start as one.
+    fn leftovers_possible(&mut self, unit: &str) -> bool {
+        let first = self.prepared.insert(unit.to_string());
+        !(self.boot_scoped && first)
+    }
+
+    /// Where the bridge network's allocations live.
+    pub fn network_dir(&self) -> &Path {
+        &self.bridge.dir
     }
 
     fn store(&self) -> Result<Store, LaunchError> {
@@ -214,11 +245,15 @@ impl ContainerLauncher {
 
     /// The preparation task: from the image to a created container whose init waits on the
     /// exec FIFO, with its network attached. `out` is the unit log's pipe.
-    fn prepare(&self, unit: &Unit, out: RawFd) -> Result<(), LaunchError> {
+    fn prepare(&self, unit: &Unit, out: RawFd, leftovers: bool) -> Result<(), LaunchError> {
         let ports = Self::ports(unit)?;
         let store = self.store()?;
-        // A container of the same name left by a crash (or a killed cleanup) goes first.
-        self.remove_with(unit, Some(&store));
+        // A container of the same name left by a crash (or a killed cleanup) goes first. An
+        // image lease left by an earlier boot needs no removal: the lease below replaces it,
+        // and a failed start releases it.
+        if leftovers {
+            self.remove_with(unit, Some(&store));
+        }
         let reference = Self::reference(unit)?;
         let image = match store.resolve_reference(reference) {
             Ok(image) => image,
@@ -231,14 +266,16 @@ impl ContainerLauncher {
         };
         trace::step("image lookup");
         let rootfs = self.mount_root(unit, &image)?;
+        trace::step("overlay mount");
         store
             .lease(&unit.name, &image)
             .map_err(|e| err(format!("lease image: {e}")))?;
-        trace::step("overlay mount");
+        trace::step("image lease");
         let spec = build_spec(&self.settings(unit, &image)?, &rootfs).map_err(err)?;
+        trace::step("OCI spec");
         let dir = self.dir(unit);
         let bundle = Bundle::from_spec(&dir, spec).map_err(err)?;
-        trace::step("OCI spec");
+        trace::step("OCI spec: checks");
         let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
         let pid_file = dir.join(INIT_PID_FILE);
         let opts = CreateOptions {
@@ -313,9 +350,9 @@ impl ContainerLauncher {
 
     /// Runs [`Self::prepare`] and reports a failure in the unit log and for the API, after
     /// removing what it left. The task's exit code.
-    fn prepare_task(&self, unit: &Unit, out: RawFd) -> i32 {
+    fn prepare_task(&self, unit: &Unit, out: RawFd, leftovers: bool) -> i32 {
         trace::begin();
-        match self.prepare(unit, out) {
+        match self.prepare(unit, out, leftovers) {
             Ok(()) => {
                 // One line per start: which step a slow start spent its time in.
                 if let Some(done) = trace::finish() {
@@ -496,8 +533,9 @@ impl Launcher for ContainerLauncher {
         let (r, w) = output_pipe()?;
         let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
         let out = w.as_raw_fd();
+        let leftovers = self.leftovers_possible(&unit.name);
         let pid = fork_task([null.as_raw_fd(), out, out], || {
-            self.prepare_task(unit, out)
+            self.prepare_task(unit, out, leftovers)
         })
         .map_err(|source| LaunchError::Spawn {
             command: format!("container setup of {}", unit.name),
@@ -580,6 +618,28 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn only_a_first_start_since_boot_skips_leftover_removal() {
+        let dir = crate::testutil::scratch_dir("container-leftovers");
+        let new = || {
+            ContainerLauncher::new(
+                &dir.join("state"),
+                &dir.join("machine.toml"),
+                dir.join("runtime"),
+                dir.join("network"),
+                PathBuf::from("/bin/false"),
+            )
+        };
+        let mut pid1 = new().boot_scoped();
+        assert!(!pid1.leftovers_possible("web"), "first start since boot");
+        assert!(pid1.leftovers_possible("web"), "a restart");
+        assert!(!pid1.leftovers_possible("db"));
+        // Host mode: an earlier berth-init on this host may have left anything.
+        let mut host = new();
+        assert!(host.leftovers_possible("web"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_cleanup_that_blocks_does_not_block_the_caller() {
         let dir = crate::testutil::scratch_dir("container-cleanup");
         let root = dir.join("runtime");
@@ -592,6 +652,7 @@ mod tests {
             &dir.join("state"),
             &dir.join("machine.toml"),
             root,
+            dir.join("network"),
             PathBuf::from("/bin/false"),
         );
         let text = "[container]\nimage = \"web:1\"\nnetwork = \"none\"\n";

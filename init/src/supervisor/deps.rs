@@ -17,6 +17,12 @@ use crate::reaper::ExitStatus;
 /// thousands of units) leaves in one write per turn, so the slice bounds its latency too.
 pub(super) const START_BATCH: usize = 256;
 const START_SLICE: Duration = Duration::from_millis(5);
+/// At boot, system units nothing waits for (an admin shell, a time daemon) start once the
+/// containers being started are up (set up, and healthy when they have a health check), or
+/// this long after the first start at the latest: with one CPU their fork and exec would slow
+/// those setups and the applications' first steps, and the applications are what the boot is
+/// for. Later starts are never held.
+pub(super) const BOOT_HOLD: Duration = Duration::from_secs(1);
 
 /// What one `advance` may still start.
 struct Budget {
@@ -197,6 +203,15 @@ impl Supervisor {
         if !matches!(s.phase, Phase::Inactive { .. }) {
             return false;
         }
+        let leaf_system = unit.is_system() && s.dependents.is_empty();
+        if leaf_system && self.boot_hold(now, r) {
+            self.slots[i].phase = Phase::Inactive {
+                note: "waiting for containers to come up (boot)".into(),
+            };
+            return false;
+        }
+        let s = &self.slots[i];
+        let Some(unit) = &s.unit else { return false };
         let waiting: Vec<&str> = unit
             .ordered_after()
             .filter(|d| self.dep_state(d) == DepState::Pending)
@@ -209,6 +224,35 @@ impl Supervisor {
             self.slots[i].phase = Phase::Inactive { note };
             false
         }
+    }
+}
+
+impl Supervisor {
+    /// Whether a leaf system unit's start waits now (see [`BOOT_HOLD`]): within the boot's
+    /// hold, while a container unit prepares or awaits its first healthy check. Arms one
+    /// start pass for the hold's end.
+    fn boot_hold(&mut self, now: Instant, r: &mut dyn Reactor) -> bool {
+        let Some(until) = self.boot_hold_until.filter(|&u| now < u) else {
+            return false;
+        };
+        // Container units lead the start order: the scan stops at the first system unit, so a
+        // boot with thousands of system units and no container pays nothing here.
+        let slots = &self.slots;
+        let preparing = self
+            .order
+            .iter()
+            .map(|&i| &slots[i])
+            .map_while(|s| Some((s, s.unit.as_ref().filter(|u| !u.is_system())?)))
+            .any(|(s, unit)| match s.phase {
+                Phase::Preparing { .. } => true,
+                Phase::Running { .. } => unit.health.is_some() && s.phase.state() != State::Healthy,
+                _ => false,
+            });
+        if preparing && !self.hold_timer {
+            self.hold_timer = true;
+            r.schedule(until, Timer::StartUnits);
+        }
+        preparing
     }
 }
 

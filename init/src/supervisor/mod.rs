@@ -101,6 +101,11 @@ pub struct Supervisor {
     pipes: Pipes,
     log_policy: LogPolicy,
     shutting_down: bool,
+    /// Until when, at boot, system units nothing waits for hold their start while containers
+    /// come up (see `deps::BOOT_HOLD`); set by the first `start_all`.
+    boot_hold_until: Option<Instant>,
+    /// A [`Timer::StartUnits`] at `boot_hold_until` is pending.
+    hold_timer: bool,
     /// Units whose removal completed, for [`Supervisor::take_removed`].
     removed_units: Vec<Removed>,
 }
@@ -150,6 +155,8 @@ impl Supervisor {
             pipes: Pipes::default(),
             log_policy,
             shutting_down: false,
+            boot_hold_until: None,
+            hold_timer: false,
             removed_units: Vec::new(),
         }
     }

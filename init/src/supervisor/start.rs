@@ -13,6 +13,9 @@ use crate::reaper::ExitStatus;
 impl Supervisor {
     /// Wants every valid unit and starts those whose dependencies are up.
     pub fn start_all(&mut self, now: Instant, r: &mut dyn Reactor) {
+        if self.boot_hold_until.is_none() {
+            self.boot_hold_until = Some(crate::event::after(now, super::deps::BOOT_HOLD));
+        }
         for slot in &mut self.slots {
             if slot.error.is_none() {
                 slot.wanted = true;

@@ -203,6 +203,85 @@ fn a_container_starts_right_behind_the_system_unit_it_waits_for() {
     assert_eq!(h.started(), ["net", "web", "admin", "time"]);
 }
 
+/// At boot: an admin shell and a time daemon (nothing waits for them), the network unit and
+/// a container after it whose start has a setup step.
+fn boot_with_a_container_setup() -> Harness {
+    Harness::new(&[
+        ("admin", "[container]\ncommand = [\"sh\"]\n"),
+        ("net", "[container]\ncommand = [\"dhcp\"]\n"),
+        ("time", "[container]\ncommand = [\"ntpd\"]\n"),
+        (
+            "web",
+            "[unit]\nafter = [\"net\"]\n[container]\nimage = \"web:1\"\ncommand = [\"prepare\"]\n",
+        ),
+    ])
+}
+
+#[test]
+fn at_boot_leaf_system_units_wait_for_the_container_setup() {
+    let mut h = boot_with_a_container_setup();
+    h.start();
+    assert_eq!(h.started(), ["net"]);
+    assert_eq!(h.state("web"), State::Starting);
+    assert_eq!(
+        h.sup.status("admin").unwrap().detail,
+        "waiting for containers to come up (boot)"
+    );
+    // The setup is done: the container runs, and the held units start behind it.
+    // web's setup task has the last pid handed out.
+    let task = h.rec.borrow().next_pid;
+    h.exit(task, ExitStatus::Exited(0));
+    assert_eq!(h.started(), ["net", "web", "admin", "time"]);
+}
+
+#[test]
+fn at_boot_leaf_system_units_wait_for_a_container_to_be_healthy() {
+    let mut h = Harness::new(&[
+        ("admin", "[container]\ncommand = [\"sh\"]\n"),
+        (
+            "web",
+            "[container]\nimage = \"web:1\"\ncommand = [\"prepare\"]\n\
+             [health]\nexec = [\"check\"]\ninterval = \"1s\"\n",
+        ),
+    ]);
+    h.start();
+    let task = h.rec.borrow().next_pid;
+    h.exit(task, ExitStatus::Exited(0));
+    assert_eq!(h.started(), ["web"], "running, not yet healthy");
+    // The first health check runs soon after the start and passes.
+    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    let check = h.rec.borrow().health[0].1;
+    h.exit(check, ExitStatus::Exited(0));
+    assert_eq!(h.state("web"), State::Healthy);
+    assert_eq!(h.started(), ["web", "admin"]);
+}
+
+#[test]
+fn the_boot_hold_ends_at_its_deadline_and_never_holds_later_starts() {
+    let mut h = boot_with_a_container_setup();
+    h.start();
+    assert_eq!(h.started(), ["net"]);
+    // One start pass is armed for the end of the hold, however many units wait.
+    let armed: Vec<Instant> = h
+        .timers
+        .0
+        .iter()
+        .filter(|(_, t)| matches!(t, Timer::StartUnits))
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(armed, [h.now + super::deps::BOOT_HOLD]);
+    h.now = armed[0];
+    h.sup.on_start_timer(h.now, &mut h.timers);
+    assert_eq!(h.started(), ["net", "admin", "time"], "web still prepares");
+    // After the boot's hold, a system unit started on request does not wait for a setup.
+    h.sup.stop_unit("admin", h.now, &mut h.timers);
+    let admin = h.rec.borrow().started[1].1;
+    h.exit(admin, ExitStatus::Signaled(15));
+    assert!(h.sup.start_unit("admin", h.now, &mut h.timers));
+    assert_eq!(h.started(), ["net", "admin", "time", "admin"]);
+    assert_eq!(h.state("web"), State::Starting);
+}
+
 #[test]
 fn crash_loop_backs_off_then_hits_the_start_limit() {
     let mut h = Harness::new(&[

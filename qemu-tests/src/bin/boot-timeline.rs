@@ -3,7 +3,8 @@
 //! since QEMU started; berth-init's RSS; and the demo container's setup, step by step (the
 //! line berth-init logs per container start), and berth-init's own milestones from PID 1 to the
 //! demo container (its kmsg lines: boot phases, units loaded, each unit started). Usage:
-//! boot-timeline [RUNS] (default 3).
+//! boot-timeline [RUNS] (default 3). `BERTH_TIMELINE_MACHINES=bios1,uefi1` boots only those
+//! machines (firmware and vCPU count; default all four), for quicker before/after comparisons.
 
 use std::time::Duration;
 
@@ -39,7 +40,13 @@ fn parse_milestones(dmesg: &str, pid1_s: f64) -> Vec<(String, f64)> {
         };
         // Pids differ between boots; the rest of a line names the same step.
         let message = message.split(", pid ").next().unwrap_or(message).trim();
-        if message.contains(": setup total ") {
+        // The setup line, timed: its end, and (with its total) when the setup task began.
+        if let Some((unit, rest)) = message.split_once(": setup total ") {
+            let at_ms = (at - pid1_s) * 1000.0;
+            if let Some(total) = rest.split(' ').next().and_then(|t| t.parse::<f64>().ok()) {
+                out.push((format!("{unit}: setup began"), at_ms - total));
+            }
+            out.push((format!("{unit}: setup done"), at_ms));
             continue;
         }
         out.push((message.to_string(), (at - pid1_s) * 1000.0));
@@ -161,12 +168,21 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     // One vCPU as the tests boot; two as `make run` does.
-    let machines = [
+    let all_machines = [
         (Firmware::Bios, 1),
         (Firmware::Bios, 2),
         (Firmware::Uefi, 1),
         (Firmware::Uefi, 2),
     ];
+    let wanted = std::env::var("BERTH_TIMELINE_MACHINES").unwrap_or_default();
+    let machines: Vec<(Firmware, u32)> = all_machines
+        .into_iter()
+        .filter(|(f, c)| wanted.is_empty() || machine_listed(&wanted, *f, *c))
+        .collect();
+    if machines.is_empty() {
+        eprintln!("BERTH_TIMELINE_MACHINES={wanted:?} names none of bios1, bios2, uefi1, uefi2");
+        return std::process::ExitCode::FAILURE;
+    }
     // Per machine: its label and the median of each setup step, and of each milestone.
     let mut steps: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     let mut milestones: Vec<(String, Vec<(String, f64)>)> = Vec::new();
@@ -224,6 +240,13 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
+/// Whether the comma-separated `list` names the machine (`bios1`, `uefi2`, ...).
+fn machine_listed(list: &str, firmware: Firmware, cpus: u32) -> bool {
+    let name = format!("{}{cpus}", format!("{firmware:?}").to_lowercase());
+    list.split(',')
+        .any(|m| m.trim().eq_ignore_ascii_case(&name))
+}
+
 /// Each name of the first run's `series` with the median of its values over all runs.
 fn medians_by_name(all: &[Run], series: fn(&Run) -> &Vec<(String, f64)>) -> Vec<(String, f64)> {
     let Some(first) = all.first() else {
@@ -264,7 +287,15 @@ fn print_table(title: &str, steps: &[(String, Vec<(String, f64)>)], runs: usize)
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_milestones, parse_setup};
+    use super::{machine_listed, parse_milestones, parse_setup};
+    use berth_qemu_tests::Firmware;
+
+    #[test]
+    fn machines_are_picked_by_firmware_and_vcpus() {
+        assert!(machine_listed("bios1, UEFI2", Firmware::Bios, 1));
+        assert!(machine_listed("bios1, UEFI2", Firmware::Uefi, 2));
+        assert!(!machine_listed("bios1, UEFI2", Firmware::Bios, 2));
+    }
 
     #[test]
     fn milestones_are_timed_from_pid1_until_the_demo_started() {
@@ -282,10 +313,14 @@ mod tests {
                 "berth-init 0.1.0 starting (PID 1)",
                 "boot: mount-tmp done",
                 "unit network: started",
+                "unit demo-web: setup began",
+                "unit demo-web: setup done",
                 "unit demo-web: started"
             ]
         );
-        assert!((m[3].1 - 800.0).abs() < 1e-6, "{m:?}");
+        assert!((m[3].1 - 749.0).abs() < 1e-6, "{m:?}");
+        assert!((m[4].1 - 750.0).abs() < 1e-6, "{m:?}");
+        assert!((m[5].1 - 800.0).abs() < 1e-6, "{m:?}");
     }
 
     #[test]

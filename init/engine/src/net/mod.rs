@@ -221,6 +221,7 @@ impl BridgeNetwork {
     fn plumb(&self, id: &str, netns: &Path, address: Ipv4Addr) -> Result<Attachment, NetError> {
         let mut rt = link::Rtnl::open().map_err(io_err("open rtnetlink"))?;
         let bridge = self.ensure_bridge(&mut rt)?;
+        trace::step("network: bridge");
         let host = host_ifname(id);
         let ns = File::open(netns).map_err(io_err(format!("open {}", netns.display())))?;
         rt.run(link::new_veth(&host, CONTAINER_IFNAME, ns.as_raw_fd()))
