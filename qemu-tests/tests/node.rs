@@ -11,6 +11,9 @@
 //! Debian's docker-registry on the host's loopback, which the guest reaches at 10.0.2.100:5000.
 //! The guest is then checked for the container's log, and for what must not be left: shim
 //! mounts, processes in the pod's cgroups, the container's cgroup, berth-runtime state.
+//!
+//! A second machine has one byte of the extension flipped on disk: dm-verity refuses it, the
+//! extension is not mounted and brings no unit, and Berth's own units run as usual.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::Ipv4Addr;
@@ -254,6 +257,80 @@ fn node_profile_runs_a_pod_through_cri_with_berth_runtime() {
     );
     vm.run_ok("rm -f /var/lib/berth/containerd.d/test.toml", CMD)
         .unwrap();
+    berth_qemu_tests::update::power_off(&mut vm).unwrap();
+}
+
+/// Where the containerd extension's erofs starts in the image file: slot A's offset plus the
+/// extension's offset in the slot, from the image's manifest.json beside it.
+fn extension_offset(image: &Path) -> u64 {
+    let manifest = image.with_file_name("manifest.json");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let slot = m["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "berth-root-a")
+        .unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+    let ext = m["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "containerd")
+        .unwrap_or_else(|| panic!("no containerd extension in {}", manifest.display()));
+    slot + ext["offset"].as_u64().unwrap()
+}
+
+#[test]
+fn a_corrupted_extension_is_not_mounted_and_the_base_system_runs() {
+    let Some(image) = node_image_or_skip("node") else {
+        return;
+    };
+    let fx = Fixture::new("node-corrupt").unwrap();
+    let disk_path = fx.path("disk.img");
+    disk::copy_raw(&image, &disk_path, Some(DISK_SIZE)).unwrap();
+    // One byte of the extension's erofs superblock, on disk, below dm-verity.
+    let at = extension_offset(&image) + 1024 + 40;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let cfg = VmConfig::new(Firmware::Bios, disk_path);
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    let log = vm.run_ok("dmesg", CMD).unwrap();
+    assert!(log.contains("verity"), "no verity error:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("extension containerd"))
+        .unwrap_or_else(|| panic!("no line about the extension:\n{log}"));
+    assert!(!line.contains("mounted on"), "{line}");
+    let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
+    assert!(
+        !mounts.contains("/run/berth/extensions/containerd"),
+        "{mounts}"
+    );
+    // No containerd unit, and Berth's own units run as on any machine.
+    let start = std::time::Instant::now();
+    loop {
+        let units = vm.run_ok("berthctl ps", CMD).unwrap();
+        assert!(!units.contains("containerd"), "{units}");
+        if units.lines().any(|l| l.starts_with("demo-web ") && up(l)) {
+            break;
+        }
+        assert!(start.elapsed() < BOOT, "demo-web never came up:\n{units}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     berth_qemu_tests::update::power_off(&mut vm).unwrap();
 }
 
