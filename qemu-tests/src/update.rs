@@ -68,6 +68,18 @@ pub struct OtherBuild {
 impl OtherBuild {
     /// Assembles the build in `dir` (which it owns from then on).
     pub fn assemble(dir: &Path, image: &Path, version: &str, build_id: &str) -> Result<Self> {
+        Self::assemble_with(dir, image, version, build_id, &[])
+    }
+
+    /// Like [`OtherBuild::assemble`], with assembly options replaced (`(option, value)`, e.g.
+    /// another `--extension`).
+    pub fn assemble_with(
+        dir: &Path,
+        image: &Path,
+        version: &str,
+        build_id: &str,
+        overrides: &[(&str, String)],
+    ) -> Result<Self> {
         let out_dir = image
             .parent()
             .ok_or_else(|| HarnessError::Setup("image has no directory".into()))?;
@@ -121,7 +133,17 @@ impl OtherBuild {
         set(&mut args, "--work", &work.display().to_string());
         set(&mut args, "--out", &out.display().to_string());
         set(&mut args, "--formats", "raw");
-        let tool = out_dir.join("bin/berth-image");
+        for (k, v) in overrides {
+            set(&mut args, k, v);
+        }
+        // out/bin beside the image, or one level up for a profile's image (out/node/).
+        let tool = [
+            out_dir.join("bin/berth-image"),
+            out_dir.join("../bin/berth-image"),
+        ]
+        .into_iter()
+        .find(|t| t.is_file())
+        .unwrap_or_else(|| out_dir.join("bin/berth-image"));
         run_tool(Command::new(&tool).args(&args).current_dir(repo()))?;
         let kernel = value(&args, "--kernel")?;
         // Only the root and the manifest are needed from here on; the assembled disk is large.

@@ -12,7 +12,10 @@
 //! The guest is then checked for the container's log, and for what must not be left: shim
 //! mounts, processes in the pod's cgroups, the container's cgroup, berth-runtime state.
 //!
-//! A second machine has one byte of the extension flipped on disk: dm-verity refuses it, the
+//! A node updated to a build whose extension differs boots it in slot B, with containerd
+//! healthy, and a rollback brings slot A's extension back with slot A.
+//!
+//! A further machine has one byte of the extension flipped on disk: dm-verity refuses it, the
 //! extension is not mounted and brings no unit, and Berth's own units run as usual.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,7 +25,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use berth_qemu_tests::registry::Registry;
-use berth_qemu_tests::update::wait_marked_good;
+use berth_qemu_tests::update::{
+    apply_command, later_version, power_off, running_version, update_status, wait_marked_good,
+    OtherBuild, APPLY,
+};
 use berth_qemu_tests::{disk, node_image_or_skip, Firmware, Fixture, GuestForward, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -332,6 +338,101 @@ fn a_corrupted_extension_is_not_mounted_and_the_base_system_runs() {
         std::thread::sleep(Duration::from_millis(500));
     }
     berth_qemu_tests::update::power_off(&mut vm).unwrap();
+}
+
+/// The `extension-release` of the containerd extension the guest has mounted.
+fn extension_release(vm: &mut Vm) -> String {
+    vm.run_ok(
+        "cat /run/berth/extensions/containerd/extension-release",
+        CMD,
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_update_brings_its_extension_and_a_rollback_the_previous_one() {
+    let Some(image) = node_image_or_skip("node") else {
+        return;
+    };
+    let fx = Fixture::new("node-update").unwrap();
+    // The next build's extension: the image's own tree with one line more.
+    let out_dir = image.parent().unwrap();
+    let args = std::fs::read_to_string(out_dir.join("assemble.args")).unwrap();
+    let recorded = args
+        .lines()
+        .skip_while(|l| *l != "--extension")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let erofs = Path::new(recorded.split_once('=').unwrap().1);
+    let tree = erofs.with_extension("tree");
+    let next_tree = fx.path("ext-tree");
+    ok(Command::new("cp").arg("-a").arg(&tree).arg(&next_tree));
+    let release = next_tree.join("extension-release");
+    let mut text = std::fs::read_to_string(&release).unwrap();
+    text.push_str("BUILD=node-update-test\n");
+    std::fs::write(&release, text).unwrap();
+    let next_erofs = fx.path("containerd-next.erofs");
+    ok(Command::new("mkfs.erofs")
+        .args(["--quiet", "--all-root", "-T0"])
+        .arg(&next_erofs)
+        .arg(&next_tree));
+    let running = running_version();
+    let next = later_version(&running, 1);
+    let build = OtherBuild::assemble_with(
+        &fx.path("next"),
+        &image,
+        &next,
+        "node-update-test",
+        &[(
+            "--extension",
+            format!("containerd={}", next_erofs.display()),
+        )],
+    )
+    .unwrap();
+    let (bundle, bundle_len) = build.bundle("next", str::to_string).unwrap();
+
+    let disk_path = fx.path("disk.img");
+    disk::copy_raw(&image, &disk_path, Some(DISK_SIZE)).unwrap();
+    let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
+    cfg.memory_mib = 1024;
+    cfg.extra_drives.push(bundle);
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    wait_marked_good(&mut vm, "A").unwrap();
+    assert!(!extension_release(&mut vm).contains("BUILD="));
+    let applied = vm
+        .run_ok(&apply_command("/dev/vdb", bundle_len, ""), APPLY)
+        .unwrap();
+    assert!(applied.contains("\"slot\":\"B\""), "{applied}");
+    power_off(&mut vm).unwrap();
+
+    // Slot B: the new OS with its own extension; containerd (critical) healthy on it.
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for("berth: booting slot B", BOOT).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    wait_marked_good(&mut vm, "B").unwrap();
+    assert!(
+        extension_release(&mut vm).contains("BUILD=node-update-test"),
+        "slot B runs the old extension"
+    );
+    let units = vm.run_ok("berthctl ps", CMD).unwrap();
+    assert!(
+        units.lines().any(|l| l.starts_with("containerd ") && up(l)),
+        "{units}"
+    );
+
+    // Rollback: slot A again, with slot A's extension.
+    vm.run_ok("berthctl update rollback", CMD).unwrap();
+    let status = update_status(&mut vm).unwrap();
+    assert_eq!(status["next"], "A", "{status}");
+    power_off(&mut vm).unwrap();
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for("berth: booting slot A", BOOT).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    wait_marked_good(&mut vm, "A").unwrap();
+    assert!(!extension_release(&mut vm).contains("BUILD="));
+    power_off(&mut vm).unwrap();
 }
 
 #[test]
