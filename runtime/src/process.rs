@@ -10,6 +10,52 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Every capability this build knows, in the kernel's numbering (`CAP_CHOWN` is 0,
+/// `CAP_CHECKPOINT_RESTORE` 40). A running kernel may know fewer (`cap_last_cap`).
+pub const ALL_CAPABILITIES: [Capability; 41] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::LinuxImmutable,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetAdmin,
+    Capability::NetRaw,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysChroot,
+    Capability::SysPtrace,
+    Capability::SysPacct,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysNice,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Mknod,
+    Capability::Lease,
+    Capability::AuditWrite,
+    Capability::AuditControl,
+    Capability::Setfcap,
+    Capability::MacOverride,
+    Capability::MacAdmin,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+    Capability::BlockSuspend,
+    Capability::AuditRead,
+    Capability::Perfmon,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("{what}: {errno}")]
@@ -132,14 +178,21 @@ pub fn apply_identity(
     if !nnp && !filters.is_empty() {
         crate::seccomp::install(sys, filters)?;
     }
+    // Capabilities newer than the kernel are left out, as runc does: a spec written for
+    // every capability (a privileged container) must not fail on an older kernel, whose
+    // capset refuses bits it does not know.
+    let last = sys
+        .cap_last_cap()
+        .map_err(sys_err("find the last capability"))?;
+    let known = u64::MAX >> (63 - last.min(63));
     let caps = p.capabilities().as_ref();
     let bounding = mask(caps.and_then(|c| c.bounding().as_ref()))?;
     let sets = CapSets {
-        effective: mask(caps.and_then(|c| c.effective().as_ref()))?,
-        permitted: mask(caps.and_then(|c| c.permitted().as_ref()))?,
-        inheritable: mask(caps.and_then(|c| c.inheritable().as_ref()))?,
+        effective: mask(caps.and_then(|c| c.effective().as_ref()))? & known,
+        permitted: mask(caps.and_then(|c| c.permitted().as_ref()))? & known,
+        inheritable: mask(caps.and_then(|c| c.inheritable().as_ref()))? & known,
     };
-    let ambient = mask(caps.and_then(|c| c.ambient().as_ref()))?;
+    let ambient = mask(caps.and_then(|c| c.ambient().as_ref()))? & known;
     for cap in 0..64u64 {
         if bounding & (1 << cap) == 0 {
             match sys.capbset_drop(cap) {
@@ -380,11 +433,16 @@ mod tests {
         crate::seccomp::compile(&s).unwrap()
     }
 
+    /// A kernel that knows capabilities 0..=`last`.
+    fn kernel_up_to(last: u64) -> RecordingSyscall {
+        let sys = RecordingSyscall::default();
+        sys.last_cap.set(Some(last));
+        sys
+    }
+
     /// A kernel that knows capabilities 0..=40.
     fn kernel() -> RecordingSyscall {
-        let sys = RecordingSyscall::default();
-        sys.fail_on(Call::CapbsetDrop(41), Errno::EINVAL);
-        sys
+        kernel_up_to(40)
     }
 
     #[test]
@@ -539,6 +597,50 @@ mod tests {
             "{env:?}"
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn capabilities_newer_than_the_kernel_are_left_out() {
+        // Every capability this build knows, on a kernel whose last one is CAP_AUDIT_READ
+        // (37, Linux 3.16 to 5.7): capset gets only what that kernel can grant.
+        let all: Vec<String> = ALL_CAPABILITIES
+            .iter()
+            .map(|c| format!("\"CAP_{c}\""))
+            .collect();
+        let all = all.join(",");
+        let p = process(&format!(
+            r#"{{"cwd":"/","user":{{"uid":0,"gid":0}},"capabilities":{{"bounding":[{all}],
+            "effective":[{all}],"permitted":[{all}],"inheritable":[{all}],"ambient":[{all}]}}}}"#
+        ));
+        check_capabilities(&p).unwrap();
+        let sys = kernel_up_to(37);
+        apply_identity(&sys, &p, &[], false).unwrap();
+        let known = (1u64 << 38) - 1;
+        let calls = sys.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::CapbsetDrop(_))),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&Call::Capset(CapSets {
+            effective: known,
+            permitted: known,
+            inheritable: known,
+        })));
+        let raised: Vec<u64> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::AmbientRaise(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(raised, (0..=37).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn all_capabilities_are_in_kernel_order() {
+        for (i, c) in ALL_CAPABILITIES.iter().enumerate() {
+            assert_eq!(usize::from(cap_index(c).unwrap()), i, "{c}");
+        }
     }
 
     #[test]

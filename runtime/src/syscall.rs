@@ -61,6 +61,8 @@ pub trait Syscall {
     fn setresuid(&self, uid: u32) -> SysResult<()>;
     /// `resource` is a `libc::RLIMIT_*` number.
     fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> SysResult<()>;
+    /// The highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
+    fn cap_last_cap(&self) -> SysResult<u64>;
     /// Drops capability `cap` from the bounding set (EINVAL past the kernel's last one).
     fn capbset_drop(&self, cap: u64) -> SysResult<()>;
     /// PR_SET_KEEPCAPS: keep permitted capabilities across the switch away from uid 0.
@@ -217,6 +219,20 @@ impl Syscall for LinuxSyscall {
         // number.
         Errno::result(unsafe { libc::setrlimit(resource as _, &lim) }).map(drop)
     }
+    fn cap_last_cap(&self) -> SysResult<u64> {
+        // Asked of the kernel, not of /proc: the container's /proc may not be mounted yet.
+        // PR_CAPBSET_READ answers EINVAL for a number past the last capability.
+        for cap in (0..64u64).rev() {
+            // SAFETY: prctl with integer arguments only.
+            let r = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+            match Errno::result(r) {
+                Ok(_) => return Ok(cap),
+                Err(Errno::EINVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::EINVAL)
+    }
     fn capbset_drop(&self, cap: u64) -> SysResult<()> {
         prctl(libc::PR_CAPBSET_DROP, cap, 0)
     }
@@ -344,6 +360,8 @@ pub mod test {
         pub fail: RefCell<Vec<(Call, Errno)>>,
         /// Descriptors handed out by `open_namespace`, with the path they stand for.
         namespaces: RefCell<Vec<(std::os::fd::RawFd, PathBuf)>>,
+        /// The last capability of the simulated kernel (`None`: 63).
+        pub last_cap: std::cell::Cell<Option<u64>>,
     }
 
     impl RecordingSyscall {
@@ -483,7 +501,13 @@ pub mod test {
                 hard,
             })
         }
+        fn cap_last_cap(&self) -> SysResult<u64> {
+            Ok(self.last_cap.get().unwrap_or(63))
+        }
         fn capbset_drop(&self, cap: u64) -> SysResult<()> {
+            if self.last_cap.get().is_some_and(|last| cap > last) {
+                return Err(Errno::EINVAL);
+            }
             self.push(Call::CapbsetDrop(cap))
         }
         fn set_keepcaps(&self, keep: bool) -> SysResult<()> {

@@ -141,3 +141,65 @@ fn the_cgroup_namespace_is_rooted_at_the_containers_cgroup() {
             .join("berth-test"),
     );
 }
+
+/// Whether a `sleep SECONDS` of this test still runs as `pid` (a zombie, or a pid reused by
+/// anything else, does not count).
+fn sleeping(pid: i32, seconds: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c == format!("sleep\0{seconds}\0").as_bytes())
+}
+
+/// Waits (bounded) for the pid the container wrote into `file`.
+fn pid_in(file: &std::path::Path) -> i32 {
+    for _ in 0..500 {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no pid in {}", file.display());
+}
+
+#[test]
+fn without_its_own_pid_namespace_a_container_dies_whole_through_its_cgroup() {
+    CgroupRoot::host().expect("cgroup v2 mounted");
+    let mut f = Fixture::new();
+    let out = f.dir.join("pids");
+    std::fs::create_dir_all(&out).unwrap();
+    f.bind(&out, "/out");
+    let namespaces = f.config["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|n| n["type"] != "pid");
+
+    // Running: `delete --force` kills the init and the process it left in the background.
+    f.sh("sleep 4001 & echo $! > /out/running; exec sleep 4001");
+    let id = unique("hostpid");
+    f.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{id}"));
+    f.create(&id);
+    ok(&f.cli(&["start", &id]));
+    let background = pid_in(&out.join("running"));
+    // Its pid is the host's: there is no namespace of its own to die with.
+    assert!(sleeping(background, "4001"));
+    ok(&f.cli(&["delete", "--force", &id]));
+    assert!(!sleeping(background, "4001"));
+
+    // Stopped: the init exited, what it started lives on until `delete`.
+    f.sh("sleep 4002 & echo $! > /out/stopped");
+    let id = unique("hostpid-stopped");
+    f.config["linux"]["cgroupsPath"] = json!(format!("/berth-test/{id}"));
+    f.create(&id);
+    ok(&f.cli(&["start", &id]));
+    let background = pid_in(&out.join("stopped"));
+    f.wait_status(&id, "stopped");
+    assert!(sleeping(background, "4002"), "outlived its init");
+    ok(&f.cli(&["delete", &id]));
+    assert!(!sleeping(background, "4002"));
+    let _ = std::fs::remove_dir(
+        CgroupRoot::host()
+            .expect("cgroup v2 mounted")
+            .path()
+            .join("berth-test"),
+    );
+}

@@ -67,55 +67,9 @@ const SECCOMP_OPERATORS: &[&str] = &[
 
 /// The capabilities this build knows by name (`CAP_CHOWN` ... `CAP_CHECKPOINT_RESTORE`).
 fn capabilities() -> Vec<String> {
-    use oci_spec::runtime::Capability;
-    use std::str::FromStr;
-    const NAMES: &[&str] = &[
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "KILL",
-        "SETGID",
-        "SETUID",
-        "SETPCAP",
-        "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_ADMIN",
-        "NET_RAW",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_CHROOT",
-        "SYS_PTRACE",
-        "SYS_PACCT",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_NICE",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "MKNOD",
-        "LEASE",
-        "AUDIT_WRITE",
-        "AUDIT_CONTROL",
-        "SETFCAP",
-        "MAC_OVERRIDE",
-        "MAC_ADMIN",
-        "SYSLOG",
-        "WAKE_ALARM",
-        "BLOCK_SUSPEND",
-        "AUDIT_READ",
-        "PERFMON",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-    ];
-    NAMES
+    berth_runtime::process::ALL_CAPABILITIES
         .iter()
-        .filter(|n| Capability::from_str(n).is_ok())
-        .map(|n| format!("CAP_{n}"))
+        .map(|c| format!("CAP_{c}"))
         .collect()
 }
 

@@ -219,6 +219,17 @@ impl DeviceRules {
         DeviceRules(rules)
     }
 
+    /// Every device, every access: Docker's `--privileged` (`allow a *:* rwm`).
+    pub fn allow_all() -> DeviceRules {
+        DeviceRules(vec![DeviceRule {
+            allow: true,
+            kind: None,
+            major: None,
+            minor: None,
+            access: Access::ALL,
+        }])
+    }
+
     /// Checks and converts OCI rules; a bad one is named by its index and key.
     pub fn from_oci(list: &[LinuxDeviceCgroup]) -> Result<DeviceRules> {
         let mut rules = Vec::with_capacity(list.len());

@@ -145,6 +145,22 @@ fn container_default_allows_the_usual_devices_and_nothing_else() {
 }
 
 #[test]
+fn allow_all_allows_every_device() {
+    let rules = DeviceRules::allow_all();
+    let prog = rules.program().unwrap();
+    for kind in [Block, Char] {
+        for (major, minor) in [(1, 1), (1, 11), (7, 0), (8, 0), (10, 237), (u32::MAX, 0)] {
+            assert!(
+                runs(&prog, kind, major, minor, Access::ALL),
+                "{major}:{minor}"
+            );
+        }
+    }
+    // It survives the trip through the spec.
+    assert_eq!(DeviceRules::from_oci(&rules.to_oci()).unwrap(), rules);
+}
+
+#[test]
 fn spec_rules_come_first_and_access_bits_are_separate() {
     let kmsg_read = DeviceRules::new(vec![
         DENY_ALL,
