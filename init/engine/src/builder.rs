@@ -1,10 +1,12 @@
 //! Turns a unit's container settings, merged with its image's configuration, into an OCI
 //! spec with Berth's defaults: Docker's default capabilities, seccomp profile and device
-//! rules, the usual mounts, masked and read-only kernel paths, namespaces by network mode.
+//! rules, the usual mounts, masked and read-only kernel paths, namespaces by network and pid
+//! mode. A privileged container drops those restrictions as Docker's `--privileged` does.
 //! Resource limits go into the typed `linux.resources` fields (`Resources::to_oci`), which
 //! berth-runtime reads back with `Resources::from_oci`.
 
 use berth_runtime::cgroups::{DeviceRules, Resources};
+use berth_runtime::process::ALL_CAPABILITIES;
 use berth_runtime::seccomp::default_profile;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
@@ -80,6 +82,39 @@ pub enum NetworkMode {
     None,
 }
 
+/// Whose pid namespace the container's processes live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PidMode {
+    /// Its own: its init is pid 1 there, and the rest dies with it.
+    #[default]
+    Container,
+    /// The host's: it sees and can signal every process of the host.
+    Host,
+}
+
+/// The capabilities of `berth_runtime::process::ALL_CAPABILITIES` whose number `held` says
+/// are there.
+fn capabilities_held(held: impl Fn(usize) -> bool) -> Vec<Capability> {
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| held(*n))
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+/// What a privileged container gets: every capability the kernel knows that this process
+/// can still hand on (its bounding set), as Docker's `--privileged` does. Asking for more
+/// would only make the container's init fail where the supervisor itself runs with a
+/// reduced bounding set (inside another container, say).
+pub fn privileged_capabilities() -> Vec<Capability> {
+    capabilities_held(|n| {
+        // SAFETY: prctl with integer arguments only; EINVAL (-1) past the kernel's last
+        // capability.
+        unsafe { libc::prctl(libc::PR_CAPBSET_READ, n as libc::c_ulong, 0, 0, 0) == 1 }
+    })
+}
+
 /// What the image says about running it: the defaults a unit overrides, taken from the
 /// `config` of the OCI image config (`berth_store::spec::ImageConfig`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,6 +145,10 @@ pub struct ContainerSettings {
     pub network: NetworkMode,
     pub volumes: Vec<Volume>,
     pub read_only: bool,
+    /// Every capability and device, the host's /dev, writable /sys and /sys/fs/cgroup, no
+    /// seccomp filter, no masked or read-only paths, no_new_privileges off.
+    pub privileged: bool,
+    pub pid: PidMode,
     /// The unit's cgroup limits (berth-init's `launch::limits`, shared with system units).
     pub resources: Resources,
     pub image: ImageDefaults,
@@ -232,11 +271,22 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
         .filter(|u| !u.is_empty())
         .unwrap_or("0");
     let (uid, gid, extra) = resolve_user(rootfs, user)?;
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
-    let cap_names: Vec<String> = DEFAULT_CAPABILITIES
-        .iter()
-        .map(|c| format!("CAP_{c}"))
-        .collect();
+    let cap_list = if s.privileged {
+        privileged_capabilities()
+    } else {
+        DEFAULT_CAPABILITIES.to_vec()
+    };
+    let cap_names: Vec<String> = cap_list.iter().map(|c| format!("CAP_{c}")).collect();
+    let caps: HashSet<Capability> = cap_list.into_iter().collect();
+    let mut cap_sets = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps);
+    if s.privileged {
+        // As Docker's: nothing inherited across exec, so a program run as another user
+        // than root keeps no capability.
+        cap_sets = cap_sets.inheritable(HashSet::new()).ambient(HashSet::new());
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(args)
@@ -256,67 +306,80 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
                 .build()
                 .map_err(spec_err)?,
         )
-        .capabilities(
-            LinuxCapabilitiesBuilder::default()
-                .bounding(caps.clone())
-                .effective(caps.clone())
-                .permitted(caps)
-                .build()
-                .map_err(spec_err)?,
-        )
+        .capabilities(cap_sets.build().map_err(spec_err)?)
         // No rlimits: the container inherits the supervisor's (raising a hard limit needs
         // CAP_SYS_RESOURCE, which the supervisor may not have either).
         .rlimits(Vec::new())
-        .no_new_privileges(true)
+        .no_new_privileges(!s.privileged)
         .build()
         .map_err(spec_err)?;
 
-    let mut mounts = vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount(
+    // Kernel interfaces a privileged container may change: read-write for it only.
+    let sys_mode = if s.privileged { "rw" } else { "ro" };
+    let mut mounts = vec![mount(
+        "/proc",
+        "proc",
+        "proc",
+        &["nosuid", "noexec", "nodev"],
+    )?];
+    if s.privileged {
+        // The host's device nodes, also those that appear later (a disk, a loop device).
+        // berth-runtime then creates no nodes or links of its own in it.
+        mounts.push(mount("/dev", "bind", "/dev", &["rbind", "nosuid"])?);
+    } else {
+        mounts.push(mount(
             "/dev",
             "tmpfs",
             "tmpfs",
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        )?,
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        )?,
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        )?,
-        mount(
+        )?);
+    }
+    // Over the host's /dev too, /dev/pts and /dev/shm are the container's own, as in
+    // Docker's privileged containers: its terminals stay apart from the host's (the host's
+    // /dev/ptmx node opens the devpts mounted beside it) and its shared memory is its IPC
+    // namespace's. The container's mount namespace is a slave of the host's: neither covers
+    // the host's own. /dev/mqueue, which lists only the mounting IPC namespace's queues, is
+    // left out there: the host's /dev need not have that directory (a Berth machine's has
+    // not), creating it would write into the host's /dev, and mq_open(3) needs no mount.
+    mounts.push(mount(
+        "/dev/pts",
+        "devpts",
+        "devpts",
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+            "gid=5",
+        ],
+    )?);
+    mounts.push(mount(
+        "/dev/shm",
+        "tmpfs",
+        "shm",
+        &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    )?);
+    if !s.privileged {
+        mounts.push(mount(
             "/dev/mqueue",
             "mqueue",
             "mqueue",
             &["nosuid", "noexec", "nodev"],
-        )?,
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        )?,
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
-        )?,
-    ];
+        )?);
+    }
+    mounts.push(mount(
+        "/sys",
+        "sysfs",
+        "sysfs",
+        &["nosuid", "noexec", "nodev", sys_mode],
+    )?);
+    mounts.push(mount(
+        "/sys/fs/cgroup",
+        "cgroup",
+        "cgroup",
+        &["nosuid", "noexec", "nodev", "relatime", sys_mode],
+    )?);
     for v in &s.volumes {
         if !v.destination.starts_with('/') {
             return Err(BuildError::VolumeDestination(v.destination.clone()));
@@ -336,12 +399,16 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
     }
 
     let mut ns_types = vec![
-        LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
+    // Without a pid namespace of its own nothing dies with the container's init; the
+    // runtime kills the rest through the container's cgroup, as runc does.
+    if s.pid == PidMode::Container {
+        ns_types.insert(0, LinuxNamespaceType::Pid);
+    }
     if s.network != NetworkMode::Host {
         ns_types.push(LinuxNamespaceType::Network);
     }
@@ -357,26 +424,27 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
     // The typed OCI fields (`unified` only for what has none), in the form the runtime's
     // `Resources::from_oci` reads back into the same cgroup values.
     let mut limits = s.resources.clone();
-    limits
-        .devices
-        .get_or_insert_with(DeviceRules::container_default);
+    limits.devices.get_or_insert_with(|| {
+        if s.privileged {
+            DeviceRules::allow_all()
+        } else {
+            DeviceRules::container_default()
+        }
+    });
     let resources = limits.to_oci().map_err(spec_err)?;
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .seccomp(default_profile(&cap_names));
-    linux = linux.resources(resources);
+        .resources(resources);
+    // Set either way: the OCI defaults mask and protect paths of their own.
+    let paths = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    if s.privileged {
+        linux = linux.masked_paths(Vec::new()).readonly_paths(Vec::new());
+    } else {
+        linux = linux
+            .masked_paths(paths(&MASKED_PATHS))
+            .readonly_paths(paths(&READONLY_PATHS))
+            .seccomp(default_profile(&cap_names));
+    }
     if let Some(cg) = &s.cgroup {
         linux = linux.cgroups_path(PathBuf::from(cg));
     }
@@ -501,6 +569,191 @@ mod tests {
         assert!(res.memory().is_none() && res.cpu().is_none() && res.pids().is_none());
         assert!(res.unified().is_none() && res.devices().is_some());
         assert!(cgroup_writes(&spec).is_empty());
+        std::fs::remove_dir_all(&r).unwrap();
+    }
+
+    fn namespace_types(spec: &Spec) -> Vec<LinuxNamespaceType> {
+        let linux = spec.linux().as_ref().unwrap();
+        linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect()
+    }
+
+    /// (type, source, options) of the mount at `dest`.
+    fn mount_at(spec: &Spec, dest: &str) -> Option<(String, String, Vec<String>)> {
+        spec.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new(dest))
+            .map(|m| {
+                (
+                    m.typ().clone().unwrap_or_default(),
+                    m.source()
+                        .as_ref()
+                        .map(|s| s.display().to_string())
+                        .unwrap_or_default(),
+                    m.options().clone().unwrap_or_default(),
+                )
+            })
+    }
+
+    fn bounding(spec: &Spec) -> HashSet<Capability> {
+        let p = spec.process().as_ref().unwrap();
+        p.capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_confine_the_container() {
+        let r = rootfs();
+        let s = ContainerSettings {
+            command: vec!["sh".into()],
+            ..ContainerSettings::default()
+        };
+        let spec = build_spec(&s, &r).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(bounding(&spec), DEFAULT_CAPABILITIES.into_iter().collect());
+        assert_eq!(p.no_new_privileges(), Some(true));
+        assert!(linux.seccomp().is_some());
+        assert_eq!(
+            linux.masked_paths().as_ref().unwrap().len(),
+            MASKED_PATHS.len()
+        );
+        assert_eq!(
+            linux.readonly_paths().as_ref().unwrap().len(),
+            READONLY_PATHS.len()
+        );
+        assert_eq!(mount_at(&spec, "/dev").unwrap().0, "tmpfs");
+        assert_eq!(mount_at(&spec, "/dev/mqueue").unwrap().0, "mqueue");
+        for dest in ["/sys", "/sys/fs/cgroup"] {
+            assert!(
+                mount_at(&spec, dest).unwrap().2.contains(&"ro".into()),
+                "{dest}"
+            );
+        }
+        assert!(namespace_types(&spec).contains(&LinuxNamespaceType::Pid));
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(
+            Resources::from_oci(res).unwrap().devices,
+            Some(DeviceRules::container_default())
+        );
+        std::fs::remove_dir_all(&r).unwrap();
+    }
+
+    #[test]
+    fn privileged_lifts_every_restriction() {
+        let r = rootfs();
+        let s = ContainerSettings {
+            command: vec!["sh".into()],
+            privileged: true,
+            ..ContainerSettings::default()
+        };
+        let spec = build_spec(&s, &r).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let p = spec.process().as_ref().unwrap();
+        let all: HashSet<Capability> = privileged_capabilities().into_iter().collect();
+        assert!(all.contains(&Capability::SysAdmin), "{all:?}");
+        let c = p.capabilities().as_ref().unwrap();
+        for set in [c.bounding(), c.effective(), c.permitted()] {
+            assert_eq!(set.as_ref(), Some(&all));
+        }
+        assert!(c.ambient().as_ref().is_some_and(|a| a.is_empty()));
+        assert!(c.inheritable().as_ref().is_some_and(|a| a.is_empty()));
+        assert_eq!(p.no_new_privileges(), Some(false));
+        assert!(linux.seccomp().is_none());
+        assert_eq!(linux.masked_paths().as_deref(), Some(&[][..]));
+        assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
+        let (typ, source, options) = mount_at(&spec, "/dev").unwrap();
+        assert_eq!((typ.as_str(), source.as_str()), ("bind", "/dev"));
+        assert!(options.contains(&"rbind".into()), "{options:?}");
+        // Its own terminals and shared memory over the host's /dev; no mqueue directory
+        // made in the host's.
+        assert_eq!(mount_at(&spec, "/dev/pts").unwrap().0, "devpts");
+        assert_eq!(mount_at(&spec, "/dev/shm").unwrap().0, "tmpfs");
+        assert!(mount_at(&spec, "/dev/mqueue").is_none());
+        for dest in ["/sys", "/sys/fs/cgroup"] {
+            let options = mount_at(&spec, dest).unwrap().2;
+            assert!(
+                options.contains(&"rw".into()) && !options.contains(&"ro".into()),
+                "{dest}: {options:?}"
+            );
+        }
+        let res = linux.resources().as_ref().unwrap();
+        let devices = Resources::from_oci(res).unwrap().devices.unwrap();
+        assert_eq!(devices, DeviceRules::allow_all());
+        use berth_runtime::cgroups::devices::{Access, DeviceKind};
+        assert!(devices.allows(DeviceKind::Block, 7, 0, Access::ALL));
+        // Privileged is not the host's pid namespace: that is a setting of its own.
+        assert!(namespace_types(&spec).contains(&LinuxNamespaceType::Pid));
+        std::fs::remove_dir_all(&r).unwrap();
+    }
+
+    #[test]
+    fn privileged_capabilities_are_those_the_kernel_and_this_process_have() {
+        // A kernel up to CAP_AUDIT_READ (37).
+        let old = capabilities_held(|n| n <= 37);
+        assert_eq!(old.len(), 38);
+        assert!(old.contains(&Capability::AuditRead) && !old.contains(&Capability::Bpf));
+        // A bounding set without CAP_SYS_RESOURCE (24).
+        let reduced = capabilities_held(|n| n != 24);
+        assert_eq!(reduced.len(), ALL_CAPABILITIES.len() - 1);
+        assert!(!reduced.contains(&Capability::SysResource));
+        // This process: what /proc says of its bounding set.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let bnd = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+            .unwrap();
+        let ours = privileged_capabilities();
+        assert_eq!(ours, capabilities_held(|n| bnd & (1 << n) != 0));
+    }
+
+    #[test]
+    fn pid_host_leaves_out_the_pid_namespace() {
+        let r = rootfs();
+        let mut s = ContainerSettings {
+            command: vec!["sh".into()],
+            pid: PidMode::Host,
+            ..ContainerSettings::default()
+        };
+        let spec = build_spec(&s, &r).unwrap();
+        let types = namespace_types(&spec);
+        assert!(!types.contains(&LinuxNamespaceType::Pid), "{types:?}");
+        for t in [
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Cgroup,
+            LinuxNamespaceType::Network,
+        ] {
+            assert!(types.contains(&t), "{t:?} in {types:?}");
+        }
+        // Nothing else changes: still confined.
+        assert_eq!(bounding(&spec).len(), DEFAULT_CAPABILITIES.len());
+        assert!(spec.linux().as_ref().unwrap().seccomp().is_some());
+        s.network = NetworkMode::Host;
+        s.privileged = true;
+        let types = namespace_types(&build_spec(&s, &r).unwrap());
+        assert_eq!(
+            types,
+            [
+                LinuxNamespaceType::Ipc,
+                LinuxNamespaceType::Uts,
+                LinuxNamespaceType::Mount,
+                LinuxNamespaceType::Cgroup
+            ]
+        );
         std::fs::remove_dir_all(&r).unwrap();
     }
 

@@ -294,6 +294,8 @@ mod tests {
             "ports",
             "volumes",
             "read_only",
+            "privileged",
+            "pid",
             "memory_max",
             "cpu_max",
             "pids_max",

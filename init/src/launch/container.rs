@@ -33,7 +33,7 @@ use super::process::{set_nonblocking, signal_pid};
 use super::pull::pull_command;
 use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
-use crate::unit::model::NetworkMode;
+use crate::unit::model::{NetworkMode, PidMode};
 use crate::unit::value::{UserSpec, VolumeSource};
 use crate::unit::Unit;
 
@@ -207,6 +207,11 @@ impl ContainerLauncher {
             },
             volumes,
             read_only: c.read_only,
+            privileged: c.privileged,
+            pid: match c.pid {
+                PidMode::Container => builder::PidMode::Container,
+                PidMode::Host => builder::PidMode::Host,
+            },
             resources: limits(&unit.resources).map_err(err)?,
             image: ImageDefaults {
                 entrypoint: cfg.entrypoint.clone().unwrap_or_default(),

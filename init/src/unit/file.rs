@@ -40,6 +40,8 @@ pub struct ContainerSection {
     pub ports: Option<TextList>,
     pub volumes: Option<TextList>,
     pub read_only: Option<Spanned<bool>>,
+    pub privileged: Option<Spanned<bool>>,
+    pub pid: Option<Text>,
 }
 
 /// A number written as TOML integer or float (`cpu_max = 1` and `cpu_max = 0.5`).

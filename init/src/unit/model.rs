@@ -46,6 +46,15 @@ pub enum NetworkMode {
     None,
 }
 
+/// `[container] pid`: whose pid namespace the container's processes live in (the engine's
+/// `builder::PidMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PidMode {
+    Container,
+    Host,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Container {
     pub image: Option<ImageRef>,
@@ -56,6 +65,9 @@ pub struct Container {
     pub ports: Vec<PortMapping>,
     pub volumes: Vec<Volume>,
     pub read_only: bool,
+    /// Every capability and device, the host's /dev, no seccomp filter (containers only).
+    pub privileged: bool,
+    pub pid: PidMode,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

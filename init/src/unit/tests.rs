@@ -20,6 +20,8 @@ network = "bridge"
 ports = ["8080:80/tcp"]
 volumes = ["web-data:/usr/share/nginx/html:ro"]
 read_only = true
+privileged = false
+pid = "container"
 
 [resources]
 memory_max = "64M"
@@ -52,6 +54,8 @@ fn design_example_parses_fully() {
     );
     assert_eq!(u.container.command, ["nginx", "-g", "daemon off;"]);
     assert_eq!(u.container.env.get("TZ").map(String::as_str), Some("UTC"));
+    assert!(!u.container.privileged);
+    assert_eq!(u.container.pid, PidMode::Container);
     assert_eq!(u.resources.memory_max, Some(64 << 20));
     assert_eq!(u.resources.cpu_max, Some(0.5));
     assert_eq!(u.resources.pids_max, Some(128));
@@ -141,6 +145,82 @@ fn container_keys_are_checked_for_image_units() {
     assert!(keys.contains(&"container.ports"), "{got:?}");
     assert!(keys.contains(&"container.volumes[0]"), "{got:?}");
     assert!(keys.contains(&"container.env.1A"), "{got:?}");
+}
+
+#[test]
+fn privileged_and_host_pid_containers() {
+    let u = parse(
+        "kubelet",
+        "kubelet.toml",
+        "[container]\nimage = \"kubelet:1\"\nnetwork = \"host\"\nprivileged = true\n\
+         pid = \"host\"\n",
+    )
+    .unwrap();
+    assert!(u.container.privileged);
+    assert_eq!(u.container.pid, PidMode::Host);
+    // Neither by default.
+    let u = parse("web", "web.toml", "[container]\nimage = \"web:1\"\n").unwrap();
+    assert!(!u.container.privileged);
+    assert_eq!(u.container.pid, PidMode::Container);
+    let u = parse(
+        "web",
+        "web.toml",
+        "[container]\nimage = \"web:1\"\npid = \"container\"\n",
+    )
+    .unwrap();
+    assert_eq!(u.container.pid, PidMode::Container);
+}
+
+#[test]
+fn bad_privileged_and_pid_values_are_named() {
+    let err = parse(
+        "u",
+        "u.toml",
+        "[container]\nimage = \"web:1\"\npid = \"shared\"\nprivileged = \"yes\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "u.toml:3:7: key `container.pid`: unknown pid namespace `shared` (container or host)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("u.toml:4:14: key `container.privileged`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn system_units_refuse_privileged_and_pid() {
+    let err = parse(
+        "u",
+        "u.toml",
+        "[container]\ncommand = [\"x\"]\nprivileged = true\npid = \"host\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for (line, key) in [(3, "privileged"), (4, "pid")] {
+        let want = format!("u.toml:{line}:");
+        let found = err.lines().any(|l| {
+            l.starts_with(&want)
+                && l.contains(&format!(
+                    "key `container.{key}`: only container units (with `image`) can use this key"
+                ))
+        });
+        assert!(found, "{key}: {err}");
+    }
+    // Written as false or as the default, they are still refused: a system unit has no
+    // such choice.
+    let got = errors("[container]\ncommand = [\"x\"]\nprivileged = false\npid = \"container\"\n");
+    assert_eq!(
+        got,
+        vec![
+            (3, "container.privileged".into()),
+            (4, "container.pid".into())
+        ]
+    );
 }
 
 #[test]
@@ -292,6 +372,8 @@ fn toml_doc() -> impl Strategy<Value = String> {
         Just("ports"),
         Just("volumes"),
         Just("read_only"),
+        Just("privileged"),
+        Just("pid"),
         Just("memory_max"),
         Just("cpu_max"),
         Just("pids_max"),

@@ -247,13 +247,23 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
     }
     let volumes = c.list(&s.volumes, "container.volumes", value::parse_volume);
     let read_only = s.read_only.as_ref().is_some_and(|r| *r.get_ref());
+    let privileged = s.privileged.as_ref().is_some_and(|p| *p.get_ref());
+    let pid = c
+        .text(&s.pid, "container.pid", |p| match p {
+            "container" => Ok(PidMode::Container),
+            "host" => Ok(PidMode::Host),
+            _ => Err(format!("unknown pid namespace `{p}` (container or host)")),
+        })
+        .unwrap_or(PidMode::Container);
 
     if is_system {
         // A system unit runs on the host's own root and namespaces.
-        let only_containers: [(&str, Option<Range<usize>>); 3] = [
+        let only_containers: [(&str, Option<Range<usize>>); 5] = [
             ("container.ports", span_of(&s.ports)),
             ("container.volumes", span_of(&s.volumes)),
             ("container.read_only", span_of(&s.read_only)),
+            ("container.privileged", span_of(&s.privileged)),
+            ("container.pid", span_of(&s.pid)),
         ];
         for (key, span) in only_containers {
             if span.is_some() {
@@ -288,6 +298,8 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
         ports,
         volumes,
         read_only,
+        privileged,
+        pid,
     })
 }
 
