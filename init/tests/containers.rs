@@ -3,7 +3,8 @@
 //! read-only root, exec health check), its output lands in the unit log, and stopping
 //! berth-init deletes the container and unmounts its root. A missing image is pulled by a
 //! child process before start, from a real registry on loopback; a pull that fails fails
-//! the start with the reason in the log.
+//! the start with the reason in the log. A privileged container on the host's pid namespace
+//! has the host's powers and processes, and still leaves nothing behind when it stops.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -203,4 +204,102 @@ fn a_missing_image_is_pulled_first_and_a_failed_pull_fails_the_start() {
         error.contains("image pull 127.0.0.1:9/berth/none:1"),
         "{error}"
     );
+}
+
+/// What a container reports about itself into `/out` of its volume, then it leaves a
+/// `sleep 86401` in the background (with the host's pid namespace, nothing kills that along
+/// with the container's init) and runs another as its main process.
+const REPORT: &str = "busybox readlink /proc/self/ns/pid > /out/pidns; \
+    busybox grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status > /out/status; \
+    if busybox dd if=/dev/loop-control of=/dev/null count=0 2>/dev/null; \
+    then echo opened > /out/loop-control; fi; \
+    sleep 86401 & echo $! > /out/background; echo done > /out/done; exec sleep 86401";
+
+/// `key:\tvalue` of a /proc status text.
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+}
+
+/// A `sleep 86401` of these tests, alive (not a zombie) as `pid`.
+fn background_sleep(pid: i32) -> bool {
+    common::alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x0086401\x00")
+}
+
+#[test]
+fn a_privileged_container_on_the_host_pid_namespace_has_the_hosts_powers() {
+    let dir = temp_dir("privileged");
+    import_busybox_image(&dir);
+    let unit = |extra: &str, out: &str| {
+        format!(
+            "[container]\nimage = \"berth.test/web:1\"\ncommand = [\"sh\", \"-c\", {REPORT:?}]\n\
+             volumes = [\"{{dir}}/{out}:/out\"]\n{extra}"
+        )
+    };
+    let privileged = unit(
+        "network = \"host\"\npid = \"host\"\nprivileged = true\n",
+        "out-kubelet",
+    );
+    let plain = unit("network = \"none\"\n", "out-plain");
+    for out in ["out-kubelet", "out-plain"] {
+        std::fs::create_dir_all(dir.join(out)).unwrap();
+    }
+    let mut host = Host::start_in(dir.clone(), &[("kubelet", &privileged), ("plain", &plain)]);
+    for name in ["kubelet", "plain"] {
+        host.wait_state(name, &["running"]);
+        host.wait_for(&format!("{name}'s report"), || {
+            host.read(&format!("out-{name}/done")) == "done\n"
+        });
+    }
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let our_pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let report = |name: &str, file: &str| host.read(&format!("out-{name}/{file}"));
+
+    // The host's pid namespace, every capability berth-init could hand on (its bounding set
+    // is this test's), no seccomp filter, no_new_privs off, the host's devices.
+    assert_eq!(
+        report("kubelet", "pidns").trim(),
+        our_pidns.to_str().unwrap()
+    );
+    let status = report("kubelet", "status");
+    assert_eq!(
+        status_field(&status, "CapEff"),
+        status_field(&ours, "CapBnd"),
+        "{status}"
+    );
+    assert_eq!(status_field(&status, "Seccomp"), "0", "{status}");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "0", "{status}");
+    assert_eq!(report("kubelet", "loop-control"), "opened\n");
+    let main = host.unit("kubelet")["pid"].as_i64().unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{main}/ns/pid")).unwrap(),
+        our_pidns
+    );
+
+    // A default container has none of that.
+    assert_ne!(report("plain", "pidns").trim(), our_pidns.to_str().unwrap());
+    let status = report("plain", "status");
+    assert_ne!(
+        status_field(&status, "CapEff"),
+        status_field(&ours, "CapBnd")
+    );
+    assert_eq!(status_field(&status, "Seccomp"), "2", "{status}");
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{status}");
+    assert_eq!(report("plain", "loop-control"), "");
+
+    // The privileged container's background process is the host's to see; stopping
+    // berth-init kills it with the rest of the container (through its cgroup).
+    let background: i32 = report("kubelet", "background").trim().parse().unwrap();
+    assert!(background_sleep(background), "pid {background}");
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait_exit(), Some(0));
+    assert!(
+        !background_sleep(background),
+        "pid {background} outlived its container"
+    );
+    assert!(!common::alive(main as i32));
 }
