@@ -119,3 +119,45 @@ fn example_units_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_readme_kubelet_unit_is_the_checked_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example =
+        std::fs::read_to_string(root.join("configs/examples/kubelet.toml.container-example"))
+            .unwrap();
+    let unit: String = example
+        .lines()
+        .skip_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .filter_map(|b| b.split_once("```").map(|(body, _)| body))
+        .find(|b| b.contains("description = \"Kubernetes node agent\""))
+        .expect("the kubelet unit in the README");
+    assert_eq!(block, unit);
+}
+
+#[test]
+fn check_refuses_privileged_and_host_pid_on_a_system_unit() {
+    let dir = temp_dir("check-privileged");
+    let unit = dir.join("tool.toml");
+    std::fs::write(
+        &unit,
+        "[container]\ncommand = [\"x\"]\nprivileged = true\npid = \"host\"\n",
+    )
+    .unwrap();
+    let out = berthctl(&[os("check"), unit.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let u = unit.display();
+    for want in [
+        format!("{u}:3:14: key `container.privileged`: only container units"),
+        format!("{u}:4:7: key `container.pid`: only container units"),
+    ] {
+        assert!(stderr.contains(&want), "{want} in {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
