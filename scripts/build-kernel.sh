@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds Berth's kernel from Debian's linux-source-6.12 with configs/kernel/berth.config.
+# Builds Berth's kernel from Debian's linux-source-6.12 with configs/kernel/berth.config and the
+# patches in configs/kernel/patches/ (applied in name order, as Buildroot does).
 # tinyconfig + the fragment (merge_config.sh) + olddefconfig; the result is cached under
-# $BERTH_CACHE/kernel-<hash>/ keyed by the source package version and the fragment, so unchanged
-# inputs skip the build. Prints the path of the cached bzImage on stdout.
+# $BERTH_CACHE/kernel-<hash>/ keyed by the source package version, the fragment and the patches,
+# so unchanged inputs skip the build. Prints the path of the cached bzImage on stdout.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 FRAGMENT="$BERTH_ROOT/configs/kernel/berth.config"
+PATCHES=("$BERTH_ROOT"/configs/kernel/patches/*.patch)
 SRC_TARBALL=/usr/src/linux-source-6.12.tar.xz
 [ -f "$SRC_TARBALL" ] || die "missing $SRC_TARBALL (run: make deps)"
 SRC_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"
@@ -18,7 +20,7 @@ KBUILD_BUILD_TIMESTAMP="$(date -u -d "@$(dpkg-parsechangelog -l /usr/share/doc/l
 export KBUILD_BUILD_TIMESTAMP KBUILD_BUILD_USER=berth KBUILD_BUILD_HOST=berth KBUILD_BUILD_VERSION=1
 
 # The key also covers the steps below (this script), so a changed recipe rebuilds.
-KEY="$(inputs_hash "$FRAGMENT" "$0" "linux-source-6.12=$SRC_VERSION")"
+KEY="$(inputs_hash "$FRAGMENT" "${PATCHES[@]}" "$0" "linux-source-6.12=$SRC_VERSION")"
 OUT_DIR="$BERTH_CACHE/kernel-$KEY"
 if [ -f "$OUT_DIR/bzImage" ] && [ -f "$OUT_DIR/config" ]; then
     log "kernel: cached $OUT_DIR"
@@ -36,16 +38,23 @@ if [ -f "$OUT_DIR/bzImage" ]; then
 fi
 
 SRC_DIR="$BERTH_CACHE/src/linux-source-6.12-$SRC_VERSION"
-if [ ! -f "$SRC_DIR/.berth-extracted" ]; then
-    log "kernel: extracting $SRC_TARBALL"
-    rm -rf "$SRC_DIR"
-    mkdir -p "$SRC_DIR"
-    tar -xf "$SRC_TARBALL" -C "$SRC_DIR" --strip-components=1
-    touch "$SRC_DIR/.berth-extracted"
-fi
-
 # The object tree persists between keys: a config change rebuilds only what it touches.
 OBJ_DIR="$BERTH_CACHE/kernel-build-$SRC_VERSION"
+# The source is extracted and patched once per set of patches. A new set starts from a fresh
+# extraction and a fresh object tree: the tarball's file times are older than the objects, so
+# make would not rebuild a file whose patch was removed.
+PATCHES_KEY="$(inputs_hash "${PATCHES[@]}")"
+if [ "$(cat "$SRC_DIR/.berth-patched" 2>/dev/null)" != "$PATCHES_KEY" ]; then
+    log "kernel: extracting $SRC_TARBALL"
+    rm -rf "$SRC_DIR" "$OBJ_DIR"
+    mkdir -p "$SRC_DIR"
+    tar -xf "$SRC_TARBALL" -C "$SRC_DIR" --strip-components=1
+    for p in "${PATCHES[@]}"; do
+        log "kernel: applying $(basename "$p")"
+        patch -d "$SRC_DIR" -p1 --forward --batch --quiet < "$p" || die "kernel: $p does not apply to linux-source-6.12 $SRC_VERSION"
+    done
+    echo "$PATCHES_KEY" > "$SRC_DIR/.berth-patched"
+fi
 mkdir -p "$OBJ_DIR"
 KMAKE=(make -C "$SRC_DIR" O="$OBJ_DIR" ARCH=x86_64 -s)
 

@@ -23,7 +23,7 @@ if [ -f "$OK_STAMP" ] && [ "$(cat "$OK_STAMP")" = "$SELF_HASH" ] \
 fi
 
 # Build: kernel (from linux-source), busybox (from its source package), Rust crates with C parts.
-BUILD_PKGS="build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-utils lz4 zstd
+BUILD_PKGS="build-essential patch bc bison flex libelf-dev libssl-dev cpio kmod xz-utils lz4 zstd
     linux-source-6.12 dpkg-dev fakeroot pkg-config git"
 # Image assembly: filesystems, verity, GRUB for BIOS and EFI, conversions; patchelf (and
 # containerd, below) for the node profile's containerd extension.

@@ -74,6 +74,14 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     assert_eq!(slaves.trim(), format!("vda{}", root_a.number));
     let cmdline = vm.run_ok("cat /proc/cmdline", CMD).unwrap();
     assert!(cmdline.contains(" verity 1 PARTUUID="), "{cmdline}");
+    // The kernel carries configs/kernel/patches: its init sections were unmapped and kept,
+    // not poisoned and freed.
+    let initmem = vm.run_ok("dmesg | grep 'kernel image (initmem)'", CMD).unwrap();
+    assert!(
+        initmem.contains("Unmapping unused kernel image (initmem) memory"),
+        "{initmem}"
+    );
+    assert!(!initmem.contains("Freeing"), "{initmem}");
     let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
     let root_line = mounts
         .lines()
