@@ -76,7 +76,9 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     assert!(cmdline.contains(" verity 1 PARTUUID="), "{cmdline}");
     // The kernel carries configs/kernel/patches: its init sections were unmapped and kept,
     // not poisoned and freed.
-    let initmem = vm.run_ok("dmesg | grep 'kernel image (initmem)'", CMD).unwrap();
+    let initmem = vm
+        .run_ok("dmesg | grep 'kernel image (initmem)'", CMD)
+        .unwrap();
     assert!(
         initmem.contains("Unmapping unused kernel image (initmem) memory"),
         "{initmem}"
