@@ -8,7 +8,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 FRAGMENT="$BERTH_ROOT/configs/kernel/berth.config"
+# No patch files: an empty list, not the pattern itself.
+shopt -s nullglob
 PATCHES=("$BERTH_ROOT"/configs/kernel/patches/*.patch)
+shopt -u nullglob
 SRC_TARBALL=/usr/src/linux-source-6.12.tar.xz
 [ -f "$SRC_TARBALL" ] || die "missing $SRC_TARBALL (run: make deps)"
 SRC_VERSION="$(dpkg-query -W -f='${Version}' linux-source-6.12)"

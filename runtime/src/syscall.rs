@@ -95,6 +95,14 @@ fn prctl(op: i32, a: u64, b: u64) -> SysResult<()> {
     Errno::result(r).map(drop)
 }
 
+/// Whether capability `cap` is in this process's bounding set (PR_CAPBSET_READ); EINVAL
+/// past the kernel's last capability.
+pub fn capbset_read(cap: u64) -> SysResult<bool> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+    Errno::result(r).map(|held| held == 1)
+}
+
 fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -223,9 +231,7 @@ impl Syscall for LinuxSyscall {
         // Asked of the kernel, not of /proc: the container's /proc may not be mounted yet.
         // PR_CAPBSET_READ answers EINVAL for a number past the last capability.
         for cap in (0..64u64).rev() {
-            // SAFETY: prctl with integer arguments only.
-            let r = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
-            match Errno::result(r) {
+            match capbset_read(cap) {
                 Ok(_) => return Ok(cap),
                 Err(Errno::EINVAL) => {}
                 Err(e) => return Err(e),

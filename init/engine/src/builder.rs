@@ -8,6 +8,7 @@
 use berth_runtime::cgroups::{DeviceRules, Resources};
 use berth_runtime::process::ALL_CAPABILITIES;
 use berth_runtime::seccomp::default_profile;
+use berth_runtime::syscall::capbset_read;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
     Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
@@ -108,11 +109,8 @@ fn capabilities_held(held: impl Fn(usize) -> bool) -> Vec<Capability> {
 /// would only make the container's init fail where the supervisor itself runs with a
 /// reduced bounding set (inside another container, say).
 pub fn privileged_capabilities() -> Vec<Capability> {
-    capabilities_held(|n| {
-        // SAFETY: prctl with integer arguments only; EINVAL (-1) past the kernel's last
-        // capability.
-        unsafe { libc::prctl(libc::PR_CAPBSET_READ, n as libc::c_ulong, 0, 0, 0) == 1 }
-    })
+    // Past the kernel's last capability the kernel answers EINVAL: not held.
+    capabilities_held(|n| capbset_read(n as u64).unwrap_or(false))
 }
 
 /// What the image says about running it: the defaults a unit overrides, taken from the
