@@ -294,7 +294,10 @@ fn a_privileged_container_on_the_host_pid_namespace_has_the_hosts_powers() {
     // The privileged container's background process is the host's to see; stopping
     // berth-init kills it with the rest of the container (through its cgroup).
     let background: i32 = report("kubelet", "background").trim().parse().unwrap();
-    assert!(background_sleep(background), "pid {background}");
+    // (The shell writes `$!` right after its fork, maybe before the child executed sleep.)
+    host.wait_for(&format!("pid {background} running sleep"), || {
+        background_sleep(background)
+    });
     host.signal(libc::SIGTERM);
     assert_eq!(host.wait_exit(), Some(0));
     assert!(

@@ -149,6 +149,18 @@ fn sleeping(pid: i32, seconds: &str) -> bool {
         .is_ok_and(|c| c == format!("sleep\0{seconds}\0").as_bytes())
 }
 
+/// Waits (bounded) until `pid` runs `sleep SECONDS`: the shell writes `$!` right after its
+/// fork, possibly before the child has executed sleep.
+fn wait_sleeping(pid: i32, seconds: &str) -> bool {
+    for _ in 0..500 {
+        if sleeping(pid, seconds) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
 /// Waits (bounded) for the pid the container wrote into `file`.
 fn pid_in(file: &std::path::Path) -> i32 {
     for _ in 0..500 {
@@ -181,7 +193,7 @@ fn without_its_own_pid_namespace_a_container_dies_whole_through_its_cgroup() {
     ok(&f.cli(&["start", &id]));
     let background = pid_in(&out.join("running"));
     // Its pid is the host's: there is no namespace of its own to die with.
-    assert!(sleeping(background, "4001"));
+    assert!(wait_sleeping(background, "4001"));
     ok(&f.cli(&["delete", "--force", &id]));
     assert!(!sleeping(background, "4001"));
 
@@ -193,7 +205,7 @@ fn without_its_own_pid_namespace_a_container_dies_whole_through_its_cgroup() {
     ok(&f.cli(&["start", &id]));
     let background = pid_in(&out.join("stopped"));
     f.wait_status(&id, "stopped");
-    assert!(sleeping(background, "4002"), "outlived its init");
+    assert!(wait_sleeping(background, "4002"), "outlived its init");
     ok(&f.cli(&["delete", &id]));
     assert!(!sleeping(background, "4002"));
     let _ = std::fs::remove_dir(
