@@ -455,10 +455,12 @@ fn updates_are_refused_without_an_update_program() {
         (409, Some("no A/B slots")),
         "{v}"
     );
+    // Refused on the head alone: answered and closed before any of the body is sent.
     let mut s = connect(&host);
     s.write_all(stream_head("", 5).as_bytes()).unwrap();
-    s.write_all(b"hello").unwrap();
     assert_eq!(answer(&mut s).0, 409);
+    let late = s.write_all(b"hello").map_err(|e| e.kind());
+    assert_eq!(late, Err(std::io::ErrorKind::BrokenPipe));
     let (status, v) = call(
         &host,
         "POST",

@@ -372,35 +372,9 @@ impl Jobs {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let Some(fd) = job.pipe.as_ref().and_then(|p| p.try_clone().ok()) else {
-            return;
-        };
-        let mut file = File::from(fd);
-        let mut buf = [0u8; 8192];
-        // Bounded per wake-up so a chatty job cannot starve the loop.
-        let mut eof = false;
-        for _ in 0..32 {
-            match file.read(&mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => job.take_output(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        if eof {
+        if job.read_pipe() {
             if let Some(pipe) = job.pipe.take() {
                 r.unwatch(pipe.as_fd());
-            }
-            if !job.partial.is_empty() {
-                let rest = std::mem::take(&mut job.partial);
-                job.push_line(&rest);
             }
             job.settle_error();
         }
@@ -463,6 +437,10 @@ impl Jobs {
         };
         job.pid = None;
         job.exit_code = Some(status.code());
+        // What the child wrote before it exited is in the pipe: read it now, so that its
+        // error is its last line even when the exit is seen before the pipe's wake-up. The
+        // pipe itself is closed by that wake-up.
+        job.read_pipe();
         if job.state == JobState::Running {
             job.state = if status.success() {
                 JobState::Succeeded
@@ -497,6 +475,37 @@ impl Job {
                 Err(e) => warn!("job {}: cannot kill process group {pid}: {e}", self.id),
             }
         }
+    }
+
+    /// Reads what is in the output pipe, bounded so a chatty job cannot starve the loop.
+    /// True at its end (every writer gone), when a last unterminated line is kept too.
+    fn read_pipe(&mut self) -> bool {
+        let Some(fd) = self.pipe.as_ref().and_then(|p| p.try_clone().ok()) else {
+            return false;
+        };
+        let mut file = File::from(fd);
+        let mut buf = [0u8; 8192];
+        let mut eof = false;
+        for _ in 0..32 {
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => self.take_output(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof && !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.push_line(&rest);
+        }
+        eof
     }
 
     fn take_output(&mut self, bytes: &[u8]) {
@@ -651,6 +660,33 @@ mod tests {
         assert_eq!(
             j.error.as_deref(),
             Some("berth-runtime image: registry said no")
+        );
+    }
+
+    #[test]
+    fn an_exit_seen_before_the_output_still_reports_the_last_line() {
+        let mut jobs = Jobs::new("/nonexistent".into(), Path::new("/s"), Path::new("/c"));
+        let mut sh = clean_command(Path::new("/bin/sh"));
+        sh.args([
+            "-c",
+            "echo working; echo 'update-apply: registry said 404' >&2; exit 3",
+        ]);
+        let (pid, pipe, _) = spawn(sh, false).unwrap();
+        let mut j = job();
+        j.pid = Some(pid);
+        j.pipe = Some(pipe);
+        jobs.jobs.insert(1, j);
+        // Exited and reaped before the event loop read any of its output.
+        let status = nix::sys::wait::waitpid(Pid::from_raw(pid), None).unwrap();
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(Pid::from_raw(pid), 3)
+        );
+        assert!(jobs.on_exit(pid, ExitStatus::Exited(3)));
+        let j = jobs.get(1).unwrap();
+        assert_eq!(
+            (j.state, j.error.as_deref()),
+            (JobState::Failed, Some("update-apply: registry said 404"))
         );
     }
 
