@@ -306,3 +306,40 @@ fn a_privileged_container_on_the_host_pid_namespace_has_the_hosts_powers() {
     );
     assert!(!common::alive(main as i32));
 }
+
+/// A server that runs as another user than root: no capability at all, not even ambient or
+/// inheritable ones, and still port 80 of its own network namespace.
+const UNPRIVILEGED: &str = r#"
+[container]
+image = "berth.test/web:1"
+user = "www"
+network = "none"
+volumes = ["{dir}/out:/out"]
+command = ["sh", "-c", "busybox grep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status > /out/status; if httpd -p 80 -h /www; then echo bound > /out/port80; fi; echo done > /out/done; exec sleep 86401"]
+"#;
+
+#[test]
+fn a_container_user_other_than_root_keeps_no_capability_but_binds_low_ports() {
+    let dir = temp_dir("unprivileged");
+    import_busybox_image(&dir);
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mut host = Host::start_in(dir.clone(), &[("www", UNPRIVILEGED)]);
+    host.wait_state("www", &["running"]);
+    host.wait_for("the container's report", || {
+        host.read("out/done") == "done\n"
+    });
+    let status = host.read("out/status");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(status_field(&status, set), "0000000000000000", "{status}");
+    }
+    assert_eq!(
+        host.read("out/port80"),
+        "bound\n",
+        "{}",
+        host.read("state/logs/www.log")
+    );
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait_exit(), Some(0));
+}

@@ -13,7 +13,7 @@ use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
     Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Docker's default capability set.
@@ -33,6 +33,9 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::Kill,
     Capability::AuditWrite,
 ];
+
+/// The sysctl below which binding a port needs CAP_NET_BIND_SERVICE.
+const UNPRIVILEGED_PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
 
 const MASKED_PATHS: [&str; 11] = [
     "/proc/asound",
@@ -276,15 +279,15 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
     };
     let cap_names: Vec<String> = cap_list.iter().map(|c| format!("CAP_{c}")).collect();
     let caps: HashSet<Capability> = cap_list.into_iter().collect();
-    let mut cap_sets = LinuxCapabilitiesBuilder::default()
+    // Nothing inheritable or ambient (as Docker since CVE-2022-24769): a process running as
+    // another user than root keeps no capability, and a program's inheritable file
+    // capabilities grant nothing on exec.
+    let cap_sets = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
-        .permitted(caps);
-    if s.privileged {
-        // As Docker's: nothing inherited across exec, so a program run as another user
-        // than root keeps no capability.
-        cap_sets = cap_sets.inheritable(HashSet::new()).ambient(HashSet::new());
-    }
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new());
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(args)
@@ -445,6 +448,13 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
     }
     if let Some(cg) = &s.cgroup {
         linux = linux.cgroups_path(PathBuf::from(cg));
+    }
+    if s.network != NetworkMode::Host {
+        // In its own network namespace any user may bind any port (as with Docker): without
+        // ambient capabilities, a server running as another user than root could not take
+        // port 80 of its own namespace.
+        let sysctl = HashMap::from([(UNPRIVILEGED_PORT_START.to_string(), "0".to_string())]);
+        linux = linux.sysctl(sysctl);
     }
     SpecBuilder::default()
         .version("1.2.0")
@@ -693,6 +703,39 @@ mod tests {
         assert!(devices.allows(DeviceKind::Block, 7, 0, Access::ALL));
         // Privileged is not the host's pid namespace: that is a setting of its own.
         assert!(namespace_types(&spec).contains(&LinuxNamespaceType::Pid));
+        std::fs::remove_dir_all(&r).unwrap();
+    }
+
+    #[test]
+    fn nothing_is_inherited_and_an_own_network_namespace_opens_low_ports() {
+        let r = rootfs();
+        let mut s = ContainerSettings {
+            command: vec!["httpd".into()],
+            user: Some("33".into()),
+            ..ContainerSettings::default()
+        };
+        for network in [NetworkMode::Bridge, NetworkMode::None, NetworkMode::Host] {
+            s.network = network;
+            let spec = build_spec(&s, &r).unwrap();
+            let c = spec
+                .process()
+                .as_ref()
+                .unwrap()
+                .capabilities()
+                .clone()
+                .unwrap();
+            assert_eq!(c.inheritable(), &Some(HashSet::new()), "{network:?}");
+            assert_eq!(c.ambient(), &Some(HashSet::new()), "{network:?}");
+            assert_eq!(c.effective().as_ref().map(HashSet::len), Some(14));
+            let sysctl = spec.linux().as_ref().unwrap().sysctl().clone();
+            let port = sysctl.as_ref().and_then(|m| m.get(UNPRIVILEGED_PORT_START));
+            if network == NetworkMode::Host {
+                // Never the host's own setting.
+                assert_eq!(sysctl, None);
+            } else {
+                assert_eq!(port.map(String::as_str), Some("0"), "{network:?}");
+            }
+        }
         std::fs::remove_dir_all(&r).unwrap();
     }
 
