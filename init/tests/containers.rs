@@ -343,3 +343,68 @@ fn a_container_user_other_than_root_keeps_no_capability_but_binds_low_ports() {
     host.signal(libc::SIGTERM);
     assert_eq!(host.wait_exit(), Some(0));
 }
+
+/// A privileged container with an `rshared` volume (kubelet's pod volumes) and an `rslave`
+/// one: a tmpfs it mounts under the first appears on the host; one the host mounts under the
+/// second appears in the container.
+const PROPAGATION: &str = r#"
+[container]
+image = "berth.test/web:1"
+privileged = true
+network = "none"
+volumes = ["{dir}/kubelet:/var/lib/kubelet:rshared", "{dir}/hostview:/host:ro,rslave", "{dir}/out:/out"]
+command = ["sh", "-c", "busybox mkdir -p /var/lib/kubelet/pod && busybox mount -t tmpfs pod /var/lib/kubelet/pod && echo token > /var/lib/kubelet/pod/secret; i=0; while [ $i -lt 600 ] && ! test -f /host/late/marker; do sleep 0.1; i=$((i+1)); done; test -f /host/late/marker && echo seen > /out/seen; echo done > /out/done; exec sleep 86401"]
+"#;
+
+/// Detaches the test's mounts on the host, innermost first, however the test ends.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn shared_and_slave_volumes_carry_mounts_between_host_and_container() {
+    let dir = temp_dir("propagation");
+    import_busybox_image(&dir);
+    for d in ["kubelet", "hostview/late", "out"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let _unmount = Unmount(
+        ["kubelet/pod", "kubelet", "hostview/late", "hostview"]
+            .iter()
+            .map(|p| dir.join(p))
+            .collect(),
+    );
+    let mut host = Host::start_in(dir.clone(), &[("kubelet", PROPAGATION)]);
+    host.wait_state("kubelet", &["running"]);
+    // The container's tmpfs, seen from the host.
+    host.wait_for("the container's mount on the host", || {
+        host.read("kubelet/pod/secret") == "token\n"
+    });
+    // A mount of the host's, seen from the container.
+    nix::mount::mount(
+        Some("late"),
+        &dir.join("hostview/late"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(dir.join("hostview/late/marker"), "x").unwrap();
+    host.wait_for("the container's report", || {
+        host.read("out/done") == "done\n"
+    });
+    assert_eq!(
+        host.read("out/seen"),
+        "seen\n",
+        "{}",
+        host.read("state/logs/kubelet.log")
+    );
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait_exit(), Some(0));
+}

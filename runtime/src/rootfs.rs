@@ -8,6 +8,7 @@ use nix::sys::stat::SFlag;
 use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -208,15 +209,16 @@ impl RootfsSetup<'_> {
     /// Before pivot_root: propagation, the rootfs as a mount point, the spec's mounts, /dev.
     pub fn prepare(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
         let root_prop = root_propagation(self.spec);
-        // pivot_root refuses a shared root or new root: a shared root is made so after it
-        // (`finish`), a slave of the host's until then.
-        let before_pivot = if root_prop.contains(MsFlags::MS_SHARED) {
-            MsFlags::MS_SLAVE | MsFlags::MS_REC
-        } else {
-            root_prop
-        };
-        sys.mount(None, Path::new("/"), None, before_pivot, None)
+        // As asked, as runc does: with rshared, this namespace's copies of the host's shared
+        // mounts stay their peers, so a volume mounted rshared propagates both ways.
+        sys.mount(None, Path::new("/"), None, root_prop, None)
             .map_err(fail("make / ", Path::new("/")))?;
+        if root_prop.contains(MsFlags::MS_SHARED) {
+            // pivot_root refuses a shared new root or a shared parent of it: the mount that
+            // holds the rootfs is made private (here only); the root is made shared again
+            // after pivot_root (`finish`).
+            self.make_rootfs_mount_private(sys)?;
+        }
         sys.mount(
             Some(self.rootfs),
             self.rootfs,
@@ -245,6 +247,21 @@ impl RootfsSetup<'_> {
             self.create_devices(sys)?;
         }
         Ok(())
+    }
+
+    /// The rootfs's own mount, or the nearest one above it, made private.
+    fn make_rootfs_mount_private(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
+        let mut at = self.rootfs;
+        loop {
+            match sys.mount(None, at, None, MsFlags::MS_PRIVATE, None) {
+                Ok(()) => return Ok(()),
+                // Not a mount point: its parent directory may be.
+                Err(Errno::EINVAL) if at.parent().is_some() => {
+                    at = at.parent().unwrap_or(at);
+                }
+                Err(e) => return Err(fail("make private", at)(e)),
+            }
+        }
     }
 
     fn mount_one(&self, sys: &dyn Syscall, m: &Mount, o: &MountOptions) -> Result<(), RootfsError> {
@@ -447,9 +464,18 @@ pub fn pivot(sys: &dyn Syscall, rootfs: &Path, no_pivot: bool) -> Result<(), Roo
             .map_err(fail("move mount", rootfs))?;
         sys.chroot(dot).map_err(fail("chroot", rootfs))?;
     } else {
+        let old_root = sys
+            .open_dir(Path::new("/"))
+            .map_err(fail("open", Path::new("/")))?;
         sys.pivot_root(dot, dot)
             .map_err(fail("pivot_root", rootfs))?;
-        // The old root must not propagate its unmount to the host.
+        // The old root is now stacked on the new one, but "." is still the new root: a
+        // mount(2) of "." does not cross the mount on top. Through its descriptor, "." is
+        // the old root.
+        sys.fchdir(old_root.as_fd())
+            .map_err(fail("fchdir to the old root", Path::new("/")))?;
+        // The old root must not propagate its unmount to the host (its mounts are peers of
+        // the host's when the root propagation is shared).
         sys.mount(None, dot, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
             .map_err(fail("make old root rslave", rootfs))?;
         sys.umount2(dot, MntFlags::MNT_DETACH)

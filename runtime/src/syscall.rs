@@ -35,6 +35,9 @@ pub trait Syscall {
     fn umount2(&self, target: &Path, flags: MntFlags) -> SysResult<()>;
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> SysResult<()>;
     fn chdir(&self, path: &Path) -> SysResult<()>;
+    /// A descriptor of a directory, to come back to it with [`Syscall::fchdir`].
+    fn open_dir(&self, path: &Path) -> SysResult<OwnedFd>;
+    fn fchdir(&self, fd: BorrowedFd<'_>) -> SysResult<()>;
     fn chroot(&self, path: &Path) -> SysResult<()>;
     /// Creates a directory and its parents.
     fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()>;
@@ -130,6 +133,18 @@ impl Syscall for LinuxSyscall {
     }
     fn chdir(&self, path: &Path) -> SysResult<()> {
         nix::unistd::chdir(path)
+    }
+    fn open_dir(&self, path: &Path) -> SysResult<OwnedFd> {
+        nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+    }
+    fn fchdir(&self, fd: BorrowedFd<'_>) -> SysResult<()> {
+        nix::unistd::fchdir(fd)
     }
     fn chroot(&self, path: &Path) -> SysResult<()> {
         nix::unistd::chroot(path)
@@ -321,6 +336,8 @@ pub mod test {
         Umount(PathBuf),
         PivotRoot(PathBuf),
         Chdir(PathBuf),
+        /// fchdir to the directory opened at this path.
+        Fchdir(PathBuf),
         Chroot(PathBuf),
         Mkdir(PathBuf),
         Touch(PathBuf),
@@ -364,7 +381,8 @@ pub mod test {
         pub fail_mount: RefCell<Vec<(PathBuf, Errno)>>,
         /// Calls (other than mounts) that fail with this errno instead of being recorded.
         pub fail: RefCell<Vec<(Call, Errno)>>,
-        /// Descriptors handed out by `open_namespace`, with the path they stand for.
+        /// Descriptors handed out by `open_namespace` and `open_dir`, with the path they
+        /// stand for.
         namespaces: RefCell<Vec<(std::os::fd::RawFd, PathBuf)>>,
         /// The last capability of the simulated kernel (`None`: 63).
         pub last_cap: std::cell::Cell<Option<u64>>,
@@ -388,6 +406,18 @@ pub mod test {
                     _ => None,
                 })
                 .collect()
+        }
+        /// The path a descriptor of `open_namespace` or `open_dir` stands for (the latest
+        /// for its number: descriptors are reused once closed).
+        fn path_of(&self, fd: BorrowedFd<'_>) -> PathBuf {
+            use std::os::fd::AsRawFd;
+            self.namespaces
+                .borrow()
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == fd.as_raw_fd())
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default()
         }
         /// Makes `call` fail with `errno`.
         pub fn fail_on(&self, call: Call, errno: Errno) {
@@ -476,17 +506,13 @@ pub mod test {
             Ok(fd)
         }
         fn setns(&self, fd: BorrowedFd<'_>, nstype: CloneFlags) -> SysResult<()> {
-            use std::os::fd::AsRawFd;
-            // The latest path for this number: descriptors are reused once closed.
-            let path = self
-                .namespaces
-                .borrow()
-                .iter()
-                .rev()
-                .find(|(n, _)| *n == fd.as_raw_fd())
-                .map(|(_, p)| p.clone())
-                .unwrap_or_default();
-            self.push(Call::Setns(path, nstype))
+            self.push(Call::Setns(self.path_of(fd), nstype))
+        }
+        fn open_dir(&self, path: &Path) -> SysResult<OwnedFd> {
+            self.open_namespace(path)
+        }
+        fn fchdir(&self, fd: BorrowedFd<'_>) -> SysResult<()> {
+            self.push(Call::Fchdir(self.path_of(fd)))
         }
         fn unshare(&self, flags: CloneFlags) -> SysResult<()> {
             self.push(Call::Unshare(flags))

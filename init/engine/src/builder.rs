@@ -133,6 +133,20 @@ pub struct Volume {
     pub source: PathBuf,
     pub destination: String,
     pub read_only: bool,
+    pub propagation: Propagation,
+}
+
+/// Which way mounts made later under a volume travel. The source must be a shared mount on
+/// the host for either to reach anything (the launcher makes it one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    #[default]
+    Private,
+    /// Both ways; the container's root propagation becomes rshared too, as Docker does, so
+    /// its copy of the host's mounts stays a peer of them.
+    Rshared,
+    /// From the host into the container.
+    Rslave,
 }
 
 /// A unit's `[container]` and `[resources]`, resolved to host paths.
@@ -386,17 +400,18 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
             return Err(BuildError::VolumeDestination(v.destination.clone()));
         }
         let src = v.source.display().to_string();
-        mounts.push(mount(
-            &v.destination,
-            "bind",
-            &src,
-            &[
-                "rbind",
-                "nosuid",
-                "nodev",
-                if v.read_only { "ro" } else { "rw" },
-            ],
-        )?);
+        let mut options = vec![
+            "rbind",
+            "nosuid",
+            "nodev",
+            if v.read_only { "ro" } else { "rw" },
+        ];
+        match v.propagation {
+            Propagation::Private => {}
+            Propagation::Rshared => options.push("rshared"),
+            Propagation::Rslave => options.push("rslave"),
+        }
+        mounts.push(mount(&v.destination, "bind", &src, &options)?);
     }
 
     let mut ns_types = vec![
@@ -448,6 +463,12 @@ pub fn build_spec(s: &ContainerSettings, rootfs: &Path) -> Result<Spec, BuildErr
     }
     if let Some(cg) = &s.cgroup {
         linux = linux.cgroups_path(PathBuf::from(cg));
+    }
+    if s.volumes
+        .iter()
+        .any(|v| v.propagation == Propagation::Rshared)
+    {
+        linux = linux.rootfs_propagation("rshared".to_string());
     }
     if s.network != NetworkMode::Host {
         // In its own network namespace any user may bind any port (as with Docker): without
@@ -707,6 +728,39 @@ mod tests {
     }
 
     #[test]
+    fn volume_propagation_reaches_the_mount_and_the_root() {
+        let r = rootfs();
+        let volume = |dest: &str, propagation| Volume {
+            source: "/var/lib/berth/kubelet".into(),
+            destination: dest.into(),
+            read_only: false,
+            propagation,
+        };
+        let mut s = ContainerSettings {
+            command: vec!["kubelet".into()],
+            privileged: true,
+            volumes: vec![
+                volume("/var/lib/kubelet", Propagation::Rshared),
+                volume("/host", Propagation::Rslave),
+                volume("/plain", Propagation::Private),
+            ],
+            ..ContainerSettings::default()
+        };
+        let spec = build_spec(&s, &r).unwrap();
+        let options = |dest| mount_at(&spec, dest).unwrap().2;
+        assert_eq!(options("/var/lib/kubelet").last().unwrap(), "rshared");
+        assert_eq!(options("/host").last().unwrap(), "rslave");
+        assert_eq!(options("/plain"), ["rbind", "nosuid", "nodev", "rw"]);
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.rootfs_propagation().as_deref(), Some("rshared"));
+        // Without a shared volume the runtime's default (rslave) stays.
+        s.volumes.remove(0);
+        let spec = build_spec(&s, &r).unwrap();
+        assert_eq!(spec.linux().as_ref().unwrap().rootfs_propagation(), &None);
+        std::fs::remove_dir_all(&r).unwrap();
+    }
+
+    #[test]
     fn nothing_is_inherited_and_an_own_network_namespace_opens_low_ports() {
         let r = rootfs();
         let mut s = ContainerSettings {
@@ -831,6 +885,7 @@ mod tests {
                 source: "/var/lib/berth/volumes/data".into(),
                 destination: "/data".into(),
                 read_only: true,
+                propagation: Propagation::Private,
             }],
             resources: Resources {
                 memory_max: Some(Limit::Value(64 << 20)),

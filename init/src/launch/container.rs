@@ -25,7 +25,7 @@ use berth_store::fsutil::private_dir;
 use berth_store::registry::Reference;
 use berth_store::Store;
 use nix::fcntl::OFlag;
-use nix::mount::MntFlags;
+use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 
 use super::limits::limits;
@@ -34,7 +34,7 @@ use super::pull::pull_command;
 use super::task::fork_task;
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::{NetworkMode, PidMode};
-use crate::unit::value::{UserSpec, VolumeSource};
+use crate::unit::value::{Propagation, UserSpec, VolumeSource};
 use crate::unit::Unit;
 
 /// Files the preparation task leaves in the container's directory for PID 1.
@@ -182,10 +182,19 @@ impl ContainerLauncher {
                 }
                 VolumeSource::Host(p) => PathBuf::from(p),
             };
+            let propagation = match v.propagation {
+                Propagation::Private => builder::Propagation::Private,
+                Propagation::Rshared => builder::Propagation::Rshared,
+                Propagation::Rslave => builder::Propagation::Rslave,
+            };
+            if propagation != builder::Propagation::Private {
+                share_mount(&source)?;
+            }
             volumes.push(Volume {
                 source,
                 destination: v.target.clone(),
                 read_only: v.read_only,
+                propagation,
             });
         }
         Ok(ContainerSettings {
@@ -613,6 +622,38 @@ fn dies_with_task(mut cmd: Command) -> Command {
         cmd.pre_exec(move || crate::signals::die_with_parent(task));
     }
     cmd
+}
+
+/// Makes `path` a shared mount of the host, bind-mounting it onto itself first when it is no
+/// mount point: mounts made under it later then travel between the host and a container that
+/// mounts it `rshared` (or into one that mounts it `rslave`). It stays so after the container
+/// ends, as a host's own shared mounts do, and is unmounted at shutdown with the rest.
+fn share_mount(path: &Path) -> Result<(), LaunchError> {
+    let shared = || {
+        nix::mount::mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+    };
+    let failed = |what: &str, e: nix::errno::Errno| err(format!("{what} {}: {e}", path.display()));
+    match shared() {
+        Ok(()) => return Ok(()),
+        // Not a mount point.
+        Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(failed("share volume", e)),
+    }
+    nix::mount::mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| failed("bind volume onto itself", e))?;
+    shared().map_err(|e| failed("share volume", e))
 }
 
 #[cfg(test)]

@@ -172,6 +172,29 @@ fn privileged_and_host_pid_containers() {
 }
 
 #[test]
+fn a_shared_volume_needs_a_privileged_container() {
+    let text = "[container]\nimage = \"kubelet:1\"\n\
+                volumes = [\"/var/lib/berth/kubelet:/var/lib/kubelet:rshared\"]\n";
+    let err = parse("u", "u.toml", text).unwrap_err().to_string();
+    assert!(
+        err.contains("u.toml:3:11: key `container.volumes[0]`: rshared needs privileged = true"),
+        "{err}"
+    );
+    let u = parse("u", "u.toml", &format!("{text}privileged = true\n")).unwrap();
+    assert_eq!(
+        u.container.volumes[0].propagation,
+        value::Propagation::Rshared
+    );
+    // Host mounts seen inside: any container.
+    let text = "[container]\nimage = \"x:1\"\nvolumes = [\"/:/host:ro,rslave\"]\n";
+    let u = parse("u", "u.toml", text).unwrap();
+    assert_eq!(
+        u.container.volumes[0].propagation,
+        value::Propagation::Rslave
+    );
+}
+
+#[test]
 fn bad_privileged_and_pid_values_are_named() {
     let err = parse(
         "u",

@@ -256,6 +256,18 @@ fn container(c: &mut Checker<'_>, s: &file::ContainerSection) -> Option<Containe
         })
         .unwrap_or(PidMode::Container);
 
+    if !privileged {
+        if let Some(i) = volumes
+            .iter()
+            .position(|v| v.propagation == value::Propagation::Rshared)
+        {
+            c.error(
+                span_of(&s.volumes),
+                &format!("container.volumes[{i}]"),
+                "rshared needs privileged = true (only a privileged container can mount there)",
+            );
+        }
+    }
     if is_system {
         // A system unit runs on the host's own root and namespaces.
         let only_containers: [(&str, Option<Range<usize>>); 5] = [

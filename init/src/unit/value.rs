@@ -179,27 +179,62 @@ pub enum VolumeSource {
     Host(String),
 }
 
-/// A volume: `name-or-/abs:/path[:ro|rw]`.
+/// How mounts made later under a volume travel between the host and the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// Neither way (the default).
+    #[default]
+    Private,
+    /// Both ways (`rshared`): what the container mounts there appears on the host, as
+    /// kubelet's pod volumes must for containerd.
+    Rshared,
+    /// From the host into the container only (`rslave`).
+    Rslave,
+}
+
+/// A volume: `name-or-/abs:/path[:OPTIONS]`, OPTIONS a comma-separated list of `ro` or `rw`
+/// and `rshared` or `rslave`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Volume {
     pub source: VolumeSource,
     pub target: String,
     pub read_only: bool,
+    pub propagation: Propagation,
 }
 
 pub fn parse_volume(text: &str) -> Result<Volume, String> {
     let parts: Vec<&str> = text.split(':').collect();
-    let (source, target, read_only) = match parts.as_slice() {
-        [s, t] => (*s, *t, false),
-        [s, t, "ro"] => (*s, *t, true),
-        [s, t, "rw"] => (*s, *t, false),
-        [_, _, m] => return Err(format!("volume `{text}`: unknown mode `{m}` (ro or rw)")),
+    let (source, target, options) = match parts.as_slice() {
+        [s, t] => (*s, *t, None),
+        [s, t, o] => (*s, *t, Some(*o)),
         _ => {
             return Err(format!(
-                "volume `{text}` must be `name-or-/abs:/path[:ro|rw]`"
+                "volume `{text}` must be `name-or-/abs:/path[:OPTIONS]` (OPTIONS: ro or rw, \
+                 rshared or rslave, comma-separated)"
             ))
         }
     };
+    let (mut mode, mut propagation) = (None, None);
+    for option in options.map(|o| o.split(',')).into_iter().flatten() {
+        let twice = match option {
+            "ro" | "rw" => mode.replace(option == "ro").is_some(),
+            "rshared" => propagation.replace(Propagation::Rshared).is_some(),
+            "rslave" => propagation.replace(Propagation::Rslave).is_some(),
+            _ => {
+                return Err(format!(
+                    "volume `{text}`: unknown option `{option}` (ro, rw, rshared, rslave)"
+                ))
+            }
+        };
+        if twice {
+            return Err(format!(
+                "volume `{text}`: at most one of ro and rw, and one of rshared and rslave"
+            ));
+        }
+    }
+    let read_only = mode.unwrap_or(false);
+    let propagation = propagation.unwrap_or_default();
     if !is_clean_absolute(target) {
         return Err(format!(
             "volume `{text}`: target `{target}` must be an absolute path"
@@ -224,6 +259,7 @@ pub fn parse_volume(text: &str) -> Result<Volume, String> {
         source,
         target: target.to_string(),
         read_only,
+        propagation,
     })
 }
 
@@ -377,9 +413,14 @@ mod tests {
         let v = parse_volume("web-data:/usr/share/nginx/html:ro").unwrap();
         assert_eq!(v.source, VolumeSource::Named("web-data".into()));
         assert!(v.read_only);
+        assert_eq!(v.propagation, Propagation::Private);
         let v = parse_volume("/srv/x:/data").unwrap();
         assert_eq!(v.source, VolumeSource::Host("/srv/x".into()));
         assert!(!v.read_only);
+        let v = parse_volume("/var/lib/kubelet:/var/lib/kubelet:rshared").unwrap();
+        assert_eq!((v.read_only, v.propagation), (false, Propagation::Rshared));
+        let v = parse_volume("/:/host:ro,rslave").unwrap();
+        assert_eq!((v.read_only, v.propagation), (true, Propagation::Rslave));
         for bad in [
             "data",
             "data:rel",
@@ -387,6 +428,10 @@ mod tests {
             "../x:/x",
             "/a/../b:/x",
             "a:/x:ro:rw",
+            "a:/x:ro,rw",
+            "a:/x:rshared,rslave",
+            "a:/x:ro,",
+            "a:/x:shared",
         ] {
             assert!(parse_volume(bad).is_err(), "{bad}");
         }

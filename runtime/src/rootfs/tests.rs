@@ -205,6 +205,43 @@ fn user_namespace_binds_devices_and_falls_back_for_sysfs() {
 }
 
 #[test]
+fn a_shared_root_keeps_its_peers_and_makes_the_rootfs_mount_private() {
+    let r = root("shared");
+    let rootfs = r.0.join("rootfs");
+    let s = spec(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"rootfsPropagation":"rshared"}}"#,
+    );
+    let sys = RecordingSyscall::default();
+    RootfsSetup {
+        rootfs: &rootfs,
+        bundle: &r.0,
+        spec: &s,
+        user_ns: false,
+    }
+    .prepare(&sys)
+    .unwrap();
+    let mounts = sys.mounts();
+    assert_eq!(
+        mounts[..3],
+        [
+            (
+                None,
+                PathBuf::from("/"),
+                None,
+                MsFlags::MS_SHARED | MsFlags::MS_REC
+            ),
+            (None, rootfs.clone(), None, MsFlags::MS_PRIVATE),
+            (
+                Some(rootfs.clone()),
+                rootfs.clone(),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC
+            ),
+        ]
+    );
+}
+
+#[test]
 fn pivot_detaches_the_old_root() {
     let sys = RecordingSyscall::default();
     pivot(&sys, Path::new("/b/rootfs"), false).unwrap();
@@ -213,6 +250,7 @@ fn pivot_detaches_the_old_root() {
         vec![
             Call::Chdir("/b/rootfs".into()),
             Call::PivotRoot(".".into()),
+            Call::Fchdir("/".into()),
             Call::Mount {
                 source: None,
                 target: ".".into(),
