@@ -68,6 +68,15 @@ fn symlinks_cannot_escape_the_root() {
     ));
 }
 
+fn setup<'a>(rootfs: &'a Path, bundle: &'a Path, spec: &'a Spec, user_ns: bool) -> RootfsSetup<'a> {
+    RootfsSetup {
+        rootfs,
+        bundle,
+        spec,
+        user_ns,
+    }
+}
+
 #[test]
 fn prepare_mounts_in_spec_order_and_creates_devices() {
     let r = root("prepare");
@@ -83,14 +92,7 @@ fn prepare_mounts_in_spec_order_and_creates_devices() {
         host_dir.display()
     ));
     let sys = RecordingSyscall::default();
-    RootfsSetup {
-        rootfs: &rootfs,
-        bundle: &r.0,
-        spec: &s,
-        user_ns: false,
-    }
-    .prepare(&sys)
-    .unwrap();
+    setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap();
     let mounts = sys.mounts();
     assert_eq!(
         mounts[0],
@@ -185,14 +187,7 @@ fn user_namespace_binds_devices_and_falls_back_for_sysfs() {
     assert!(err.to_string().contains("bind /sys"), "{err}");
     let sys = RecordingSyscall::default();
     let s = spec(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
-    RootfsSetup {
-        rootfs: &rootfs,
-        bundle: &r.0,
-        spec: &s,
-        user_ns: true,
-    }
-    .prepare(&sys)
-    .unwrap();
+    setup(&rootfs, &r.0, &s, true).prepare(&sys).unwrap();
     let calls = sys.calls();
     assert!(!calls.iter().any(|c| matches!(c, Call::Mknod { .. })));
     assert!(calls.contains(&Call::Touch(rootfs.join("dev/null"))));
@@ -212,14 +207,7 @@ fn a_shared_root_keeps_its_peers_and_makes_the_rootfs_mount_private() {
         r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"linux":{"rootfsPropagation":"rshared"}}"#,
     );
     let sys = RecordingSyscall::default();
-    RootfsSetup {
-        rootfs: &rootfs,
-        bundle: &r.0,
-        spec: &s,
-        user_ns: false,
-    }
-    .prepare(&sys)
-    .unwrap();
+    setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap();
     let mounts = sys.mounts();
     assert_eq!(
         mounts[..3],
