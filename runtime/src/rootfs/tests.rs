@@ -176,14 +176,7 @@ fn user_namespace_binds_devices_and_falls_back_for_sysfs() {
         .push((rootfs.join("sys"), Errno::EPERM));
     // The recorder fails every mount at that target, so the fallback bind fails too: the
     // error names the bind of /sys, which proves the fallback ran.
-    let err = RootfsSetup {
-        rootfs: &rootfs,
-        bundle: &r.0,
-        spec: &s,
-        user_ns: true,
-    }
-    .prepare(&sys)
-    .unwrap_err();
+    let err = setup(&rootfs, &r.0, &s, true).prepare(&sys).unwrap_err();
     assert!(err.to_string().contains("bind /sys"), "{err}");
     let sys = RecordingSyscall::default();
     let s = spec(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
