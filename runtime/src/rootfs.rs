@@ -213,12 +213,12 @@ impl RootfsSetup<'_> {
         // mounts stay their peers, so a volume mounted rshared propagates both ways.
         sys.mount(None, Path::new("/"), None, root_prop, None)
             .map_err(fail("make / ", Path::new("/")))?;
-        if root_prop.contains(MsFlags::MS_SHARED) {
-            // pivot_root refuses a shared new root or a shared parent of it: the mount that
-            // holds the rootfs is made private (here only); the root is made shared again
-            // after pivot_root (`finish`).
-            self.make_rootfs_mount_private(sys)?;
-        }
+        // The mount that holds the rootfs made private (here only), as runc does: otherwise,
+        // where it is a peer of a shared host mount (the root propagation is not recursive
+        // or is shared), the rootfs's bind and every mount made in it would appear on the
+        // host too; and pivot_root refuses a shared parent of the new root. A shared root is
+        // made shared again after pivot_root (`finish`).
+        self.make_rootfs_mount_private(sys)?;
         sys.mount(
             Some(self.rootfs),
             self.rootfs,

@@ -423,3 +423,60 @@ fn no_mount_namespace_runs_chrooted() {
         stderr(&out)
     );
 }
+
+/// Detaches a mount of the test's on drop.
+struct Detach(std::path::PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Mount points of this (the host's) namespace below `dir`.
+fn host_mounts_below(dir: &std::path::Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// A bundle on a shared mount of the host and a root propagation that is not recursive
+/// (`private`): the container's copy of that mount stays a peer of the host's, yet neither the
+/// rootfs's bind nor the mounts made in it (/proc, /dev, ...) may appear on the host.
+#[test]
+fn a_bundle_on_a_shared_host_mount_leaks_no_mount_to_the_host() {
+    use nix::mount::{mount, MsFlags};
+    let mut f = Fixture::new();
+    let dir = f.dir.clone();
+    mount(
+        Some(&dir),
+        &dir,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _detach = Detach(dir.clone());
+    mount(
+        None::<&str>,
+        &dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    f.args(&["true"]);
+    f.config["linux"]["rootfsPropagation"] = json!("private");
+    let out = f.run(&unique("leak"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let leaked = host_mounts_below(&dir);
+    for m in &leaked {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    assert_eq!(leaked, Vec::<String>::new());
+}

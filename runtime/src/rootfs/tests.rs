@@ -93,11 +93,13 @@ fn prepare_mounts_in_spec_order_and_creates_devices() {
     ));
     let sys = RecordingSyscall::default();
     setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap();
-    let mounts = sys.mounts();
+    let mut mounts = sys.mounts();
     assert_eq!(
         mounts[0],
         (None, PathBuf::from("/"), None, MsFlags::MS_PRIVATE)
     );
+    // The rootfs's mount made private first (tested with a shared root below).
+    assert_eq!(mounts.remove(1).1, rootfs);
     assert_eq!(
         mounts[1],
         (
