@@ -253,13 +253,13 @@ impl RootfsSetup<'_> {
     fn make_rootfs_mount_private(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
         let mut at = self.rootfs;
         loop {
-            match sys.mount(None, at, None, MsFlags::MS_PRIVATE, None) {
-                Ok(()) => return Ok(()),
+            let Err(e) = sys.mount(None, at, None, MsFlags::MS_PRIVATE, None) else {
+                return Ok(());
+            };
+            match (e, at.parent()) {
                 // Not a mount point: its parent directory may be.
-                Err(Errno::EINVAL) if at.parent().is_some() => {
-                    at = at.parent().unwrap_or(at);
-                }
-                Err(e) => return Err(fail("make private", at)(e)),
+                (Errno::EINVAL, Some(parent)) => at = parent,
+                _ => return Err(fail("make private", at)(e)),
             }
         }
     }
