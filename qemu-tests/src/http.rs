@@ -13,12 +13,20 @@ use crate::{io_err, HarnessError, Result};
 
 /// One GET of `path` on 127.0.0.1:`port`: (status, body).
 pub fn get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    exchange(connect(port, timeout)?, path)
+}
+
+fn connect(port: u16, timeout: Duration) -> Result<TcpStream> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io_err("connect"))?;
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(io_err("connect"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(io_err("timeout"))?;
     s.set_write_timeout(Some(timeout))
         .map_err(io_err("timeout"))?;
+    Ok(s)
+}
+
+fn exchange(mut s: TcpStream, path: &str) -> Result<(u16, String)> {
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .map_err(io_err("send request"))?;
     let mut reply = Vec::new();
@@ -36,21 +44,81 @@ pub fn get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// Retries GET until it answers 200 (QEMU's forwarder accepts connections before the guest
-/// listens, so early attempts fail); bounded by `timeout`. Returns the body.
+/// A new attempt of [`wait_for_200`] starts this often while earlier ones still wait.
+const ATTEMPT_EVERY: Duration = Duration::from_millis(50);
+/// How long one attempt may wait for its answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts waiting at once, at most.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// Retries GET until it answers 200; bounded by `timeout`. Returns the body.
+///
+/// QEMU's forwarder accepts a connection before the guest can take it, and one forwarded
+/// while the guest has no address yet stays unanswered until QEMU retransmits (seconds later).
+/// Attempts one after another would each wait out such a silence, so the first 200 would come
+/// up to an attempt's timeout after the guest can answer. Instead a new attempt starts every
+/// [`ATTEMPT_EVERY`] while earlier ones wait (at most [`MAX_IN_FLIGHT`]), the first 200 wins,
+/// and the attempts still waiting are shut down then: the 200 is seen within one period of
+/// the guest's readiness, and the guest gets no late burst of requests.
 pub fn wait_for_200(port: u16, path: &str, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
+    // The connections of the attempts still waiting, by attempt number.
+    let waiting: Arc<Mutex<Vec<(u64, TcpStream)>>> = Arc::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut in_flight = 0usize;
+    let mut attempts = 0u64;
     let mut last = String::from("no attempt");
-    while Instant::now() < deadline {
-        // Short attempts: before the guest listens, a forwarded connection may hang unanswered.
-        match get(port, path, Duration::from_secs(1)) {
-            Ok((200, body)) => return Ok(body),
-            Ok((status, _)) => last = format!("status {status}"),
-            Err(e) => last = e.to_string(),
+    let answer = loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if in_flight < MAX_IN_FLIGHT {
+            attempts += 1;
+            let (tx, waiting, path, id) = (tx.clone(), waiting.clone(), path.to_string(), attempts);
+            let spawned = std::thread::Builder::new().spawn(move || {
+                let result = connect(port, ATTEMPT_TIMEOUT).and_then(|s| {
+                    if let (Ok(copy), Ok(mut list)) = (s.try_clone(), waiting.lock()) {
+                        list.push((id, copy));
+                    }
+                    let result = exchange(s, &path);
+                    if let Ok(mut list) = waiting.lock() {
+                        list.retain(|(other, _)| *other != id);
+                    }
+                    result
+                });
+                let _ = tx.send(result);
+            });
+            match spawned {
+                Ok(_) => in_flight += 1,
+                Err(e) => last = format!("cannot start an attempt: {e}"),
+            }
+        }
+        // Every answer that comes within this period, then the next attempt.
+        let period_end = (now + ATTEMPT_EVERY).min(deadline);
+        let mut won = None;
+        while let Ok(result) = rx.recv_timeout(period_end.saturating_duration_since(Instant::now()))
+        {
+            in_flight -= 1;
+            match result {
+                Ok((200, body)) => {
+                    won = Some(body);
+                    break;
+                }
+                Ok((status, _)) => last = format!("status {status}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if won.is_some() {
+            break won;
+        }
+    };
+    if let Ok(list) = waiting.lock() {
+        for (_, s) in list.iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
-    Err(HarnessError::Timeout {
+    answer.ok_or_else(|| HarnessError::Timeout {
         what: format!("HTTP 200 from 127.0.0.1:{port}{path}"),
         waited: timeout,
         tail: last,

@@ -16,16 +16,35 @@ const DISK_SIZE: u64 = 1 << 30;
 /// Units in a fresh image: network, timesync, admin-shell, demo-web.
 const DEFAULT_UNITS: u64 = 4;
 
-fn boot(test: &str, firmware: Firmware) -> Option<(Fixture, Vm)> {
+/// The machine's uplink as QEMU's user network would lease it, set statically.
+const STATIC_NETWORK: &str = "[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\n\
+                              gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n";
+
+fn boot(test: &str, firmware: Firmware, user_data: &str) -> Option<(Fixture, Vm)> {
     let (fx, disk_path) = disk_or_skip(test, Some(DISK_SIZE))?;
     let cidata = fx
-        .config_drive(&format!("hostname = \"{}\"\n", test.replace('_', "-")))
+        .config_drive(&format!(
+            "hostname = \"{}\"\n{user_data}",
+            test.replace('_', "-")
+        ))
         .unwrap();
     let mut cfg = VmConfig::new(firmware, disk_path);
     cfg.extra_drives.push(cidata);
     cfg.forward.push(80);
     let vm = Vm::start(&cfg, &fx.dir).unwrap();
     Some((fx, vm))
+}
+
+/// The network unit configured the first NIC with QEMU's user-network address, once, and said
+/// how (`how`) in its log. Returns the log.
+fn assert_uplink(vm: &mut Vm, how: &str) -> String {
+    let log = vm.run_ok("berthctl logs network", CMD).unwrap();
+    assert!(log.contains(&format!("network: eth0 {how}")), "{log}");
+    let addresses = vm.run_ok("ip -4 -o addr show dev eth0", CMD).unwrap();
+    let inet: Vec<&str> = addresses.lines().filter(|l| l.contains(" inet ")).collect();
+    assert_eq!(inet.len(), 1, "{addresses}\n{log}");
+    assert!(inet[0].contains("inet 10.0.2.15/24 "), "{addresses}\n{log}");
+    log
 }
 
 /// The boot state on the ESP of a stopped VM's disk.
@@ -35,7 +54,7 @@ fn grubenv_of(disk_path: &Path) -> BootState {
 
 #[test]
 fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
-    let Some((fx, mut vm)) = boot("bios_boot", Firmware::Bios) else {
+    let Some((fx, mut vm)) = boot("bios_boot", Firmware::Bios, "") else {
         return;
     };
     vm.wait_for("berth: booting slot A", BOOT).unwrap();
@@ -57,6 +76,10 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
 
     // The config drive set the hostname.
     assert_eq!(vm.run_ok("hostname", CMD).unwrap().trim(), "bios-boot");
+    // DHCP (no [network] on the config drive): the lease's address (QEMU's restricted user
+    // network offers no router).
+    let log = assert_uplink(&mut vm, "via DHCP");
+    assert!(log.contains("network: eth0 bound 10.0.2.15/24"), "{log}");
 
     // The root is dm-0, a read-only verity device over root A, mounted read-only.
     assert_eq!(
@@ -157,7 +180,7 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
 
 #[test]
 fn uefi_boot_runs_units_and_serves_demo() {
-    let Some((_fx, mut vm)) = boot("uefi_boot", Firmware::Uefi) else {
+    let Some((_fx, mut vm)) = boot("uefi_boot", Firmware::Uefi, STATIC_NETWORK) else {
         return;
     };
     vm.wait_for("berth: booting slot A", BOOT).unwrap();
@@ -173,6 +196,14 @@ fn uefi_boot_runs_units_and_serves_demo() {
     let port = vm.host_port(80).unwrap();
     let body = http::wait_for_200(port, "/", Duration::from_secs(120)).unwrap();
     assert!(body.contains("Hello from Berth"), "{body}");
+    // The config drive's static [network]: the address, the default route and the DNS server,
+    // without DHCP.
+    let log = assert_uplink(&mut vm, "static 10.0.2.15/24 via 10.0.2.2");
+    assert!(!log.contains("udhcpc"), "{log}");
+    let routes = vm.run_ok("ip route", CMD).unwrap();
+    assert!(routes.contains("default via 10.0.2.2 dev eth0"), "{routes}");
+    let resolv = vm.run_ok("cat /run/berth/resolv.conf", CMD).unwrap();
+    assert_eq!(resolv.trim(), "nameserver 10.0.2.3");
     vm.power_button().unwrap();
     let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
     assert!(status.success(), "QEMU exited with {status}");
