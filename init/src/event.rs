@@ -88,6 +88,8 @@ pub enum Timer {
     StartUnits,
     /// A new slot's critical units had until now to become healthy.
     HealthDeadline,
+    /// The boot's hold ends: system units get their CPU share back if they have not yet.
+    BootShare,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

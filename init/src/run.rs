@@ -11,7 +11,7 @@ use crate::api::jobs::Jobs;
 use crate::api::{ApiContext, ApiServer, SystemInfo};
 use crate::boot::{Boot, Mode, Paths};
 use crate::event::{after, Event, EventLoop, Key, Reactor, Timer};
-use crate::launch::cgroup::{Cgroups, NoCgroups};
+use crate::launch::cgroup::{Cgroups, NoCgroups, SystemShare, DEFAULT_WEIGHT, YIELDING_WEIGHT};
 use crate::launch::process::ProcessLauncher;
 use crate::launch::Launcher;
 use crate::platform::Platform;
@@ -56,6 +56,9 @@ pub struct Init {
     /// Set once a shutdown began: what it ends in, and how often its deadline passed.
     shutdown: Option<(PowerAction, u32)>,
     buffer: Vec<Event>,
+    /// System units' CPU share, lowered at boot while the first containers are set up, and
+    /// since when.
+    boot_share: Option<(SystemShare, Instant)>,
 }
 
 impl Init {
@@ -71,6 +74,7 @@ impl Init {
             }
         };
 
+        let share = boot.cgroups.as_ref().and_then(|c| c.system_share());
         let cgroups: Box<dyn Cgroups> = match boot.cgroups {
             Some(cg) => Box::new(cg),
             None => Box::new(NoCgroups),
@@ -125,10 +129,14 @@ impl Init {
         platform.attach(Instant::now(), &mut events);
         events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::DropBootCode);
         system.boot_duration = boot_duration(&boot.mode);
+        let boot_share = share.and_then(yield_to_containers);
         // The API is served from here on: the first batch of units starts now, the rest in
         // the loop's turns between API requests.
         supervisor.start_all(Instant::now(), &mut events);
-        Ok(Init {
+        if let (Some(_), Some(until)) = (&boot_share, supervisor.boot_hold_until()) {
+            events.schedule(until, Timer::BootShare);
+        }
+        let mut init = Init {
             events,
             signals,
             supervisor,
@@ -141,7 +149,29 @@ impl Init {
             mode: boot.mode,
             shutdown: None,
             buffer: Vec::new(),
-        })
+            boot_share,
+        };
+        init.end_boot_yield(Instant::now());
+        Ok(init)
+    }
+
+    /// Gives system units their CPU share back once the boot's container setups are done
+    /// (see [`yield_to_containers`]).
+    fn end_boot_yield(&mut self, now: Instant) {
+        if self.boot_share.is_none() || self.supervisor.boot_setups_running(now) {
+            return;
+        }
+        let Some((share, since)) = self.boot_share.take() else {
+            return;
+        };
+        match share.set_weight(DEFAULT_WEIGHT) {
+            Ok(()) => info!(
+                "system units back at CPU weight {} after {} ms",
+                DEFAULT_WEIGHT,
+                now.saturating_duration_since(since).as_millis()
+            ),
+            Err(e) => error!("cannot restore the system units' CPU weight: {e}"),
+        }
     }
 
     fn event_sources() -> Result<(EventLoop, Signals), RunError> {
@@ -222,6 +252,7 @@ impl Init {
                 Event::Timer(Timer::StartUnits) => {
                     self.supervisor.on_start_timer(now, &mut self.events)
                 }
+                Event::Timer(Timer::BootShare) => self.end_boot_yield(now),
                 Event::Timer(Timer::HealthDeadline) => {
                     let statuses = self.supervisor.statuses();
                     if self
@@ -237,6 +268,7 @@ impl Init {
             self.platform.check_boot_good(&self.supervisor.statuses());
         }
         self.buffer = events;
+        self.end_boot_yield(now);
         self.supervisor.after_events();
         self.with_api(now, |api, ctx| api.after_events(ctx));
         if let Some(action) = self.power.take() {
@@ -358,6 +390,23 @@ impl Init {
 }
 
 /// Time from kernel start (PID 1) or from this process's start (host mode) until now.
+/// Lowers the system units' CPU weight for the boot's container setups: with one CPU, the
+/// network unit's DHCP client and its helper forks would take half of it from the first
+/// container's setup. Their start is not delayed, and an idle CPU still runs them.
+/// `None` when the weight cannot be set (no cpu controller).
+fn yield_to_containers(share: SystemShare) -> Option<(SystemShare, Instant)> {
+    match share.set_weight(YIELDING_WEIGHT) {
+        Ok(()) => {
+            info!("system units at CPU weight {YIELDING_WEIGHT} while containers are set up");
+            Some((share, Instant::now()))
+        }
+        Err(e) => {
+            debug!("system units keep their CPU weight: {e}");
+            None
+        }
+    }
+}
+
 fn boot_duration(mode: &Mode) -> Option<Duration> {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
     let now = Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32);

@@ -80,6 +80,23 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     // network offers no router).
     let log = assert_uplink(&mut vm, "via DHCP");
     assert!(log.contains("network: eth0 bound 10.0.2.15/24"), "{log}");
+    // System units ran at the lowest CPU weight while the demo was set up, and have the
+    // default weight back.
+    let share = vm.run_ok("dmesg | grep 'system units'", CMD).unwrap();
+    assert!(
+        share.contains("system units at CPU weight 1 while containers are set up"),
+        "{share}"
+    );
+    assert!(
+        share.contains("system units back at CPU weight 100 after"),
+        "{share}"
+    );
+    assert_eq!(
+        vm.run_ok("cat /sys/fs/cgroup/units/cpu.weight", CMD)
+            .unwrap()
+            .trim(),
+        "100"
+    );
 
     // The root is dm-0, a read-only verity device over root A, mounted read-only.
     assert_eq!(

@@ -80,6 +80,40 @@ impl<F: CgroupFs + Clone> FsCgroups<F> {
     fn rel(unit: &str) -> String {
         format!("units/{unit}")
     }
+
+    /// The parent cgroup of every system unit, for [`SystemShare`]; `None` when it cannot be
+    /// created.
+    pub fn system_share(&self) -> Option<SystemShare<F>> {
+        let group = self.root.create(SYSTEM_UNITS).ok()?;
+        Some(SystemShare { group })
+    }
+}
+
+/// The cgroup every system unit's own cgroup sits in.
+const SYSTEM_UNITS: &str = "units";
+
+/// The CPU share of all system units together (`units/cpu.weight`). With one CPU, a boot's
+/// system units (the DHCP client's shell and helper forks, above all) take half of it from
+/// the first containers' setup; PID 1 lowers their weight while those setups run, and
+/// restores the default once they are done. Only CPU time the setups want is taken: an idle
+/// CPU still runs a system unit at any weight.
+pub struct SystemShare<F: CgroupFs + Clone = HostFs> {
+    group: cg::Cgroup<F>,
+}
+
+/// cgroup v2's lowest weight: system units run when nothing else wants the CPU.
+pub const YIELDING_WEIGHT: u64 = 1;
+/// cgroup v2's default weight, the same as every container's.
+pub const DEFAULT_WEIGHT: u64 = 100;
+
+impl<F: CgroupFs + Clone> SystemShare<F> {
+    /// Sets the system units' weight (1..=10000).
+    pub fn set_weight(&self, weight: u64) -> Result<(), CgroupError> {
+        self.group.apply(&cg::Resources {
+            cpu_weight: Some(weight),
+            ..Default::default()
+        })
+    }
 }
 
 impl<F: CgroupFs + Clone> Cgroups for FsCgroups<F> {
@@ -130,6 +164,37 @@ pub fn usage_of<F: CgroupFs + Clone>(group: &cg::Cgroup<F>) -> Option<Usage> {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn the_system_share_sets_the_weight_of_all_system_units() {
+        let root = fake_hierarchy("share", "cpu memory pids");
+        fs::write(root.join("units/cpu.weight"), "100\n").unwrap();
+        let cgroups = FsCgroups::with_root(CgroupRoot::with_fs(HostFs, &root)).unwrap();
+        let share = cgroups.system_share().unwrap();
+        share.set_weight(YIELDING_WEIGHT).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("units/cpu.weight")).unwrap(),
+            "1"
+        );
+        share.set_weight(DEFAULT_WEIGHT).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("units/cpu.weight")).unwrap(),
+            "100"
+        );
+        // A unit's own cgroup keeps its weight: only the parent's share moves.
+        assert!(!root.join("units/web/cpu.weight").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn without_the_cpu_controller_the_share_cannot_be_set() {
+        let root = fake_hierarchy("share-nocpu", "memory pids");
+        let cgroups = FsCgroups::with_root(CgroupRoot::with_fs(HostFs, &root)).unwrap();
+        let share = cgroups.system_share().unwrap();
+        assert!(share.set_weight(YIELDING_WEIGHT).is_err());
+        assert!(!root.join("units/cpu.weight").exists());
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     /// A directory tree shaped like cgroupfs (interface files exist up front, as the kernel
     /// creates them).

@@ -235,24 +235,45 @@ impl Supervisor {
         let Some(until) = self.boot_hold_until.filter(|&u| now < u) else {
             return false;
         };
-        // Container units lead the start order: the scan stops at the first system unit, so a
-        // boot with thousands of system units and no container pays nothing here.
-        let slots = &self.slots;
-        let preparing = self
-            .order
-            .iter()
-            .map(|&i| &slots[i])
-            .map_while(|s| Some((s, s.unit.as_ref().filter(|u| !u.is_system())?)))
-            .any(|(s, unit)| match s.phase {
-                Phase::Preparing { .. } => true,
-                Phase::Running { .. } => unit.health.is_some() && s.phase.state() != State::Healthy,
-                _ => false,
-            });
+        let preparing = self.containers_coming_up(true);
         if preparing && !self.hold_timer {
             self.hold_timer = true;
             r.schedule(until, Timer::StartUnits);
         }
         preparing
+    }
+
+    /// Whether a container unit is being set up (its preparation task runs) or, with
+    /// `until_healthy`, is running with a health check that has not passed yet.
+    fn containers_coming_up(&self, until_healthy: bool) -> bool {
+        // Container units lead the start order: the scan stops at the first system unit, so a
+        // boot with thousands of system units and no container pays nothing here.
+        let slots = &self.slots;
+        self.order
+            .iter()
+            .map(|&i| &slots[i])
+            .map_while(|s| Some((s, s.unit.as_ref().filter(|u| !u.is_system())?)))
+            .any(|(s, unit)| match s.phase {
+                Phase::Preparing { .. } => true,
+                Phase::Running { .. } => {
+                    until_healthy && unit.health.is_some() && s.phase.state() != State::Healthy
+                }
+                _ => false,
+            })
+    }
+
+    /// Whether the boot's containers are still being set up: within the boot's hold (see
+    /// [`BOOT_HOLD`]), a container unit's preparation task runs. While it is so, PID 1 gives
+    /// system units the lowest CPU weight (`launch::cgroup::SystemShare`); their start is not
+    /// held, their CPU time waits for the setups. PID 1 restores their weight the first time
+    /// this is false, at the latest at the hold's end.
+    pub fn boot_setups_running(&self, now: Instant) -> bool {
+        self.boot_hold_until.is_some_and(|u| now < u) && self.containers_coming_up(false)
+    }
+
+    /// When the boot's hold ends; `None` before the first start.
+    pub fn boot_hold_until(&self) -> Option<Instant> {
+        self.boot_hold_until
     }
 }
 

@@ -235,6 +235,44 @@ fn at_boot_leaf_system_units_wait_for_the_container_setup() {
 }
 
 #[test]
+fn boot_setups_run_while_a_container_prepares_within_the_hold() {
+    let mut h = boot_with_a_container_setup();
+    assert!(!h.sup.boot_setups_running(h.now), "nothing started yet");
+    h.start();
+    assert!(h.sup.boot_setups_running(h.now));
+    // The setup is done: a container that is running but not yet healthy no longer counts
+    // (its first answer may need what the system units do, e.g. the DHCP lease).
+    let task = h.rec.borrow().next_pid;
+    h.exit(task, ExitStatus::Exited(0));
+    assert_eq!(h.state("web"), State::Running);
+    assert!(!h.sup.boot_setups_running(h.now));
+}
+
+#[test]
+fn boot_setups_stop_counting_at_the_end_of_the_hold() {
+    let mut h = boot_with_a_container_setup();
+    h.start();
+    let until = h.sup.boot_hold_until().unwrap();
+    assert_eq!(until, h.now + super::deps::BOOT_HOLD);
+    assert!(h.sup.boot_setups_running(until - Duration::from_millis(1)));
+    assert!(
+        !h.sup.boot_setups_running(until),
+        "a setup that hangs lets go at the deadline"
+    );
+    assert_eq!(h.state("web"), State::Starting);
+}
+
+#[test]
+fn a_boot_without_containers_has_no_setups_to_wait_for() {
+    let mut h = Harness::new(&[
+        ("admin", "[container]\ncommand = [\"sh\"]\n"),
+        ("net", "[container]\ncommand = [\"dhcp\"]\n"),
+    ]);
+    h.start();
+    assert!(!h.sup.boot_setups_running(h.now));
+}
+
+#[test]
 fn at_boot_leaf_system_units_wait_for_a_container_to_be_healthy() {
     let mut h = Harness::new(&[
         ("admin", "[container]\ncommand = [\"sh\"]\n"),
