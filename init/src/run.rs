@@ -389,7 +389,6 @@ impl Init {
     }
 }
 
-/// Time from kernel start (PID 1) or from this process's start (host mode) until now.
 /// Lowers the system units' CPU weight for the boot's container setups: with one CPU, the
 /// network unit's DHCP client and its helper forks would take half of it from the first
 /// container's setup. Their start is not delayed, and an idle CPU still runs them.
@@ -407,6 +406,7 @@ fn yield_to_containers(share: SystemShare) -> Option<(SystemShare, Instant)> {
     }
 }
 
+/// Time from kernel start (PID 1) or from this process's start (host mode) until now.
 fn boot_duration(mode: &Mode) -> Option<Duration> {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
     let now = Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32);
