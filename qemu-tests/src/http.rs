@@ -48,8 +48,11 @@ fn exchange(mut s: TcpStream, path: &str) -> Result<(u16, String)> {
 const ATTEMPT_EVERY: Duration = Duration::from_millis(50);
 /// How long one attempt may wait for its answer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Attempts waiting at once, at most.
-const MAX_IN_FLIGHT: usize = 8;
+/// Attempts waiting at once, at most: as many as start within one attempt's timeout, so that
+/// attempts stuck in a silence never hold back a new one (a smaller cap made the first 200
+/// wait for the oldest attempt's timeout whenever the guest took longer than the cap's worth
+/// of periods to get its address).
+const MAX_IN_FLIGHT: usize = (ATTEMPT_TIMEOUT.as_millis() / ATTEMPT_EVERY.as_millis()) as usize;
 
 /// Retries GET until it answers 200; bounded by `timeout`. Returns the body.
 ///
@@ -252,5 +255,45 @@ mod tests {
         assert_eq!(server.served(), vec!["GET /a.bin".to_string()]);
         drop(server);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A server that accepts every connection but leaves those accepted before `ready` without
+    /// an answer (as QEMU's forwarder does while the guest has no address yet) and answers
+    /// 200 to later ones. Runs until `stop` is set, at most 30 s.
+    fn silent_until(ready: Instant, stop: Arc<AtomicBool>) -> (u16, JoinHandle<()>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let mut silent = Vec::new();
+            let end = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                match listener.accept() {
+                    Ok((s, _)) if Instant::now() < ready => silent.push(s),
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let mut line = String::new();
+                        let _ = BufReader::new(&s).read_line(&mut line);
+                        let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nup");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        (port, handle)
+    }
+
+    #[test]
+    fn a_silence_longer_than_the_first_attempts_does_not_delay_the_answer() {
+        // Ready 0.6 s after the first attempt: later than the attempts of 8 periods (the
+        // earlier cap), and the whole wait is shorter than one attempt's timeout, so only
+        // attempts started after the silence can answer in time.
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let (port, server) = silent_until(start + Duration::from_millis(600), stop.clone());
+        let result = wait_for_200(port, "/", Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+        assert_eq!(result.unwrap(), "up");
     }
 }
