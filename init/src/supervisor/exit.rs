@@ -1,12 +1,12 @@
 //! Reaping: what the exit (or stop and continue) of a unit's process means, the cleanup task
 //! that follows an exit, and the decision after it: stay stopped, fail, or restart.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 
 use super::phase::{Phase, Reaped, StopReason};
-use super::Supervisor;
+use super::{health, Supervisor};
 use crate::event::{after, Reactor};
 use crate::reaper::ExitStatus;
 use crate::unit::value::format_duration;
@@ -240,7 +240,7 @@ impl Supervisor {
             .unit
             .as_ref()
             .and_then(|u| u.health.as_ref())
-            .map(|h| h.interval.min(Duration::from_millis(100)));
+            .map(health::first_check_delay);
         if let Some(d) = first_check {
             self.arm(i, after(now, d), r);
         }

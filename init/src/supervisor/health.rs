@@ -1,7 +1,7 @@
 //! Health checks: one probe at a time per running unit, on its interval; `retries` failed
 //! checks in a row make the unit unhealthy (and restart it, unless `restart = "never"`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
@@ -9,7 +9,18 @@ use super::phase::{Phase, StopReason};
 use super::{Health, Supervisor};
 use crate::event::{after, Reactor};
 use crate::reaper::ExitStatus;
-use crate::unit::Restart;
+use crate::unit::{self, Restart};
+
+/// How long after a start (or a resume) the first check waits, unless the interval is shorter.
+/// A check is a process in the unit's namespaces; in a machine's first second it competes for
+/// the CPU with the boot's other work (on one vCPU: the DHCP exchange that the unit's clients
+/// wait for), and a service seldom listens within a few hundred milliseconds of its start.
+pub(super) const FIRST_CHECK_DELAY: Duration = Duration::from_millis(400);
+
+/// When unit `health`'s first check runs, after its process started.
+pub(super) fn first_check_delay(health: &unit::Health) -> Duration {
+    health.interval.min(FIRST_CHECK_DELAY)
+}
 
 impl Supervisor {
     /// The health timer of running unit `i` fired: start a check (or fail one that outlived

@@ -1,11 +1,11 @@
 //! Starting units: wanting them, and one start: preparation steps, then the main process.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 
 use super::phase::Phase;
-use super::Supervisor;
+use super::{health, Supervisor};
 use crate::event::{after, Reactor};
 use crate::launch::Step;
 use crate::reaper::ExitStatus;
@@ -73,10 +73,7 @@ impl Supervisor {
             Ok(Step::Main(sp)) => {
                 slot.started_at = Some(now);
                 info!("unit {}: started, pid {}", slot.name, sp.pid);
-                let first_check = unit
-                    .health
-                    .as_ref()
-                    .map(|h| h.interval.min(Duration::from_millis(100)));
+                let first_check = unit.health.as_ref().map(health::first_check_delay);
                 let pid = self.adopt(i, sp, false, r);
                 self.slots[i].phase = Phase::running(pid);
                 match first_check {

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::deps::START_BATCH;
+use super::health::FIRST_CHECK_DELAY;
 use super::*;
 use crate::event::{Key, Reactor, Timer};
 use crate::launch::{LaunchError, Launcher, Spawned, Step};
@@ -178,7 +179,7 @@ fn after_waits_for_running_or_healthy() {
     assert_eq!(h.started(), ["b"]);
     assert_eq!(h.sup.status("a").unwrap().detail, "waiting for b");
     // The first health check runs soon after start.
-    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    assert_eq!(h.fire_last(), FIRST_CHECK_DELAY);
     let check = h.rec.borrow().health[0].1;
     h.exit(check, ExitStatus::Exited(0));
     assert_eq!(h.state("b"), State::Healthy);
@@ -287,11 +288,30 @@ fn at_boot_leaf_system_units_wait_for_a_container_to_be_healthy() {
     h.exit(task, ExitStatus::Exited(0));
     assert_eq!(h.started(), ["web"], "running, not yet healthy");
     // The first health check runs soon after the start and passes.
-    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    assert_eq!(h.fire_last(), FIRST_CHECK_DELAY);
     let check = h.rec.borrow().health[0].1;
     h.exit(check, ExitStatus::Exited(0));
     assert_eq!(h.state("web"), State::Healthy);
     assert_eq!(h.started(), ["web", "admin"]);
+}
+
+#[test]
+fn the_first_health_check_leaves_a_fresh_start_alone_for_a_moment() {
+    let unit = |interval: &str| {
+        format!("[container]\ncommand = [\"httpd\"]\n[health]\nexec = [\"check\"]\ninterval = \"{interval}\"\n")
+    };
+    let mut h = Harness::new(&[("slow", &unit("2s")), ("fast", &unit("150ms"))]);
+    h.start();
+    assert_eq!(h.started(), ["slow", "fast"]);
+    // Each unit's only timer is its first check: 400 ms after the start, or the interval
+    // when that is shorter; nothing is checked before.
+    let mut firsts: Vec<Duration> = h.timers.0.iter().map(|(at, _)| *at - h.now).collect();
+    firsts.sort();
+    assert_eq!(
+        firsts,
+        [Duration::from_millis(150), Duration::from_millis(400)]
+    );
+    assert!(h.rec.borrow().health.is_empty());
 }
 
 #[test]
@@ -801,7 +821,7 @@ fn a_paused_unit_skips_health_checks_and_resumes_them_when_continued() {
     assert!(h.rec.borrow().health.is_empty());
     assert!(h.sup.on_continued(pid, h.now, &mut h.timers));
     assert_eq!(h.state("web"), State::Running);
-    assert_eq!(h.fire_last(), Duration::from_millis(100));
+    assert_eq!(h.fire_last(), FIRST_CHECK_DELAY);
     assert_eq!(h.rec.borrow().health.len(), 1);
     // Not a unit's process: not ours to judge.
     assert!(!h.sup.on_paused(9999, libc::SIGSTOP));
