@@ -14,7 +14,7 @@ use crate::unit::{self, Restart};
 /// How long after a start (or a resume) the first check waits, unless the interval is shorter.
 /// A check is a process in the unit's namespaces; in a machine's first second it competes for
 /// the CPU with the boot's other work (on one vCPU: the DHCP exchange that the unit's clients
-/// wait for), and a service seldom listens within a few hundred milliseconds of its start.
+/// wait for), and a check that comes before the service listens counts toward its retries.
 pub(super) const FIRST_CHECK_DELAY: Duration = Duration::from_millis(400);
 
 /// When unit `health`'s first check runs, after its process started.
