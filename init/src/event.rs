@@ -33,6 +33,8 @@ pub enum Key {
     JobOutput(u64),
     /// The pipe into an update job's stdin, fed by API connection `id` (watched while full).
     UploadPipe(u64),
+    /// The `done` pipe of unit slot `id`'s preparation task.
+    Prepared(u64),
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -49,6 +51,7 @@ impl Key {
             Key::ApiRemoteListener => 5 << KIND_SHIFT,
             Key::JobOutput(id) => (6 << KIND_SHIFT) | (id & ID_MASK),
             Key::UploadPipe(id) => (7 << KIND_SHIFT) | (id & ID_MASK),
+            Key::Prepared(id) => (8 << KIND_SHIFT) | (id & ID_MASK),
         }
     }
 
@@ -63,6 +66,7 @@ impl Key {
             5 => Some(Key::ApiRemoteListener),
             6 => Some(Key::JobOutput(id)),
             7 => Some(Key::UploadPipe(id)),
+            8 => Some(Key::Prepared(id)),
             _ => None,
         }
     }

@@ -214,6 +214,9 @@ impl Init {
             match event {
                 Event::Ready(Key::Signals, _) => self.on_signals(now),
                 Event::Ready(Key::UnitOutput(id), _) => self.on_unit_output(id),
+                Event::Ready(Key::Prepared(id), _) => {
+                    self.supervisor.on_prepared(id, now, &mut self.events)
+                }
                 Event::Ready(Key::ApiListener, _) => {
                     self.with_api(now, |api, ctx| api.on_accept(ctx))
                 }

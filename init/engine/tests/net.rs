@@ -60,6 +60,27 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
         let a = net.attach(&bundle_id, &netns, &ports).unwrap();
         assert_eq!(a.address, Ipv4Addr::new(10, 89, 0, 2));
         assert_eq!(a.gateway, Ipv4Addr::new(10, 89, 0, 1));
+        // One request made the host end a port of the bridge and brought both ends up.
+        let output = |program: &str, args: &[&str]| {
+            let o = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let host = host_ifname(&bundle_id);
+        let host = output("ip", &["-o", "link", "show", "dev", &host]);
+        assert!(
+            host.contains("master berth0") && host.contains(",UP,LOWER_UP"),
+            "{host}"
+        );
+        let net_arg = format!("--net={}", netns.display());
+        let eth0 = output(
+            "nsenter",
+            &[&net_arg, "ip", "-o", "link", "show", "dev", "eth0"],
+        );
+        assert!(eth0.contains(",UP,LOWER_UP"), "{eth0}");
         // The allocation is on disk.
         let saved = std::fs::read_to_string(state_dir.join("allocations.json")).unwrap();
         assert!(

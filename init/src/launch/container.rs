@@ -545,20 +545,34 @@ impl Launcher for ContainerLauncher {
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(START_ERROR_FILE));
         let (r, w) = output_pipe()?;
+        let (done_r, done_w) = output_pipe()?;
         let null = std::fs::File::open("/dev/null").map_err(LaunchError::Pipe)?;
         let out = w.as_raw_fd();
         let leftovers = self.leftovers_possible(&unit.name);
         let pid = fork_task([null.as_raw_fd(), out, out], || {
-            self.prepare_task(unit, out, leftovers)
+            let code = self.prepare_task(unit, out, leftovers);
+            if code == 0 {
+                // The container is created: PID 1 releases it when it reads this byte. What is
+                // left of this task, its exit (tearing down a copy of PID 1's memory), runs at
+                // idle priority from here, so on a busy CPU it comes after that release.
+                let idle = libc::sched_param { sched_priority: 0 };
+                // SAFETY: sets this process's own policy from a valid parameter struct.
+                let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
+                let _ = nix::unistd::write(&done_w, b"1");
+            }
+            code
         })
         .map_err(|source| LaunchError::Spawn {
             command: format!("container setup of {}", unit.name),
             source,
         })?;
-        Ok(Step::Prepare(Spawned {
-            pid,
-            output: Some(r),
-        }))
+        Ok(Step::Prepare {
+            task: Spawned {
+                pid,
+                output: Some(r),
+            },
+            done: Some(done_r),
+        })
     }
 
     fn preparation_error(&mut self, unit: &Unit) -> Option<String> {

@@ -33,8 +33,14 @@ pub struct Spawned {
 #[derive(Debug)]
 pub enum Step {
     /// A preparation process; when it exits 0 the supervisor calls `start` again with one
-    /// more completed step. Any other exit is a failed start.
-    Prepare(Spawned),
+    /// more completed step. Any other exit is a failed start. With `done`, the read end of a
+    /// pipe, one byte the process writes there is its success already: the supervisor goes on
+    /// at once and leaves the process, which only has to exit, to be reaped as an orphan. Its
+    /// exit (a forked copy of PID 1 tearing down) is then not on the way to the main process.
+    Prepare {
+        task: Spawned,
+        done: Option<OwnedFd>,
+    },
     /// The unit's main process: the unit is running.
     Main(Spawned),
 }

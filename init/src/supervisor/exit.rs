@@ -46,7 +46,13 @@ impl Supervisor {
     ) {
         let slot = &mut self.slots[i];
         let phase = std::mem::take(&mut slot.phase);
-        match phase.reaped(pid, status) {
+        let reaped = phase.reaped(pid, status);
+        if reaped.is_ok() {
+            // Whatever ended, a preparation task's `done` pipe has nothing more to say.
+            self.unwatch_prepared(i, r);
+        }
+        let slot = &mut self.slots[i];
+        match reaped {
             Err(phase) => slot.phase = phase,
             Ok(Reaped::Prepared { done }) if slot.wanted => self.start_step(i, done, now, r),
             Ok(Reaped::Prepared { .. }) => self.ended(i, None, status, None, now, r),

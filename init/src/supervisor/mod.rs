@@ -27,6 +27,7 @@ pub mod state;
 mod stop;
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use log::warn;
@@ -70,6 +71,8 @@ struct Slot {
     generation: u64,
     dependents: Vec<usize>,
     log: UnitLog,
+    /// The running preparation task's `done` pipe (see [`crate::launch::Step::Prepare`]).
+    prepared: Option<OwnedFd>,
 }
 
 impl Slot {
@@ -302,7 +305,6 @@ impl Supervisor {
     fn adopt(&mut self, i: usize, sp: Spawned, is_health: bool, r: &mut dyn Reactor) -> i32 {
         self.pids.insert(sp.pid, (i, is_health));
         if let Some(fd) = sp.output {
-            use std::os::fd::AsFd;
             let id = self.pipes.add(i, fd);
             let watched = self
                 .pipes
@@ -316,6 +318,23 @@ impl Supervisor {
             }
         }
         sp.pid
+    }
+
+    /// Watches the `done` pipe of unit `i`'s new preparation task.
+    fn watch_prepared(&mut self, i: usize, done: OwnedFd, r: &mut dyn Reactor) {
+        self.unwatch_prepared(i, r);
+        match r.watch(done.as_fd(), Key::Prepared(i as u64), false) {
+            Ok(()) => self.slots[i].prepared = Some(done),
+            // The task's exit still completes the step.
+            Err(e) => warn!("unit {}: cannot watch its setup: {e}", self.slots[i].name),
+        }
+    }
+
+    /// Closes unit `i`'s `done` pipe, if it has one.
+    fn unwatch_prepared(&mut self, i: usize, r: &mut dyn Reactor) {
+        if let Some(fd) = self.slots[i].prepared.take() {
+            r.unwatch(fd.as_fd());
+        }
     }
 
     fn signal(&mut self, i: usize, pid: i32, signal: i32, all: bool) {
@@ -371,6 +390,7 @@ fn new_slot(l: Loaded, launchers: &[Box<dyn Launcher>], log_policy: &LogPolicy) 
         limit: StartLimit::new(service.start_limit_burst, service.start_limit_interval),
         generation: 0,
         dependents: Vec::new(),
+        prepared: None,
     };
     if slot.unit.is_some() && slot.launcher.is_none() {
         let why = "no launcher can run this unit (container support is not available)";

@@ -58,6 +58,33 @@ impl Supervisor {
         self.start_step(i, 0, now, r);
     }
 
+    /// Unit `i`'s preparation task wrote to its `done` pipe: its step succeeded, and the start
+    /// goes on now instead of at the task's exit. The task is no longer the unit's (its exit
+    /// is reaped as an orphan's). End of file (the task ended without success) or a unit no
+    /// longer wanted only closes the pipe: the task's exit decides, as without the pipe.
+    pub fn on_prepared(&mut self, i: u64, now: Instant, r: &mut dyn Reactor) {
+        let Some(i) = usize::try_from(i).ok().filter(|&i| i < self.slots.len()) else {
+            return;
+        };
+        let Some(pipe) = &self.slots[i].prepared else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(pipe, &mut byte) {
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return,
+            Ok(1) => {}
+            Ok(_) | Err(_) => return self.unwatch_prepared(i, r),
+        }
+        self.unwatch_prepared(i, r);
+        let slot = &self.slots[i];
+        if let (Phase::Preparing { task, done }, true) = (&slot.phase, slot.wanted) {
+            let (task, done) = (*task, *done);
+            self.pids.remove(&task);
+            self.start_step(i, done + 1, now, r);
+            self.advance(now, r);
+        }
+    }
+
     /// The next step of a start after `done` preparation steps: another preparation step, or
     /// the main process.
     pub(super) fn start_step(&mut self, i: usize, done: u32, now: Instant, r: &mut dyn Reactor) {
@@ -66,9 +93,12 @@ impl Supervisor {
             return;
         };
         match self.launchers[l].start(unit, done) {
-            Ok(Step::Prepare(sp)) => {
-                let task = self.adopt(i, sp, false, r);
+            Ok(Step::Prepare { task, done: pipe }) => {
+                let task = self.adopt(i, task, false, r);
                 self.slots[i].phase = Phase::Preparing { task, done };
+                if let Some(pipe) = pipe {
+                    self.watch_prepared(i, pipe, r);
+                }
             }
             Ok(Step::Main(sp)) => {
                 slot.started_at = Some(now);

@@ -23,6 +23,8 @@ struct Record {
     cleaned: Vec<String>,
     /// (unit, pid) of every cleanup task started.
     cleanups: Vec<(String, i32)>,
+    /// Write ends of the `done` pipes of "prepare-done" setups, in order.
+    done_pipes: Vec<std::os::fd::OwnedFd>,
 }
 
 struct FakeLauncher(Rc<RefCell<Record>>);
@@ -41,7 +43,19 @@ impl Launcher for FakeLauncher {
         r.next_pid += 1;
         let pid = r.next_pid;
         if unit.container.command[0] == "prepare" && prepared == 0 {
-            return Ok(Step::Prepare(Spawned { pid, output: None }));
+            return Ok(Step::Prepare {
+                task: Spawned { pid, output: None },
+                done: None,
+            });
+        }
+        if unit.container.command[0] == "prepare-done" && prepared == 0 {
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| LaunchError::Pipe(e.into()))?;
+            r.done_pipes.push(write);
+            return Ok(Step::Prepare {
+                task: Spawned { pid, output: None },
+                done: Some(read),
+            });
         }
         r.started.push((unit.name.clone(), pid));
         Ok(Step::Main(Spawned { pid, output: None }))
@@ -942,4 +956,70 @@ fn a_paused_unit_can_be_stopped_and_shows_its_pid_while_stopping() {
     assert_eq!(h.state("web"), State::Stopping);
     h.exit(pid, ExitStatus::Signaled(15));
     assert_eq!(h.state("web"), State::Exited);
+}
+
+/// A setup that reports success on its `done` pipe: the unit is web at slot 0, its task pid 1.
+fn setup_with_done_pipe() -> Harness {
+    let mut h = Harness::new(&[(
+        "web",
+        "[container]\nimage = \"web:1\"\ncommand = [\"prepare-done\"]\n",
+    )]);
+    h.start();
+    assert_eq!(h.state("web"), State::Starting);
+    h
+}
+
+#[test]
+fn a_setup_that_reports_done_releases_the_container_before_its_exit() {
+    let mut h = setup_with_done_pipe();
+    let task = h.rec.borrow().next_pid;
+    // Nothing written yet: a wake-up without data changes nothing.
+    h.sup.on_prepared(0, h.now, &mut h.timers);
+    assert_eq!(h.state("web"), State::Starting);
+    let written = nix::unistd::write(&h.rec.borrow().done_pipes[0], b"1");
+    assert_eq!(written, Ok(1));
+    h.sup.on_prepared(0, h.now, &mut h.timers);
+    assert_eq!(h.state("web"), State::Running);
+    assert_eq!(h.started(), ["web"]);
+    // The task's exit that follows is no longer the unit's: reaped as an orphan's, and the
+    // running container is untouched.
+    assert!(!h
+        .sup
+        .on_exit(task, ExitStatus::Exited(0), h.now, &mut h.timers));
+    assert_eq!(h.state("web"), State::Running);
+    assert_eq!(h.pid("web"), task + 1);
+    // A late wake-up of the closed pipe does nothing either.
+    h.sup.on_prepared(0, h.now, &mut h.timers);
+    assert_eq!(h.started(), ["web"]);
+}
+
+#[test]
+fn a_setup_that_ends_without_reporting_done_is_judged_by_its_exit() {
+    let mut h = setup_with_done_pipe();
+    let task = h.rec.borrow().next_pid;
+    // The task ended without writing: end of file only closes the pipe.
+    h.rec.borrow_mut().done_pipes.clear();
+    h.sup.on_prepared(0, h.now, &mut h.timers);
+    assert_eq!(h.state("web"), State::Starting);
+    h.exit(task, ExitStatus::Exited(1));
+    assert_ne!(h.state("web"), State::Running);
+    assert!(h.started().is_empty());
+}
+
+#[test]
+fn a_done_report_after_a_stop_request_leaves_the_stop_to_the_exit() {
+    let mut h = setup_with_done_pipe();
+    let task = h.rec.borrow().next_pid;
+    assert!(h.sup.stop_unit("web", h.now, &mut h.timers));
+    let written = nix::unistd::write(&h.rec.borrow().done_pipes[0], b"1");
+    assert_eq!(written, Ok(1));
+    h.sup.on_prepared(0, h.now, &mut h.timers);
+    assert!(
+        h.started().is_empty(),
+        "a stopped unit's container is not released"
+    );
+    // The task is still the unit's: its exit ends the start.
+    h.exit(task, ExitStatus::Exited(0));
+    assert!(h.started().is_empty());
+    assert_ne!(h.state("web"), State::Running);
 }

@@ -5,6 +5,9 @@
 //! demo container (its kmsg lines: boot phases, units loaded, each unit started). Usage:
 //! boot-timeline [RUNS] (default 3). `BERTH_TIMELINE_MACHINES=bios1,uefi1` boots only those
 //! machines (firmware and vCPU count; default all four), for quicker before/after comparisons.
+//! `BERTH_TIMELINE_IMAGES=a.img,b.img` compares images instead: per machine their boots
+//! alternate one at a time (so a slow stretch of the host hits every image alike), each boot
+//! is listed, and berth-init's memory is not read (no wait for the settled uptime).
 
 use std::time::Duration;
 
@@ -20,7 +23,8 @@ struct Run {
     first_unit_kernel: f64,
     demo_kernel: f64,
     http_wall: f64,
-    memory: Memory,
+    /// None when not read (comparisons).
+    memory: Option<Memory>,
     /// The demo container's setup steps, in order, guest milliseconds.
     setup: Vec<(String, f64)>,
     /// berth-init's log lines until the demo container started, ms after PID 1 started.
@@ -80,7 +84,12 @@ struct Memory {
 /// Guest uptime (s) at which berth-init's memory is read.
 const SETTLED_S: u32 = 15;
 
-fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, String> {
+fn one(
+    image: &std::path::Path,
+    firmware: Firmware,
+    cpus: u32,
+    read_memory: bool,
+) -> Result<Run, String> {
     let e = |e: berth_qemu_tests::HarnessError| e.to_string();
     let fx = Fixture::new("timeline").map_err(e)?;
     let disk_path = fx.path("disk.img");
@@ -107,6 +116,38 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
     http::wait_for_200(port, "/", LIMIT).map_err(e)?;
     let http_wall = vm.elapsed().as_secs_f64();
     vm.wait_for_shell(LIMIT).map_err(e)?;
+    let memory = if read_memory {
+        Some(read_memory_settled(&mut vm)?)
+    } else {
+        None
+    };
+    // One read of berth-init's kernel log lines: the setup line and the milestones.
+    let dmesg = vm
+        .run_ok("dmesg | grep 'berth-init: '", Duration::from_secs(60))
+        .map_err(e)?;
+    let setup = dmesg
+        .lines()
+        .find(|l| l.contains("unit demo-web: setup total "))
+        .and_then(|l| parse_setup(l.trim_end_matches('\r')))
+        .ok_or("no setup steps of demo-web in the kernel log")?;
+    let milestones = parse_milestones(&dmesg, pid1_kernel);
+    Ok(Run {
+        grub: grub.as_secs_f64(),
+        kernel_start: pid1_wall.as_secs_f64() - pid1_kernel,
+        pid1_wall: pid1_wall.as_secs_f64(),
+        pid1_kernel,
+        first_unit_kernel,
+        demo_kernel,
+        http_wall,
+        memory,
+        setup,
+        milestones,
+    })
+}
+
+/// berth-init's memory once the guest has been up for [`SETTLED_S`] seconds.
+fn read_memory_settled(vm: &mut Vm) -> Result<Memory, String> {
+    let e = |e: berth_qemu_tests::HarnessError| e.to_string();
     // berth-init drops the code pages only boot needed 10 s after it starts: its memory is
     // read once the guest has been up for SETTLED_S seconds, with the boot's peak beside it.
     let status = vm
@@ -126,33 +167,11 @@ fn one(image: &std::path::Path, firmware: Firmware, cpus: u32) -> Result<Run, St
             .and_then(|v| v.parse().ok())
             .ok_or(format!("no {name} in {status:?}"))
     };
-    // One read of berth-init's kernel log lines: the setup line and the milestones.
-    let dmesg = vm
-        .run_ok("dmesg | grep 'berth-init: '", Duration::from_secs(60))
-        .map_err(e)?;
-    let setup = dmesg
-        .lines()
-        .find(|l| l.contains("unit demo-web: setup total "))
-        .and_then(|l| parse_setup(l.trim_end_matches('\r')))
-        .ok_or("no setup steps of demo-web in the kernel log")?;
-    let milestones = parse_milestones(&dmesg, pid1_kernel);
-    let memory = Memory {
+    Ok(Memory {
         rss_kib: field("VmRSS:")?,
         peak_kib: field("VmHWM:")?,
         anon_kib: field("RssAnon:")?,
         file_kib: field("RssFile:")?,
-    };
-    Ok(Run {
-        grub: grub.as_secs_f64(),
-        kernel_start: pid1_wall.as_secs_f64() - pid1_kernel,
-        pid1_wall: pid1_wall.as_secs_f64(),
-        pid1_kernel,
-        first_unit_kernel,
-        demo_kernel,
-        http_wall,
-        memory,
-        setup,
-        milestones,
     })
 }
 
@@ -162,9 +181,17 @@ fn main() -> std::process::ExitCode {
         .and_then(|a| a.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let image = fixture::default_image();
-    if !image.is_file() {
-        eprintln!("no image at {} (run: make image)", image.display());
+    let compared = std::env::var("BERTH_TIMELINE_IMAGES").unwrap_or_default();
+    let images: Vec<std::path::PathBuf> = if compared.trim().is_empty() {
+        vec![fixture::default_image()]
+    } else {
+        compared
+            .split(',')
+            .map(|p| std::path::PathBuf::from(p.trim()))
+            .collect()
+    };
+    if let Some(missing) = images.iter().find(|i| !i.is_file()) {
+        eprintln!("no image at {} (run: make image)", missing.display());
         return std::process::ExitCode::FAILURE;
     }
     // One vCPU as the tests boot; two as `make run` does.
@@ -183,13 +210,17 @@ fn main() -> std::process::ExitCode {
         eprintln!("BERTH_TIMELINE_MACHINES={wanted:?} names none of bios1, bios2, uefi1, uefi2");
         return std::process::ExitCode::FAILURE;
     }
+    if !compared.trim().is_empty() {
+        return compare(&images, &machines, runs);
+    }
+    let image = &images[0];
     // Per machine: its label and the median of each setup step, and of each milestone.
     let mut steps: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     let mut milestones: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     for (firmware, cpus) in machines {
         let mut all = Vec::new();
         for i in 0..runs {
-            match one(&image, firmware, cpus) {
+            match one(image, firmware, cpus, true) {
                 Ok(r) => all.push(r),
                 Err(err) => {
                     eprintln!("{firmware:?} ({cpus} vCPU) run {i}: {err}");
@@ -222,10 +253,10 @@ fn main() -> std::process::ExitCode {
         println!("  demo answers HTTP 200        {:6.2}", m(|r| r.http_wall));
         println!(
             "  berth-init RSS               {:6.0} KiB at {SETTLED_S} s uptime ({:.0} anonymous, {:.0} file); boot peak {:.0} KiB",
-            m(|r| r.memory.rss_kib as f64),
-            m(|r| r.memory.anon_kib as f64),
-            m(|r| r.memory.file_kib as f64),
-            m(|r| r.memory.peak_kib as f64)
+            m(|r| r.memory.as_ref().map_or(0.0, |m| m.rss_kib as f64)),
+            m(|r| r.memory.as_ref().map_or(0.0, |m| m.anon_kib as f64)),
+            m(|r| r.memory.as_ref().map_or(0.0, |m| m.file_kib as f64)),
+            m(|r| r.memory.as_ref().map_or(0.0, |m| m.peak_kib as f64))
         );
         let label = format!("{firmware:?}, {cpus} vCPU");
         steps.push((label.clone(), medians_by_name(&all, |r| &r.setup)));
@@ -237,6 +268,86 @@ fn main() -> std::process::ExitCode {
         &milestones,
         runs,
     );
+    std::process::ExitCode::SUCCESS
+}
+
+/// One measure of a boot, as a comparison lists it.
+type Measure = (&'static str, fn(&Run) -> f64);
+
+/// The measures a comparison lists per boot: name and value.
+const COMPARED: [Measure; 6] = [
+    ("berth-init's first line, ms after PID 1", |r| {
+        r.milestones.first().map_or(f64::NAN, |(_, ms)| *ms)
+    }),
+    ("first unit started, ms after PID 1", |r| {
+        (r.first_unit_kernel - r.pid1_kernel) * 1000.0
+    }),
+    ("setup total, ms", |r| {
+        r.setup.first().map_or(f64::NAN, |(_, ms)| *ms)
+    }),
+    ("demo started, ms after PID 1", |r| {
+        (r.demo_kernel - r.pid1_kernel) * 1000.0
+    }),
+    ("demo started -> HTTP 200, guest ms", |r| {
+        // The wall clock of the 200, on the guest's clock through the PID 1 line's two times.
+        (r.pid1_kernel + (r.http_wall - r.pid1_wall) - r.demo_kernel) * 1000.0
+    }),
+    ("HTTP 200, s after QEMU start", |r| r.http_wall),
+];
+
+/// Boots each image in turn, `runs` rounds per machine, and prints every boot and the
+/// medians per image, then the setup steps and milestones per image.
+fn compare(
+    images: &[std::path::PathBuf],
+    machines: &[(Firmware, u32)],
+    runs: usize,
+) -> std::process::ExitCode {
+    for &(firmware, cpus) in machines {
+        let mut all: Vec<Vec<Run>> = images.iter().map(|_| Vec::new()).collect();
+        for round in 0..runs {
+            for (image, runs_of) in images.iter().zip(all.iter_mut()) {
+                match one(image, firmware, cpus, false) {
+                    Ok(r) => runs_of.push(r),
+                    Err(err) => {
+                        eprintln!(
+                            "{firmware:?} ({cpus} vCPU) {} round {round}: {err}",
+                            image.display()
+                        );
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+        println!("{firmware:?}, {cpus} vCPU: {runs} boots per image, alternating");
+        for (i, image) in images.iter().enumerate() {
+            println!("  [{i}] {}", image.display());
+        }
+        for (name, f) in COMPARED {
+            println!("  {name}");
+            for (i, runs_of) in all.iter().enumerate() {
+                let values: Vec<f64> = runs_of.iter().map(f).collect();
+                let shown: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+                println!(
+                    "    [{i}] median {:8.2}   boots {}",
+                    median(values.clone()),
+                    shown.join(" / ")
+                );
+            }
+        }
+        let label = |i: usize| format!("[{i}]");
+        let steps: Vec<(String, Vec<(String, f64)>)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (label(i), medians_by_name(r, |r| &r.setup)))
+            .collect();
+        let milestones: Vec<(String, Vec<(String, f64)>)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (label(i), medians_by_name(r, |r| &r.milestones)))
+            .collect();
+        print_table("demo container setup, guest ms", &steps, runs);
+        print_table("log lines, guest ms after PID 1", &milestones, runs);
+    }
     std::process::ExitCode::SUCCESS
 }
 

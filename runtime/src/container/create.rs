@@ -238,7 +238,14 @@ impl Runtime {
             },
             channel: None,
         };
-        parent.send(&Message::Continue(container.state_json()))?;
+        // The init hands the state document only to hooks; without any, serialising it (and
+        // the whole spec in it) once more would be for nothing.
+        let for_hooks = if spec.hooks().is_some() {
+            container.state_json()
+        } else {
+            Vec::new()
+        };
+        parent.send(&Message::Continue(for_hooks))?;
         while !parent.wait_for_init_ready()? {
             let state = container.state_json();
             hooks::run(spec.hooks().as_ref(), HookKind::Prestart, &state)?;

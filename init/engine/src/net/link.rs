@@ -42,8 +42,11 @@ pub fn new_bridge(name: &str) -> Message {
     .end()
 }
 
-/// A veth pair: `host` here, `peer` created directly in the namespace open at `netns_fd`.
-pub fn new_veth(host: &str, peer: &str, netns_fd: i32) -> Message {
+/// A veth pair: `host` here, already up and a port of the bridge `master`, and `peer`
+/// created directly in the namespace open at `netns_fd`. One request instead of three
+/// (create, set master, up), each a round trip through rtnetlink. The peer cannot be brought
+/// up in the same request: the kernel configures it before the pair is linked (ENOTCONN).
+pub fn new_veth(host: &str, peer: &str, netns_fd: i32, master: i32) -> Message {
     let mut peer_msg = Vec::from(ifinfo(0, 0, 0));
     // The peer is an ifinfomsg followed by its own attributes, inside VETH_INFO_PEER.
     let sub = Message::new(0, 0)
@@ -55,8 +58,9 @@ pub fn new_veth(host: &str, peer: &str, netns_fd: i32) -> Message {
         RTM_NEWLINK,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
     )
-    .raw(&ifinfo(0, 0, 0))
+    .raw(&ifinfo(0, IFF_UP, IFF_UP))
     .attr_str(IFLA_IFNAME, host)
+    .attr_u32(IFLA_MASTER, master as u32)
     .begin(IFLA_LINKINFO)
     .attr_str(IFLA_INFO_KIND, "veth")
     .begin(IFLA_INFO_DATA)
@@ -67,12 +71,6 @@ pub fn new_veth(host: &str, peer: &str, netns_fd: i32) -> Message {
 
 pub fn set_up(index: i32) -> Message {
     Message::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK).raw(&ifinfo(index, IFF_UP, IFF_UP))
-}
-
-pub fn set_master(index: i32, master: i32) -> Message {
-    Message::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
-        .raw(&ifinfo(index, 0, 0))
-        .attr_u32(IFLA_MASTER, master as u32)
 }
 
 pub fn del_link(index: i32) -> Message {
@@ -151,20 +149,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn veth_peer_carries_its_name_and_namespace() {
-        let m = new_veth("vb1234", "eth0", 7).finish(1);
+    fn veth_is_created_up_on_the_bridge_with_its_peer_in_the_namespace() {
+        let m = new_veth("vb1234", "eth0", 7, 4).finish(1);
         let (_, typ, flags, _) = header(&m);
         assert_eq!(typ, RTM_NEWLINK);
         assert_eq!(
             flags & (NLM_F_CREATE | NLM_F_EXCL),
             NLM_F_CREATE | NLM_F_EXCL
         );
+        let up = ifinfo(0, IFF_UP, IFF_UP);
+        assert_eq!(&m[NLMSG_HDRLEN..NLMSG_HDRLEN + 16], &up[..]);
         let top = attrs(&m[NLMSG_HDRLEN + 16..]);
         assert_eq!(top[0], (IFLA_IFNAME, &b"vb1234\0"[..]));
-        let info = attrs(top[1].1);
+        assert_eq!(top[1], (IFLA_MASTER, &4u32.to_ne_bytes()[..]));
+        let info = attrs(top[2].1);
         assert_eq!(info[0], (IFLA_INFO_KIND, &b"veth\0"[..]));
         let data = attrs(info[1].1);
         let peer = data[0].1;
+        assert_eq!(&peer[..16], &ifinfo(0, 0, 0)[..]);
         let peer_attrs = attrs(&peer[16..]);
         assert_eq!(peer_attrs[0], (IFLA_IFNAME, &b"eth0\0"[..]));
         assert_eq!(peer_attrs[1], (IFLA_NET_NS_FD, &7u32.to_ne_bytes()[..]));

@@ -224,13 +224,13 @@ impl BridgeNetwork {
         trace::step("network: bridge");
         let host = host_ifname(id);
         let ns = File::open(netns).map_err(io_err(format!("open {}", netns.display())))?;
-        rt.run(link::new_veth(&host, CONTAINER_IFNAME, ns.as_raw_fd()))
-            .map_err(io_err(format!("create veth {host}")))?;
-        let index = link::index(&host).map_err(io_err(format!("find {host}")))?;
-        rt.run(link::set_master(index, bridge))
-            .map_err(io_err(format!("attach {host} to {}", self.bridge)))?;
-        rt.run(link::set_up(index))
-            .map_err(io_err(format!("bring up {host}")))?;
+        rt.run(link::new_veth(
+            &host,
+            CONTAINER_IFNAME,
+            ns.as_raw_fd(),
+            bridge,
+        ))
+        .map_err(io_err(format!("create veth {host} on {}", self.bridge)))?;
         trace::step("network: veth");
         let (gateway, prefix) = (self.gateway(), self.prefix);
         in_netns(netns, || {
