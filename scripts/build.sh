@@ -8,6 +8,12 @@ cd "$BERTH_ROOT"
 # checkout's and cargo's directories out of the binaries (panic locations), so every checkout
 # of a commit builds the same bytes.
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+# berth-init's boot path first in the executable (init/build.rs), and the linker's map of it
+# (scripts/boot-order.sh reads it to renew the list).
+BOOT_ORDER="$BERTH_ROOT/init/boot.order"
+LINK_MAP="$BERTH_ROOT/target/$BERTH_TARGET/release/berth-init.map"
+export BERTH_LINK_MAP="$LINK_MAP"
+if [ -f "$BOOT_ORDER" ]; then export BERTH_BOOT_ORDER="$BOOT_ORDER"; fi
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --remap-path-prefix=$BERTH_ROOT=/berth --remap-path-prefix=$CARGO_HOME=/cargo" \
     cargo build --release --locked --target "$BERTH_TARGET" \
     --bin berth-init --bin berthctl --bin berth-runtime --bin berth-image
@@ -16,4 +22,27 @@ mkdir -p "$BERTH_OUT/bin"
 for b in berth-init berthctl berth-runtime berth-image; do
     install -m 0755 "target/$BERTH_TARGET/release/$b" "$BERTH_OUT/bin/$b"
 done
+# A list from older code names functions that are gone or renamed: say how much of it still
+# applies, so a stale list shows. Counted again only when the executable was linked anew.
+COVERAGE="$LINK_MAP.boot-order"
+if [ -f "$BOOT_ORDER" ] && [ -f "$LINK_MAP" ]; then
+    if [ "$LINK_MAP" -nt "$COVERAGE" ] || [ "$BOOT_ORDER" -nt "$COVERAGE" ]; then
+        python3 - "$BOOT_ORDER" "$LINK_MAP" > "$COVERAGE" <<'PY'
+import sys
+wanted = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
+have, section = set(), None
+for line in open(sys.argv[2], errors="replace"):
+    f = line.split()
+    if len(f) != 5 or ":(" in f[4]:
+        continue
+    if f[4].startswith("."):
+        section = f[4]
+    elif section == ".text" and f[3] == "1":
+        have.add(f[4])
+print(f"boot order: {sum(1 for w in wanted if w in have)} of {len(wanted)} functions of "
+      "init/boot.order are in berth-init (scripts/boot-order.sh renews the list)")
+PY
+    fi
+    log "$(cat "$COVERAGE")"
+fi
 log "binaries in $BERTH_OUT/bin: $(cd "$BERTH_OUT/bin" && du -ch berth-init berthctl berth-runtime | tail -1)"
