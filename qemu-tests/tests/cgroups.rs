@@ -160,4 +160,26 @@ fn memory_and_pids_limits_hold_and_counters_reflect_usage() {
     assert_eq!(read_number(&mut vm, &format!("{dir}/pids.max")), 8);
     let peak = read_number(&mut vm, &format!("{dir}/memory.peak"));
     assert!(peak >= 8 << 20, "memory.peak {peak}");
+
+    // A process run in the container is in its cgroup from its first instruction (born
+    // there), and sees it as its cgroup namespace's root.
+    let seen = vm
+        .run_ok(
+            "berth-runtime --root /run/berth/runtime exec steady cat /proc/self/cgroup",
+            CMD,
+        )
+        .unwrap();
+    assert!(seen.lines().any(|l| l.trim() == "0::/"), "{seen}");
+    // And the host sees it among the container's processes while it runs.
+    let listed = vm
+        .run_ok(
+            "berth-runtime --root /run/berth/runtime exec steady sleep 30 >/dev/null 2>&1 & \
+             (i=0; while [ $i -lt 60 ]; do \
+                for p in $(cat /sys/fs/cgroup/containers/steady/cgroup.procs); do \
+                  [ \"$(tr '\\0' ' ' < /proc/$p/cmdline)\" = 'sleep 30 ' ] && { echo in-cgroup; exit 0; }; \
+                done; sleep 0.5; i=$((i+1)); done; echo missing)",
+            CMD,
+        )
+        .unwrap();
+    assert!(listed.contains("in-cgroup"), "{listed}");
 }

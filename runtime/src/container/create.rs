@@ -1,6 +1,9 @@
 //! `create`: clone the container's init into its namespaces and leave it waiting for `start`.
 
-use super::{clone_process, sys, write_pid_file, Container, ContainerError, Result, Runtime};
+use super::{
+    clone_process_in, open_cgroup_dir, sys, write_pid_file, Container, ContainerError, Result,
+    Runtime,
+};
 use crate::cgroups::{Cgroup, CgroupRoot, Resources};
 use crate::channel::{self, Message};
 use crate::container_init::{self, InitConfig, Wait};
@@ -13,7 +16,7 @@ use crate::trace;
 use nix::fcntl::{open, OFlag};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// How the created container is told to start.
@@ -178,8 +181,18 @@ impl Runtime {
             ),
             StartMode::Channel => Wait::Channel,
         };
+        // The limits go on the cgroup before the init exists, so that it is born in the cgroup
+        // with them (see `spawn_init`); a kernel that cannot do that gets them after the move.
+        let cgroup_dir = match &cgroup {
+            Some((_, cg)) => {
+                cg.apply(&resources)?;
+                Some(open_cgroup_dir(cg.path())?)
+            }
+            None => None,
+        };
+        trace::step("limits");
         let (parent, child) = channel::pair()?;
-        let pid = spawn_init(
+        let (pid, born_in_cgroup) = spawn_init(
             &plan,
             InitConfig {
                 bundle,
@@ -191,6 +204,7 @@ impl Runtime {
                 filters: &filters,
                 no_pivot: opts.no_pivot,
             },
+            cgroup_dir.as_ref().map(|fd| fd.as_fd()),
         )?;
         cleanup.pid = Some(pid);
         trace::step("clone");
@@ -208,12 +222,10 @@ impl Runtime {
                 linux.and_then(|l| l.gid_mappings().as_ref()),
             )?;
         }
-        if let Some((_, cg)) = &cgroup {
+        if let (Some((_, cg)), false) = (&cgroup, born_in_cgroup) {
             cg.add_pid(pid)?;
             trace::step("cgroup: join");
-            cg.apply(&resources)?;
         }
-        trace::step("limits");
         if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
             let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             std::fs::write(&path, adj.to_string())
@@ -267,9 +279,14 @@ impl Runtime {
     }
 }
 
-/// Clones the init. A pid namespace joined by path is entered by this process around the
-/// clone (it only affects children), so the init is born inside it.
-fn spawn_init(plan: &NamespacePlan, cfg: InitConfig<'_>) -> Result<i32> {
+/// Clones the init, into the container's cgroup open at `cgroup` when the kernel can (then
+/// `true`: no move needed). A pid namespace joined by path is entered by this process around
+/// the clone (it only affects children), so the init is born inside it.
+fn spawn_init(
+    plan: &NamespacePlan,
+    cfg: InitConfig<'_>,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<(i32, bool)> {
     let own_pid_ns = match &plan.join_pid {
         Some(path) => {
             let own =
@@ -291,8 +308,8 @@ fn spawn_init(plan: &NamespacePlan, cfg: InitConfig<'_>) -> Result<i32> {
     let non_dumpable = crate::sealed::NonDumpable::set();
     // SAFETY: the runtime is single-threaded (CLI and PID 1 alike); the child never returns
     // from `container_init::run` (it execs or exits).
-    let pid = unsafe { clone_process(flags) };
-    if let Ok(0) = pid {
+    let cloned = unsafe { clone_process_in(flags, cgroup) };
+    if let Ok((0, _)) = cloned {
         container_init::run(cfg);
     }
     drop(non_dumpable);
@@ -300,5 +317,5 @@ fn spawn_init(plan: &NamespacePlan, cfg: InitConfig<'_>) -> Result<i32> {
         nix::sched::setns(&own, CloneFlags::CLONE_NEWPID).map_err(sys("restore pid namespace"))?;
     }
     drop(cfg);
-    pid
+    cloned
 }

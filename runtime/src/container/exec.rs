@@ -1,6 +1,8 @@
 //! `exec`: run another process inside a running container (health checks, `exec` verb).
 
-use super::{clone_process, sys, write_pid_file, Container, ContainerError, Result};
+use super::{
+    clone_process_in, open_cgroup_dir, sys, write_pid_file, Container, ContainerError, Result,
+};
 use crate::channel::{self, Channel, Message};
 use crate::container_init::InitError;
 use crate::process;
@@ -82,14 +84,22 @@ impl Container {
                 .map_err(sys("join the container's pid namespace"))?;
             Some(own)
         };
+        // Born in the container's cgroup when the kernel can (no move below).
+        let cgroup = self.cgroup();
+        let cgroup_dir = match &cgroup {
+            Some(cg) => Some(open_cgroup_dir(cg.path())?),
+            None => None,
+        };
         let (parent, child) = channel::pair()?;
         // The child is born in the container's pid namespace and runs the runtime's code
         // until it execs: non-dumpable from birth, nothing in the container can open its
         // /proc files (exe, fd, cwd, root) meanwhile.
         let non_dumpable = crate::sealed::NonDumpable::set();
         // SAFETY: single-threaded caller; the child only execs or exits.
-        let forked = unsafe { clone_process(CloneFlags::empty()) };
-        if let Ok(0) = forked {
+        let forked = unsafe {
+            clone_process_in(CloneFlags::empty(), cgroup_dir.as_ref().map(|d| d.as_fd()))
+        };
+        if let Ok((0, _)) = forked {
             drop(parent);
             let err = match exec_child(
                 &child,
@@ -120,12 +130,12 @@ impl Container {
                 .map_err(sys("restore pid namespace"))?;
         }
         drop(child);
-        let child_pid = forked?;
+        let (child_pid, born_in_cgroup) = forked?;
         let reap = |e: ContainerError| {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child_pid), None);
             e
         };
-        if let Some(cg) = self.cgroup() {
+        if let (Some(cg), false) = (&cgroup, born_in_cgroup) {
             cg.add_pid(child_pid).map_err(|e| reap(e.into()))?;
         }
         parent

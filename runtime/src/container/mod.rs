@@ -215,6 +215,91 @@ pub(crate) unsafe fn clone_process(flags: nix::sched::CloneFlags) -> Result<i32>
     Errno::result(r).map(|p| p as i32).map_err(sys("clone"))
 }
 
+/// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// CLONE_INTO_CGROUP (Linux 5.7): the child starts as a member of the cgroup `cgroup` is open on.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// [`clone_process`], with the child born in the cgroup open at `cgroup` when there is one and
+/// the kernel can (clone3 with CLONE_INTO_CGROUP): then `true`, and no move is needed. Moving
+/// a process afterwards (cgroup.procs) write-locks every thread group's membership and runs
+/// the whole migration. `false`: the caller moves the child itself.
+///
+/// # Safety
+/// As [`clone_process`].
+pub(crate) unsafe fn clone_process_in(
+    flags: nix::sched::CloneFlags,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<(i32, bool)> {
+    if let Some(dir) = cgroup {
+        // SAFETY: as this function's.
+        if let Some(pid) = unsafe { clone_into_cgroup(flags, dir) }? {
+            return Ok((pid, true));
+        }
+    }
+    // SAFETY: as this function's.
+    unsafe { clone_process(flags) }.map(|pid| (pid, false))
+}
+
+/// Opens a cgroup's directory for [`clone_process_in`].
+pub(crate) fn open_cgroup_dir(path: &Path) -> Result<std::os::fd::OwnedFd> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys(format!("open cgroup {}", path.display())))
+}
+
+/// clone3 into the cgroup open at `cgroup`; `Ok(None)` when the kernel has no clone3 or no
+/// CLONE_INTO_CGROUP (nothing was created).
+///
+/// # Safety
+/// As [`clone_process`].
+unsafe fn clone_into_cgroup(
+    flags: nix::sched::CloneFlags,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+) -> Result<Option<i32>> {
+    use std::os::fd::AsRawFd;
+    let args = CloneArgs {
+        // The clone flags are the low 32 bits; CLONE_INTO_CGROUP is above them.
+        flags: u64::from(flags.bits() as u32) | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 reads `args` (size given); without CLONE_VM and with no stack it behaves
+    // like fork. The caller upholds the rest.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match Errno::result(r) {
+        Ok(pid) => Ok(Some(pid as i32)),
+        // No clone3 (before 5.3), or a clone_args without `cgroup` (before 5.7).
+        Err(Errno::ENOSYS | Errno::E2BIG) => Ok(None),
+        Err(e) => Err(sys("clone into the container's cgroup")(e)),
+    }
+}
+
 /// Writes a pid file atomically, as runc does.
 pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let tmp = path.with_extension("berth-tmp");
