@@ -48,47 +48,4 @@ if not started:
     sys.exit("boot-order: the demo container did not start within 300 s")
 PY
 
-python3 - "$WORK/translated.log" "$MAP" init/boot.order <<'PY'
-import bisect, sys
-log, map_path, out = sys.argv[1:4]
-# lld's map has "VMA LMA size align name" lines: an output section (".text"), its input
-# sections ("file:(.text.name)") and their symbols (alignment 1). Only .text's symbols count.
-symbols, section = {}, None
-for line in open(map_path, errors="replace"):
-    f = line.split()
-    if len(f) != 5 or ":(" in f[4]:
-        continue
-    if f[4].startswith("."):
-        section = f[4]
-    elif section == ".text" and f[3] == "1":
-        symbols.setdefault(int(f[0], 16), (int(f[2], 16), f[4]))
-entry = next((a for a, (_, n) in symbols.items() if n == "_start"), None)
-if entry is None:
-    sys.exit("boot-order: no _start in the linker map")
-starts = sorted(symbols)
-base, order, seen = None, [], set()
-for line in open(log, errors="replace"):
-    # Instruction lines: "0x<address>:  <bytes> <mnemonic>"; user space is below 2^47.
-    head = line.split(":", 1)[0]
-    if not head.startswith("0x") or len(head) > 16:
-        continue
-    address = int(head, 16)
-    if address < 1 << 32:
-        continue  # firmware and boot loader (PID 1 is mapped far above 4 GiB)
-    if base is None:
-        base = address - entry  # PID 1's first instruction is berth-init's _start
-    i = bisect.bisect_right(starts, address - base) - 1
-    if i < 0:
-        continue
-    start = starts[i]
-    size, name = symbols[start]
-    if address - base < start + max(size, 1) and name not in seen:
-        seen.add(name)
-        order.append((name, size))
-with open(out, "w") as f:
-    f.write("# berth-init's functions in the order its boot first runs them (PID 1 to the demo\n"
-            "# container started), for the linker (init/build.rs). Written by scripts/boot-order.sh.\n")
-    f.writelines(name + "\n" for name, _ in order)
-print(f"boot-order: {len(order)} functions, {sum(s for _, s in order) // 1024} KiB of code, "
-      f"into {out}")
-PY
+python3 scripts/boot_order.py write "$WORK/translated.log" "$MAP" init/boot.order

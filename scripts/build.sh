@@ -27,21 +27,7 @@ done
 COVERAGE="$LINK_MAP.boot-order"
 if [ -f "$BOOT_ORDER" ] && [ -f "$LINK_MAP" ]; then
     if [ "$LINK_MAP" -nt "$COVERAGE" ] || [ "$BOOT_ORDER" -nt "$COVERAGE" ]; then
-        python3 - "$BOOT_ORDER" "$LINK_MAP" > "$COVERAGE" <<'PY'
-import sys
-wanted = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
-have, section = set(), None
-for line in open(sys.argv[2], errors="replace"):
-    f = line.split()
-    if len(f) != 5 or ":(" in f[4]:
-        continue
-    if f[4].startswith("."):
-        section = f[4]
-    elif section == ".text" and f[3] == "1":
-        have.add(f[4])
-print(f"boot order: {sum(1 for w in wanted if w in have)} of {len(wanted)} functions of "
-      "init/boot.order are in berth-init (scripts/boot-order.sh renews the list)")
-PY
+        python3 scripts/boot_order.py coverage "$BOOT_ORDER" "$LINK_MAP" > "$COVERAGE"
     fi
     log "$(cat "$COVERAGE")"
 fi
