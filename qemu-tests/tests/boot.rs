@@ -124,6 +124,17 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
         "{initmem}"
     );
     assert!(!initmem.contains("Freeing"), "{initmem}");
+    // The kernel carries the CPU vulnerability mitigations (containers run untrusted code):
+    // QEMU's CPU is affected by both Spectre variants, and both are mitigated.
+    for bug in ["spectre_v1", "spectre_v2"] {
+        let state = vm
+            .run_ok(
+                &format!("cat /sys/devices/system/cpu/vulnerabilities/{bug}"),
+                CMD,
+            )
+            .unwrap();
+        assert!(state.trim().starts_with("Mitigation:"), "{bug}: {state}");
+    }
     let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
     let root_line = mounts
         .lines()
