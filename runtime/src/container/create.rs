@@ -1,9 +1,6 @@
 //! `create`: clone the container's init into its namespaces and leave it waiting for `start`.
 
-use super::{
-    clone_process_in, open_cgroup_dir, sys, write_pid_file, Container, ContainerError, Result,
-    Runtime,
-};
+use super::{clone_process_in, sys, write_pid_file, Container, ContainerError, Result, Runtime};
 use crate::cgroups::{Cgroup, CgroupRoot, Resources};
 use crate::channel::{self, Message};
 use crate::container_init::{self, InitConfig, Wait};
@@ -16,7 +13,7 @@ use crate::trace;
 use nix::fcntl::{open, OFlag};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 /// How the created container is told to start.
@@ -183,13 +180,9 @@ impl Runtime {
         };
         // The limits go on the cgroup before the init exists, so that it is born in the cgroup
         // with them (see `spawn_init`); a kernel that cannot do that gets them after the move.
-        let cgroup_dir = match &cgroup {
-            Some((_, cg)) => {
-                cg.apply(&resources)?;
-                Some(open_cgroup_dir(cg.path())?)
-            }
-            None => None,
-        };
+        if let Some((_, cg)) = &cgroup {
+            cg.apply(&resources)?;
+        }
         trace::step("limits");
         let (parent, child) = channel::pair()?;
         let (pid, born_in_cgroup) = spawn_init(
@@ -204,7 +197,7 @@ impl Runtime {
                 filters: &filters,
                 no_pivot: opts.no_pivot,
             },
-            cgroup_dir.as_ref().map(|fd| fd.as_fd()),
+            cgroup.as_ref().map(|(_, cg)| cg.path()),
         )?;
         cleanup.pid = Some(pid);
         trace::step("clone");
@@ -279,13 +272,13 @@ impl Runtime {
     }
 }
 
-/// Clones the init, into the container's cgroup open at `cgroup` when the kernel can (then
+/// Clones the init, into the container's cgroup directory `cgroup` when the kernel can (then
 /// `true`: no move needed). A pid namespace joined by path is entered by this process around
 /// the clone (it only affects children), so the init is born inside it.
 fn spawn_init(
     plan: &NamespacePlan,
     cfg: InitConfig<'_>,
-    cgroup: Option<BorrowedFd<'_>>,
+    cgroup: Option<&Path>,
 ) -> Result<(i32, bool)> {
     let own_pid_ns = match &plan.join_pid {
         Some(path) => {

@@ -1,8 +1,6 @@
 //! `exec`: run another process inside a running container (health checks, `exec` verb).
 
-use super::{
-    clone_process_in, open_cgroup_dir, sys, write_pid_file, Container, ContainerError, Result,
-};
+use super::{clone_process_in, sys, write_pid_file, Container, ContainerError, Result};
 use crate::channel::{self, Channel, Message};
 use crate::container_init::InitError;
 use crate::process;
@@ -86,19 +84,14 @@ impl Container {
         };
         // Born in the container's cgroup when the kernel can (no move below).
         let cgroup = self.cgroup();
-        let cgroup_dir = match &cgroup {
-            Some(cg) => Some(open_cgroup_dir(cg.path())?),
-            None => None,
-        };
         let (parent, child) = channel::pair()?;
         // The child is born in the container's pid namespace and runs the runtime's code
         // until it execs: non-dumpable from birth, nothing in the container can open its
         // /proc files (exe, fd, cwd, root) meanwhile.
         let non_dumpable = crate::sealed::NonDumpable::set();
         // SAFETY: single-threaded caller; the child only execs or exits.
-        let forked = unsafe {
-            clone_process_in(CloneFlags::empty(), cgroup_dir.as_ref().map(|d| d.as_fd()))
-        };
+        let forked =
+            unsafe { clone_process_in(CloneFlags::empty(), cgroup.as_ref().map(|cg| cg.path())) };
         if let Ok((0, _)) = forked {
             drop(parent);
             let err = match exec_child(

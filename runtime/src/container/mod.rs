@@ -235,35 +235,34 @@ struct CloneArgs {
 /// CLONE_INTO_CGROUP (Linux 5.7): the child starts as a member of the cgroup `cgroup` is open on.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// [`clone_process`], with the child born in the cgroup open at `cgroup` when there is one and
-/// the kernel can (clone3 with CLONE_INTO_CGROUP): then `true`, and no move is needed. Moving
-/// a process afterwards (cgroup.procs) write-locks every thread group's membership and runs
-/// the whole migration. `false`: the caller moves the child itself.
+/// [`clone_process`], with the child born in the cgroup directory `cgroup` when there is one
+/// and the kernel can (clone3 with CLONE_INTO_CGROUP): then `true`, and no move is needed.
+/// Moving a process afterwards (cgroup.procs) write-locks every thread group's membership and
+/// runs the whole migration. `false`: the caller moves the child itself.
 ///
 /// # Safety
 /// As [`clone_process`].
 pub(crate) unsafe fn clone_process_in(
     flags: nix::sched::CloneFlags,
-    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+    cgroup: Option<&Path>,
 ) -> Result<(i32, bool)> {
-    if let Some(dir) = cgroup {
+    if let Some(path) = cgroup {
+        use std::os::fd::AsFd;
+        let dir = nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(sys(format!("open cgroup {}", path.display())))?;
         // SAFETY: as this function's.
-        if let Some(pid) = unsafe { clone_into_cgroup(flags, dir) }? {
+        if let Some(pid) = unsafe { clone_into_cgroup(flags, dir.as_fd()) }? {
             return Ok((pid, true));
         }
     }
     // SAFETY: as this function's.
     unsafe { clone_process(flags) }.map(|pid| (pid, false))
-}
-
-/// Opens a cgroup's directory for [`clone_process_in`].
-pub(crate) fn open_cgroup_dir(path: &Path) -> Result<std::os::fd::OwnedFd> {
-    nix::fcntl::open(
-        path,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(sys(format!("open cgroup {}", path.display())))
 }
 
 /// clone3 into the cgroup open at `cgroup`; `Ok(None)` when the kernel has no clone3 or no
