@@ -14,7 +14,9 @@ BOOT_ORDER="$BERTH_ROOT/init/boot.order"
 LINK_MAP="$BERTH_ROOT/target/$BERTH_TARGET/release/berth-init.map"
 export BERTH_LINK_MAP="$LINK_MAP"
 if [ -f "$BOOT_ORDER" ]; then export BERTH_BOOT_ORDER="$BOOT_ORDER"; fi
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --remap-path-prefix=$BERTH_ROOT=/berth --remap-path-prefix=$CARGO_HOME=/cargo" \
+# Packed relative relocations (DT_RELR, glibc 2.36's static-pie start applies them): berth-init's
+# ~12,500 take 4 KiB instead of 300 KiB, which its exec would read through dm-verity.
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs --remap-path-prefix=$BERTH_ROOT=/berth --remap-path-prefix=$CARGO_HOME=/cargo" \
     cargo build --release --locked --target "$BERTH_TARGET" \
     --bin berth-init --bin berthctl --bin berth-runtime --bin berth-image
 

@@ -88,6 +88,43 @@ fn the_boot_path_is_packed_at_the_front_of_berth_init() {
     assert_eq!(start, text_start, "the boot path begins .text");
 }
 
+/// The size of output section `name` in an lld map.
+fn section_size(map: &str, name: &str) -> Option<u64> {
+    map.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() == 5 && f[4] == name)
+            .then(|| u64::from_str_radix(f[2], 16).ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn berth_init_relocates_itself_from_a_packed_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let map_path = root.join("target/x86_64-unknown-linux-gnu/release/berth-init.map");
+    let Ok(map) = std::fs::read_to_string(&map_path) else {
+        assert!(
+            std::env::var_os("BERTH_REQUIRE_QEMU").is_none(),
+            "no linker map at {}",
+            map_path.display()
+        );
+        eprintln!("skipped: no release build (run: make image)");
+        return;
+    };
+    // ~12,500 relative relocations: 24 bytes each as RELA (~300 KiB, read through dm-verity
+    // before PID 1's first instruction of its own), a few KiB as RELR bitmaps.
+    let relr = section_size(&map, ".relr.dyn").unwrap_or(0);
+    let rela = section_size(&map, ".rela.dyn").unwrap_or(0);
+    assert!(
+        relr > 0,
+        "no .relr.dyn: built without -z pack-relative-relocs"
+    );
+    assert!(
+        rela + relr < 64 * 1024,
+        "relocations: RELA {rela}, RELR {relr} bytes"
+    );
+}
+
 #[test]
 fn the_map_reader_finds_text_symbols_only() {
     let map = "             VMA              LMA     Size Align Out     In      Symbol
@@ -107,4 +144,6 @@ fn the_map_reader_finds_text_symbols_only() {
     assert_eq!(s["main"].size, 0x100);
     assert!(!s.contains_key("not_code"));
     assert_eq!(listed("# comment\n_start\n\nmain\n"), ["_start", "main"]);
+    assert_eq!(section_size(map, ".rodata"), Some(0xc4314));
+    assert_eq!(section_size(map, ".relr.dyn"), None);
 }

@@ -69,18 +69,46 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             String::from_utf8_lossy(&o.stdout).into_owned()
         };
+        let net_arg = format!("--net={}", netns.display());
         let host = host_ifname(&bundle_id);
         let host = output("ip", &["-o", "link", "show", "dev", &host]);
         assert!(
             host.contains("master berth0") && host.contains(",UP,LOWER_UP"),
             "{host}"
         );
-        let net_arg = format!("--net={}", netns.display());
         let eth0 = output(
             "nsenter",
             &[&net_arg, "ip", "-o", "link", "show", "dev", "eth0"],
         );
         assert!(eth0.contains(",UP,LOWER_UP"), "{eth0}");
+        // IPv6 is off on every link of the (IPv4) bridge network, loopback in the container
+        // aside; a router advertisement a container forges reaches no IPv6 stack.
+        let sysctl = |ifname: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"))
+                .unwrap()
+        };
+        assert_eq!(sysctl("berth0"), "1\n");
+        assert_eq!(sysctl(&host_ifname(&bundle_id)), "1\n");
+        let in_container = |path: &str| output("nsenter", &[&net_arg, "cat", path]);
+        assert_eq!(
+            in_container("/proc/sys/net/ipv6/conf/eth0/disable_ipv6"),
+            "1\n"
+        );
+        assert_eq!(
+            in_container("/proc/sys/net/ipv6/conf/lo/disable_ipv6"),
+            "0\n"
+        );
+        // A datagram sent after the RA, the same way (same CPU, same queues): once it is
+        // here, the kernel has handled the RA.
+        let fence = std::net::UdpSocket::bind((a.gateway, 0)).unwrap();
+        fence
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        forge_router_advertisement(&netns, fence.local_addr().unwrap());
+        let mut buf = [0u8; 16];
+        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let routes = output("ip", &["-6", "route", "show", "table", "all"]);
+        assert!(!routes.contains("berth0"), "{routes}");
         // The allocation is on disk.
         let saved = std::fs::read_to_string(state_dir.join("allocations.json")).unwrap();
         assert!(
@@ -129,4 +157,81 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// Sends, from the container's eth0 and on one CPU, the router advertisement a hostile container
+/// with CAP_NET_RAW could: "I am your default router" (lifetime 1800 s, high preference),
+/// from a link-local address, to all nodes. A link with IPv6 on and forwarding off would
+/// install a default route through it. Then "fence" to `fence`.
+fn forge_router_advertisement(netns: &std::path::Path, fence: SocketAddr) {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        // One CPU of those this thread may use: the RA and the fence share its queues.
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut allowed) }, 0);
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+            .unwrap();
+        let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut one) };
+        assert_eq!(unsafe { libc::sched_setaffinity(0, size, &one) }, 0);
+        let ns = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let index = link::index("eth0").unwrap();
+        let src: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xba, 0xd0];
+        let dst: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        // ICMPv6 type 134: hop limit 64, high router preference, lifetime 1800 s.
+        let mut ra = vec![134u8, 0, 0, 0, 64, 0x08, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut sum: u32 = 0;
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src);
+        pseudo.extend_from_slice(&dst);
+        pseudo.extend_from_slice(&(ra.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&ra);
+        for pair in pseudo.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ra[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let mut packet = vec![0x60, 0, 0, 0];
+        packet.extend_from_slice(&(ra.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&[58, 255]);
+        packet.extend_from_slice(&src);
+        packet.extend_from_slice(&dst);
+        packet.extend_from_slice(&ra);
+        let eth_p_ipv6 = (libc::ETH_P_IPV6 as u16).to_be();
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(eth_p_ipv6)) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = eth_p_ipv6;
+        to.sll_ifindex = index;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            sent,
+            packet.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        unsafe { libc::close(fd) };
+        let udp = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        udp.send_to(b"fence", fence).unwrap();
+    })
+    .join()
+    .unwrap();
 }

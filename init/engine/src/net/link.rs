@@ -42,10 +42,9 @@ pub fn new_bridge(name: &str) -> Message {
     .end()
 }
 
-/// A veth pair: `host` here, already up and a port of the bridge `master`, and `peer`
-/// created directly in the namespace open at `netns_fd`. One request instead of three
-/// (create, set master, up), each a round trip through rtnetlink. The peer cannot be brought
-/// up in the same request: the kernel configures it before the pair is linked (ENOTCONN).
+/// A veth pair: `host` here, a port of the bridge `master`, and `peer` created directly in
+/// the namespace open at `netns_fd`; both down, so the caller can configure them (no IPv6)
+/// before anything runs on them.
 pub fn new_veth(host: &str, peer: &str, netns_fd: i32, master: i32) -> Message {
     let mut peer_msg = Vec::from(ifinfo(0, 0, 0));
     // The peer is an ifinfomsg followed by its own attributes, inside VETH_INFO_PEER.
@@ -58,7 +57,7 @@ pub fn new_veth(host: &str, peer: &str, netns_fd: i32, master: i32) -> Message {
         RTM_NEWLINK,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
     )
-    .raw(&ifinfo(0, IFF_UP, IFF_UP))
+    .raw(&ifinfo(0, 0, 0))
     .attr_str(IFLA_IFNAME, host)
     .attr_u32(IFLA_MASTER, master as u32)
     .begin(IFLA_LINKINFO)
@@ -149,7 +148,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn veth_is_created_up_on_the_bridge_with_its_peer_in_the_namespace() {
+    fn veth_is_created_down_on_the_bridge_with_its_peer_in_the_namespace() {
         let m = new_veth("vb1234", "eth0", 7, 4).finish(1);
         let (_, typ, flags, _) = header(&m);
         assert_eq!(typ, RTM_NEWLINK);
@@ -157,8 +156,8 @@ mod tests {
             flags & (NLM_F_CREATE | NLM_F_EXCL),
             NLM_F_CREATE | NLM_F_EXCL
         );
-        let up = ifinfo(0, IFF_UP, IFF_UP);
-        assert_eq!(&m[NLMSG_HDRLEN..NLMSG_HDRLEN + 16], &up[..]);
+        let down = ifinfo(0, 0, 0);
+        assert_eq!(&m[NLMSG_HDRLEN..NLMSG_HDRLEN + 16], &down[..]);
         let top = attrs(&m[NLMSG_HDRLEN + 16..]);
         assert_eq!(top[0], (IFLA_IFNAME, &b"vb1234\0"[..]));
         assert_eq!(top[1], (IFLA_MASTER, &4u32.to_ne_bytes()[..]));

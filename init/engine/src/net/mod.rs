@@ -131,6 +131,25 @@ fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
     std::fs::write(path, value).map_err(io_err(format!("write {path}")))
 }
 
+/// Turns IPv6 off on `ifname` in the calling thread's network namespace, before the link is
+/// up. The bridge network is IPv4 only, and with IPv6 on, its links would accept router
+/// advertisements: any container (CAP_NET_RAW is in the default set) could then give the host
+/// (through the bridge) and its neighbours IPv6 routes through itself. Off, the kernel drops
+/// every IPv6 packet on the link and never starts address autoconfiguration there. A
+/// kernel without IPv6 has nothing to turn off.
+fn disable_ipv6(ifname: &str) -> Result<(), NetError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        r => r.map_err(io_err(format!("write {path}"))),
+    }
+}
+
 /// A container's place on the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -180,12 +199,13 @@ impl BridgeNetwork {
         Allocations::new(&self.dir, self.subnet, self.prefix)
     }
 
-    /// Creates the bridge if needed, with its address, up, forwarding on.
+    /// Creates the bridge if needed, with its address and without IPv6, up, forwarding on.
     fn ensure_bridge(&self, rt: &mut link::Rtnl) -> Result<i32, NetError> {
         rt.ensure(link::new_bridge(&self.bridge))
             .map_err(io_err(format!("create bridge {}", self.bridge)))?;
         let index =
             link::index(&self.bridge).map_err(io_err(format!("find bridge {}", self.bridge)))?;
+        disable_ipv6(&self.bridge)?;
         rt.ensure(link::add_addr(index, self.gateway(), self.prefix))
             .map_err(io_err(format!("address {}", self.bridge)))?;
         rt.run(link::set_up(index))
@@ -231,6 +251,10 @@ impl BridgeNetwork {
             bridge,
         ))
         .map_err(io_err(format!("create veth {host} on {}", self.bridge)))?;
+        let host_index = link::index(&host).map_err(io_err(format!("find {host}")))?;
+        disable_ipv6(&host)?;
+        rt.run(link::set_up(host_index))
+            .map_err(io_err(format!("bring up {host}")))?;
         trace::step("network: veth");
         let (gateway, prefix) = (self.gateway(), self.prefix);
         in_netns(netns, || {
@@ -238,6 +262,7 @@ impl BridgeNetwork {
             let lo = link::index("lo").map_err(io_err("find lo"))?;
             rt.run(link::set_up(lo)).map_err(io_err("bring up lo"))?;
             let eth = link::index(CONTAINER_IFNAME).map_err(io_err("find eth0"))?;
+            disable_ipv6(CONTAINER_IFNAME)?;
             rt.run(link::add_addr(eth, address, prefix))
                 .map_err(io_err(format!("address eth0 {address}")))?;
             rt.run(link::set_up(eth)).map_err(io_err("bring up eth0"))?;
