@@ -98,17 +98,49 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
             in_container("/proc/sys/net/ipv6/conf/lo/disable_ipv6"),
             "0\n"
         );
-        // A datagram sent after the RA, the same way (same CPU, same queues): once it is
-        // here, the kernel has handled the RA.
         let fence = std::net::UdpSocket::bind((a.gateway, 0)).unwrap();
         fence
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        forge_router_advertisement(&netns, fence.local_addr().unwrap());
-        let mut buf = [0u8; 16];
+        let mut buf = [0u8; 64];
+        let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+        let ra = router_advertisement();
+        let fence_addr = fence.local_addr().unwrap();
+        send_from_container(&netns, libc::ETH_P_IPV6, all_nodes, ra, fence_addr);
         assert_eq!(fence.recv(&mut buf).unwrap(), 5);
         let routes = output("ip", &["-6", "route", "show", "table", "all"]);
         assert!(!routes.contains("berth0"), "{routes}");
+        // Nor does a datagram to 127.0.0.1 sent to the bridge (route_localnet is on there for
+        // the host's own connections to mapped ports).
+        let loopback = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        loopback.set_nonblocking(true).unwrap();
+        let bridge_link = output("ip", &["-o", "link", "show", "dev", "berth0"]);
+        let mac = bridge_link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap();
+        let mac: Vec<u8> = mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        let port = loopback.local_addr().unwrap().port();
+        let datagram = datagram_to_loopback(a.address, port);
+        send_from_container(
+            &netns,
+            libc::ETH_P_IP,
+            mac.try_into().unwrap(),
+            datagram,
+            fence_addr,
+        );
+        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let leaked = loopback.recv(&mut buf);
+        assert!(
+            leaked
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "a container reached 127.0.0.1: {leaked:?}"
+        );
         // The allocation is on disk.
         let saved = std::fs::read_to_string(state_dir.join("allocations.json")).unwrap();
         assert!(
@@ -159,14 +191,76 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
     }
 }
 
-/// Sends, from the container's eth0 and on one CPU, the router advertisement a hostile container
-/// with CAP_NET_RAW could: "I am your default router" (lifetime 1800 s, high preference),
-/// from a link-local address, to all nodes. A link with IPv6 on and forwarding off would
-/// install a default route through it. Then "fence" to `fence`.
-fn forge_router_advertisement(netns: &std::path::Path, fence: SocketAddr) {
+/// The Internet checksum of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|p| u32::from(u16::from_be_bytes([p[0], *p.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The router advertisement a hostile container with CAP_NET_RAW could send to all nodes:
+/// "I am your default router" (lifetime 1800 s, high preference), from a link-local address.
+/// A link with IPv6 on and forwarding off would install a default route through it.
+fn router_advertisement() -> Vec<u8> {
+    let src: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xba, 0xd0];
+    let dst: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    // ICMPv6 type 134: hop limit 64, high router preference, lifetime 1800 s.
+    let mut ra = vec![134u8, 0, 0, 0, 64, 0x08, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(ra.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&ra);
+    let sum = checksum(&pseudo);
+    ra[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&(ra.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&[58, 255]);
+    packet.extend_from_slice(&src);
+    packet.extend_from_slice(&dst);
+    packet.extend_from_slice(&ra);
+    packet
+}
+
+/// A UDP datagram from `src` to 127.0.0.1:`port`, as a container would send it to the
+/// bridge's MAC address.
+fn datagram_to_loopback(src: Ipv4Addr, port: u16) -> Vec<u8> {
+    let payload = b"from a container";
+    let udp_len = 8 + payload.len() as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(20 + udp_len).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&[127, 0, 0, 1]);
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(&40000u16.to_be_bytes());
+    ip.extend_from_slice(&port.to_be_bytes());
+    ip.extend_from_slice(&udp_len.to_be_bytes());
+    ip.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// Sends `packet` (of EtherType `proto`) to `mac` from the container's eth0 with a packet
+/// socket, then "fence" to `fence` over UDP, both from one CPU: the fence takes the packet's
+/// way through the same queues after it, so once it has arrived the kernel has handled the
+/// packet.
+fn send_from_container(
+    netns: &std::path::Path,
+    proto: i32,
+    mac: [u8; 6],
+    packet: Vec<u8>,
+    fence: SocketAddr,
+) {
     let netns = netns.to_path_buf();
     std::thread::spawn(move || {
-        // One CPU of those this thread may use: the RA and the fence share its queues.
         let size = std::mem::size_of::<libc::cpu_set_t>();
         let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut allowed) }, 0);
@@ -179,39 +273,15 @@ fn forge_router_advertisement(netns: &std::path::Path, fence: SocketAddr) {
         let ns = std::fs::File::open(&netns).unwrap();
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let index = link::index("eth0").unwrap();
-        let src: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xba, 0xd0];
-        let dst: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-        // ICMPv6 type 134: hop limit 64, high router preference, lifetime 1800 s.
-        let mut ra = vec![134u8, 0, 0, 0, 64, 0x08, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
-        let mut sum: u32 = 0;
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src);
-        pseudo.extend_from_slice(&dst);
-        pseudo.extend_from_slice(&(ra.len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, 58]);
-        pseudo.extend_from_slice(&ra);
-        for pair in pseudo.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        ra[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-        let mut packet = vec![0x60, 0, 0, 0];
-        packet.extend_from_slice(&(ra.len() as u16).to_be_bytes());
-        packet.extend_from_slice(&[58, 255]);
-        packet.extend_from_slice(&src);
-        packet.extend_from_slice(&dst);
-        packet.extend_from_slice(&ra);
-        let eth_p_ipv6 = (libc::ETH_P_IPV6 as u16).to_be();
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(eth_p_ipv6)) };
+        let proto = (proto as u16).to_be();
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
         assert!(fd >= 0, "{}", std::io::Error::last_os_error());
         let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = eth_p_ipv6;
+        to.sll_protocol = proto;
         to.sll_ifindex = index;
         to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+        to.sll_addr[..6].copy_from_slice(&mac);
         let sent = unsafe {
             libc::sendto(
                 fd,

@@ -1,7 +1,7 @@
 //! The `ip berth` nftables table, written through nfnetlink in one atomic batch: port
-//! mappings (DNAT for traffic to a local address, from outside or from the host itself) and
-//! outbound NAT for the bridge subnet. The whole table is replaced on every change, so it
-//! always matches the persisted allocations.
+//! mappings (DNAT for traffic to a local address, from outside or from the host itself),
+//! outbound NAT for the bridge subnet, and the guard of the host's loopback addresses. The
+//! whole table is replaced on every change, so it always matches the persisted allocations.
 
 use super::netlink::{Message, Socket, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use super::{PortMapping, Protocol};
@@ -35,9 +35,14 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 
 const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
+const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
+const NFT_REG_VERDICT: u32 = 0;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
 const REG1: u32 = 1;
 const REG2: u32 = 2;
 
@@ -75,6 +80,13 @@ pub enum Expr {
         dreg: u32,
         data: Vec<u8>,
     },
+    /// Connection tracking `KEY` (the state bits, say) into a register.
+    Ct {
+        key: u32,
+        dreg: u32,
+    },
+    /// The verdict: drop the packet.
+    Drop,
     /// DNAT to the address in `addr` and the port in `port`.
     Dnat {
         addr: u32,
@@ -84,7 +96,12 @@ pub enum Expr {
 }
 
 const META_L4PROTO: u32 = 16;
+const META_IIFNAME: u32 = 6;
 const META_OIFNAME: u32 = 7;
+const CT_STATE: u32 = 0;
+/// `ct state` bits: established, related.
+const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+const CT_STATE_RELATED: u32 = 1 << 2;
 const RTN_LOCAL: u32 = 2;
 
 fn value(m: Message, typ: u16, data: &[u8]) -> Message {
@@ -99,7 +116,8 @@ impl Expr {
             Expr::Mask { .. } => ("bitwise", m),
             Expr::Cmp { .. } => ("cmp", m),
             Expr::FibDaddrType { .. } => ("fib", m),
-            Expr::Immediate { .. } => ("immediate", m),
+            Expr::Immediate { .. } | Expr::Drop => ("immediate", m),
+            Expr::Ct { .. } => ("ct", m),
             Expr::Dnat { .. } => ("nat", m),
             Expr::Masquerade => ("masq", m),
         };
@@ -136,6 +154,14 @@ impl Expr {
                         d.attr_be32(1, *dreg).attr_be32(2, 3).attr_be32(3, 1 << 1)
                     }
                     Expr::Immediate { dreg, data } => value(d.attr_be32(1, *dreg), 2, data),
+                    Expr::Ct { key, dreg } => d.attr_be32(1, *dreg).attr_be32(2, *key),
+                    Expr::Drop => d
+                        .attr_be32(1, NFT_REG_VERDICT)
+                        .begin(2)
+                        .begin(NFTA_DATA_VERDICT)
+                        .attr_be32(NFTA_VERDICT_CODE, NF_DROP)
+                        .end()
+                        .end(),
                     Expr::Dnat { addr, port } => d
                         .attr_be32(1, 1)
                         .attr_be32(2, u32::from(NFPROTO_IPV4))
@@ -258,22 +284,96 @@ fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str, oif_op: u32) -> Vec<Expr>
     ]
 }
 
-/// The chains and rules: (chain, hook, priority, rules).
-pub fn chains(c: &NatConfig) -> Vec<(&'static str, u32, i32, Vec<Vec<Expr>>)> {
+/// `iifname BRIDGE ip daddr 127.0.0.0/8 ct state != { established, related } drop`.
+///
+/// The bridge has `route_localnet` on, so that the host's own connections to 127.0.0.1:PORT
+/// can be sent on to a container and answered. It would also let a container reach whatever
+/// listens on the host's loopback addresses (a packet to 127.0.0.1 sent to the bridge's MAC
+/// is taken as local): only the answers of connections the host made pass.
+fn loopback_guard(bridge: &str) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_IIFNAME,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_EQ,
+            data: ifname(bridge),
+        },
+        Expr::Payload {
+            base: 1,
+            offset: 16,
+            len: 4,
+            dreg: REG1,
+        },
+        Expr::Mask {
+            reg: REG1,
+            mask: netmask(8).to_vec(),
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_EQ,
+            data: vec![127, 0, 0, 0],
+        },
+        Expr::Ct {
+            key: CT_STATE,
+            dreg: REG1,
+        },
+        Expr::Mask {
+            reg: REG1,
+            mask: (CT_STATE_ESTABLISHED | CT_STATE_RELATED)
+                .to_ne_bytes()
+                .to_vec(),
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_EQ,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Drop,
+    ]
+}
+
+/// A base chain of the table: name, type, hook, priority, rules.
+pub struct Chain {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub hook: u32,
+    pub priority: i32,
+    pub rules: Vec<Vec<Expr>>,
+}
+
+/// The chains and their rules.
+pub fn chains(c: &NatConfig) -> Vec<Chain> {
     let dnat: Vec<Vec<Expr>> = c.ports.iter().map(|(p, ip)| dnat_rule(p, *ip)).collect();
     let outbound = masquerade(c.subnet, c.prefix, &c.bridge, CMP_NEQ);
     // Connections from the host's loopback address to a mapped port: the container must
     // answer an address it can route back to.
     let from_loopback = masquerade(Ipv4Addr::new(127, 0, 0, 0), 8, &c.bridge, CMP_EQ);
+    let nat = |name, hook, priority, rules| Chain {
+        name,
+        kind: "nat",
+        hook,
+        priority,
+        rules,
+    };
     vec![
-        ("prerouting", NF_INET_PRE_ROUTING, -100, dnat.clone()),
-        ("output", NF_INET_LOCAL_OUT, -100, dnat),
-        (
+        nat("prerouting", NF_INET_PRE_ROUTING, -100, dnat.clone()),
+        nat("output", NF_INET_LOCAL_OUT, -100, dnat),
+        nat(
             "postrouting",
             NF_INET_POST_ROUTING,
             100,
             vec![outbound, from_loopback],
         ),
+        Chain {
+            name: "input",
+            kind: "filter",
+            hook: NF_INET_LOCAL_IN,
+            priority: 0,
+            rules: vec![loopback_guard(&c.bridge)],
+        },
     ]
 }
 
@@ -310,21 +410,21 @@ pub fn batch(c: &NatConfig, mut seq: u32) -> Vec<Vec<u8>> {
         nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE),
         &mut out,
     );
-    for (name, hook, prio, rules) in chains(c) {
-        let chain = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK)
+    for chain in chains(c) {
+        let m = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK)
             .attr_str(NFTA_CHAIN_TABLE, TABLE)
-            .attr_str(NFTA_CHAIN_NAME, name)
+            .attr_str(NFTA_CHAIN_NAME, chain.name)
             .begin(NFTA_CHAIN_HOOK)
-            .attr_be32(NFTA_HOOK_HOOKNUM, hook)
-            .attr_be32(NFTA_HOOK_PRIORITY, prio as u32)
+            .attr_be32(NFTA_HOOK_HOOKNUM, chain.hook)
+            .attr_be32(NFTA_HOOK_PRIORITY, chain.priority as u32)
             .end()
             .attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
-            .attr_str(NFTA_CHAIN_TYPE, "nat");
-        push(chain, &mut out);
-        for rule in rules {
+            .attr_str(NFTA_CHAIN_TYPE, chain.kind);
+        push(m, &mut out);
+        for rule in chain.rules {
             let mut m = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK)
                 .attr_str(NFTA_RULE_TABLE, TABLE)
-                .attr_str(NFTA_RULE_CHAIN, name)
+                .attr_str(NFTA_RULE_CHAIN, chain.name)
                 .begin(NFTA_RULE_EXPRESSIONS);
             for e in &rule {
                 m = e.encode(m);
@@ -378,20 +478,20 @@ mod tests {
             ]
         );
         assert_eq!(*types.last().unwrap(), NFNL_MSG_BATCH_END);
-        // 3 chains, 1 rule in each DNAT chain, 2 in postrouting.
+        // 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 1 in input.
         assert_eq!(
             types
                 .iter()
                 .filter(|t| **t == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN))
                 .count(),
-            3
+            4
         );
         assert_eq!(
             types
                 .iter()
                 .filter(|t| **t == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE))
                 .count(),
-            4
+            5
         );
         let seqs: Vec<u32> = b.iter().map(|m| header(m).3).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
