@@ -84,8 +84,9 @@ pub enum Timer {
     Shutdown,
     /// The next hardware watchdog keepalive.
     Watchdog,
-    /// Boot has settled: PID 1 drops the code pages only boot needed.
-    DropBootCode,
+    /// Boot has settled: PID 1 drops the code pages only boot needed, and ends what it tuned
+    /// for the boot.
+    BootSettled,
     /// An image job's deadline: it is killed if still running.
     Job(u64),
     /// The supervisor's next batch of unit starts.

@@ -24,8 +24,9 @@ use crate::unit_logs::LogPolicy;
 
 pub use crate::VERSION;
 
-/// When berth-init drops the pages of its executable that only start-up used (the first
-/// containers' setup tasks, forked from it, share them until they exit).
+/// When the boot has settled: berth-init drops the pages of its executable that only start-up
+/// used (the first containers' setup tasks, forked from it, share them until they exit), and
+/// RCU grace periods are normal again (`boot::rcu`).
 const BOOT_SETTLED: Duration = Duration::from_secs(10);
 
 /// Extra time past the longest `stop_timeout` before everything left is killed.
@@ -59,6 +60,8 @@ pub struct Init {
     /// System units' CPU share, lowered at boot while the first containers are set up, and
     /// since when.
     boot_share: Option<(SystemShare, Instant)>,
+    /// RCU grace periods expedited for the boot, until it settles.
+    rcu: Option<crate::boot::rcu::Expedited>,
 }
 
 impl Init {
@@ -127,7 +130,8 @@ impl Init {
             Mode::Host { .. } => Platform::none(),
         };
         platform.attach(Instant::now(), &mut events);
-        events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::DropBootCode);
+        events.schedule(after(Instant::now(), BOOT_SETTLED), Timer::BootSettled);
+        let rcu = boot.rcu.take();
         system.boot_duration = boot_duration(&boot.mode);
         let boot_share = share.and_then(yield_to_containers);
         // The API is served from here on: the first batch of units starts now, the rest in
@@ -150,6 +154,7 @@ impl Init {
             shutdown: None,
             buffer: Vec::new(),
             boot_share,
+            rcu,
         };
         init.end_boot_yield(Instant::now());
         Ok(init)
@@ -244,10 +249,15 @@ impl Init {
                         self.begin_shutdown(PowerAction::Poweroff, "power button", now);
                     }
                 }
-                Event::Timer(Timer::DropBootCode) => {
+                Event::Timer(Timer::BootSettled) => {
                     // Keep only the code pages supervision touches from here on.
                     if let Err(e) = crate::boot::code_pages::drop_unused_code_pages() {
                         warn!("cannot drop boot code pages: {e}");
+                    }
+                    match self.rcu.take().map(crate::boot::rcu::Expedited::end) {
+                        Some(Ok(())) => info!("RCU grace periods back to normal"),
+                        Some(Err(e)) => warn!("RCU grace periods stay expedited: {e}"),
+                        None => {}
                     }
                 }
                 Event::Timer(Timer::Watchdog) => self.platform.on_watchdog(now, &mut self.events),

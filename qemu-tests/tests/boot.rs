@@ -97,6 +97,34 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
             .trim(),
         "100"
     );
+    // RCU grace periods were expedited for the boot, and are normal once it settled (10 s).
+    let grace = vm
+        .run_ok(
+            "for i in $(seq 90); do dmesg | grep -q 'RCU grace periods back' && break; \
+             sleep 1; done; dmesg | grep 'RCU grace periods'; cat /sys/kernel/rcu_expedited",
+            CMD + Duration::from_secs(90),
+        )
+        .unwrap();
+    assert!(
+        grace.contains("RCU grace periods expedited until the boot settles"),
+        "{grace}"
+    );
+    assert!(
+        grace.contains("RCU grace periods back to normal"),
+        "{grace}"
+    );
+    assert!(grace.trim_end().ends_with('0'), "{grace}");
+    // The bridge network is IPv4 only: IPv6 is off on its links (containers could otherwise
+    // route the host through themselves with forged router advertisements), and no network
+    // namespace carries an IPv6-in-IPv4 tunnel device.
+    let links = vm
+        .run_ok(
+            "cat /proc/sys/net/ipv6/conf/berth0/disable_ipv6; ls /sys/class/net",
+            CMD,
+        )
+        .unwrap();
+    assert!(links.starts_with("1\n"), "{links}");
+    assert!(!links.contains("sit0"), "{links}");
 
     // The root is dm-0, a read-only verity device over root A, mounted read-only.
     assert_eq!(

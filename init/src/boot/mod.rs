@@ -11,6 +11,7 @@ pub mod emergency;
 pub mod extensions;
 pub mod mounts;
 pub mod net;
+pub mod rcu;
 pub mod storage;
 
 use std::path::{Path, PathBuf};
@@ -129,6 +130,8 @@ pub struct Boot {
     pub watchdog: Option<Watchdog>,
     /// System extensions mounted from the root's slot (`extensions`).
     pub extensions: Vec<extensions::MountedExtension>,
+    /// RCU grace periods expedited until the boot settles (`rcu`).
+    pub rcu: Option<rcu::Expedited>,
 }
 
 impl Boot {
@@ -142,6 +145,7 @@ impl Boot {
             hostname: String::new(),
             watchdog: None,
             extensions: Vec::new(),
+            rcu: None,
         }
     }
 }
@@ -165,6 +169,7 @@ const fn phase(
 pub fn pid1_phases() -> Vec<Phase> {
     vec![
         phase("mount-kernel-filesystems", true, mount_kernel_filesystems),
+        phase("expedite-grace-periods", false, expedite_grace_periods),
         phase("mount-extensions", false, extensions::mount_extensions),
         phase("arm-watchdog", false, arm_watchdog),
         phase("enable-cgroup-controllers", false, enable_cgroups),
@@ -212,6 +217,23 @@ fn arm_watchdog(boot: &mut Boot) -> Result<(), BootError> {
         }
         Ok(None) => info!("no hardware watchdog"),
         Err(e) => warn!("watchdog: {e}"),
+    }
+    Ok(())
+}
+
+/// See [`rcu`]: only on a Berth disk (the switch is the whole kernel's, and a PID 1 in a
+/// test's namespaces must not turn it on the host).
+fn expedite_grace_periods(boot: &mut Boot) -> Result<(), BootError> {
+    if crate::platform::bootgood::booted_slot_of_this_machine().is_none() {
+        return Ok(());
+    }
+    boot.rcu = rcu::expedite(Path::new(rcu::KNOB)).map_err(|source| BootError::Io {
+        what: "write",
+        path: rcu::KNOB.into(),
+        source,
+    })?;
+    if boot.rcu.is_some() {
+        info!("RCU grace periods expedited until the boot settles");
     }
     Ok(())
 }
