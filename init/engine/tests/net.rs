@@ -55,6 +55,24 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let mut rt = link::Rtnl::open().unwrap();
         rt.run(link::set_up(link::index("lo").unwrap())).unwrap();
+        // An uplink with a default route, and no reverse path filter of the kernel's: what
+        // the bridge's own guard must hold without.
+        for conf in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter"), "0").unwrap();
+        }
+        for args in [
+            &["link", "add", "up0", "type", "veth", "peer", "name", "up1"][..],
+            &["addr", "add", "192.0.2.254/24", "dev", "up0"],
+            &["link", "set", "up0", "up"],
+            &["link", "set", "up1", "up"],
+            &["route", "add", "default", "via", "192.0.2.1", "dev", "up0"],
+        ] {
+            let o = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
         let net = BridgeNetwork::new(&state_dir);
         let ports: Vec<PortMapping> = vec!["18080:80/tcp".parse().unwrap()];
         let a = net.attach(&bundle_id, &netns, &ports).unwrap();
@@ -124,15 +142,10 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
             .split(':')
             .map(|b| u8::from_str_radix(b, 16).unwrap())
             .collect();
-        let port = loopback.local_addr().unwrap().port();
-        let datagram = datagram_to_loopback(a.address, port);
-        send_from_container(
-            &netns,
-            libc::ETH_P_IP,
-            mac.try_into().unwrap(),
-            datagram,
-            fence_addr,
-        );
+        let mac: [u8; 6] = mac.try_into().unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], loopback.local_addr().unwrap().port()));
+        let packet = datagram(a.address, to);
+        send_from_container(&netns, libc::ETH_P_IP, mac, packet, fence_addr);
         assert_eq!(fence.recv(&mut buf).unwrap(), 5);
         let leaked = loopback.recv(&mut buf);
         assert!(
@@ -140,6 +153,21 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
                 .as_ref()
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
             "a container reached 127.0.0.1: {leaked:?}"
+        );
+        // Nor does one with a source address outside the bridge's subnet (it would have been
+        // forwarded to the uplink unchanged, or answered to whoever has that address).
+        let sink = std::net::UdpSocket::bind((a.gateway, 0)).unwrap();
+        sink.set_nonblocking(true).unwrap();
+        let forged = Ipv4Addr::new(198, 51, 100, 7);
+        let packet = datagram(forged, sink.local_addr().unwrap());
+        send_from_container(&netns, libc::ETH_P_IP, mac, packet, fence_addr);
+        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let forged = sink.recv_from(&mut buf);
+        assert!(
+            forged
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "a forged source address passed: {forged:?}"
         );
         // The allocation is on disk.
         let saved = std::fs::read_to_string(state_dir.join("allocations.json")).unwrap();
@@ -228,20 +256,22 @@ fn router_advertisement() -> Vec<u8> {
     packet
 }
 
-/// A UDP datagram from `src` to 127.0.0.1:`port`, as a container would send it to the
-/// bridge's MAC address.
-fn datagram_to_loopback(src: Ipv4Addr, port: u16) -> Vec<u8> {
+/// A UDP datagram (IPv4 header and all) from `src` to `to`.
+fn datagram(src: Ipv4Addr, to: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(to) = to else {
+        panic!("{to}: IPv4 only")
+    };
     let payload = b"from a container";
     let udp_len = 8 + payload.len() as u16;
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&(20 + udp_len).to_be_bytes());
     ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
     ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&[127, 0, 0, 1]);
+    ip.extend_from_slice(&to.ip().octets());
     let sum = checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     ip.extend_from_slice(&40000u16.to_be_bytes());
-    ip.extend_from_slice(&port.to_be_bytes());
+    ip.extend_from_slice(&to.port().to_be_bytes());
     ip.extend_from_slice(&udp_len.to_be_bytes());
     ip.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
     ip.extend_from_slice(payload);

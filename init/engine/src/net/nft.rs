@@ -1,7 +1,8 @@
 //! The `ip berth` nftables table, written through nfnetlink in one atomic batch: port
 //! mappings (DNAT for traffic to a local address, from outside or from the host itself),
-//! outbound NAT for the bridge subnet, and the guard of the host's loopback addresses. The
-//! whole table is replaced on every change, so it always matches the persisted allocations.
+//! outbound NAT for the bridge subnet, and the bridge's guard (no forged source addresses, no
+//! way to the host's loopback addresses). The whole table is replaced on every change, so it
+//! always matches the persisted allocations.
 
 use super::netlink::{Message, Socket, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use super::{PortMapping, Protocol};
@@ -35,8 +36,10 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 
 const NF_INET_PRE_ROUTING: u32 = 0;
-const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_LOCAL_OUT: u32 = 3;
+/// Filter chains at this priority see packets after connection tracking (-200) and before
+/// destination NAT (-100).
+const PRIORITY_GUARD: i32 = -150;
 const NF_INET_POST_ROUTING: u32 = 4;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
@@ -284,6 +287,40 @@ fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str, oif_op: u32) -> Vec<Expr>
     ]
 }
 
+/// `iifname BRIDGE ip saddr != NET/PREFIX drop`: a container sends from the bridge's subnet
+/// or not at all. Without it, a packet with any source address would be forwarded to the
+/// host's network unchanged (outbound NAT only rewrites the subnet's): a container could
+/// impersonate other machines there, or have answers sent to a victim.
+fn source_guard(bridge: &str, net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_IIFNAME,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_EQ,
+            data: ifname(bridge),
+        },
+        Expr::Payload {
+            base: 1,
+            offset: 12,
+            len: 4,
+            dreg: REG1,
+        },
+        Expr::Mask {
+            reg: REG1,
+            mask: netmask(prefix).to_vec(),
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_NEQ,
+            data: net.octets().to_vec(),
+        },
+        Expr::Drop,
+    ]
+}
+
 /// `iifname BRIDGE ip daddr 127.0.0.0/8 ct state != { established, related } drop`.
 ///
 /// The bridge has `route_localnet` on, so that the host's own connections to 127.0.0.1:PORT
@@ -368,11 +405,14 @@ pub fn chains(c: &NatConfig) -> Vec<Chain> {
             vec![outbound, from_loopback],
         ),
         Chain {
-            name: "input",
+            name: "guard",
             kind: "filter",
-            hook: NF_INET_LOCAL_IN,
-            priority: 0,
-            rules: vec![loopback_guard(&c.bridge)],
+            hook: NF_INET_PRE_ROUTING,
+            priority: PRIORITY_GUARD,
+            rules: vec![
+                source_guard(&c.bridge, c.subnet, c.prefix),
+                loopback_guard(&c.bridge),
+            ],
         },
     ]
 }
@@ -478,7 +518,7 @@ mod tests {
             ]
         );
         assert_eq!(*types.last().unwrap(), NFNL_MSG_BATCH_END);
-        // 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 1 in input.
+        // 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 2 in the guard.
         assert_eq!(
             types
                 .iter()
@@ -491,7 +531,7 @@ mod tests {
                 .iter()
                 .filter(|t| **t == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE))
                 .count(),
-            5
+            6
         );
         let seqs: Vec<u32> = b.iter().map(|m| header(m).3).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
