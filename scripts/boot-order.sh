@@ -18,34 +18,7 @@ MAP="$BERTH_ROOT/target/$BERTH_TARGET/release/berth-init.map"
 [ -f "$MAP" ] || die "no linker map at $MAP"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-cp --sparse=always "$BERTH_OUT/berth.img" "$WORK/disk.img"
-
+cargo build --release --locked -p berth-qemu-tests --bin trace-boot
 log "boot-order: booting the image with QEMU's translation log (about a minute)"
-python3 - "$WORK" <<'PY'
-import os, select, subprocess, sys, time
-work = sys.argv[1]
-cmd = ["qemu-system-x86_64", "-accel", "tcg",
-       "-machine", "q35,sata=off,smbus=off,i8042=off,vmport=off", "-nodefaults",
-       "-m", "512", "-smp", "1", "-display", "none", "-monitor", "none", "-serial", "stdio",
-       "-drive", f"file={work}/disk.img,format=raw,if=none,id=disk0",
-       "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
-       "-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-pci,netdev=net0,romfile=",
-       "-no-reboot", "-d", "in_asm", "-D", f"{work}/translated.log"]
-qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL)
-console, started, deadline = b"", False, time.monotonic() + 300
-while time.monotonic() < deadline and not started:
-    ready, _, _ = select.select([qemu.stdout], [], [], 1)
-    if ready:
-        data = os.read(qemu.stdout.fileno(), 4096)
-        if not data:
-            break
-        console += data
-        started = b"unit demo-web: started" in console
-qemu.kill()
-qemu.wait()
-if not started:
-    sys.exit("boot-order: the demo container did not start within 300 s")
-PY
-
+./target/release/trace-boot "$BERTH_OUT/berth.img" "$WORK/translated.log"
 python3 scripts/boot_order.py write "$WORK/translated.log" "$MAP" init/boot.order

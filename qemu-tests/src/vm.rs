@@ -72,6 +72,9 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// QEMU's CPU model (`-cpu`); QEMU's default when `None`.
     pub cpu_model: Option<String>,
+    /// QEMU's translation log, written here (`-d in_asm`): every guest code block the first
+    /// time it runs (scripts/boot-order.sh maps it to berth-init's functions).
+    pub translation_log: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -86,6 +89,7 @@ impl VmConfig {
             cpus: 1,
             no_reboot: true,
             cpu_model: None,
+            translation_log: None,
         }
     }
 }
@@ -168,6 +172,9 @@ impl Vm {
         cmd.args(["-device", "i6300esb"]);
         if cfg.no_reboot {
             cmd.arg("-no-reboot");
+        }
+        if let Some(log) = &cfg.translation_log {
+            cmd.args(["-d", "in_asm", "-D"]).arg(log);
         }
         let tpm = match cfg.firmware {
             Firmware::Uefi => {
