@@ -275,7 +275,9 @@ fn main() -> std::process::ExitCode {
 type Measure = (&'static str, fn(&Run) -> f64);
 
 /// The measures a comparison lists per boot: name and value.
-const COMPARED: [Measure; 6] = [
+const COMPARED: [Measure; 7] = [
+    // Firmware, GRUB and the kernel: what the guest's own times below do not see.
+    ("PID 1 starts, s after QEMU start", |r| r.pid1_wall),
     ("berth-init's first line, ms after PID 1", |r| {
         r.milestones.first().map_or(f64::NAN, |(_, ms)| *ms)
     }),
