@@ -73,6 +73,16 @@ impl BlockDevices {
         std::fs::read_to_string(self.sys_class_block.join(name).join("uevent")).ok()
     }
 
+    /// Whether `name` is one of the partitions a Berth disk is laid out with (GPT names
+    /// `berth-*` and `bios-boot`): their content is Berth's own, never a config drive.
+    fn is_berth_partition(&self, name: &str) -> bool {
+        self.uevent(name).is_some_and(|u| {
+            u.lines()
+                .filter_map(|l| l.strip_prefix("PARTNAME="))
+                .any(|p| p.starts_with("berth-") || p == "bios-boot")
+        })
+    }
+
     /// The partition whose GPT name is `partname`.
     pub fn partition_named(&self, partname: &str) -> Option<PartitionDev> {
         self.names().into_iter().find_map(|name| {
@@ -99,6 +109,11 @@ impl BlockDevices {
     pub fn labelled(&self, label: &str) -> Option<(String, FsKind)> {
         self.names().into_iter().find_map(|name| {
             if name.starts_with("dm-") || name.starts_with("loop") || name.starts_with("ram") {
+                return None;
+            }
+            // Each read is a cold block-device read on the boot's path: the boot disk's own
+            // partitions are skipped by name.
+            if self.is_berth_partition(&name) {
                 return None;
             }
             // Labels live in the first 34 KiB (ISO 9660's volume descriptor at 32 KiB).
@@ -169,6 +184,36 @@ mod tests {
             })
         );
         assert_eq!(b.partition_named("berth-boot"), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn labels_are_not_looked_for_on_berths_own_partitions() {
+        let root = tmp("labels");
+        let class = root.join("class/block");
+        let dev = root.join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        let mut fat = vec![0u8; 0x8800];
+        fat[510] = 0x55;
+        fat[511] = 0xaa;
+        fat[0x26] = 0x29;
+        fat[0x2b..0x36].copy_from_slice(b"CIDATA     ");
+        fat[0x36..0x39].copy_from_slice(b"FAT");
+        for (name, partname) in [("vda1", Some("berth-boot")), ("vdb", None)] {
+            std::fs::create_dir_all(class.join(name)).unwrap();
+            let uevent = match partname {
+                Some(p) => format!("DEVTYPE=partition\nPARTN=1\nPARTNAME={p}\n"),
+                None => "DEVTYPE=disk\n".to_string(),
+            };
+            std::fs::write(class.join(name).join("uevent"), uevent).unwrap();
+            std::fs::write(dev.join(name), &fat).unwrap();
+        }
+        let b = BlockDevices::at(&class, &dev);
+        assert!(b.is_berth_partition("vda1"));
+        assert!(!b.is_berth_partition("vdb"));
+        assert_eq!(b.labelled("cidata"), Some(("vdb".into(), FsKind::Vfat)));
+        std::fs::remove_file(dev.join("vdb")).unwrap();
+        assert_eq!(b.labelled("cidata"), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
