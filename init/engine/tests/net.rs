@@ -6,7 +6,7 @@
 // The runtime's host test fixtures, shared: these tests run its binary.
 #[path = "../../../runtime/tests/common/mod.rs"]
 mod common;
-use berth_engine::net::{host_ifname, link, BridgeNetwork, PortMapping};
+use berth_engine::net::{container_mac, host_ifname, link, BridgeNetwork, PortMapping};
 use common::*;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -124,10 +124,18 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
         let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
         let ra = router_advertisement();
         let fence_addr = fence.local_addr().unwrap();
-        send_from_container(&netns, libc::ETH_P_IPV6, all_nodes, ra, fence_addr);
+        // What reaches the bridge itself: the port guard lets no IPv6 frame on the bridge.
+        let tap = PacketTap::on("berth0", libc::ETH_P_IPV6);
+        let frame = Frame::To {
+            proto: libc::ETH_P_IPV6,
+            mac: all_nodes,
+            packet: ra,
+        };
+        send_from_container(&netns, frame, fence_addr);
         assert_eq!(fence.recv(&mut buf).unwrap(), 5);
         let routes = output("ip", &["-6", "route", "show", "table", "all"]);
         assert!(!routes.contains("berth0"), "{routes}");
+        assert_eq!(tap.frames(), 0, "an IPv6 frame crossed the bridge");
         // Nor does a datagram to 127.0.0.1 sent to the bridge (route_localnet is on there for
         // the host's own connections to mapped ports).
         let loopback = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -145,7 +153,12 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
         let mac: [u8; 6] = mac.try_into().unwrap();
         let to = SocketAddr::from(([127, 0, 0, 1], loopback.local_addr().unwrap().port()));
         let packet = datagram(a.address, to);
-        send_from_container(&netns, libc::ETH_P_IP, mac, packet, fence_addr);
+        let frame = Frame::To {
+            proto: libc::ETH_P_IP,
+            mac,
+            packet,
+        };
+        send_from_container(&netns, frame, fence_addr);
         assert_eq!(fence.recv(&mut buf).unwrap(), 5);
         let leaked = loopback.recv(&mut buf);
         assert!(
@@ -160,7 +173,12 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
         sink.set_nonblocking(true).unwrap();
         let forged = Ipv4Addr::new(198, 51, 100, 7);
         let packet = datagram(forged, sink.local_addr().unwrap());
-        send_from_container(&netns, libc::ETH_P_IP, mac, packet, fence_addr);
+        let frame = Frame::To {
+            proto: libc::ETH_P_IP,
+            mac,
+            packet,
+        };
+        send_from_container(&netns, frame, fence_addr);
         assert_eq!(fence.recv(&mut buf).unwrap(), 5);
         let forged = sink.recv_from(&mut buf);
         assert!(
@@ -168,6 +186,61 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
                 .as_ref()
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
             "a forged source address passed: {forged:?}"
+        );
+        // The bridge's port guard: nor can it take a neighbour's address or MAC address.
+        let neighbour = Ipv4Addr::new(10, 89, 0, 3);
+        let own_mac = container_mac(a.address);
+        let frame = Frame::To {
+            proto: libc::ETH_P_IP,
+            mac,
+            packet: datagram(neighbour, sink.local_addr().unwrap()),
+        };
+        send_from_container(&netns, frame, fence_addr);
+        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let forged = sink.recv_from(&mut buf);
+        assert!(
+            forged
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "a neighbour's address passed: {forged:?}"
+        );
+        let frame = Frame::To {
+            proto: libc::ETH_P_ARP,
+            mac: [0xff; 6],
+            packet: arp_request(own_mac, neighbour, a.gateway),
+        };
+        send_from_container(&netns, frame, fence_addr);
+        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let learned = output("ip", &["neigh", "show", &neighbour.to_string()]);
+        assert!(
+            learned.trim().is_empty(),
+            "ARP for a neighbour's address: {learned}"
+        );
+        let stranger = [0x02, 0, 0, 0, 0, 0x99];
+        let mut frame = mac.to_vec();
+        frame.extend_from_slice(&stranger);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&datagram(a.address, sink.local_addr().unwrap()));
+        send_from_container(&netns, Frame::Raw(frame), fence_addr);
+        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let fdb = output("bridge", &["fdb", "show", "br", "berth0"]);
+        assert!(
+            !fdb.contains("02:00:00:00:00:99"),
+            "a forged MAC address: {fdb}"
+        );
+        assert!(sink.recv_from(&mut buf).is_err());
+        // Nor tell the host its own address is at another MAC address.
+        let frame = Frame::To {
+            proto: libc::ETH_P_ARP,
+            mac: [0xff; 6],
+            packet: arp_request(stranger, a.address, a.gateway),
+        };
+        send_from_container(&netns, frame, fence_addr);
+        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let learned = output("ip", &["neigh", "show", &a.address.to_string()]);
+        assert!(
+            !learned.contains("02:00:00:00:00:99"),
+            "ARP with a forged MAC: {learned}"
         );
         // The allocation is on disk.
         let saved = std::fs::read_to_string(state_dir.join("allocations.json")).unwrap();
@@ -278,17 +351,73 @@ fn datagram(src: Ipv4Addr, to: SocketAddr) -> Vec<u8> {
     ip
 }
 
-/// Sends `packet` (of EtherType `proto`) to `mac` from the container's eth0 with a packet
-/// socket, then "fence" to `fence` over UDP, both from one CPU: the fence takes the packet's
-/// way through the same queues after it, so once it has arrived the kernel has handled the
-/// packet.
-fn send_from_container(
-    netns: &std::path::Path,
-    proto: i32,
-    mac: [u8; 6],
-    packet: Vec<u8>,
-    fence: SocketAddr,
-) {
+/// What a container sends with a packet socket.
+enum Frame {
+    /// `packet` of EtherType `proto` to `mac`, from eth0's own MAC address.
+    To {
+        proto: i32,
+        mac: [u8; 6],
+        packet: Vec<u8>,
+    },
+    /// A whole Ethernet frame, its source MAC address included.
+    Raw(Vec<u8>),
+}
+
+/// A packet socket on `ifname` of the calling thread's network namespace, for EtherType
+/// `proto`: what the interface received.
+struct PacketTap(std::os::fd::OwnedFd);
+
+impl PacketTap {
+    fn on(ifname: &str, proto: i32) -> PacketTap {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let proto = (proto as u16).to_be();
+        let kind = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK;
+        let fd = unsafe { libc::socket(libc::AF_PACKET, kind, i32::from(proto)) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        at.sll_family = libc::AF_PACKET as u16;
+        at.sll_protocol = proto;
+        at.sll_ifindex = link::index(ifname).unwrap();
+        let size = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let bound = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&at as *const libc::sockaddr_ll).cast(),
+                size,
+            )
+        };
+        assert_eq!(bound, 0, "{}", std::io::Error::last_os_error());
+        PacketTap(fd)
+    }
+
+    /// Frames received so far.
+    fn frames(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } >= 0
+        {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// An ARP request for `target` from `sender_ip` at `sender_mac`.
+fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    arp.extend_from_slice(&sender_mac);
+    arp.extend_from_slice(&sender_ip.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.octets());
+    arp
+}
+
+/// Sends `frame` from the container's eth0 with a packet socket, then "fence" to `fence` over
+/// UDP, both from one CPU: the fence takes the frame's way through the same queues after it,
+/// so once it has arrived the kernel has handled the frame.
+fn send_from_container(netns: &std::path::Path, frame: Frame, fence: SocketAddr) {
     let netns = netns.to_path_buf();
     std::thread::spawn(move || {
         let size = std::mem::size_of::<libc::cpu_set_t>();
@@ -303,8 +432,12 @@ fn send_from_container(
         let ns = std::fs::File::open(&netns).unwrap();
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let index = link::index("eth0").unwrap();
+        let (kind, proto, mac, packet) = match frame {
+            Frame::To { proto, mac, packet } => (libc::SOCK_DGRAM, proto, mac, packet),
+            Frame::Raw(packet) => (libc::SOCK_RAW, libc::ETH_P_ALL, [0; 6], packet),
+        };
         let proto = (proto as u16).to_be();
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, kind, i32::from(proto)) };
         assert!(fd >= 0, "{}", std::io::Error::last_os_error());
         let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         to.sll_family = libc::AF_PACKET as u16;

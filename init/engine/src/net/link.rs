@@ -8,6 +8,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
@@ -42,14 +43,15 @@ pub fn new_bridge(name: &str) -> Message {
     .end()
 }
 
-/// A veth pair: `host` here, a port of the bridge `master`, and `peer` created directly in
-/// the namespace open at `netns_fd`; both down, so the caller can configure them (no IPv6)
-/// before anything runs on them.
-pub fn new_veth(host: &str, peer: &str, netns_fd: i32, master: i32) -> Message {
+/// A veth pair: `host` here, a port of the bridge `master`, and `peer` with the MAC address
+/// `peer_mac`, created directly in the namespace open at `netns_fd`; both down, so the caller
+/// can configure them (no IPv6) before anything runs on them.
+pub fn new_veth(host: &str, peer: &str, peer_mac: [u8; 6], netns_fd: i32, master: i32) -> Message {
     let mut peer_msg = Vec::from(ifinfo(0, 0, 0));
     // The peer is an ifinfomsg followed by its own attributes, inside VETH_INFO_PEER.
     let sub = Message::new(0, 0)
         .attr_str(IFLA_IFNAME, peer)
+        .attr(IFLA_ADDRESS, &peer_mac)
         .attr_u32(IFLA_NET_NS_FD, netns_fd as u32)
         .finish(0);
     peer_msg.extend_from_slice(&sub[super::netlink::NLMSG_HDRLEN..]);
@@ -149,7 +151,8 @@ mod tests {
 
     #[test]
     fn veth_is_created_down_on_the_bridge_with_its_peer_in_the_namespace() {
-        let m = new_veth("vb1234", "eth0", 7, 4).finish(1);
+        let mac = [2, 0x42, 10, 89, 0, 2];
+        let m = new_veth("vb1234", "eth0", mac, 7, 4).finish(1);
         let (_, typ, flags, _) = header(&m);
         assert_eq!(typ, RTM_NEWLINK);
         assert_eq!(
@@ -168,7 +171,8 @@ mod tests {
         assert_eq!(&peer[..16], &ifinfo(0, 0, 0)[..]);
         let peer_attrs = attrs(&peer[16..]);
         assert_eq!(peer_attrs[0], (IFLA_IFNAME, &b"eth0\0"[..]));
-        assert_eq!(peer_attrs[1], (IFLA_NET_NS_FD, &7u32.to_ne_bytes()[..]));
+        assert_eq!(peer_attrs[1], (IFLA_ADDRESS, &mac[..]));
+        assert_eq!(peer_attrs[2], (IFLA_NET_NS_FD, &7u32.to_ne_bytes()[..]));
     }
 
     #[test]

@@ -169,6 +169,14 @@ pub struct BridgeNetwork {
     pub prefix: u8,
 }
 
+/// The MAC address of the container's `eth0` at `address`: locally administered, 02:42 and
+/// the address's four bytes (as Docker's bridge does), so the bridge's port guard can name it
+/// from the allocation alone.
+pub fn container_mac(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// The host-side interface name of a container's veth pair (at most 15 bytes).
 pub fn host_ifname(id: &str) -> String {
     // FNV-1a: stable across runs and versions, unlike std's hasher.
@@ -239,6 +247,9 @@ impl BridgeNetwork {
     }
 
     fn plumb(&self, id: &str, netns: &Path, address: Ipv4Addr) -> Result<Attachment, NetError> {
+        // The guard (apply_nat) goes on before the container's end of the pair exists.
+        self.apply_nat()?;
+        trace::step("network: nftables");
         let mut rt = link::Rtnl::open().map_err(io_err("open rtnetlink"))?;
         let bridge = self.ensure_bridge(&mut rt)?;
         trace::step("network: bridge");
@@ -247,6 +258,7 @@ impl BridgeNetwork {
         rt.run(link::new_veth(
             &host,
             CONTAINER_IFNAME,
+            container_mac(address),
             ns.as_raw_fd(),
             bridge,
         ))
@@ -270,8 +282,6 @@ impl BridgeNetwork {
                 .map_err(io_err("default route"))
         })?;
         trace::step("network: container side");
-        self.apply_nat()?;
-        trace::step("network: nftables");
         Ok(Attachment {
             address,
             gateway,
@@ -312,20 +322,29 @@ impl BridgeNetwork {
         Ok(())
     }
 
-    /// Rewrites the nftables table from the persisted allocations.
+    /// Rewrites the nftables tables from the persisted allocations.
     fn apply_nat(&self) -> Result<(), NetError> {
         let all = self.allocations().load()?;
         let ports = all
             .values()
             .flat_map(|a| a.ports.iter().map(move |p| (*p, a.address)))
             .collect();
+        let members = all
+            .iter()
+            .map(|(id, a)| nft::Member {
+                port: host_ifname(id),
+                address: a.address,
+                mac: container_mac(a.address),
+            })
+            .collect();
         let c = nft::NatConfig {
             bridge: self.bridge.clone(),
             subnet: self.subnet,
             prefix: self.prefix,
             ports,
+            members,
         };
-        nft::apply(&c).map_err(io_err("write nftables table ip berth"))
+        nft::apply(&c).map_err(io_err("write nftables tables berth"))
     }
 }
 

@@ -1,8 +1,9 @@
-//! The `ip berth` nftables table, written through nfnetlink in one atomic batch: port
-//! mappings (DNAT for traffic to a local address, from outside or from the host itself),
-//! outbound NAT for the bridge subnet, and the bridge's guard (no forged source addresses, no
-//! way to the host's loopback addresses). The whole table is replaced on every change, so it
-//! always matches the persisted allocations.
+//! Berth's two nftables tables, written through nfnetlink in one atomic batch. `ip berth`:
+//! port mappings (DNAT for traffic to a local address, from outside or from the host itself),
+//! outbound NAT for the bridge subnet, and the guard of the host (no forged source addresses,
+//! no way to the host's loopback addresses). `bridge berth`: the guard of the bridge's ports
+//! (each container sends with its own MAC and IPv4 address only, and only IPv4 and ARP). Both
+//! are replaced on every change, so they always match the persisted allocations.
 
 use super::netlink::{Message, Socket, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use super::{PortMapping, Protocol};
@@ -18,6 +19,12 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_BRIDGE: u8 = 7;
+/// The bridge family's input hook (a frame as it enters the bridge from a port, before the
+/// bridge learns its source MAC address).
+const NF_BR_PRE_ROUTING: u32 = 0;
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -195,7 +202,7 @@ fn netmask(prefix: u8) -> [u8; 4] {
     bits.to_be_bytes()
 }
 
-/// What the table expresses.
+/// What the tables express.
 #[derive(Debug, Clone)]
 pub struct NatConfig {
     pub bridge: String,
@@ -203,6 +210,93 @@ pub struct NatConfig {
     pub prefix: u8,
     /// Each mapping with the container address it goes to.
     pub ports: Vec<(PortMapping, Ipv4Addr)>,
+    /// Each container on the bridge.
+    pub members: Vec<Member>,
+}
+
+/// A container on the bridge: its port (the host end of its veth pair), the address and MAC
+/// address of its `eth0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub port: String,
+    pub address: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// The link-layer header: where `ether saddr` and `ether type` are.
+const LL: u32 = 0;
+const NH: u32 = 1;
+
+/// `[payload] != value`: the payload at `base`+`offset` into REG1, compared unequal.
+fn differs(base: u32, offset: u32, value: &[u8]) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            base,
+            offset,
+            len: value.len() as u32,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_NEQ,
+            data: value.to_vec(),
+        },
+    ]
+}
+
+/// `ether type == value`.
+fn ether_type(value: [u8; 2]) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            base: LL,
+            offset: 12,
+            len: 2,
+            dreg: REG1,
+        },
+        Expr::Cmp {
+            sreg: REG1,
+            op: CMP_EQ,
+            data: value.to_vec(),
+        },
+    ]
+}
+
+/// The rules that hold container `m` to its own addresses, all for frames entering the bridge
+/// from its port: a forged source MAC would teach the bridge to send a neighbour's frames to
+/// it, a forged ARP sender would take a neighbour's (or the gateway's) address in the host's
+/// and the neighbours' ARP caches, a forged IPv4 source would impersonate a neighbour. Other
+/// protocols (IPv6 with its router advertisements, say) have no use on an IPv4 bridge.
+fn port_guard(m: &Member) -> Vec<Vec<Expr>> {
+    let from_port = || {
+        vec![
+            Expr::Meta {
+                key: META_IIFNAME,
+                dreg: REG1,
+            },
+            Expr::Cmp {
+                sreg: REG1,
+                op: CMP_EQ,
+                data: ifname(&m.port),
+            },
+        ]
+    };
+    let rule = |parts: &[&[Expr]]| {
+        let mut r = from_port();
+        for p in parts {
+            r.extend_from_slice(p);
+        }
+        r.push(Expr::Drop);
+        r
+    };
+    let ip = m.address.octets();
+    vec![
+        rule(&[&differs(LL, 6, &m.mac)]),
+        rule(&[&ether_type(ETH_P_IP), &differs(NH, 12, &ip)]),
+        // ARP: the sender's MAC at 8, its IPv4 address at 14.
+        rule(&[&ether_type(ETH_P_ARP), &differs(NH, 8, &m.mac)]),
+        rule(&[&ether_type(ETH_P_ARP), &differs(NH, 14, &ip)]),
+        rule(&[&differs(LL, 12, &ETH_P_IP), &differs(LL, 12, &ETH_P_ARP)]),
+    ]
 }
 
 /// Port mapping rule: to a local address, this protocol and port → container address:port.
@@ -381,7 +475,18 @@ pub struct Chain {
     pub rules: Vec<Vec<Expr>>,
 }
 
-/// The chains and their rules.
+/// The `bridge berth` table's one chain.
+pub fn bridge_chains(c: &NatConfig) -> Vec<Chain> {
+    vec![Chain {
+        name: "ports",
+        kind: "filter",
+        hook: NF_BR_PRE_ROUTING,
+        priority: -200,
+        rules: c.members.iter().flat_map(port_guard).collect(),
+    }]
+}
+
+/// The `ip berth` table's chains and their rules.
 pub fn chains(c: &NatConfig) -> Vec<Chain> {
     let dnat: Vec<Vec<Expr>> = c.ports.iter().map(|(p, ip)| dnat_rule(p, *ip)).collect();
     let outbound = masquerade(c.subnet, c.prefix, &c.bridge, CMP_NEQ);
@@ -422,12 +527,12 @@ fn nfgen(family: u8, res_id: u16) -> [u8; 4] {
     [family, 0, r[0], r[1]]
 }
 
-fn nft(cmd: u16, flags: u16) -> Message {
-    Message::new((NFNL_SUBSYS_NFTABLES << 8) | cmd, NLM_F_REQUEST | flags)
-        .raw(&nfgen(NFPROTO_IPV4, 0))
+fn nft(family: u8, cmd: u16, flags: u16) -> Message {
+    Message::new((NFNL_SUBSYS_NFTABLES << 8) | cmd, NLM_F_REQUEST | flags).raw(&nfgen(family, 0))
 }
 
-/// The batch that replaces the table: add (so that delete cannot fail), delete, recreate.
+/// The batch that replaces both tables: each added (so that delete cannot fail), deleted,
+/// recreated.
 pub fn batch(c: &NatConfig, mut seq: u32) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut push = |m: Message, out: &mut Vec<Vec<u8>>| {
@@ -438,19 +543,26 @@ pub fn batch(c: &NatConfig, mut seq: u32) -> Vec<Vec<u8>> {
         Message::new(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST).raw(&nfgen(0, NFNL_SUBSYS_NFTABLES)),
         &mut out,
     );
+    for (family, chains) in [
+        (NFPROTO_IPV4, chains(c)),
+        (NFPROTO_BRIDGE, bridge_chains(c)),
+    ] {
+        table(family, chains, &mut |m| push(m, &mut out));
+    }
     push(
-        nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE),
+        Message::new(NFNL_MSG_BATCH_END, NLM_F_REQUEST).raw(&nfgen(0, NFNL_SUBSYS_NFTABLES)),
         &mut out,
     );
-    push(
-        nft(NFT_MSG_DELTABLE, NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE),
-        &mut out,
-    );
-    push(
-        nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE),
-        &mut out,
-    );
-    for chain in chains(c) {
+    out
+}
+
+/// The messages that replace table `berth` of `family` with `chains`.
+fn table(family: u8, chains: Vec<Chain>, push: &mut dyn FnMut(Message)) {
+    let nft = |cmd, flags| nft(family, cmd, flags);
+    push(nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE));
+    push(nft(NFT_MSG_DELTABLE, NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE));
+    push(nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK).attr_str(NFTA_TABLE_NAME, TABLE));
+    for chain in chains {
         let m = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK)
             .attr_str(NFTA_CHAIN_TABLE, TABLE)
             .attr_str(NFTA_CHAIN_NAME, chain.name)
@@ -460,7 +572,7 @@ pub fn batch(c: &NatConfig, mut seq: u32) -> Vec<Vec<u8>> {
             .end()
             .attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
             .attr_str(NFTA_CHAIN_TYPE, chain.kind);
-        push(m, &mut out);
+        push(m);
         for rule in chain.rules {
             let mut m = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK)
                 .attr_str(NFTA_RULE_TABLE, TABLE)
@@ -469,17 +581,12 @@ pub fn batch(c: &NatConfig, mut seq: u32) -> Vec<Vec<u8>> {
             for e in &rule {
                 m = e.encode(m);
             }
-            push(m.end(), &mut out);
+            push(m.end());
         }
     }
-    push(
-        Message::new(NFNL_MSG_BATCH_END, NLM_F_REQUEST).raw(&nfgen(0, NFNL_SUBSYS_NFTABLES)),
-        &mut out,
-    );
-    out
 }
 
-/// Replaces the table in the calling thread's network namespace.
+/// Replaces both tables in the calling thread's network namespace.
 pub fn apply(c: &NatConfig) -> io::Result<()> {
     let sock = Socket::open(libc::NETLINK_NETFILTER)?;
     sock.transact(&batch(c, 0))
@@ -491,7 +598,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batch_is_framed_and_replaces_the_table() {
+    fn batch_is_framed_and_replaces_both_tables() {
         let c = NatConfig {
             bridge: "berth0".into(),
             subnet: Ipv4Addr::new(10, 89, 0, 0),
@@ -504,6 +611,11 @@ mod tests {
                 },
                 Ipv4Addr::new(10, 89, 0, 2),
             )],
+            members: vec![Member {
+                port: "vb1234".into(),
+                address: Ipv4Addr::new(10, 89, 0, 2),
+                mac: [2, 0x42, 10, 89, 0, 2],
+            }],
         };
         let b = batch(&c, 0);
         let types: Vec<u16> = b.iter().map(|m| header(m).1).collect();
@@ -518,21 +630,24 @@ mod tests {
             ]
         );
         assert_eq!(*types.last().unwrap(), NFNL_MSG_BATCH_END);
-        // 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 2 in the guard.
-        assert_eq!(
-            types
-                .iter()
-                .filter(|t| **t == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN))
-                .count(),
-            4
-        );
-        assert_eq!(
-            types
-                .iter()
-                .filter(|t| **t == (NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE))
-                .count(),
-            6
-        );
+        let family = |m: &Vec<u8>| m[super::super::netlink::NLMSG_HDRLEN];
+        let tables: Vec<u8> = b
+            .iter()
+            .filter(|m| header(m).1 == t(NFT_MSG_DELTABLE))
+            .map(family)
+            .collect();
+        assert_eq!(tables, [NFPROTO_IPV4, NFPROTO_BRIDGE]);
+        // ip: 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 2 in the guard; bridge:
+        // 1 chain, 5 rules per member.
+        let count = |cmd: u16, fam: u8| {
+            b.iter()
+                .filter(|m| header(m).1 == t(cmd) && family(m) == fam)
+                .count()
+        };
+        assert_eq!(count(NFT_MSG_NEWCHAIN, NFPROTO_IPV4), 4);
+        assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_IPV4), 6);
+        assert_eq!(count(NFT_MSG_NEWCHAIN, NFPROTO_BRIDGE), 1);
+        assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_BRIDGE), 5);
         let seqs: Vec<u32> = b.iter().map(|m| header(m).3).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(netmask(24), [255, 255, 255, 0]);
