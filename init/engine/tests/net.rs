@@ -116,101 +116,44 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
             in_container("/proc/sys/net/ipv6/conf/lo/disable_ipv6"),
             "0\n"
         );
-        let fence = std::net::UdpSocket::bind((a.gateway, 0)).unwrap();
-        fence
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
-        let ra = router_advertisement();
-        let fence_addr = fence.local_addr().unwrap();
+        let forger = Forger::new(&netns, a.gateway);
         // What reaches the bridge itself: the port guard lets no IPv6 frame on the bridge.
         let tap = PacketTap::on("berth0", libc::ETH_P_IPV6);
-        let frame = Frame::To {
-            proto: libc::ETH_P_IPV6,
-            mac: all_nodes,
-            packet: ra,
-        };
-        send_from_container(&netns, frame, fence_addr);
-        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+        forger.send(to(libc::ETH_P_IPV6, all_nodes, router_advertisement()));
         let routes = output("ip", &["-6", "route", "show", "table", "all"]);
         assert!(!routes.contains("berth0"), "{routes}");
         assert_eq!(tap.frames(), 0, "an IPv6 frame crossed the bridge");
         // Nor does a datagram to 127.0.0.1 sent to the bridge (route_localnet is on there for
         // the host's own connections to mapped ports).
-        let loopback = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        loopback.set_nonblocking(true).unwrap();
+        let loopback = silent_socket(([127, 0, 0, 1], 0).into());
         let bridge_link = output("ip", &["-o", "link", "show", "dev", "berth0"]);
-        let mac = bridge_link
+        let mac: Vec<u8> = bridge_link
             .split_whitespace()
             .skip_while(|w| *w != "link/ether")
             .nth(1)
-            .unwrap();
-        let mac: Vec<u8> = mac
+            .unwrap()
             .split(':')
             .map(|b| u8::from_str_radix(b, 16).unwrap())
             .collect();
         let mac: [u8; 6] = mac.try_into().unwrap();
-        let to = SocketAddr::from(([127, 0, 0, 1], loopback.local_addr().unwrap().port()));
-        let packet = datagram(a.address, to);
-        let frame = Frame::To {
-            proto: libc::ETH_P_IP,
-            mac,
-            packet,
-        };
-        send_from_container(&netns, frame, fence_addr);
-        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
-        let leaked = loopback.recv(&mut buf);
-        assert!(
-            leaked
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
-            "a container reached 127.0.0.1: {leaked:?}"
-        );
+        let packet = datagram(a.address, loopback.local_addr().unwrap());
+        forger.send(to(libc::ETH_P_IP, mac, packet));
+        assert_silent(&loopback, "a container reached 127.0.0.1");
         // Nor does one with a source address outside the bridge's subnet (it would have been
         // forwarded to the uplink unchanged, or answered to whoever has that address).
-        let sink = std::net::UdpSocket::bind((a.gateway, 0)).unwrap();
-        sink.set_nonblocking(true).unwrap();
-        let forged = Ipv4Addr::new(198, 51, 100, 7);
-        let packet = datagram(forged, sink.local_addr().unwrap());
-        let frame = Frame::To {
-            proto: libc::ETH_P_IP,
-            mac,
-            packet,
-        };
-        send_from_container(&netns, frame, fence_addr);
-        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
-        let forged = sink.recv_from(&mut buf);
-        assert!(
-            forged
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
-            "a forged source address passed: {forged:?}"
-        );
+        let sink = silent_socket((a.gateway, 0).into());
+        let sink_addr = sink.local_addr().unwrap();
+        let packet = datagram(Ipv4Addr::new(198, 51, 100, 7), sink_addr);
+        forger.send(to(libc::ETH_P_IP, mac, packet));
+        assert_silent(&sink, "a forged source address passed");
         // The bridge's port guard: nor can it take a neighbour's address or MAC address.
         let neighbour = Ipv4Addr::new(10, 89, 0, 3);
+        forger.send(to(libc::ETH_P_IP, mac, datagram(neighbour, sink_addr)));
+        assert_silent(&sink, "a neighbour's address passed");
         let own_mac = container_mac(a.address);
-        let frame = Frame::To {
-            proto: libc::ETH_P_IP,
-            mac,
-            packet: datagram(neighbour, sink.local_addr().unwrap()),
-        };
-        send_from_container(&netns, frame, fence_addr);
-        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
-        let forged = sink.recv_from(&mut buf);
-        assert!(
-            forged
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
-            "a neighbour's address passed: {forged:?}"
-        );
-        let frame = Frame::To {
-            proto: libc::ETH_P_ARP,
-            mac: [0xff; 6],
-            packet: arp_request(own_mac, neighbour, a.gateway),
-        };
-        send_from_container(&netns, frame, fence_addr);
-        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let request = arp_request(own_mac, neighbour, a.gateway);
+        forger.send(to(libc::ETH_P_ARP, [0xff; 6], request));
         let learned = output("ip", &["neigh", "show", &neighbour.to_string()]);
         assert!(
             learned.trim().is_empty(),
@@ -220,23 +163,17 @@ fn bridge_port_mapping_and_nat_in_a_private_namespace() {
         let mut frame = mac.to_vec();
         frame.extend_from_slice(&stranger);
         frame.extend_from_slice(&[0x08, 0x00]);
-        frame.extend_from_slice(&datagram(a.address, sink.local_addr().unwrap()));
-        send_from_container(&netns, Frame::Raw(frame), fence_addr);
-        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        frame.extend_from_slice(&datagram(a.address, sink_addr));
+        forger.send(Frame::Raw(frame));
         let fdb = output("bridge", &["fdb", "show", "br", "berth0"]);
         assert!(
             !fdb.contains("02:00:00:00:00:99"),
             "a forged MAC address: {fdb}"
         );
-        assert!(sink.recv_from(&mut buf).is_err());
+        assert_silent(&sink, "a forged MAC address passed");
         // Nor tell the host its own address is at another MAC address.
-        let frame = Frame::To {
-            proto: libc::ETH_P_ARP,
-            mac: [0xff; 6],
-            packet: arp_request(stranger, a.address, a.gateway),
-        };
-        send_from_container(&netns, frame, fence_addr);
-        assert_eq!(fence.recv(&mut buf).unwrap(), 5);
+        let request = arp_request(stranger, a.address, a.gateway);
+        forger.send(to(libc::ETH_P_ARP, [0xff; 6], request));
         let learned = output("ip", &["neigh", "show", &a.address.to_string()]);
         assert!(
             !learned.contains("02:00:00:00:00:99"),
@@ -412,6 +349,55 @@ fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target: Ipv4Addr) -> Ve
     arp.extend_from_slice(&[0; 6]);
     arp.extend_from_slice(&target.octets());
     arp
+}
+
+/// Sends forged frames from a container and waits until the kernel has handled each: a fence
+/// datagram follows each frame to a socket on the host's bridge address.
+struct Forger {
+    netns: std::path::PathBuf,
+    fence: std::net::UdpSocket,
+}
+
+impl Forger {
+    fn new(netns: &std::path::Path, gateway: Ipv4Addr) -> Forger {
+        let fence = std::net::UdpSocket::bind((gateway, 0)).unwrap();
+        fence
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Forger {
+            netns: netns.to_path_buf(),
+            fence,
+        }
+    }
+
+    fn send(&self, frame: Frame) {
+        send_from_container(&self.netns, frame, self.fence.local_addr().unwrap());
+        let mut buf = [0u8; 16];
+        assert_eq!(self.fence.recv(&mut buf).unwrap(), 5);
+    }
+}
+
+/// `packet` of EtherType `proto` to `mac`.
+fn to(proto: i32, mac: [u8; 6], packet: Vec<u8>) -> Frame {
+    Frame::To { proto, mac, packet }
+}
+
+/// A UDP socket at `addr` that reads without waiting.
+fn silent_socket(addr: SocketAddr) -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind(addr).unwrap();
+    s.set_nonblocking(true).unwrap();
+    s
+}
+
+/// Nothing arrived on `socket`.
+fn assert_silent(socket: &std::net::UdpSocket, what: &str) {
+    let mut buf = [0u8; 64];
+    let got = socket.recv_from(&mut buf);
+    assert!(
+        got.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "{what}: {got:?}"
+    );
 }
 
 /// Sends `frame` from the container's eth0 with a packet socket, then "fence" to `fence` over

@@ -1,9 +1,9 @@
 //! Berth's two nftables tables, written through nfnetlink in one atomic batch. `ip berth`:
 //! port mappings (DNAT for traffic to a local address, from outside or from the host itself),
-//! outbound NAT for the bridge subnet, and the guard of the host (no forged source addresses,
-//! no way to the host's loopback addresses). `bridge berth`: the guard of the bridge's ports
-//! (each container sends with its own MAC and IPv4 address only, and only IPv4 and ARP). Both
-//! are replaced on every change, so they always match the persisted allocations.
+//! outbound NAT for the bridge subnet, and the guard of the host's loopback addresses. `bridge
+//! berth`: the guard of the bridge's ports (each container sends with its own MAC and IPv4
+//! address only, and only IPv4 and ARP). Both are replaced on every change, so they always
+//! match the persisted allocations.
 
 use super::netlink::{Message, Socket, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 use super::{PortMapping, Protocol};
@@ -223,12 +223,24 @@ pub struct Member {
     pub mac: [u8; 6],
 }
 
-/// The link-layer header: where `ether saddr` and `ether type` are.
+const CMP_EQ: u32 = 0;
+const CMP_NEQ: u32 = 1;
+/// Payload bases: the link-layer, network and transport headers.
 const LL: u32 = 0;
 const NH: u32 = 1;
+const TH: u32 = 2;
 
-/// `[payload] != value`: the payload at `base`+`offset` into REG1, compared unequal.
-fn differs(base: u32, offset: u32, value: &[u8]) -> [Expr; 2] {
+/// `REG1 == value` (`op` CMP_EQ) or `!=` (CMP_NEQ).
+fn cmp(op: u32, value: &[u8]) -> Expr {
+    Expr::Cmp {
+        sreg: REG1,
+        op,
+        data: value.to_vec(),
+    }
+}
+
+/// The `value.len()` bytes at `offset` of header `base` compared with `value`.
+fn payload(base: u32, offset: u32, op: u32, value: &[u8]) -> [Expr; 2] {
     [
         Expr::Payload {
             base,
@@ -236,29 +248,36 @@ fn differs(base: u32, offset: u32, value: &[u8]) -> [Expr; 2] {
             len: value.len() as u32,
             dreg: REG1,
         },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_NEQ,
-            data: value.to_vec(),
-        },
+        cmp(op, value),
     ]
 }
 
-/// `ether type == value`.
-fn ether_type(value: [u8; 2]) -> [Expr; 2] {
+/// The IPv4 address at `offset` of the network header, in (`op` CMP_EQ) or out of (CMP_NEQ)
+/// `net`/`prefix`.
+fn address_in(offset: u32, net: Ipv4Addr, prefix: u8, op: u32) -> [Expr; 3] {
     [
         Expr::Payload {
-            base: LL,
-            offset: 12,
-            len: 2,
+            base: NH,
+            offset,
+            len: 4,
             dreg: REG1,
         },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_EQ,
-            data: value.to_vec(),
+        Expr::Mask {
+            reg: REG1,
+            mask: netmask(prefix).to_vec(),
         },
+        cmp(op, &net.octets()),
     ]
+}
+
+/// The input (`key` META_IIFNAME) or output (META_OIFNAME) interface compared with `name`.
+fn interface(key: u32, op: u32, name: &str) -> [Expr; 2] {
+    [Expr::Meta { key, dreg: REG1 }, cmp(op, &ifname(name))]
+}
+
+/// One rule from its parts, in order.
+fn rule(parts: &[&[Expr]]) -> Vec<Expr> {
+    parts.iter().flat_map(|p| p.iter().cloned()).collect()
 }
 
 /// The rules that hold container `m` to its own addresses, all for frames entering the bridge
@@ -267,35 +286,23 @@ fn ether_type(value: [u8; 2]) -> [Expr; 2] {
 /// and the neighbours' ARP caches, a forged IPv4 source would impersonate a neighbour. Other
 /// protocols (IPv6 with its router advertisements, say) have no use on an IPv4 bridge.
 fn port_guard(m: &Member) -> Vec<Vec<Expr>> {
-    let from_port = || {
-        vec![
-            Expr::Meta {
-                key: META_IIFNAME,
-                dreg: REG1,
-            },
-            Expr::Cmp {
-                sreg: REG1,
-                op: CMP_EQ,
-                data: ifname(&m.port),
-            },
-        ]
-    };
-    let rule = |parts: &[&[Expr]]| {
-        let mut r = from_port();
-        for p in parts {
-            r.extend_from_slice(p);
-        }
-        r.push(Expr::Drop);
-        r
-    };
+    let port = interface(META_IIFNAME, CMP_EQ, &m.port);
     let ip = m.address.octets();
+    let is_ip = payload(LL, 12, CMP_EQ, &ETH_P_IP);
+    let is_arp = payload(LL, 12, CMP_EQ, &ETH_P_ARP);
+    let drop = [Expr::Drop];
     vec![
-        rule(&[&differs(LL, 6, &m.mac)]),
-        rule(&[&ether_type(ETH_P_IP), &differs(NH, 12, &ip)]),
+        rule(&[&port, &payload(LL, 6, CMP_NEQ, &m.mac), &drop]),
+        rule(&[&port, &is_ip, &payload(NH, 12, CMP_NEQ, &ip), &drop]),
         // ARP: the sender's MAC at 8, its IPv4 address at 14.
-        rule(&[&ether_type(ETH_P_ARP), &differs(NH, 8, &m.mac)]),
-        rule(&[&ether_type(ETH_P_ARP), &differs(NH, 14, &ip)]),
-        rule(&[&differs(LL, 12, &ETH_P_IP), &differs(LL, 12, &ETH_P_ARP)]),
+        rule(&[&port, &is_arp, &payload(NH, 8, CMP_NEQ, &m.mac), &drop]),
+        rule(&[&port, &is_arp, &payload(NH, 14, CMP_NEQ, &ip), &drop]),
+        rule(&[
+            &port,
+            &payload(LL, 12, CMP_NEQ, &ETH_P_IP),
+            &payload(LL, 12, CMP_NEQ, &ETH_P_ARP),
+            &drop,
+        ]),
     ]
 }
 
@@ -305,114 +312,41 @@ fn dnat_rule(p: &PortMapping, to: Ipv4Addr) -> Vec<Expr> {
         Protocol::Tcp => libc::IPPROTO_TCP as u8,
         Protocol::Udp => libc::IPPROTO_UDP as u8,
     };
-    vec![
-        Expr::FibDaddrType { dreg: REG1 },
-        Expr::Cmp {
-            sreg: REG1,
-            op: 0,
-            data: RTN_LOCAL.to_ne_bytes().to_vec(),
-        },
-        Expr::Meta {
-            key: META_L4PROTO,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: 0,
-            data: vec![proto],
-        },
-        Expr::Payload {
-            base: 2,
-            offset: 2,
-            len: 2,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: 0,
-            data: p.host_port.to_be_bytes().to_vec(),
-        },
-        Expr::Immediate {
-            dreg: REG1,
-            data: to.octets().to_vec(),
-        },
-        Expr::Immediate {
-            dreg: REG2,
-            data: p.container_port.to_be_bytes().to_vec(),
-        },
-        Expr::Dnat {
-            addr: REG1,
-            port: REG2,
-        },
-    ]
+    rule(&[
+        &[
+            Expr::FibDaddrType { dreg: REG1 },
+            cmp(CMP_EQ, &RTN_LOCAL.to_ne_bytes()),
+            Expr::Meta {
+                key: META_L4PROTO,
+                dreg: REG1,
+            },
+            cmp(CMP_EQ, &[proto]),
+        ],
+        &payload(TH, 2, CMP_EQ, &p.host_port.to_be_bytes()),
+        &[
+            Expr::Immediate {
+                dreg: REG1,
+                data: to.octets().to_vec(),
+            },
+            Expr::Immediate {
+                dreg: REG2,
+                data: p.container_port.to_be_bytes().to_vec(),
+            },
+            Expr::Dnat {
+                addr: REG1,
+                port: REG2,
+            },
+        ],
+    ])
 }
-
-const CMP_EQ: u32 = 0;
-const CMP_NEQ: u32 = 1;
 
 /// `ip saddr NET/PREFIX oifname [!=|==] BRIDGE masquerade`.
 fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str, oif_op: u32) -> Vec<Expr> {
-    vec![
-        Expr::Payload {
-            base: 1,
-            offset: 12,
-            len: 4,
-            dreg: REG1,
-        },
-        Expr::Mask {
-            reg: REG1,
-            mask: netmask(prefix).to_vec(),
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_EQ,
-            data: net.octets().to_vec(),
-        },
-        Expr::Meta {
-            key: META_OIFNAME,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: oif_op,
-            data: ifname(bridge),
-        },
-        Expr::Masquerade,
-    ]
-}
-
-/// `iifname BRIDGE ip saddr != NET/PREFIX drop`: a container sends from the bridge's subnet
-/// or not at all. Without it, a packet with any source address would be forwarded to the
-/// host's network unchanged (outbound NAT only rewrites the subnet's): a container could
-/// impersonate other machines there, or have answers sent to a victim.
-fn source_guard(bridge: &str, net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
-    vec![
-        Expr::Meta {
-            key: META_IIFNAME,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_EQ,
-            data: ifname(bridge),
-        },
-        Expr::Payload {
-            base: 1,
-            offset: 12,
-            len: 4,
-            dreg: REG1,
-        },
-        Expr::Mask {
-            reg: REG1,
-            mask: netmask(prefix).to_vec(),
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_NEQ,
-            data: net.octets().to_vec(),
-        },
-        Expr::Drop,
-    ]
+    rule(&[
+        &address_in(12, net, prefix, CMP_EQ),
+        &interface(META_OIFNAME, oif_op, bridge),
+        &[Expr::Masquerade],
+    ])
 }
 
 /// `iifname BRIDGE ip daddr 127.0.0.0/8 ct state != { established, related } drop`.
@@ -422,48 +356,24 @@ fn source_guard(bridge: &str, net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
 /// listens on the host's loopback addresses (a packet to 127.0.0.1 sent to the bridge's MAC
 /// is taken as local): only the answers of connections the host made pass.
 fn loopback_guard(bridge: &str) -> Vec<Expr> {
-    vec![
-        Expr::Meta {
-            key: META_IIFNAME,
-            dreg: REG1,
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_EQ,
-            data: ifname(bridge),
-        },
-        Expr::Payload {
-            base: 1,
-            offset: 16,
-            len: 4,
-            dreg: REG1,
-        },
-        Expr::Mask {
-            reg: REG1,
-            mask: netmask(8).to_vec(),
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_EQ,
-            data: vec![127, 0, 0, 0],
-        },
-        Expr::Ct {
-            key: CT_STATE,
-            dreg: REG1,
-        },
-        Expr::Mask {
-            reg: REG1,
-            mask: (CT_STATE_ESTABLISHED | CT_STATE_RELATED)
-                .to_ne_bytes()
-                .to_vec(),
-        },
-        Expr::Cmp {
-            sreg: REG1,
-            op: CMP_EQ,
-            data: 0u32.to_ne_bytes().to_vec(),
-        },
-        Expr::Drop,
-    ]
+    rule(&[
+        &interface(META_IIFNAME, CMP_EQ, bridge),
+        &address_in(16, Ipv4Addr::new(127, 0, 0, 0), 8, CMP_EQ),
+        &[
+            Expr::Ct {
+                key: CT_STATE,
+                dreg: REG1,
+            },
+            Expr::Mask {
+                reg: REG1,
+                mask: (CT_STATE_ESTABLISHED | CT_STATE_RELATED)
+                    .to_ne_bytes()
+                    .to_vec(),
+            },
+            cmp(CMP_EQ, &0u32.to_ne_bytes()),
+            Expr::Drop,
+        ],
+    ])
 }
 
 /// A base chain of the table: name, type, hook, priority, rules.
@@ -514,10 +424,7 @@ pub fn chains(c: &NatConfig) -> Vec<Chain> {
             kind: "filter",
             hook: NF_INET_PRE_ROUTING,
             priority: PRIORITY_GUARD,
-            rules: vec![
-                source_guard(&c.bridge, c.subnet, c.prefix),
-                loopback_guard(&c.bridge),
-            ],
+            rules: vec![loopback_guard(&c.bridge)],
         },
     ]
 }
@@ -637,7 +544,7 @@ mod tests {
             .map(family)
             .collect();
         assert_eq!(tables, [NFPROTO_IPV4, NFPROTO_BRIDGE]);
-        // ip: 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 2 in the guard; bridge:
+        // ip: 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 1 in the guard; bridge:
         // 1 chain, 5 rules per member.
         let count = |cmd: u16, fam: u8| {
             b.iter()
@@ -645,7 +552,7 @@ mod tests {
                 .count()
         };
         assert_eq!(count(NFT_MSG_NEWCHAIN, NFPROTO_IPV4), 4);
-        assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_IPV4), 6);
+        assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_IPV4), 5);
         assert_eq!(count(NFT_MSG_NEWCHAIN, NFPROTO_BRIDGE), 1);
         assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_BRIDGE), 5);
         let seqs: Vec<u32> = b.iter().map(|m| header(m).3).collect();
