@@ -43,6 +43,23 @@ fn listed(order: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The release build's linker map (scripts/build.sh writes it), or `None` without a release
+/// build (then the test is skipped, unless QEMU tests are required).
+fn release_map() -> Option<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let map_path = root.join("target/x86_64-unknown-linux-gnu/release/berth-init.map");
+    let map = std::fs::read_to_string(&map_path).ok();
+    if map.is_none() {
+        assert!(
+            std::env::var_os("BERTH_REQUIRE_QEMU").is_none(),
+            "no linker map at {} (scripts/build.sh writes it)",
+            map_path.display()
+        );
+        eprintln!("skipped: no release build (run: make image)");
+    }
+    map
+}
+
 #[test]
 fn the_boot_path_is_packed_at_the_front_of_berth_init() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -53,14 +70,7 @@ fn the_boot_path_is_packed_at_the_front_of_berth_init() {
         Some(&"_start"),
         "PID 1's first function leads"
     );
-    let map_path = root.join("target/x86_64-unknown-linux-gnu/release/berth-init.map");
-    let Ok(map) = std::fs::read_to_string(&map_path) else {
-        assert!(
-            std::env::var_os("BERTH_REQUIRE_QEMU").is_none(),
-            "no linker map at {} (scripts/build.sh writes it)",
-            map_path.display()
-        );
-        eprintln!("skipped: no release build (run: make image)");
+    let Some(map) = release_map() else {
         return;
     };
     let symbols = text_symbols(&map);
@@ -100,15 +110,7 @@ fn section_size(map: &str, name: &str) -> Option<u64> {
 
 #[test]
 fn berth_init_relocates_itself_from_a_packed_table() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let map_path = root.join("target/x86_64-unknown-linux-gnu/release/berth-init.map");
-    let Ok(map) = std::fs::read_to_string(&map_path) else {
-        assert!(
-            std::env::var_os("BERTH_REQUIRE_QEMU").is_none(),
-            "no linker map at {}",
-            map_path.display()
-        );
-        eprintln!("skipped: no release build (run: make image)");
+    let Some(map) = release_map() else {
         return;
     };
     // ~12,500 relative relocations: 24 bytes each as RELA (~300 KiB, read through dm-verity

@@ -300,22 +300,29 @@ enum Frame {
     Raw(Vec<u8>),
 }
 
+/// A packet socket of `kind` for EtherType `proto` in the calling thread's network
+/// namespace, and its address on interface `index`.
+fn packet_socket(kind: i32, proto: i32, index: i32) -> (std::os::fd::OwnedFd, libc::sockaddr_ll) {
+    use std::os::fd::FromRawFd;
+    let proto = (proto as u16).to_be();
+    let fd = unsafe { libc::socket(libc::AF_PACKET, kind, i32::from(proto)) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    at.sll_family = libc::AF_PACKET as u16;
+    at.sll_protocol = proto;
+    at.sll_ifindex = index;
+    (unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, at)
+}
+
 /// A packet socket on `ifname` of the calling thread's network namespace, for EtherType
 /// `proto`: what the interface received.
 struct PacketTap(std::os::fd::OwnedFd);
 
 impl PacketTap {
     fn on(ifname: &str, proto: i32) -> PacketTap {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        let proto = (proto as u16).to_be();
+        use std::os::fd::AsRawFd;
         let kind = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK;
-        let fd = unsafe { libc::socket(libc::AF_PACKET, kind, i32::from(proto)) };
-        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        at.sll_family = libc::AF_PACKET as u16;
-        at.sll_protocol = proto;
-        at.sll_ifindex = link::index(ifname).unwrap();
+        let (fd, at) = packet_socket(kind, proto, link::index(ifname).unwrap());
         let size = std::mem::size_of::<libc::sockaddr_ll>() as u32;
         let bound = unsafe {
             libc::bind(
@@ -422,18 +429,12 @@ fn send_from_container(netns: &std::path::Path, frame: Frame, fence: SocketAddr)
             Frame::To { proto, mac, packet } => (libc::SOCK_DGRAM, proto, mac, packet),
             Frame::Raw(packet) => (libc::SOCK_RAW, libc::ETH_P_ALL, [0; 6], packet),
         };
-        let proto = (proto as u16).to_be();
-        let fd = unsafe { libc::socket(libc::AF_PACKET, kind, i32::from(proto)) };
-        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = proto;
-        to.sll_ifindex = index;
+        let (fd, mut to) = packet_socket(kind, proto, index);
         to.sll_halen = 6;
         to.sll_addr[..6].copy_from_slice(&mac);
         let sent = unsafe {
             libc::sendto(
-                fd,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
                 packet.as_ptr().cast(),
                 packet.len(),
                 0,
@@ -447,7 +448,7 @@ fn send_from_container(netns: &std::path::Path, frame: Frame, fence: SocketAddr)
             "{}",
             std::io::Error::last_os_error()
         );
-        unsafe { libc::close(fd) };
+        drop(fd);
         let udp = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         udp.send_to(b"fence", fence).unwrap();
     })

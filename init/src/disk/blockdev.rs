@@ -77,9 +77,8 @@ impl BlockDevices {
     /// `berth-*` and `bios-boot`): their content is Berth's own, never a config drive.
     fn is_berth_partition(&self, name: &str) -> bool {
         self.uevent(name).is_some_and(|u| {
-            u.lines()
-                .filter_map(|l| l.strip_prefix("PARTNAME="))
-                .any(|p| p.starts_with("berth-") || p == "bios-boot")
+            uevent_field(&u, "PARTNAME")
+                .is_some_and(|p| p.starts_with("berth-") || p == "bios-boot")
         })
     }
 
@@ -87,12 +86,7 @@ impl BlockDevices {
     pub fn partition_named(&self, partname: &str) -> Option<PartitionDev> {
         self.names().into_iter().find_map(|name| {
             let uevent = self.uevent(&name)?;
-            let field = |k: &str| {
-                uevent
-                    .lines()
-                    .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-                    .map(str::to_string)
-            };
+            let field = |k: &str| uevent_field(&uevent, k);
             if field("DEVTYPE")? != "partition" || field("PARTNAME")? != partname {
                 return None;
             }
@@ -124,6 +118,13 @@ impl BlockDevices {
             found.eq_ignore_ascii_case(label).then_some((name, kind))
         })
     }
+}
+
+/// The value of `key` in a sysfs uevent file's text (`KEY=value` lines).
+fn uevent_field<'a>(uevent: &'a str, key: &str) -> Option<&'a str> {
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Reads the volume label of a FAT or ISO 9660 filesystem from its first 34 KiB.
