@@ -72,7 +72,8 @@ pub fn embedded_config(esp_label: &str) -> String {
 
 /// Builds GRUB's BIOS core image (i386-pc) into `out` from the modules in `dir`.
 pub fn mkimage_bios(embed_cfg: &Path, out: &Path, dir: &Path) -> Result<(), GrubError> {
-    mkimage("i386-pc", &["biosdisk"], embed_cfg, out, dir)
+    // linux16: grub.cfg boots the kernel through the 16-bit protocol on BIOS.
+    mkimage("i386-pc", &["biosdisk", "linux16"], embed_cfg, out, dir)
 }
 
 /// Builds GRUB's EFI application (x86_64-efi) into `out` from the modules in `dir`.

@@ -126,6 +126,15 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     assert!(links.starts_with("1\n"), "{links}");
     assert!(!links.contains("sit0"), "{links}");
 
+    // GRUB booted the kernel through the 16-bit protocol: its protected-mode code ran where
+    // it was loaded (1 MiB), not moved there from a temporary address (`linux` sets 16 MiB).
+    assert_eq!(
+        vm.run_ok("hexdump -s 532 -n 4 -e '\"%08x\"' /sys/kernel/boot_params/data", CMD)
+            .unwrap()
+            .trim(),
+        "00100000"
+    );
+
     // The root is dm-0, a read-only verity device over root A, mounted read-only.
     assert_eq!(
         vm.run_ok("cat /sys/block/dm-0/dm/name", CMD)
