@@ -123,26 +123,32 @@ pub fn ext4_state(disk: &Path, part: &Partition) -> Result<Ext4State> {
     })
 }
 
+/// A file of the ESP (`path` from its root, e.g. `/grub/grubenv`) of a stopped VM's disk or an
+/// image, read with mtools at the ESP's offset.
+pub fn esp_file(disk: &Path, path: &str) -> Result<Vec<u8>> {
+    let esp = partition(disk, "berth-boot")?;
+    let out = Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), esp.offset()))
+        .arg(format!("::{path}"))
+        .output()
+        .map_err(io_err("mtype"))?;
+    if !out.status.success() {
+        return Err(HarnessError::Setup(format!(
+            "mtype ::{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(out.stdout)
+}
+
 /// The boot state on the ESP of a stopped VM's disk: the newest valid of its two grubenv
-/// copies, read with mtools at the ESP's offset.
+/// copies.
 pub fn boot_state(disk: &Path) -> Result<berth_formats::grubenv::BootState> {
     use berth_formats::grubenv::{BootState, ENV_FILES};
-    let esp = partition(disk, "berth-boot")?;
     let mut copies: [Vec<u8>; 2] = Default::default();
     for (copy, name) in copies.iter_mut().zip(ENV_FILES) {
-        let out = Command::new("mtype")
-            .arg("-i")
-            .arg(format!("{}@@{}", disk.display(), esp.offset()))
-            .arg(format!("::/grub/{name}"))
-            .output()
-            .map_err(io_err("mtype"))?;
-        if !out.status.success() {
-            return Err(HarnessError::Setup(format!(
-                "mtype ::/grub/{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        *copy = out.stdout;
+        *copy = esp_file(disk, &format!("/grub/{name}"))?;
     }
     BootState::newest([Some(&copies[0]), Some(&copies[1])])
         .map(|(state, _)| state)
