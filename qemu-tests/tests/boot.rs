@@ -129,9 +129,12 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
     // GRUB booted the kernel through the 16-bit protocol: its protected-mode code ran where
     // it was loaded (1 MiB), not moved there from a temporary address (`linux` sets 16 MiB).
     assert_eq!(
-        vm.run_ok("hexdump -s 532 -n 4 -e '\"%08x\"' /sys/kernel/boot_params/data", CMD)
-            .unwrap()
-            .trim(),
+        vm.run_ok(
+            "hexdump -s 532 -n 4 -e '\"%08x\"' /sys/kernel/boot_params/data",
+            CMD
+        )
+        .unwrap()
+        .trim(),
         "00100000"
     );
 

@@ -46,7 +46,11 @@ fn unpack_lz4(payload: &[u8]) -> Vec<u8> {
     let out = lz4.wait_with_output().unwrap();
     feeder.join().unwrap().unwrap();
     assert!(out.status.success(), "lz4 -d: {}", out.status);
-    assert_eq!(&out.stdout[..4], b"\x7fELF", "the payload is not an ELF kernel");
+    assert_eq!(
+        &out.stdout[..4],
+        b"\x7fELF",
+        "the payload is not an ELF kernel"
+    );
     out.stdout
 }
 
