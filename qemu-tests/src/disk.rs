@@ -127,19 +127,12 @@ pub fn ext4_state(disk: &Path, part: &Partition) -> Result<Ext4State> {
 /// image, read with mtools at the ESP's offset.
 pub fn esp_file(disk: &Path, path: &str) -> Result<Vec<u8>> {
     let esp = partition(disk, "berth-boot")?;
-    let out = Command::new("mtype")
-        .arg("-i")
-        .arg(format!("{}@@{}", disk.display(), esp.offset()))
-        .arg(format!("::{path}"))
-        .output()
-        .map_err(io_err("mtype"))?;
-    if !out.status.success() {
-        return Err(HarnessError::Setup(format!(
-            "mtype ::{path}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(out.stdout)
+    crate::run_tool(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(format!("{}@@{}", disk.display(), esp.offset()))
+            .arg(format!("::{path}")),
+    )
 }
 
 /// The boot state on the ESP of a stopped VM's disk: the newest valid of its two grubenv

@@ -53,6 +53,22 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Runs a host tool to completion: its stdout, or an error naming the command with what it
+/// printed when it could not start or did not succeed.
+pub(crate) fn run_tool(cmd: &mut std::process::Command) -> Result<Vec<u8>> {
+    let out = cmd
+        .output()
+        .map_err(|e| HarnessError::Setup(format!("{cmd:?}: {e}")))?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    Err(HarnessError::Setup(format!(
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )))
+}
+
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let what = what.into();
     move |source| HarnessError::Io { what, source }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{io_err, HarnessError, Result};
+use crate::{io_err, Result};
 
 /// Names of the certificates [`Pki::create`] makes.
 pub const CA: &str = "ca";
@@ -50,18 +50,7 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("openssl")
-            .current_dir(&self.dir)
-            .args(args)
-            .output()
-            .map_err(io_err("openssl (scripts/install-deps.sh installs it)"))?;
-        if !out.status.success() {
-            return Err(HarnessError::Setup(format!(
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(())
+        crate::run_tool(Command::new("openssl").current_dir(&self.dir).args(args)).map(drop)
     }
 
     /// A self-signed CA.

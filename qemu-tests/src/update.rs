@@ -17,20 +17,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn run_tool(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .map_err(|e| HarnessError::Setup(format!("{cmd:?}: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(HarnessError::Setup(format!(
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )))
-}
-
 /// The version in the workspace's Cargo.toml: the one the image under test runs.
 pub fn running_version() -> String {
     std::fs::read_to_string(repo().join("Cargo.toml"))
@@ -95,7 +81,7 @@ impl OtherBuild {
         };
         std::fs::create_dir_all(dir).map_err(crate::io_err(dir.display().to_string()))?;
         let rootfs = dir.join("rootfs");
-        run_tool(
+        crate::run_tool(
             Command::new("cp")
                 .arg("-a")
                 .arg(value(&args, "--rootfs")?)
@@ -144,7 +130,7 @@ impl OtherBuild {
         .into_iter()
         .find(|t| t.is_file())
         .unwrap_or_else(|| out_dir.join("bin/berth-image"));
-        run_tool(Command::new(&tool).args(&args).current_dir(repo()))?;
+        crate::run_tool(Command::new(&tool).args(&args).current_dir(repo()))?;
         let kernel = value(&args, "--kernel")?;
         // Only the root and the manifest are needed from here on; the assembled disk is large.
         let _ = std::fs::remove_file(out.join("berth.img"));
@@ -274,7 +260,7 @@ impl OtherBuild {
         version: &str,
         out: &Path,
     ) -> Result<()> {
-        run_tool(
+        crate::run_tool(
             Command::new(&self.tool)
                 .arg("bundle")
                 .arg("--key")
@@ -292,6 +278,7 @@ impl OtherBuild {
                 .arg(out)
                 .current_dir(repo()),
         )
+        .map(drop)
     }
 
     fn bundle_of(
@@ -397,7 +384,7 @@ pub fn push_bundle(bundle: &Path, insecure: &str, reference: &str, scratch: &Pat
         .parent()
         .map(|d| d.join("bin/berth-runtime"))
         .ok_or_else(|| HarnessError::Setup("image has no directory".into()))?;
-    run_tool(
+    crate::run_tool(
         Command::new(tool)
             .arg("image")
             .arg("--config")
@@ -406,6 +393,7 @@ pub fn push_bundle(bundle: &Path, insecure: &str, reference: &str, scratch: &Pat
             .arg(bundle)
             .arg(reference),
     )
+    .map(drop)
 }
 
 /// The guest command that applies a bundle attached as `device` (exactly `len` bytes of it)

@@ -1,7 +1,8 @@
 //! The image's kernel, as GRUB loads it from the ESP: checked on the real bzImage, unpacked.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use berth_qemu_tests::{disk, image_or_skip, Fixture};
@@ -25,33 +26,29 @@ fn payload(bz: &[u8]) -> &[u8] {
     &bz[start..start + le32(0x24c)]
 }
 
-/// The kernel ELF from an LZ4 payload (the legacy frame `lz4 -l` writes, followed by the
-/// kernel build's 4-byte uncompressed size).
-fn unpack_lz4(payload: &[u8]) -> Vec<u8> {
+/// Unpacks an LZ4 payload (the legacy frame `lz4 -l` writes, followed by the kernel build's
+/// 4-byte uncompressed size) into the kernel ELF at `vmlinux`.
+fn unpack_lz4(payload: &[u8], vmlinux: &Path) {
     assert_eq!(
         &payload[..4],
         &[0x02, 0x21, 0x4c, 0x18],
         "the kernel is not LZ4-compressed (configs/kernel/berth.config sets KERNEL_LZ4)"
     );
-    let stream = &payload[..payload.len() - 4];
-    let mut lz4 = Command::new("lz4")
-        .args(["-d", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
+    let packed = vmlinux.with_extension("lz4");
+    std::fs::write(&packed, &payload[..payload.len() - 4]).unwrap();
+    let status = Command::new("lz4")
+        .args(["-d", "-f", "-q"])
+        .arg(&packed)
+        .arg(vmlinux)
+        .status()
         .expect("lz4 (scripts/install-deps.sh installs it)");
-    let mut stdin = lz4.stdin.take().unwrap();
-    let input = stream.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = lz4.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
-    assert!(out.status.success(), "lz4 -d: {}", out.status);
-    assert_eq!(
-        &out.stdout[..4],
-        b"\x7fELF",
-        "the payload is not an ELF kernel"
-    );
-    out.stdout
+    assert!(status.success(), "lz4 -d: {status}");
+    let mut magic = [0u8; 4];
+    std::fs::File::open(vmlinux)
+        .unwrap()
+        .read_exact(&mut magic)
+        .unwrap();
+    assert_eq!(&magic, b"\x7fELF", "the payload is not an ELF kernel");
 }
 
 #[test]
@@ -60,10 +57,9 @@ fn kernel_calls_memset_and_memcpy_instead_of_inline_byte_loops() {
         return;
     };
     let bz = disk::esp_file(&image, "/A/vmlinuz").unwrap();
-    let elf = unpack_lz4(payload(&bz));
     let fx = Fixture::new("kernel_string_ops").unwrap();
     let vmlinux = fx.path("vmlinux");
-    std::fs::write(&vmlinux, &elf).unwrap();
+    unpack_lz4(payload(&bz), &vmlinux);
 
     // QEMU's TCG runs `rep stosb` and `rep movsb` one byte per iteration: zeroing the dentry
     // and inode hash tables inline took ~65 ms of the kernel's boot.
