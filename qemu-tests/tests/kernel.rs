@@ -1,16 +1,27 @@
 //! The image's kernel, as GRUB loads it from the ESP: checked on the real bzImage, unpacked.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use berth_qemu_tests::{disk, image_or_skip, Fixture};
+use berth_qemu_tests::{disk, disk_or_skip, image_or_skip, Firmware, Fixture, Vm, VmConfig};
 
 /// Inline byte-wise string instructions left in the kernel's code: the assembly that uses them
 /// on purpose (~40 sites). At -Os without configs/kernel/patches/0002, GCC adds ~1,300 of its
 /// own for memset() and memcpy() of unknown size.
 const MAX_BYTE_LOOPS: usize = 100;
+
+/// Kernel code blocks QEMU translates again between PID 1's start and the demo container's,
+/// with the kernel in one stack segment: ~130 (~4,700 without configs/kernel/patches/0003,
+/// every path reached both from a system call and from an interrupt or exception in user
+/// mode).
+const MAX_RETRANSLATED: usize = 1_000;
+
+/// A boot with QEMU's translation log, slower than a plain one.
+const TRACED_BOOT: Duration = Duration::from_secs(300);
 
 /// The compressed kernel inside a bzImage: the setup header's payload_offset and
 /// payload_length (boot protocol 2.08+), relative to the protected-mode code, which follows
@@ -86,5 +97,77 @@ fn kernel_calls_memset_and_memcpy_instead_of_inline_byte_loops() {
     assert!(
         byte_loops <= MAX_BYTE_LOOPS,
         "{byte_loops} inline rep stosb/movsb in the kernel (at most {MAX_BYTE_LOOPS})"
+    );
+}
+
+/// Kernel code blocks a QEMU translation log (`-d in_asm`) shows translated from PID 1's start
+/// on, and how many of those the kernel had translated before. Each block is an "IN:" line
+/// followed by its instructions, the first naming its address; PID 1's start is the first
+/// block in user space after the kernel's first block.
+fn kernel_blocks_translated_again(log: &Path) -> (usize, usize) {
+    /// The kernel's mapping (firmware, GRUB and user space are below it).
+    const KERNEL: u64 = 0xffff_ffff_8000_0000;
+    // Above the lowest page and below the end of user space's half of the address space.
+    let in_user_space = |a: u64| (0x1000..1 << 47).contains(&a);
+    let file = std::fs::File::open(log).unwrap();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let (mut kernel_started, mut pid1_started) = (false, false);
+    let (mut total, mut again) = (0, 0);
+    let mut block_starts = false;
+    for line in BufReader::new(file).lines() {
+        let line = line.unwrap();
+        if line.starts_with("IN:") {
+            block_starts = true;
+            continue;
+        }
+        if !block_starts {
+            continue;
+        }
+        let Some(hex) = line.strip_prefix("0x").and_then(|l| l.split(':').next()) else {
+            continue;
+        };
+        block_starts = false;
+        let Ok(address) = u64::from_str_radix(hex, 16) else {
+            continue;
+        };
+        if address >= KERNEL {
+            kernel_started = true;
+            let new = seen.insert(address);
+            if pid1_started {
+                total += 1;
+                again += usize::from(!new);
+            }
+        } else if kernel_started && in_user_space(address) {
+            pid1_started = true;
+        }
+    }
+    (total, again)
+}
+
+#[test]
+fn the_kernel_runs_with_one_stack_segment() {
+    // QEMU keys translated code on the stack segment's size bit, in 64-bit mode too: a kernel
+    // that runs with SS null after an interrupt or exception from user mode and __KERNEL_DS
+    // after a system call has its common paths translated twice (~11% of the kernel code
+    // translated by the demo's start).
+    let Some((fx, disk_path)) = disk_or_skip("kernel_one_stack_segment", None) else {
+        return;
+    };
+    let log = fx.path("translated.log");
+    let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
+    cfg.translation_log = Some(log.clone());
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for("unit demo-web: started", TRACED_BOOT).unwrap();
+    vm.power_cut().unwrap();
+    let (total, again) = kernel_blocks_translated_again(&log);
+    // A log without PID 1's start would pass for nothing.
+    assert!(
+        total > 10_000,
+        "{total} kernel blocks translated after PID 1 started"
+    );
+    assert!(
+        again <= MAX_RETRANSLATED,
+        "{again} of the {total} kernel code blocks translated after PID 1 started had been \
+         translated before (at most {MAX_RETRANSLATED})"
     );
 }
