@@ -20,6 +20,12 @@ const MAX_BYTE_LOOPS: usize = 100;
 /// mode).
 const MAX_RETRANSLATED: usize = 1_000;
 
+/// LOCK-prefixed instructions among the kernel code translated between PID 1's start and the
+/// demo container's: ~400 (~30 when the kernel patched them into DS prefixes for one CPU,
+/// which left ~350 DS-prefixed ones; ~1 otherwise).
+const MIN_LOCKED: usize = 150;
+const MAX_DS_PREFIXED: usize = 50;
+
 /// A boot with QEMU's translation log, slower than a plain one.
 const TRACED_BOOT: Duration = Duration::from_secs(300);
 
@@ -100,11 +106,24 @@ fn kernel_calls_memset_and_memcpy_instead_of_inline_byte_loops() {
     );
 }
 
-/// Kernel code blocks a QEMU translation log (`-d in_asm`) shows translated from PID 1's start
-/// on, and how many of those the kernel had translated before. Each block is an "IN:" line
-/// followed by its instructions, the first naming its address; PID 1's start is the first
-/// block in user space after the kernel's first block.
-fn kernel_blocks_translated_again(log: &Path) -> (usize, usize) {
+/// What a QEMU translation log (`-d in_asm`) shows of the kernel's code from PID 1's start on.
+#[derive(Debug, Default)]
+struct KernelTranslation {
+    /// Code blocks translated.
+    blocks: usize,
+    /// Of those, blocks at an address the kernel had translated before.
+    again: usize,
+    /// Instructions translated with a LOCK prefix.
+    locked: usize,
+    /// Instructions translated with a DS prefix, which the kernel writes over a LOCK prefix
+    /// when it patches itself for one CPU.
+    ds_prefixed: usize,
+}
+
+/// Reads a translation log: each block is an "IN:" line followed by its instructions
+/// ("0x<address>:  <bytes>  <mnemonic>"). PID 1's start is the first block in user space after
+/// the kernel's first block.
+fn kernel_translation(log: &Path) -> KernelTranslation {
     /// The kernel's mapping (firmware, GRUB and user space are below it).
     const KERNEL: u64 = 0xffff_ffff_8000_0000;
     // Above the lowest page and below the end of user space's half of the address space.
@@ -112,7 +131,7 @@ fn kernel_blocks_translated_again(log: &Path) -> (usize, usize) {
     let file = std::fs::File::open(log).unwrap();
     let mut seen: HashSet<u64> = HashSet::new();
     let (mut kernel_started, mut pid1_started) = (false, false);
-    let (mut total, mut again) = (0, 0);
+    let mut out = KernelTranslation::default();
     let mut block_starts = false;
     for line in BufReader::new(file).lines() {
         let line = line.unwrap();
@@ -120,28 +139,55 @@ fn kernel_blocks_translated_again(log: &Path) -> (usize, usize) {
             block_starts = true;
             continue;
         }
-        if !block_starts {
-            continue;
-        }
-        let Some(hex) = line.strip_prefix("0x").and_then(|l| l.split(':').next()) else {
+        let Some((hex, rest)) = line.strip_prefix("0x").and_then(|l| l.split_once(':')) else {
             continue;
         };
-        block_starts = false;
         let Ok(address) = u64::from_str_radix(hex, 16) else {
             continue;
         };
-        if address >= KERNEL {
-            kernel_started = true;
-            let new = seen.insert(address);
-            if pid1_started {
-                total += 1;
-                again += usize::from(!new);
+        let first = std::mem::take(&mut block_starts);
+        if address < KERNEL {
+            if first && kernel_started && in_user_space(address) {
+                pid1_started = true;
             }
-        } else if kernel_started && in_user_space(address) {
-            pid1_started = true;
+            continue;
+        }
+        kernel_started = true;
+        let new = !first || seen.insert(address);
+        if !pid1_started {
+            continue;
+        }
+        if first {
+            out.blocks += 1;
+            out.again += usize::from(!new);
+        }
+        match rest.split_whitespace().next() {
+            Some("f0") => out.locked += 1,
+            Some("3e") => out.ds_prefixed += 1,
+            _ => {}
         }
     }
-    (total, again)
+    out
+}
+
+/// Boots the image (BIOS, 1 vCPU) with QEMU's translation log until the demo container has
+/// started, and reads the log.
+fn translated_boot(test: &str) -> Option<KernelTranslation> {
+    let (fx, disk_path) = disk_or_skip(test, None)?;
+    let log = fx.path("translated.log");
+    let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
+    cfg.translation_log = Some(log.clone());
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for("unit demo-web: started", TRACED_BOOT).unwrap();
+    vm.power_cut().unwrap();
+    let t = kernel_translation(&log);
+    // A log without PID 1's start would pass for nothing.
+    assert!(
+        t.blocks > 10_000,
+        "{} kernel blocks translated after PID 1 started",
+        t.blocks
+    );
+    Some(t)
 }
 
 #[test]
@@ -150,24 +196,31 @@ fn the_kernel_runs_with_one_stack_segment() {
     // that runs with SS null after an interrupt or exception from user mode and __KERNEL_DS
     // after a system call has its common paths translated twice (~11% of the kernel code
     // translated by the demo's start).
-    let Some((fx, disk_path)) = disk_or_skip("kernel_one_stack_segment", None) else {
+    let Some(t) = translated_boot("kernel_one_stack_segment") else {
         return;
     };
-    let log = fx.path("translated.log");
-    let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
-    cfg.translation_log = Some(log.clone());
-    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
-    vm.wait_for("unit demo-web: started", TRACED_BOOT).unwrap();
-    vm.power_cut().unwrap();
-    let (total, again) = kernel_blocks_translated_again(&log);
-    // A log without PID 1's start would pass for nothing.
     assert!(
-        total > 10_000,
-        "{total} kernel blocks translated after PID 1 started"
+        t.again <= MAX_RETRANSLATED,
+        "{} of the {} kernel code blocks translated after PID 1 started had been translated \
+         before (at most {MAX_RETRANSLATED})",
+        t.again,
+        t.blocks
     );
+}
+
+#[test]
+fn the_kernel_keeps_its_lock_prefixes_on_one_cpu() {
+    // On a machine with one CPU the kernel would rewrite every LOCK prefix of its code
+    // (text_poke() per site, each switching page tables twice: ~100 ms of the boot under
+    // QEMU TCG). configs/grub/cmdline's `noreplace-smp` keeps them.
+    let Some(t) = translated_boot("kernel_lock_prefixes") else {
+        return;
+    };
     assert!(
-        again <= MAX_RETRANSLATED,
-        "{again} of the {total} kernel code blocks translated after PID 1 started had been \
-         translated before (at most {MAX_RETRANSLATED})"
+        t.locked >= MIN_LOCKED && t.ds_prefixed <= MAX_DS_PREFIXED,
+        "kernel code translated after PID 1 started: {} LOCK-prefixed instructions (at least \
+         {MIN_LOCKED}), {} DS-prefixed (at most {MAX_DS_PREFIXED})",
+        t.locked,
+        t.ds_prefixed
     );
 }
