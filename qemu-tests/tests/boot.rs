@@ -164,6 +164,10 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
         "{initmem}"
     );
     assert!(!initmem.contains("Freeing"), "{initmem}");
+    // Machines describe their CPUs in ACPI: the kernel does not scan the BIOS areas for the MP
+    // table of pre-ACPI machines (SeaBIOS has one; the scan took ~10 ms under TCG).
+    let (_, mp_table) = vm.run("dmesg | grep -c 'SMP MP-table'", CMD).unwrap();
+    assert_eq!(mp_table.trim(), "0", "{mp_table}");
     // The kernel carries the CPU vulnerability mitigations (containers run untrusted code):
     // QEMU's CPU is affected by both Spectre variants, and both are mitigated.
     for bug in ["spectre_v1", "spectre_v2"] {
