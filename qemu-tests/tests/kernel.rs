@@ -1,4 +1,5 @@
-//! The image's kernel, as GRUB loads it from the ESP: checked on the real bzImage, unpacked.
+//! The image's kernel: its bzImage from the ESP, unpacked and disassembled, and a boot of it
+//! with QEMU's translation log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
@@ -15,7 +16,7 @@ use berth_qemu_tests::{disk, disk_or_skip, image_or_skip, Firmware, Fixture, Vm,
 const MAX_BYTE_LOOPS: usize = 100;
 
 /// Kernel code blocks QEMU translates again between PID 1's start and the demo container's,
-/// with the kernel in one stack segment: ~130 (~4,700 without configs/kernel/patches/0003,
+/// with the kernel in one stack segment: ~130 (4,300-5,300 without configs/kernel/patches/0003,
 /// every path reached both from a system call and from an interrupt or exception in user
 /// mode).
 const MAX_RETRANSLATED: usize = 1_000;
