@@ -108,7 +108,22 @@ pub struct Vm {
     _tpm: Option<SoftTpm>,
 }
 
+/// How long a boot with QEMU's translation log may take to the demo container's start (the log
+/// slows QEMU down).
+const TRACED_BOOT: Duration = Duration::from_secs(300);
+
 impl Vm {
+    /// Boots `disk` once on the tests' machine (BIOS, 1 vCPU) with QEMU's translation log
+    /// (`-d in_asm`: every guest code block the first time it is translated) written to `log`,
+    /// until the demo container has started; then cuts the power. `dir` as for [`Vm::start`].
+    pub fn trace_boot(disk: PathBuf, log: PathBuf, dir: &Path) -> Result<()> {
+        let mut cfg = VmConfig::new(Firmware::Bios, disk);
+        cfg.translation_log = Some(log);
+        let mut vm = Vm::start(&cfg, dir)?;
+        vm.wait_for("unit demo-web: started", TRACED_BOOT)?;
+        vm.power_cut()
+    }
+
     /// Starts QEMU; `dir` holds its sockets and console transcript.
     pub fn start(cfg: &VmConfig, dir: &Path) -> Result<Vm> {
         let qmp_path = dir.join("qmp.sock");

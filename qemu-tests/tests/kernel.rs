@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::OnceLock;
 
-use berth_qemu_tests::{disk, disk_or_skip, image_or_skip, Firmware, Fixture, Vm, VmConfig};
+use berth_qemu_tests::{disk, disk_or_skip, image_or_skip, Fixture, Vm};
 
 /// Inline byte-wise string instructions left in the kernel's code: the assembly that uses them
 /// on purpose (~40 sites). At -Os without configs/kernel/patches/0002, GCC adds ~1,300 of its
@@ -26,9 +26,6 @@ const MAX_RETRANSLATED: usize = 1_000;
 /// which left ~350 DS-prefixed ones; ~1 otherwise).
 const MIN_LOCKED: usize = 150;
 const MAX_DS_PREFIXED: usize = 50;
-
-/// A boot with QEMU's translation log, slower than a plain one.
-const TRACED_BOOT: Duration = Duration::from_secs(300);
 
 /// The compressed kernel inside a bzImage: the setup header's payload_offset and
 /// payload_length (boot protocol 2.08+), relative to the protected-mode code, which follows
@@ -171,24 +168,24 @@ fn kernel_translation(log: &Path) -> KernelTranslation {
     out
 }
 
-/// Boots the image (BIOS, 1 vCPU) with QEMU's translation log until the demo container has
-/// started, and reads the log.
-fn translated_boot(test: &str) -> Option<KernelTranslation> {
-    let (fx, disk_path) = disk_or_skip(test, None)?;
-    let log = fx.path("translated.log");
-    let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
-    cfg.translation_log = Some(log.clone());
-    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
-    vm.wait_for("unit demo-web: started", TRACED_BOOT).unwrap();
-    vm.power_cut().unwrap();
-    let t = kernel_translation(&log);
-    // A log without PID 1's start would pass for nothing.
-    assert!(
-        t.blocks > 10_000,
-        "{} kernel blocks translated after PID 1 started",
-        t.blocks
-    );
-    Some(t)
+/// The image's boot (BIOS, 1 vCPU) with QEMU's translation log until the demo container has
+/// started, read once for every test that looks at it; `None` when QEMU tests are skipped.
+fn translated_boot() -> Option<&'static KernelTranslation> {
+    static BOOT: OnceLock<Option<KernelTranslation>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let (fx, disk_path) = disk_or_skip("kernel_translation", None)?;
+        let log = fx.path("translated.log");
+        Vm::trace_boot(disk_path, log.clone(), &fx.dir).unwrap();
+        let t = kernel_translation(&log);
+        // A log without PID 1's start would pass for nothing.
+        assert!(
+            t.blocks > 10_000,
+            "{} kernel blocks translated after PID 1 started",
+            t.blocks
+        );
+        Some(t)
+    })
+    .as_ref()
 }
 
 #[test]
@@ -197,7 +194,7 @@ fn the_kernel_runs_with_one_stack_segment() {
     // that runs with SS null after an interrupt or exception from user mode and __KERNEL_DS
     // after a system call has its common paths translated twice (~11% of the kernel code
     // translated by the demo's start).
-    let Some(t) = translated_boot("kernel_one_stack_segment") else {
+    let Some(t) = translated_boot() else {
         return;
     };
     assert!(
@@ -214,7 +211,7 @@ fn the_kernel_keeps_its_lock_prefixes_on_one_cpu() {
     // On a machine with one CPU the kernel would rewrite every LOCK prefix of its code
     // (text_poke() per site, each switching page tables twice: ~100 ms of the boot under
     // QEMU TCG). configs/grub/cmdline's `noreplace-smp` keeps them.
-    let Some(t) = translated_boot("kernel_lock_prefixes") else {
+    let Some(t) = translated_boot() else {
         return;
     };
     assert!(

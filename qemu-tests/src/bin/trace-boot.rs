@@ -4,22 +4,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use berth_qemu_tests::{disk, Firmware, Fixture, Vm, VmConfig};
-
-const LIMIT: Duration = Duration::from_secs(300);
+use berth_qemu_tests::{disk, Fixture, Vm};
 
 fn trace(image: PathBuf, log: PathBuf) -> Result<(), String> {
     let e = |e: berth_qemu_tests::HarnessError| e.to_string();
     let fx = Fixture::new("trace-boot").map_err(e)?;
     let disk_path = fx.path("disk.img");
     disk::copy_raw(&image, &disk_path, None).map_err(e)?;
-    let mut cfg = VmConfig::new(Firmware::Bios, disk_path);
-    cfg.translation_log = Some(log);
-    let mut vm = Vm::start(&cfg, &fx.dir).map_err(e)?;
-    vm.wait_for("unit demo-web: started", LIMIT).map_err(e)?;
-    Ok(())
+    Vm::trace_boot(disk_path, log, &fx.dir).map_err(e)
 }
 
 fn main() -> ExitCode {
