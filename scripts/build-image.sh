@@ -144,6 +144,10 @@ tar -C "$DEMO_OCI" --sort=name --mtime="@$EPOCH" --owner=0 --group=0 --numeric-o
 "$BERTH_OUT/bin/berth-runtime" image --store "$STATE/images" \
     import "$IMG_OUT/demo-oci.tar" --tag berth.local/demo-web:latest >/dev/null
 cp configs/demo/demo-web.toml "$STATE/units/demo-web.toml"
+# The lease the demo's first start would write: that start then writes nothing to the state
+# partition (a read-only container's directory is on /run).
+"$BERTH_OUT/bin/berth-runtime" image --store "$STATE/images" \
+    lease demo-web berth.local/demo-web:latest >/dev/null
 
 # --- Disk ----------------------------------------------------------------------------
 log "image: assembling disk"

@@ -161,8 +161,10 @@ fn fail(pid1: bool, reason: &str) -> ! {
 /// Units with an image run through berth-runtime's library. Its state lives in
 /// /run/berth/runtime (host mode: DIR/state/run/runtime), the bridge network's address and
 /// port allocations beside it in /run/berth/network: like the links and the nftables table
-/// they describe, they last until the next boot. Images are pulled by the berth-runtime
-/// binary (host mode: the one beside berth-init, or $BERTH_RUNTIME).
+/// they describe, they last until the next boot; so do the directories of read-only
+/// containers (/run/berth/containers; host mode: all under DIR/state/containers). Images are
+/// pulled by the berth-runtime binary (host mode: the one beside berth-init, or
+/// $BERTH_RUNTIME).
 fn container_launcher(boot: &Boot) -> berth_init::launch::container::ContainerLauncher {
     let run = match &boot.mode {
         Mode::Pid1 => PathBuf::from("/run/berth"),
@@ -177,7 +179,9 @@ fn container_launcher(boot: &Boot) -> berth_init::launch::container::ContainerLa
     );
     match boot.mode {
         // /run is a tmpfs and the mounts are PID 1's: nothing of a container outlives a boot.
-        Mode::Pid1 => launcher.boot_scoped(),
+        Mode::Pid1 => launcher
+            .boot_scoped()
+            .read_only_dirs_in(run.join("containers")),
         Mode::Host { .. } => launcher,
     }
 }

@@ -130,10 +130,16 @@ mod tests {
     fn unmounts_innermost_first_and_keeps_kernel_filesystems() {
         let mounts = "/dev/root / erofs ro 0 0\nproc /proc proc rw 0 0\nsysfs /sys sysfs rw 0 0\n\
                       cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n/dev/vda4 /var/lib/berth ext4 rw 0 0\n\
-                      overlay /var/lib/berth/containers/x/rootfs overlay rw 0 0\ntmpfs /run tmpfs rw 0 0\n";
+                      overlay /var/lib/berth/containers/x/rootfs overlay rw 0 0\ntmpfs /run tmpfs rw 0 0\n\
+                      overlay /run/berth/containers/y/rootfs overlay rw 0 0\n";
+        // A read-only container's root on /run still has its layers on the state partition.
         assert_eq!(
             unmount_order(mounts),
-            ["/var/lib/berth/containers/x/rootfs", "/var/lib/berth"]
+            [
+                "/run/berth/containers/y/rootfs",
+                "/var/lib/berth/containers/x/rootfs",
+                "/var/lib/berth"
+            ]
         );
     }
 }

@@ -190,6 +190,29 @@ fn gc_keeps_shared_and_leased_layers() {
     std::fs::write(store_dir.join("tmp/deadbeef.partial"), b"half").unwrap();
     assert_eq!(gc::prune(&store).unwrap().temp_removed, 1);
     assert!(store.lease("../evil", &a).is_err());
+
+    // A lease recorded from the command line (an image build's preloaded unit) holds too.
+    ok(&store_dir, &config, &["lease", "web-2", &a.reference]);
+    let out = image_cmd(&store_dir, &config, &["rm", &a.reference]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by container(s): web-2"));
+    let bad = image_cmd(&store_dir, &config, &["lease", "../web", &a.reference]);
+    assert!(!bad.status.success());
+    // A start that finds its lease as it would write it leaves the file alone.
+    let lease = store_dir.join("leases/web-2");
+    let before = std::fs::metadata(&lease).unwrap();
+    store.lease("web-2", &a).unwrap();
+    let after = std::fs::metadata(&lease).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (before.ino(), before.mtime_nsec()),
+        (after.ino(), after.mtime_nsec())
+    );
+    // One for another image is replaced.
+    store.lease("web-2", &b).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&lease).unwrap(),
+        b.manifest_digest.to_string()
+    );
 }
 
 #[test]

@@ -19,6 +19,8 @@ commands:
   import FILE|- [--tag REF] [--json]  import a docker-save or OCI archive
   export REF FILE|- [--format oci|docker]
   prune [--json]                      remove unreferenced blobs, layers and leftovers
+  lease ID REF                        record that container ID uses REF, as its start does
+                                      (prunes and rm keep it; a disk image's preloaded units)
   push-bundle FILE REF                publish an OS update bundle as an OCI artifact
                                       (`berth-runtime fetch REF` streams it back)
 defaults: --store /var/lib/berth/images, --config /var/lib/berth/machine.toml";
@@ -264,6 +266,14 @@ fn run(args: &[String]) -> CliResult {
                     pull::human_size(report.bytes_freed)
                 );
             }
+        }
+        "lease" => {
+            let [id, name] = a.positional.as_slice() else {
+                return Err("lease takes a container id and an image".into());
+            };
+            let image = store.resolve(name)?;
+            store.lease(id, &image)?;
+            println!("{id} uses {} ({})", image.reference, image.manifest_digest);
         }
         other => return Err(format!("unknown command {other:?}\n{USAGE}").into()),
     }

@@ -538,10 +538,15 @@ impl Store {
     /// [`Store::release`]. Survives reboots (a file under `leases/`).
     pub fn lease(&self, container_id: &str, image: &Image) -> Result<()> {
         let path = self.lease_path(container_id)?;
-        // Rewritten on every container start: no fsync. A lease lost in a crash is written
-        // again when the container starts after the reboot.
-        fsutil::write_replace(&path, image.manifest_digest.to_string().as_bytes())
-            .map_err(Error::io(&path, "write lease"))
+        let digest = image.manifest_digest.to_string();
+        // Most starts find the lease of their last start (or the one an image build
+        // recorded): no write, so a boot's first container start writes nothing to the disk.
+        if fs::read(&path).is_ok_and(|held| held == digest.as_bytes()) {
+            return Ok(());
+        }
+        // Rewritten when it changes: no fsync. A lease lost in a crash is written again when
+        // the container starts after the reboot.
+        fsutil::write_replace(&path, digest.as_bytes()).map_err(Error::io(&path, "write lease"))
     }
 
     /// Drops the lease of `container_id` (no error if it had none).
