@@ -9,6 +9,7 @@
 //! symbols' raw (mangled) names.
 
 fn main() {
+    unit_schema();
     println!("cargo:rerun-if-env-changed=BERTH_BOOT_ORDER");
     println!("cargo:rerun-if-env-changed=BERTH_LINK_MAP");
     if let Some(list) = std::env::var_os("BERTH_BOOT_ORDER") {
@@ -29,4 +30,27 @@ fn main() {
         // Symbol names as the ordering list needs them (the map demangles by default).
         println!("cargo:rustc-link-arg-bin=berth-init=-Wl,--no-demangle");
     }
+}
+
+/// `BERTH_UNIT_SCHEMA`: a hash of the code that turns a unit file into a unit (src/unit/,
+/// src/tomlfile.rs) and of the dependencies' versions (Cargo.lock). The unit cache
+/// (src/unit/cache.rs) keeps units only for the build whose schema wrote it.
+fn unit_schema() {
+    use std::hash::{Hash, Hasher};
+    let mut files = vec![
+        std::path::PathBuf::from("src/tomlfile.rs"),
+        std::path::PathBuf::from("../Cargo.lock"),
+    ];
+    println!("cargo:rerun-if-changed=src/unit");
+    if let Ok(entries) = std::fs::read_dir("src/unit") {
+        files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+        file.hash(&mut hasher);
+        std::fs::read(file).unwrap_or_default().hash(&mut hasher);
+    }
+    println!("cargo:rustc-env=BERTH_UNIT_SCHEMA={:016x}", hasher.finish());
 }

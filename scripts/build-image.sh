@@ -148,6 +148,10 @@ cp configs/demo/demo-web.toml "$STATE/units/demo-web.toml"
 # partition (a read-only container's directory is on /run).
 "$BERTH_OUT/bin/berth-runtime" image --store "$STATE/images" \
     lease demo-web berth.local/demo-web:latest >/dev/null
+# The units the image ships, validated into the cache PID 1 loads them through: a boot
+# whose unit files are unchanged parses no TOML.
+"$BERTH_OUT/bin/berthctl" check --cache "$STATE/units.cache" \
+    "$ROOTFS"/usr/lib/berth/units/*.toml "$STATE"/units/*.toml >/dev/null
 
 # --- Disk ----------------------------------------------------------------------------
 log "image: assembling disk"

@@ -84,7 +84,10 @@ impl Init {
         };
         launchers.push(Box::new(ProcessLauncher::new(cgroups)));
 
-        let loaded = unit::load_dirs(&boot.paths.unit_dirs);
+        let loaded = unit::cache::load_dirs(
+            &boot.paths.unit_dirs,
+            &boot.paths.state.join(unit::cache::CACHE_FILE),
+        );
         info!(
             "loaded {} units from {}",
             loaded.len(),

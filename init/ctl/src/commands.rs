@@ -895,8 +895,9 @@ fn image_remove(client: &Client, o: &Options, reference: &str) -> Result {
     Ok(())
 }
 
-/// Validates every file; prints each error as `file:line:column: key `k`: message`.
-pub fn check(files: &[String]) -> ExitCode {
+/// Validates every file; prints each error as `file:line:column: key `k`: message`. With
+/// `cache`, writes the unit cache of the files there when every one is valid.
+pub fn check(files: &[String], cache: Option<&str>) -> ExitCode {
     if files.is_empty() {
         eprintln!(
             "berthctl: check needs at least one unit file\n{}",
@@ -905,9 +906,17 @@ pub fn check(files: &[String]) -> ExitCode {
         return ExitCode::from(2);
     }
     let mut ok = true;
+    let mut compiled = unit::cache::UnitCache::default();
     for file in files {
         match unit::load_file(Path::new(file)) {
             Ok(u) => {
+                match std::fs::read_to_string(file) {
+                    Ok(text) => compiled.insert(&text, &u),
+                    Err(e) => {
+                        eprintln!("{}", escape_control(&format!("{file}: {e}")));
+                        ok = false;
+                    }
+                }
                 let line = format!(
                     "{file}: ok ({} unit `{}`)",
                     if u.is_system() { "system" } else { "container" },
@@ -924,11 +933,16 @@ pub fn check(files: &[String]) -> ExitCode {
             }
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    if !ok {
+        return ExitCode::FAILURE;
     }
+    if let Some(path) = cache {
+        if let Err(e) = compiled.write(Path::new(path)) {
+            eprintln!("{}", escape_control(&format!("berthctl: {path}: {e}")));
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

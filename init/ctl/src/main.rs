@@ -33,7 +33,8 @@ commands:
                               registry reference is fetched by the machine
   update rollback [--reboot]  boot the other slot next (only when it is good)
   reboot | poweroff           ordered shutdown
-  check FILE...               validate unit files (offline)
+  check [--cache FILE] FILE... validate unit files (offline); --cache: when all are valid,
+                              write their unit cache (a disk image's state/units.cache)
 options:
   --json                      print the API's JSON
   --socket PATH               control socket (default /run/berth/api.sock, env BERTH_SOCKET)
@@ -61,6 +62,8 @@ pub struct Options {
     pub reboot: bool,
     pub allow_downgrade: bool,
     pub timeout: Option<u64>,
+    /// `check --cache FILE`.
+    pub cache: Option<String>,
     /// The command and its arguments.
     pub words: Vec<String>,
 }
@@ -92,6 +95,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             Long("ca") => o.ca = Some(value(&mut parser, "--ca")?),
             Long("tls-name") => o.tls_name = Some(value(&mut parser, "--tls-name")?),
             Long("tail") | Short('n') => o.tail = Some(value(&mut parser, "--tail")?),
+            Long("cache") => o.cache = Some(value(&mut parser, "--cache")?),
             Long("timeout") => {
                 let v = value(&mut parser, "--timeout")?;
                 o.timeout = Some(
@@ -143,7 +147,7 @@ fn run(args: &[String]) -> ExitCode {
         Err(e) => return usage(&e),
     };
     if opts.words[0] == "check" {
-        return commands::check(&opts.words[1..]);
+        return commands::check(&opts.words[1..], opts.cache.as_deref());
     }
     let client = match endpoint(&opts) {
         Ok(e) => Client::new(e),

@@ -85,6 +85,52 @@ fn check_reports_every_error_and_exits_nonzero() {
 }
 
 #[test]
+fn check_writes_the_unit_cache_pid1_loads_only_when_every_file_is_valid() {
+    let dir = temp_dir("check-cache");
+    let units = dir.join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let (good, bad) = (units.join("good.toml"), dir.join("bad.toml"));
+    std::fs::write(&good, GOOD).unwrap();
+    std::fs::write(&bad, BAD).unwrap();
+    let cache = dir.join("units.cache");
+    let out = berthctl(&[
+        os("check"),
+        os("--cache"),
+        cache.as_os_str(),
+        good.as_os_str(),
+        bad.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!cache.exists(), "a cache written despite an invalid unit");
+
+    let out = berthctl(&[
+        os("check"),
+        os("--cache"),
+        cache.as_os_str(),
+        good.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = berth_init::unit::cache::UnitCache::read(&cache);
+    assert_eq!(written.len(), 1);
+    // PID 1's load finds everything in it: the cache is left as it is.
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |m: std::fs::Metadata| (m.ino(), m.mtime(), m.mtime_nsec());
+    let before = stamp(std::fs::metadata(&cache).unwrap());
+    let loaded = berth_init::unit::cache::load_dirs(std::slice::from_ref(&units), &cache);
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(
+        loaded[0].unit.as_ref().unwrap().path,
+        good.display().to_string()
+    );
+    assert_eq!(stamp(std::fs::metadata(&cache).unwrap()), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn check_escapes_what_file_names_hold() {
     let dir = temp_dir("check-escape");
     let bad = dir.join("bad\x1b[2J\nforged: ok.toml");

@@ -1,5 +1,7 @@
-//! Units: the TOML model (`file`), typed values (`value`), validation, and loading from disk.
+//! Units: the TOML model (`file`), typed values (`value`), validation, loading from disk, and
+//! the cache of validated units a boot loads them through (`cache`).
 
+pub mod cache;
 pub mod file;
 pub mod model;
 pub mod validate;
@@ -54,9 +56,15 @@ pub fn name_of(path: &Path) -> String {
 /// Reads and validates one unit file.
 pub fn load_file(path: &Path) -> Result<Unit, Diagnostics> {
     let shown = path.display().to_string();
+    let text = read_text(path, &shown)?;
+    parse(&name_of(path), &shown, &text)
+}
+
+/// The text of a unit file (`shown`: its path for messages).
+fn read_text(path: &Path, shown: &str) -> Result<String, Diagnostics> {
     let io_error = |message: String| {
         Diagnostics(vec![Diagnostic {
-            file: shown.clone(),
+            file: shown.to_string(),
             line: 1,
             column: 1,
             key: String::new(),
@@ -68,8 +76,7 @@ pub fn load_file(path: &Path) -> Result<Unit, Diagnostics> {
         return Err(io_error(format!("file larger than {MAX_UNIT_FILE} bytes")));
     }
     let bytes = std::fs::read(path).map_err(|e| io_error(format!("cannot read: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| io_error(format!("not UTF-8: {e}")))?;
-    parse(&name_of(path), &shown, &text)
+    String::from_utf8(bytes).map_err(|e| io_error(format!("not UTF-8: {e}")))
 }
 
 /// One unit found on disk: valid, or with the errors that keep it from running.
@@ -84,6 +91,14 @@ pub struct Loaded {
 /// an earlier one of the same name (user units override built-in ones). Missing directories
 /// are skipped. Results are sorted by name.
 pub fn load_dirs(dirs: &[PathBuf]) -> Vec<Loaded> {
+    load_dirs_with(dirs, parse)
+}
+
+/// [`load_dirs`] with `unit(name, shown path, text)` turning each file's text into its unit.
+fn load_dirs_with(
+    dirs: &[PathBuf],
+    mut unit: impl FnMut(&str, &str, &str) -> Result<Unit, Diagnostics>,
+) -> Vec<Loaded> {
     let mut found: std::collections::BTreeMap<String, Loaded> = Default::default();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -96,7 +111,8 @@ pub fn load_dirs(dirs: &[PathBuf]) -> Vec<Loaded> {
         paths.sort();
         for path in paths {
             let name = name_of(&path);
-            let unit = load_file(&path);
+            let shown = path.display().to_string();
+            let unit = read_text(&path, &shown).and_then(|text| unit(&name, &shown, &text));
             found.insert(name.clone(), Loaded { name, path, unit });
         }
     }

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::value::{ImageRef, PortMapping, UserSpec, Volume};
 
 /// A unit: its name is the file stem (`web.toml` → `web`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unit {
     pub name: String,
     /// Where it was read from (for messages).
@@ -38,7 +38,7 @@ impl Unit {
 
 /// `[container] network`: how the unit's container is networked (the engine's
 /// `builder::NetworkMode` says the same to the spec builder).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     Bridge,
@@ -48,14 +48,14 @@ pub enum NetworkMode {
 
 /// `[container] pid`: whose pid namespace the container's processes live in (the engine's
 /// `builder::PidMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PidMode {
     Container,
     Host,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Container {
     pub image: Option<ImageRef>,
     pub command: Vec<String>,
@@ -70,7 +70,7 @@ pub struct Container {
     pub pid: PidMode,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     /// Bytes.
     pub memory_max: Option<u64>,
@@ -85,7 +85,7 @@ impl Resources {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Restart {
     Always,
@@ -93,7 +93,7 @@ pub enum Restart {
     Never,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
     pub restart: Restart,
     pub restart_delay: Duration,
@@ -118,7 +118,7 @@ impl Default for Service {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     pub exec: Vec<String>,
     pub interval: Duration,

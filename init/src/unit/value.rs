@@ -115,7 +115,7 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
 }
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -123,7 +123,7 @@ pub enum Protocol {
 }
 
 /// A published port: `[hostip:]host:container[/tcp|udp]`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortMapping {
     pub host_ip: Option<IpAddr>,
     pub host_port: u16,
@@ -170,7 +170,7 @@ pub fn parse_port(text: &str) -> Result<PortMapping, String> {
 }
 
 /// Where a volume's data comes from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeSource {
     /// A named volume under the state partition's `volumes/<name>`.
@@ -180,7 +180,7 @@ pub enum VolumeSource {
 }
 
 /// How mounts made later under a volume travel between the host and the container.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Propagation {
     /// Neither way (the default).
@@ -195,7 +195,7 @@ pub enum Propagation {
 
 /// A volume: `name-or-/abs:/path[:OPTIONS]`, OPTIONS a comma-separated list of `ro` or `rw`
 /// and `rshared` or `rslave`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Volume {
     pub source: VolumeSource,
     pub target: String,
@@ -278,7 +278,7 @@ pub fn is_name(text: &str) -> bool {
 }
 
 /// The identity a unit's process runs as.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum UserSpec {
     /// Numeric `uid[:gid]`; without a gid the uid's number is used as gid.
@@ -327,6 +327,14 @@ impl fmt::Display for ImageRef {
 impl serde::Serialize for ImageRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
+    }
+}
+
+/// The reference as written back by [`Serialize`](serde::Serialize), parsed again.
+impl<'de> serde::Deserialize<'de> for ImageRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse_image(&text).map_err(serde::de::Error::custom)
     }
 }
 
