@@ -129,8 +129,9 @@ pub fn load_dirs(dirs: &[PathBuf], path: &Path) -> Vec<Loaded> {
         unit
     });
     if new != old {
-        if let Err(e) = new.write(path) {
-            log::warn!("unit cache {}: {e}", path.display());
+        match new.write(path) {
+            Ok(()) => log::info!("unit cache {}: {} units written", path.display(), new.len()),
+            Err(e) => log::warn!("unit cache {}: {e}", path.display()),
         }
     }
     loaded
