@@ -91,6 +91,8 @@ log "kernel: building bzImage ($(nproc) jobs; ~10 min from scratch)"
 mkdir -p "$OUT_DIR.tmp"
 cp "$OBJ_DIR/arch/x86/boot/bzImage" "$OUT_DIR.tmp/bzImage"
 cp "$OBJ_DIR/.config" "$OUT_DIR.tmp/config"
+# The symbols of this build: the QEMU tests name kernel functions in QEMU's translation log.
+cp "$OBJ_DIR/System.map" "$OUT_DIR.tmp/System.map"
 "${KMAKE[@]}" kernelrelease > "$OUT_DIR.tmp/release"
 rm -rf "$OUT_DIR"
 mv "$OUT_DIR.tmp" "$OUT_DIR"

@@ -116,6 +116,8 @@ struct KernelTranslation {
     /// Instructions translated with a DS prefix, which the kernel writes over a LOCK prefix
     /// when it patches itself for one CPU.
     ds_prefixed: usize,
+    /// Where each of those blocks begins.
+    starts: HashSet<u64>,
 }
 
 /// Reads a translation log: each block is an "IN:" line followed by its instructions
@@ -158,6 +160,7 @@ fn kernel_translation(log: &Path) -> KernelTranslation {
         if first {
             out.blocks += 1;
             out.again += usize::from(!new);
+            out.starts.insert(address);
         }
         match rest.split_whitespace().next() {
             Some("f0") => out.locked += 1,
@@ -220,5 +223,111 @@ fn the_kernel_keeps_its_lock_prefixes_on_one_cpu() {
          {MIN_LOCKED}), {} DS-prefixed (at most {MAX_DS_PREFIXED})",
         t.locked,
         t.ds_prefixed
+    );
+}
+
+/// Functions that only build netlink notifications (bridge port, forwarding entry, ethtool,
+/// IPv6 interface): with configs/kernel/patches/0004 the kernel skips them when no socket
+/// listens, as none does while PID 1 sets up the demo container.
+const NOTIFICATION_BUILDERS: &[&str] = &[
+    "br_port_fill_attrs",
+    "fdb_fill_info",
+    "ethnl_fill_reply_header",
+    "inet6_fill_ifinfo",
+];
+
+/// The System.map of the kernel build whose bzImage `bz` is: scripts/build-kernel.sh keeps
+/// both in its cache directory (`$BERTH_CACHE/kernel-<hash>/`).
+fn system_map_of(bz: &[u8]) -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("BERTH_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/berth")))?;
+    std::fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kernel-"))
+        .map(|e| e.path())
+        .find(|dir| std::fs::read(dir.join("bzImage")).is_ok_and(|b| b == bz))
+        .map(|dir| dir.join("System.map"))
+        .filter(|map| map.is_file())
+}
+
+/// The text symbols of a System.map, by address.
+fn text_symbols(map: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(map).unwrap();
+    let mut symbols: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let address = u64::from_str_radix(f.next()?, 16).ok()?;
+            let kind = f.next()?;
+            let name = f.next()?;
+            matches!(kind, "t" | "T" | "W" | "w").then(|| (address, name.to_string()))
+        })
+        .collect();
+    symbols.sort();
+    symbols
+}
+
+/// The traced boot's KASLR offset: the multiple of the kernel's 2 MiB alignment that puts the
+/// most function entries on translated block starts; and how many.
+fn kaslr_offset(symbols: &[(u64, String)], starts: &HashSet<u64>) -> (u64, usize) {
+    (0..512u64)
+        .map(|k| k << 21)
+        .map(|offset| {
+            let hits = symbols
+                .iter()
+                .filter(|(a, _)| starts.contains(&(a + offset)))
+                .count();
+            (offset, hits)
+        })
+        .max_by_key(|&(_, hits)| hits)
+        .unwrap()
+}
+
+#[test]
+fn the_kernel_builds_no_notification_nobody_listens_to() {
+    let Some(image) = image_or_skip("kernel_notifications") else {
+        return;
+    };
+    let bz = disk::esp_file(&image, "/A/vmlinuz").unwrap();
+    let Some(map) = system_map_of(&bz) else {
+        eprintln!(
+            "skipping kernel_notifications: the kernel build cache has no System.map of this \
+             image's kernel (scripts/build-kernel.sh keeps one beside each bzImage)"
+        );
+        return;
+    };
+    let Some(t) = translated_boot() else {
+        return;
+    };
+    let symbols = text_symbols(&map);
+    let (offset, hits) = kaslr_offset(&symbols, &t.starts);
+    assert!(
+        hits > 1_000,
+        "{} does not match the traced kernel: {hits} function entries at best",
+        map.display()
+    );
+    let mut built = Vec::new();
+    for name in NOTIFICATION_BUILDERS {
+        let i = symbols
+            .iter()
+            .position(|(_, n)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in {}", map.display()));
+        let (start, end) = (symbols[i].0 + offset, symbols[i + 1].0 + offset);
+        let blocks = t
+            .starts
+            .iter()
+            .filter(|a| (start..end).contains(*a))
+            .count();
+        if blocks > 0 {
+            built.push(format!("{name}: {blocks} blocks"));
+        }
+    }
+    assert!(
+        built.is_empty(),
+        "the kernel built notifications no socket listens to between PID 1's start and the \
+         demo container's: {}",
+        built.join(", ")
     );
 }
