@@ -207,6 +207,11 @@ fn gc_keeps_shared_and_leased_layers() {
         (before.ino(), before.mtime_nsec()),
         (after.ino(), after.mtime_nsec())
     );
+    // A FIFO where a lease belongs is replaced, never opened (an open would block).
+    let fifo = store_dir.join("leases/web-3");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    store.lease("web-3", &a).unwrap();
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().is_file());
     // One for another image is replaced.
     store.lease("web-2", &b).unwrap();
     assert_eq!(

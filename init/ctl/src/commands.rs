@@ -908,15 +908,13 @@ pub fn check(files: &[String], cache: Option<&str>) -> ExitCode {
     let mut ok = true;
     let mut compiled = unit::cache::UnitCache::default();
     for file in files {
-        match unit::load_file(Path::new(file)) {
-            Ok(u) => {
-                match std::fs::read_to_string(file) {
-                    Ok(text) => compiled.insert(&text, &u),
-                    Err(e) => {
-                        eprintln!("{}", escape_control(&format!("{file}: {e}")));
-                        ok = false;
-                    }
-                }
+        // One read: the cache keys each unit by the text it was validated from.
+        let path = Path::new(file);
+        let checked = unit::read_text(path, file)
+            .and_then(|text| unit::parse(&unit::name_of(path), file, &text).map(|u| (text, u)));
+        match checked {
+            Ok((text, u)) => {
+                compiled.insert(&text, &u);
                 let line = format!(
                     "{file}: ok ({} unit `{}`)",
                     if u.is_system() { "system" } else { "container" },

@@ -4,12 +4,11 @@
 //! missing (`berth-runtime image pull`, output into the unit log), mounts the root (an overlay
 //! of the image's layers and the container's own upper directory under
 //! `state/containers/<unit>/`, or on PID 1's tmpfs for a read-only root), builds the OCI spec
-//! from the unit merged with the image config,
-//! creates the container (its init waits on the exec FIFO), and attaches its network. The task
-//! then exits and the container's init becomes PID 1's child. The release, in PID 1, opens the
-//! exec FIFO: the init execs the unit's program, and the unit is running. Health checks exec
-//! inside the container and cleanup deletes the container, its network and its mount, both in
-//! tasks too.
+//! from the unit merged with the image config, creates the container (its init waits on the
+//! exec FIFO), and attaches its network. The task then exits and the container's init becomes
+//! PID 1's child. The release, in PID 1, opens the exec FIFO: the init execs the unit's
+//! program, and the unit is running. Health checks exec inside the container and cleanup
+//! deletes the container, its network and its mount, both in tasks too.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -64,7 +63,7 @@ pub struct ContainerLauncher {
     /// and the first start after boot writes nothing to the state partition (whose first
     /// writes, ext4's allocation and journal code run for the first time, cost ~20 ms of
     /// emulated boot).
-    scratch: Option<PathBuf>,
+    read_only_dirs: Option<PathBuf>,
 }
 
 fn err(what: impl std::fmt::Display) -> LaunchError {
@@ -91,14 +90,14 @@ impl ContainerLauncher {
             released: HashMap::new(),
             boot_scoped: false,
             prepared: HashSet::new(),
-            scratch: None,
+            read_only_dirs: None,
         }
     }
 
     /// Keeps the directories of read-only containers under `dir` (a tmpfs that ends with the
     /// boot) instead of the state partition.
     pub fn read_only_dirs_in(mut self, dir: PathBuf) -> ContainerLauncher {
-        self.scratch = Some(dir);
+        self.read_only_dirs = Some(dir);
         self
     }
 
@@ -128,8 +127,8 @@ impl ContainerLauncher {
     /// The container's directory: its root's mount point, upper and work directories, and
     /// the files the preparation task leaves for PID 1.
     fn dir(&self, unit: &Unit) -> PathBuf {
-        match &self.scratch {
-            Some(scratch) if unit.container.read_only => scratch.join(&unit.name),
+        match &self.read_only_dirs {
+            Some(top) if unit.container.read_only => top.join(&unit.name),
             _ => self.state.join("containers").join(&unit.name),
         }
     }
@@ -138,7 +137,7 @@ impl ContainerLauncher {
     /// file used before an edit of `read_only`.
     fn dirs(&self, unit: &Unit) -> Vec<PathBuf> {
         let mut dirs = vec![self.state.join("containers").join(&unit.name)];
-        dirs.extend(self.scratch.as_ref().map(|s| s.join(&unit.name)));
+        dirs.extend(self.read_only_dirs.as_ref().map(|d| d.join(&unit.name)));
         dirs
     }
 

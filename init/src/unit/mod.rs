@@ -61,7 +61,7 @@ pub fn load_file(path: &Path) -> Result<Unit, Diagnostics> {
 }
 
 /// The text of a unit file (`shown`: its path for messages).
-fn read_text(path: &Path, shown: &str) -> Result<String, Diagnostics> {
+pub fn read_text(path: &Path, shown: &str) -> Result<String, Diagnostics> {
     let io_error = |message: String| {
         Diagnostics(vec![Diagnostic {
             file: shown.to_string(),

@@ -541,7 +541,11 @@ impl Store {
         let digest = image.manifest_digest.to_string();
         // Most starts find the lease of their last start (or the one an image build
         // recorded): no write, so a boot's first container start writes nothing to the disk.
-        if fs::read(&path).is_ok_and(|held| held == digest.as_bytes()) {
+        // Only a regular file of the digest's length is read (never a FIFO or a big file).
+        let same = fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_file() && m.len() == digest.len() as u64)
+            && fs::read(&path).is_ok_and(|held| held == digest.as_bytes());
+        if same {
             return Ok(());
         }
         // Rewritten when it changes: no fsync. A lease lost in a crash is written again when
