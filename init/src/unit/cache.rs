@@ -73,13 +73,16 @@ impl UnitCache {
         berth_store::fsutil::write_replace(path, &json)
     }
 
-    /// The unit `name` validated from `text`, if cached; `path` is where it was read now.
-    fn get(&self, name: &str, text: &str, path: &str) -> Option<Unit> {
-        let sha256 = digest(text);
-        let i = self
-            .units
-            .binary_search_by(|e| (e.name.as_str(), e.sha256.as_str()).cmp(&(name, &sha256)))
-            .ok()?;
+    /// Where the entry of unit `name` with text digest `sha256` is, or would be inserted.
+    fn position(&self, name: &str, sha256: &str) -> Result<usize, usize> {
+        self.units
+            .binary_search_by(|e| (e.name.as_str(), e.sha256.as_str()).cmp(&(name, sha256)))
+    }
+
+    /// The unit `name` validated from the text with digest `sha256`, if cached; `path` is
+    /// where it was read now.
+    fn get(&self, name: &str, sha256: &str, path: &str) -> Option<Unit> {
+        let i = self.position(name, sha256).ok()?;
         let mut unit = self.units[i].unit.clone();
         unit.path = path.to_string();
         Some(unit)
@@ -88,16 +91,21 @@ impl UnitCache {
     /// Keeps `unit`, validated from `text`, without the path it was read from (an image
     /// build validates the files where it assembles them).
     pub fn insert(&mut self, text: &str, unit: &Unit) {
+        self.put(digest(text), unit);
+    }
+
+    /// [`Self::insert`] with the text's digest already computed.
+    fn put(&mut self, sha256: String, unit: &Unit) {
+        let at = self.position(&unit.name, &sha256);
         let entry = Entry {
             name: unit.name.clone(),
-            sha256: digest(text),
+            sha256,
             unit: Unit {
                 path: String::new(),
                 ..unit.clone()
             },
         };
-        let key = |e: &Entry| (e.name.clone(), e.sha256.clone());
-        match self.units.binary_search_by_key(&key(&entry), key) {
+        match at {
             Ok(i) => self.units[i] = entry,
             Err(i) => self.units.insert(i, entry),
         }
@@ -119,12 +127,14 @@ pub fn load_dirs(dirs: &[PathBuf], path: &Path) -> Vec<Loaded> {
     let old = UnitCache::read(path);
     let mut new = UnitCache::default();
     let loaded = super::load_dirs_with(dirs, |name, shown, text| {
-        let unit = match old.get(name, text, shown) {
+        // Hashed once: the lookup and the new cache's entry share it.
+        let sha256 = digest(text);
+        let unit = match old.get(name, &sha256, shown) {
             Some(unit) => Ok(unit),
             None => super::parse(name, shown, text),
         };
         if let Ok(u) = &unit {
-            new.insert(text, u);
+            new.put(sha256, u);
         }
         unit
     });
@@ -207,7 +217,7 @@ mod tests {
         assert!(!loaded[0].unit.as_ref().unwrap().container.read_only);
         let kept = UnitCache::read(&cache);
         assert_eq!(kept.len(), 1, "the old text's entry is dropped");
-        assert!(kept.get("web", &edited, "x").is_some());
+        assert!(kept.get("web", &digest(&edited), "x").is_some());
         // A removed unit leaves the cache too.
         std::fs::remove_file(units.join("web.toml")).unwrap();
         assert!(load_dirs(std::slice::from_ref(&units), &cache).is_empty());
@@ -301,11 +311,11 @@ retries = 2
         cache.insert(text, &unit);
         let json = serde_json::to_vec(&cache).unwrap();
         let back: UnitCache = serde_json::from_slice(&json).unwrap();
-        assert_eq!(back.get("web", text, "web.toml"), Some(unit));
+        assert_eq!(back.get("web", &digest(text), "web.toml"), Some(unit));
         let named = "[container]\nimage = \"web\"\nuser = \"www:www\"\n";
         let unit = super::super::parse("named", "named.toml", named).unwrap();
         cache.insert(named, &unit);
         let back: UnitCache = serde_json::from_slice(&serde_json::to_vec(&cache).unwrap()).unwrap();
-        assert_eq!(back.get("named", named, "named.toml"), Some(unit));
+        assert_eq!(back.get("named", &digest(named), "named.toml"), Some(unit));
     }
 }
