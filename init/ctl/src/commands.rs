@@ -909,10 +909,7 @@ pub fn check(files: &[String], cache: Option<&str>) -> ExitCode {
     let mut compiled = unit::cache::UnitCache::default();
     for file in files {
         // One read: the cache keys each unit by the text it was validated from.
-        let path = Path::new(file);
-        let checked = unit::read_text(path, file)
-            .and_then(|text| unit::parse(&unit::name_of(path), file, &text).map(|u| (text, u)));
-        match checked {
+        match unit::load_file_with_text(Path::new(file)) {
             Ok((text, u)) => {
                 compiled.insert(&text, &u);
                 let line = format!(

@@ -55,13 +55,19 @@ pub fn name_of(path: &Path) -> String {
 
 /// Reads and validates one unit file.
 pub fn load_file(path: &Path) -> Result<Unit, Diagnostics> {
+    load_file_with_text(path).map(|(_, unit)| unit)
+}
+
+/// [`load_file`], with the text the unit was validated from (what the unit cache keys it by).
+pub fn load_file_with_text(path: &Path) -> Result<(String, Unit), Diagnostics> {
     let shown = path.display().to_string();
     let text = read_text(path, &shown)?;
-    parse(&name_of(path), &shown, &text)
+    let unit = parse(&name_of(path), &shown, &text)?;
+    Ok((text, unit))
 }
 
 /// The text of a unit file (`shown`: its path for messages).
-pub fn read_text(path: &Path, shown: &str) -> Result<String, Diagnostics> {
+fn read_text(path: &Path, shown: &str) -> Result<String, Diagnostics> {
     let io_error = |message: String| {
         Diagnostics(vec![Diagnostic {
             file: shown.to_string(),
