@@ -69,6 +69,11 @@ impl UnitLog {
         }
     }
 
+    /// Bytes of output lost since the last successful write (0 while the log is written).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
     /// Appends `data`. What cannot be written is counted and, once a write succeeds again,
     /// noted in the log as `[berth: N bytes of output dropped: no space]`. Returns a complaint
     /// for berth-init's own log, at most one per minute, when bytes were dropped.
@@ -281,10 +286,12 @@ mod tests {
         for _ in 0..500 {
             assert_eq!(log.write(&policy, b"lost 2\n"), None);
         }
+        assert_eq!(log.dropped(), 3507);
         // Space comes back.
         std::fs::remove_file(dir.join("u.log")).unwrap();
         log.file = None;
         assert_eq!(log.write(&policy, b"back\n"), None);
+        assert_eq!(log.dropped(), 0);
         assert_eq!(
             std::fs::read_to_string(dir.join("u.log")).unwrap(),
             "[berth: 3507 bytes of output dropped: no space]\nback\n"

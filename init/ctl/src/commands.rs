@@ -207,6 +207,7 @@ fn describe_unit(u: &Value) -> String {
         "pid",
         "restarts",
         "last_exit",
+        "log_dropped",
         "error",
         "critical",
         "after",

@@ -204,6 +204,7 @@ impl Supervisor {
             restarts: s.restarts,
             last_exit_code: s.last_exit.map(ExitStatus::code),
             last_exit: s.last_exit.map(|e| e.to_string()),
+            log_dropped: s.log.dropped(),
             error: s.error.clone(),
             after: u.map(|u| u.after.clone()).unwrap_or_default(),
             requires: u.map(|u| u.requires.clone()).unwrap_or_default(),

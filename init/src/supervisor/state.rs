@@ -68,6 +68,9 @@ pub struct UnitStatus {
     /// Shell-style code of the last exit (128 + signal when killed).
     pub last_exit_code: Option<i32>,
     pub last_exit: Option<String>,
+    /// Bytes of output lost since the unit's log was last written (its disk is full or
+    /// failing); 0 while output reaches the log.
+    pub log_dropped: u64,
     /// Why the unit is failed or invalid (validation errors with file:line:column).
     pub error: Option<String>,
     pub after: Vec<String>,
