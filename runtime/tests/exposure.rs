@@ -148,8 +148,10 @@ fn a_container_cannot_write_the_runtime_binary_through_proc_self_exe() {
     std::fs::write(f.rootfs().join("exec-finished"), "").unwrap();
     let mut seen = String::new();
     for _ in 0..3000 {
+        // The status first: output read after the container is seen stopped is all of it.
+        let stopped = f.status(&id) == "stopped";
         seen = std::fs::read_to_string(&out).unwrap();
-        if seen.ends_with("done\n") || f.status(&id) == "stopped" {
+        if seen.ends_with("done\n") || stopped {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
