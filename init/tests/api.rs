@@ -11,26 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{new_umoci_image, run, temp_dir, Host, DEADLINE};
+use common::{new_umoci_image, raw, run, temp_dir, Host, DEADLINE};
 use serde_json::Value;
 
 const SLEEP: &str = "[container]\ncommand = [\"sleep\", \"300\"]\n";
-
-/// (status, head, body) of one raw request.
-fn raw(socket: &Path, request: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&out)));
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head, out[split + 4..].to_vec())
-}
 
 /// (status, JSON body) of `method path` with an optional body.
 fn call(host: &Host, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
@@ -710,6 +694,10 @@ fn metrics_parse_as_prometheus_text() {
     assert_eq!(
         get("berth_unit_restarts_total", &[("unit", "crash")]),
         Some(2.0)
+    );
+    assert_eq!(
+        get("berth_unit_log_dropped_bytes", &[("unit", "base")]),
+        Some(0.0)
     );
     // The unit name with a quote is escaped and read back intact.
     assert_eq!(

@@ -302,6 +302,18 @@ fn a_full_disk_costs_one_complaint_and_leaves_a_marker_in_the_units_log() {
         host.unit("chatty")["log_dropped"] == 250
     });
     assert!(host.log().contains("cannot write log"), "{}", host.log());
+    let (status, _, metrics) = common::raw(
+        &host.socket(),
+        b"GET /v1/metrics HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        status == 200
+            && metrics
+                .lines()
+                .any(|l| l == "berth_unit_log_dropped_bytes{unit=\"chatty\"} 250"),
+        "{metrics}"
+    );
     // Space comes back; the next output brings the marker.
     drop(filler);
     std::fs::remove_file(state.join("filler")).unwrap();

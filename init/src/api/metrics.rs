@@ -1,5 +1,5 @@
-//! `GET /v1/metrics`: Prometheus text format (version 0.0.4). Per unit: state, restarts, and
-//! what its cgroup reports (CPU, memory current/peak/max, io bytes, pids); units without a
+//! `GET /v1/metrics`: Prometheus text format (version 0.0.4). Per unit: state, restarts,
+//! output lost to a full or failing log disk, and what its cgroup reports (CPU, memory current/peak/max, io bytes, pids); units without a
 //! cgroup are left out of those families rather than shown as zeros. System: uptime, boot
 //! duration, and version and slot as labels of `berth_info`.
 
@@ -176,6 +176,15 @@ pub fn render(
     );
     for (s, _) in units {
         f.sample(&[("unit", &s.name)], f64::from(s.restarts));
+    }
+    let mut f = family(
+        &mut out,
+        "berth_unit_log_dropped_bytes",
+        "gauge",
+        "Output of the unit lost since its log was last written (its disk is full or failing).",
+    );
+    for (s, _) in units {
+        f.sample(&[("unit", &s.name)], s.log_dropped as f64);
     }
     let us = |v: Option<u64>| v.map(|v| v as f64 / 1e6);
     let n = |v: Option<u64>| v.map(|v| v as f64);

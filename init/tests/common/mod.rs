@@ -148,6 +148,22 @@ impl Host {
     }
 }
 
+/// (status, head, body) of one raw request to the API socket at `socket`.
+pub fn raw(socket: &Path, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, out[split + 4..].to_vec())
+}
+
 /// (status, JSON body) of one raw request to the API socket at `socket`.
 pub fn request_at(socket: &Path, raw: &str) -> Option<(u16, Value)> {
     let mut s = UnixStream::connect(socket).ok()?;
