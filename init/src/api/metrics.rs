@@ -116,6 +116,19 @@ fn usage_family(
     }
 }
 
+/// A family with one sample per unit, from what the supervisor knows of it.
+fn status_family(
+    out: &mut String,
+    units: &[(UnitStatus, Option<Usage>)],
+    (name, kind, help): (&'static str, &'static str, &'static str),
+    value: impl Fn(&UnitStatus) -> f64,
+) {
+    let mut f = family(out, name, kind, help);
+    for (s, _) in units {
+        f.sample(&[("unit", &s.name)], value(s));
+    }
+}
+
 pub fn render(
     system: &SystemInfo,
     now: std::time::Instant,
@@ -168,24 +181,26 @@ pub fn render(
             );
         }
     }
-    let mut f = family(
+    status_family(
         &mut out,
-        "berth_unit_restarts_total",
-        "counter",
-        "Automatic restarts of the unit.",
+        units,
+        (
+            "berth_unit_restarts_total",
+            "counter",
+            "Automatic restarts of the unit.",
+        ),
+        |s| f64::from(s.restarts),
     );
-    for (s, _) in units {
-        f.sample(&[("unit", &s.name)], f64::from(s.restarts));
-    }
-    let mut f = family(
+    status_family(
         &mut out,
-        "berth_unit_log_dropped_bytes",
-        "gauge",
-        "Output of the unit lost since its log was last written (its disk is full or failing).",
+        units,
+        (
+            "berth_unit_log_dropped_bytes",
+            "gauge",
+            "Output of the unit lost since its log was last written (its disk is full or failing).",
+        ),
+        |s| s.log_dropped as f64,
     );
-    for (s, _) in units {
-        f.sample(&[("unit", &s.name)], s.log_dropped as f64);
-    }
     let us = |v: Option<u64>| v.map(|v| v as f64 / 1e6);
     let n = |v: Option<u64>| v.map(|v| v as f64);
     usage_family(
