@@ -1,7 +1,8 @@
 //! `GET /v1/metrics`: Prometheus text format (version 0.0.4). Per unit: state, restarts,
-//! output lost to a full or failing log disk, and what its cgroup reports (CPU, memory current/peak/max, io bytes, pids); units without a
-//! cgroup are left out of those families rather than shown as zeros. System: uptime, boot
-//! duration, and version and slot as labels of `berth_info`.
+//! output lost to a full or failing log disk, and what its cgroup reports (CPU, memory
+//! current/peak/max, io bytes, pids); units without a cgroup are left out of those families
+//! rather than shown as zeros. System: uptime, boot duration, and version and slot as labels
+//! of `berth_info`.
 
 use std::fmt::Write;
 
