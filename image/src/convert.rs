@@ -112,9 +112,10 @@ pub fn convert(raw: &Path, out: &Path, format: Format, seed: &Seed) -> Result<()
 }
 
 /// Sets the `CID=` value of the VMDK descriptor in `head` (the file's first bytes) to `cid`.
-/// qemu-img prints its random CID without leading zeros, so the old value may be shorter: the
-/// rest of the descriptor moves into the zeros that fill its sectors. None without a sparse
-/// header, a descriptor with a CID line, or that room.
+/// qemu-img prints its random CID without leading zeros, and rewrites it on its first write
+/// in place: when the second value is shorter, the old text's last bytes stay behind the new
+/// text's NUL. So the descriptor is rewritten whole, its text then zeros to the end of its
+/// sectors. None without a sparse header, a descriptor with a CID line, or room for the text.
 fn patch_vmdk_cid(head: &mut [u8], cid: &str) -> Option<()> {
     if head.get(0..4)? != b"KDMV" {
         return None;
@@ -129,15 +130,16 @@ fn patch_vmdk_cid(head: &mut [u8], cid: &str) -> Option<()> {
     let area_start = bytes_at(28)?;
     let area_end = area_start.checked_add(bytes_at(36)?)?;
     let area = head.get_mut(area_start..area_end)?;
-    let start = find(area, b"\nCID=")? + 5;
-    let end = start + area[start..].iter().position(|&b| b == b'\n')?;
-    let used = area.iter().rposition(|&b| b != 0)? + 1;
-    let grow = cid.len().checked_sub(end - start)?;
-    if used + grow > area.len() {
+    let text = &area[..area.iter().position(|&b| b == 0)?];
+    let start = find(text, b"\nCID=")? + 5;
+    let end = start + text[start..].iter().position(|&b| b == b'\n')?;
+    let text = [&text[..start], cid.as_bytes(), &text[end..]].concat();
+    // The text keeps at least one NUL after it.
+    if text.len() >= area.len() {
         return None;
     }
-    area.copy_within(end..used, end + grow);
-    area[start..start + cid.len()].copy_from_slice(cid.as_bytes());
+    area[..text.len()].copy_from_slice(&text);
+    area[text.len()..].fill(0);
     Some(())
 }
 
@@ -170,31 +172,41 @@ mod tests {
     #[test]
     fn a_vmdk_cid_of_any_width_becomes_the_same_descriptor() {
         // A sparse header whose descriptor is sector 1, one sector long, as qemu-img lays it
-        // out (text, a NUL, a newline, zeros).
-        let vmdk = |cid: &str, sectors: u64| {
-            let mut head = vec![0u8; 512 * (1 + sectors as usize)];
+        // out: text, a NUL, what its CID rewrite left behind (nothing, or the old text's last
+        // bytes), zeros.
+        let vmdk = |cid: &str, left: &str| {
+            let mut head = vec![0u8; 1024];
             head[0..4].copy_from_slice(b"KDMV");
             head[28..36].copy_from_slice(&1u64.to_le_bytes());
-            head[36..44].copy_from_slice(&sectors.to_le_bytes());
+            head[36..44].copy_from_slice(&1u64.to_le_bytes());
             let text = format!(
                 "# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\n\
-                 createType=\"monolithicSparse\"\n\0\n"
+                 createType=\"monolithicSparse\"\n\0{left}"
             );
             head[512..512 + text.len()].copy_from_slice(text.as_bytes());
             head
         };
-        let want = vmdk("0badc0de", 1);
+        let want = vmdk("0badc0de", "");
         for old in ["6bce8195", "bce8195", "9c1712", "5", "0badc0de"] {
-            let mut head = vmdk(old, 1);
-            assert_eq!(patch_vmdk_cid(&mut head, "0badc0de"), Some(()), "{old}");
-            assert_eq!(head, want, "from CID={old}");
+            for left in ["", "\n", "\"\n", "e\"\n"] {
+                let mut head = vmdk(old, left);
+                assert_eq!(patch_vmdk_cid(&mut head, "0badc0de"), Some(()), "{old}");
+                assert_eq!(head, want, "from CID={old} with {left:?} left behind");
+            }
         }
-        // No room left in the descriptor's sectors, or no sparse header: refused, unchanged.
-        let mut full = vmdk("5", 1);
-        full[1020..1024].fill(b'#');
+        // No room left in the descriptor's sectors for the text and its NUL, no NUL at all, or
+        // no sparse header: refused, unchanged.
+        let mut full = vmdk("5", "");
+        let text_end = 512 + full[512..].iter().position(|&b| b == 0).unwrap();
+        full[text_end..1017].fill(b'#');
         let before = full.clone();
         assert_eq!(patch_vmdk_cid(&mut full, "0badc0de"), None);
         assert_eq!(full, before);
+        let mut unterminated = vmdk("5", "");
+        unterminated[text_end..].fill(b'#');
+        let before = unterminated.clone();
+        assert_eq!(patch_vmdk_cid(&mut unterminated, "0badc0de"), None);
+        assert_eq!(unterminated, before);
         assert_eq!(patch_vmdk_cid(&mut [0u8; 64], "0badc0de"), None);
     }
 
