@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::{HarnessError, Result};
 
+/// Events QEMU may send before its greeting; more means it is not QMP that answers.
+const MAX_EARLY_EVENTS: usize = 16;
+
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
@@ -37,12 +40,22 @@ impl Qmp {
             reader: BufReader::new(stream),
             writer,
         };
-        let greeting = qmp.read_message()?;
-        if greeting.get("QMP").is_none() {
-            return Err(HarnessError::Qmp(format!("unexpected greeting {greeting}")));
+        // QEMU can send an event (RESUME, as the machine starts) to a client it has just
+        // accepted before it greets it: a monitor starts outside capabilities negotiation
+        // until its first connection is opened. Events before the greeting are skipped.
+        for _ in 0..MAX_EARLY_EVENTS {
+            let message = qmp.read_message()?;
+            if message.get("QMP").is_some() {
+                qmp.execute("qmp_capabilities")?;
+                return Ok(qmp);
+            }
+            if message.get("event").is_none() {
+                return Err(HarnessError::Qmp(format!("unexpected greeting {message}")));
+            }
         }
-        qmp.execute("qmp_capabilities")?;
-        Ok(qmp)
+        Err(HarnessError::Qmp(format!(
+            "no greeting within {MAX_EARLY_EVENTS} messages"
+        )))
     }
 
     fn read_message(&mut self) -> Result<serde_json::Value> {
@@ -69,5 +82,61 @@ impl Qmp {
             }
         }
         Err(HarnessError::Qmp(format!("{command}: no reply")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+    use std::thread::JoinHandle;
+
+    const GREETING: &str = "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n";
+    const RESUME: &str = "{\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 1}}\n";
+
+    /// A QMP server on a scratch socket that writes `first` to its one client, then answers
+    /// each command line with an empty return until the client goes.
+    fn serve(name: &str, first: String) -> (PathBuf, JoinHandle<()>) {
+        let dir = std::env::temp_dir().join(format!("berth-qmp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            // The client may leave without reading (a refused greeting).
+            let _ = conn.write_all(first.as_bytes());
+            let lines = BufReader::new(conn.try_clone().unwrap()).lines();
+            for _ in lines.map_while(|l| l.ok()) {
+                if conn.write_all(b"{\"return\": {}}\n").is_err() {
+                    break;
+                }
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        });
+        (path, server)
+    }
+
+    #[test]
+    fn events_before_the_greeting_are_skipped() {
+        let (path, server) = serve("early-event", format!("{RESUME}{RESUME}{GREETING}"));
+        let mut qmp = Qmp::connect(&path, Duration::from_secs(5)).unwrap();
+        assert_eq!(qmp.execute("query-status").unwrap(), serde_json::json!({}));
+        drop(qmp);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_never_greets_is_refused() {
+        let (path, server) = serve("no-greeting", "{\"return\": {}}\n".to_string());
+        let err = Qmp::connect(&path, Duration::from_secs(5)).err().unwrap();
+        assert!(err.to_string().contains("unexpected greeting"), "{err}");
+        server.join().unwrap();
+
+        let (path, server) = serve("only-events", RESUME.repeat(MAX_EARLY_EVENTS + 1));
+        let err = Qmp::connect(&path, Duration::from_secs(5)).err().unwrap();
+        assert!(err.to_string().contains("no greeting"), "{err}");
+        server.join().unwrap();
     }
 }
