@@ -66,5 +66,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&knob).unwrap(), "1\n");
 
         assert!(expedite(&dir.join("absent")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

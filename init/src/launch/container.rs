@@ -757,6 +757,7 @@ mod tests {
             pid1.dirs(&unit(false)),
             [on_disk, dir.join("run/containers/web")]
         );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
