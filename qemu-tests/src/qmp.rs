@@ -40,9 +40,9 @@ impl Qmp {
             reader: BufReader::new(stream),
             writer,
         };
-        // QEMU can send an event (RESUME, as the machine starts) to a client it has just
-        // accepted before it greets it: a monitor starts outside capabilities negotiation
-        // until its first connection is opened. Events before the greeting are skipped.
+        // QEMU has sent an event (RESUME, as the machine starts) to a client it had just
+        // accepted before greeting it, on a loaded host. Events before the greeting are
+        // skipped; anything else first is not QMP.
         for _ in 0..MAX_EARLY_EVENTS {
             let message = qmp.read_message()?;
             if message.get("QMP").is_some() {
