@@ -179,6 +179,13 @@ fn bios_boot_runs_units_serves_demo_and_powers_off_cleanly() {
             .unwrap();
         assert!(state.trim().starts_with("Mitigation:"), "{bug}: {state}");
     }
+    // The kernel log is for CAP_SYSLOG only: it names every unit, container and address.
+    assert_eq!(
+        vm.run_ok("cat /proc/sys/kernel/dmesg_restrict", CMD)
+            .unwrap()
+            .trim(),
+        "1"
+    );
     let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
     let root_line = mounts
         .lines()

@@ -236,9 +236,9 @@ const NOTIFICATION_BUILDERS: &[&str] = &[
     "inet6_fill_ifinfo",
 ];
 
-/// The System.map of the kernel build whose bzImage `bz` is: scripts/build-kernel.sh keeps
-/// both in its cache directory (`$BERTH_CACHE/kernel-<hash>/`).
-fn system_map_of(bz: &[u8]) -> Option<std::path::PathBuf> {
+/// The cache directory of the kernel build whose bzImage `bz` is: scripts/build-kernel.sh
+/// keeps the bzImage, its config and its System.map in `$BERTH_CACHE/kernel-<hash>/`.
+fn build_dir_of(bz: &[u8]) -> Option<std::path::PathBuf> {
     let cache = std::env::var_os("BERTH_CACHE")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/berth")))?;
@@ -248,8 +248,63 @@ fn system_map_of(bz: &[u8]) -> Option<std::path::PathBuf> {
         .filter(|e| e.file_name().to_string_lossy().starts_with("kernel-"))
         .map(|e| e.path())
         .find(|dir| std::fs::read(dir.join("bzImage")).is_ok_and(|b| b == bz))
+}
+
+/// The System.map of the kernel build whose bzImage `bz` is.
+fn system_map_of(bz: &[u8]) -> Option<std::path::PathBuf> {
+    build_dir_of(bz)
         .map(|dir| dir.join("System.map"))
         .filter(|map| map.is_file())
+}
+
+/// Kernel self-protection (configs/kernel/berth.config): each option, and a function that
+/// only a kernel built with it has (None: the option adds no function of its own).
+const SELF_PROTECTION: &[(&str, Option<&str>)] = &[
+    ("CONFIG_STACKPROTECTOR_STRONG", Some("__stack_chk_fail")),
+    ("CONFIG_VMAP_STACK", Some("handle_stack_overflow")),
+    ("CONFIG_HARDENED_USERCOPY", Some("__check_object_size")),
+    ("CONFIG_FORTIFY_SOURCE", Some("__fortify_report")),
+    ("CONFIG_LIST_HARDENED", Some("__list_add_valid_or_report")),
+    ("CONFIG_BUG_ON_DATA_CORRUPTION", None),
+    ("CONFIG_SCHED_STACK_END_CHECK", None),
+    ("CONFIG_RANDOMIZE_KSTACK_OFFSET_DEFAULT", None),
+    ("CONFIG_SECURITY_DMESG_RESTRICT", None),
+];
+
+#[test]
+fn the_kernel_is_built_with_self_protection() {
+    let Some(image) = image_or_skip("kernel_self_protection") else {
+        return;
+    };
+    let bz = disk::esp_file(&image, "/A/vmlinuz").unwrap();
+    let Some(dir) = build_dir_of(&bz).filter(|d| d.join("config").is_file()) else {
+        eprintln!(
+            "skipping kernel_self_protection: the kernel build cache has no config of this \
+             image's kernel (scripts/build-kernel.sh keeps one beside each bzImage)"
+        );
+        return;
+    };
+    let config = std::fs::read_to_string(dir.join("config")).unwrap();
+    let symbols: HashSet<String> = text_symbols(&dir.join("System.map"))
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    let mut missing = Vec::new();
+    for (option, function) in SELF_PROTECTION {
+        if !config.lines().any(|l| l == format!("{option}=y")) {
+            missing.push(format!("{option} is not set"));
+        }
+        if let Some(function) = function {
+            if !symbols.contains(*function) {
+                missing.push(format!("no {function} ({option})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the image's kernel lacks self-protection: {}",
+        missing.join(", ")
+    );
 }
 
 /// The text symbols of a System.map, by address.
