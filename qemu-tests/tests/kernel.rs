@@ -1,5 +1,5 @@
-//! The image's kernel: its bzImage from the ESP, unpacked and disassembled, and a boot of it
-//! with QEMU's translation log.
+//! The image's kernel: its bzImage from the ESP, unpacked and disassembled; its build's config
+//! and System.map from the kernel cache; and a boot of it with QEMU's translation log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
