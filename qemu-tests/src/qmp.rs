@@ -98,12 +98,12 @@ mod tests {
     /// A QMP server on a scratch socket that writes `first` to its one client, then answers
     /// each command line with an empty return until the client goes.
     fn serve(name: &str, first: String) -> (PathBuf, JoinHandle<()>) {
-        let dir = std::env::temp_dir().join(format!("berth-qmp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("qmp.sock");
+        let fx = crate::Fixture::new(name).unwrap();
+        let path = fx.path("qmp.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
+            // The scratch directory goes when the server does.
+            let _fx = fx;
             let (mut conn, _) = listener.accept().unwrap();
             // The client may leave without reading (a refused greeting).
             let _ = conn.write_all(first.as_bytes());
@@ -113,7 +113,6 @@ mod tests {
                     break;
                 }
             }
-            let _ = std::fs::remove_dir_all(dir);
         });
         (path, server)
     }
