@@ -329,9 +329,14 @@ fn compare(
             for (i, runs_of) in all.iter().enumerate() {
                 let values: Vec<f64> = runs_of.iter().map(f).collect();
                 let shown: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+                // The host moves between a fast and a slow speed from one boot to the next (see
+                // bench/RESULTS.md): the fastest boot says what the image costs where medians
+                // of a few boots can differ by how many landed on the slow side.
+                let fastest = values.iter().copied().reduce(f64::min).unwrap_or(0.0);
                 println!(
-                    "    [{i}] median {:8.2}   boots {}",
+                    "    [{i}] median {:8.2}   fastest {:8.2}   boots {}",
                     median(values.clone()),
+                    fastest,
                     shown.join(" / ")
                 );
             }
