@@ -64,7 +64,7 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     };
     let failed = |e: &dyn std::error::Error| FetchFailed {
         source_text: text.clone(),
-        reason: without_prefix(one_line(e), &text),
+        reason: without_prefix(super::one_line(e), &text),
     };
     let source = match Source::parse(&text) {
         Ok(s) => s,
@@ -74,20 +74,6 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
     let mut out = io::stdout().lock();
     osupdate::fetch(&client, &source, &mut out).map_err(|e| failed(&e))?;
     Ok(0)
-}
-
-/// An error and its causes, each said once.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            text.push_str(&format!(": {cause}"));
-        }
-        source = s.source();
-    }
-    text.replace('\n', " ")
 }
 
 /// `reason` without leading repetitions of `source` (the CLI names it once).

@@ -34,19 +34,7 @@ pub struct ImageCliError(String);
 
 /// Runs the `image` subcommand with the arguments after `image`.
 pub fn main(args: &[String]) -> Result<(), ImageCliError> {
-    run(args).map_err(|e| {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            // Some errors already print their cause; don't say it twice.
-            let cause = s.to_string();
-            if !text.contains(&cause) {
-                text.push_str(&format!(": {cause}"));
-            }
-            source = s.source();
-        }
-        ImageCliError(text)
-    })
+    run(args).map_err(|e| ImageCliError(super::one_line(&*e)))
 }
 
 /// Parsed flags and positional arguments of one command.

@@ -29,6 +29,21 @@ use std::path::PathBuf;
 
 pub type CliResult = Result<i32, Box<dyn std::error::Error>>;
 
+/// An error and its causes on one line, each said once (some errors already print their
+/// cause).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(&format!(": {cause}"));
+        }
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
 /// A verb: its name, a one-line summary and its entry point.
 pub struct Verb {
     pub name: &'static str,
@@ -488,6 +503,37 @@ mod tests {
 
     fn exec_flags() -> Vec<Flag> {
         vec![opt(&["env", "e"]), flag(&["tty", "t"]), opt(&["cwd"])]
+    }
+
+    /// An error with an optional cause, as the CLI's errors chain them.
+    #[derive(Debug)]
+    struct Chained(&'static str, Option<Box<Chained>>);
+
+    impl std::fmt::Display for Chained {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chained {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn one_line_says_each_cause_once_on_one_line() {
+        let inner = Chained("connection refused", None);
+        let middle = Chained(
+            "fetch http://r/v2/: connection refused",
+            Some(Box::new(inner)),
+        );
+        let outer = Chained("pull r/a:1 failed\nsee the log", Some(Box::new(middle)));
+        assert_eq!(
+            one_line(&outer),
+            "pull r/a:1 failed see the log: fetch http://r/v2/: connection refused"
+        );
+        assert_eq!(one_line(&Chained("plain", None)), "plain");
     }
 
     #[test]
