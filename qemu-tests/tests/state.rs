@@ -2,6 +2,8 @@
 //! boots, gets an empty ext4 state filesystem grown to the partition, and keeps what is written
 //! to it across a clean shutdown. A state partition that holds something else is never
 //! overwritten: the boot stops in the emergency shell on the console, not in a kernel panic.
+//! A container that fills the partition harms nothing else: the supervisor, the API and the
+//! other units carry on, the machine boots again, and removing the unit gives the space back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::FileExt;
@@ -93,4 +95,136 @@ fn a_state_partition_that_does_not_mount_is_kept_and_pid1_opens_an_emergency_she
     let f = std::fs::File::open(&disk_path).unwrap();
     f.read_exact_at(&mut head, state.offset()).unwrap();
     assert_eq!(head, junk);
+}
+
+/// A container whose writable root fills the state partition (its upper directory lives
+/// there). As root it may take ext4's reserved blocks too.
+const FILLER: &str = r#"
+hostname = "full-state"
+
+[units]
+filler = '''
+[unit]
+description = "Writes until the state partition is full, then waits"
+[container]
+image = "berth.local/demo-web:latest"
+command = ["sh", "-c", "dd if=/dev/zero of=/fill bs=1M; sync; exec sleep 3600"]
+[service]
+restart = "never"
+'''
+"#;
+
+/// `berthctl`'s answer to a unit file, installed through the API from the admin shell's
+/// /tmp (a tmpfs): `(exit status, output)`.
+fn apply_extra_unit(vm: &mut Vm) -> (i32, String) {
+    vm.run(
+        "printf '[container]\\ncommand = [\"sleep\", \"3600\"]\\n' > /tmp/extra.toml \
+         && berthctl apply /tmp/extra.toml",
+        CMD,
+    )
+    .unwrap()
+}
+
+/// `(used, available)` KiB of the state filesystem, from `df`.
+fn state_usage(vm: &mut Vm) -> (u64, u64) {
+    let out = vm.run_ok("df -k /var/lib/berth | tail -1", CMD).unwrap();
+    let fields: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    match fields[..] {
+        [_, used, avail, ..] => (used, avail),
+        _ => panic!("df: {out:?}"),
+    }
+}
+
+/// Waits until the filler's shell has exec'd `sleep`: its `dd` ran into a full disk.
+fn wait_until_filled(vm: &mut Vm) {
+    let deadline = std::time::Instant::now() + BOOT;
+    loop {
+        let (_, out) = vm
+            .run(
+                "cat /proc/$(berthctl --json show filler | sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p')/comm",
+                CMD,
+            )
+            .unwrap();
+        if out.lines().any(|l| l.trim() == "sleep") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filler never finished: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The demo still answers through its forwarded port and every unit runs.
+fn assert_serving(vm: &mut Vm, units: u64) {
+    let counts = vm.wait_all_units_running(units, BOOT).unwrap();
+    assert_eq!(counts.failed, 0, "{counts:?}");
+    let port = vm.host_port(80).unwrap();
+    let body = berth_qemu_tests::http::wait_for_200(port, "/", Duration::from_secs(120)).unwrap();
+    assert!(body.contains("Hello from Berth"), "{body}");
+}
+
+#[test]
+fn a_container_that_fills_the_state_partition_harms_nothing_else() {
+    let Some((fx, disk_path)) = disk_or_skip("full_state", None) else {
+        return;
+    };
+    let mut cfg = VmConfig::new(Firmware::Bios, disk_path.clone());
+    cfg.extra_drives.push(fx.config_drive(FILLER).unwrap());
+    cfg.forward.push(80);
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    wait_until_filled(&mut vm);
+    let (used, avail) = state_usage(&mut vm);
+    assert_eq!(avail, 0, "not full: {used} KiB used, {avail} KiB available");
+
+    // The supervisor, the API and the other units carry on.
+    assert_serving(&mut vm, 5);
+    // A write through the API either fits in what is left or is refused with the reason,
+    // and berth-init answers the next request.
+    let (status, out) = apply_extra_unit(&mut vm);
+    if status != 0 {
+        assert!(out.contains("No space left on device"), "{out}");
+        let (status, out) = vm.run("berthctl show extra", CMD).unwrap();
+        assert_ne!(status, 0, "a refused unit was installed: {out}");
+    }
+    assert_eq!(vm.run_ok("cat /proc/1/comm", CMD).unwrap().trim(), "init");
+
+    // A machine with a full state partition boots again: a clean power-off, then the same disk.
+    vm.power_button().unwrap();
+    let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    drop(vm);
+    let mut vm = Vm::start(&cfg, &fx.dir).unwrap();
+    vm.wait_for_shell(BOOT).unwrap();
+    assert_serving(&mut vm, 5);
+
+    // Removing the filler gives its space back, and the API's writes work again.
+    vm.run_ok("berthctl rm filler", CMD).unwrap();
+    // The container's directory goes in a cleanup task after the answer.
+    let deadline = std::time::Instant::now() + CMD;
+    loop {
+        let (_, avail) = state_usage(&mut vm);
+        if avail > 16 << 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "space not given back: {avail} KiB available"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, out) = apply_extra_unit(&mut vm);
+    assert_eq!(status, 0, "{out}");
+    vm.power_button().unwrap();
+    let status = vm.wait_exit(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    drop(vm);
+    let state = disk::partition(&disk_path, "berth-state").unwrap();
+    let sb = disk::ext4_state(&disk_path, &state).unwrap();
+    assert!(sb.valid && !sb.needs_recovery, "{sb:?}");
 }

@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use berth_engine::builder::{self, build_spec, ContainerSettings, ImageDefaults, Volume};
 use berth_engine::net::{self, BridgeNetwork};
@@ -31,7 +32,8 @@ use nix::sys::stat::Mode;
 use super::limits::limits;
 use super::process::{set_nonblocking, signal_pid};
 use super::pull::pull_command;
-use super::task::fork_task;
+use super::removal;
+use super::task::{at_idle_priority, fork_task};
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::{NetworkMode, PidMode};
 use crate::unit::value::{Propagation, UserSpec, VolumeSource};
@@ -64,7 +66,14 @@ pub struct ContainerLauncher {
     /// writes, ext4's allocation and journal code run for the first time, cost ~20 ms of
     /// emulated boot).
     read_only_dirs: Option<PathBuf>,
+    /// When the first sweep looks for directories of removed units whose deletion a power
+    /// loss or shutdown cut short: once the boot has settled, off the path to the first
+    /// container.
+    leftover_deletions_at: Option<Instant>,
 }
+
+/// How long after the launcher is made its sweep first looks for unfinished deletions.
+const LEFTOVER_DELETIONS_AFTER: Duration = Duration::from_secs(30);
 
 fn err(what: impl std::fmt::Display) -> LaunchError {
     LaunchError::Container(what.to_string())
@@ -91,6 +100,7 @@ impl ContainerLauncher {
             boot_scoped: false,
             prepared: HashSet::new(),
             read_only_dirs: None,
+            leftover_deletions_at: Some(Instant::now() + LEFTOVER_DELETIONS_AFTER),
         }
     }
 
@@ -136,9 +146,38 @@ impl ContainerLauncher {
     /// Every place the unit's directory may be: a leftover mount can be in the one its unit
     /// file used before an edit of `read_only`.
     fn dirs(&self, unit: &Unit) -> Vec<PathBuf> {
-        let mut dirs = vec![self.state.join("containers").join(&unit.name)];
-        dirs.extend(self.read_only_dirs.as_ref().map(|d| d.join(&unit.name)));
-        dirs
+        self.container_tops()
+            .iter()
+            .map(|top| top.join(&unit.name))
+            .collect()
+    }
+
+    /// The directories that hold containers' directories.
+    fn container_tops(&self) -> Vec<PathBuf> {
+        let mut tops = vec![self.state.join("containers")];
+        tops.extend(self.read_only_dirs.clone());
+        tops
+    }
+
+    /// Deletes the directories of removed units (see [`removal`]) in a task at idle priority,
+    /// reaped as an orphan. Nothing when there are none.
+    fn delete_removed_dirs(&self) {
+        let dirs = removal::pending(&self.container_tops());
+        if dirs.is_empty() {
+            return;
+        }
+        let stderr = 2;
+        let spawned = fork_task([stderr, stderr, stderr], || {
+            at_idle_priority();
+            let failed = removal::delete(&dirs);
+            for f in &failed {
+                let _ = writeln!(std::io::stderr(), "berth-init: {f}");
+            }
+            i32::from(!failed.is_empty())
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start deleting the directories of removed containers: {e}");
+        }
     }
 
     /// The unit's image, parsed once when the unit file was validated.
@@ -551,6 +590,32 @@ fn output_pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
 }
 
 impl Launcher for ContainerLauncher {
+    fn removed(&mut self, name: &str) {
+        let mut set_aside = false;
+        for top in self.container_tops() {
+            match removal::set_aside(&top, name) {
+                Ok(found) => set_aside |= found,
+                Err(e) => log::warn!(
+                    "unit {name}: cannot set its container directory in {} aside: {e}",
+                    top.display()
+                ),
+            }
+        }
+        if set_aside {
+            self.delete_removed_dirs();
+        }
+    }
+
+    fn sweep(&mut self) {
+        if self
+            .leftover_deletions_at
+            .is_some_and(|at| Instant::now() >= at)
+        {
+            self.leftover_deletions_at = None;
+            self.delete_removed_dirs();
+        }
+    }
+
     fn handles(&self, unit: &Unit) -> bool {
         !unit.is_system()
     }
@@ -587,9 +652,7 @@ impl Launcher for ContainerLauncher {
                 // The container is created: PID 1 releases it when it reads this byte. What is
                 // left of this task, its exit (tearing down a copy of PID 1's memory), runs at
                 // idle priority from here, so on a busy CPU it comes after that release.
-                let idle = libc::sched_param { sched_priority: 0 };
-                // SAFETY: sets this process's own policy from a valid parameter struct.
-                let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
+                at_idle_priority();
                 let _ = nix::unistd::write(&done_w, b"1");
             }
             code
@@ -757,6 +820,42 @@ mod tests {
             pid1.dirs(&unit(false)),
             [on_disk, dir.join("run/containers/web")]
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_removed_unit_leaves_no_container_directory_behind() {
+        let dir = crate::testutil::scratch_dir("container-removed");
+        let mut launcher = ContainerLauncher::new(
+            &dir.join("state"),
+            &dir.join("machine.toml"),
+            dir.join("runtime"),
+            dir.join("network"),
+            PathBuf::from("/bin/false"),
+        )
+        .read_only_dirs_in(dir.join("run/containers"));
+        let on_disk = dir.join("state/containers/web");
+        let on_tmpfs = dir.join("run/containers/web");
+        for d in [&on_disk, &on_tmpfs] {
+            std::fs::create_dir_all(d.join("upper/data")).unwrap();
+            std::fs::write(d.join("upper/data/written"), "by the container").unwrap();
+        }
+        let other = dir.join("state/containers/db/upper");
+        std::fs::create_dir_all(&other).unwrap();
+
+        launcher.removed("web");
+        // The name is free at once; the deletion runs in a task.
+        assert!(!on_disk.exists() && !on_tmpfs.exists());
+        let tops = launcher.container_tops();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !removal::pending(&tops).is_empty() {
+            assert!(Instant::now() < deadline, "{:?}", removal::pending(&tops));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(other.is_dir());
+        // A unit that never had a directory (a system unit) changes nothing.
+        launcher.removed("network");
+        assert!(removal::pending(&tops).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

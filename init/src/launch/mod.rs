@@ -12,6 +12,7 @@ pub mod guard;
 pub mod limits;
 pub mod process;
 pub mod pull;
+pub mod removal;
 pub mod sweep;
 pub mod task;
 
@@ -127,6 +128,12 @@ pub trait Launcher {
     /// Runs once per turn of the event loop, after the events: work batched over all units
     /// (killing what stopped units left behind).
     fn sweep(&mut self) {}
+
+    /// The unit `name` was removed, after its last cleanup: drop what the launcher keeps for
+    /// it beyond a run (a container's writes). Called on every launcher, whatever kind the
+    /// unit was, since its last definition may have been invalid or of another kind. Must not
+    /// block.
+    fn removed(&mut self, _name: &str) {}
 }
 
 /// How long a unit's cleanup task may run before it is killed (the next start removes what

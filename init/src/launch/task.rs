@@ -47,6 +47,13 @@ pub fn fork_task(stdio: [RawFd; 3], task: impl FnOnce() -> i32) -> io::Result<i3
 /// Exit code of a task whose code panicked (the panic itself is logged by the hook).
 const TASK_PANICKED: i32 = 101;
 
+/// Puts the calling task at idle priority: it runs only when nothing else wants the CPU.
+pub fn at_idle_priority() {
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this process's own policy from a valid parameter struct.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
+}
+
 fn prepare_child(stdio: [RawFd; 3], parent: Pid) -> io::Result<()> {
     crate::signals::reset_in_child()?;
     // A task never outlives berth-init (in host mode berth-init can die; as PID 1 it cannot).

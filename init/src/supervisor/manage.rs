@@ -276,6 +276,9 @@ impl Supervisor {
     }
 
     pub(super) fn finish_removal(&mut self, i: usize) {
+        for l in &mut self.launchers {
+            l.removed(&self.slots[i].name);
+        }
         let slot = &mut self.slots[i];
         log::info!("unit {}: removed", slot.name);
         self.removed_units.push(Removed {

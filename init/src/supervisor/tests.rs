@@ -25,6 +25,8 @@ struct Record {
     cleanups: Vec<(String, i32)>,
     /// Write ends of the `done` pipes of "prepare-done" setups, in order.
     done_pipes: Vec<std::os::fd::OwnedFd>,
+    /// Units the launcher was told are removed.
+    removed: Vec<String>,
 }
 
 struct FakeLauncher(Rc<RefCell<Record>>);
@@ -89,6 +91,9 @@ impl Launcher for FakeLauncher {
         let pid = r.next_pid;
         r.cleanups.push((unit.name.clone(), pid));
         Some(Spawned { pid, output: None })
+    }
+    fn removed(&mut self, name: &str) {
+        self.0.borrow_mut().removed.push(name.to_string());
     }
 }
 
@@ -789,9 +794,12 @@ fn removal_waits_for_the_cleanup() {
     let task = h.rec.borrow().cleanups[0].1;
     h.sup.remove_unit("slow", h.now, &mut h.timers).unwrap();
     assert!(h.sup.take_removed().is_empty());
+    // What the launcher keeps for the unit (a container's writes) goes after the cleanup.
+    assert!(h.rec.borrow().removed.is_empty());
     h.exit(task, ExitStatus::Exited(0));
     assert_eq!(h.sup.take_removed().len(), 1);
     assert!(!h.sup.contains("slow"));
+    assert_eq!(h.rec.borrow().removed, ["slow"]);
 }
 
 #[test]
