@@ -1,8 +1,8 @@
 //! What a removed container unit leaves: its directory (its root's mount point, its upper and
 //! work directories, i.e. everything the container wrote) is not kept for a later unit of the
 //! same name. It is renamed out of the way at once, within the directory that holds it (no new
-//! directory block, so a disk the container filled still gets its space back), and deleted by a
-//! task at idle priority. A deletion cut short (a power loss, a shutdown) is finished by the
+//! directory is needed, so this works on a disk the container filled), and deleted by a task
+//! at idle priority. A deletion cut short (a power loss, a shutdown) is finished by the
 //! next one, or by the launcher's first sweep once the boot has settled.
 
 use std::io;
@@ -53,7 +53,10 @@ pub fn pending(tops: &[PathBuf]) -> Vec<PathBuf> {
 pub fn delete(dirs: &[PathBuf]) -> Vec<String> {
     let mut failed = Vec::new();
     for dir in dirs {
-        let _ = nix::mount::umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(
+            &dir.join("rootfs"),
+            MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW,
+        );
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             // Another deletion got there first.
@@ -119,6 +122,51 @@ mod tests {
             std::fs::read_to_string(outside.join("keep")).unwrap(),
             "host file"
         );
+        assert!(pending(std::slice::from_ref(&top)).is_empty());
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    /// In a private mount namespace (needs root; unshare affects only the calling thread).
+    #[test]
+    fn a_root_left_mounted_is_detached_before_the_deletion() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let top = scratch("mounted");
+        let rootfs = top.join("web/rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let top_in_thread = top.clone();
+        let (failed, mounted_after) = std::thread::spawn(move || {
+            use nix::mount::{mount, MsFlags};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            mount(
+                Some("tmpfs"),
+                &rootfs,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+            std::fs::write(rootfs.join("in-the-mount"), "x").unwrap();
+            assert!(set_aside(&top_in_thread, "web").unwrap());
+            let failed = delete(&pending(std::slice::from_ref(&top_in_thread)));
+            let mounts = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+            let top_text = top_in_thread.display().to_string();
+            (failed, mounts.contains(&top_text))
+        })
+        .join()
+        .unwrap();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(!mounted_after, "a mount is left under {}", top.display());
         assert!(pending(std::slice::from_ref(&top)).is_empty());
         std::fs::remove_dir_all(&top).unwrap();
     }
