@@ -860,6 +860,36 @@ mod tests {
     }
 
     #[test]
+    fn a_deletion_cut_short_is_finished_by_the_sweep_once_the_boot_settled() {
+        let dir = crate::testutil::scratch_dir("container-leftover");
+        let mut launcher = ContainerLauncher::new(
+            &dir.join("state"),
+            &dir.join("machine.toml"),
+            dir.join("runtime"),
+            dir.join("network"),
+            PathBuf::from("/bin/false"),
+        );
+        let top = dir.join("state/containers");
+        std::fs::create_dir_all(top.join("web/upper")).unwrap();
+        // What a power loss in the middle of a deletion leaves.
+        assert!(removal::set_aside(&top, "web").unwrap());
+        let tops = launcher.container_tops();
+        // Not during the boot: the first containers come first.
+        launcher.sweep();
+        assert_eq!(removal::pending(&tops).len(), 1);
+        launcher.leftover_deletions_at = Some(Instant::now());
+        launcher.sweep();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !removal::pending(&tops).is_empty() {
+            assert!(Instant::now() < deadline, "{:?}", removal::pending(&tops));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Once only.
+        assert_eq!(launcher.leftover_deletions_at, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_cleanup_that_blocks_does_not_block_the_caller() {
         let dir = crate::testutil::scratch_dir("container-cleanup");
         let root = dir.join("runtime");
