@@ -772,18 +772,21 @@ mod tests {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     use std::time::Duration;
 
+    /// A launcher with its state, runtime root and network directory in the scratch `dir`.
+    fn launcher_in(dir: &Path) -> ContainerLauncher {
+        ContainerLauncher::new(
+            &dir.join("state"),
+            &dir.join("machine.toml"),
+            dir.join("runtime"),
+            dir.join("network"),
+            PathBuf::from("/bin/false"),
+        )
+    }
+
     #[test]
     fn only_a_first_start_since_boot_skips_leftover_removal() {
         let dir = crate::testutil::scratch_dir("container-leftovers");
-        let new = || {
-            ContainerLauncher::new(
-                &dir.join("state"),
-                &dir.join("machine.toml"),
-                dir.join("runtime"),
-                dir.join("network"),
-                PathBuf::from("/bin/false"),
-            )
-        };
+        let new = || launcher_in(&dir);
         let mut pid1 = new().boot_scoped();
         assert!(!pid1.leftovers_possible("web"), "first start since boot");
         assert!(pid1.leftovers_possible("web"), "a restart");
@@ -797,13 +800,7 @@ mod tests {
     #[test]
     fn read_only_containers_keep_their_directory_on_the_boot_tmpfs() {
         let dir = crate::testutil::scratch_dir("container-dirs");
-        let launcher = ContainerLauncher::new(
-            &dir.join("state"),
-            &dir.join("machine.toml"),
-            dir.join("runtime"),
-            dir.join("network"),
-            PathBuf::from("/bin/false"),
-        );
+        let launcher = launcher_in(&dir);
         let unit = |read_only: bool| {
             let text = format!("[container]\nimage = \"web:1\"\nread_only = {read_only}\n");
             crate::unit::parse("web", "web.toml", &text).unwrap()
@@ -826,14 +823,7 @@ mod tests {
     #[test]
     fn a_removed_unit_leaves_no_container_directory_behind() {
         let dir = crate::testutil::scratch_dir("container-removed");
-        let mut launcher = ContainerLauncher::new(
-            &dir.join("state"),
-            &dir.join("machine.toml"),
-            dir.join("runtime"),
-            dir.join("network"),
-            PathBuf::from("/bin/false"),
-        )
-        .read_only_dirs_in(dir.join("run/containers"));
+        let mut launcher = launcher_in(&dir).read_only_dirs_in(dir.join("run/containers"));
         let on_disk = dir.join("state/containers/web");
         let on_tmpfs = dir.join("run/containers/web");
         for d in [&on_disk, &on_tmpfs] {
@@ -862,13 +852,7 @@ mod tests {
     #[test]
     fn a_deletion_cut_short_is_finished_by_the_sweep_once_the_boot_settled() {
         let dir = crate::testutil::scratch_dir("container-leftover");
-        let mut launcher = ContainerLauncher::new(
-            &dir.join("state"),
-            &dir.join("machine.toml"),
-            dir.join("runtime"),
-            dir.join("network"),
-            PathBuf::from("/bin/false"),
-        );
+        let mut launcher = launcher_in(&dir);
         let top = dir.join("state/containers");
         std::fs::create_dir_all(top.join("web/upper")).unwrap();
         // What a power loss in the middle of a deletion leaves.
