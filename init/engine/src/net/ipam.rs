@@ -65,6 +65,18 @@ impl Allocations {
         Ok(Locked(f))
     }
 
+    /// Runs `f` on every allocation while holding the lock, so that what `f` makes of them
+    /// (the nftables commit) cannot be overtaken by an allocation it does not see: without
+    /// it, two containers set up at once could each commit what they read, and the later
+    /// commit drop the other's port mappings.
+    pub fn with_all<T>(
+        &self,
+        f: impl FnOnce(&BTreeMap<String, Allocation>) -> Result<T, NetError>,
+    ) -> Result<T, NetError> {
+        let _lock = self.lock()?;
+        f(&self.load()?)
+    }
+
     /// Every allocation by container id.
     pub fn load(&self) -> Result<BTreeMap<String, Allocation>, NetError> {
         let path = self.dir.join(STATE);
@@ -148,6 +160,29 @@ impl Allocations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_all_holds_the_lock_that_allocations_take() {
+        let dir = std::env::temp_dir().join(format!("berth-ipam-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Allocations::new(&dir, Ipv4Addr::new(10, 89, 0, 0), 24);
+        a.allocate("web", &[]).unwrap();
+        let seen = a
+            .with_all(|all| {
+                // Another open of the lock file, as another task's allocation makes.
+                let other = File::open(dir.join(LOCK)).map_err(a.io("open lock in"))?;
+                // SAFETY: flock on a descriptor we own.
+                let r = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                let busy = r != 0
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
+                Ok((all.keys().cloned().collect::<Vec<_>>(), busy))
+            })
+            .unwrap();
+        assert_eq!(seen, (vec!["web".to_string()], true));
+        // Released afterwards.
+        a.allocate("db", &[]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn addresses_are_unique_persisted_and_reused() {

@@ -14,6 +14,7 @@ pub use ipam::{Allocation, Allocations};
 
 use berth_runtime::trace;
 use nix::sched::CloneFlags;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -322,9 +323,13 @@ impl BridgeNetwork {
         Ok(())
     }
 
-    /// Rewrites the nftables tables from the persisted allocations.
+    /// Rewrites the nftables tables from the persisted allocations, holding their lock until
+    /// the commit is done (see [`ipam::Allocations::with_all`]).
     fn apply_nat(&self) -> Result<(), NetError> {
-        let all = self.allocations().load()?;
+        self.allocations().with_all(|all| self.commit_nat(all))
+    }
+
+    fn commit_nat(&self, all: &BTreeMap<String, ipam::Allocation>) -> Result<(), NetError> {
         let ports = all
             .values()
             .flat_map(|a| a.ports.iter().map(move |p| (*p, a.address)))
