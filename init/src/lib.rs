@@ -37,4 +37,13 @@ pub(crate) mod testutil {
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
+
+    /// Whether the test runs as root; says it skips when not (namespaces and mounts need it).
+    pub fn running_as_root() -> bool {
+        let root = nix::unistd::Uid::effective().is_root();
+        if !root {
+            eprintln!("skipped: needs root");
+        }
+        root
+    }
 }

@@ -135,25 +135,29 @@ fn state_usage(vm: &mut Vm) -> (u64, u64) {
     }
 }
 
-/// Waits until the filler's shell has exec'd `sleep`: its `dd` ran into a full disk.
-fn wait_until_filled(vm: &mut Vm) {
+/// Runs `command` every half second until `done` holds for its output (`BOOT` at most).
+fn wait_for_output(vm: &mut Vm, command: &str, done: impl Fn(&str) -> bool) {
     let deadline = std::time::Instant::now() + BOOT;
     loop {
-        let (_, out) = vm
-            .run(
-                "cat /proc/$(berthctl --json show filler | sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p')/comm",
-                CMD,
-            )
-            .unwrap();
-        if out.lines().any(|l| l.trim() == "sleep") {
+        let (_, out) = vm.run(command, CMD).unwrap();
+        if done(&out) {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the filler never finished: {out}"
+            "{command}: never done: {out}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Waits until the filler's shell has exec'd `sleep`: its `dd` ran into a full disk.
+fn wait_until_filled(vm: &mut Vm) {
+    wait_for_output(
+        vm,
+        "cat /proc/$(berthctl --json show filler | sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p')/comm",
+        |out| out.lines().any(|l| l.trim() == "sleep"),
+    );
 }
 
 /// The demo still answers through its forwarded port.
@@ -197,21 +201,10 @@ fn a_container_that_fills_the_state_partition_harms_nothing_else() {
     vm.wait_for_shell(BOOT).unwrap();
     // The demo's image lease is already written: it starts on the full disk. (The filler may
     // fail to start again; that is its own business.)
-    let deadline = std::time::Instant::now() + BOOT;
-    loop {
-        let (_, ps) = vm.run("berthctl ps", CMD).unwrap();
-        if ps
-            .lines()
+    wait_for_output(&mut vm, "berthctl ps", |ps| {
+        ps.lines()
             .any(|l| l.starts_with("demo-web ") && l.contains(" healthy "))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "demo not healthy: {ps}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    });
     assert_serving(&mut vm);
     assert_eq!(vm.run_ok("cat /proc/1/comm", CMD).unwrap().trim(), "init");
 

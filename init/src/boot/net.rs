@@ -55,8 +55,7 @@ mod tests {
     /// In a fresh network namespace (needs root; unshare affects only the calling thread).
     #[test]
     fn brings_loopback_up_in_a_new_network_namespace() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
+        if !crate::testutil::running_as_root() {
             return;
         }
         let result = std::thread::spawn(|| {

@@ -783,6 +783,15 @@ mod tests {
         )
     }
 
+    /// Waits (60 s at most) until the deletion task has deleted what was set aside in `tops`.
+    fn wait_until_deleted(tops: &[PathBuf]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !removal::pending(tops).is_empty() {
+            assert!(Instant::now() < deadline, "{:?}", removal::pending(tops));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[test]
     fn only_a_first_start_since_boot_skips_leftover_removal() {
         let dir = crate::testutil::scratch_dir("container-leftovers");
@@ -837,11 +846,7 @@ mod tests {
         // The name is free at once; the deletion runs in a task.
         assert!(!on_disk.exists() && !on_tmpfs.exists());
         let tops = launcher.container_tops();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !removal::pending(&tops).is_empty() {
-            assert!(Instant::now() < deadline, "{:?}", removal::pending(&tops));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_deleted(&tops);
         assert!(other.is_dir());
         // A unit that never had a directory (a system unit) changes nothing.
         launcher.removed("network");
@@ -863,11 +868,7 @@ mod tests {
         assert_eq!(removal::pending(&tops).len(), 1);
         launcher.leftover_deletions_at = Some(Instant::now());
         launcher.sweep();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !removal::pending(&tops).is_empty() {
-            assert!(Instant::now() < deadline, "{:?}", removal::pending(&tops));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_deleted(&tops);
         // Once only.
         assert_eq!(launcher.leftover_deletions_at, None);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -129,8 +129,7 @@ mod tests {
     /// In a private mount namespace (needs root; unshare affects only the calling thread).
     #[test]
     fn a_root_left_mounted_is_detached_before_the_deletion() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
+        if !crate::testutil::running_as_root() {
             return;
         }
         let top = scratch("mounted");
