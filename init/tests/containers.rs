@@ -132,6 +132,68 @@ fn a_unit_with_an_image_runs_as_a_container() {
     );
 }
 
+/// A container that rewrites a file of its image, in a writable root.
+fn rewriter(image: &str) -> String {
+    format!(
+        "[container]\nimage = \"{image}\"\n\
+         command = [\"sh\", \"-c\", \"echo run www=$(cat /www/index.html); \
+         echo changed > /www/index.html; trap 'exit 0' TERM; sleep 60 & wait\"]\n\
+         network = \"none\"\n"
+    )
+}
+
+#[test]
+fn a_writable_root_lasts_across_restarts_and_a_new_image_starts_a_new_one() {
+    let dir = temp_dir("writable-root");
+    import_busybox_image(&dir);
+    // Version 2 of the image: one more layer, with a new index.html.
+    std::fs::write(
+        dir.join("image-bundle/rootfs/www/index.html"),
+        "version 2\n",
+    )
+    .unwrap();
+    let layout = dir.join("layout");
+    run(Command::new("umoci")
+        .args(["repack", "--image", &format!("{}:1", layout.display())])
+        .arg(dir.join("image-bundle")));
+    import_layout(&dir, &layout, "berth.test/web:2");
+
+    let mut host = Host::start_in(dir.clone(), &[("keeper", &rewriter("berth.test/web:1"))]);
+    let log = || host.read("state/logs/keeper.log");
+    host.wait_for("the first run", || log().contains("run www=hello"));
+    // A restart over the same image keeps what the container wrote.
+    let restart = "POST /v1/units/keeper/restart HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(host.request(restart), Some((200..=299, _))));
+    host.wait_for("the restarted run", || log().contains("run www=changed"));
+
+    // The unit replaced with the new image: the container's copy of version 1's file would
+    // hide version 2's, so the root starts new.
+    let v2 = rewriter("berth.test/web:2");
+    let put = format!(
+        "PUT /v1/units/keeper HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{v2}",
+        v2.len()
+    );
+    assert!(matches!(host.request(&put), Some((200..=299, _))));
+    host.wait_for("the run over the new image", || {
+        log().contains("run www=version 2")
+    });
+    assert!(
+        log().contains("the image's layers changed (berth.test/web:2)"),
+        "{}",
+        log()
+    );
+    assert_eq!(log().matches("run www=changed").count(), 1, "{}", log());
+    // The old root is deleted once the new container runs.
+    let containers = dir.join("state/containers");
+    host.wait_for("the old root deleted", || {
+        std::fs::read_dir(&containers)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.'))
+    });
+    host.signal(libc::SIGTERM);
+    assert_eq!(host.wait_exit(), Some(0));
+}
+
 #[test]
 fn a_missing_image_is_pulled_from_the_registry_then_runs() {
     let reg = registry::Registry::start();

@@ -33,6 +33,7 @@ use super::limits::limits;
 use super::process::{set_nonblocking, signal_pid};
 use super::pull::pull_command;
 use super::removal;
+use super::root_layers;
 use super::task::{at_idle_priority, fork_task};
 use super::{LaunchError, Launcher, Spawned, Step};
 use crate::unit::model::{NetworkMode, PidMode};
@@ -74,6 +75,16 @@ pub struct ContainerLauncher {
 
 /// How long after the launcher is made its sweep first looks for unfinished deletions.
 const LEFTOVER_DELETIONS_AFTER: Duration = Duration::from_secs(30);
+
+/// Deletes set-aside directories (see [`removal::delete`]), reporting each failure on
+/// stderr. True when all went.
+fn delete_reporting(dirs: &[PathBuf]) -> bool {
+    let failed = removal::delete(dirs);
+    for f in &failed {
+        let _ = writeln!(std::io::stderr(), "berth-init: {f}");
+    }
+    failed.is_empty()
+}
 
 fn err(what: impl std::fmt::Display) -> LaunchError {
     LaunchError::Container(what.to_string())
@@ -169,11 +180,7 @@ impl ContainerLauncher {
         let stderr = 2;
         let spawned = fork_task([stderr, stderr, stderr], || {
             at_idle_priority();
-            let failed = removal::delete(&dirs);
-            for f in &failed {
-                let _ = writeln!(std::io::stderr(), "berth-init: {f}");
-            }
-            i32::from(!failed.is_empty())
+            i32::from(!delete_reporting(&dirs))
         });
         if let Err(e) = spawned {
             log::warn!("cannot start deleting the directories of removed containers: {e}");
@@ -214,12 +221,35 @@ impl ContainerLauncher {
         }
     }
 
-    /// Mounts the overlay root: the image's layers under the container's upper directory.
-    fn mount_root(&self, unit: &Unit, image: &berth_store::Image) -> Result<PathBuf, LaunchError> {
+    /// Mounts the overlay root: the image's layers under the container's upper directory. A
+    /// writable root made over other layers is set aside first, its path pushed to `stale`
+    /// (see [`root_layers`]).
+    fn mount_root(
+        &self,
+        unit: &Unit,
+        image: &berth_store::Image,
+        stale: &mut Vec<PathBuf>,
+    ) -> Result<PathBuf, LaunchError> {
         let dir = self.dir(unit);
         let rootfs = dir.join("rootfs");
         // A mount left by a crash is replaced.
         let _ = nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH);
+        // A read-only root's upper directory only ever holds mount points.
+        if let (false, Some(top)) = (unit.container.read_only, dir.parent()) {
+            let layers = &image.config.rootfs.diff_ids;
+            let claim = root_layers::claim(top, &unit.name, layers)
+                .map_err(|e| err(format!("writable root: {e}")))?;
+            if let root_layers::Claim::Replaced(old) = claim {
+                let why = format!(
+                    "{}: the image's layers changed ({}): the container starts from a new \
+                     writable root, and the old one is deleted",
+                    unit.name, image.reference
+                );
+                log::info!("unit {why}");
+                let _ = writeln!(std::io::stderr(), "berth-init: {why}");
+                stale.push(old);
+            }
+        }
         image
             .mount_root(&dir.join("upper"), &dir.join("work"), &rootfs)
             .map_err(err)?;
@@ -325,7 +355,14 @@ impl ContainerLauncher {
 
     /// The preparation task: from the image to a created container whose init waits on the
     /// exec FIFO, with its network attached. `out` is the unit log's pipe.
-    fn prepare(&self, unit: &Unit, out: RawFd, leftovers: bool) -> Result<(), LaunchError> {
+    /// `stale` receives the directories this start set aside, for deletion once it is over.
+    fn prepare(
+        &self,
+        unit: &Unit,
+        out: RawFd,
+        leftovers: bool,
+        stale: &mut Vec<PathBuf>,
+    ) -> Result<(), LaunchError> {
         let ports = Self::ports(unit)?;
         let store = self.store()?;
         // A container of the same name left by a crash (or a killed cleanup) goes first. An
@@ -345,7 +382,7 @@ impl ContainerLauncher {
             }
         };
         trace::step("image lookup");
-        let rootfs = self.mount_root(unit, &image)?;
+        let rootfs = self.mount_root(unit, &image, stale)?;
         trace::step("overlay mount");
         store
             .lease(&unit.name, &image)
@@ -430,9 +467,15 @@ impl ContainerLauncher {
 
     /// Runs [`Self::prepare`] and reports a failure in the unit log and for the API, after
     /// removing what it left. The task's exit code.
-    fn prepare_task(&self, unit: &Unit, out: RawFd, leftovers: bool) -> i32 {
+    fn prepare_task(
+        &self,
+        unit: &Unit,
+        out: RawFd,
+        leftovers: bool,
+        stale: &mut Vec<PathBuf>,
+    ) -> i32 {
         trace::begin();
-        match self.prepare(unit, out, leftovers) {
+        match self.prepare(unit, out, leftovers, stale) {
             Ok(()) => {
                 // One line per start: which step a slow start spent its time in.
                 if let Some(done) = trace::finish() {
@@ -594,7 +637,7 @@ impl Launcher for ContainerLauncher {
         let mut set_aside = false;
         for top in self.container_tops() {
             match removal::set_aside(&top, name) {
-                Ok(found) => set_aside |= found,
+                Ok(found) => set_aside |= found.is_some(),
                 Err(e) => log::warn!(
                     "unit {name}: cannot set its container directory in {} aside: {e}",
                     top.display()
@@ -647,14 +690,17 @@ impl Launcher for ContainerLauncher {
         let out = w.as_raw_fd();
         let leftovers = self.leftovers_possible(&unit.name);
         let pid = fork_task([null.as_raw_fd(), out, out], || {
-            let code = self.prepare_task(unit, out, leftovers);
+            let mut stale = Vec::new();
+            let code = self.prepare_task(unit, out, leftovers, &mut stale);
             if code == 0 {
                 // The container is created: PID 1 releases it when it reads this byte. What is
-                // left of this task, its exit (tearing down a copy of PID 1's memory), runs at
-                // idle priority from here, so on a busy CPU it comes after that release.
+                // left of this task (deleting a replaced root, its exit tearing down a copy of
+                // PID 1's memory) runs at idle priority from here, so on a busy CPU it comes
+                // after that release.
                 at_idle_priority();
                 let _ = nix::unistd::write(&done_w, b"1");
             }
+            delete_reporting(&stale);
             code
         })
         .map_err(|source| LaunchError::Spawn {
@@ -861,7 +907,7 @@ mod tests {
         let top = dir.join("state/containers");
         std::fs::create_dir_all(top.join("web/upper")).unwrap();
         // What a power loss in the middle of a deletion leaves.
-        assert!(removal::set_aside(&top, "web").unwrap());
+        assert!(removal::set_aside(&top, "web").unwrap().is_some());
         let tops = launcher.container_tops();
         // Not during the boot: the first containers come first.
         launcher.sweep();

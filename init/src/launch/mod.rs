@@ -13,6 +13,7 @@ pub mod limits;
 pub mod process;
 pub mod pull;
 pub mod removal;
+pub mod root_layers;
 pub mod sweep;
 pub mod task;
 

@@ -14,11 +14,11 @@ use nix::mount::MntFlags;
 /// Start of the name of a directory set aside for deletion; no unit name starts with a dot.
 const SET_ASIDE: &str = ".removed.";
 
-/// Renames `top/name`, if it exists, to a set-aside name in `top`. True when there was one.
-pub fn set_aside(top: &Path, name: &str) -> io::Result<bool> {
+/// Renames `top/name`, if it exists, to a set-aside name in `top`, which it returns.
+pub fn set_aside(top: &Path, name: &str) -> io::Result<Option<PathBuf>> {
     let dir = top.join(name);
     match std::fs::symlink_metadata(&dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
         Ok(_) => {}
     }
@@ -29,8 +29,9 @@ pub fn set_aside(top: &Path, name: &str) -> io::Result<bool> {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::fs::rename(&dir, top.join(format!("{SET_ASIDE}{name}.{nanos:x}.{n}")))?;
-    Ok(true)
+    let aside = top.join(format!("{SET_ASIDE}{name}.{nanos:x}.{n}"));
+    std::fs::rename(&dir, &aside)?;
+    Ok(Some(aside))
 }
 
 /// The directories set aside in `tops` and not yet deleted.
@@ -83,14 +84,14 @@ mod tests {
         std::fs::write(dir.join("upper/var/cache/big"), vec![0u8; 4096]).unwrap();
         std::fs::create_dir_all(top.join("db/upper")).unwrap();
 
-        assert!(set_aside(&top, "web").unwrap());
+        assert!(set_aside(&top, "web").unwrap().is_some());
         // The name is free at once for a new unit; the other unit's directory is untouched.
         assert!(!dir.exists());
         assert!(top.join("db/upper").is_dir());
         // A unit with nothing on disk has nothing to set aside.
-        assert!(!set_aside(&top, "web").unwrap());
+        assert!(set_aside(&top, "web").unwrap().is_none());
         std::fs::create_dir_all(dir.join("upper")).unwrap();
-        assert!(set_aside(&top, "web").unwrap());
+        assert!(set_aside(&top, "web").unwrap().is_some());
 
         let pending = pending(std::slice::from_ref(&top));
         assert_eq!(pending.len(), 2, "{pending:?}");
@@ -116,7 +117,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("upper")).unwrap();
         std::os::unix::fs::symlink(&outside, dir.join("upper/escape")).unwrap();
 
-        assert!(set_aside(&top, "web").unwrap());
+        assert!(set_aside(&top, "web").unwrap().is_some());
         assert!(delete(&pending(std::slice::from_ref(&top))).is_empty());
         assert_eq!(
             std::fs::read_to_string(outside.join("keep")).unwrap(),
@@ -156,7 +157,7 @@ mod tests {
             )
             .unwrap();
             std::fs::write(rootfs.join("in-the-mount"), "x").unwrap();
-            assert!(set_aside(&top_in_thread, "web").unwrap());
+            assert!(set_aside(&top_in_thread, "web").unwrap().is_some());
             let failed = delete(&pending(std::slice::from_ref(&top_in_thread)));
             let mounts = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
             let top_text = top_in_thread.display().to_string();
