@@ -29,7 +29,7 @@ pub use crate::VERSION;
 /// RCU grace periods are normal again (`boot::rcu`).
 const BOOT_SETTLED: Duration = Duration::from_secs(10);
 
-/// Extra time past the longest `stop_timeout` before everything left is killed.
+/// Extra time past the longest chain of stops before everything left is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -379,7 +379,7 @@ impl Init {
         self.shutdown = Some((action, 0));
         // A pull or prune is safe to stop anywhere (downloads resume, GC is idempotent).
         self.jobs.kill_all();
-        let longest = self.supervisor.longest_stop_timeout();
+        let longest = self.supervisor.longest_stop_chain();
         self.events
             .schedule(after(now, longest + SHUTDOWN_GRACE), Timer::Shutdown);
         self.supervisor.begin_shutdown(now, &mut self.events);

@@ -48,14 +48,52 @@ impl Supervisor {
         }
     }
 
-    /// The longest `stop_timeout` of any unit (bounds the whole shutdown).
-    pub fn longest_stop_timeout(&self) -> Duration {
-        let timeouts = self
-            .slots
-            .iter()
-            .filter_map(|s| s.unit.as_ref())
-            .map(|u| u.service.stop_timeout);
-        timeouts.max().unwrap_or_default()
+    /// How long the ordered stop of everything may take: a unit gets its stop signal only
+    /// once every unit ordered after it has stopped, so the stops of a chain of units add
+    /// up. Each unit counts its `stop_timeout` (then SIGKILL) and, for a container, its
+    /// cleanup's limit; the longest chain bounds the whole shutdown.
+    pub fn longest_stop_chain(&self) -> Duration {
+        // The time from the shutdown's start until unit `i` has stopped, at the latest,
+        // memoised. Units in a dependency cycle (refused at load, but never trusted here)
+        // count their own time once.
+        fn until_stopped(
+            slots: &[super::Slot],
+            i: usize,
+            memo: &mut [Option<Duration>],
+            visiting: &mut [bool],
+        ) -> Duration {
+            if let Some(d) = memo[i] {
+                return d;
+            }
+            if visiting[i] {
+                return Duration::ZERO;
+            }
+            visiting[i] = true;
+            let before = slots[i]
+                .dependents
+                .iter()
+                .map(|&d| until_stopped(slots, d, memo, visiting))
+                .max()
+                .unwrap_or_default();
+            let own = slots[i].unit.as_ref().map_or(Duration::ZERO, |u| {
+                let cleanup = if u.is_system() {
+                    Duration::ZERO
+                } else {
+                    crate::launch::CLEANUP_LIMIT
+                };
+                u.service.stop_timeout + cleanup
+            });
+            visiting[i] = false;
+            let total = before + own;
+            memo[i] = Some(total);
+            total
+        }
+        let n = self.slots.len();
+        let (mut memo, mut visiting) = (vec![None; n], vec![false; n]);
+        (0..n)
+            .map(|i| until_stopped(&self.slots, i, &mut memo, &mut visiting))
+            .max()
+            .unwrap_or_default()
     }
 
     /// Gives up on processes that survived SIGKILL (stuck in the kernel) so shutdown ends.

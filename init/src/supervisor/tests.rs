@@ -511,6 +511,33 @@ fn shutdown_stops_in_reverse_order_and_escalates() {
 }
 
 #[test]
+fn the_shutdown_bound_adds_up_the_stops_of_the_longest_chain() {
+    let unit = |after: &str, timeout: &str, image: bool| {
+        let image = if image { "image = \"web:1\"\n" } else { "" };
+        format!(
+            "[unit]\nafter = [{after}]\n[container]\n{image}command = [\"x\"]\n\
+             [service]\nstop_timeout = \"{timeout}\"\n"
+        )
+    };
+    // a ← b ← c ← web (a container): web stops first, a last. lone stops on its own.
+    let h = Harness::new(&[
+        ("a", &unit("", "4s", false)),
+        ("b", &unit("\"a\"", "4s", false)),
+        ("c", &unit("\"b\"", "4s", false)),
+        ("web", &unit("\"c\"", "1s", true)),
+        ("lone", &unit("", "9s", false)),
+    ]);
+    let cleanup = crate::launch::CLEANUP_LIMIT;
+    assert_eq!(
+        h.sup.longest_stop_chain(),
+        Duration::from_secs(1 + 4 + 4 + 4) + cleanup
+    );
+    let h = Harness::new(&[("lone", &unit("", "9s", false))]);
+    assert_eq!(h.sup.longest_stop_chain(), Duration::from_secs(9));
+    assert_eq!(Harness::new(&[]).sup.longest_stop_chain(), Duration::ZERO);
+}
+
+#[test]
 fn unhealthy_units_are_restarted_and_preparation_runs_first() {
     let mut h = Harness::new(&[(
         "web",
