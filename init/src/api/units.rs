@@ -107,6 +107,9 @@ fn action_error(e: &ActionError) -> Reply {
             Response::error(409, "unit cannot run", &e.to_string()).into()
         }
         ActionError::ShuttingDown => Response::error(409, "shutting down", "").into(),
+        ActionError::Removing(_) => {
+            Response::error(409, "unit being removed", &e.to_string()).into()
+        }
     }
 }
 

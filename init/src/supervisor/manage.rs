@@ -45,6 +45,8 @@ pub enum ActionError {
     Unrunnable { name: String, why: String },
     #[error("the system is shutting down")]
     ShuttingDown,
+    #[error("unit `{0}` is being removed")]
+    Removing(String),
 }
 
 /// A unit whose removal completed (its process, if any, has exited).
@@ -207,9 +209,25 @@ impl Supervisor {
         r: &mut dyn Reactor,
     ) -> Result<(), ActionError> {
         let i = self.runnable(name)?;
-        self.slots[i].phase.forget_replacement();
+        let slot = &mut self.slots[i];
+        if slot.phase.is_stopping() {
+            // A stop under way (requested, or after a crash) ends in a new run.
+            slot.wanted = true;
+            slot.phase.restart_after_stop();
+            self.advance(now, r);
+            return Ok(());
+        }
+        self.end_backoff(i);
         self.start_unit(name, now, r);
         Ok(())
+    }
+
+    /// A unit waiting to restart after an exit starts now instead (by request).
+    fn end_backoff(&mut self, i: usize) {
+        if matches!(self.slots[i].phase, Phase::Backoff { .. }) {
+            self.disarm(i);
+            self.slots[i].phase = Phase::default();
+        }
     }
 
     /// Stops a unit; it stays stopped until started again.
@@ -236,6 +254,7 @@ impl Supervisor {
         let i = self.runnable(name)?;
         let slot = &mut self.slots[i];
         if slot.phase.pid().is_none() {
+            self.end_backoff(i);
             self.start_unit(name, now, r);
             return Ok(());
         }
@@ -319,6 +338,10 @@ impl Supervisor {
             return Err(ActionError::ShuttingDown);
         }
         let slot = &self.slots[i];
+        // Its file is gone already: running it again would outlive the removal's answer.
+        if matches!(slot.phase.stop_reason(), Some(StopReason::Remove)) {
+            return Err(ActionError::Removing(name.to_string()));
+        }
         if slot.unit.is_none() || slot.launcher.is_none() {
             return Err(ActionError::Unrunnable {
                 name: name.to_string(),

@@ -265,17 +265,11 @@ impl Phase {
         true
     }
 
-    /// A restart request on a unit that is stopping or cleaning up: it runs again once
-    /// stopped, with the new definition if one is waiting. False for any other phase.
+    /// A start or restart request on a unit that is stopping or cleaning up: it runs again
+    /// once stopped, with the new definition if one is waiting (the one its file now
+    /// holds). False for any other phase.
     pub(super) fn restart_after_stop(&mut self) -> bool {
         self.has_replacement() || self.restop(StopReason::Restart)
-    }
-
-    /// A start request forgets a definition waiting for the stop (the unit runs as it is).
-    pub(super) fn forget_replacement(&mut self) {
-        if self.has_replacement() {
-            self.restop(StopReason::Restart);
-        }
     }
 
     /// A new definition waits for the stop under way.
@@ -544,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_replacement_survives_a_restart_request_but_not_a_start_or_removal() {
+    fn a_waiting_replacement_survives_a_start_or_restart_request_but_not_a_removal() {
         let loaded = Loaded {
             name: "web".into(),
             path: "web.toml".into(),
@@ -562,22 +556,20 @@ mod tests {
                 ..
             }
         ));
-        phase.forget_replacement();
+        assert!(phase.restop(StopReason::Remove));
         assert!(matches!(
             phase,
             Phase::Stopping {
-                reason: StopReason::Restart,
+                reason: StopReason::Remove,
                 ..
             }
         ));
-        // A cleanup after an exit of its own gains a reason; a start request adds none.
+        // A cleanup after an exit of its own gains a reason.
         let mut cleaning = Phase::Cleaning {
             task: 9,
             exit: ExitStatus::Exited(0),
             reason: None,
         };
-        cleaning.forget_replacement();
-        assert!(matches!(cleaning, Phase::Cleaning { reason: None, .. }));
         assert!(cleaning.restop(StopReason::Remove));
         assert!(matches!(
             cleaning,

@@ -705,6 +705,63 @@ fn restart_stops_then_starts_with_a_fresh_start_limit() {
 }
 
 #[test]
+fn a_start_request_during_a_stop_or_a_backoff_runs_the_unit() {
+    let mut h = Harness::new(&[
+        ("web", SLEEP),
+        (
+            "crash",
+            "[container]\ncommand = [\"x\"]\n[service]\nrestart_delay = \"20s\"\n",
+        ),
+    ]);
+    h.start();
+    // Started while its requested stop is under way: it runs again once stopped.
+    let old = h.pid("web");
+    h.sup.request_stop("web", h.now, &mut h.timers).unwrap();
+    h.sup.request_start("web", h.now, &mut h.timers).unwrap();
+    h.exit(old, ExitStatus::Signaled(15));
+    assert_eq!(h.state("web"), State::Running);
+    assert_ne!(h.pid("web"), old);
+    // Waiting 20 s to restart after a crash: a start, or a restart, runs it now.
+    for request in [
+        Supervisor::request_start as Request,
+        Supervisor::request_restart,
+    ] {
+        let pid = h.pid("crash");
+        h.exit(pid, ExitStatus::Exited(1));
+        assert_eq!(h.sup.status("crash").unwrap().detail, "restarting in 20s");
+        request(&mut h.sup, "crash", h.now, &mut h.timers).unwrap();
+        assert_eq!(h.state("crash"), State::Running);
+        assert_ne!(h.pid("crash"), pid);
+    }
+    // The backoff's timer is stale: firing it starts nothing more.
+    let started = h.started().len();
+    while !h.timers.0.is_empty() {
+        h.fire_last();
+    }
+    assert_eq!(h.started().len(), started);
+}
+
+#[test]
+fn a_unit_being_removed_cannot_be_started_again() {
+    let mut h = Harness::new(&[("web", SLEEP)]);
+    h.start();
+    let pid = h.pid("web");
+    h.sup.remove_unit("web", h.now, &mut h.timers).unwrap();
+    for request in [
+        Supervisor::request_start as Request,
+        Supervisor::request_restart,
+    ] {
+        assert_eq!(
+            request(&mut h.sup, "web", h.now, &mut h.timers),
+            Err(ActionError::Removing("web".into()))
+        );
+    }
+    h.exit(pid, ExitStatus::Signaled(15));
+    assert!(h.sup.status("web").is_none());
+    assert_eq!(h.started(), ["web"]);
+}
+
+#[test]
 fn removal_stops_first_and_frees_the_slot_for_the_next_unit() {
     let mut h = Harness::new(&[
         ("db", SLEEP),
@@ -930,30 +987,29 @@ fn stopping_a_preparing_unit_stops_its_task_and_never_starts_the_main_process() 
 }
 
 #[test]
-fn a_replacement_waiting_for_a_stop_survives_a_restart_request_but_not_a_start_request() {
+fn a_replacement_waiting_for_a_stop_survives_a_restart_or_start_request() {
     let mut h = Harness::new(&[("web", SLEEP), ("api", SLEEP)]);
     h.start();
     let v2 = "[unit]\ndescription = \"v2\"\n[container]\ncommand = [\"x\"]\n";
-    for (name, then_restart) in [("web", true), ("api", false)] {
+    for (name, request) in [
+        ("web", Supervisor::request_restart as Request),
+        ("api", Supervisor::request_start),
+    ] {
         let old = h.pid(name);
         h.sup
             .install(loaded(name, v2), false, h.now, &mut h.timers)
             .unwrap();
-        if then_restart {
-            h.sup.request_restart(name, h.now, &mut h.timers).unwrap();
-        } else {
-            h.sup.request_start(name, h.now, &mut h.timers).unwrap();
-        }
+        request(&mut h.sup, name, h.now, &mut h.timers).unwrap();
         assert_eq!(h.state(name), State::Stopping);
         h.exit(old, ExitStatus::Signaled(15));
+        // The definition its file now holds runs.
         let s = h.sup.status(name).unwrap();
-        let expected = if then_restart { "v2" } else { "" };
-        assert_eq!(
-            (s.state, s.description.as_str()),
-            (State::Running, expected)
-        );
+        assert_eq!((s.state, s.description.as_str()), (State::Running, "v2"));
     }
 }
+
+/// A start or restart request, as the API makes it.
+type Request = fn(&mut Supervisor, &str, Instant, &mut dyn Reactor) -> Result<(), ActionError>;
 
 #[test]
 fn removing_a_unit_waiting_to_restart_cancels_the_restart() {
