@@ -97,6 +97,21 @@ fn every_command_with_tables_json_and_exit_codes() {
         "{err}"
     );
 
+    // A unit that cannot start fails the command, though it waits to be retried.
+    let broken = host.dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[container]\ncommand = [\"/nonexistent/program\"]\n",
+    )
+    .unwrap();
+    let err = fails(ctl(&host, &["apply", broken.to_str().unwrap()]), 1);
+    assert!(
+        err.contains("unit broken did not start: ") && err.contains("/nonexistent/program"),
+        "{err}"
+    );
+    assert!(fails(ctl(&host, &["start", "broken"]), 1).contains("did not start"));
+    ok(ctl(&host, &["rm", "broken"]));
+
     // Actions wait until the unit got there.
     assert!(ok(ctl(&host, &["stop", "extra"])).starts_with("extra: exited"));
     assert!(ok(ctl(&host, &["start", "extra"])).starts_with("extra: running (pid "));
@@ -121,6 +136,7 @@ fn every_command_with_tables_json_and_exit_codes() {
     let mine = ok(ctl(&host, &["metrics", "extra"]));
     assert!(mine.lines().count() >= 8, "{mine}");
     assert!(mine.lines().all(|l| l.contains("unit=\"extra\"")), "{mine}");
+    assert!(fails(ctl(&host, &["metrics", "nope"]), 1).contains("unknown unit: nope"));
 
     assert_eq!(ok(ctl(&host, &["rm", "extra"])), "unit extra: removed\n");
     assert!(!host.dir.join("units/extra.toml").exists());

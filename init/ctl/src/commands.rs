@@ -278,6 +278,25 @@ fn report_unit(o: &Options, v: &Value) -> Result {
 
 const UP: [&str; 4] = ["running", "healthy", "exited", "failed"];
 
+/// The unit as the outcome of a start: it failed, or it exited without success (a start that
+/// failed and waits to be retried, a program that exits with an error) fails the command.
+fn report_started(o: &Options, v: &Value) -> Result {
+    report_unit(o, v)?;
+    let unsuccessful = v["last_exit_code"].as_i64().is_some_and(|c| c != 0);
+    if state_in(v, &["exited"]) && (unsuccessful || !v["error"].is_null()) {
+        let why = v["error"]
+            .as_str()
+            .or(v["last_exit"].as_str())
+            .unwrap_or("exited without success");
+        return Err(failed(format!(
+            "unit {} did not start: {}",
+            cell(&v["name"]),
+            escape_control(why)
+        )));
+    }
+    Ok(())
+}
+
 fn act(client: &Client, o: &Options, action: &str, name: &str) -> Result {
     let before = call(
         client,
@@ -299,7 +318,11 @@ fn act(client: &Client, o: &Options, action: &str, name: &str) -> Result {
         })?,
         _ => wait_unit(client, o, name, "start", |v| state_in(v, &UP))?,
     };
-    report_unit(o, &v)
+    if action == "stop" {
+        report_unit(o, &v)
+    } else {
+        report_started(o, &v)
+    }
 }
 
 fn apply(client: &Client, o: &Options, file: &Path) -> Result {
@@ -346,7 +369,7 @@ fn apply(client: &Client, o: &Options, file: &Path) -> Result {
         return report_unit(o, &reply.json());
     }
     let v = wait_unit(client, o, &name, "start", |v| state_in(v, &UP))?;
-    report_unit(o, &v)
+    report_started(o, &v)
 }
 
 fn remove(client: &Client, o: &Options, name: &str) -> Result {
@@ -411,15 +434,21 @@ fn metrics(client: &Client, unit: Option<&str>) -> Result {
     let text = String::from_utf8_lossy(&reply.body);
     let label = unit.map(|u| format!("unit=\"{}\"", u.replace('\\', "\\\\").replace('"', "\\\"")));
     let mut out = std::io::stdout().lock();
+    let mut printed = false;
     for line in text.lines() {
         if label
             .as_ref()
             .is_none_or(|l| !line.starts_with('#') && line.contains(l.as_str()))
         {
             let _ = writeln!(out, "{line}");
+            printed = true;
         }
     }
-    Ok(())
+    match unit {
+        // Every unit has its lines: none means no such unit.
+        Some(u) if !printed => Err(failed(format!("unknown unit: {}", escape_control(u)))),
+        _ => Ok(()),
+    }
 }
 
 /// Index in `now` of the first line not already in `seen` (the job keeps a window of lines).
