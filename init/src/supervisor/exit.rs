@@ -25,7 +25,7 @@ impl Supervisor {
             return false;
         };
         if is_health {
-            self.on_health_exit(i, status, now, r);
+            self.on_health_exit(i, pid, status, now, r);
         } else {
             self.on_process_exit(i, pid, status, now, r);
         }

@@ -55,13 +55,20 @@ impl Supervisor {
         }
     }
 
+    /// A check process of slot `i` ended. Only the check of the unit in the slot counts: a
+    /// check of a removed unit, killed but reaped only once a new unit took its slot, is
+    /// not the new unit's.
     pub(super) fn on_health_exit(
         &mut self,
         i: usize,
+        pid: i32,
         status: ExitStatus,
         now: Instant,
         r: &mut dyn Reactor,
     ) {
+        if self.slots[i].probe != Some(pid) {
+            return;
+        }
         self.slots[i].probe = None;
         if self.slots[i].phase.is_checked() {
             self.record_health(i, status.success(), now, r);

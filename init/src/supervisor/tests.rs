@@ -566,6 +566,32 @@ fn unhealthy_units_are_restarted_and_preparation_runs_first() {
 }
 
 #[test]
+fn the_check_of_a_removed_unit_does_not_count_for_the_next_unit_in_its_slot() {
+    let checked = "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"check\"]\n\
+                   interval = \"1s\"\nretries = 1\n[service]\nrestart = \"never\"\n";
+    let mut h = Harness::new(&[("old", checked)]);
+    h.start();
+    let pid = h.pid("old");
+    h.fire_last();
+    let old_check = h.rec.borrow().health.last().unwrap().1;
+    // The run ends and the unit is removed while its check is killed but not yet reaped.
+    h.exit(pid, ExitStatus::Exited(0));
+    h.sup.remove_unit("old", h.now, &mut h.timers).unwrap();
+    h.sup
+        .install(loaded("new", checked), true, h.now, &mut h.timers)
+        .unwrap();
+    assert_eq!(h.sup.index_of("new"), Some(0));
+    h.fire_last();
+    let new_check = h.rec.borrow().health.last().unwrap().1;
+    assert_ne!(new_check, old_check);
+    // The old check's failure is not the new unit's; its own check's success is.
+    h.exit(old_check, ExitStatus::Signaled(9));
+    assert_eq!(h.sup.status("new").unwrap().health, Some(Health::Unknown));
+    h.exit(new_check, ExitStatus::Exited(0));
+    assert_eq!(h.sup.status("new").unwrap().health, Some(Health::Healthy));
+}
+
+#[test]
 fn invalid_units_and_cycles_are_failed_with_their_reason() {
     let mut h = Harness::new(&[
         ("bad", "[container]\ncommand = [\"x\"]\nbogus = 1\n"),
