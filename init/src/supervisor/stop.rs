@@ -141,7 +141,17 @@ impl Supervisor {
                 self.signal(i, pid, sig, false);
                 self.arm(i, after(now, timeout), r);
             }
-            // Stopping already: the first reason stands.
+            // Stopping already: the first reason stands, but a stop request turns a stop
+            // meant to run the unit again (a restart, an unhealthy run) into a plain stop. A
+            // waiting new definition stays, so the file's definition is the one kept.
+            Err(StopReason::Requested)
+                if matches!(
+                    slot.phase.stop_reason(),
+                    Some(StopReason::Restart | StopReason::Unhealthy)
+                ) =>
+            {
+                slot.phase.restop(StopReason::Requested);
+            }
             Err(_) if slot.phase.is_stopping() => {}
             Err(reason) => {
                 if backoff {

@@ -592,6 +592,34 @@ fn the_check_of_a_removed_unit_does_not_count_for_the_next_unit_in_its_slot() {
 }
 
 #[test]
+fn a_stop_request_during_a_restart_or_an_unhealthy_stop_leaves_the_unit_stopped() {
+    let checked = "[container]\ncommand = [\"x\"]\n[health]\nexec = [\"check\"]\n\
+                   interval = \"1s\"\nretries = 1\n";
+    let mut h = Harness::new(&[("sick", checked), ("web", SLEEP)]);
+    h.start();
+    let pid = h.pid("sick");
+    h.fire_last();
+    let check = h.rec.borrow().health.last().unwrap().1;
+    h.exit(check, ExitStatus::Exited(1));
+    assert_eq!(h.state("sick"), State::Stopping);
+    h.sup.request_stop("sick", h.now, &mut h.timers).unwrap();
+    h.exit(pid, ExitStatus::Signaled(15));
+    let web = h.pid("web");
+    h.sup.request_restart("web", h.now, &mut h.timers).unwrap();
+    h.sup.request_stop("web", h.now, &mut h.timers).unwrap();
+    h.exit(web, ExitStatus::Signaled(15));
+    for name in ["sick", "web"] {
+        let s = h.sup.status(name).unwrap();
+        assert_eq!(
+            (s.state, s.detail.as_str()),
+            (State::Exited, "stopped"),
+            "{name}"
+        );
+    }
+    assert_eq!(h.started(), ["sick", "web"]);
+}
+
+#[test]
 fn invalid_units_and_cycles_are_failed_with_their_reason() {
     let mut h = Harness::new(&[
         ("bad", "[container]\ncommand = [\"x\"]\nbogus = 1\n"),
