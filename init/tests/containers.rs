@@ -195,6 +195,25 @@ fn a_writable_root_lasts_across_restarts_and_a_new_image_starts_a_new_one() {
 }
 
 #[test]
+fn a_container_start_holds_off_a_prune_from_the_image_lookup_to_the_lease() {
+    let dir = temp_dir("gc-lock");
+    import_busybox_image(&dir);
+    // A prune under way holds the store's GC lock exclusively.
+    let store = dir.join("state/images");
+    let prune = berth_store::fsutil::FileLock::exclusive(&store.join("gc.lock")).unwrap();
+    let unit = "[container]\nimage = \"berth.test/web:1\"\ncommand = [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 60 & wait\"]\n\
+                network = \"none\"\nread_only = true\n";
+    let host = Host::start_in(dir.clone(), &[("web", unit)]);
+    // The start waits: a prune now could delete the layers of the image it would find.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(host.state("web"), "starting");
+    assert!(!store.join("leases/web").exists());
+    drop(prune);
+    host.wait_state("web", &["running"]);
+    assert!(store.join("leases/web").exists());
+}
+
+#[test]
 fn a_missing_image_is_pulled_from_the_registry_then_runs() {
     let reg = registry::Registry::start();
     let dir = temp_dir("registry");

@@ -372,6 +372,11 @@ impl ContainerLauncher {
             self.remove_with(unit, Some(&store));
         }
         let reference = Self::reference(unit)?;
+        // Held from the lookup to the lease: a prune (which takes it exclusively) must not
+        // delete the layers of an image found here and not yet leased to the container.
+        let gc_guard = store
+            .write_lock()
+            .map_err(|e| err(format!("image store: {e}")))?;
         let image = match store.resolve_reference(reference) {
             Ok(image) => image,
             Err(_) => {
@@ -387,6 +392,7 @@ impl ContainerLauncher {
         store
             .lease(&unit.name, &image)
             .map_err(|e| err(format!("lease image: {e}")))?;
+        drop(gc_guard);
         trace::step("image lease");
         let spec = build_spec(&self.settings(unit, &image)?, &rootfs).map_err(err)?;
         trace::step("OCI spec");
