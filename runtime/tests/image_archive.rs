@@ -168,3 +168,18 @@ fn export_of_a_damaged_blob_fails() {
     let err = export(&store, &image, ArchiveFormat::Oci, std::io::sink()).unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
 }
+
+#[test]
+fn refuses_an_archive_with_a_huge_long_name_header() {
+    let work = TempDir::new("archive-huge-header");
+    let store = Store::open(work.join("images")).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(64 << 20);
+    h.set_cksum();
+    // Only the header: a reader that buffered the claimed body would fail on its end
+    // ("unexpected EOF") after allocating it, not on its size.
+    let err = import(&store, &h.as_bytes()[..], None).unwrap_err();
+    assert!(err.to_string().contains("claims 67108864 bytes"), "{err}");
+}

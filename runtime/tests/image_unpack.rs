@@ -297,3 +297,123 @@ fn replacing_a_symlink_with_a_file_does_not_write_through_it() {
     assert_eq!(fs::read_to_string(t.join("target")).unwrap(), "original");
     assert!(fs::symlink_metadata(dest.join("f")).unwrap().is_file());
 }
+
+/// Counts the bytes read from the stream it wraps.
+struct Counting<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// A header claiming a 64 MiB body (the body follows, made on the fly as it is read).
+fn long_header_stream(
+    kind: tar::EntryType,
+) -> (impl std::io::Read, std::rc::Rc<std::cell::Cell<u64>>) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(64 << 20);
+    h.set_cksum();
+    let body = std::io::Read::take(std::io::repeat(b'a'), 64 << 20);
+    let read = std::rc::Rc::default();
+    let stream = Counting {
+        inner: std::io::Read::chain(std::io::Cursor::new(h.as_bytes().to_vec()), body),
+        read: std::rc::Rc::clone(&read),
+    };
+    (stream, read)
+}
+
+#[test]
+fn refuses_huge_long_name_and_pax_headers_before_reading_them() {
+    for kind in [
+        tar::EntryType::GNULongName,
+        tar::EntryType::GNULongLink,
+        tar::EntryType::XHeader,
+        tar::EntryType::XGlobalHeader,
+    ] {
+        let t = TempDir::new("unpack-huge-header");
+        let dest = t.join("layer");
+        fs::create_dir(&dest).unwrap();
+        let (stream, read) = long_header_stream(kind);
+        match unpack(stream, &dest) {
+            Err(UnpackError::Oversized(e)) => assert_eq!(e.size, 64 << 20, "{kind:?}"),
+            other => panic!("{kind:?}: expected an oversized header error, got {other:?}"),
+        }
+        // Refused at its header: the body was never read, so never buffered.
+        assert!(read.get() < 64 << 10, "{kind:?}: read {} bytes", read.get());
+        assert!(fs::read_dir(&dest).unwrap().next().is_none());
+    }
+}
+
+/// `h` with owner and mtime set (a header made by hand has them empty).
+fn header(mut h: tar::Header) -> tar::Header {
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_mode(0o644);
+    h
+}
+
+#[test]
+fn long_names_pax_records_and_sparse_files_still_unpack() {
+    let t = TempDir::new("unpack-extensions");
+    let dest = t.join("layer");
+    fs::create_dir(&dest).unwrap();
+    let long_dir = "d".repeat(200);
+    let long = format!("{long_dir}/{}", "f".repeat(200));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(tar::Header::new_gnu());
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, &long_dir, &[][..]).unwrap();
+    let mut h = header(tar::Header::new_gnu());
+    h.set_mode(0o644);
+    h.set_size(4);
+    b.append_data(&mut h, &long, &b"long"[..]).unwrap();
+    let mut h = header(tar::Header::new_gnu());
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    b.append_link(&mut h, "hard", &long).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.berth", &b"kept"[..])])
+        .unwrap();
+    let mut h = header(tar::Header::new_ustar());
+    h.set_mode(0o644);
+    h.set_size(3);
+    b.append_data(&mut h, "xattr", &b"abc"[..]).unwrap();
+    // A sparse file with more chunks than a GNU header holds (extension blocks follow it).
+    let sparse = t.join("sparse-src");
+    {
+        use std::io::{Seek, Write};
+        let mut f = fs::File::create(&sparse).unwrap();
+        for i in 0..30u64 {
+            f.seek(std::io::SeekFrom::Start(i << 16)).unwrap();
+            f.write_all(&[i as u8 + 1; 4096]).unwrap();
+        }
+    }
+    b.append_path_with_name(&sparse, "sparse").unwrap();
+    let tar = b.into_inner().unwrap();
+
+    let stats = unpack(&tar[..], &dest).unwrap();
+    assert_eq!(stats.entries, 5);
+    assert_eq!(fs::read(dest.join(&long)).unwrap(), b"long");
+    assert_eq!(
+        fs::metadata(dest.join("hard")).unwrap().ino(),
+        fs::metadata(dest.join(&long)).unwrap().ino()
+    );
+    assert_eq!(
+        getxattr(&dest.join("xattr"), "user.berth").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        fs::read(dest.join("sparse")).unwrap(),
+        fs::read(&sparse).unwrap()
+    );
+}

@@ -20,6 +20,7 @@ use crate::spec::{
     media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform, ANNOTATION_REF_NAME,
 };
 use crate::store::{check_blob, Image, Store};
+use crate::targuard::TarGuard;
 use crate::unpack;
 
 /// containerd's (and Docker's) annotation with the full image name.
@@ -115,7 +116,8 @@ pub fn import(store: &Store, input: impl Read, tag: Option<&Reference>) -> Resul
 /// Archive path → digest of every regular file, each stored as a blob.
 fn stage_files(store: &Store, input: impl Read) -> Result<HashMap<String, Digest>> {
     let mut files = HashMap::new();
-    let mut archive = tar::Archive::new(input);
+    // The guard refuses oversized long-name and PAX headers before `tar` buffers them.
+    let mut archive = tar::Archive::new(TarGuard::new(input));
     let read_err = |e: io::Error| Error::invalid("archive", format!("reading tar: {e}"));
     for entry in archive.entries().map_err(read_err)? {
         let entry = entry.map_err(read_err)?;
@@ -132,7 +134,8 @@ fn stage_files(store: &Store, input: impl Read) -> Result<HashMap<String, Digest
             .strip_prefix("blobs/sha256/")
             .map(|hex| {
                 Digest::from_hex(hex).ok_or_else(|| {
-                    Error::invalid("archive", format!("{path}: not a sha256 blob name"))
+                    let shown = unpack::shown_path(path.as_bytes());
+                    Error::invalid("archive", format!("{shown}: not a sha256 blob name"))
                 })
             })
             .transpose()?;
@@ -141,7 +144,7 @@ fn stage_files(store: &Store, input: impl Read) -> Result<HashMap<String, Digest
             entry,
             expected.as_ref(),
             Some(size),
-            &format!("archive file {path}"),
+            &format!("archive file {}", unpack::shown_path(path.as_bytes())),
         )?;
         files.insert(path, digest);
     }
@@ -163,7 +166,10 @@ fn docker_images(
             .ok_or_else(|| {
                 Error::invalid(
                     "archive",
-                    format!("manifest.json names missing file {path}"),
+                    format!(
+                        "manifest.json names missing file {}",
+                        unpack::shown_path(path.as_bytes())
+                    ),
                 )
             })
     };

@@ -51,6 +51,7 @@ pub mod pull;
 pub mod registry;
 pub mod spec;
 pub mod store;
+pub mod targuard;
 pub mod unpack;
 
 pub use digest::Digest;

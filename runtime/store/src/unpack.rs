@@ -30,6 +30,8 @@ use nix::NixPath;
 use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use tar::EntryType;
 
+use crate::targuard::{OversizedHeader, TarGuard};
+
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -46,6 +48,44 @@ pub enum UnpackError {
     },
     #[error("reading layer tar stream: {0}")]
     Read(#[source] io::Error),
+    #[error("layer tar stream: {0}")]
+    Oversized(#[from] OversizedHeader),
+}
+
+impl UnpackError {
+    /// A failed read of the tar stream; an oversized header keeps its own variant.
+    fn read(e: io::Error) -> UnpackError {
+        if !e
+            .get_ref()
+            .is_some_and(|inner| inner.is::<OversizedHeader>())
+        {
+            return UnpackError::Read(e);
+        }
+        let kind = e.kind();
+        match e
+            .into_inner()
+            .map(|inner| inner.downcast::<OversizedHeader>())
+        {
+            Some(Ok(oversized)) => UnpackError::Oversized(*oversized),
+            Some(Err(inner)) => UnpackError::Read(io::Error::new(kind, inner)),
+            None => UnpackError::Read(kind.into()),
+        }
+    }
+}
+
+/// Longest entry path quoted in an error: a hostile path can be a megabyte long.
+const MAX_SHOWN_PATH: usize = 256;
+
+/// `raw` for a message: lossy UTF-8, cut at [`MAX_SHOWN_PATH`] bytes.
+pub fn shown_path(raw: &[u8]) -> String {
+    if raw.len() <= MAX_SHOWN_PATH {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    format!(
+        "{}... ({} bytes)",
+        String::from_utf8_lossy(&raw[..MAX_SHOWN_PATH]),
+        raw.len()
+    )
 }
 
 /// What an unpack wrote.
@@ -126,9 +166,10 @@ pub fn unpack<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> 
         deferred_dirs: Vec::new(),
         stats: UnpackStats::default(),
     };
-    let mut archive = tar::Archive::new(tar);
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let entry = entry.map_err(UnpackError::Read)?;
+    // The guard refuses oversized long-name and PAX headers before `tar` buffers them.
+    let mut archive = tar::Archive::new(TarGuard::new(tar));
+    for entry in archive.entries().map_err(UnpackError::read)? {
+        let entry = entry.map_err(UnpackError::read)?;
         unpacker.entry(entry)?;
     }
     unpacker.finish_dirs()?;
@@ -173,7 +214,7 @@ struct Unpacker {
 impl Unpacker {
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let shown = shown_path(&raw_path);
         let reject = |reason: &str| UnpackError::Rejected {
             path: shown.clone(),
             reason: reason.to_string(),
@@ -183,7 +224,7 @@ impl Unpacker {
             return Ok(());
         }
         let components = clean_path(&raw_path).map_err(reject)?;
-        let meta = read_meta(&mut entry).map_err(UnpackError::Read)?;
+        let meta = read_meta(&mut entry).map_err(UnpackError::read)?;
         self.stats.entries += 1;
 
         let Some((name, parents)) = components.split_last() else {
@@ -335,7 +376,7 @@ impl Unpacker {
                         path: shown.to_string(),
                         reason: format!(
                             "{:?} on its path is a symlink or not a directory",
-                            c.to_string_lossy()
+                            shown_path(c.as_bytes())
                         ),
                     })
                 }
