@@ -417,3 +417,28 @@ fn long_names_pax_records_and_sparse_files_still_unpack() {
         fs::read(&sparse).unwrap()
     );
 }
+
+#[test]
+fn keeps_xattrs_of_the_layer_root() {
+    // umoci, and `tar --xattrs` on SELinux hosts, write the root entry with xattrs.
+    let t = TempDir::new("unpack-root-xattr");
+    let dest = t.join("layer");
+    fs::create_dir(&dest).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.user.berth", &b"root"[..])])
+        .unwrap();
+    let mut h = header(tar::Header::new_ustar());
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o751);
+    h.set_size(0);
+    b.append_data(&mut h, "./", &[][..]).unwrap();
+    let mut h = header(tar::Header::new_ustar());
+    h.set_size(1);
+    b.append_data(&mut h, "./etc/hostname", &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+
+    unpack(&tar[..], &dest).unwrap();
+    assert_eq!(getxattr(&dest, "user.berth").as_deref(), Some(&b"root"[..]));
+    assert_eq!(fs::metadata(&dest).unwrap().mode() & 0o7777, 0o751);
+    assert_eq!(fs::read(dest.join("etc/hostname")).unwrap(), b"x");
+}

@@ -233,7 +233,9 @@ impl Unpacker {
                 return Err(reject("the layer root must be a directory"));
             }
             self.deferred_dirs.push((Vec::new(), meta.mode, meta.mtime));
-            return self.apply_owner_xattrs(&self.root, None, &meta, &shown);
+            // The root descriptor is O_PATH, which fsetxattr refuses (EBADF).
+            let root = reopen_dir(&self.root).map_err(io_err(&shown, "open layer root"))?;
+            return self.apply_owner_xattrs(&root, None, &meta, &shown);
         };
         let name: &OsStr = name;
         let name_bytes = name.as_bytes();
