@@ -269,3 +269,55 @@ fn global_flags_before_image_are_honoured_or_refused() {
         .unwrap();
     assert!(out.status.success() && out.stdout.is_empty());
 }
+
+#[test]
+fn a_damaged_lease_blocks_no_removal_and_lets_gc_delete_nothing() {
+    let reg = Registry::start();
+    let work = TempDir::new("gc-damaged-lease");
+    let layout = work.join("layout");
+    for name in ["a", "b"] {
+        let img = busybox_image(&layout, name, &[(name, name)]);
+        push(&layout, name, &reg.addr, &format!("lease/{name}:1"), &[]);
+        drop(img);
+    }
+    let config = write_file(
+        &work,
+        "machine.toml",
+        &format!("[registries]\ninsecure = [\"{}\"]\n", reg.addr),
+    );
+    let store_dir = work.join("images");
+    for name in ["a", "b"] {
+        ok(
+            &store_dir,
+            &config,
+            &["pull", &format!("{}/lease/{name}:1", reg.addr)],
+        );
+    }
+    let store = Store::open(&store_dir).unwrap();
+    let a = store.resolve(&format!("{}/lease/a:1", reg.addr)).unwrap();
+    let b = store.resolve(&format!("{}/lease/b:1", reg.addr)).unwrap();
+    store.lease("web-1", &b).unwrap();
+    // web-2's lease, emptied by a power loss: it may have held a.
+    std::fs::write(store_dir.join("leases/web-2"), b"").unwrap();
+
+    let leases = store.leases().unwrap();
+    assert!(leases.contains(&("web-2".to_string(), None)), "{leases:?}");
+    assert!(leases.contains(&("web-1".to_string(), Some(b.manifest_digest.clone()))));
+    // The readable lease still protects b; a can go, and nothing of it is deleted.
+    let out = image_cmd(&store_dir, &config, &["rm", &b.reference]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by container(s): web-1"));
+    let rm = ok(&store_dir, &config, &["rm", "--json", &a.reference]);
+    let rm: serde_json::Value = serde_json::from_str(&rm).unwrap();
+    assert_eq!(rm["prune"]["unreadable_leases"][0], "web-2", "{rm}");
+    assert_eq!(rm["prune"]["layers_removed"], 0, "{rm}");
+    assert!(a.layers.iter().all(|l| l.is_dir()));
+    assert!(store.has_blob(&a.manifest_digest));
+
+    // Once the lease is written again (the container's next start), a is collected.
+    store.lease("web-2", &b).unwrap();
+    let report = gc::prune(&store).unwrap();
+    assert!(report.unreadable_leases.is_empty());
+    assert!(report.layers_removed >= 1, "{report:?}");
+    assert!(!store.has_blob(&a.manifest_digest));
+    assert!(b.layers.iter().all(|l| l.is_dir()));
+}

@@ -94,7 +94,7 @@ pub fn remove(_: &Request, params: &Params, ctx: &mut ApiContext<'_>) -> Reply {
     let users: Vec<String> = match store.leases() {
         Ok(leases) => leases
             .into_iter()
-            .filter(|(_, d)| *d == image.manifest_digest)
+            .filter(|(_, d)| d.as_ref() == Some(&image.manifest_digest))
             .map(|(c, _)| c)
             .collect(),
         Err(e) => return image_error(&e),

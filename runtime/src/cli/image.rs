@@ -184,7 +184,7 @@ fn run(args: &[String]) -> CliResult {
                 let image = store.resolve(name)?;
                 let users: Vec<&str> = leases
                     .iter()
-                    .filter(|(_, d)| d == &image.manifest_digest)
+                    .filter(|(_, d)| d.as_ref() == Some(&image.manifest_digest))
                     .map(|(c, _)| c.as_str())
                     .collect();
                 if !users.is_empty() && !a.force {
@@ -253,6 +253,13 @@ fn run(args: &[String]) -> CliResult {
                     report.temp_removed,
                     pull::human_size(report.bytes_freed)
                 );
+                if !report.unreadable_leases.is_empty() {
+                    eprintln!(
+                        "kept every blob and layer: the lease(s) of {} cannot be read \
+                         (written again when the container starts, or release them)",
+                        report.unreadable_leases.join(", ")
+                    );
+                }
             }
         }
         "lease" => {

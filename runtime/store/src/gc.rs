@@ -20,6 +20,10 @@ pub struct PruneReport {
     pub layers_removed: usize,
     pub temp_removed: usize,
     pub bytes_freed: u64,
+    /// Containers whose lease could not be read: while there is one, no blob or layer is
+    /// removed (it could be the image that container runs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_leases: Vec<String>,
 }
 
 /// Removes everything unreferenced from `store`.
@@ -33,19 +37,33 @@ pub fn prune(store: &Store) -> Result<PruneReport> {
         .into_iter()
         .map(|d| d.digest)
         .collect();
-    roots.extend(store.leases()?.into_iter().map(|(_, d)| d));
-    for root in roots {
-        mark(store, &root, &mut keep_blobs, &mut keep_layers, 0)?;
-    }
-
     let mut report = PruneReport::default();
-    let kept = |set: &HashSet<Digest>, name: &str| {
-        Digest::from_hex(name).is_some_and(|d| set.contains(&d))
-    };
-    let (n, bytes) = sweep(&store.blobs_dir(), |name| kept(&keep_blobs, name))?;
-    report.blobs_removed = n;
-    report.bytes_freed += bytes;
-    report.layers_removed = sweep(&store.layers_dir(), |name| kept(&keep_layers, name))?.0;
+    for (container, digest) in store.leases()? {
+        match digest {
+            Some(d) => roots.push(d),
+            None => report.unreadable_leases.push(container),
+        }
+    }
+    // A lease that cannot be read holds an image nobody can name: deleting anything could
+    // pull the layers from under a running container. Everything stays until the lease is
+    // written again (its container's next start) or released.
+    if report.unreadable_leases.is_empty() {
+        for root in roots {
+            mark(store, &root, &mut keep_blobs, &mut keep_layers, 0)?;
+        }
+        let kept = |set: &HashSet<Digest>, name: &str| {
+            Digest::from_hex(name).is_some_and(|d| set.contains(&d))
+        };
+        let (n, bytes) = sweep(&store.blobs_dir(), |name| kept(&keep_blobs, name))?;
+        report.blobs_removed = n;
+        report.bytes_freed += bytes;
+        report.layers_removed = sweep(&store.layers_dir(), |name| kept(&keep_layers, name))?.0;
+    } else {
+        log::warn!(
+            "prune: no blob or layer removed while the lease(s) of {} cannot be read",
+            report.unreadable_leases.join(", ")
+        );
+    }
     // Nothing writes while the lock is held exclusive: everything in tmp/ is a leftover.
     let (n, bytes) = sweep(&store.tmp_dir(), |_| false)?;
     report.temp_removed = n;

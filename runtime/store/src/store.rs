@@ -563,8 +563,12 @@ impl Store {
         }
     }
 
-    /// `(container id, manifest digest)` of every lease.
-    pub fn leases(&self) -> Result<Vec<(String, Digest)>> {
+    /// `(container id, manifest digest)` of every lease. The digest is `None` for a lease
+    /// that cannot be read as one: not a regular file, unreadable, or not a digest (leases
+    /// are written without fsync, so a power loss can leave one empty). Such a lease holds an
+    /// image nobody can name: [`crate::gc::prune`] then keeps every blob and layer, and image
+    /// removal goes ahead. The container's next start writes its lease again.
+    pub fn leases(&self) -> Result<Vec<(String, Option<Digest>)>> {
         let dir = self.leases_dir();
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(Error::io(&dir, "read"))? {
@@ -573,8 +577,15 @@ impl Store {
             if name.starts_with('.') {
                 continue;
             }
-            let text = fs::read_to_string(entry.path()).map_err(Error::io(entry.path(), "read"))?;
-            out.push((name, Digest::parse(text.trim())?));
+            let path = entry.path();
+            let digest = read_lease(&path);
+            if let Err(reason) = &digest {
+                log::warn!(
+                    "lease {}: {reason}; it counts as holding any image",
+                    path.display()
+                );
+            }
+            out.push((name, digest.ok()));
         }
         Ok(out)
     }
@@ -622,6 +633,18 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The digest in the lease file at `path`, or why there is none.
+fn read_lease(path: &Path) -> std::result::Result<Digest, String> {
+    // A digest is 71 bytes; only a small regular file is read (never a FIFO, never a big one).
+    const MAX_LEASE: u64 = 256;
+    let meta = fs::symlink_metadata(path).map_err(|e| format!("stat: {e}"))?;
+    if !meta.is_file() || meta.len() > MAX_LEASE {
+        return Err("not a small regular file".to_string());
+    }
+    let text = fs::read_to_string(path).map_err(|e| format!("read: {e}"))?;
+    Digest::parse(text.trim()).map_err(|e| e.to_string())
 }
 
 /// The reference an `index.json` entry is stored under.
