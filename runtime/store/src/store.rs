@@ -70,9 +70,18 @@ impl Image {
     /// never written) under `upper`, which takes the container's own changes; `work` is
     /// overlayfs' scratch directory on the same filesystem as `upper`. Missing directories
     /// are created.
+    ///
+    /// mount(2) copies at most one page of options, about 42 layers at Berth's layer paths;
+    /// the new mount API adds the layers one at a time (`lowerdir+`, Linux 6.8), so images of
+    /// any layer count the kernel takes (Docker allows 125) mount. Older kernels get mount(2)
+    /// when the options fit.
     pub fn mount_root(&self, upper: &Path, work: &Path, target: &Path) -> Result<()> {
         for d in [upper, work, target] {
             fs::create_dir_all(d).map_err(Error::io(d, "create directory"))?;
+        }
+        let lowers: Vec<&Path> = self.layers.iter().rev().map(PathBuf::as_path).collect();
+        if mount_overlay_per_layer(&lowers, upper, work, target)? {
+            return Ok(());
         }
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -80,6 +89,18 @@ impl Image {
             upper.display(),
             work.display()
         );
+        if data.len() >= MOUNT_DATA_MAX {
+            return Err(Error::invalid(
+                format!("image {}", self.reference),
+                format!(
+                    "its {} layers need {} bytes of overlay options, more than the {} mount(2) \
+                     takes, and this kernel's overlayfs lacks lowerdir+ (Linux 6.8)",
+                    self.layers.len(),
+                    data.len(),
+                    MOUNT_DATA_MAX - 1
+                ),
+            ));
+        }
         nix::mount::mount(
             Some("overlay"),
             target,
@@ -632,6 +653,138 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// mount(2) copies one page of options, NUL included.
+const MOUNT_DATA_MAX: usize = 4096;
+
+/// Mounts an overlay of `lowers` (top first) at `target` with the new mount API, one lower
+/// layer per `lowerdir+`. `Ok(false)`: this kernel lacks the API or `lowerdir+` (nothing is
+/// mounted; mount(2) may still do).
+fn mount_overlay_per_layer(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<bool> {
+    use nix::errno::Errno;
+    let fs = match newmount::fsopen("overlay") {
+        Ok(fd) => fd,
+        Err(Errno::ENOSYS) => return Ok(false),
+        Err(e) => return Err(Error::io(target, "fsopen overlay")(e.into())),
+    };
+    for (i, dir) in lowers.iter().enumerate() {
+        match newmount::set_string(&fs, "lowerdir+", dir.as_os_str()) {
+            Ok(()) => {}
+            // An unknown key: overlayfs before Linux 6.8.
+            Err(Errno::EINVAL) if i == 0 => return Ok(false),
+            Err(e) => return Err(Error::io(*dir, "add overlay lower layer")(e.into())),
+        }
+    }
+    newmount::set_string(&fs, "upperdir", upper.as_os_str())
+        .map_err(|e| Error::io(upper, "set overlay upperdir")(e.into()))?;
+    newmount::set_string(&fs, "workdir", work.as_os_str())
+        .map_err(|e| Error::io(work, "set overlay workdir")(e.into()))?;
+    newmount::create(&fs).map_err(|e| Error::io(target, "create overlay")(e.into()))?;
+    let mnt = newmount::fsmount(&fs).map_err(|e| Error::io(target, "fsmount overlay")(e.into()))?;
+    newmount::move_to(&mnt, target).map_err(|e| Error::io(target, "mount overlay")(e.into()))?;
+    Ok(true)
+}
+
+/// The new mount API (Linux 5.2): nix has no wrappers and libc only the syscall numbers and
+/// constants, so these are thin `syscall(2)` calls.
+mod newmount {
+    use std::ffi::OsStr;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::Path;
+
+    use nix::errno::Errno;
+    use nix::NixPath;
+
+    /// A descriptor returned by a syscall (or its errno).
+    fn owned(rc: libc::c_long) -> nix::Result<OwnedFd> {
+        let fd = Errno::result(rc)?;
+        let fd = libc::c_int::try_from(fd).map_err(|_| Errno::EBADF)?;
+        // SAFETY: the kernel just returned `fd`, an open descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    pub fn fsopen(fs_name: &str) -> nix::Result<OwnedFd> {
+        let rc = OsStr::new(fs_name).with_nix_path(|name| {
+            // SAFETY: `name` is a NUL-terminated string living across the call.
+            unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), libc::FSOPEN_CLOEXEC) }
+        })?;
+        owned(rc)
+    }
+
+    /// `FSCONFIG_SET_STRING key=value`.
+    pub fn set_string(fs: &OwnedFd, key: &str, value: &OsStr) -> nix::Result<()> {
+        let rc = OsStr::new(key).with_nix_path(|k| {
+            value.with_nix_path(|v| {
+                // SAFETY: `k` and `v` are NUL-terminated strings living across the call;
+                // `fs` is an open filesystem context.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_fsconfig,
+                        fs.as_raw_fd(),
+                        libc::FSCONFIG_SET_STRING,
+                        k.as_ptr(),
+                        v.as_ptr(),
+                        0,
+                    )
+                }
+            })
+        })??;
+        Errno::result(rc).map(drop)
+    }
+
+    /// `FSCONFIG_CMD_CREATE`: the superblock, from the parameters set so far.
+    pub fn create(fs: &OwnedFd) -> nix::Result<()> {
+        // SAFETY: `fs` is an open filesystem context; key and value are unused (null).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                libc::FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    /// A detached mount of the created filesystem.
+    pub fn fsmount(fs: &OwnedFd) -> nix::Result<OwnedFd> {
+        // SAFETY: `fs` is an open filesystem context; no flags besides close-on-exec.
+        owned(unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs.as_raw_fd(),
+                libc::FSMOUNT_CLOEXEC,
+                0 as libc::c_uint,
+            )
+        })
+    }
+
+    /// Attaches the detached mount `mnt` at `target`.
+    pub fn move_to(mnt: &OwnedFd, target: &Path) -> nix::Result<()> {
+        let rc = target.with_nix_path(|to| {
+            // SAFETY: the empty string and `to` are NUL-terminated and live across the call;
+            // `mnt` is an open mount descriptor.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    mnt.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            }
+        })?;
+        Errno::result(rc).map(drop)
     }
 }
 
