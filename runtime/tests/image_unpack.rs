@@ -442,3 +442,42 @@ fn keeps_xattrs_of_the_layer_root() {
     assert_eq!(fs::metadata(&dest).unwrap().mode() & 0o7777, 0o751);
     assert_eq!(fs::read(dest.join("etc/hostname")).unwrap(), b"x");
 }
+
+#[test]
+fn a_directory_replaced_later_in_the_layer_is_not_an_error() {
+    let t = TempDir::new("unpack-dir-replaced");
+    for (name, tar, kind) in [
+        (
+            "symlink",
+            TarBuilder::new()
+                .dir("a/")
+                .file("a/inner", "x")
+                .symlink("a", "b")
+                .finish(),
+            "symlink",
+        ),
+        (
+            "file",
+            TarBuilder::new().dir("a/").file("a", "file").finish(),
+            "file",
+        ),
+    ] {
+        let dest = t.join(name);
+        fs::create_dir(&dest).unwrap();
+        unpack(&tar[..], &dest).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let meta = fs::symlink_metadata(dest.join("a")).unwrap();
+        match kind {
+            "symlink" => assert!(meta.file_type().is_symlink(), "{name}"),
+            _ => assert!(meta.is_file(), "{name}"),
+        }
+    }
+    // Listed twice: the last entry's mode holds.
+    let dest = t.join("twice");
+    fs::create_dir(&dest).unwrap();
+    let tar = TarBuilder::new()
+        .dir_with("d/", 0o700, 0, 0)
+        .dir_with("d/", 0o750, 0, 0)
+        .finish();
+    unpack(&tar[..], &dest).unwrap();
+    assert_eq!(fs::metadata(dest.join("d")).unwrap().mode() & 0o7777, 0o750);
+}

@@ -430,14 +430,27 @@ impl Unpacker {
 
     fn finish_dirs(&mut self) -> Result<(), UnpackError> {
         let dirs = std::mem::take(&mut self.deferred_dirs);
+        let mut done = std::collections::HashSet::new();
         for (path, dir_mode, mtime) in dirs.iter().rev() {
-            let shown = path
-                .iter()
-                .map(|c| c.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            // A directory listed twice takes its last entry's metadata.
+            if !done.insert(path) {
+                continue;
+            }
+            let shown = shown_path(
+                path.iter()
+                    .map(|c| c.as_bytes())
+                    .collect::<Vec<_>>()
+                    .join(&b'/')
+                    .as_slice(),
+            );
             let components: Vec<&OsStr> = path.iter().map(|c| c.as_os_str()).collect();
-            let fd = self.dir(&components, false, &shown)?;
+            let fd = match self.dir(&components, false, &shown) {
+                Ok(fd) => fd,
+                // A later entry replaced it (or a directory above it) with a symlink, a file
+                // or a whiteout: nothing left to set. The walk never follows a symlink.
+                Err(UnpackError::Rejected { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             let dir = reopen_dir(&fd).map_err(io_err(&shown, "open directory"))?;
             let t = mtime_spec(*mtime);
             fchmod(&dir, mode(*dir_mode))
