@@ -495,15 +495,26 @@ impl Store {
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut found: Vec<(&str, &Descriptor)> = Vec::new();
             for d in &index.manifests {
                 let Some(r) = ref_name(d) else { continue };
-                if d.digest.hex().starts_with(hex) {
-                    return self.load(r, d);
+                let matches = d.digest.hex().starts_with(hex) || {
+                    let manifest: Manifest = self.read_json(&d.digest, "manifest")?;
+                    manifest.config.digest.hex().starts_with(hex)
+                };
+                if matches {
+                    found.push((r, d));
                 }
-                let manifest: Manifest = self.read_json(&d.digest, "manifest")?;
-                if manifest.config.digest.hex().starts_with(hex) {
-                    return self.load(r, d);
+            }
+            // Several names of one image are fine; a prefix of two images names neither.
+            if let Some((r, d)) = found.first() {
+                if let Some((other, _)) = found.iter().find(|(_, o)| o.digest != d.digest) {
+                    return Err(Error::invalid(
+                        format!("image ID {hex}"),
+                        format!("ambiguous: matches {r} and {other}; give more digits"),
+                    ));
                 }
+                return self.load(r, d);
             }
         }
         let shown = Reference::parse(name).map_or(name.to_string(), |r| r.to_string());
@@ -871,4 +882,38 @@ fn syncfs(dir: &Path) -> Result<()> {
         return Err(Error::io(dir, "syncfs")(io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_refuses_an_id_prefix_of_two_images() {
+        let dir = std::env::temp_dir().join(format!("berth-store-prefix-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let digest =
+            |last: char| Digest::from_hex(&format!("abcdef{}{last}", "0".repeat(57))).unwrap();
+        let one = Descriptor::new(media::OCI_MANIFEST, digest('1'), 2);
+        store.tag("localhost/a:1", &one).unwrap();
+        store.tag("localhost/a:2", &one).unwrap();
+        store
+            .tag(
+                "localhost/b:1",
+                &Descriptor::new(media::OCI_MANIFEST, digest('2'), 2),
+            )
+            .unwrap();
+        let err = store.resolve("abcdef").unwrap_err();
+        let text = err.to_string();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            matches!(err, Error::Invalid { .. }) && text.contains("ambiguous"),
+            "{text}"
+        );
+        assert!(
+            text.contains("localhost/a:1") && text.contains("localhost/b:1"),
+            "{text}"
+        );
+    }
 }
