@@ -79,36 +79,39 @@ impl Image {
         for d in [upper, work, target] {
             fs::create_dir_all(d).map_err(Error::io(d, "create directory"))?;
         }
-        let lowers: Vec<&Path> = self.layers.iter().rev().map(PathBuf::as_path).collect();
-        if mount_overlay_per_layer(&lowers, upper, work, target)? {
-            return Ok(());
-        }
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
             self.lowerdir(),
             upper.display(),
             work.display()
         );
-        if data.len() >= MOUNT_DATA_MAX {
-            return Err(Error::invalid(
-                format!("image {}", self.reference),
-                format!(
-                    "its {} layers need {} bytes of overlay options, more than the {} mount(2) \
-                     takes, and this kernel's overlayfs lacks lowerdir+ (Linux 6.8)",
-                    self.layers.len(),
-                    data.len(),
-                    MOUNT_DATA_MAX - 1
-                ),
-            ));
+        // mount(2) when the options fit its one page: a single call, on the path every boot's
+        // first container takes.
+        if data.len() < MOUNT_DATA_MAX {
+            return nix::mount::mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(data.as_str()),
+            )
+            .map_err(|e| Error::io(target, "mount overlay")(e.into()));
         }
-        nix::mount::mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| Error::io(target, "mount overlay")(e.into()))
+        // More layers than that page holds: the new mount API takes them one at a time.
+        let lowers: Vec<&Path> = self.layers.iter().rev().map(PathBuf::as_path).collect();
+        if mount_overlay_per_layer(&lowers, upper, work, target)? {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            format!("image {}", self.reference),
+            format!(
+                "its {} layers need {} bytes of overlay options, more than the {} mount(2) \
+                 takes, and this kernel's overlayfs lacks lowerdir+ (Linux 6.8)",
+                self.layers.len(),
+                data.len(),
+                MOUNT_DATA_MAX - 1
+            ),
+        ))
     }
 
     /// Compressed size of the image's blobs (what a pull transfers).
@@ -671,8 +674,8 @@ impl Store {
 const MOUNT_DATA_MAX: usize = 4096;
 
 /// Mounts an overlay of `lowers` (top first) at `target` with the new mount API, one lower
-/// layer per `lowerdir+`. `Ok(false)`: this kernel lacks the API or `lowerdir+` (nothing is
-/// mounted; mount(2) may still do).
+/// layer per `lowerdir+`, for more layers than mount(2)'s options hold. `Ok(false)`: this
+/// kernel lacks the API or `lowerdir+` (nothing is mounted).
 fn mount_overlay_per_layer(
     lowers: &[&Path],
     upper: &Path,
