@@ -255,6 +255,7 @@ impl Program {
         let args = p.args().clone().unwrap_or_default();
         let path = find_executable(
             root,
+            p.cwd(),
             args.first().map(String::as_str).unwrap_or_default(),
             &env,
         )?;
@@ -347,9 +348,13 @@ fn home_of(root: &Path, uid: u32) -> String {
 }
 
 /// Finds `program` like execvp would, with the container's PATH, relative to `root`
-/// (the container root: "/" after pivot_root). Returns the path to exec.
+/// (the container root: "/" after pivot_root). A path with a `/` that is not absolute
+/// (`./start.sh`, `bin/server`) is taken from `cwd`, the directory the program will run in.
+/// Returns the path to exec, absolute so that it does not depend on the directory exec
+/// happens in.
 pub fn find_executable(
     root: &Path,
+    cwd: &Path,
     program: &str,
     env: &[String],
 ) -> Result<PathBuf, ProcessError> {
@@ -367,7 +372,12 @@ pub fn find_executable(
         }
     };
     if program.contains('/') {
-        let p = PathBuf::from(program);
+        // `cwd` is absolute (the spec requires it); a relative one is taken from the root.
+        let p: PathBuf = Path::new("/")
+            .join(cwd)
+            .join(program)
+            .components()
+            .collect();
         if check(&p)? {
             return Ok(p);
         }
@@ -570,20 +580,50 @@ mod tests {
         .unwrap();
         let env = vec!["PATH=/usr/bin:/bin".to_string()];
         assert_eq!(
-            find_executable(&root, "true", &env).unwrap(),
+            find_executable(&root, Path::new("/"), "true", &env).unwrap(),
             PathBuf::from("/bin/true")
         );
         assert_eq!(
-            find_executable(&root, "/bin/true", &env).unwrap(),
+            find_executable(&root, Path::new("/"), "/bin/true", &env).unwrap(),
             PathBuf::from("/bin/true")
         );
         assert!(matches!(
-            find_executable(&root, "nope", &env),
+            find_executable(&root, Path::new("/"), "nope", &env),
             Err(ProcessError::NotFound(_))
         ));
         assert!(matches!(
-            find_executable(&root, "/bin/data", &env),
+            find_executable(&root, Path::new("/"), "/bin/data", &env),
             Err(ProcessError::NotExecutable(_))
+        ));
+        // A relative path with a `/` is found from the working directory, not the root nor
+        // PATH; a bare name is never taken from the working directory.
+        std::fs::create_dir_all(root.join("app/bin")).unwrap();
+        std::fs::copy("/bin/true", root.join("app/start.sh")).unwrap();
+        std::fs::copy("/bin/true", root.join("app/bin/server")).unwrap();
+        let app = Path::new("/app");
+        assert_eq!(
+            find_executable(&root, app, "./start.sh", &env).unwrap(),
+            PathBuf::from("/app/start.sh")
+        );
+        assert_eq!(
+            find_executable(&root, app, "bin/server", &env).unwrap(),
+            PathBuf::from("/app/bin/server")
+        );
+        assert_eq!(
+            find_executable(&root, Path::new("/app/bin"), "../start.sh", &env).unwrap(),
+            PathBuf::from("/app/bin/../start.sh")
+        );
+        assert_eq!(
+            find_executable(&root, app, "/bin/true", &env).unwrap(),
+            PathBuf::from("/bin/true")
+        );
+        match find_executable(&root, Path::new("/"), "./start.sh", &env) {
+            Err(ProcessError::NotFound(name)) => assert_eq!(name, "./start.sh"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            find_executable(&root, app, "start.sh", &env),
+            Err(ProcessError::NotFound(_))
         ));
         let mut p = Process::default();
         p.set_env(Some(vec!["A=1".into()]));
