@@ -25,6 +25,31 @@ pub enum RootfsError {
         dest: PathBuf,
         option: String,
     },
+    #[error(
+        "mounts[{index}] ({dest}): option `{option}` acts on the filesystem, not on a bind \
+         mount; it cannot be applied"
+    )]
+    NotForBind {
+        index: usize,
+        dest: PathBuf,
+        option: String,
+    },
+    #[error(
+        "mounts[{index}] ({dest}): recursive options ({options}) need mount_setattr(2) \
+         (Linux 5.12), which this kernel lacks"
+    )]
+    NoMountSetattr {
+        index: usize,
+        dest: PathBuf,
+        options: String,
+    },
+    #[error("mounts[{index}] ({dest}): mount_setattr ({options}): {errno}")]
+    MountSetattr {
+        index: usize,
+        dest: PathBuf,
+        options: String,
+        errno: Errno,
+    },
     #[error("{path}: too many levels of symbolic links inside the root")]
     Loop { path: PathBuf },
 }
@@ -33,6 +58,63 @@ fn fail(what: impl Into<String>, path: &Path) -> impl FnOnce(Errno) -> RootfsErr
     let (what, path) = (what.into(), path.to_path_buf());
     move |errno| RootfsError::Sys { what, path, errno }
 }
+
+/// Every mount option [`MountOptions::parse`] acts on (the `features` document lists them);
+/// any other option is filesystem data, which only a filesystem mount passes on.
+pub const MOUNT_OPTIONS: &[&str] = &[
+    "async",
+    "atime",
+    "bind",
+    "defaults",
+    "dev",
+    "diratime",
+    "dirsync",
+    "exec",
+    "mand",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "private",
+    "ratime",
+    "rbind",
+    "rdev",
+    "rdiratime",
+    "relatime",
+    "remount",
+    "rexec",
+    "rnoatime",
+    "rnodev",
+    "rnodiratime",
+    "rnoexec",
+    "rnorelatime",
+    "rnostrictatime",
+    "rnosuid",
+    "rnosymfollow",
+    "ro",
+    "rprivate",
+    "rrelatime",
+    "rro",
+    "rrw",
+    "rshared",
+    "rslave",
+    "rstrictatime",
+    "rsuid",
+    "rsymfollow",
+    "runbindable",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "tmpcopyup",
+    "unbindable",
+];
 
 /// A mount's options split into what mount(2) takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +125,54 @@ pub struct MountOptions {
     pub propagation: Vec<MsFlags>,
     pub data: Vec<String>,
     pub bind: bool,
+    /// `MOUNT_ATTR_*` bits the recursive options (`rro`, `rnosuid`, ...) set and clear on the
+    /// mount and every mount below it.
+    pub rec_set: u64,
+    pub rec_clr: u64,
+    /// The recursive options as given, for errors.
+    pub recursive: Vec<String>,
+    /// Flag options that act on the filesystem, not on the mount (`sync`, `mand`, ...): a
+    /// bind mount cannot apply them.
+    pub fs_flags: Vec<String>,
+}
+
+/// Flags a bind remount applies to the mount itself; the others belong to the filesystem.
+const MOUNT_FLAGS: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC)
+    .union(MsFlags::MS_NOATIME)
+    .union(MsFlags::MS_NODIRATIME)
+    .union(MsFlags::MS_RELATIME)
+    .union(MsFlags::MS_STRICTATIME)
+    .union(MsFlags::MS_BIND)
+    .union(MsFlags::MS_REC)
+    .union(MsFlags::MS_REMOUNT);
+
+/// The `MOUNT_ATTR_*` bits (set, clear) of a recursive option, as mount_setattr(2) takes
+/// them. The access-time modes are one field, so each of those clears the whole field and
+/// sets its mode: `ratime` and `rnostrictatime` return to the kernel's default (relatime),
+/// `rnorelatime` is strictatime.
+pub fn recursive_attr(name: &str) -> Option<(u64, u64)> {
+    const ATIME: u64 = libc::MOUNT_ATTR__ATIME;
+    Some(match name {
+        "rro" => (libc::MOUNT_ATTR_RDONLY, 0),
+        "rrw" => (0, libc::MOUNT_ATTR_RDONLY),
+        "rnosuid" => (libc::MOUNT_ATTR_NOSUID, 0),
+        "rsuid" => (0, libc::MOUNT_ATTR_NOSUID),
+        "rnodev" => (libc::MOUNT_ATTR_NODEV, 0),
+        "rdev" => (0, libc::MOUNT_ATTR_NODEV),
+        "rnoexec" => (libc::MOUNT_ATTR_NOEXEC, 0),
+        "rexec" => (0, libc::MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (libc::MOUNT_ATTR_NODIRATIME, 0),
+        "rdiratime" => (0, libc::MOUNT_ATTR_NODIRATIME),
+        "rnoatime" => (libc::MOUNT_ATTR_NOATIME, ATIME),
+        "rstrictatime" | "rnorelatime" => (libc::MOUNT_ATTR_STRICTATIME, ATIME),
+        "rrelatime" | "ratime" | "rnostrictatime" => (libc::MOUNT_ATTR_RELATIME, ATIME),
+        "rnosymfollow" => (libc::MOUNT_ATTR_NOSYMFOLLOW, 0),
+        "rsymfollow" => (0, libc::MOUNT_ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
 }
 
 impl MountOptions {
@@ -53,8 +183,20 @@ impl MountOptions {
             propagation: Vec::new(),
             data: Vec::new(),
             bind: false,
+            rec_set: 0,
+            rec_clr: 0,
+            recursive: Vec::new(),
+            fs_flags: Vec::new(),
         };
         for opt in options {
+            if let Some((set, clear)) = recursive_attr(opt) {
+                // A later option wins over an earlier one, as with the flags. The atime
+                // field is always cleared whole, so it is never taken back out of `rec_clr`.
+                o.rec_set = (o.rec_set & !clear) | set;
+                o.rec_clr = (o.rec_clr & !set) | clear;
+                o.recursive.push(opt.clone());
+                continue;
+            }
             let (set, clear) = match opt.as_str() {
                 "defaults" => (MsFlags::empty(), MsFlags::empty()),
                 "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
@@ -106,6 +248,9 @@ impl MountOptions {
                     continue;
                 }
             };
+            if !MOUNT_FLAGS.contains(set | clear) {
+                o.fs_flags.push(opt.clone());
+            }
             o.flags = (o.flags | set) - clear;
             o.cleared = (o.cleared | clear) - set;
         }
@@ -241,7 +386,7 @@ impl RootfsSetup<'_> {
             {
                 dev_is_bind = true;
             }
-            self.mount_one(sys, m, &opts)?;
+            self.mount_one(sys, index, m, &opts)?;
         }
         if !dev_is_bind {
             self.create_devices(sys)?;
@@ -264,10 +409,28 @@ impl RootfsSetup<'_> {
         }
     }
 
-    fn mount_one(&self, sys: &dyn Syscall, m: &Mount, o: &MountOptions) -> Result<(), RootfsError> {
+    fn mount_one(
+        &self,
+        sys: &dyn Syscall,
+        index: usize,
+        m: &Mount,
+        o: &MountOptions,
+    ) -> Result<(), RootfsError> {
         let dest = resolve_in_root(self.rootfs, m.destination())?;
         let typ = m.typ().as_deref().unwrap_or("none");
         let bind = o.bind || typ == "bind";
+        // A bind mount takes no filesystem data and no filesystem flags: refused rather than
+        // dropped, so the container never runs with less than it asked for.
+        if let Some(option) = bind
+            .then(|| o.fs_flags.iter().chain(&o.data).next())
+            .flatten()
+        {
+            return Err(RootfsError::NotForBind {
+                index,
+                dest: m.destination().clone(),
+                option: option.clone(),
+            });
+        }
         let data = (!o.data.is_empty()).then(|| o.data.join(","));
         let source = m.source().as_ref().map(|s| {
             if s.is_absolute() || !bind {
@@ -329,6 +492,23 @@ impl RootfsSetup<'_> {
                 }
                 Err(e) => return Err(fail(format!("mount {typ}"), &dest)(e)),
             }
+        }
+        if o.rec_set != 0 || o.rec_clr != 0 {
+            let options = o.recursive.join(",");
+            sys.mount_setattr_recursive(&dest, o.rec_set, o.rec_clr)
+                .map_err(|errno| match errno {
+                    Errno::ENOSYS => RootfsError::NoMountSetattr {
+                        index,
+                        dest: m.destination().clone(),
+                        options,
+                    },
+                    errno => RootfsError::MountSetattr {
+                        index,
+                        dest: m.destination().clone(),
+                        options,
+                        errno,
+                    },
+                })?;
         }
         for p in &o.propagation {
             sys.mount(None, &dest, None, *p, None)

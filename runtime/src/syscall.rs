@@ -51,6 +51,9 @@ pub trait Syscall {
     /// Mount flags of the filesystem at `path` that a bind remount must keep (nosuid, nodev,
     /// noexec, ...: locked in a user namespace).
     fn locked_flags(&self, path: &Path) -> SysResult<MsFlags>;
+    /// mount_setattr(2) on the mount at `path` and every mount below it: sets the
+    /// `MOUNT_ATTR_*` bits of `attr_set`, clears those of `attr_clr`.
+    fn mount_setattr_recursive(&self, path: &Path, attr_set: u64, attr_clr: u64) -> SysResult<()>;
 
     /// Opens a namespace file (`/proc/<pid>/ns/<type>` or a bind mount of one) for `setns`.
     fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd>;
@@ -207,6 +210,29 @@ impl Syscall for LinuxSyscall {
         }
         Ok(out)
     }
+    fn mount_setattr_recursive(&self, path: &Path, attr_set: u64, attr_clr: u64) -> SysResult<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let attr = libc::mount_attr {
+            attr_set,
+            attr_clr,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: a live C string and a live mount_attr whose size is passed along; the
+        // kernel only reads them.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+                &attr as *const libc::mount_attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            )
+        };
+        Errno::result(r).map(drop)
+    }
     fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd> {
         std::fs::File::open(path)
             .map(OwnedFd::from)
@@ -352,6 +378,11 @@ pub mod test {
             target: PathBuf,
             link: PathBuf,
         },
+        MountSetattr {
+            target: PathBuf,
+            attr_set: u64,
+            attr_clr: u64,
+        },
         Hostname(String),
         Domainname(String),
         /// setns on the namespace file opened at this path.
@@ -495,6 +526,18 @@ pub mod test {
         }
         fn locked_flags(&self, _path: &Path) -> SysResult<MsFlags> {
             Ok(MsFlags::MS_NOSUID)
+        }
+        fn mount_setattr_recursive(
+            &self,
+            path: &Path,
+            attr_set: u64,
+            attr_clr: u64,
+        ) -> SysResult<()> {
+            self.push(Call::MountSetattr {
+                target: path.to_path_buf(),
+                attr_set,
+                attr_clr,
+            })
         }
         fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd> {
             // A real descriptor (of /dev/null) that `setns` maps back to the path.

@@ -298,3 +298,162 @@ fn finish_masks_and_makes_read_only() {
         .contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
     assert_eq!(m.len(), 5);
 }
+
+#[test]
+fn recursive_options_become_mount_attributes() {
+    let parse = |opts: &[&str]| {
+        MountOptions::parse(&opts.iter().map(|o| o.to_string()).collect::<Vec<_>>()).unwrap()
+    };
+    let o = parse(&["rbind", "rro", "rnosuid", "rnoexec", "rnosymfollow"]);
+    assert_eq!(
+        o.rec_set,
+        libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NOEXEC
+            | libc::MOUNT_ATTR_NOSYMFOLLOW
+    );
+    assert_eq!(o.rec_clr, 0);
+    assert!(o.data.is_empty() && o.fs_flags.is_empty(), "{o:?}");
+    assert_eq!(o.recursive, ["rro", "rnosuid", "rnoexec", "rnosymfollow"]);
+    // A later option wins; an access-time mode always clears the whole field, as the kernel
+    // requires.
+    let o = parse(&["rro", "rrw", "rdev", "rnoatime"]);
+    assert_eq!(o.rec_set, libc::MOUNT_ATTR_NOATIME);
+    assert_eq!(
+        o.rec_clr,
+        libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR__ATIME
+    );
+    let o = parse(&["rnoatime", "rrelatime", "rnodiratime"]);
+    assert_eq!(o.rec_set, libc::MOUNT_ATTR_NODIRATIME);
+    assert_eq!(o.rec_clr, libc::MOUNT_ATTR__ATIME);
+    let o = parse(&["rstrictatime"]);
+    assert_eq!(
+        (o.rec_set, o.rec_clr),
+        (libc::MOUNT_ATTR_STRICTATIME, libc::MOUNT_ATTR__ATIME)
+    );
+    // Filesystem flags and data are told apart from what a bind remount applies.
+    let o = parse(&["rbind", "ro", "nosuid", "relatime", "sync", "mode=755"]);
+    assert_eq!(o.fs_flags, ["sync"]);
+    assert_eq!(o.data, ["mode=755"]);
+}
+
+fn bind_spec(host: &Path, options: &str) -> Spec {
+    spec(&format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"mounts":[
+            {{"destination":"/data","type":"bind","source":"{}","options":{options}}}]}}"#,
+        host.display()
+    ))
+}
+
+#[test]
+fn recursive_options_are_set_after_the_bind() {
+    let r = root("recattr");
+    let rootfs = r.0.join("rootfs");
+    let host = r.0.join("data");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = bind_spec(&host, r#"["rbind","rro","rnodev","rprivate"]"#);
+    let sys = RecordingSyscall::default();
+    setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap();
+    let calls = sys.calls();
+    let bind = calls
+        .iter()
+        .position(|c| matches!(c, Call::Mount { source: Some(s), .. } if *s == host))
+        .unwrap();
+    assert_eq!(
+        calls[bind + 1],
+        Call::MountSetattr {
+            target: rootfs.join("data"),
+            attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+        }
+    );
+    // Propagation last, as before.
+    assert!(matches!(
+        &calls[bind + 2],
+        Call::Mount { flags, .. } if *flags == MsFlags::MS_PRIVATE | MsFlags::MS_REC
+    ));
+}
+
+#[test]
+fn a_kernel_without_mount_setattr_refuses_recursive_options() {
+    let r = root("nosetattr");
+    let rootfs = r.0.join("rootfs");
+    let host = r.0.join("data");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = bind_spec(&host, r#"["rbind","rro"]"#);
+    let sys = RecordingSyscall::default();
+    sys.fail_on(
+        Call::MountSetattr {
+            target: rootfs.join("data"),
+            attr_set: libc::MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+        },
+        Errno::ENOSYS,
+    );
+    let err = setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap_err();
+    assert!(
+        matches!(err, RootfsError::NoMountSetattr { index: 0, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("mounts[0] (/data)")
+            && text.contains("rro")
+            && text.contains("mount_setattr"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bind_mounts_refuse_what_they_cannot_apply() {
+    let r = root("bindrefuse");
+    let rootfs = r.0.join("rootfs");
+    let host = r.0.join("data");
+    std::fs::create_dir_all(&host).unwrap();
+    for (options, bad) in [
+        (r#"["rbind","mode=755"]"#, "mode=755"),
+        (r#"["bind","ro","sync"]"#, "sync"),
+        (r#"["rbind","dirsync"]"#, "dirsync"),
+    ] {
+        let s = bind_spec(&host, options);
+        let sys = RecordingSyscall::default();
+        let err = setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("mounts[0] (/data)") && text.contains(&format!("`{bad}`")),
+            "{options}: {text}"
+        );
+        // Refused before anything is mounted at the destination.
+        assert!(
+            !sys.mounts().iter().any(|m| m.1 == rootfs.join("data")),
+            "{options}"
+        );
+    }
+    // The same data on a filesystem mount is its data.
+    let s = spec(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"mounts":[
+            {"destination":"/data","type":"tmpfs","source":"tmpfs","options":["mode=755","sync"]}]}"#,
+    );
+    let sys = RecordingSyscall::default();
+    setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap();
+    assert!(sys.calls().iter().any(|c| matches!(
+        c,
+        Call::Mount { data: Some(d), flags, .. } if d == "mode=755" && flags.contains(MsFlags::MS_SYNCHRONOUS)
+    )));
+}
+
+#[test]
+fn every_listed_option_is_understood() {
+    assert!(
+        MOUNT_OPTIONS.windows(2).all(|w| w[0] < w[1]),
+        "sorted, once each"
+    );
+    for opt in MOUNT_OPTIONS {
+        let o = MountOptions::parse(&[opt.to_string()]).unwrap();
+        assert!(o.data.is_empty(), "`{opt}` taken for filesystem data");
+    }
+    assert_eq!(
+        MountOptions::parse(&["size=1m".into()]).unwrap().data,
+        ["size=1m"]
+    );
+}

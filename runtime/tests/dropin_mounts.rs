@@ -1,0 +1,103 @@
+//! Mount options as runc applies them: recursive attributes on every mount below a bind,
+//! options a bind mount cannot apply refused by name, tmpfs copy-up (root, busybox bundle).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+use serde_json::json;
+
+/// Whether the container can write at the top of /data and in the mount below it.
+const PROBE: &str = "for d in /data /data/sub; do \
+    if touch $d/probe 2>/dev/null; then echo $d rw; else echo $d ro; fi; done";
+
+/// A host directory with a tmpfs mounted below it (unmounted by the scratch's drop).
+fn nested_host_dir() -> Scratch {
+    let s = Scratch::new("berth-nested");
+    std::fs::create_dir_all(s.path("sub")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &s.path("sub"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=8m"),
+    )
+    .unwrap();
+    s
+}
+
+fn bind_with(f: &mut Fixture, host: &Scratch, options: &[&str]) {
+    f.config["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/data", "type": "bind", "source": host.0, "options": options}),
+    );
+}
+
+#[test]
+fn rro_makes_every_mount_below_a_bind_read_only() {
+    let host = nested_host_dir();
+    let mut f = Fixture::new();
+    f.sh(PROBE);
+    bind_with(&mut f, &host, &["rbind", "rro"]);
+    let out = f.run(&unique("rro"));
+    assert_eq!(ok(&out), "/data ro\n/data/sub ro\n");
+    // `ro` alone is the top mount only, as with runc.
+    let mut f = Fixture::new();
+    f.sh(PROBE);
+    bind_with(&mut f, &host, &["rbind", "ro"]);
+    let out = f.run(&unique("ro"));
+    assert_eq!(ok(&out), "/data ro\n/data/sub rw\n");
+    // A later `rrw` takes it back.
+    let mut f = Fixture::new();
+    f.sh(PROBE);
+    bind_with(&mut f, &host, &["rbind", "rro", "rrw"]);
+    let out = f.run(&unique("rrw"));
+    assert_eq!(ok(&out), "/data rw\n/data/sub rw\n");
+}
+
+#[test]
+fn rnoexec_reaches_the_mounts_below_a_bind() {
+    let host = nested_host_dir();
+    std::fs::copy("/bin/busybox", host.path("sub/busybox")).unwrap();
+    let mut f = Fixture::new();
+    f.sh("/data/sub/busybox true && echo ran || echo refused");
+    bind_with(&mut f, &host, &["rbind", "rnoexec"]);
+    let out = f.run(&unique("rnoexec"));
+    assert_eq!(ok(&out), "refused\n");
+}
+
+#[test]
+fn options_a_bind_cannot_apply_are_refused_by_name() {
+    let host = Scratch::new("berth-bindopt");
+    for (options, bad) in [
+        (&["rbind", "mode=755"][..], "mode=755"),
+        (&["bind", "sync"][..], "sync"),
+    ] {
+        let mut f = Fixture::new();
+        f.args(&["true"]);
+        bind_with(&mut f, &host, options);
+        let out = f.run(&unique("bindopt"));
+        assert!(!out.status.success(), "{options:?} was accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("`{bad}`")) && err.contains("/data"),
+            "{options:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn features_lists_the_recursive_options() {
+    let f = Fixture::new();
+    let v: serde_json::Value = serde_json::from_str(&ok(&f.cli(&["features"]))).unwrap();
+    let listed = v["mountOptions"].as_array().unwrap();
+    for opt in [
+        "rro",
+        "rrw",
+        "rnosuid",
+        "rnodev",
+        "rnoexec",
+        "rnoatime",
+        "rnosymfollow",
+    ] {
+        assert!(listed.contains(&json!(opt)), "{opt} missing");
+    }
+}
