@@ -50,6 +50,15 @@ pub enum RootfsError {
         options: String,
         errno: Errno,
     },
+    #[error("mounts[{index}] ({dest}): `tmpcopyup` applies to tmpfs mounts only")]
+    CopyUpNotTmpfs { index: usize, dest: PathBuf },
+    #[error("mounts[{index}] ({dest}): tmpcopyup: {source}")]
+    CopyUp {
+        index: usize,
+        dest: PathBuf,
+        #[source]
+        source: copyup::CopyError,
+    },
     #[error("{path}: too many levels of symbolic links inside the root")]
     Loop { path: PathBuf },
 }
@@ -134,6 +143,8 @@ pub struct MountOptions {
     /// Flag options that act on the filesystem, not on the mount (`sync`, `mand`, ...): a
     /// bind mount cannot apply them.
     pub fs_flags: Vec<String>,
+    /// A tmpfs starts with a copy of the directory it covers.
+    pub tmpcopyup: bool,
 }
 
 /// Flags a bind remount applies to the mount itself; the others belong to the filesystem.
@@ -187,6 +198,7 @@ impl MountOptions {
             rec_clr: 0,
             recursive: Vec::new(),
             fs_flags: Vec::new(),
+            tmpcopyup: false,
         };
         for opt in options {
             if let Some((set, clear)) = recursive_attr(opt) {
@@ -235,8 +247,10 @@ impl MountOptions {
                         .push(propagation(opt).unwrap_or(MsFlags::MS_PRIVATE));
                     continue;
                 }
-                // Options Berth does not act on but that are harmless to skip.
-                "tmpcopyup" => continue,
+                "tmpcopyup" => {
+                    o.tmpcopyup = true;
+                    continue;
+                }
                 other if other.starts_with("idmap") || other.starts_with("ridmap") => {
                     return Err(other.to_string())
                 }
@@ -419,6 +433,12 @@ impl RootfsSetup<'_> {
         let dest = resolve_in_root(self.rootfs, m.destination())?;
         let typ = m.typ().as_deref().unwrap_or("none");
         let bind = o.bind || typ == "bind";
+        if o.tmpcopyup && (bind || typ != "tmpfs") {
+            return Err(RootfsError::CopyUpNotTmpfs {
+                index,
+                dest: m.destination().clone(),
+            });
+        }
         // A bind mount takes no filesystem data and no filesystem flags: refused rather than
         // dropped, so the container never runs with less than it asked for.
         if let Some(option) = bind
@@ -458,19 +478,31 @@ impl RootfsSetup<'_> {
                 self.remount_bind(sys, &dest, extra, o.cleared, rec)?;
             }
         } else {
+            // A directory of the image lends its owner and mode to the tmpfs copied over it;
+            // one made here leaves the tmpfs its own, as with runc.
+            let existed = o.tmpcopyup && dest.is_dir();
             sys.mkdir_all(&dest, 0o755).map_err(fail("mkdir", &dest))?;
             // Berth is cgroup v2 only: a `cgroup` mount is the v2 hierarchy (scoped to the
             // container by its cgroup namespace).
             let typ = if typ == "cgroup" { "cgroup2" } else { typ };
-            let r = sys.mount(
-                source.as_deref(),
-                &dest,
-                Some(typ),
-                o.flags,
-                data.as_deref(),
-            );
+            // The directory the tmpfs will cover, still reachable through this descriptor
+            // once it is covered.
+            let under = match o.tmpcopyup {
+                true => Some(sys.open_dir(&dest).map_err(fail("open", &dest))?),
+                false => None,
+            };
+            // A read-only tmpfs is filled first and made read-only after.
+            let flags = match under {
+                Some(_) => o.flags - MsFlags::MS_RDONLY,
+                None => o.flags,
+            };
+            let r = sys.mount(source.as_deref(), &dest, Some(typ), flags, data.as_deref());
             match r {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(under) = under {
+                        self.copy_up(sys, index, m, o, under.as_fd(), &dest, existed)?;
+                    }
+                }
                 // sysfs needs a network namespace owned by the user namespace; like runc,
                 // fall back to the host's /sys, read-only.
                 Err(Errno::EPERM) if typ == "sysfs" && self.user_ns => {
@@ -513,6 +545,39 @@ impl RootfsSetup<'_> {
         for p in &o.propagation {
             sys.mount(None, &dest, None, *p, None)
                 .map_err(fail("set propagation of", &dest))?;
+        }
+        Ok(())
+    }
+
+    /// Fills the tmpfs just mounted at `dest` with what `under` (the directory it covers)
+    /// holds; the tmpfs's root takes the owner and mode of a directory that `existed` in the
+    /// image unless the options set them.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_up(
+        &self,
+        sys: &dyn Syscall,
+        index: usize,
+        m: &Mount,
+        o: &MountOptions,
+        under: std::os::fd::BorrowedFd<'_>,
+        dest: &Path,
+        existed: bool,
+    ) -> Result<(), RootfsError> {
+        let over = sys.open_dir(dest).map_err(fail("open", dest))?;
+        let root_attrs = existed
+            && !o
+                .data
+                .iter()
+                .any(|d| d.starts_with("mode=") || d.starts_with("uid=") || d.starts_with("gid="));
+        sys.copy_tree(under, over.as_fd(), root_attrs)
+            .map_err(|source| RootfsError::CopyUp {
+                index,
+                dest: m.destination().clone(),
+                source,
+            })?;
+        if o.flags.contains(MsFlags::MS_RDONLY) {
+            let flags = o.flags & (MOUNT_FLAGS - MsFlags::MS_BIND - MsFlags::MS_REMOUNT);
+            self.remount_bind(sys, dest, flags, o.cleared, MsFlags::empty())?;
         }
         Ok(())
     }
@@ -752,5 +817,6 @@ fn ignore_missing(r: SysResult<()>) -> SysResult<()> {
     }
 }
 
+pub mod copyup;
 #[cfg(test)]
 mod tests;

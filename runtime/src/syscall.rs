@@ -2,6 +2,7 @@
 //! calls; tests use a recorder so mount plans, namespace entry, identity, capabilities and
 //! rlimits are checked without root.
 
+use crate::rootfs::copyup::CopyError;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
@@ -54,6 +55,14 @@ pub trait Syscall {
     /// mount_setattr(2) on the mount at `path` and every mount below it: sets the
     /// `MOUNT_ATTR_*` bits of `attr_set`, clears those of `attr_clr`.
     fn mount_setattr_recursive(&self, path: &Path, attr_set: u64, attr_clr: u64) -> SysResult<()>;
+    /// Copies the content of directory `from` into directory `to` (`tmpcopyup`); with
+    /// `root_attrs`, `to` also takes the owner and mode of `from`.
+    fn copy_tree(
+        &self,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        root_attrs: bool,
+    ) -> Result<(), CopyError>;
 
     /// Opens a namespace file (`/proc/<pid>/ns/<type>` or a bind mount of one) for `setns`.
     fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd>;
@@ -233,6 +242,14 @@ impl Syscall for LinuxSyscall {
         };
         Errno::result(r).map(drop)
     }
+    fn copy_tree(
+        &self,
+        from: BorrowedFd<'_>,
+        to: BorrowedFd<'_>,
+        root_attrs: bool,
+    ) -> Result<(), CopyError> {
+        crate::rootfs::copyup::copy_tree(from, to, root_attrs)
+    }
     fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd> {
         std::fs::File::open(path)
             .map(OwnedFd::from)
@@ -382,6 +399,12 @@ pub mod test {
             target: PathBuf,
             attr_set: u64,
             attr_clr: u64,
+        },
+        /// tmpcopyup between the directories opened at these paths.
+        CopyTree {
+            from: PathBuf,
+            to: PathBuf,
+            root_attrs: bool,
         },
         Hostname(String),
         Domainname(String),
@@ -537,6 +560,24 @@ pub mod test {
                 target: path.to_path_buf(),
                 attr_set,
                 attr_clr,
+            })
+        }
+        fn copy_tree(
+            &self,
+            from: BorrowedFd<'_>,
+            to: BorrowedFd<'_>,
+            root_attrs: bool,
+        ) -> Result<(), CopyError> {
+            let (from, to) = (self.path_of(from), self.path_of(to));
+            self.push(Call::CopyTree {
+                from,
+                to: to.clone(),
+                root_attrs,
+            })
+            .map_err(|errno| CopyError {
+                what: "copy",
+                path: to,
+                errno,
             })
         }
         fn open_namespace(&self, path: &Path) -> SysResult<OwnedFd> {

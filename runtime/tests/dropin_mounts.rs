@@ -101,3 +101,51 @@ fn features_lists_the_recursive_options() {
         assert!(listed.contains(&json!(opt)), "{opt} missing");
     }
 }
+
+/// Podman's `--tmpfs /etc` (it adds `tmpcopyup`): the tmpfs starts with what the image had
+/// there, owners, modes and links included, and writes stay in the tmpfs.
+#[test]
+fn tmpcopyup_starts_the_tmpfs_with_the_directory_it_covers() {
+    use std::os::unix::fs::PermissionsExt;
+    let outside = Scratch::new("berth-copyup-outside");
+    let mut f = Fixture::new();
+    for tool in ["cut", "tr", "head"] {
+        std::os::unix::fs::symlink("busybox", f.rootfs().join("bin").join(tool)).unwrap();
+    }
+    let etc = f.rootfs().join("etc");
+    std::fs::create_dir_all(etc.join("conf.d")).unwrap();
+    std::fs::write(etc.join("conf.d/app.conf"), "key=1\n").unwrap();
+    std::fs::write(etc.join("shadow"), "secret\n").unwrap();
+    std::fs::set_permissions(etc.join("shadow"), PermissionsExt::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(etc.join("shadow"), Some(1000), Some(42)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", etc.join("link")).unwrap();
+    // An absolute link out of the root is copied as a link, never followed.
+    std::os::unix::fs::symlink(&outside.0, etc.join("escape")).unwrap();
+    std::fs::set_permissions(&etc, PermissionsExt::from_mode(0o751)).unwrap();
+    f.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc", "type": "tmpfs", "source": "tmpfs",
+        "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]
+    }));
+    f.sh(
+        "grep -c user /etc/passwd; cat /etc/conf.d/app.conf; ls -ln /etc/shadow | \
+         cut -c1-10; ls -ln /etc/shadow | tr -s ' ' | cut -d' ' -f3,4; readlink /etc/link; \
+         ls -ldn /etc | cut -c1-10; grep ' /etc ' /proc/self/mountinfo | grep -c tmpfs; \
+         touch /etc/new && echo written",
+    );
+    let out = f.run(&unique("copyup"));
+    assert_eq!(
+        ok(&out),
+        "1\nkey=1\n-rw-r-----\n1000 42\n/etc/passwd\ndrwxr-x--x\n1\nwritten\n"
+    );
+    assert!(!etc.join("new").exists(), "the write went to the tmpfs");
+    assert!(std::fs::read_dir(&outside.0).unwrap().next().is_none());
+    // Read-only: filled, then read-only.
+    f.config["mounts"].as_array_mut().unwrap().pop();
+    f.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/etc", "type": "tmpfs", "source": "tmpfs",
+        "options": ["ro", "tmpcopyup"]
+    }));
+    f.sh("cat /etc/conf.d/app.conf; touch /etc/new 2>/dev/null || echo read-only");
+    let out = f.run(&unique("copyup-ro"));
+    assert_eq!(ok(&out), "key=1\nread-only\n");
+}

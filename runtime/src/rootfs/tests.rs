@@ -457,3 +457,63 @@ fn every_listed_option_is_understood() {
         ["size=1m"]
     );
 }
+
+#[test]
+fn tmpcopyup_fills_the_tmpfs_from_the_directory_it_covers() {
+    let r = root("copyup");
+    let rootfs = r.0.join("rootfs");
+    let s = spec(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"mounts":[
+            {"destination":"/etc","type":"tmpfs","source":"tmpfs","options":["nosuid","tmpcopyup","ro"]},
+            {"destination":"/new","type":"tmpfs","source":"tmpfs","options":["tmpcopyup"]},
+            {"destination":"/var","type":"tmpfs","source":"tmpfs","options":["tmpcopyup","mode=755"]}]}"#,
+    );
+    std::fs::create_dir_all(rootfs.join("var")).unwrap();
+    let sys = RecordingSyscall::default();
+    setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap();
+    let calls = sys.calls();
+    let etc = rootfs.join("etc");
+    let mount = calls
+        .iter()
+        .position(|c| matches!(c, Call::Mount { target, fstype: Some(_), .. } if *target == etc))
+        .unwrap();
+    // Mounted writable, filled, then made read-only.
+    assert!(matches!(&calls[mount], Call::Mount { flags, .. } if *flags == MsFlags::MS_NOSUID));
+    assert_eq!(
+        calls[mount + 1],
+        Call::CopyTree {
+            from: etc.clone(),
+            to: etc.clone(),
+            root_attrs: true
+        }
+    );
+    assert!(matches!(
+        &calls[mount + 2],
+        Call::Mount { target, flags, .. } if *target == etc
+            && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY)
+    ));
+    // A directory made for the mount, or a mode in the options, keeps the tmpfs's own.
+    for (dir, existed) in [("new", false), ("var", false)] {
+        let d = rootfs.join(dir);
+        assert!(
+            calls.contains(&Call::CopyTree {
+                from: d.clone(),
+                to: d,
+                root_attrs: existed
+            }),
+            "{dir}: {calls:?}"
+        );
+    }
+    // Only a tmpfs can be copied up.
+    let host = r.0.join("data");
+    std::fs::create_dir_all(&host).unwrap();
+    let s = bind_spec(&host, r#"["rbind","tmpcopyup"]"#);
+    let err = setup(&rootfs, &r.0, &s, false)
+        .prepare(&RecordingSyscall::default())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("mounts[0] (/data): `tmpcopyup` applies to tmpfs mounts only"),
+        "{err}"
+    );
+}
