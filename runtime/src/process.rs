@@ -323,9 +323,10 @@ pub fn reset_signals() {
     );
 }
 
-/// The environment with PATH and HOME filled in when the spec leaves them out.
+/// The environment with PATH and HOME filled in when the spec leaves them out, one entry per
+/// name (see [`merge_env`]).
 pub fn environment(p: &Process, root: &Path) -> Vec<String> {
-    let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+    let mut env = merge_env(p.env().as_deref().unwrap_or_default());
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
@@ -333,6 +334,26 @@ pub fn environment(p: &Process, root: &Path) -> Vec<String> {
         env.push(format!("HOME={}", home_of(root, p.user().uid())));
     }
     env
+}
+
+/// One entry per name, as runc does: a later `NAME=value` replaces an earlier one in its
+/// place (`exec -e` after the config's environment overrides it). An entry without `=` is
+/// a name of its own.
+pub fn merge_env(env: &[String]) -> Vec<String> {
+    let name = |e: &str| e.split_once('=').map_or(e, |(n, _)| n).to_string();
+    let mut out: Vec<String> = Vec::with_capacity(env.len());
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for e in env {
+        let key = name(e);
+        match at.get(&key).and_then(|&i| out.get_mut(i)) {
+            Some(slot) => *slot = e.clone(),
+            None => {
+                at.insert(key, out.len());
+                out.push(e.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The home directory of `uid` in the container's /etc/passwd, else `/`.
@@ -637,6 +658,19 @@ mod tests {
             "{env:?}"
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn later_environment_entries_replace_earlier_ones_in_place() {
+        let env: Vec<String> = ["PATH=/bin", "A=1", "B=2", "A=3", "C", "C=x", "B=", "D=a=b"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(merge_env(&env), ["PATH=/bin", "A=3", "B=", "C=x", "D=a=b"]);
+        let mut p = Process::default();
+        p.set_env(Some(["HOME=/a", "HOME=/b"].map(String::from).to_vec()));
+        let env = environment(&p, Path::new("/nonexistent"));
+        assert_eq!(env.iter().filter(|e| e.starts_with("HOME=")).count(), 1);
+        assert!(env.contains(&"HOME=/b".to_string()), "{env:?}");
     }
 
     #[test]

@@ -55,3 +55,50 @@ fn exec_finds_relative_programs_from_its_cwd() {
     assert_eq!(ok(&out), "start in /app/bin\n");
     ok(&f.cli(&["delete", "--force", &id]));
 }
+
+/// A running container whose config sets FOO and the group 42.
+fn running_with_env_and_group(f: &mut Fixture, id: &str) {
+    f.args(&["sleep", "60"]);
+    f.config["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .extend([json!("FOO=config"), json!("BAR=kept")]);
+    f.config["process"]["user"] = json!({"uid": 0, "gid": 42});
+    f.create(id);
+    ok(&f.cli(&["start", id]));
+}
+
+#[test]
+fn exec_env_overrides_the_containers() {
+    let mut f = Fixture::new();
+    let id = unique("execenv");
+    running_with_env_and_group(&mut f, &id);
+    // `env` itself, not a shell: a shell would hide a duplicate by keeping the last entry.
+    let out = ok(&f.cli(&["exec", "-e", "FOO=exec", "-e", "NEW=1", &id, "env"]));
+    let foo: Vec<&str> = out.lines().filter(|l| l.starts_with("FOO=")).collect();
+    assert_eq!(foo, ["FOO=exec"], "{out}");
+    assert!(out.lines().any(|l| l == "BAR=kept") && out.lines().any(|l| l == "NEW=1"));
+    ok(&f.cli(&["delete", "--force", &id]));
+}
+
+#[test]
+fn exec_user_without_group_keeps_the_containers_group() {
+    let mut f = Fixture::new();
+    let id = unique("execuser");
+    running_with_env_and_group(&mut f, &id);
+    let out = f.cli(&["exec", "-u", "1000", &id, "sh", "-c", "id -u; id -g"]);
+    assert_eq!(ok(&out), "1000\n42\n");
+    let out = f.cli(&["exec", "-u", "1000:7", &id, "sh", "-c", "id -u; id -g"]);
+    assert_eq!(ok(&out), "1000\n7\n");
+    ok(&f.cli(&["delete", "--force", &id]));
+}
+
+#[test]
+fn the_last_entry_of_a_name_in_the_config_wins() {
+    let mut f = Fixture::new();
+    f.args(&["env"]);
+    f.config["process"]["env"] = json!(["PATH=/bin", "A=1", "B=2", "A=3"]);
+    let out = ok(&f.run(&unique("envdup")));
+    let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with("HOME=")).collect();
+    assert_eq!(lines, ["PATH=/bin", "A=3", "B=2"]);
+}

@@ -30,6 +30,14 @@ fn parse_id(s: &str, what: &str) -> Result<u32, Usage> {
         .map_err(|_| Usage(format!("{what} `{s}` is not a number")))
 }
 
+/// `--user UID[:GID]`; `UID` alone keeps the container's group, as with runc.
+fn user_ids(u: &str) -> Result<(u32, Option<u32>), Usage> {
+    match u.split_once(':') {
+        Some((uid, gid)) => Ok((parse_id(uid, "uid")?, Some(parse_id(gid, "gid")?))),
+        None => Ok((parse_id(u, "uid")?, None)),
+    }
+}
+
 pub fn run(g: &Global, args: &[String]) -> CliResult {
     let p = parse(args, FLAGS, true)?;
     let id = p.id()?;
@@ -60,14 +68,18 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
             if let Some(cwd) = p.get("cwd") {
                 proc_.set_cwd(PathBuf::from(cwd));
             }
+            // Appended: the process's environment keeps the last entry of each name, so
+            // these override the container's.
             let mut env = proc_.env().clone().unwrap_or_default();
             env.extend(p.all("env").iter().cloned());
-            proc_.set_env(Some(env));
+            proc_.set_env(Some(berth_runtime::process::merge_env(&env)));
             let mut user = proc_.user().clone();
             if let Some(u) = p.get("user") {
-                let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
-                user.set_uid(parse_id(uid, "uid")?);
-                user.set_gid(parse_id(gid, "gid")?);
+                let (uid, gid) = user_ids(u)?;
+                user.set_uid(uid);
+                if let Some(gid) = gid {
+                    user.set_gid(gid);
+                }
             }
             if !p.all("additional-gids").is_empty() {
                 let gids = p
@@ -119,4 +131,18 @@ pub fn run(g: &Global, args: &[String]) -> CliResult {
         return Ok(0);
     }
     Ok(wait_forwarding_signals(pid)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_without_group_keeps_the_containers() {
+        assert_eq!(user_ids("1000").unwrap(), (1000, None));
+        assert_eq!(user_ids("1000:42").unwrap(), (1000, Some(42)));
+        assert_eq!(user_ids("0:0").unwrap(), (0, Some(0)));
+        assert!(user_ids("web").unwrap_err().0.contains("uid `web`"));
+        assert!(user_ids("1:").unwrap_err().0.contains("gid"));
+    }
 }
