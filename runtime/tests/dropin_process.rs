@@ -102,3 +102,36 @@ fn the_last_entry_of_a_name_in_the_config_wins() {
     let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with("HOME=")).collect();
     assert_eq!(lines, ["PATH=/bin", "A=3", "B=2"]);
 }
+
+/// runc's `exec` exits 255 when it cannot run the process, so that its callers tell that from
+/// the process's own status; a command line without a command is a usage error (1).
+#[test]
+fn exec_failures_exit_255_as_with_runc() {
+    let mut f = Fixture::new();
+    f.args(&["sleep", "60"]);
+    let id = unique("exec255");
+    f.create(&id);
+    ok(&f.cli(&["start", &id]));
+    let code = |args: &[&str]| {
+        let out = f.cli(args);
+        (out.status.code(), stderr(&out))
+    };
+    let (c, err) = code(&["exec", &id, "no-such-program"]);
+    assert_eq!(c, Some(255), "{err}");
+    assert!(err.contains("no-such-program"), "{err}");
+    let (c, err) = code(&["exec", "--cwd", "/no/such/dir", &id, "true"]);
+    assert_eq!(c, Some(255), "{err}");
+    assert!(err.contains("/no/such/dir"), "{err}");
+    let (c, err) = code(&["exec", &format!("{id}-missing"), "true"]);
+    assert_eq!(c, Some(255), "{err}");
+    let (c, err) = code(&["exec", &id]);
+    assert_eq!(c, Some(1), "{err}");
+    assert!(err.contains("exec needs a command"), "{err}");
+    assert_eq!(code(&["exec", &id, "sh", "-c", "exit 3"]).0, Some(3));
+    ok(&f.cli(&["pause", &id]));
+    let (c, err) = code(&["exec", &id, "true"]);
+    assert_eq!(c, Some(255), "{err}");
+    assert!(err.contains("paused"), "{err}");
+    ok(&f.cli(&["resume", &id]));
+    ok(&f.cli(&["delete", "--force", &id]));
+}

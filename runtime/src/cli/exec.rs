@@ -1,6 +1,6 @@
 //! `exec [options] ID COMMAND [ARGS...]` or `exec --process process.json ID`.
 
-use super::{flag, opt, parse, CliResult, Flag, Global, Usage};
+use super::{flag, opt, parse, CliResult, ExitWith, Flag, Global, Parsed, Usage};
 use berth_runtime::container::wait_forwarding_signals;
 use berth_runtime::ExecOptions;
 use oci_spec::runtime::{Capabilities, Capability, Process};
@@ -38,9 +38,18 @@ fn user_ids(u: &str) -> Result<(u32, Option<u32>), Usage> {
     }
 }
 
+/// A command line that does not say what to run exits 1; once it does, every failure to
+/// run it exits 255, as with runc, so that it differs from the process's own status.
 pub fn run(g: &Global, args: &[String]) -> CliResult {
     let p = parse(args, FLAGS, true)?;
     let id = p.id()?;
+    if p.get("process").is_none() && p.args.get(1..).is_none_or(<[String]>::is_empty) {
+        return Err(Usage("exec needs a command".into()).into());
+    }
+    exec(g, &p, id).map_err(|error| ExitWith { code: 255, error }.into())
+}
+
+fn exec(g: &Global, p: &Parsed, id: &str) -> CliResult {
     let mut container = g.runtime().load(id)?;
     let process = match p.get("process") {
         Some(path) => {

@@ -196,6 +196,15 @@ impl Global {
 #[error("{0}")]
 pub struct Usage(pub String);
 
+/// An error reported as any other but with its own exit code: runc's `exec` exits 255 when
+/// it cannot run the process, which its callers tell apart from the process's own status.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ExitWith {
+    pub code: i32,
+    pub error: Box<dyn std::error::Error>,
+}
+
 /// One flag a verb takes.
 pub struct Flag {
     pub names: &'static [&'static str],
@@ -461,7 +470,13 @@ pub fn main(argv: Vec<String>) -> i32 {
     }
     match (verb.run)(&g, verb_args) {
         Ok(code) => code,
-        Err(e) => fail(Some(&g), e.as_ref()),
+        Err(e) => match e.downcast_ref::<ExitWith>() {
+            Some(with) => {
+                fail(Some(&g), with.error.as_ref());
+                with.code
+            }
+            None => fail(Some(&g), e.as_ref()),
+        },
     }
 }
 
