@@ -663,6 +663,22 @@ fn podman_runs_busybox_with_berth_runtime() {
     let args = with(&["run", "--rm", IMAGE, "echo", "hello from berth"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(podman_ok(&args).trim(), "hello from berth");
+    // A program relative to the working directory, and `--tmpfs` (which Podman gives
+    // `tmpcopyup`) over a directory of the image: it keeps what the image had there.
+    let args = with(&[
+        "run",
+        "--rm",
+        "--workdir",
+        "/bin",
+        IMAGE,
+        "./echo",
+        "relative",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(podman_ok(&args).trim(), "relative");
+    let args = with(&["run", "--rm", "--tmpfs", "/etc", IMAGE, "cat", "/etc/group"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(podman_ok(&args).trim(), "root:x:0:");
     let args = with(&[
         "run",
         "-d",
