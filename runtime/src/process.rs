@@ -63,7 +63,12 @@ pub enum ProcessError {
         what: String,
         errno: nix::errno::Errno,
     },
-    #[error("executable file `{0}` not found in $PATH")]
+    /// A name is looked up on PATH; a path (`./start.sh`) only where it points.
+    #[error(
+        "executable file `{name}` not found{where_}",
+        name = .0,
+        where_ = if .0.contains('/') { "" } else { " in $PATH" }
+    )]
     NotFound(String),
     #[error("`{0}` is not an executable file")]
     NotExecutable(String),
@@ -638,10 +643,10 @@ mod tests {
             find_executable(&root, app, "/bin/true", &env).unwrap(),
             PathBuf::from("/bin/true")
         );
-        match find_executable(&root, Path::new("/"), "./start.sh", &env) {
-            Err(ProcessError::NotFound(name)) => assert_eq!(name, "./start.sh"),
-            other => panic!("{other:?}"),
-        }
+        let e = find_executable(&root, Path::new("/"), "./start.sh", &env).unwrap_err();
+        assert_eq!(e.to_string(), "executable file `./start.sh` not found");
+        let e = find_executable(&root, app, "nope", &env).unwrap_err();
+        assert_eq!(e.to_string(), "executable file `nope` not found in $PATH");
         assert!(matches!(
             find_executable(&root, app, "start.sh", &env),
             Err(ProcessError::NotFound(_))
