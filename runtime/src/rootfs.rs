@@ -604,7 +604,8 @@ impl RootfsSetup<'_> {
     }
 
     fn create_devices(&self, sys: &dyn Syscall) -> Result<(), RootfsError> {
-        let dev = self.rootfs.join("dev");
+        // Inside the root: an image's `/dev` may be a symlink, which the host would follow.
+        let dev = resolve_in_root(self.rootfs, Path::new("/dev"))?;
         sys.mkdir_all(&dev, 0o755).map_err(fail("mkdir", &dev))?;
         let linux = self.spec.linux().as_ref();
         let extra = linux.and_then(|l| l.devices().as_ref());

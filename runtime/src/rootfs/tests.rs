@@ -166,6 +166,36 @@ fn prepare_mounts_in_spec_order_and_creates_devices() {
 }
 
 #[test]
+fn an_image_whose_dev_is_a_symlink_gets_its_devices_inside_the_root() {
+    let r = root("dev-link");
+    let rootfs = r.0.join("rootfs");
+    // The host directory the link names, outside the root.
+    let victim = r.0.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, rootfs.join("dev")).unwrap();
+    let s = spec(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#);
+    let sys = RecordingSyscall::default();
+    setup(&rootfs, &r.0, &s, false).prepare(&sys).unwrap();
+    let inside = rootfs.join(victim.strip_prefix("/").unwrap());
+    for call in sys.calls() {
+        let path = match &call {
+            Call::Symlink { link, .. } => link,
+            Call::Mknod { path, .. } => path,
+            _ => continue,
+        };
+        assert!(
+            path.starts_with(&inside),
+            "{call:?} outside {}",
+            inside.display()
+        );
+    }
+    assert!(sys.calls().contains(&Call::Symlink {
+        target: "/proc/self/fd".into(),
+        link: inside.join("fd")
+    }));
+}
+
+#[test]
 fn user_namespace_binds_devices_and_falls_back_for_sysfs() {
     let r = root("userns");
     let rootfs = r.0.join("rootfs");
