@@ -126,10 +126,17 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     if new_mnt {
         rootfs::pivot(&sys_, &cfg.bundle.rootfs, cfg.no_pivot)?;
     }
-    // Before `finish`, which may make /proc/sys read-only (readonlyPaths).
+    // Before `finish`, which may make /proc/sys read-only (readonlyPaths). The keys were
+    // checked with the bundle (`spec::validate`): only namespaced ones, never the host's.
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (key, value) in sysctl {
-            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            let path = crate::spec::sysctl_file(key).ok_or_else(|| InitError::Sysctl {
+                key: key.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a sysctl name (an empty, `.` or `..` component)",
+                ),
+            })?;
             std::fs::write(&path, value).map_err(|source| InitError::Sysctl {
                 key: key.clone(),
                 source,

@@ -207,6 +207,13 @@ pub fn validate(path: &Path, spec: &Spec) -> Result<(), SpecError> {
             "a new user namespace needs uidMappings and gidMappings",
         ));
     }
+    if let Some(sysctl) = linux.sysctl() {
+        check_sysctls(
+            path,
+            sysctl.keys(),
+            linux.namespaces().as_deref().unwrap_or_default(),
+        )?;
+    }
     if !seen.contains(&LinuxNamespaceType::Mount) {
         // Allowed (the process is chrooted into the root), but nothing that needs mounts.
         let root_readonly = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
@@ -241,6 +248,108 @@ pub fn validate(path: &Path, spec: &Spec) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// The components of a `linux.sysctl` key: dotted (`net.ipv4.ip_forward`) or, when it has a
+/// `/`, slashed (`net/ipv4/conf/eth0.100/forwarding`, where a dot belongs to a name). `None`
+/// for an empty component or a `.` or `..` one: joined under /proc/sys, those would lead to
+/// another file than the one the key names (`net/../kernel/printk`).
+pub fn sysctl_components(key: &str) -> Option<Vec<&str>> {
+    let sep = if key.contains('/') { '/' } else { '.' };
+    let parts: Vec<&str> = key.split(sep).collect();
+    let bad = |c: &&str| c.is_empty() || *c == "." || *c == ".." || c.contains('\0');
+    (!parts.iter().any(bad)).then_some(parts)
+}
+
+/// The file under /proc/sys a checked `linux.sysctl` key is written to.
+pub fn sysctl_file(key: &str) -> Option<PathBuf> {
+    let parts = sysctl_components(key)?;
+    Some(
+        parts
+            .iter()
+            .fold(PathBuf::from("/proc/sys"), |p, c| p.join(c)),
+    )
+}
+
+/// The namespace whose copy of a sysctl the container writes, or `None` for a sysctl the
+/// kernel keeps once for the whole host (runc's list, libcontainer/configs/validate).
+pub fn sysctl_namespace(parts: &[&str]) -> Option<LinuxNamespaceType> {
+    match parts {
+        ["kernel", "msgmax" | "msgmnb" | "msgmni" | "sem" | "shmall" | "shmmax" | "shmmni"
+        | "shm_rmid_forced"] => Some(LinuxNamespaceType::Ipc),
+        ["fs", "mqueue", _, ..] => Some(LinuxNamespaceType::Ipc),
+        ["net", _, ..] => Some(LinuxNamespaceType::Network),
+        ["kernel", "hostname" | "domainname"] => Some(LinuxNamespaceType::Uts),
+        _ => None,
+    }
+}
+
+/// Refuses every sysctl that would change the host: one the kernel does not namespace, or one
+/// whose namespace the container shares with the runtime (none in `linux.namespaces`, or a
+/// path to the runtime's own).
+fn check_sysctls<'a>(
+    path: &Path,
+    keys: impl Iterator<Item = &'a String>,
+    namespaces: &[oci_spec::runtime::LinuxNamespace],
+) -> Result<(), SpecError> {
+    let refuse =
+        |key: &str, why: String| invalid(path, "linux.sysctl", &format!("sysctl `{key}` {why}"));
+    let mut keys: Vec<&String> = keys.collect();
+    keys.sort();
+    for key in keys {
+        let parts = sysctl_components(key).ok_or_else(|| {
+            refuse(
+                key,
+                "is not a sysctl name (an empty, `.` or `..` component)".into(),
+            )
+        })?;
+        let typ = sysctl_namespace(&parts).ok_or_else(|| {
+            refuse(
+                key,
+                "is not in a separate kernel namespace: writing it would change the host".into(),
+            )
+        })?;
+        match namespaces.iter().find(|n| n.typ() == typ) {
+            None => {
+                return Err(refuse(
+                    key,
+                    format!(
+                        "needs the container's own {typ} namespace (linux.namespaces has none): \
+                         writing it would change the host's"
+                    ),
+                ))
+            }
+            Some(ns) => {
+                if let Some(p) = ns.path() {
+                    let own = PathBuf::from(format!("/proc/self/ns/{typ}"));
+                    let host = same_file(p, &own).map_err(|e| {
+                        refuse(
+                            key,
+                            format!("cannot check the {typ} namespace {}: {e}", p.display()),
+                        )
+                    })?;
+                    if host {
+                        return Err(refuse(
+                            key,
+                            format!(
+                                "needs the container's own {typ} namespace, but {} is the \
+                                 runtime's: writing it would change the host's",
+                                p.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file (the same namespace, for `/proc/*/ns/*`).
+fn same_file(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (x, y) = (fs::metadata(a)?, fs::metadata(b)?);
+    Ok(x.dev() == y.dev() && x.ino() == y.ino())
 }
 
 /// The default configuration `spec` writes: runc's, with Berth's hostname. Like runc's, it
@@ -280,4 +389,131 @@ pub fn write_default(dir: &Path, spec: &Spec) -> Result<PathBuf, SpecError> {
         source,
     })?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(linux: &str) -> Spec {
+        serde_json::from_str(&format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "process":{{"args":["sh"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"linux":{linux}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn check(namespaces: &str, key: &str) -> Result<(), String> {
+        let s = spec(&format!(
+            r#"{{"namespaces":{namespaces},"sysctl":{{"{key}":"1"}}}}"#
+        ));
+        validate(Path::new("/b/config.json"), &s).map_err(|e| e.to_string())
+    }
+
+    const OWN: &str = r#"[{"type":"mount"},{"type":"ipc"},{"type":"network"},{"type":"uts"}]"#;
+
+    #[test]
+    fn namespaced_sysctls_are_allowed_with_their_namespace() {
+        for key in [
+            "kernel.msgmax",
+            "kernel.msgmnb",
+            "kernel.msgmni",
+            "kernel.sem",
+            "kernel.shmall",
+            "kernel.shmmax",
+            "kernel.shmmni",
+            "kernel.shm_rmid_forced",
+            "fs.mqueue.msg_max",
+            "net.ipv4.ip_forward",
+            "net/ipv4/conf/eth0.100/forwarding",
+            "kernel.hostname",
+            "kernel.domainname",
+        ] {
+            assert_eq!(check(OWN, key), Ok(()), "{key}");
+        }
+    }
+
+    #[test]
+    fn host_global_sysctls_are_refused_by_name() {
+        for key in [
+            "kernel.printk_ratelimit",
+            "kernel.core_pattern",
+            "vm.overcommit_memory",
+            "fs.file-max",
+            "fs.mqueue",
+            "kernel.msgmax.x",
+            "net",
+            "kernel",
+        ] {
+            let e = check(OWN, key).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "sysctl `{key}` is not in a separate kernel namespace"
+                )),
+                "{key}: {e}"
+            );
+            assert!(
+                e.starts_with("/b/config.json: invalid `linux.sysctl`"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_that_climb_out_or_have_empty_components_are_refused() {
+        for key in [
+            "net.ipv4/../../kernel/printk",
+            "net/../kernel/core_pattern",
+            "net/./ipv4/ip_forward",
+            "net..ipv4.ip_forward",
+            ".net.ipv4.ip_forward",
+            "net.ipv4.ip_forward.",
+            "net/ipv4//ip_forward",
+            "",
+        ] {
+            let e = check(OWN, key).unwrap_err();
+            assert!(e.contains("is not a sysctl name"), "{key}: {e}");
+        }
+        assert_eq!(sysctl_file("net.ipv4/../x"), None);
+        assert_eq!(
+            sysctl_file("net.ipv4.ip_forward"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/ip_forward"))
+        );
+        assert_eq!(
+            sysctl_file("net/ipv4/conf/eth0.100/forwarding"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding"))
+        );
+    }
+
+    #[test]
+    fn a_sysctl_without_its_own_namespace_is_refused() {
+        let none = r#"[{"type":"mount"}]"#;
+        for (key, typ) in [
+            ("kernel.shmmax", "ipc"),
+            ("fs.mqueue.queues_max", "ipc"),
+            ("net.ipv4.ip_forward", "net"),
+            ("kernel.domainname", "uts"),
+        ] {
+            let e = check(none, key).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "sysctl `{key}` needs the container's own {typ} namespace"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_joined_namespace_must_not_be_the_runtimes_own() {
+        let host = r#"[{"type":"mount"},{"type":"network","path":"/proc/self/ns/net"}]"#;
+        let e = check(host, "net.ipv4.ip_forward").unwrap_err();
+        assert!(e.contains("/proc/self/ns/net is the runtime's"), "{e}");
+        let missing = r#"[{"type":"mount"},{"type":"ipc","path":"/nonexistent/ipc"}]"#;
+        let e = check(missing, "kernel.sem").unwrap_err();
+        assert!(
+            e.contains("cannot check the ipc namespace /nonexistent/ipc"),
+            "{e}"
+        );
+    }
 }
