@@ -34,6 +34,8 @@ pub enum InitError {
     Hook(#[from] HookError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Fd(#[from] crate::fds::FdError),
     #[error("{what}: {errno}")]
     Sys {
         what: String,
@@ -69,6 +71,8 @@ pub struct InitConfig<'a> {
     pub stdio: Option<[RawFd; 3]>,
     pub filters: &'a [BpfProgram],
     pub no_pivot: bool,
+    /// Descriptors 3.. passed to the program (`--preserve-fds`, socket activation).
+    pub preserve_fds: u32,
 }
 
 /// Entry point of the cloned child.
@@ -99,6 +103,10 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     let proc_ = spec.process().as_ref().unwrap_or(&empty);
     process::reset_signals();
     process::wire_stdio(cfg.stdio)?;
+    // Whatever the runtime's caller left open (a host directory, a socket) must not reach
+    // the container: not the hooks run inside it, not its program. Close-on-exec keeps what
+    // the init itself still needs (channel, state directory, console socket) until exec.
+    crate::fds::close_on_exec_from(crate::fds::first_closed(cfg.preserve_fds)?)?;
     // Device nodes and directories get exactly the modes the spec asks for.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let mut state = cfg.channel.wait_for_continue()?;
@@ -176,7 +184,9 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
         Wait::Fifo(dir) => Some(wait_on_fifo(dir)?),
     };
     hooks::run(hooks, HookKind::StartContainer, &state)?;
-    Err(program.exec(&sys_, proc_, cfg.filters).into())
+    Err(program
+        .exec(&sys_, proc_, cfg.filters, cfg.preserve_fds)
+        .into())
 }
 
 /// The namespace steps of the init, once it is in the container's cgroup: root of a new user

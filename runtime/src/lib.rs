@@ -12,6 +12,7 @@ pub mod channel;
 pub mod console;
 pub mod container;
 pub mod container_init;
+pub mod fds;
 pub mod hooks;
 pub mod json_path;
 pub mod namespaces;

@@ -89,6 +89,8 @@ pub enum ProcessError {
     CwdOutsideRoot(PathBuf),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Fd(#[from] crate::fds::FdError),
 }
 
 fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> ProcessError {
@@ -271,10 +273,21 @@ impl Program {
         })
     }
 
-    /// Sets rlimits, identity, capabilities, seccomp, umask and working directory, then
-    /// execs. Returns only on failure.
-    pub fn exec(self, sys: &dyn Syscall, p: &Process, filters: &[BpfProgram]) -> ProcessError {
+    /// Closes (on exec) every descriptor but stdio and the `preserve_fds` from 3, sets
+    /// rlimits, identity, capabilities, seccomp, umask and working directory, then execs.
+    /// Returns only on failure.
+    pub fn exec(
+        self,
+        sys: &dyn Syscall,
+        p: &Process,
+        filters: &[BpfProgram],
+        preserve_fds: u32,
+    ) -> ProcessError {
         let setup = || -> Result<(), ProcessError> {
+            // First: a seccomp profile may deny close_range, and after the switch to the
+            // process's user the fallback may not read this non-dumpable process's
+            // /proc/self/fd.
+            crate::fds::pass_only(preserve_fds)?;
             set_rlimits(sys, p)?;
             apply_identity(sys, p, filters, true)?;
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// A host sysctl put back as it was on drop, whatever the test saw.
 struct HostSysctl {
@@ -105,4 +105,132 @@ fn namespaced_sysctls_reach_the_containers_own_copy() {
     assert_eq!(out, format!("{flipped}\n1234\n"));
     assert_eq!(forward.now(), forward.was);
     assert_eq!(shmmni.now(), shmmni.was);
+}
+
+/// The descriptors from 3 to 9 the container's process holds, and the host file it could
+/// read through an inherited directory descriptor 5, in one write.
+const SHOW_FDS: &str = r#"o=; for n in 3 4 5 6 7 8 9; do test -e /proc/self/fd/$n && o="$o open $n"; done
+s=$(cat /proc/self/fd/5/secret 2>/dev/null); test -n "$s" && o="$o read host $s"
+test -n "$LISTEN_FDS" && o="$o LISTEN_FDS=$LISTEN_FDS LISTEN_PID=$LISTEN_PID"
+echo "fds:$o end""#;
+
+/// A host directory with a file the container must not read, and two small files to pass.
+fn host_files() -> Scratch {
+    let s = Scratch::new("berth-fds");
+    std::fs::write(s.path("secret"), "s3cret").unwrap();
+    std::fs::write(s.path("a"), "A").unwrap();
+    s
+}
+
+/// The CLI started from a shell that opens `redirs` (`5</dir`) for it, as a caller that
+/// forgot a descriptor (or means to pass it) does.
+fn cli_with_fds(f: &Fixture, redirs: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let script = format!(r#"{} exec "$@" {redirs}"#, env_assignments(env));
+    Command::new("/bin/sh")
+        .args(["-c", &script, "sh", BIN, "--root", f.root.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn env_assignments(env: &[(&str, &str)]) -> String {
+    env.iter()
+        .map(|(k, v)| format!("export {k}={v};"))
+        .collect()
+}
+
+#[test]
+fn inherited_descriptors_do_not_reach_the_container_on_run() {
+    let host = host_files();
+    let mut f = Fixture::new();
+    f.sh(SHOW_FDS);
+    f.write_config();
+    let bundle = f.bundle.to_str().unwrap().to_string();
+    let redirs = format!(
+        "3<{} 5<{} 6>>{}",
+        host.s("a"),
+        host.0.display(),
+        host.s("a")
+    );
+    let id = unique("fds-run");
+    f.track(&id);
+    let out = cli_with_fds(&f, &redirs, &[], &["run", "--bundle", &bundle, &id]);
+    assert_eq!(ok(&out), "fds: end\n");
+
+    // `--preserve-fds 1` passes descriptor 3, and only it.
+    let id = unique("fds-preserve");
+    f.track(&id);
+    let args = ["run", "--preserve-fds", "1", "--bundle", &bundle, &id];
+    let out = cli_with_fds(&f, &redirs, &[], &args);
+    assert_eq!(ok(&out), "fds: open 3 end\n");
+
+    // Socket activation for this very process: its descriptors come first, then the
+    // preserved ones, and the program is told of the activated ones.
+    let id = unique("fds-listen");
+    f.track(&id);
+    let script = format!(
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\" {redirs} 4<{}",
+        host.s("a")
+    );
+    let args = ["run", "--preserve-fds", "1", "--bundle", &bundle, &id];
+    let out = Command::new("/bin/sh")
+        .args(["-c", &script, "sh", BIN, "--root", f.root.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok(&out),
+        "fds: open 3 open 4 LISTEN_FDS=1 LISTEN_PID=1 end\n"
+    );
+
+    // A preserved descriptor that is not open is refused before anything is made.
+    let id = unique("fds-missing");
+    f.track(&id);
+    let args = ["run", "--preserve-fds", "2", "--bundle", &bundle, &id];
+    let out = cli_with_fds(&f, &format!("3<{} 4<&-", host.s("a")), &[], &args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("preserved descriptor 4"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!f.root.join(&id).exists());
+}
+
+#[test]
+fn inherited_descriptors_do_not_reach_the_container_on_create_and_exec() {
+    let host = host_files();
+    let mut f = Fixture::new();
+    f.sh(&format!("{SHOW_FDS}; exec sleep 60"));
+    f.write_config();
+    let bundle = f.bundle.to_str().unwrap().to_string();
+    let id = unique("fds-create");
+    f.track(&id);
+    let out_file = f.dir.join(format!("{id}.out"));
+    let err_file = f.dir.join(format!("{id}.err"));
+    // The created container keeps the stdio of `create`: files, not the pipes of `output`.
+    let redirs = format!(
+        "3<{} 5<{} >{} 2>{}",
+        host.s("a"),
+        host.0.display(),
+        out_file.display(),
+        err_file.display()
+    );
+    let out = cli_with_fds(&f, &redirs, &[], &["create", "--bundle", &bundle, &id]);
+    let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert!(out.status.success(), "{err}");
+    ok(&f.cli(&["start", &id]));
+    assert_eq!(wait_file(&out_file), "fds: end\n");
+
+    let exec = |extra: &[&str]| {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&id, "sh", "-c", SHOW_FDS]);
+        let redirs = format!("3<{} 5<{}", host.s("a"), host.0.display());
+        ok(&cli_with_fds(&f, &redirs, &[], &args))
+    };
+    assert_eq!(exec(&[]), "fds: end\n");
+    assert_eq!(exec(&["--preserve-fds", "1"]), "fds: open 3 end\n");
 }

@@ -24,6 +24,7 @@ fn create_and_start(runtime: &Runtime, f: &Fixture, id: &str, stdio: [RawFd; 3])
         no_pivot: false,
         stdio: Some(stdio),
         start: StartMode::Channel,
+        preserve_fds: 0,
     };
     let mut c = runtime.create(&bundle, &opts).unwrap();
     assert!(c.pid() > 0);
@@ -81,6 +82,7 @@ fn supervisor_api_end_to_end() {
             console_socket: None,
             pid_file: None,
             stdio: Some(stdio),
+            preserve_fds: 0,
         })
         .unwrap();
     assert_eq!(wait(health), 0);
@@ -91,6 +93,7 @@ fn supervisor_api_end_to_end() {
             console_socket: None,
             pid_file: None,
             stdio: Some(stdio),
+            preserve_fds: 0,
         })
         .unwrap();
     assert_eq!(wait(failing), 1);

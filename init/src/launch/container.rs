@@ -408,6 +408,7 @@ impl ContainerLauncher {
             no_pivot: false,
             stdio: Some([null.as_raw_fd(), out, out]),
             start: StartMode::Fifo,
+            preserve_fds: 0,
         };
         let container = if berth_runtime::sealed::is_sealed() {
             self.runtime.create(&bundle, &opts).map_err(err)?
@@ -605,6 +606,7 @@ impl ContainerLauncher {
                 console_socket: None,
                 pid_file: None,
                 stdio: Some([0, 1, 2]),
+                preserve_fds: 0,
             };
             let pid = c.exec(&opts).map_err(err)?;
             Ok(super::task::wait_child(pid).code())

@@ -36,6 +36,9 @@ pub struct CreateOptions<'a> {
     /// stdin, stdout, stderr of the container; inherited from this process when `None`.
     pub stdio: Option<[RawFd; 3]>,
     pub start: StartMode,
+    /// Descriptors 3.. passed to the container's program (runc's `--preserve-fds`, plus
+    /// socket activation's); they must be open. Every other one is closed on exec.
+    pub preserve_fds: u32,
 }
 
 /// Undoes a half-created container when dropped without `disarm`.
@@ -126,6 +129,7 @@ impl Runtime {
         if let Some(p) = spec.process() {
             crate::process::check_capabilities(p)?;
         }
+        crate::fds::check_preserved(opts.preserve_fds)?;
         trace::step("checks and seccomp");
         let terminal = spec
             .process()
@@ -196,6 +200,7 @@ impl Runtime {
                 stdio: opts.stdio,
                 filters: &filters,
                 no_pivot: opts.no_pivot,
+                preserve_fds: opts.preserve_fds,
             },
             cgroup.as_ref().map(|(_, cg)| cg.path()),
         )?;

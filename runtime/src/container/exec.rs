@@ -30,6 +30,8 @@ pub struct ExecOptions<'a> {
     pub console_socket: Option<&'a Path>,
     pub pid_file: Option<&'a Path>,
     pub stdio: Option<[RawFd; 3]>,
+    /// Descriptors 3.. passed to the process (runc's `--preserve-fds`); they must be open.
+    pub preserve_fds: u32,
 }
 
 fn same_ns(a: &Path, b: &Path) -> bool {
@@ -49,6 +51,7 @@ impl Container {
     pub fn exec(&mut self, opts: &ExecOptions<'_>) -> Result<i32> {
         self.ready_to("exec in", Status::can_exec)?;
         crate::process::check_capabilities(&opts.process)?;
+        crate::fds::check_preserved(opts.preserve_fds)?;
         let pid = self.state.pid;
         let mut joins: Vec<(File, CloneFlags)> = Vec::new();
         for (name, flag) in NAMESPACES {
@@ -101,6 +104,7 @@ impl Container {
                 &filters,
                 console.as_ref(),
                 opts.stdio,
+                opts.preserve_fds,
             ) {
                 Ok(never) => match never {},
                 Err(e) => e,
@@ -149,6 +153,7 @@ fn exec_child(
     filters: &[seccompiler::BpfProgram],
     console: Option<&OwnedFd>,
     stdio: Option<[RawFd; 3]>,
+    preserve_fds: u32,
 ) -> std::result::Result<Infallible, InitError> {
     let sys = |what: &str| {
         let what = what.to_string();
@@ -156,6 +161,8 @@ fn exec_child(
     };
     process::reset_signals();
     process::wire_stdio(stdio)?;
+    // Nothing of the caller's but stdio and the preserved descriptors reaches the container.
+    crate::fds::close_on_exec_from(crate::fds::first_closed(preserve_fds)?)?;
     channel.wait_for_continue()?;
     for (file, flag) in joins {
         LinuxSyscall
@@ -166,5 +173,5 @@ fn exec_child(
         crate::console::attach(sock.as_fd(), p)?;
     }
     let program = process::Program::resolve(p, Path::new("/"))?;
-    Err(program.exec(&LinuxSyscall, p, filters).into())
+    Err(program.exec(&LinuxSyscall, p, filters, preserve_fds).into())
 }

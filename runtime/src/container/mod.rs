@@ -75,6 +75,8 @@ pub enum ContainerError {
     Init(#[from] InitError),
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
+    #[error(transparent)]
+    Fd(#[from] crate::fds::FdError),
 }
 
 pub type Result<T> = std::result::Result<T, ContainerError>;
