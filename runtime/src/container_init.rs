@@ -36,6 +36,8 @@ pub enum InitError {
     Console(#[from] ConsoleError),
     #[error(transparent)]
     Fd(#[from] crate::fds::FdError),
+    #[error(transparent)]
+    Keyring(#[from] crate::keyring::KeyringError),
     #[error("{what}: {errno}")]
     Sys {
         what: String,
@@ -63,6 +65,7 @@ pub enum Wait {
 }
 
 pub struct InitConfig<'a> {
+    pub id: &'a str,
     pub bundle: &'a Bundle,
     pub plan: &'a NamespacePlan,
     pub channel: Channel,
@@ -73,6 +76,8 @@ pub struct InitConfig<'a> {
     pub no_pivot: bool,
     /// Descriptors 3.. passed to the program (`--preserve-fds`, socket activation).
     pub preserve_fds: u32,
+    /// Keep the caller's session keyring (runc's `--no-new-keyring`).
+    pub no_new_keyring: bool,
 }
 
 /// Entry point of the cloned child.
@@ -112,6 +117,11 @@ fn setup(cfg: &InitConfig<'_>, ready: &mut bool) -> Result<Infallible, InitError
     let mut state = cfg.channel.wait_for_continue()?;
     let sys_ = LinuxSyscall;
     enter_namespaces(&sys_, cfg.plan, spec)?;
+    if !cfg.no_new_keyring {
+        // Not the caller's session keyring and its keys: one of the container's own, made by
+        // its root (after the user namespace's setuid), before any of its code runs.
+        crate::keyring::join_new(cfg.id, cfg.plan.has(CloneFlags::CLONE_NEWUSER))?;
+    }
     let new_mnt = cfg.plan.new.contains(CloneFlags::CLONE_NEWNS);
     if new_mnt {
         let setup = RootfsSetup {

@@ -15,6 +15,7 @@ pub mod container_init;
 pub mod fds;
 pub mod hooks;
 pub mod json_path;
+pub mod keyring;
 pub mod namespaces;
 pub mod process;
 pub mod procfs;

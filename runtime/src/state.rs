@@ -110,6 +110,10 @@ pub struct State {
     /// The container's cgroup relative to the v2 root, when one was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// Created with `--no-new-keyring`: processes `exec` starts keep their caller's session
+    /// keyring too, instead of joining the container's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_keyring: bool,
     /// The configuration the container was created from (hooks, process defaults for exec).
     pub config: Spec,
 }

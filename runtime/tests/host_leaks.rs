@@ -234,3 +234,97 @@ fn inherited_descriptors_do_not_reach_the_container_on_create_and_exec() {
     assert_eq!(exec(&[]), "fds: end\n");
     assert_eq!(exec(&["--preserve-fds", "1"]), "fds: open 3 end\n");
 }
+
+/// Starts the CLI in a session keyring of its own that holds one key, `desc`, that only its
+/// possessors (processes with that session keyring) can see.
+fn with_private_key(cmd: &mut Command, desc: &str) {
+    use std::os::unix::process::CommandExt;
+    let desc = std::ffi::CString::new(desc).unwrap();
+    let sys = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: only system calls between fork and exec, on memory the closure owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys(libc::syscall(
+                libc::SYS_keyctl,
+                libc::KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<libc::c_char>(),
+            ))?;
+            let key = sys(libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                desc.as_ptr(),
+                b"s3cret".as_ptr(),
+                6usize,
+                libc::KEY_SPEC_SESSION_KEYRING,
+            ))?;
+            // Possessor: everything; its user, others: nothing.
+            sys(libc::syscall(
+                libc::SYS_keyctl,
+                libc::KEYCTL_SETPERM,
+                key,
+                0x3f00_0000u32,
+            ))?;
+            Ok(())
+        })
+    };
+}
+
+/// Which of `key` and the session keyring `_ses.<id>` the container's process sees in
+/// /proc/keys (which lists what it may view: a key it possesses through its session keyring
+/// among them).
+fn keys_seen(key: &str, id: &str) -> String {
+    format!(
+        "k=; grep -q ' {key}: ' /proc/keys && k=\"$k caller-key\"; \
+         grep -q ' _ses.{id}: ' /proc/keys && k=\"$k own-session\"; echo \"keys:$k\""
+    )
+}
+
+/// `run` with the caller's private key (see `with_private_key`): the container's output.
+fn run_with_key(f: &Fixture, key: &str, id: &str, extra: &[&str]) -> String {
+    f.write_config();
+    f.track(id);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--root", f.root.to_str().unwrap(), "run"])
+        .args(extra)
+        .args(["--bundle", f.bundle.to_str().unwrap(), id])
+        .stdin(Stdio::null());
+    with_private_key(&mut cmd, key);
+    ok(&cmd.output().unwrap())
+}
+
+#[test]
+fn the_container_gets_a_session_keyring_of_its_own() {
+    let mut f = Fixture::new();
+    // runc's default masks /proc/keys; here it is how the test looks at the keyrings.
+    let masked = f.config["linux"]["maskedPaths"].as_array_mut().unwrap();
+    masked.retain(|p| p != "/proc/keys");
+    let key = unique("berth-caller-key");
+    let id = unique("keyring");
+    f.sh(&keys_seen(&key, &id));
+    assert_eq!(run_with_key(&f, &key, &id, &[]), "keys: own-session\n");
+    // `--no-new-keyring` keeps the caller's, as runc does.
+    let id = unique("keyring-kept");
+    f.sh(&keys_seen(&key, &id));
+    assert_eq!(
+        run_with_key(&f, &key, &id, &["--no-new-keyring"]),
+        "keys: caller-key\n"
+    );
+
+    // A process `exec` starts joins the container's keyring, not its caller's.
+    let id = unique("keyring-exec");
+    f.args(&["sleep", "60"]);
+    f.create(&id);
+    ok(&f.cli(&["start", &id]));
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--root", f.root.to_str().unwrap(), "exec", &id, "sh", "-c"])
+        .arg(keys_seen(&key, &id))
+        .stdin(Stdio::null());
+    with_private_key(&mut cmd, &key);
+    assert_eq!(ok(&cmd.output().unwrap()), "keys: own-session\n");
+}

@@ -25,6 +25,7 @@ fn create_and_start(runtime: &Runtime, f: &Fixture, id: &str, stdio: [RawFd; 3])
         stdio: Some(stdio),
         start: StartMode::Channel,
         preserve_fds: 0,
+        no_new_keyring: false,
     };
     let mut c = runtime.create(&bundle, &opts).unwrap();
     assert!(c.pid() > 0);

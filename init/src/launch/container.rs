@@ -409,6 +409,7 @@ impl ContainerLauncher {
             stdio: Some([null.as_raw_fd(), out, out]),
             start: StartMode::Fifo,
             preserve_fds: 0,
+            no_new_keyring: false,
         };
         let container = if berth_runtime::sealed::is_sealed() {
             self.runtime.create(&bundle, &opts).map_err(err)?

@@ -1,4 +1,5 @@
-//! `create [-b DIR] [--console-socket PATH] [--pid-file PATH] [--no-pivot] [--preserve-fds N] ID`
+//! `create [-b DIR] [--console-socket PATH] [--pid-file PATH] [--no-pivot] [--no-new-keyring]
+//! [--preserve-fds N] ID`
 
 use super::{flag, opt, parse, CliResult, Flag, Global, Parsed, Usage};
 use berth_runtime::{Bundle, CreateOptions, StartMode};
@@ -45,6 +46,7 @@ pub fn load(
         console_socket: p.get("console-socket").map(Path::new),
         pid_file: p.get("pid-file").map(Path::new),
         no_pivot: p.is_set("no-pivot"),
+        no_new_keyring: p.is_set("no-new-keyring"),
         stdio: None,
         start,
         preserve_fds,

@@ -39,6 +39,9 @@ pub struct CreateOptions<'a> {
     /// Descriptors 3.. passed to the container's program (runc's `--preserve-fds`, plus
     /// socket activation's); they must be open. Every other one is closed on exec.
     pub preserve_fds: u32,
+    /// Keep the caller's session keyring instead of a new `_ses.<id>` (runc's
+    /// `--no-new-keyring`).
+    pub no_new_keyring: bool,
 }
 
 /// Undoes a half-created container when dropped without `disarm`.
@@ -192,6 +195,7 @@ impl Runtime {
         let (pid, born_in_cgroup) = spawn_init(
             &plan,
             InitConfig {
+                id: opts.id,
                 bundle,
                 plan: &plan,
                 channel: child,
@@ -201,6 +205,7 @@ impl Runtime {
                 filters: &filters,
                 no_pivot: opts.no_pivot,
                 preserve_fds: opts.preserve_fds,
+                no_new_keyring: opts.no_new_keyring,
             },
             cgroup.as_ref().map(|(_, cg)| cg.path()),
         )?;
@@ -244,6 +249,7 @@ impl Runtime {
                 annotations: spec.annotations().clone().unwrap_or_default(),
                 pid_start_time: process_start_time(pid).map(|(t, _)| t).unwrap_or(0),
                 cgroup: cgroup.as_ref().map(|(rel, _)| rel.clone()),
+                no_new_keyring: opts.no_new_keyring,
                 config: spec.clone(),
             },
             channel: None,

@@ -99,12 +99,15 @@ impl Container {
             drop(parent);
             let err = match exec_child(
                 &child,
-                &joins,
-                &opts.process,
-                &filters,
-                console.as_ref(),
-                opts.stdio,
-                opts.preserve_fds,
+                &ExecChild {
+                    joins: &joins,
+                    process: &opts.process,
+                    filters: &filters,
+                    console: console.as_ref(),
+                    stdio: opts.stdio,
+                    preserve_fds: opts.preserve_fds,
+                    keyring_of: (!self.state.no_new_keyring).then_some(self.state.id.as_str()),
+                },
             ) {
                 Ok(never) => match never {},
                 Err(e) => e,
@@ -146,32 +149,43 @@ impl Container {
     }
 }
 
-fn exec_child(
-    channel: &Channel,
-    joins: &[(File, CloneFlags)],
-    p: &Process,
-    filters: &[seccompiler::BpfProgram],
-    console: Option<&OwnedFd>,
+/// What the process `exec` clones needs until it execs.
+struct ExecChild<'a> {
+    joins: &'a [(File, CloneFlags)],
+    process: &'a Process,
+    filters: &'a [seccompiler::BpfProgram],
+    console: Option<&'a OwnedFd>,
     stdio: Option<[RawFd; 3]>,
     preserve_fds: u32,
-) -> std::result::Result<Infallible, InitError> {
+    /// The container whose session keyring to join (none with `--no-new-keyring`).
+    keyring_of: Option<&'a str>,
+}
+
+fn exec_child(channel: &Channel, c: &ExecChild<'_>) -> std::result::Result<Infallible, InitError> {
+    let p = c.process;
     let sys = |what: &str| {
         let what = what.to_string();
         move |errno| InitError::Sys { what, errno }
     };
     process::reset_signals();
-    process::wire_stdio(stdio)?;
+    process::wire_stdio(c.stdio)?;
     // Nothing of the caller's but stdio and the preserved descriptors reaches the container.
-    crate::fds::close_on_exec_from(crate::fds::first_closed(preserve_fds)?)?;
+    crate::fds::close_on_exec_from(crate::fds::first_closed(c.preserve_fds)?)?;
     channel.wait_for_continue()?;
-    for (file, flag) in joins {
+    for (file, flag) in c.joins {
         LinuxSyscall
             .setns(file.as_fd(), *flag)
             .map_err(sys("setns"))?;
     }
-    if let Some(sock) = console {
+    if let Some(id) = c.keyring_of {
+        // The container's session keyring, found by name, not the caller's.
+        crate::keyring::join_existing(id)?;
+    }
+    if let Some(sock) = c.console {
         crate::console::attach(sock.as_fd(), p)?;
     }
     let program = process::Program::resolve(p, Path::new("/"))?;
-    Err(program.exec(&LinuxSyscall, p, filters, preserve_fds).into())
+    Err(program
+        .exec(&LinuxSyscall, p, c.filters, c.preserve_fds)
+        .into())
 }
