@@ -134,7 +134,7 @@ fn exec(g: &Global, p: &Parsed, id: &str) -> CliResult {
         console_socket: p.get("console-socket").map(Path::new),
         pid_file: p.get("pid-file").map(Path::new),
         stdio: None,
-        preserve_fds: super::create::preserve_fds(&p)?,
+        preserve_fds: super::create::preserve_fds(p)?,
     };
     let pid = container.exec(&opts)?;
     if p.is_set("detach") {
