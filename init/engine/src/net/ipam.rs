@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 const STATE: &str = "allocations.json";
 const LOCK: &str = "allocations.lock";
+/// The address handed out last: the next search starts after it.
+const LAST: &str = "last-address";
 
 /// One container's allocation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -121,20 +123,10 @@ impl Allocations {
                 }
             }
         }
+        let fresh = !all.contains_key(id);
         let address = match all.get(id) {
             Some(a) => a.address,
-            None => {
-                let base = u32::from(self.subnet);
-                let size = 1u32 << (32 - u32::from(self.prefix));
-                // .0 is the network, .1 the bridge, the last the broadcast address.
-                (2..size.saturating_sub(1))
-                    .map(|i| Ipv4Addr::from(base + i))
-                    .find(|ip| !all.values().any(|a| a.address == *ip))
-                    .ok_or(NetError::Exhausted {
-                        subnet: self.subnet,
-                        prefix: self.prefix,
-                    })?
-            }
+            None => self.next_free(&all)?,
         };
         let a = Allocation {
             address,
@@ -142,7 +134,36 @@ impl Allocations {
         };
         all.insert(id.to_string(), a.clone());
         self.save(&all)?;
+        if fresh {
+            // Where the next search starts; without it (lost, or unreadable) the search
+            // starts at the bottom again, which is only less careful.
+            let _ = std::fs::write(self.dir.join(LAST), address.to_string());
+        }
         Ok(a)
+    }
+
+    /// The first free address after the one handed out last, wrapping around. An address
+    /// just released is taken again only once every other one was: the kernel's connection
+    /// tracking keeps sending the flows of a removed container's port mappings to its address
+    /// while their clients keep sending, and the next holder of the address would get them.
+    fn next_free(&self, all: &BTreeMap<String, Allocation>) -> Result<Ipv4Addr, NetError> {
+        let base = u32::from(self.subnet);
+        let size = 1u32 << (32 - u32::from(self.prefix));
+        // .0 is the network, .1 the bridge, the last the broadcast address.
+        let usable = size.saturating_sub(3);
+        let last = std::fs::read_to_string(self.dir.join(LAST))
+            .ok()
+            .and_then(|t| t.trim().parse::<Ipv4Addr>().ok())
+            .map(|ip| u32::from(ip).wrapping_sub(base))
+            .filter(|i| (2..size.saturating_sub(1)).contains(i));
+        let start = last.map_or(0, |i| i - 1);
+        (1..=usable)
+            .map(|k| Ipv4Addr::from(base + 2 + (start + k - 1) % usable))
+            .find(|ip| !all.values().any(|a| a.address == *ip))
+            .ok_or(NetError::Exhausted {
+                subnet: self.subnet,
+                prefix: self.prefix,
+            })
     }
 
     /// Frees `id`'s address and ports; true when it held any.
@@ -181,6 +202,33 @@ mod tests {
         assert_eq!(seen, (vec!["web".to_string()], true));
         // Released afterwards.
         a.allocate("db", &[]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_released_address_is_handed_out_again_only_after_every_other() {
+        let dir = std::env::temp_dir().join(format!("berth-ipam-serial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // /29: .2 to .6 for containers.
+        let a = Allocations::new(&dir, Ipv4Addr::new(10, 89, 0, 0), 29);
+        let last = |id: &str| a.allocate(id, &[]).unwrap().address.octets()[3];
+        assert_eq!(last("web"), 2);
+        a.release("web").unwrap();
+        // Not .2 again, though it is the lowest free address.
+        assert_eq!(last("db"), 3);
+        assert_eq!(last("cache"), 4);
+        a.release("db").unwrap();
+        assert_eq!([last("q1"), last("q2")], [5, 6]);
+        // Wrapped around: the free ones, lowest first from the bottom.
+        assert_eq!([last("q3"), last("q4")], [2, 3]);
+        assert!(matches!(
+            a.allocate("q5", &[]),
+            Err(NetError::Exhausted { .. })
+        ));
+        // A record that cannot be read starts the search at the bottom.
+        a.release("q3").unwrap();
+        std::fs::write(dir.join(LAST), "not an address").unwrap();
+        assert_eq!(last("q6"), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
