@@ -337,6 +337,50 @@ fn a_good_slot_is_disabled_before_it_is_overwritten() {
     assert_eq!(s.next_boot(), Some(Slot::A));
 }
 
+#[test]
+fn no_update_overwrites_the_good_slot_while_the_running_one_is_on_trial() {
+    let Some(rig) = rig("on-trial") else {
+        return;
+    };
+    // What an update that just booted leaves: B running on trial, A the good fallback. The
+    // rig's target is the slot that is not running; here that is A.
+    let mut s = rig.state();
+    s.install(Slot::A, DEFAULT_TRIES);
+    s.mark_good(Slot::A);
+    s.install(Slot::B, DEFAULT_TRIES);
+    s.store(&rig.target.esp.join("grub")).unwrap();
+    let on_trial = Rig {
+        target: Target {
+            slot: Slot::A,
+            ..rig.target.clone()
+        },
+        policy: rig.policy.clone(),
+        opts: rig.opts.clone(),
+        dir: rig.dir.join("unused"),
+    };
+    let before = on_trial.snapshot();
+    let err = on_trial.apply(&rig.bundle(|_| {})).unwrap_err();
+    assert!(matches!(err, UpdateError::RunningOnTrial { .. }), "{err}");
+    assert!(err.to_string().contains("only good system"), "{err}");
+    assert_eq!(
+        before,
+        on_trial.snapshot(),
+        "a refused update changed something"
+    );
+    assert_eq!(on_trial.state().state(Slot::A), SlotState::Good);
+    // Once the running slot is marked good, the update goes ahead.
+    let mut s = on_trial.state();
+    s.mark_good(Slot::B);
+    s.store(&rig.target.esp.join("grub")).unwrap();
+    on_trial.apply(&rig.bundle(|_| {})).unwrap();
+    assert_eq!(
+        on_trial.state().state(Slot::A),
+        SlotState::New {
+            tries_left: DEFAULT_TRIES
+        }
+    );
+}
+
 /// A correctly signed bundle whose root does not match its own verity root hash (a build
 /// mistake, or a signer fooled into signing it) is refused before grubenv changes.
 #[test]

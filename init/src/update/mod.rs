@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use berth_formats::bundle::keys::{KeyError, TrustedKeys};
 use berth_formats::bundle::tree::TreeCheck;
 use berth_formats::bundle::{self, BundleError, Manifest};
-use berth_formats::grubenv::{BootState, GrubEnvError, Slot};
+use berth_formats::grubenv::{BootState, GrubEnvError, Slot, SlotState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -44,6 +44,12 @@ pub enum UpdateError {
         slot: Slot,
         capacity: u64,
     },
+    #[error(
+        "slot {running}, running, is on trial (not marked good yet) and slot {target} holds \
+         the only good system: an update would overwrite it and leave nothing to fall back to. \
+         Wait until this boot is marked good (its critical units healthy), or roll back"
+    )]
+    RunningOnTrial { running: Slot, target: Slot },
     #[error("boot state: {0}")]
     GrubEnv(#[from] GrubEnvError),
     #[error("slot {slot} boot configuration: {problem}")]
@@ -229,12 +235,28 @@ pub fn slot_boot_config(m: &Manifest, target: &Target) -> Result<String, UpdateE
 
 /// Verifies and writes the bundle read from `bundle_reader` into `target` (see the module
 /// documentation for the order). `progress` gets bytes done per payload.
+/// An update writes the slot that is not running. While the running one is on trial (an
+/// update booted it and it is not marked good yet), that other slot may hold the machine's only
+/// good system: overwriting it would leave a machine whose trial fails nothing to boot.
+fn refuse_losing_the_good_slot(target: &Target) -> Result<(), UpdateError> {
+    let state = BootState::load(&target.esp.join("grub"))?;
+    let running = target.slot.other();
+    if state.state(running) != SlotState::Good && state.state(target.slot) == SlotState::Good {
+        return Err(UpdateError::RunningOnTrial {
+            running,
+            target: target.slot,
+        });
+    }
+    Ok(())
+}
+
 pub fn apply<R: Read>(
     bundle_reader: R,
     target: &Target,
     policy: &Policy,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Applied, UpdateError> {
+    refuse_losing_the_good_slot(target)?;
     let mut r = std::io::BufReader::with_capacity(1 << 16, bundle_reader);
     let keys = TrustedKeys::load(&policy.trusted_keys)?;
     let verified = bundle::read_verified(&mut r, &keys)?;
