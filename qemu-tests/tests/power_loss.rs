@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use berth_formats::grubenv::{Slot, SlotState};
 use berth_qemu_tests::update::{
@@ -148,6 +149,44 @@ fn power_cut_mid_kernel_and_mid_grubenv_keeps_slot_a_and_a_later_update_works() 
     m.assert_marker(&mut vm);
     assert_eq!(os_release_field(&mut vm, "VERSION_ID").unwrap(), m.version);
     wait_marked_good(&mut vm, "B").unwrap();
+    vm.power_cut().unwrap();
+}
+
+/// An update killed where it stands (a cancel and the job's deadline send SIGKILL) leaves no
+/// mount of the boot partition behind: the update status reads it, and the next update goes
+/// through.
+#[test]
+fn a_killed_update_leaves_no_mount_of_the_boot_partition_behind() {
+    let Some(m) = Machine::new("update_killed") else {
+        return;
+    };
+    let mut vm = m.first_boot();
+    let apply = apply_command("/dev/vdb", m.bundle_len, "--stop-at mid-root");
+    vm.run_ok(&format!("({apply} >/tmp/apply.out 2>&1 &); true"), CMD)
+        .unwrap();
+    let deadline = Instant::now() + APPLY;
+    loop {
+        let (_, out) = vm.run("cat /tmp/apply.out", CMD).unwrap();
+        if out.contains("update-apply: stopped at mid-root") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the update never stopped: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Its read-write mount is its own: the machine's mount table does not show it. The
+    // status says why it cannot read the boot partition meanwhile.
+    let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
+    assert!(!mounts.contains("update-esp"), "{mounts}");
+    let (code, busy) = vm.run("berthctl update status", CMD).unwrap();
+    assert!(
+        code == 1 && busy.contains("an update is writing the boot partition"),
+        "{code}: {busy}"
+    );
+    vm.run_ok("pkill -9 -f update-apply; sleep 1", CMD).unwrap();
+    let status = update_status(&mut vm).unwrap();
+    assert_eq!(status["booted"], "A", "{status}");
+    let applied = m.apply(&mut vm, "");
+    assert!(applied.contains("\"slot\":\"B\""), "{applied}");
     vm.power_cut().unwrap();
 }
 

@@ -28,6 +28,9 @@ pub fn status(_: &Request, _: &Params, ctx: &mut ApiContext<'_>) -> Reply {
     match status_of_this_machine() {
         Ok(s) => Response::json(200, &s).into(),
         Err(MachineError::NotBerth) => not_berth().into(),
+        Err(e @ MachineError::UpdateWriting) => {
+            Response::error(409, "update in progress", &e.to_string()).into()
+        }
         Err(e) => Response::error(500, "update status", &e.to_string()).into(),
     }
 }

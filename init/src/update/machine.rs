@@ -43,6 +43,8 @@ pub enum MachineError {
         target: String,
         source: nix::errno::Errno,
     },
+    #[error("an update is writing the boot partition; ask again once it has ended")]
+    UpdateWriting,
     #[error(transparent)]
     Update(#[from] UpdateError),
 }
@@ -130,6 +132,7 @@ fn run(args: &Args) -> Result<Applied, MachineError> {
     let blocks = BlockDevices::system();
     let (root_device, root_capacity, root_partuuid) = slot_partition(&blocks, slot)?;
     let mountpoint = Path::new(ESP_MOUNT);
+    private_mounts()?;
     mount_esp(&blocks, ESP_MOUNT, MsFlags::empty())?;
     let target = Target {
         slot,
@@ -158,6 +161,27 @@ fn run(args: &Args) -> Result<Applied, MachineError> {
     nix::unistd::sync();
     let _ = nix::mount::umount(mountpoint);
     Ok(result?)
+}
+
+/// Gives this process a mount namespace of its own, nothing propagating back: the ESP's
+/// read-write mount then ends with the process however it ends (a cancelled or timed-out
+/// update is killed with SIGKILL), instead of staying in the machine's mount table, where it
+/// made every later read-only mount of the ESP (the update status) fail with EBUSY.
+fn private_mounts() -> Result<(), MachineError> {
+    let fail = |problem: String| MachineError::Device {
+        path: "/".into(),
+        problem,
+    };
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| fail(format!("a mount namespace of its own: {e}")))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| fail(format!("private mounts: {e}")))
 }
 
 /// The slot's root partition: device, size in bytes, GPT unique GUID.
@@ -229,7 +253,15 @@ pub fn status_of_this_machine() -> Result<super::status::UpdateStatus, MachineEr
     let booted = booted_slot_of_this_machine().ok_or(MachineError::NotBerth)?;
     let blocks = BlockDevices::system();
     let mountpoint = Path::new(STATUS_MOUNT);
-    let esp_dev = mount_esp(&blocks, STATUS_MOUNT, MsFlags::MS_RDONLY)?;
+    // The kernel refuses a read-only mount of a filesystem mounted read-write elsewhere: an
+    // update (in its own mount namespace) holds it for as long as it runs.
+    let esp_dev = match mount_esp(&blocks, STATUS_MOUNT, MsFlags::MS_RDONLY) {
+        Err(MachineError::Mount {
+            source: nix::errno::Errno::EBUSY,
+            ..
+        }) => return Err(MachineError::UpdateWriting),
+        other => other?,
+    };
     let running = super::status::running_release();
     let result = super::status::status_in(mountpoint, booted, &running);
     let _ = nix::mount::umount(mountpoint);
