@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{HarnessError, Result, Vm};
 
@@ -404,20 +404,11 @@ pub fn apply_command(device: &str, len: u64, args: &str) -> String {
 
 /// Waits until berth-init logged that the boot of `slot` was marked good.
 pub fn wait_marked_good(vm: &mut Vm, slot: &str) -> Result<()> {
-    let deadline = Instant::now() + BOOT;
     let want = format!("boot of slot {slot} marked good");
-    loop {
-        let (_, out) = vm.run("dmesg | grep 'marked good'", CMD)?;
-        if out.contains(&want) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(HarnessError::Setup(format!(
-                "boot of {slot} never marked good"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    vm.run_until("dmesg | grep 'marked good'", BOOT, |out| {
+        out.contains(&want)
+    })
+    .map(drop)
 }
 
 /// Ordered poweroff through the ACPI power button.

@@ -374,6 +374,29 @@ impl Vm {
         }
     }
 
+    /// Runs `command` every half second until its output satisfies `done`, and returns that
+    /// output; an error once `timeout` has passed without.
+    pub fn run_until(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, out) = self.run(command, timeout.min(Duration::from_secs(60)))?;
+            if done(&out) {
+                return Ok(out);
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Setup(format!(
+                    "`{command}` not done after {timeout:?}:\n{out}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Whether kernel messages are printed on the console (`dmesg -n`).
     pub fn kernel_log_on_console(&mut self, on: bool) -> Result<()> {
         let level = if on { 7 } else { 1 };

@@ -135,29 +135,14 @@ fn state_usage(vm: &mut Vm) -> (u64, u64) {
     }
 }
 
-/// Runs `command` every half second until `done` holds for its output (`BOOT` at most).
-fn wait_for_output(vm: &mut Vm, command: &str, done: impl Fn(&str) -> bool) {
-    let deadline = std::time::Instant::now() + BOOT;
-    loop {
-        let (_, out) = vm.run(command, CMD).unwrap();
-        if done(&out) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{command}: never done: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// Waits until the filler's shell has exec'd `sleep`: its `dd` ran into a full disk.
 fn wait_until_filled(vm: &mut Vm) {
-    wait_for_output(
-        vm,
+    vm.run_until(
         "cat /proc/$(berthctl --json show filler | sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p')/comm",
+        BOOT,
         |out| out.lines().any(|l| l.trim() == "sleep"),
-    );
+    )
+    .unwrap();
 }
 
 /// The demo still answers through its forwarded port.
@@ -201,10 +186,11 @@ fn a_container_that_fills_the_state_partition_harms_nothing_else() {
     vm.wait_for_shell(BOOT).unwrap();
     // The demo's image lease is already written: it starts on the full disk. (The filler may
     // fail to start again; that is its own business.)
-    wait_for_output(&mut vm, "berthctl ps", |ps| {
+    vm.run_until("berthctl ps", BOOT, |ps| {
         ps.lines()
             .any(|l| l.starts_with("demo-web ") && l.contains(" healthy "))
-    });
+    })
+    .unwrap();
     assert_serving(&mut vm);
     assert_eq!(vm.run_ok("cat /proc/1/comm", CMD).unwrap().trim(), "init");
 

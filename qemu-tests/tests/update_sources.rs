@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use berth_image::grubenv::{Slot, SlotState};
 use berth_qemu_tests::http::FileServer;
@@ -48,15 +48,10 @@ fn assert_both_good(vm: &mut Vm, booted: Slot, a: &str, b: &str) {
 
 /// Waits until the guest has its DHCP address (the network unit runs beside the rest).
 fn wait_network(vm: &mut Vm) {
-    let deadline = Instant::now() + BOOT;
-    loop {
-        let (_, out) = vm.run("ip -4 addr show dev eth0", CMD).unwrap();
-        if out.contains("inet 10.0.2.15/") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no address on eth0: {out}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    vm.run_until("ip -4 addr show dev eth0", BOOT, |out| {
+        out.contains("inet 10.0.2.15/")
+    })
+    .unwrap();
 }
 
 /// `berthctl update apply SOURCE --reboot`, then the boot of `slot` (the machine reboots by
