@@ -109,6 +109,9 @@ const META_L4PROTO: u32 = 16;
 const META_IIFNAME: u32 = 6;
 const META_OIFNAME: u32 = 7;
 const CT_STATE: u32 = 0;
+const CT_STATUS: u32 = 2;
+/// `ct status` bit: the connection's destination was translated (`IPS_DST_NAT`).
+const CT_STATUS_DNAT: u32 = 1 << 5;
 /// `ct state` bits: established, related.
 const CT_STATE_ESTABLISHED: u32 = 1 << 1;
 const CT_STATE_RELATED: u32 = 1 << 2;
@@ -349,6 +352,30 @@ fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str, oif_op: u32) -> Vec<Expr>
     ])
 }
 
+/// `ct status dnat ip saddr NET/PREFIX oifname BRIDGE masquerade`: a container's connection
+/// to a mapped port of the host's addresses that the mapping sends back onto the bridge (to a
+/// neighbour, or to the container itself). Without it the answer would go from container to
+/// container directly, untranslated, and the connection would hang; masqueraded to the
+/// bridge's address, it comes back through the host.
+fn hairpin(net: Ipv4Addr, prefix: u8, bridge: &str) -> Vec<Expr> {
+    rule(&[
+        &[
+            Expr::Ct {
+                key: CT_STATUS,
+                dreg: REG1,
+            },
+            Expr::Mask {
+                reg: REG1,
+                mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
+            },
+            cmp(CMP_NEQ, &0u32.to_ne_bytes()),
+        ],
+        &address_in(12, net, prefix, CMP_EQ),
+        &interface(META_OIFNAME, CMP_EQ, bridge),
+        &[Expr::Masquerade],
+    ])
+}
+
 /// `iifname BRIDGE ip daddr 127.0.0.0/8 ct state != { established, related } drop`.
 ///
 /// The bridge has `route_localnet` on, so that the host's own connections to 127.0.0.1:PORT
@@ -417,7 +444,11 @@ pub fn chains(c: &NatConfig) -> Vec<Chain> {
             "postrouting",
             NF_INET_POST_ROUTING,
             100,
-            vec![outbound, from_loopback],
+            vec![
+                outbound,
+                from_loopback,
+                hairpin(c.subnet, c.prefix, &c.bridge),
+            ],
         ),
         Chain {
             name: "guard",
