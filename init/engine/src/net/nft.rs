@@ -575,7 +575,7 @@ mod tests {
             .map(family)
             .collect();
         assert_eq!(tables, [NFPROTO_IPV4, NFPROTO_BRIDGE]);
-        // ip: 4 chains, 1 rule in each DNAT chain, 2 in postrouting, 1 in the guard; bridge:
+        // ip: 4 chains, 1 rule in each DNAT chain, 3 in postrouting, 1 in the guard; bridge:
         // 1 chain, 5 rules per member.
         let count = |cmd: u16, fam: u8| {
             b.iter()
@@ -583,7 +583,7 @@ mod tests {
                 .count()
         };
         assert_eq!(count(NFT_MSG_NEWCHAIN, NFPROTO_IPV4), 4);
-        assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_IPV4), 5);
+        assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_IPV4), 6);
         assert_eq!(count(NFT_MSG_NEWCHAIN, NFPROTO_BRIDGE), 1);
         assert_eq!(count(NFT_MSG_NEWRULE, NFPROTO_BRIDGE), 5);
         let seqs: Vec<u32> = b.iter().map(|m| header(m).3).collect();
