@@ -8,7 +8,7 @@
 //! empty upper directory, as Docker does when it recreates a container. Data that must
 //! outlive the image belongs in a named volume.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use berth_store::Digest;
@@ -61,19 +61,10 @@ fn record_text(layers: &[Digest]) -> String {
     layers.iter().map(|d| format!("{d}\n")).collect()
 }
 
-/// Writes the record through a new file renamed over the old, flushed first: the record a
-/// power loss leaves is the old one or the new one.
+/// Writes the record durably (a power loss leaves the old record or the new one).
 fn write_record(dir: &Path, text: &str) -> io::Result<()> {
-    let new = dir.join(format!("{RECORD}.new"));
-    let written = std::fs::File::create(&new).and_then(|mut f| {
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&new);
-        return Err(at(&new, e));
-    }
-    std::fs::rename(&new, dir.join(RECORD)).map_err(|e| at(&new, e))
+    let record = dir.join(RECORD);
+    berth_store::fsutil::write_atomic(&record, text.as_bytes()).map_err(|e| at(&record, e))
 }
 
 /// `e` with the path it happened at.
@@ -148,7 +139,13 @@ mod tests {
         assert_eq!(claim(&top, "web", &v1).unwrap(), Claim::Kept);
         assert_eq!(written(&dir).as_deref(), Some("by the container"));
         assert!(removal::pending(std::slice::from_ref(&top)).is_empty());
-        assert!(!dir.join("layers.new").exists());
+        // The record and what the container wrote, no temporary file left beside them.
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [RECORD, "upper"]);
         std::fs::remove_dir_all(&top).unwrap();
     }
 
