@@ -182,10 +182,16 @@ impl Allocations {
 mod tests {
     use super::*;
 
+    /// An empty directory of this test process's own.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-ipam-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn with_all_holds_the_lock_that_allocations_take() {
-        let dir = std::env::temp_dir().join(format!("berth-ipam-lock-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("lock");
         let a = Allocations::new(&dir, Ipv4Addr::new(10, 89, 0, 0), 24);
         a.allocate("web", &[]).unwrap();
         let seen = a
@@ -207,8 +213,7 @@ mod tests {
 
     #[test]
     fn a_released_address_is_handed_out_again_only_after_every_other() {
-        let dir = std::env::temp_dir().join(format!("berth-ipam-serial-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("serial");
         // /29: .2 to .6 for containers.
         let a = Allocations::new(&dir, Ipv4Addr::new(10, 89, 0, 0), 29);
         let last = |id: &str| a.allocate(id, &[]).unwrap().address.octets()[3];
@@ -234,8 +239,7 @@ mod tests {
 
     #[test]
     fn addresses_are_unique_persisted_and_reused() {
-        let dir = std::env::temp_dir().join(format!("berth-ipam-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("alloc");
         let a = Allocations::new(&dir, Ipv4Addr::new(10, 89, 0, 0), 30);
         let web: PortMapping = "8080:80/tcp".parse().unwrap();
         assert_eq!(
